@@ -1,0 +1,2 @@
+//! bench pipeline
+fn main() {}

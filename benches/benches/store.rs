@@ -1,0 +1,2 @@
+//! bench store
+fn main() {}

@@ -1,0 +1,149 @@
+//! A small benchmark harness shared by cairn's benches (no criterion: it costs
+//! minutes of build on 2 cores, and we want medians, p99 and ratios against a ceiling
+//! measured in the same run, printed as a table and as JSON lines).
+//!
+//! Run with `cargo bench -p cairn-benches --bench NAME`. Set `CAIRN_BENCH_QUICK=1` to
+//! shrink sizes and repetitions (used to check that benches still run).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+/// The result of timing one operation several times.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// What was measured.
+    pub name: String,
+    /// Bytes processed per repetition (0 for operations counted per call).
+    pub bytes: u64,
+    /// Operations per repetition (for per-second rates).
+    pub ops: u64,
+    /// Seconds taken by each repetition, sorted ascending.
+    pub seconds: Vec<f64>,
+}
+
+impl Measurement {
+    /// The median repetition time in seconds.
+    pub fn median(&self) -> f64 {
+        percentile(&self.seconds, 0.5)
+    }
+
+    /// The 99th-percentile repetition time (the slowest, for few repetitions).
+    pub fn p99(&self) -> f64 {
+        percentile(&self.seconds, 0.99)
+    }
+
+    /// Median throughput in MB/s (10^6 bytes per second).
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.median() / 1e6
+    }
+
+    /// Median operations per second.
+    pub fn ops_per_s(&self) -> f64 {
+        self.ops as f64 / self.median()
+    }
+
+    /// Prints one line for people and one JSON line for scripts.
+    pub fn report(&self) {
+        if self.bytes > 0 {
+            println!(
+                "{:<48} {:>10.1} MB/s  (median {:.3} ms, p99 {:.3} ms, n={})",
+                self.name,
+                self.mb_per_s(),
+                self.median() * 1e3,
+                self.p99() * 1e3,
+                self.seconds.len()
+            );
+        } else {
+            println!(
+                "{:<48} {:>10.0} op/s  (median {:.3} ms per {} ops, n={})",
+                self.name,
+                self.ops_per_s(),
+                self.median() * 1e3,
+                self.ops,
+                self.seconds.len()
+            );
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": self.name,
+                "bytes": self.bytes,
+                "ops": self.ops,
+                "median_s": self.median(),
+                "p99_s": self.p99(),
+                "mb_per_s": if self.bytes > 0 { self.mb_per_s() } else { 0.0 },
+                "ops_per_s": self.ops_per_s(),
+            })
+        );
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// True when `CAIRN_BENCH_QUICK` is set: smaller inputs, fewer repetitions.
+pub fn quick() -> bool {
+    std::env::var_os("CAIRN_BENCH_QUICK").is_some()
+}
+
+/// Times `f` `repetitions` times after one warm-up call; `bytes` and `ops` are what
+/// one call processes.
+pub fn measure<R>(
+    name: &str,
+    bytes: u64,
+    ops: u64,
+    repetitions: usize,
+    mut f: impl FnMut() -> R,
+) -> Measurement {
+    black_box(f());
+    let mut seconds: Vec<f64> = (0..repetitions.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            black_box(f());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    let measurement = Measurement { name: name.to_owned(), bytes, ops, seconds };
+    measurement.report();
+    measurement
+}
+
+/// Deterministic pseudo-random bytes (SplitMix64), so runs hash the same input.
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A one-line note of the machine, printed at the top of every bench run.
+pub fn machine_note() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown cpu".into());
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    format!(
+        "machine: {model}, {} cores, sha_ni={}, avx2={}, avx512f={}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        has("sha_ni"),
+        has("avx2"),
+        has("avx512f")
+    )
+}

@@ -1,0 +1,3 @@
+//! `cairn`: the command line.
+
+fn main() {}

@@ -1,0 +1,23 @@
+//! cairn's storage node as a library: everything a node is, and the client pipeline
+//! that the CLI and the FUSE layer call.
+//!
+//! Modules are layered as in `DESIGN.md`; a module uses only those above it in this
+//! list, never one below:
+//!
+//! 1. [`id`]: 256-bit ids, ring distance, Pastry digits, text forms and references.
+//! 2. [`crypto`]: ed25519 keys, `Signed<T>` with domain separation, certificates.
+//! 3. [`erasure`]: a block to k + m self-verifying fragments, and back from any k.
+//! 4. [`manifest`]: a file's list of blocks and fragment hashes.
+//! 5. [`store`]: the durable local store (fragments, certificates, pointers, roots).
+//! 6. [`overlay`]: Pastry routing state as a sans-IO state machine.
+//! 7. [`sim`]: a deterministic discrete-event simulator that drives many overlays.
+//! 8. [`client`]: put/get of whole files over a [`client::FragmentStore`].
+
+pub mod client;
+pub mod crypto;
+pub mod erasure;
+pub mod id;
+pub mod manifest;
+pub mod overlay;
+pub mod sim;
+pub mod store;

@@ -1,0 +1,1 @@
+//! cairn's integration tests: one binary, one module per area.
