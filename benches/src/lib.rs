@@ -109,7 +109,12 @@ pub fn measure<R>(
         })
         .collect();
     seconds.sort_by(f64::total_cmp);
-    let measurement = Measurement { name: name.to_owned(), bytes, ops, seconds };
+    let measurement = Measurement {
+        name: name.to_owned(),
+        bytes,
+        ops,
+        seconds,
+    };
     measurement.report();
     measurement
 }
@@ -137,7 +142,10 @@ pub fn machine_note() -> String {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_else(|| "unknown cpu".into());
-    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("");
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
     format!(
         "machine: {model}, {} cores, sha_ni={}, avx2={}, avx512f={}",

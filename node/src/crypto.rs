@@ -1,1 +1,839 @@
-//! (crypto: being written)
+//! Keys, signatures and the certificates every stored byte is accountable to.
+//!
+//! Owns: [`KeyPair`] (an ed25519 secret key, kept in a mode-0600 file, never printed),
+//! [`PublicKey`], the [`Signed`] wrapper and the four signed types of DESIGN.md:
+//! [`FileCertificate`], [`StoreReceipt`], [`ReclaimCertificate`] and [`RootRecord`].
+//!
+//! A signature covers `DOMAIN ‖ 0x00 ‖ postcard(body)` where `DOMAIN` names the type
+//! and its version, so a signature made for one type can never verify as another.
+//! This module reads no clock: callers pass `now` where expiry matters.
+//!
+//! May use: [`crate::id`], `ed25519-dalek`, `postcard`.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{
+    BlockHash, FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey, VolumeKey,
+};
+
+/// The first line of a key file; the second is the secret key in base32.
+const KEY_FILE_HEADER: &str = "cairn-secret-key-v1";
+/// Version byte at the start of every encoded [`Signed`] value.
+const SIGNED_ENCODING_VERSION: u8 = 1;
+/// The largest encoded [`Signed`] value accepted: certificates are small, and a
+/// decoder fed hostile bytes must not be led into large allocations.
+pub const MAX_SIGNED_BYTES: usize = 64 * 1024;
+
+/// An ed25519 public key: an owner's, a node's, or a volume's.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The id of the node that holds this key: `SHA-256(public key)`.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(Id::hash(&self.0))
+    }
+
+    /// This key as the name of a volume it signs roots for.
+    pub fn volume_key(&self) -> VolumeKey {
+        VolumeKey(Id(self.0))
+    }
+
+    fn verifying_key(&self) -> Result<VerifyingKey, VerifyError> {
+        VerifyingKey::from_bytes(&self.0).map_err(|_| VerifyError::Malformed {
+            reason: format!("signer {self} is not a valid ed25519 public key"),
+        })
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&Id(self.0), f)
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({:?})", Id(self.0))
+    }
+}
+
+/// An ed25519 key pair. The secret half never appears in `Debug` output or logs.
+pub struct KeyPair {
+    signing: SigningKey,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyPair")
+            .field("public", &self.public_key())
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a key file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Refusing to overwrite an existing key: losing a secret key loses what it owns.
+    #[error("{path} already exists; refusing to overwrite a key (move it away first)")]
+    AlreadyExists {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The file is readable or writable by other users.
+    #[error(
+        "key file {path} has mode {mode:04o}: it is accessible to other users, so it is \
+         refused; run `chmod 600 {path}` if you trust it"
+    )]
+    TooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file is not a cairn key file.
+    #[error("{path} is not a cairn key file: {reason}")]
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The operating system refused.
+    #[error("{action} key file {path}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl KeyPair {
+    /// A fresh key pair from the operating system's random source.
+    pub fn generate() -> KeyPair {
+        let mut secret = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+        KeyPair::from_secret_bytes(&secret)
+    }
+
+    /// The key pair whose secret key is `secret` (for tests and key files).
+    pub fn from_secret_bytes(secret: &[u8; 32]) -> KeyPair {
+        KeyPair {
+            signing: SigningKey::from_bytes(secret),
+        }
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.signing.verifying_key().to_bytes())
+    }
+
+    /// Signs `message` as it is: callers go through [`Signed::sign`], which adds the
+    /// domain tag.
+    fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// Writes the key to a new file readable only by its owner (mode 0600).
+    ///
+    /// The file appears whole or not at all: it is written under a temporary name,
+    /// synced, and linked into place, which also refuses to replace an existing file.
+    pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
+        let io = |action, source| KeyFileError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        if path.exists() {
+            return Err(KeyFileError::AlreadyExists {
+                path: path.to_owned(),
+            });
+        }
+        let mut temp_name = path.as_os_str().to_owned();
+        temp_name.push(format!(".tmp-{}", std::process::id()));
+        let temp = PathBuf::from(temp_name);
+        let text = format!("{KEY_FILE_HEADER}\n{}\n", Id(self.signing.to_bytes()));
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        })();
+        let linked = written.and_then(|()| fs::hard_link(&temp, path));
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(KeyFileError::AlreadyExists {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => Err(io("writing", e)),
+        }
+    }
+
+    /// Reads a key written by [`KeyPair::save`], refusing files other users can access.
+    pub fn load(path: &Path) -> Result<KeyPair, KeyFileError> {
+        let io = |action, source| KeyFileError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        let metadata = fs::metadata(path).map_err(|e| io("reading", e))?;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::TooOpen {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = fs::read_to_string(path).map_err(|e| io("reading", e))?;
+        let malformed = |reason: &str| KeyFileError::Malformed {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(KEY_FILE_HEADER) {
+            return Err(malformed("the first line is not `cairn-secret-key-v1`"));
+        }
+        let secret: Id = lines
+            .next()
+            .ok_or_else(|| malformed("the secret key line is missing"))?
+            .trim()
+            .parse()
+            .map_err(|e| malformed(&format!("the secret key line is not a key: {e}")))?;
+        Ok(KeyPair::from_secret_bytes(&secret.0))
+    }
+}
+
+/// The kinds of signed value, as tagged on the wire. Appended to, never reordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SignedKind {
+    /// [`FileCertificate`].
+    FileCertificate = 1,
+    /// [`StoreReceipt`].
+    StoreReceipt = 2,
+    /// [`ReclaimCertificate`].
+    ReclaimCertificate = 3,
+    /// [`RootRecord`].
+    RootRecord = 4,
+    /// Never used on the wire: reserved for tests of domain separation.
+    TestOnly = 255,
+}
+
+/// A type that can be signed: it names its domain and says who may sign it.
+pub trait Certificate: Serialize + DeserializeOwned {
+    /// The wire tag of this type.
+    const KIND: SignedKind;
+    /// The domain-separation tag mixed into every signature of this type.
+    const DOMAIN: &'static [u8];
+
+    /// Checks that `signer` is the key allowed to sign this value (the owner of a file,
+    /// the node named in a receipt, the key of a volume).
+    fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError>;
+}
+
+/// Why a signed value was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The signature does not match the body and signer.
+    #[error("bad signature on a {kind:?} signed by {signer}")]
+    BadSignature {
+        /// The type checked.
+        kind: SignedKind,
+        /// The claimed signer.
+        signer: PublicKey,
+    },
+    /// Validly signed, but by a key that may not sign this value.
+    #[error("a {kind:?} must be signed by {expected}, but was signed by {found}")]
+    WrongKey {
+        /// The type checked.
+        kind: SignedKind,
+        /// Whose signature it must carry (a key, or a node id).
+        expected: String,
+        /// The key that signed.
+        found: PublicKey,
+    },
+    /// The bytes hold another type of signed value.
+    #[error("expected a signed {expected:?}, found a signed value of tag {found}")]
+    WrongType {
+        /// The type asked for.
+        expected: SignedKind,
+        /// The tag found.
+        found: u8,
+    },
+    /// Not a well-formed signed value.
+    #[error("malformed signed value: {reason}")]
+    Malformed {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The value was valid until `expired_at`.
+    #[error("certificate expired at {expired_at} (unix seconds), now is {now}")]
+    Expired {
+        /// When it expired.
+        expired_at: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
+}
+
+/// A value of type `T` with the signature of `signer` over its canonical encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed<T> {
+    /// The signed value. Not to be trusted before [`Signed::verify`] returns it.
+    pub body: T,
+    /// Who signed.
+    pub signer: PublicKey,
+    /// ed25519 signature over `T::DOMAIN ‖ 0x00 ‖ postcard(body)`.
+    pub signature: [u8; 64],
+}
+
+fn signing_message<T: Certificate>(body: &T) -> Result<Vec<u8>, VerifyError> {
+    let mut message = Vec::with_capacity(T::DOMAIN.len() + 256);
+    message.extend_from_slice(T::DOMAIN);
+    message.push(0);
+    postcard::to_extend(body, message).map_err(|e| VerifyError::Malformed {
+        reason: format!("cannot encode the body: {e}"),
+    })
+}
+
+impl<T: Certificate> Signed<T> {
+    /// Signs `body` with `key`.
+    ///
+    /// Fails only if `body` cannot be encoded, which for the types here cannot happen
+    /// short of running out of memory; the error is still returned, not hidden.
+    pub fn sign(key: &KeyPair, body: T) -> Result<Signed<T>, VerifyError> {
+        let signature = key.sign_raw(&signing_message(&body)?);
+        Ok(Signed {
+            body,
+            signer: key.public_key(),
+            signature,
+        })
+    }
+
+    /// Checks the signature and that the signer may sign this value; returns the body.
+    pub fn verify(&self) -> Result<&T, VerifyError> {
+        self.body.check_signer(&self.signer)?;
+        let key = self.signer.verifying_key()?;
+        let message = signing_message(&self.body)?;
+        key.verify_strict(&message, &Signature::from_bytes(&self.signature))
+            .map_err(|_| VerifyError::BadSignature {
+                kind: T::KIND,
+                signer: self.signer,
+            })?;
+        Ok(&self.body)
+    }
+
+    /// The wire form: version, type tag, signer, signature, postcard body.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, VerifyError> {
+        let mut out = Vec::with_capacity(2 + 32 + 64 + 128);
+        out.push(SIGNED_ENCODING_VERSION);
+        out.push(T::KIND as u8);
+        out.extend_from_slice(&self.signer.0);
+        out.extend_from_slice(&self.signature);
+        postcard::to_extend(&self.body, out).map_err(|e| VerifyError::Malformed {
+            reason: format!("cannot encode the body: {e}"),
+        })
+    }
+
+    /// Reads the wire form. Checks the structure and the type tag, not the signature:
+    /// call [`Signed::verify`] before trusting the body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Signed<T>, VerifyError> {
+        let malformed = |reason: String| VerifyError::Malformed { reason };
+        if bytes.len() > MAX_SIGNED_BYTES {
+            return Err(malformed(format!(
+                "{} bytes is over the limit of {MAX_SIGNED_BYTES}",
+                bytes.len()
+            )));
+        }
+        let [version, kind, rest @ ..] = bytes else {
+            return Err(malformed(format!("only {} bytes", bytes.len())));
+        };
+        if *version != SIGNED_ENCODING_VERSION {
+            return Err(malformed(format!("unknown encoding version {version}")));
+        }
+        if *kind != T::KIND as u8 {
+            return Err(VerifyError::WrongType {
+                expected: T::KIND,
+                found: *kind,
+            });
+        }
+        let (Some(signer), Some(signature)) = (rest.get(..32), rest.get(32..96)) else {
+            return Err(malformed(
+                "truncated before the end of the signature".into(),
+            ));
+        };
+        let (body, trailing) = postcard::take_from_bytes::<T>(&rest[96..])
+            .map_err(|e| malformed(format!("body does not decode: {e}")))?;
+        if !trailing.is_empty() {
+            return Err(malformed(format!(
+                "{} trailing bytes after the body",
+                trailing.len()
+            )));
+        }
+        let mut signer_bytes = [0u8; 32];
+        signer_bytes.copy_from_slice(signer);
+        let mut signature_bytes = [0u8; 64];
+        signature_bytes.copy_from_slice(signature);
+        Ok(Signed {
+            body,
+            signer: PublicKey(signer_bytes),
+            signature: signature_bytes,
+        })
+    }
+}
+
+fn require_key(
+    kind: SignedKind,
+    expected: &PublicKey,
+    found: &PublicKey,
+) -> Result<(), VerifyError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(VerifyError::WrongKey {
+            kind,
+            expected: expected.to_string(),
+            found: *found,
+        })
+    }
+}
+
+/// PAST's file certificate: the owner's statement of what a file is. Nodes store a
+/// fragment only under a valid certificate that covers it (directly, for the
+/// manifest's fragments, or through the manifest it names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileCertificate {
+    /// `FileId::derive(name, owner, salt)`.
+    pub file_id: FileId,
+    /// Hash of the file's manifest.
+    pub manifest_hash: ManifestHash,
+    /// Placement salt of the manifest block.
+    pub manifest_salt: u64,
+    /// The n fragment hashes of the manifest block.
+    pub manifest_fragments: Vec<FragmentHash>,
+    /// File size in bytes.
+    pub size: u64,
+    /// Data fragments per block.
+    pub k: u16,
+    /// Parity fragments per block.
+    pub m: u16,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
+    /// Expiry, unix seconds; `None` for none.
+    pub expires_at: Option<u64>,
+    /// The owner, who must be the signer.
+    pub owner: PublicKey,
+}
+
+impl FileCertificate {
+    /// Fails with [`VerifyError::Expired`] if the certificate has expired at `now`.
+    pub fn check_time(&self, now: u64) -> Result<(), VerifyError> {
+        match self.expires_at {
+            Some(expired_at) if now >= expired_at => Err(VerifyError::Expired { expired_at, now }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Certificate for FileCertificate {
+    const KIND: SignedKind = SignedKind::FileCertificate;
+    const DOMAIN: &'static [u8] = b"cairn/file-certificate/v1";
+    fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
+        require_key(Self::KIND, &self.owner, signer)
+    }
+}
+
+/// A storing node's statement "I hold fragment `index` of the block at
+/// `placement_key`". Signed only after the fragment is durable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreReceipt {
+    /// The storing node; must be the signer's node id.
+    pub node: NodeId,
+    /// The file the fragment was stored for.
+    pub file_id: FileId,
+    /// The block's placement key.
+    pub placement_key: PlacementKey,
+    /// The fragment's index in the block.
+    pub index: u16,
+    /// The fragment's hash.
+    pub fragment_hash: FragmentHash,
+    /// When it was stored, unix seconds.
+    pub stored_at: u64,
+}
+
+impl Certificate for StoreReceipt {
+    const KIND: SignedKind = SignedKind::StoreReceipt;
+    const DOMAIN: &'static [u8] = b"cairn/store-receipt/v1";
+    fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
+        if signer.node_id() == self.node {
+            Ok(())
+        } else {
+            Err(VerifyError::WrongKey {
+                kind: Self::KIND,
+                expected: format!("the key of node {}", self.node),
+                found: *signer,
+            })
+        }
+    }
+}
+
+/// The owner's order to free a file's storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimCertificate {
+    /// The file to reclaim.
+    pub file_id: FileId,
+    /// The file's owner, who must be the signer.
+    pub owner: PublicKey,
+    /// When issued, unix seconds.
+    pub issued_at: u64,
+}
+
+impl Certificate for ReclaimCertificate {
+    const KIND: SignedKind = SignedKind::ReclaimCertificate;
+    const DOMAIN: &'static [u8] = b"cairn/reclaim-certificate/v1";
+    fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
+        require_key(Self::KIND, &self.owner, signer)
+    }
+}
+
+/// The mutable pointer of a volume: which directory block is its root now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRecord {
+    /// The volume; its key must be the signer.
+    pub volume: VolumeKey,
+    /// Increases with every update; replicas keep the highest valid one.
+    pub sequence: u64,
+    /// Hash of the root directory block.
+    pub root: BlockHash,
+    /// When published, unix seconds.
+    pub time: u64,
+}
+
+impl Certificate for RootRecord {
+    const KIND: SignedKind = SignedKind::RootRecord;
+    const DOMAIN: &'static [u8] = b"cairn/root-record/v1";
+    fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
+        require_key(Self::KIND, &PublicKey(self.volume.0.0), signer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn key(seed: u8) -> KeyPair {
+        KeyPair::from_secret_bytes(&[seed; 32])
+    }
+
+    fn file_certificate(owner: &KeyPair) -> FileCertificate {
+        FileCertificate {
+            file_id: FileId::derive(b"notes.txt", &owner.public_key().0, 0),
+            manifest_hash: ManifestHash(Id::hash(b"manifest")),
+            manifest_salt: 0,
+            manifest_fragments: (0..6u8).map(|i| FragmentHash(Id::hash(&[i]))).collect(),
+            size: 12345,
+            k: 4,
+            m: 2,
+            created_at: 1_700_000_000,
+            expires_at: Some(1_800_000_000),
+            owner: owner.public_key(),
+        }
+    }
+
+    fn receipt(node: &KeyPair) -> StoreReceipt {
+        StoreReceipt {
+            node: node.public_key().node_id(),
+            file_id: FileId(Id::hash(b"f")),
+            placement_key: PlacementKey(Id::hash(b"p")),
+            index: 3,
+            fragment_hash: FragmentHash(Id::hash(b"frag")),
+            stored_at: 1_700_000_001,
+        }
+    }
+
+    fn reclaim(owner: &KeyPair) -> ReclaimCertificate {
+        ReclaimCertificate {
+            file_id: FileId(Id::hash(b"f")),
+            owner: owner.public_key(),
+            issued_at: 1_700_000_002,
+        }
+    }
+
+    fn root(volume: &KeyPair) -> RootRecord {
+        RootRecord {
+            volume: volume.public_key().volume_key(),
+            sequence: 7,
+            root: BlockHash(Id::hash(b"dir")),
+            time: 1_700_000_003,
+        }
+    }
+
+    /// The rejections every signed type must show, given its rightful signer, a
+    /// stranger, and a function that tampers with one field.
+    fn check_rejections<T: Certificate + Clone + PartialEq + fmt::Debug>(
+        body: T,
+        rightful: &KeyPair,
+        tamper: impl Fn(&mut T),
+    ) {
+        let signed = Signed::sign(rightful, body.clone()).unwrap();
+        assert_eq!(signed.verify(), Ok(&body), "the genuine value verifies");
+        let decoded = Signed::<T>::from_bytes(&signed.to_bytes().unwrap()).unwrap();
+        assert_eq!(decoded, signed, "the wire form round-trips");
+        assert_eq!(decoded.verify(), Ok(&body));
+
+        // A forged signature: random bytes, and a genuine one with one bit flipped.
+        let mut forged = signed.clone();
+        forged.signature = [0x5a; 64];
+        assert!(forged.verify().is_err(), "random signature accepted");
+        let mut flipped = signed.clone();
+        flipped.signature[10] ^= 1;
+        assert!(
+            matches!(flipped.verify(), Err(VerifyError::BadSignature { .. })),
+            "{:?}",
+            flipped.verify()
+        );
+
+        // A signature by another key: the stranger signs the same body.
+        let stranger = key(99);
+        let by_stranger = Signed::sign(&stranger, body.clone()).unwrap();
+        assert!(
+            matches!(by_stranger.verify(), Err(VerifyError::WrongKey { .. })),
+            "{:?}",
+            by_stranger.verify()
+        );
+        // ...or the stranger's signature pasted under the rightful signer's name.
+        let mut pasted = by_stranger.clone();
+        pasted.signer = rightful.public_key();
+        assert!(matches!(
+            pasted.verify(),
+            Err(VerifyError::BadSignature { .. })
+        ));
+
+        // A tampered field.
+        let mut tampered = signed.clone();
+        tamper(&mut tampered.body);
+        assert_ne!(
+            tampered.body, body,
+            "the tamper function must change something"
+        );
+        assert!(matches!(
+            tampered.verify(),
+            Err(VerifyError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn file_certificate_rejections() {
+        let owner = key(1);
+        check_rejections(file_certificate(&owner), &owner, |c| c.size += 1);
+        check_rejections(file_certificate(&owner), &owner, |c| {
+            c.manifest_fragments[2] = FragmentHash(Id::hash(b"evil"))
+        });
+    }
+
+    #[test]
+    fn store_receipt_rejections() {
+        let node = key(2);
+        check_rejections(receipt(&node), &node, |r| r.index += 1);
+    }
+
+    #[test]
+    fn reclaim_certificate_rejections() {
+        let owner = key(3);
+        check_rejections(reclaim(&owner), &owner, |r| {
+            r.file_id = FileId(Id::hash(b"other"))
+        });
+    }
+
+    #[test]
+    fn root_record_rejections() {
+        let volume = key(4);
+        check_rejections(root(&volume), &volume, |r| r.sequence += 1);
+    }
+
+    #[test]
+    fn replayed_as_another_type_is_rejected() {
+        let owner = key(5);
+        let receipt_bytes = Signed::sign(&owner, receipt(&owner))
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        assert_eq!(
+            Signed::<FileCertificate>::from_bytes(&receipt_bytes),
+            Err(VerifyError::WrongType {
+                expected: SignedKind::FileCertificate,
+                found: SignedKind::StoreReceipt as u8
+            })
+        );
+        // Even with the tag rewritten, the domain tag in the signature keeps the types
+        // apart: a type identical to ReclaimCertificate in layout, but another domain.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        struct LookAlike {
+            file_id: FileId,
+            owner: PublicKey,
+            issued_at: u64,
+        }
+        impl Certificate for LookAlike {
+            const KIND: SignedKind = SignedKind::TestOnly;
+            const DOMAIN: &'static [u8] = b"cairn/look-alike/v1";
+            fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
+                require_key(Self::KIND, &self.owner, signer)
+            }
+        }
+        let mut bytes = Signed::sign(&owner, reclaim(&owner))
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        bytes[1] = SignedKind::TestOnly as u8;
+        let replayed = Signed::<LookAlike>::from_bytes(&bytes).expect("same layout decodes");
+        assert!(matches!(
+            replayed.verify(),
+            Err(VerifyError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_bytes_are_rejected_without_panic() {
+        let owner = key(6);
+        let bytes = Signed::sign(&owner, file_certificate(&owner))
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        for len in 0..bytes.len() {
+            assert!(
+                Signed::<FileCertificate>::from_bytes(&bytes[..len]).is_err(),
+                "prefix {len}"
+            );
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            Signed::<FileCertificate>::from_bytes(&trailing),
+            Err(VerifyError::Malformed { .. })
+        ));
+        let mut version = bytes.clone();
+        version[0] = 9;
+        assert!(matches!(
+            Signed::<FileCertificate>::from_bytes(&version),
+            Err(VerifyError::Malformed { .. })
+        ));
+        let huge = vec![1u8; MAX_SIGNED_BYTES + 1];
+        assert!(Signed::<FileCertificate>::from_bytes(&huge).is_err());
+    }
+
+    #[test]
+    fn expired_certificates_are_refused() {
+        let owner = key(7);
+        let certificate = file_certificate(&owner);
+        assert_eq!(certificate.check_time(1_799_999_999), Ok(()));
+        assert_eq!(
+            certificate.check_time(1_800_000_000),
+            Err(VerifyError::Expired {
+                expired_at: 1_800_000_000,
+                now: 1_800_000_000
+            })
+        );
+        let forever = FileCertificate {
+            expires_at: None,
+            ..certificate
+        };
+        assert_eq!(forever.check_time(u64::MAX), Ok(()));
+    }
+
+    #[test]
+    fn key_files_are_private_and_refused_when_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owner.key");
+        let original = KeyPair::generate();
+        original.save(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            KeyPair::load(&path).unwrap().public_key(),
+            original.public_key()
+        );
+        assert!(matches!(
+            original.save(&path),
+            Err(KeyFileError::AlreadyExists { .. })
+        ));
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = KeyPair::load(&path).unwrap_err();
+        assert!(
+            matches!(err, KeyFileError::TooOpen { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"));
+
+        let junk = dir.path().join("junk.key");
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&junk)
+            .unwrap();
+        fs::write(&junk, "hello\n").unwrap();
+        assert!(matches!(
+            KeyPair::load(&junk),
+            Err(KeyFileError::Malformed { .. })
+        ));
+        let missing = KeyPair::load(&dir.path().join("missing.key")).unwrap_err();
+        assert!(missing.to_string().contains("missing.key"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let pair = KeyPair::from_secret_bytes(&[0x42; 32]);
+        let debug = format!("{pair:?}");
+        assert!(debug.contains("<redacted>"));
+        assert!(!debug.contains(&Id([0x42; 32]).to_string()[..8]));
+    }
+
+    #[test]
+    fn signed_bytes_are_pinned() {
+        // The wire form of a signed value, annotated: version 01, tag 04 (root record),
+        // 32 bytes of signer, 64 of signature, then the postcard body. ed25519 is
+        // deterministic, so the whole encoding is fixed for a fixed key.
+        let volume = key(4);
+        let bytes = Signed::sign(&volume, root(&volume))
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        assert_eq!(&bytes[..2], &[0x01, 0x04]);
+        assert_eq!(&bytes[2..34], &volume.public_key().0);
+        let body = &bytes[98..];
+        assert_eq!(&body[..32], &volume.public_key().0, "volume key, raw");
+        assert_eq!(body[32], 7, "sequence 7 as a varint");
+        assert_eq!(&body[33..65], &Id::hash(b"dir").0, "root hash, raw");
+        assert_eq!(
+            body.len(),
+            32 + 1 + 32 + 5,
+            "time 1_700_000_003 is a 5-byte varint"
+        );
+    }
+}

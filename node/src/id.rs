@@ -156,11 +156,15 @@ impl fmt::Display for Id {
             bits += 8;
             while bits >= 5 {
                 bits -= 5;
-                text.push(char::from(BASE32_ALPHABET[((buffer >> bits) & 31) as usize]));
+                text.push(char::from(
+                    BASE32_ALPHABET[((buffer >> bits) & 31) as usize],
+                ));
             }
         }
         if bits > 0 {
-            text.push(char::from(BASE32_ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+            text.push(char::from(
+                BASE32_ALPHABET[((buffer << (5 - bits)) & 31) as usize],
+            ));
         }
         f.write_str(&text)
     }
@@ -232,7 +236,12 @@ impl FromStr for Id {
             let value = match character.to_ascii_lowercase() {
                 c @ 'a'..='z' => c as u32 - 'a' as u32,
                 c @ '2'..='7' => c as u32 - '2' as u32 + 26,
-                _ => return Err(ParseIdError::BadCharacter { character, position }),
+                _ => {
+                    return Err(ParseIdError::BadCharacter {
+                        character,
+                        position,
+                    });
+                }
             };
             buffer = (buffer << 5) | value;
             bits += 5;
@@ -379,14 +388,20 @@ impl FromStr for Reference {
             .filter(|s| s.eq_ignore_ascii_case(SCHEME))
             .map(|_| &text[SCHEME.len()..])
         else {
-            return Err(ParseIdError::MissingScheme { text: text.chars().take(16).collect() });
+            return Err(ParseIdError::MissingScheme {
+                text: text.chars().take(16).collect(),
+            });
         };
         let (kind, body) = rest.split_once(':').unwrap_or((rest, ""));
         match kind.to_ascii_lowercase().as_str() {
             "f" => body.parse().map(Reference::File),
             "v" => body.parse().map(Reference::Volume),
-            "fc" | "vc" => Err(ParseIdError::ReservedKind { kind: kind.to_owned() }),
-            _ => Err(ParseIdError::UnknownKind { kind: kind.to_owned() }),
+            "fc" | "vc" => Err(ParseIdError::ReservedKind {
+                kind: kind.to_owned(),
+            }),
+            _ => Err(ParseIdError::UnknownKind {
+                kind: kind.to_owned(),
+            }),
         }
     }
 }
@@ -424,24 +439,40 @@ mod tests {
         let id = Id::hash(b"cairn");
         let text = id.to_string();
         assert_eq!(text.len(), TEXT_LEN);
-        assert!(text.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
+        assert!(
+            text.chars()
+                .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
+        );
         assert_eq!(text.parse::<Id>(), Ok(id));
-        assert_eq!(text.to_uppercase().parse::<Id>(), Ok(id), "upper case is accepted");
+        assert_eq!(
+            text.to_uppercase().parse::<Id>(),
+            Ok(id),
+            "upper case is accepted"
+        );
         assert_eq!(Id::ZERO.to_string(), "a".repeat(52));
     }
 
     #[test]
     fn mistyped_ids_give_clear_errors() {
         let text = Id::hash(b"x").to_string();
-        assert_eq!(text[1..].parse::<Id>(), Err(ParseIdError::WrongLength { got: 51 }));
+        assert_eq!(
+            text[1..].parse::<Id>(),
+            Err(ParseIdError::WrongLength { got: 51 })
+        );
         let bad = format!("{}1{}", &text[..10], &text[11..]);
         assert_eq!(
             bad.parse::<Id>(),
-            Err(ParseIdError::BadCharacter { character: '1', position: 10 })
+            Err(ParseIdError::BadCharacter {
+                character: '1',
+                position: 10
+            })
         );
         // The last character carries 1 bit of the id and 4 of padding; 'b' sets padding.
         let non_canonical = format!("{}b", &"a".repeat(51));
-        assert!(matches!(non_canonical.parse::<Id>(), Err(ParseIdError::NonCanonical { .. })));
+        assert!(matches!(
+            non_canonical.parse::<Id>(),
+            Err(ParseIdError::NonCanonical { .. })
+        ));
     }
 
     #[test]
@@ -454,7 +485,10 @@ mod tests {
         assert_eq!(volume.to_string().parse::<Reference>(), Ok(volume));
 
         let body = Id::hash(b"f").to_string();
-        assert!(matches!(body.parse::<Reference>(), Err(ParseIdError::MissingScheme { .. })));
+        assert!(matches!(
+            body.parse::<Reference>(),
+            Err(ParseIdError::MissingScheme { .. })
+        ));
         assert_eq!(
             format!("cairn:x:{body}").parse::<Reference>(),
             Err(ParseIdError::UnknownKind { kind: "x".into() })
@@ -468,7 +502,10 @@ mod tests {
             Err(ParseIdError::WrongLength { got: 40 })
         );
         let err = format!("cairn:q:{body}").parse::<Reference>().unwrap_err();
-        assert!(err.to_string().contains("expected `f` (a file) or `v` (a volume)"));
+        assert!(
+            err.to_string()
+                .contains("expected `f` (a file) or `v` (a volume)")
+        );
     }
 
     #[test]
@@ -488,7 +525,11 @@ mod tests {
     fn distance_wraps_around_the_ring() {
         let one = id_from_u128(0, 1);
         let max = Id::MAX;
-        assert_eq!(one.distance(&max), id_from_u128(0, 2), "1 and 2^256-1 are 2 apart");
+        assert_eq!(
+            one.distance(&max),
+            id_from_u128(0, 2),
+            "1 and 2^256-1 are 2 apart"
+        );
         assert_eq!(max.wrapping_add(&one), Id::ZERO);
         assert_eq!(Id::ZERO.wrapping_sub(&one), Id::MAX);
         // Ties go to the smaller id.
@@ -501,8 +542,14 @@ mod tests {
     #[test]
     fn placement_keys_depend_on_salt() {
         let block = BlockHash(Id::hash(b"block"));
-        assert_ne!(PlacementKey::for_block(&block, 0), PlacementKey::for_block(&block, 1));
-        assert_eq!(PlacementKey::for_block(&block, 7), PlacementKey::for_block(&block, 7));
+        assert_ne!(
+            PlacementKey::for_block(&block, 0),
+            PlacementKey::for_block(&block, 1)
+        );
+        assert_eq!(
+            PlacementKey::for_block(&block, 7),
+            PlacementKey::for_block(&block, 7)
+        );
     }
 
     #[test]
