@@ -62,7 +62,10 @@ impl TryFrom<RawParams> for ErasureParams {
 
 impl From<ErasureParams> for RawParams {
     fn from(params: ErasureParams) -> RawParams {
-        RawParams { k: params.k, m: params.m }
+        RawParams {
+            k: params.k,
+            m: params.m,
+        }
     }
 }
 
@@ -150,13 +153,21 @@ pub struct Fragment {
 impl Fragment {
     /// A borrowed view of this fragment.
     pub fn as_ref(&self) -> FragmentRef<'_> {
-        FragmentRef { index: self.index, bytes: &self.bytes }
+        FragmentRef {
+            index: self.index,
+            bytes: &self.bytes,
+        }
     }
 }
 
 impl fmt::Debug for Fragment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fragment {{ index: {}, len: {} }}", self.index, self.bytes.len())
+        write!(
+            f,
+            "Fragment {{ index: {}, len: {} }}",
+            self.index,
+            self.bytes.len()
+        )
     }
 }
 
@@ -172,7 +183,10 @@ pub struct FragmentRef<'a> {
 impl FragmentRef<'_> {
     /// An owned copy.
     pub fn to_owned(&self) -> Fragment {
-        Fragment { index: self.index, bytes: self.bytes.to_vec() }
+        Fragment {
+            index: self.index,
+            bytes: self.bytes.to_vec(),
+        }
     }
 
     /// This fragment's hash (see [`fragment_hash`]).
@@ -183,7 +197,12 @@ impl FragmentRef<'_> {
 
 impl fmt::Debug for FragmentRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FragmentRef {{ index: {}, len: {} }}", self.index, self.bytes.len())
+        write!(
+            f,
+            "FragmentRef {{ index: {}, len: {} }}",
+            self.index,
+            self.bytes.len()
+        )
     }
 }
 
@@ -229,7 +248,10 @@ pub fn check_fragment(
     fragment: &Fragment,
 ) -> Result<(), Corruption> {
     if fragment.index != index {
-        return Err(Corruption::WrongIndex { expected: index, got: fragment.index });
+        return Err(Corruption::WrongIndex {
+            expected: index,
+            got: fragment.index,
+        });
     }
     if let Some(expected_len) = expected_len {
         if fragment.bytes.len() != expected_len {
@@ -242,7 +264,11 @@ pub fn check_fragment(
     }
     let got = fragment_hash(index, &fragment.bytes);
     if got != *expected {
-        return Err(Corruption::WrongHash { index, expected: *expected, got });
+        return Err(Corruption::WrongHash {
+            index,
+            expected: *expected,
+            got,
+        });
     }
     Ok(())
 }
@@ -558,14 +584,22 @@ impl Codec {
             let mut parity: Vec<&mut [u8]> = parity.chunks_exact_mut(fragment_len).collect();
             coder
                 .encode_sep(&data, &mut parity)
-                .map_err(|error| EncodeError::Coder { reason: format!("{error:?}") })?;
+                .map_err(|error| EncodeError::Coder {
+                    reason: format!("{error:?}"),
+                })?;
         }
         let fragment_hashes = buffer
             .chunks_exact(fragment_len)
             .zip(0u16..)
             .map(|(bytes, index)| fragment_hash(index, bytes))
             .collect();
-        Ok(EncodedBlock { block_hash, block_len, fragment_len, fragment_hashes, buffer })
+        Ok(EncodedBlock {
+            block_hash,
+            block_len,
+            fragment_len,
+            fragment_hashes,
+            buffer,
+        })
     }
 
     /// Encodes `block` (copied once into a new buffer; prefer
@@ -612,7 +646,9 @@ impl Codec {
         let mut good = 0usize;
         let mut offered = offered.into_iter();
         while good < k {
-            let Some((index, offer)) = offered.next() else { break };
+            let Some((index, offer)) = offered.next() else {
+                break;
+            };
             let slot = usize::from(index);
             if slot >= n || shards[slot].is_some() {
                 tracing::debug!(%block, index, "ignoring an offer out of range or already filled");
@@ -623,8 +659,12 @@ impl Codec {
                 Offer::Missing => SkipReason::Missing,
                 Offer::Unavailable(why) => SkipReason::Unavailable(why),
                 Offer::Fragment(fragment) => {
-                    match check_fragment(index, &spec.fragment_hashes[slot], fragment_len, &fragment)
-                    {
+                    match check_fragment(
+                        index,
+                        &spec.fragment_hashes[slot],
+                        fragment_len,
+                        &fragment,
+                    ) {
                         Ok(()) => {
                             // A verified fragment is authentic, so its length is the
                             // block's fragment length; later ones must match it.
@@ -659,7 +699,10 @@ impl Codec {
             })?;
             coder
                 .reconstruct_data(&mut shards)
-                .map_err(|error| DecodeError::Coder { block, reason: format!("{error:?}") })?;
+                .map_err(|error| DecodeError::Coder {
+                    block,
+                    reason: format!("{error:?}"),
+                })?;
         }
         shards.truncate(k);
         let data: Vec<Vec<u8>> = shards.into_iter().flatten().collect();
@@ -673,7 +716,12 @@ impl Codec {
         let padded_len = fragment_len * k;
         let len = spec.len.unwrap_or(padded_len);
         if len > padded_len {
-            return Err(DecodeError::LengthMismatch { block, len, k: self.params.k, fragment_len });
+            return Err(DecodeError::LengthMismatch {
+                block,
+                len,
+                k: self.params.k,
+                fragment_len,
+            });
         }
         let decoded = DecodedBlock { data, len };
         if spec.len.is_some() {
@@ -694,7 +742,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn offers_from(encoded: &EncodedBlock) -> Vec<(u16, Offer)> {
-        encoded.fragments().map(|f| (f.index, Offer::Fragment(f.to_owned()))).collect()
+        encoded
+            .fragments()
+            .map(|f| (f.index, Offer::Fragment(f.to_owned())))
+            .collect()
     }
 
     fn spec(encoded: &EncodedBlock) -> BlockSpec<'_> {
@@ -706,7 +757,9 @@ mod tests {
     }
 
     fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+            .collect()
     }
 
     #[test]
@@ -718,7 +771,10 @@ mod tests {
         );
         let p = ErasureParams::new(200, 56).unwrap();
         assert_eq!(p.n(), 256);
-        assert!(ErasureParams::new(1, 0).is_ok(), "m = 0 is allowed: no redundancy");
+        assert!(
+            ErasureParams::new(1, 0).is_ok(),
+            "m = 0 is allowed: no redundancy"
+        );
         assert_eq!(p.to_string(), "200+56");
     }
 
@@ -742,7 +798,10 @@ mod tests {
     #[test]
     fn fragment_hash_binds_the_index() {
         assert_ne!(fragment_hash(0, b"same"), fragment_hash(1, b"same"));
-        assert_eq!(fragment_hash(3, b"abc"), FragmentHash(Id::hash(&[0, 3, b'a', b'b', b'c'])));
+        assert_eq!(
+            fragment_hash(3, b"abc"),
+            FragmentHash(Id::hash(&[0, 3, b'a', b'b', b'c']))
+        );
     }
 
     #[test]
@@ -751,7 +810,11 @@ mod tests {
         let block = pseudo_random(10, 1);
         let encoded = codec.encode(&block).unwrap();
         assert_eq!(encoded.fragment_len(), 4);
-        let data: Vec<u8> = encoded.fragments().take(3).flat_map(|f| f.bytes.to_vec()).collect();
+        let data: Vec<u8> = encoded
+            .fragments()
+            .take(3)
+            .flat_map(|f| f.bytes.to_vec())
+            .collect();
         assert_eq!(&data[..10], &block[..]);
         assert_eq!(&data[10..], &[0, 0]);
         assert_eq!(encoded.block_hash(), BlockHash(Id::hash(&block)));
@@ -768,10 +831,16 @@ mod tests {
         // Served honestly labelled, under the wrong request.
         assert_eq!(
             check_fragment(0, &hashes[0], Some(32), &one),
-            Err(Corruption::WrongIndex { expected: 0, got: 1 })
+            Err(Corruption::WrongIndex {
+                expected: 0,
+                got: 1
+            })
         );
         // Relabelled as fragment 0: the hash covers the index, so this fails too.
-        let relabelled = Fragment { index: 0, bytes: one.bytes.clone() };
+        let relabelled = Fragment {
+            index: 0,
+            bytes: one.bytes.clone(),
+        };
         assert!(matches!(
             check_fragment(0, &hashes[0], Some(32), &relabelled),
             Err(Corruption::WrongHash { index: 0, .. })
@@ -786,12 +855,21 @@ mod tests {
         let codec = Codec::new(ErasureParams::new(3, 0).unwrap()).unwrap();
         let block = pseudo_random(1000, 9);
         let encoded = codec.encode(&block).unwrap();
-        let (decoded, _) = codec.decode(&spec(&encoded), offers_from(&encoded)).unwrap();
+        let (decoded, _) = codec
+            .decode(&spec(&encoded), offers_from(&encoded))
+            .unwrap();
         assert_eq!(decoded.to_vec(), block);
         let mut offers = offers_from(&encoded);
         offers[1].1 = Offer::Missing;
         let err = codec.decode(&spec(&encoded), offers).unwrap_err();
-        assert!(matches!(err, DecodeError::NotEnoughFragments { good: 2, missing: 1, .. }));
+        assert!(matches!(
+            err,
+            DecodeError::NotEnoughFragments {
+                good: 2,
+                missing: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -801,8 +879,18 @@ mod tests {
         let mut pulled = 0;
         let offers = offers_from(&encoded).into_iter().inspect(|_| pulled += 1);
         let (_, stats) = codec.decode(&spec(&encoded), offers).unwrap();
-        assert_eq!(pulled, 4, "parity is not fetched when the data fragments are good");
-        assert_eq!(stats, DecodeStats { requested: 4, used: 4, skipped: vec![] });
+        assert_eq!(
+            pulled, 4,
+            "parity is not fetched when the data fragments are good"
+        );
+        assert_eq!(
+            stats,
+            DecodeStats {
+                requested: 4,
+                used: 4,
+                skipped: vec![]
+            }
+        );
     }
 
     #[test]
@@ -816,12 +904,21 @@ mod tests {
             f.bytes.truncate(10);
         }
         let err = codec.decode(&spec(&encoded), offers).unwrap_err();
-        let DecodeError::NotEnoughFragments { needed, good, missing, corrupt, unavailable, .. } =
-            &err
+        let DecodeError::NotEnoughFragments {
+            needed,
+            good,
+            missing,
+            corrupt,
+            unavailable,
+            ..
+        } = &err
         else {
             panic!("{err}");
         };
-        assert_eq!((*needed, *good, *missing, *corrupt, *unavailable), (4, 3, 1, 1, 1));
+        assert_eq!(
+            (*needed, *good, *missing, *corrupt, *unavailable),
+            (4, 3, 1, 1, 1)
+        );
         let text = err.to_string();
         assert!(text.contains("needed 4 good fragments, found 3"), "{text}");
     }
@@ -831,12 +928,22 @@ mod tests {
         let codec = Codec::new(ErasureParams::new(2, 1).unwrap()).unwrap();
         let encoded = codec.encode(b"hello world").unwrap();
         let short = &encoded.fragment_hashes()[..2];
-        let bad = BlockSpec { fragment_hashes: short, ..spec(&encoded) };
+        let bad = BlockSpec {
+            fragment_hashes: short,
+            ..spec(&encoded)
+        };
         assert!(matches!(
             codec.decode(&bad, offers_from(&encoded)),
-            Err(DecodeError::WrongFragmentCount { expected: 3, got: 2, .. })
+            Err(DecodeError::WrongFragmentCount {
+                expected: 3,
+                got: 2,
+                ..
+            })
         ));
-        let wrong_hash = BlockSpec { hash: BlockHash(Id::hash(b"x")), ..spec(&encoded) };
+        let wrong_hash = BlockSpec {
+            hash: BlockHash(Id::hash(b"x")),
+            ..spec(&encoded)
+        };
         assert!(matches!(
             codec.decode(&wrong_hash, offers_from(&encoded)),
             Err(DecodeError::BlockHashMismatch { .. })
@@ -847,7 +954,10 @@ mod tests {
     fn unknown_length_gives_padded_bytes() {
         let codec = Codec::new(ErasureParams::new(4, 2).unwrap()).unwrap();
         let encoded = codec.encode(b"0123456789").unwrap();
-        let spec = BlockSpec { len: None, ..spec(&encoded) };
+        let spec = BlockSpec {
+            len: None,
+            ..spec(&encoded)
+        };
         let mut offers = offers_from(&encoded);
         offers.remove(0);
         let (decoded, _) = codec.decode(&spec, offers).unwrap();
@@ -875,7 +985,9 @@ mod tests {
     }
 
     fn apply(damage: Damage, index: u16, offer: Offer) -> Offer {
-        let Offer::Fragment(mut fragment) = offer else { return offer };
+        let Offer::Fragment(mut fragment) = offer else {
+            return offer;
+        };
         match damage {
             Damage::Drop => return Offer::Missing,
             Damage::Fail => return Offer::Unavailable("injected".into()),

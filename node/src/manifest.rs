@@ -99,7 +99,9 @@ pub enum ManifestError {
     #[error("empty input is not a manifest")]
     Empty,
     /// A version byte this code does not know.
-    #[error("manifest version {got} is not supported (this build reads version {MANIFEST_VERSION})")]
+    #[error(
+        "manifest version {got} is not supported (this build reads version {MANIFEST_VERSION})"
+    )]
     UnsupportedVersion {
         /// The version byte found.
         got: u8,
@@ -130,7 +132,9 @@ pub enum ManifestError {
         max: u32,
     },
     /// The number of blocks does not match the file size and segment size.
-    #[error("{file_size} bytes in segments of {segment_size} is {expected} blocks, manifest lists {got}")]
+    #[error(
+        "{file_size} bytes in segments of {segment_size} is {expected} blocks, manifest lists {got}"
+    )]
     BlockCountMismatch {
         /// File size.
         file_size: u64,
@@ -238,8 +242,11 @@ impl Manifest {
             });
         }
         let n = usize::from(self.params.n());
-        if let Some((block, entry)) =
-            self.blocks.iter().enumerate().find(|(_, entry)| entry.fragments.len() != n)
+        if let Some((block, entry)) = self
+            .blocks
+            .iter()
+            .enumerate()
+            .find(|(_, entry)| entry.fragments.len() != n)
         {
             return Err(ManifestError::FragmentCountMismatch {
                 block,
@@ -255,15 +262,21 @@ impl Manifest {
         self.validate()?;
         let bytes = self.encode_unchecked()?;
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge { size: bytes.len(), max: MAX_MANIFEST_BYTES });
+            return Err(ManifestError::TooLarge {
+                size: bytes.len(),
+                max: MAX_MANIFEST_BYTES,
+            });
         }
         let hash = ManifestHash(Id::hash(&bytes));
         Ok(EncodedManifest { bytes, hash })
     }
 
     fn encode_unchecked(&self) -> Result<Vec<u8>, ManifestError> {
-        postcard::to_extend(self, vec![MANIFEST_VERSION])
-            .map_err(|error| ManifestError::Malformed { reason: error.to_string() })
+        postcard::to_extend(self, vec![MANIFEST_VERSION]).map_err(|error| {
+            ManifestError::Malformed {
+                reason: error.to_string(),
+            }
+        })
     }
 
     /// This manifest's hash: SHA-256 of its canonical encoding.
@@ -285,14 +298,19 @@ impl Manifest {
     /// returns it with the bytes after it.
     fn decode_prefix(bytes: &[u8]) -> Result<(Manifest, &[u8]), ManifestError> {
         if bytes.len() > MAX_MANIFEST_BYTES {
-            return Err(ManifestError::TooLarge { size: bytes.len(), max: MAX_MANIFEST_BYTES });
+            return Err(ManifestError::TooLarge {
+                size: bytes.len(),
+                max: MAX_MANIFEST_BYTES,
+            });
         }
         let (&version, body) = bytes.split_first().ok_or(ManifestError::Empty)?;
         if version != MANIFEST_VERSION {
             return Err(ManifestError::UnsupportedVersion { got: version });
         }
-        let (manifest, rest): (Manifest, &[u8]) = postcard::take_from_bytes(body)
-            .map_err(|error| ManifestError::Malformed { reason: error.to_string() })?;
+        let (manifest, rest): (Manifest, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|error| ManifestError::Malformed {
+                reason: error.to_string(),
+            })?;
         manifest.validate()?;
         let encoded_len = bytes.len() - rest.len();
         if manifest.encode_unchecked()? != bytes[..encoded_len] {
@@ -312,11 +330,17 @@ impl Manifest {
         let encoded = padded.len() - padding.len();
         let padded_len = params.fragment_len(encoded) * usize::from(params.k());
         if padded_len != padded.len() || padding.iter().any(|&b| b != 0) {
-            return Err(ManifestError::BadPadding { padded: padded.len(), encoded });
+            return Err(ManifestError::BadPadding {
+                padded: padded.len(),
+                encoded,
+            });
         }
         let got = ManifestHash(Id::hash(&padded[..encoded]));
         if got != *expected {
-            return Err(ManifestError::HashMismatch { expected: *expected, got });
+            return Err(ManifestError::HashMismatch {
+                expected: *expected,
+                got,
+            });
         }
         Ok(manifest)
     }
@@ -341,10 +365,17 @@ mod tests {
             .map(|i| BlockEntry {
                 hash: BlockHash(h(&format!("block {i}"))),
                 salt: i % 2,
-                fragments: (0..3).map(|f| FragmentHash(h(&format!("{i}/{f}")))).collect(),
+                fragments: (0..3)
+                    .map(|f| FragmentHash(h(&format!("{i}/{f}"))))
+                    .collect(),
             })
             .collect();
-        Manifest { file_size, segment_size, params, blocks }
+        Manifest {
+            file_size,
+            segment_size,
+            params,
+            blocks,
+        }
     }
 
     #[test]
@@ -402,14 +433,20 @@ mod tests {
         assert_eq!(Manifest::decode(&[]), Err(ManifestError::Empty));
         let mut v2 = bytes.clone();
         v2[0] = 2;
-        assert_eq!(Manifest::decode(&v2), Err(ManifestError::UnsupportedVersion { got: 2 }));
+        assert_eq!(
+            Manifest::decode(&v2),
+            Err(ManifestError::UnsupportedVersion { got: 2 })
+        );
         assert!(matches!(
             Manifest::decode(&bytes[..bytes.len() - 1]),
             Err(ManifestError::Malformed { .. })
         ));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert_eq!(Manifest::decode(&trailing), Err(ManifestError::TrailingBytes { count: 1 }));
+        assert_eq!(
+            Manifest::decode(&trailing),
+            Err(ManifestError::TrailingBytes { count: 1 })
+        );
         // file_size 10_000 is the varint [0x90, 0x4e]; a non-minimal form of the same
         // value must not give a second hash for one manifest.
         assert_eq!(bytes[1..3], [0x90, 0x4e]);
@@ -417,28 +454,47 @@ mod tests {
         long_varint.extend_from_slice(&bytes[3..]);
         assert!(Manifest::decode(&long_varint).is_err());
         let huge = vec![1u8; MAX_MANIFEST_BYTES + 1];
-        assert!(matches!(Manifest::decode(&huge), Err(ManifestError::TooLarge { .. })));
+        assert!(matches!(
+            Manifest::decode(&huge),
+            Err(ManifestError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn rejects_inconsistent_fields() {
         let mut m = sample(10_000);
         m.blocks.pop();
-        assert!(matches!(m.encode(), Err(ManifestError::BlockCountMismatch { expected: 3, .. })));
+        assert!(matches!(
+            m.encode(),
+            Err(ManifestError::BlockCountMismatch { expected: 3, .. })
+        ));
         let mut m = sample(10_000);
         m.blocks[1].fragments.pop();
         assert!(matches!(
             m.encode(),
-            Err(ManifestError::FragmentCountMismatch { block: 1, expected: 3, got: 2 })
+            Err(ManifestError::FragmentCountMismatch {
+                block: 1,
+                expected: 3,
+                got: 2
+            })
         ));
         let mut m = sample(10_000);
         m.segment_size = 100;
-        assert!(matches!(m.encode(), Err(ManifestError::SegmentSizeOutOfRange { got: 100, .. })));
+        assert!(matches!(
+            m.encode(),
+            Err(ManifestError::SegmentSizeOutOfRange { got: 100, .. })
+        ));
         // Parameters go through `ErasureParams::new` when decoded: k = 0 is refused.
         let mut bytes = sample(10).encode().unwrap().bytes;
-        assert_eq!(bytes[4], 2, "k follows the version, file size and segment size");
+        assert_eq!(
+            bytes[4], 2,
+            "k follows the version, file size and segment size"
+        );
         bytes[4] = 0;
-        assert!(matches!(Manifest::decode(&bytes), Err(ManifestError::Malformed { .. })));
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -447,7 +503,10 @@ mod tests {
         let blocks = Manifest::max_blocks(params);
         let worst = 32 + blocks * max_entry_bytes(params.n());
         assert!(worst <= MAX_MANIFEST_BYTES);
-        assert!(blocks > 100_000, "at 1 MiB segments over 100 GiB fit: {blocks}");
+        assert!(
+            blocks > 100_000,
+            "at 1 MiB segments over 100 GiB fit: {blocks}"
+        );
     }
 
     #[test]
@@ -458,13 +517,22 @@ mod tests {
         let codec = Codec::new(params).unwrap();
         let block = codec.encode(&encoded.bytes).unwrap();
         assert_eq!(block.block_hash(), encoded.block_hash());
-        let spec =
-            BlockSpec { hash: block.block_hash(), len: None, fragment_hashes: block.fragment_hashes() };
-        let offers = block.fragments().skip(2).map(|f| (f.index, Offer::Fragment(f.to_owned())));
+        let spec = BlockSpec {
+            hash: block.block_hash(),
+            len: None,
+            fragment_hashes: block.fragment_hashes(),
+        };
+        let offers = block
+            .fragments()
+            .skip(2)
+            .map(|f| (f.index, Offer::Fragment(f.to_owned())));
         let (decoded, _) = codec.decode(&spec, offers).unwrap();
         let padded = decoded.to_vec();
         assert!(padded.len() > encoded.bytes.len() || encoded.bytes.len() % 3 == 0);
-        assert_eq!(Manifest::from_block(&padded, &encoded.hash, params).unwrap(), manifest);
+        assert_eq!(
+            Manifest::from_block(&padded, &encoded.hash, params).unwrap(),
+            manifest
+        );
 
         let other = ManifestHash(h("other"));
         assert!(matches!(
