@@ -1,1 +1,2 @@
 //! cairn's integration tests: one binary, one module per area.
+mod pipeline;
