@@ -1,2 +1,286 @@
-//! bench pipeline
-fn main() {}
+//! The client pipeline's speed against its own ceiling, measured in one run.
+//!
+//! 1. Primitives: SHA-256 of 1 MiB; Reed-Solomon encode and rebuild (2 lost data
+//!    shards) for (k, m) = (4, 2), (6, 3), (10, 4) on one segment.
+//! 2. The compute-only ceilings per (k, m): `Codec::encode_in_place` (hash the block,
+//!    encode, hash n fragments: everything a put computes) and `Codec::decode` with two
+//!    data fragments lost (verify k fragments, rebuild 2, hash the block).
+//! 3. The whole local pipeline, `client::put` and `client::get` through
+//!    `MemoryFragments`, on a 1 GiB file (256 MiB when `CAIRN_BENCH_QUICK` is set), as
+//!    MB/s and as a fraction of the ceiling, with peak RSS after each.
+//! 4. Segment sizes 256 KiB / 1 MiB / 4 MiB: ceiling, put and get at each.
+//!
+//! Memory: the file is generated while it is read (a 1-segment pattern with the block
+//! number stamped into each block), and repeats every 64 blocks, so the store holds at
+//! most 64 distinct blocks' fragments (96 MiB at 1 MiB, 4+2) while 1 GiB streams
+//! through put and get. 64 MiB of distinct data is twice this machine's L3, so
+//! repetition gives no cache advantage. Peak RSS (VmHWM) is reset before each phase
+//! through `/proc/self/clear_refs`, so each figure is that phase's own peak.
+//!
+//! Run: `cargo bench -p cairn-benches --bench pipeline`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{self, Read};
+
+use cairn_benches::{machine_note, measure, quick, test_bytes};
+use cairn_node::client::{GetOptions, GetTarget, MemoryFragments, PutOptions, get, put};
+use cairn_node::crypto::KeyPair;
+use cairn_node::erasure::{BlockSpec, Codec, ErasureParams, Offer};
+use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
+use reed_solomon_erasure::galois_8::ReedSolomon;
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1 << 20;
+/// Distinct blocks in a generated file before it repeats.
+const PERIOD_BLOCKS: u64 = 64;
+const PARAMS: [(u16, u16); 3] = [(4, 2), (6, 3), (10, 4)];
+
+/// A file of `len` bytes made of `pattern` (one segment long) with the block number
+/// (modulo [`PERIOD_BLOCKS`]) in the first 8 bytes of each block.
+struct GeneratedFile<'a> {
+    pattern: &'a [u8],
+    position: u64,
+    len: u64,
+}
+
+impl Read for GeneratedFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let segment = self.pattern.len() as u64;
+        let offset = (self.position % segment) as usize;
+        let n = buf
+            .len()
+            .min(self.pattern.len() - offset)
+            .min((self.len - self.position) as usize);
+        buf[..n].copy_from_slice(&self.pattern[offset..offset + n]);
+        let stamp = ((self.position / segment) % PERIOD_BLOCKS).to_le_bytes();
+        for (i, byte) in buf[..n]
+            .iter_mut()
+            .enumerate()
+            .take(8usize.saturating_sub(offset))
+        {
+            *byte = stamp[offset + i];
+        }
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+/// Peak resident memory of this process in MiB (VmHWM), if readable.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets VmHWM to the current RSS (Linux: writing 5 to clear_refs).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn print_peak(label: &str, reset_worked: bool) {
+    match peak_rss_mib() {
+        Some(mib) => println!(
+            "  peak RSS {label}: {mib:.0} MiB, the store's fragments included{}",
+            if reset_worked {
+                ""
+            } else {
+                " (process-wide: clear_refs reset failed)"
+            }
+        ),
+        None => println!("  peak RSS {label}: unavailable"),
+    }
+}
+
+fn primitives(segment: usize, reps: usize) {
+    let block = test_bytes(MIB, 1);
+    measure("sha256 1 MiB", MIB as u64, 1, reps * 4, || {
+        Sha256::digest(&block)
+    });
+    let block = test_bytes(segment, 2);
+    for (k, m) in PARAMS {
+        let (k, m) = (usize::from(k), usize::from(m));
+        let coder = ReedSolomon::new(k, m).unwrap();
+        let shard = segment.div_ceil(k);
+        let mut shards: Vec<Vec<u8>> = (0..k + m)
+            .map(|i| {
+                let mut s = block.get(i * shard..).unwrap_or(&[]).to_vec();
+                s.resize(shard, 0);
+                s
+            })
+            .collect();
+        let name = format!("rs encode {k}+{m} ({} KiB segment)", segment >> 10);
+        measure(&name, segment as u64, 1, reps * 4, || {
+            coder.encode(&mut shards).unwrap()
+        });
+        let name = format!("rs rebuild 2 lost {k}+{m} ({} KiB segment)", segment >> 10);
+        // (buffer, present) pairs: the lost shards' buffers are reused, so this times
+        // the arithmetic, not allocating and faulting in fresh pages.
+        let mut work: Vec<(Vec<u8>, bool)> = shards.iter().cloned().map(|s| (s, true)).collect();
+        measure(&name, segment as u64, 1, reps * 4, || {
+            work[0].1 = false;
+            work[1].1 = false;
+            coder.reconstruct_data(&mut work).unwrap();
+        });
+        assert!(
+            work.iter().zip(&shards).all(|(w, s)| w.0 == *s),
+            "rebuild is exact"
+        );
+    }
+}
+
+/// Compute-only rates in MB/s of file bytes.
+#[derive(Clone, Copy)]
+struct Ceiling {
+    put: f64,
+    get: f64,
+    get_lost: f64,
+}
+
+/// Measures the compute-only put and get ceilings for one segment.
+fn ceilings(params: ErasureParams, segment: usize, reps: usize) -> Ceiling {
+    let codec = Codec::new(params).unwrap();
+    let block = test_bytes(segment, 3);
+    let mut buffer = Vec::with_capacity(codec.buffer_capacity(segment));
+    let name = format!(
+        "ceiling put {params} (hash+encode+hash n, {} KiB)",
+        segment >> 10
+    );
+    let put = measure(&name, segment as u64, 1, reps * 4, || {
+        buffer.clear();
+        buffer.extend_from_slice(&block);
+        let encoded = codec.encode_in_place(std::mem::take(&mut buffer)).unwrap();
+        let hash = encoded.block_hash();
+        buffer = encoded.into_buffer();
+        hash
+    });
+    let encoded = codec.encode(&block).unwrap();
+    let spec = BlockSpec {
+        hash: encoded.block_hash(),
+        len: Some(segment),
+        fragment_hashes: encoded.fragment_hashes(),
+    };
+    let get_ceiling = |lost: usize, what: &str| {
+        let name = format!("ceiling get {params} ({what}, {} KiB)", segment >> 10);
+        measure(&name, segment as u64, 1, reps * 4, || {
+            // Includes one copy of each fragment used, as fetching from a store does.
+            let offers = encoded
+                .fragments()
+                .skip(lost)
+                .map(|f| (f.index, Offer::Fragment(f.to_owned())));
+            codec.decode(&spec, offers).unwrap().0.len()
+        })
+    };
+    let intact = get_ceiling(0, "verify k, hash");
+    let lost = get_ceiling(2, "verify k, rebuild 2, hash");
+    Ceiling {
+        put: put.mb_per_s(),
+        get: intact.mb_per_s(),
+        get_lost: lost.mb_per_s(),
+    }
+}
+
+/// Puts and gets one generated file through `MemoryFragments`, then gets it again
+/// with two data fragments of every block lost; prints MB/s, the ratio to the
+/// ceilings and peak RSS.
+fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, ceiling: Ceiling) {
+    let pattern = test_bytes(segment, 4);
+    let owner = KeyPair::from_secret_bytes(&[7; 32]);
+    let mut options = PutOptions::new(params, 1_700_000_000);
+    options.segment_size = segment as u32;
+    let store = MemoryFragments::new();
+    let label = format!(
+        "{params}, {} KiB segments, {} MiB file",
+        segment >> 10,
+        file_len >> 20
+    );
+    let reset = reset_peak_rss();
+    let mut receipt = None;
+    let put_m = measure(&format!("put {label}"), file_len, 1, reps, || {
+        let file = GeneratedFile {
+            pattern: &pattern,
+            position: 0,
+            len: file_len,
+        };
+        receipt = Some(put(file, b"bench", &owner, &options, &store).unwrap());
+    });
+    println!(
+        "  put / ceiling: {:.2}   (the store holds {} MiB of fragments)",
+        put_m.mb_per_s() / ceiling.put,
+        store.fragment_bytes() >> 20
+    );
+    print_peak("after put", reset);
+    let receipt = receipt.unwrap();
+    let (certificate, manifest) = (receipt.certificate, receipt.manifest);
+    let get_all = |lost_per_block: u64| {
+        let stats = get(
+            GetTarget::Certificate(&certificate),
+            io::sink(),
+            &store,
+            &GetOptions::new(0),
+        )
+        .unwrap();
+        assert_eq!(stats.bytes, file_len);
+        assert_eq!(
+            stats.skipped_missing,
+            lost_per_block * manifest.blocks.len() as u64
+        );
+    };
+    let reset = reset_peak_rss();
+    let get_m = measure(&format!("get {label}"), file_len, 1, reps, || get_all(0));
+    println!("  get / ceiling: {:.2}", get_m.mb_per_s() / ceiling.get);
+    print_peak("after get", reset);
+    // Lose data fragments 0 and 1 of every block: each block now rebuilds 2 of k.
+    for block in &manifest.blocks {
+        store.delete(&block.placement_key(), 0);
+        store.delete(&block.placement_key(), 1);
+    }
+    let lost_m = measure(
+        &format!("get, 2 lost per block, {label}"),
+        file_len,
+        1,
+        reps,
+        || get_all(2),
+    );
+    println!(
+        "  get (2 lost) / ceiling (2 lost): {:.2}",
+        lost_m.mb_per_s() / ceiling.get_lost
+    );
+}
+
+fn main() {
+    println!("{}", machine_note());
+    let quick = quick();
+    let reps = if quick { 1 } else { 3 };
+    let segment = DEFAULT_SEGMENT_SIZE as usize;
+    if !reset_peak_rss() {
+        println!("note: /proc/self/clear_refs not writable; peak RSS figures are process-wide");
+    }
+
+    println!("\n# primitives");
+    primitives(segment, reps);
+
+    println!("\n# compute-only ceilings ({} KiB segments)", segment >> 10);
+    let mut ceiling_by_params = Vec::new();
+    for (k, m) in PARAMS {
+        let params = ErasureParams::new(k, m).unwrap();
+        ceiling_by_params.push((params, ceilings(params, segment, reps)));
+    }
+
+    let big: u64 = if quick { 256 << 20 } else { 1 << 30 };
+    println!(
+        "\n# whole pipeline through MemoryFragments, {} MiB file",
+        big >> 20
+    );
+    for &(params, ceiling) in &ceiling_by_params {
+        pipeline(params, segment, big, reps, ceiling);
+    }
+
+    println!("\n# segment sizes (4+2, 256 MiB file)");
+    let params = ErasureParams::new(4, 2).unwrap();
+    for segment in [256 << 10, MIB, 4 * MIB] {
+        let ceiling = ceilings(params, segment, reps);
+        pipeline(params, segment, 256 << 20, reps, ceiling);
+    }
+}
