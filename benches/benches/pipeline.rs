@@ -21,12 +21,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::convert::Infallible;
+use std::hint::black_box;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_benches::{machine_note, measure, quick, test_bytes};
-use cairn_node::client::{GetOptions, GetTarget, MemoryFragments, PutOptions, get, put};
+use cairn_node::client::{
+    FragmentStore, GetOptions, GetTarget, MemoryFragments, PutOptions, get, put,
+};
 use cairn_node::crypto::KeyPair;
+use cairn_node::crypto::{FileCertificate, Signed};
 use cairn_node::erasure::{BlockSpec, Codec, ErasureParams, Offer};
+use cairn_node::erasure::{Fragment, FragmentRef};
+use cairn_node::id::{FileId, PlacementKey};
 use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use sha2::{Digest, Sha256};
@@ -66,6 +74,31 @@ impl Read for GeneratedFile<'_> {
     }
 }
 
+/// A store that counts fragment bytes and drops them: puts through it cost only the
+/// pipeline's own work, and keep nothing of the file in memory.
+#[derive(Default)]
+struct Discard {
+    bytes: AtomicU64,
+}
+
+impl FragmentStore for Discard {
+    type Error = Infallible;
+    fn put_fragment(&self, _: &PlacementKey, fragment: FragmentRef<'_>) -> Result<(), Infallible> {
+        self.bytes
+            .fetch_add(black_box(fragment.bytes).len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+    fn get_fragment(&self, _: &PlacementKey, _: u16) -> Result<Option<Fragment>, Infallible> {
+        Ok(None)
+    }
+    fn put_certificate(&self, _: &Signed<FileCertificate>) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn get_certificate(&self, _: &FileId) -> Result<Option<Signed<FileCertificate>>, Infallible> {
+        Ok(None)
+    }
+}
+
 /// Peak resident memory of this process in MiB (VmHWM), if readable.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -82,7 +115,7 @@ fn reset_peak_rss() -> bool {
 fn print_peak(label: &str, reset_worked: bool) {
     match peak_rss_mib() {
         Some(mib) => println!(
-            "  peak RSS {label}: {mib:.0} MiB, the store's fragments included{}",
+            "  peak RSS {label}: {mib:.0} MiB{}",
             if reset_worked {
                 ""
             } else {
@@ -189,12 +222,33 @@ fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, c
     let owner = KeyPair::from_secret_bytes(&[7; 32]);
     let mut options = PutOptions::new(params, 1_700_000_000);
     options.segment_size = segment as u32;
-    let store = MemoryFragments::new();
     let label = format!(
         "{params}, {} KiB segments, {} MiB file",
         segment >> 10,
         file_len >> 20
     );
+    let reset = reset_peak_rss();
+    let discard = Discard::default();
+    let put_d = measure(
+        &format!("put, discarding store, {label}"),
+        file_len,
+        1,
+        reps,
+        || {
+            let file = GeneratedFile {
+                pattern: &pattern,
+                position: 0,
+                len: file_len,
+            };
+            put(file, b"bench", &owner, &options, &discard).unwrap()
+        },
+    );
+    println!(
+        "  put (discarding store) / ceiling: {:.2}",
+        put_d.mb_per_s() / ceiling.put
+    );
+    print_peak("after put to a discarding store", reset);
+    let store = MemoryFragments::new();
     let reset = reset_peak_rss();
     let mut receipt = None;
     let put_m = measure(&format!("put {label}"), file_len, 1, reps, || {
@@ -210,7 +264,7 @@ fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, c
         put_m.mb_per_s() / ceiling.put,
         store.fragment_bytes() >> 20
     );
-    print_peak("after put", reset);
+    print_peak("after put (includes the store's fragments)", reset);
     let receipt = receipt.unwrap();
     let (certificate, manifest) = (receipt.certificate, receipt.manifest);
     let get_all = |lost_per_block: u64| {
@@ -230,7 +284,7 @@ fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, c
     let reset = reset_peak_rss();
     let get_m = measure(&format!("get {label}"), file_len, 1, reps, || get_all(0));
     println!("  get / ceiling: {:.2}", get_m.mb_per_s() / ceiling.get);
-    print_peak("after get", reset);
+    print_peak("after get (includes the store's fragments)", reset);
     // Lose data fragments 0 and 1 of every block: each block now rebuilds 2 of k.
     for block in &manifest.blocks {
         store.delete(&block.placement_key(), 0);

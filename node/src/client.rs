@@ -670,8 +670,11 @@ pub fn get<S: FragmentStore + ?Sized>(
     if manifest.file_size != body.size {
         return Err(disagrees("size", body.size, manifest.file_size));
     }
-    if manifest.params != params {
+    if manifest.params.k() != body.k {
         return Err(disagrees("k", body.k.into(), manifest.params.k().into()));
+    }
+    if manifest.params.m() != body.m {
+        return Err(disagrees("m", body.m.into(), manifest.params.m().into()));
     }
 
     for (position, entry) in manifest.blocks.iter().enumerate() {
@@ -1032,5 +1035,91 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_manifest_that_disagrees_with_its_certificate_is_refused() {
+        let store = MemoryFragments::new();
+        let owner = KeyPair::generate();
+        let receipt = put(&data(5000)[..], b"x", &owner, &options(), &store).unwrap();
+        // The owner signs a certificate whose size is not the manifest's.
+        let mut body = receipt.certificate.body.clone();
+        body.size += 1;
+        let lying = Signed::sign(&owner, body).unwrap();
+        let err = get(
+            GetTarget::Certificate(&lying),
+            Vec::new(),
+            &store,
+            &GetOptions::new(0),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GetError::ManifestDisagrees {
+                    field: "size",
+                    certified: 5001,
+                    listed: 5000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A certificate naming fragments that are not the manifest's cannot rebuild it
+        // (three wrong hashes leave three good fragments of the four needed).
+        let mut body = receipt.certificate.body.clone();
+        body.manifest_fragments.swap(0, 1);
+        body.manifest_fragments[5] = body.manifest_fragments[4];
+        let swapped = Signed::sign(&owner, body).unwrap();
+        let err = get(
+            GetTarget::Certificate(&swapped),
+            Vec::new(),
+            &store,
+            &GetOptions::new(0),
+        )
+        .unwrap_err();
+        let GetError::ManifestUnavailable { source, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(
+            matches!(
+                **source,
+                DecodeError::NotEnoughFragments {
+                    good: 3,
+                    corrupt: 3,
+                    ..
+                }
+            ),
+            "{source}"
+        );
+    }
+
+    #[test]
+    fn a_write_error_is_reported_with_its_offset() {
+        struct FullDisk(usize);
+        impl Write for FullDisk {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                if self.0 < buf.len() {
+                    return Err(io::Error::other("disk full"));
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let store = MemoryFragments::new();
+        let receipt = put(
+            &data(3 * 4096)[..],
+            b"x",
+            &KeyPair::generate(),
+            &options(),
+            &store,
+        )
+        .unwrap();
+        let target = GetTarget::Certificate(&receipt.certificate);
+        let err = get(target, FullDisk(5000), &store, &GetOptions::new(0)).unwrap_err();
+        assert!(matches!(err, GetError::Write { offset: 4096, .. }), "{err}");
     }
 }
