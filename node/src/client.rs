@@ -47,7 +47,12 @@ pub type StoreError = Box<dyn StdError + Send + Sync + 'static>;
 /// Where fragments and certificates go and come from.
 ///
 /// Implemented by the local store, the network, and [`MemoryFragments`] for tests.
-/// A `get_fragment` may return bytes that are wrong: the pipeline checks them.
+///
+/// Contract: `put_fragment` is idempotent (a file with repeated blocks stores the same
+/// `(key, index)` more than once, with equal bytes); a fragment is addressed by its
+/// block's placement key and its index. `get_fragment` need not check anything: it may
+/// return missing, stale, truncated or relabelled bytes, or an error, and the pipeline
+/// checks every fragment against its hash and skips the bad ones.
 pub trait FragmentStore {
     /// What can go wrong talking to this store.
     type Error: StdError + Send + Sync + 'static;
@@ -234,19 +239,23 @@ pub fn put<S: FragmentStore + ?Sized>(
     let codec = Codec::new(params).map_err(PutError::Params)?;
     let max_blocks = Manifest::max_blocks(params);
     let segment = segment_size as usize;
-    let mut buffer = Vec::with_capacity(codec.buffer_capacity(segment));
+    // Zeroed once; afterwards each segment is read over the previous block's bytes.
+    let mut buffer = vec![0u8; codec.buffer_capacity(segment)];
     let mut blocks = Vec::new();
     let mut file_size = 0u64;
     let mut fragments_stored = 0u64;
     // Bounded: each pass reads one full segment or ends, and the block count is capped.
     loop {
-        let read = (&mut reader)
-            .take(u64::from(segment_size))
-            .read_to_end(&mut buffer)
-            .map_err(|source| PutError::Read {
+        if buffer.len() < segment {
+            // Only if a codec gave back less than a segment; never for a full block.
+            buffer.resize(segment, 0);
+        }
+        let read =
+            read_full(&mut reader, &mut buffer[..segment]).map_err(|source| PutError::Read {
                 offset: file_size,
                 source,
             })?;
+        buffer.truncate(read);
         if read == 0 {
             break;
         }
@@ -320,6 +329,32 @@ pub fn put<S: FragmentStore + ?Sized>(
         reference: Reference::File(file_id),
         fragments_stored,
     })
+}
+
+/// Consecutive `Interrupted` reads tolerated before giving up on a reader.
+const MAX_INTERRUPTED_READS: u32 = 1000;
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    let mut interrupted = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                interrupted = 0;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                interrupted += 1;
+                if interrupted >= MAX_INTERRUPTED_READS {
+                    return Err(error);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
 }
 
 fn store_fragments<S: FragmentStore + ?Sized>(
@@ -1121,5 +1156,50 @@ mod tests {
         let target = GetTarget::Certificate(&receipt.certificate);
         let err = get(target, FullDisk(5000), &store, &GetOptions::new(0)).unwrap_err();
         assert!(matches!(err, GetError::Write { offset: 4096, .. }), "{err}");
+    }
+
+    #[test]
+    fn short_and_interrupted_reads_make_the_same_file() {
+        /// Yields 1..=997 bytes at a time and an `Interrupted` error every third call.
+        struct Trickle<'a> {
+            data: &'a [u8],
+            calls: usize,
+        }
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.calls += 1;
+                if self.calls % 3 == 0 {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                let n = buf
+                    .len()
+                    .min(self.data.len())
+                    .min(1 + self.calls * 37 % 997);
+                buf[..n].copy_from_slice(&self.data[..n]);
+                self.data = &self.data[n..];
+                Ok(n)
+            }
+        }
+        let input = data(5 * 4096 + 3);
+        let owner = KeyPair::generate();
+        let store = MemoryFragments::new();
+        let whole = put(&input[..], b"x", &owner, &options(), &store).unwrap();
+        let trickled = put(
+            Trickle {
+                data: &input,
+                calls: 0,
+            },
+            b"x",
+            &owner,
+            &options(),
+            &store,
+        )
+        .unwrap();
+        assert_eq!(
+            trickled.manifest_hash, whole.manifest_hash,
+            "same blocks, same manifest"
+        );
+        let (out, _) = round_trip(&store, &trickled).unwrap();
+        assert_eq!(out, input);
     }
 }

@@ -142,7 +142,7 @@ pub fn fragment_hash(index: u16, bytes: &[u8]) -> FragmentHash {
 }
 
 /// One fragment as fetched from a store or the network: it owns its bytes.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fragment {
     /// Which fragment of its block this claims to be (`0..k` data, `k..n` parity).
     pub index: u16,
@@ -470,9 +470,10 @@ impl EncodedBlock {
             .map(|(bytes, index)| FragmentRef { index, bytes })
     }
 
-    /// Gives the buffer back (emptied, capacity kept) to read the next block into.
-    pub fn into_buffer(mut self) -> Vec<u8> {
-        self.buffer.clear();
+    /// Gives the buffer back to read the next block into: it still holds this block's
+    /// `n` fragments (`n * fragment_len` initialised bytes), so a reader can overwrite
+    /// it in place without zeroing it first.
+    pub fn into_buffer(self) -> Vec<u8> {
         self.buffer
     }
 }
