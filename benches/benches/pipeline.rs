@@ -3,19 +3,24 @@
 //! 1. Primitives: SHA-256 of 1 MiB; Reed-Solomon encode and rebuild (2 lost data
 //!    shards) for (k, m) = (4, 2), (6, 3), (10, 4) on one segment.
 //! 2. The compute-only ceilings per (k, m): `Codec::encode_in_place` (hash the block,
-//!    encode, hash n fragments: everything a put computes) and `Codec::decode` with two
-//!    data fragments lost (verify k fragments, rebuild 2, hash the block).
-//! 3. The whole local pipeline, `client::put` and `client::get` through
-//!    `MemoryFragments`, on a 1 GiB file (256 MiB when `CAIRN_BENCH_QUICK` is set), as
-//!    MB/s and as a fraction of the ceiling, with peak RSS after each.
-//! 4. Segment sizes 256 KiB / 1 MiB / 4 MiB: ceiling, put and get at each.
+//!    encode, hash n fragments: everything a put computes) and `Codec::decode` with all
+//!    data fragments good (verify k, hash the block) and with two lost (verify k, of
+//!    them two parity, rebuild 2, hash the block).
+//! 3. `client::put` into a store that drops fragments, on a 1 GiB file (256 MiB when
+//!    `CAIRN_BENCH_QUICK` is set): the pipeline's own speed and its peak RSS, which
+//!    stays at a few segments however large the file.
+//! 4. The whole local pipeline, `client::put` and `client::get` (intact, then with two
+//!    data fragments of every block lost) through `MemoryFragments`, as MB/s and as a
+//!    fraction of the matching ceiling.
+//! 5. Segment sizes 256 KiB / 1 MiB / 4 MiB at 4+2: ceilings, put and get at each.
 //!
 //! Memory: the file is generated while it is read (a 1-segment pattern with the block
-//! number stamped into each block), and repeats every 64 blocks, so the store holds at
-//! most 64 distinct blocks' fragments (96 MiB at 1 MiB, 4+2) while 1 GiB streams
-//! through put and get. 64 MiB of distinct data is twice this machine's L3, so
-//! repetition gives no cache advantage. Peak RSS (VmHWM) is reset before each phase
-//! through `/proc/self/clear_refs`, so each figure is that phase's own peak.
+//! number stamped into each block) and repeats every 64 blocks, so `MemoryFragments`
+//! holds at most 64 distinct blocks' fragments (96 MiB at 1 MiB, 4+2) while 1 GiB
+//! streams through put and get. 64 MiB of distinct data is twice this machine's L3
+//! (32 MiB), so the repetition gives no cache advantage. Peak RSS (VmHWM) is reset
+//! before each phase through `/proc/self/clear_refs`; the discarding-store puts run
+//! before any store fills the heap, so their figures are the pipeline's alone.
 //!
 //! Run: `cargo bench -p cairn-benches --bench pipeline`.
 
@@ -214,10 +219,16 @@ fn ceilings(params: ErasureParams, segment: usize, reps: usize) -> Ceiling {
     }
 }
 
-/// Puts and gets one generated file through `MemoryFragments`, then gets it again
-/// with two data fragments of every block lost; prints MB/s, the ratio to the
-/// ceilings and peak RSS.
-fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, ceiling: Ceiling) {
+/// Puts a generated file through a store that drops the fragments: the pipeline's own
+/// speed and memory, nothing kept. Run before any phase that fills the heap, so the
+/// peak RSS is the pipeline's alone.
+fn put_discarding(
+    params: ErasureParams,
+    segment: usize,
+    file_len: u64,
+    reps: usize,
+    ceiling: Ceiling,
+) {
     let pattern = test_bytes(segment, 4);
     let owner = KeyPair::from_secret_bytes(&[7; 32]);
     let mut options = PutOptions::new(params, 1_700_000_000);
@@ -248,6 +259,22 @@ fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, c
         put_d.mb_per_s() / ceiling.put
     );
     print_peak("after put to a discarding store", reset);
+}
+
+/// Puts and gets one generated file through `MemoryFragments`, then gets it again
+/// with two data fragments of every block lost; prints MB/s, the ratio to the
+/// ceilings and peak RSS (which includes the store, and heap that freed stores of
+/// earlier phases left resident).
+fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, ceiling: Ceiling) {
+    let pattern = test_bytes(segment, 4);
+    let owner = KeyPair::from_secret_bytes(&[7; 32]);
+    let mut options = PutOptions::new(params, 1_700_000_000);
+    options.segment_size = segment as u32;
+    let label = format!(
+        "{params}, {} KiB segments, {} MiB file",
+        segment >> 10,
+        file_len >> 20
+    );
     let store = MemoryFragments::new();
     let reset = reset_peak_rss();
     let mut receipt = None;
@@ -321,8 +348,35 @@ fn main() {
         let params = ErasureParams::new(k, m).unwrap();
         ceiling_by_params.push((params, ceilings(params, segment, reps)));
     }
+    println!("\n# compute-only ceilings, 4+2 at other segment sizes");
+    let four_two = ErasureParams::new(4, 2).unwrap();
+    let segment_sizes = [256 << 10, MIB, 4 * MIB];
+    let ceiling_by_segment: Vec<(usize, Ceiling)> = segment_sizes
+        .iter()
+        .map(|&size| {
+            (
+                size,
+                if size == segment {
+                    ceiling_by_params[0].1
+                } else {
+                    ceilings(four_two, size, reps)
+                },
+            )
+        })
+        .collect();
 
     let big: u64 = if quick { 256 << 20 } else { 1 << 30 };
+    println!(
+        "\n# put through a discarding store ({} MiB file): speed and memory of the pipeline alone",
+        big >> 20
+    );
+    for &(params, ceiling) in &ceiling_by_params {
+        put_discarding(params, segment, big, reps, ceiling);
+    }
+    for &(size, ceiling) in &ceiling_by_segment {
+        put_discarding(four_two, size, 256 << 20, reps, ceiling);
+    }
+
     println!(
         "\n# whole pipeline through MemoryFragments, {} MiB file",
         big >> 20
@@ -332,9 +386,7 @@ fn main() {
     }
 
     println!("\n# segment sizes (4+2, 256 MiB file)");
-    let params = ErasureParams::new(4, 2).unwrap();
-    for segment in [256 << 10, MIB, 4 * MIB] {
-        let ceiling = ceilings(params, segment, reps);
-        pipeline(params, segment, 256 << 20, reps, ceiling);
+    for &(size, ceiling) in &ceiling_by_segment {
+        pipeline(four_two, size, 256 << 20, reps, ceiling);
     }
 }
