@@ -31,7 +31,7 @@ use crate::id::{BlockHash, FragmentHash, Id, ManifestHash, PlacementKey};
 pub const MANIFEST_VERSION: u8 = 1;
 
 /// The largest encoded manifest accepted (64 MiB). At 1 MiB segments and 10+4 coding a
-/// block entry takes about 490 bytes, so this covers files of over 130 GiB; at 4+2,
+/// block entry takes about 480 bytes, so this covers files of over 130 GiB; at 4+2,
 /// about 290 GiB. It bounds what a decoder will parse from untrusted bytes.
 pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
 
@@ -43,7 +43,7 @@ pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
 /// care (hashing is per byte and dominates), so the choice rests on the rest: 1 MiB
 /// keeps a put or get stream at about 10 MiB of memory and the first byte one block
 /// away, while the per-block costs (one placement lookup and n fragment transfers on
-/// the network, 44 + 32n bytes of manifest) stay small. 4 MiB would quarter those but
+/// the network, 34 + 32n bytes of manifest) stay small. 4 MiB would quarter those but
 /// quadruple memory per block in flight and the latency to the first byte of a FUSE
 /// read; 256 KiB would quadruple round trips per byte and the manifest.
 pub const DEFAULT_SEGMENT_SIZE: u32 = 1 << 20;
