@@ -25,7 +25,11 @@ pub mod store {
         let mut bytes = Vec::with_capacity(len + 32);
         let mut block = 0u64;
         while bytes.len() < len {
-            let chunk = Id::hash_parts(&[&seed.to_be_bytes(), &index.to_be_bytes(), &block.to_be_bytes()]);
+            let chunk = Id::hash_parts(&[
+                &seed.to_be_bytes(),
+                &index.to_be_bytes(),
+                &block.to_be_bytes(),
+            ]);
             bytes.extend_from_slice(&chunk.0);
             block += 1;
         }

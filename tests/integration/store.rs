@@ -17,12 +17,18 @@ struct Fixture<S> {
 }
 
 fn memory(capacity: u64) -> Fixture<MemoryStore> {
-    Fixture { store: MemoryStore::new(capacity), _dir: None }
+    Fixture {
+        store: MemoryStore::new(capacity),
+        _dir: None,
+    }
 }
 
 fn disk(capacity: u64) -> Fixture<DiskStore> {
     let dir = tempfile::tempdir().unwrap();
-    Fixture { store: DiskStore::open(dir.path(), capacity).unwrap(), _dir: Some(dir) }
+    Fixture {
+        store: DiskStore::open(dir.path(), capacity).unwrap(),
+        _dir: Some(dir),
+    }
 }
 
 /// The behaviour both implementations must share. Each check gets a fresh store.
@@ -51,15 +57,33 @@ mod suite {
         let (a, ha) = fragment(1, 0, 600);
         let (b, hb) = fragment(2, 1, 401);
         f.store.put_fragment(&key(1), 0, &ha, &a).unwrap();
-        assert_eq!((f.store.used(), f.store.free(), f.store.capacity()), (600, 400, 1000));
+        assert_eq!(
+            (f.store.used(), f.store.free(), f.store.capacity()),
+            (600, 400, 1000)
+        );
 
         let err = f.store.put_fragment(&key(1), 1, &hb, &b).unwrap_err();
         assert!(
-            matches!(err, StoreError::Full { needed: 401, free: 400, capacity: 1000 }),
+            matches!(
+                err,
+                StoreError::Full {
+                    needed: 401,
+                    free: 400,
+                    capacity: 1000
+                }
+            ),
             "{err:?}"
         );
-        assert_eq!((f.store.used(), f.store.free()), (600, 400), "refusal changed accounting");
-        assert_eq!(f.store.get_fragment(&key(1), 1).unwrap(), None, "refused fragment stored");
+        assert_eq!(
+            (f.store.used(), f.store.free()),
+            (600, 400),
+            "refusal changed accounting"
+        );
+        assert_eq!(
+            f.store.get_fragment(&key(1), 1).unwrap(),
+            None,
+            "refused fragment stored"
+        );
         assert_eq!(f.store.fragments_under(&key(1)).unwrap().len(), 1);
 
         // Exactly the free space fits; then nothing more does.
@@ -68,9 +92,22 @@ mod suite {
         assert_eq!((f.store.used(), f.store.free()), (1000, 0));
         let (d, hd) = fragment(4, 2, 1);
         let err = f.store.put_fragment(&key(1), 2, &hd, &d).unwrap_err();
-        assert!(matches!(err, StoreError::Full { needed: 1, free: 0, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                StoreError::Full {
+                    needed: 1,
+                    free: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         // Re-putting what is already stored is not refused when full: it adds nothing.
-        assert_eq!(f.store.put_fragment(&key(1), 0, &ha, &a).unwrap(), PutOutcome::AlreadyStored);
+        assert_eq!(
+            f.store.put_fragment(&key(1), 0, &ha, &a).unwrap(),
+            PutOutcome::AlreadyStored
+        );
         assert_eq!(f.store.used(), 1000);
     }
 
@@ -78,16 +115,27 @@ mod suite {
         let f = make(1 << 20);
         let (bytes, hash) = fragment(1, 3, 1000);
         let wrong = FragmentHash(Id::hash(b"something else"));
-        let err = f.store.put_fragment(&key(1), 3, &wrong, &bytes).unwrap_err();
+        let err = f
+            .store
+            .put_fragment(&key(1), 3, &wrong, &bytes)
+            .unwrap_err();
         match err {
-            StoreError::HashMismatch { index: 3, expected, actual, .. } => {
+            StoreError::HashMismatch {
+                index: 3,
+                expected,
+                actual,
+                ..
+            } => {
                 assert_eq!((expected, actual), (wrong, hash));
             }
             other => panic!("expected HashMismatch, got {other:?}"),
         }
         // The index is part of the hash: fragment 3's bytes cannot pass as fragment 4.
         let err = f.store.put_fragment(&key(1), 4, &hash, &bytes).unwrap_err();
-        assert!(matches!(err, StoreError::HashMismatch { index: 4, .. }), "{err:?}");
+        assert!(
+            matches!(err, StoreError::HashMismatch { index: 4, .. }),
+            "{err:?}"
+        );
         assert_eq!(f.store.used(), 0);
         assert!(f.store.fragments_under(&key(1)).unwrap().is_empty());
     }
@@ -108,9 +156,17 @@ mod suite {
         assert_eq!(f.store.used(), 5000, "re-put counted twice");
 
         let (other, other_hash) = fragment(2, 0, 300);
-        let err = f.store.put_fragment(&key(1), 0, &other_hash, &other).unwrap_err();
+        let err = f
+            .store
+            .put_fragment(&key(1), 0, &other_hash, &other)
+            .unwrap_err();
         match err {
-            StoreError::Conflict { index: 0, stored, offered, .. } => {
+            StoreError::Conflict {
+                index: 0,
+                stored,
+                offered,
+                ..
+            } => {
                 assert_eq!((stored, offered), (hash, other_hash));
             }
             other => panic!("expected Conflict, got {other:?}"),
@@ -130,7 +186,11 @@ mod suite {
         assert_eq!(f.store.delete_fragment(&key(1), 0).unwrap(), Some(3000));
         assert_eq!((f.store.used(), f.store.free()), (2500, 7500));
         assert_eq!(f.store.get_fragment(&key(1), 0).unwrap(), None);
-        assert_eq!(f.store.delete_fragment(&key(1), 0).unwrap(), None, "second delete");
+        assert_eq!(
+            f.store.delete_fragment(&key(1), 0).unwrap(),
+            None,
+            "second delete"
+        );
         assert_eq!(f.store.used(), 2500);
         assert_eq!(f.store.get_fragment(&key(1), 1).unwrap(), Some(b));
 
@@ -150,14 +210,29 @@ mod suite {
         // A key sharing all but the last byte with `mid`, to catch sloppy prefix scans.
         let mut near = mid;
         near.0.0[31] ^= 1;
-        for (k, indices) in [(low, &[0u16][..]), (mid, &[5, 0, 300, 2]), (high, &[1]), (near, &[9])] {
+        for (k, indices) in [
+            (low, &[0u16][..]),
+            (mid, &[5, 0, 300, 2]),
+            (high, &[1]),
+            (near, &[9]),
+        ] {
             for &index in indices {
                 let (bytes, hash) = fragment(index.into(), index, 10 + usize::from(index));
                 f.store.put_fragment(&k, index, &hash, &bytes).unwrap();
             }
         }
-        let under: Vec<u16> = f.store.fragments_under(&mid).unwrap().iter().map(|i| i.index).collect();
-        assert_eq!(under, vec![0, 2, 5, 300], "by ascending index, only this key");
+        let under: Vec<u16> = f
+            .store
+            .fragments_under(&mid)
+            .unwrap()
+            .iter()
+            .map(|i| i.index)
+            .collect();
+        assert_eq!(
+            under,
+            vec![0, 2, 5, 300],
+            "by ascending index, only this key"
+        );
         let info = f.store.fragments_under(&mid).unwrap()[3];
         assert_eq!((info.len, info.hash), (310, fragment(300, 300, 310).1));
         assert!(f.store.fragments_under(&key(99)).unwrap().is_empty());
@@ -186,8 +261,13 @@ mod suite {
         let f = make(1 << 20);
         let file = FileId(Id::hash(b"file"));
         assert_eq!(f.store.get_certificate(&file).unwrap(), None);
-        f.store.put_certificate(&file, b"signed certificate v1").unwrap();
-        assert_eq!(f.store.get_certificate(&file).unwrap().unwrap(), b"signed certificate v1");
+        f.store
+            .put_certificate(&file, b"signed certificate v1")
+            .unwrap();
+        assert_eq!(
+            f.store.get_certificate(&file).unwrap().unwrap(),
+            b"signed certificate v1"
+        );
         f.store.put_certificate(&file, b"v2").unwrap();
         assert_eq!(f.store.get_certificate(&file).unwrap().unwrap(), b"v2");
         assert!(f.store.delete_certificate(&file).unwrap());
@@ -201,10 +281,16 @@ mod suite {
         f.store.put_pointer(&key(2), 0, &holder_b).unwrap();
         assert_eq!(f.store.get_pointer(&key(1), 4).unwrap(), Some(holder_a));
         assert_eq!(f.store.get_pointer(&key(1), 2).unwrap(), None);
-        assert_eq!(f.store.pointers_under(&key(1)).unwrap(), vec![(1, holder_b), (4, holder_a)]);
+        assert_eq!(
+            f.store.pointers_under(&key(1)).unwrap(),
+            vec![(1, holder_b), (4, holder_a)]
+        );
         assert!(f.store.delete_pointer(&key(1), 4).unwrap());
         assert!(!f.store.delete_pointer(&key(1), 4).unwrap());
-        assert_eq!(f.store.pointers_under(&key(1)).unwrap(), vec![(1, holder_b)]);
+        assert_eq!(
+            f.store.pointers_under(&key(1)).unwrap(),
+            vec![(1, holder_b)]
+        );
 
         let volume = VolumeKey(Id::hash(b"volume"));
         assert_eq!(f.store.get_root(&volume).unwrap(), None);
@@ -265,7 +351,10 @@ fn memory_store_reports_corruption_instead_of_bytes() {
     store.put_fragment(&key(1), 2, &hash, &bytes).unwrap();
     assert!(store.corrupt_fragment(&key(1), 2, 500, 0x01));
     let err = store.get_fragment(&key(1), 2).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { key: k, index: 2, .. } if k == key(1)), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Corrupt { key: k, index: 2, .. } if k == key(1)),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -279,7 +368,9 @@ fn disk_store_keeps_everything_across_reopen() {
         let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
         for i in 0..6u16 {
             let (bytes, hash) = fragment(u64::from(i), i, 1000 * usize::from(i) + 1);
-            store.put_fragment(&key(u64::from(i % 2)), i, &hash, &bytes).unwrap();
+            store
+                .put_fragment(&key(u64::from(i % 2)), i, &hash, &bytes)
+                .unwrap();
             expected.push((key(u64::from(i % 2)), i, bytes));
         }
         store.delete_fragment(&key(0), 4).unwrap();
@@ -291,7 +382,11 @@ fn disk_store_keeps_everything_across_reopen() {
     let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
     let cleanup = store.open_cleanup();
     assert_eq!(
-        (cleanup.temp_files_removed, cleanup.orphan_bodies_removed, cleanup.lost_records_removed),
+        (
+            cleanup.temp_files_removed,
+            cleanup.orphan_bodies_removed,
+            cleanup.lost_records_removed
+        ),
         (0, 0, 0),
         "a clean close leaves nothing to clean"
     );
@@ -313,7 +408,17 @@ fn disk_store_keeps_everything_across_reopen() {
     assert_eq!((store.used(), store.free()), (total, 0));
     let (bytes, hash) = fragment(9, 9, 1);
     let err = store.put_fragment(&key(9), 9, &hash, &bytes).unwrap_err();
-    assert!(matches!(err, StoreError::Full { needed: 1, free: 0, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Full {
+                needed: 1,
+                free: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -332,20 +437,32 @@ fn disk_store_detects_a_flipped_byte_truncation_and_a_missing_body() {
     body[12_345] ^= 0x40;
     fs::write(&flipped, &body).unwrap();
     let err = store.get_fragment(&key(1), 0).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { key: k, index: 0, .. } if k == key(1)), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Corrupt { key: k, index: 0, .. } if k == key(1)),
+        "{err:?}"
+    );
 
     let truncated = store.body_path(&key(1), 1).unwrap().unwrap();
     fs::write(&truncated, &hashes[1][..19_999]).unwrap();
     let err = store.get_fragment(&key(1), 1).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { index: 1, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Corrupt { index: 1, .. }),
+        "{err:?}"
+    );
 
     let missing = store.body_path(&key(1), 2).unwrap().unwrap();
     fs::remove_file(&missing).unwrap();
     let err = store.get_fragment(&key(1), 2).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { index: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Corrupt { index: 2, .. }),
+        "{err:?}"
+    );
 
     // The untouched fragment still reads.
-    assert_eq!(store.get_fragment(&key(1), 3).unwrap().as_ref(), Some(&hashes[3]));
+    assert_eq!(
+        store.get_fragment(&key(1), 3).unwrap().as_ref(),
+        Some(&hashes[3])
+    );
     drop(store);
 
     // At open, the record without a body is dropped and no longer counted; the
@@ -354,7 +471,10 @@ fn disk_store_detects_a_flipped_byte_truncation_and_a_missing_body() {
     assert_eq!(store.open_cleanup().lost_records_removed, 1);
     assert_eq!(store.used(), 3 * 20_000);
     assert_eq!(store.get_fragment(&key(1), 2).unwrap(), None);
-    assert!(matches!(store.get_fragment(&key(1), 0), Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.get_fragment(&key(1), 0),
+        Err(StoreError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -367,7 +487,9 @@ fn disk_store_open_removes_temp_files_and_orphans() {
         let kept = store.body_path(&key(1), 0).unwrap().unwrap();
         // An orphan: a body renamed into place whose record never made it (as a
         // crash between the rename and the index flush leaves it).
-        store.put_fragment(&key(2), 0, &fragment(2, 0, 500).1, &fragment(2, 0, 500).0).unwrap();
+        store
+            .put_fragment(&key(2), 0, &fragment(2, 0, 500).1, &fragment(2, 0, 500).0)
+            .unwrap();
         let orphan = store.body_path(&key(2), 0).unwrap().unwrap();
         let orphan_bytes = fs::read(&orphan).unwrap();
         store.delete_fragment(&key(2), 0).unwrap();
@@ -380,9 +502,15 @@ fn disk_store_open_removes_temp_files_and_orphans() {
     };
     let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
     let cleanup = store.open_cleanup();
-    assert_eq!((cleanup.temp_files_removed, cleanup.orphan_bodies_removed), (1, 1));
+    assert_eq!(
+        (cleanup.temp_files_removed, cleanup.orphan_bodies_removed),
+        (1, 1)
+    );
     assert!(!orphan_path.exists());
-    assert!(stranger_path.exists(), "files the store did not make are left alone");
+    assert!(
+        stranger_path.exists(),
+        "files the store did not make are left alone"
+    );
     assert_eq!(fs::read_dir(&temp_dir).unwrap().count(), 0);
     assert_eq!(store.used(), 1000);
     assert_eq!(store.get_fragment(&key(2), 0).unwrap(), None);
@@ -393,5 +521,8 @@ fn disk_store_refuses_a_second_open_of_the_same_directory() {
     let dir = tempfile::tempdir().unwrap();
     let _first = DiskStore::open(dir.path(), 1 << 20).unwrap();
     let second = DiskStore::open(dir.path(), 1 << 20);
-    assert!(second.is_err(), "two stores on one directory would corrupt it");
+    assert!(
+        second.is_err(),
+        "two stores on one directory would corrupt it"
+    );
 }

@@ -59,7 +59,9 @@ fn crash_child_puts_until_killed() {
             Err(other) => panic!("child put failed: {other}"),
         }
         if op % 4 == 3 {
-            store.delete_fragment(&key((n - 2) / 6), ((n - 2) % 6) as u16).unwrap();
+            store
+                .delete_fragment(&key((n - 2) / 6), ((n - 2) % 6) as u16)
+                .unwrap();
         }
     }
 }
@@ -85,8 +87,16 @@ fn check_consistent(store: &DiskStore) -> u64 {
             bytes += info.len;
         }
     }
-    assert_eq!(store.used(), bytes, "accounting differs from the sum of the bodies");
-    assert_eq!(count_files(store.bodies_dir()), fragments, "orphan body files remain");
+    assert_eq!(
+        store.used(),
+        bytes,
+        "accounting differs from the sum of the bodies"
+    );
+    assert_eq!(
+        count_files(store.bodies_dir()),
+        fragments,
+        "orphan body files remain"
+    );
     fragments
 }
 
@@ -117,10 +127,16 @@ fn a_put_killed_midway_leaves_the_old_or_the_new_state() {
             .unwrap();
         // Wait for the child to have opened the store (bounded: it prints a few lines).
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.by_ref().take(50).any(|line| line.is_ok_and(|l| l.trim_end().ends_with(READY)));
+        let ready = lines
+            .by_ref()
+            .take(50)
+            .any(|line| line.is_ok_and(|l| l.trim_end().ends_with(READY)));
         assert!(ready, "round {round}: child never opened the store");
         // A varying moment: 2..80 ms into the loop of ~1-20 ms puts.
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let delay = 2 + (u64::from(nanos) ^ round.wrapping_mul(0x9e37_79b9)) % 78;
         std::thread::sleep(Duration::from_millis(delay));
         child.kill().unwrap(); // SIGKILL on Unix
@@ -130,11 +146,25 @@ fn a_put_killed_midway_leaves_the_old_or_the_new_state() {
         let store = DiskStore::open(dir.path(), CAPACITY).unwrap();
         let cleanup = store.open_cleanup();
         cleaned += cleanup.temp_files_removed + cleanup.orphan_bodies_removed;
+        // Bodies are durable before their records: a crash never leaves a record
+        // without its body (open would drop it, hiding the loss, so check here).
+        assert_eq!(
+            cleanup.lost_records_removed, 0,
+            "round {round}: a record outlived its body"
+        );
         let fragments = check_consistent(&store);
         assert_eq!(fragments, cleanup.fragments);
         most_fragments = most_fragments.max(fragments);
-        assert!(started.elapsed() < Duration::from_secs(30), "crash test took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "crash test took too long"
+        );
     }
-    eprintln!("crash rounds: {ROUNDS}, most fragments {most_fragments}, leftovers cleaned {cleaned}");
-    assert!(most_fragments > 0, "the child never stored anything: the test tested nothing");
+    eprintln!(
+        "crash rounds: {ROUNDS}, most fragments {most_fragments}, leftovers cleaned {cleaned}"
+    );
+    assert!(
+        most_fragments > 0,
+        "the child never stored anything: the test tested nothing"
+    );
 }

@@ -120,7 +120,8 @@ impl DiskStore {
             .open()
             .map_err(|e| StoreError::index("opening the index", e))?;
         let open_tree = |name: &'static str| {
-            db.open_tree(name).map_err(|e| StoreError::index("opening a tree", e))
+            db.open_tree(name)
+                .map_err(|e| StoreError::index("opening a tree", e))
         };
         let mut store = DiskStore {
             fragments: open_tree(FRAGMENTS_TREE)?,
@@ -140,7 +141,9 @@ impl DiskStore {
         let (cleanup, used) = store.recover()?;
         store.cleanup = cleanup;
         *store.used.get_mut().unwrap_or_else(|p| p.into_inner()) = used;
-        if cleanup.temp_files_removed + cleanup.orphan_bodies_removed + cleanup.lost_records_removed > 0 {
+        if cleanup.temp_files_removed + cleanup.orphan_bodies_removed + cleanup.lost_records_removed
+            > 0
+        {
             warn!(
                 dir = %store.dir.display(),
                 temp_files_removed = cleanup.temp_files_removed,
@@ -150,7 +153,10 @@ impl DiskStore {
             );
         }
         if used > capacity {
-            warn!(used, capacity, "store holds more than its capacity; refusing puts until it shrinks");
+            warn!(
+                used,
+                capacity, "store holds more than its capacity; refusing puts until it shrinks"
+            );
         }
         info!(
             dir = %store.dir.display(),
@@ -184,11 +190,15 @@ impl DiskStore {
 
     /// The body file of a stored fragment (for diagnostics and corruption tests).
     pub fn body_path(&self, key: &PlacementKey, index: u16) -> Result<Option<PathBuf>, StoreError> {
-        Ok(self.record(key, index)?.map(|info| self.body_file(key, &info)))
+        Ok(self
+            .record(key, index)?
+            .map(|info| self.body_file(key, &info)))
     }
 
     fn body_file(&self, key: &PlacementKey, info: &FragmentInfo) -> PathBuf {
-        self.bodies.join(format!("{:02x}", key.0.0[0])).join(body_name(key, info.index, &info.hash))
+        self.bodies
+            .join(format!("{:02x}", key.0.0[0]))
+            .join(body_name(key, info.index, &info.hash))
     }
 
     fn stripe(&self, key: &PlacementKey, index: u16) -> MutexGuard<'_, ()> {
@@ -212,7 +222,10 @@ impl DiskStore {
     }
 
     fn flush(&self, operation: &'static str) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(|e| StoreError::index(operation, e))
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StoreError::index(operation, e))
     }
 
     /// Writes the body durably into place, then records it in the index (flushed).
@@ -223,7 +236,11 @@ impl DiskStore {
         bytes: &[u8],
     ) -> Result<(), StoreError> {
         let sequence = self.temp_sequence.fetch_add(1, Ordering::Relaxed);
-        let temp = self.tmp.join(format!("{}-{:04x}-{sequence}.tmp", hex(&key.0.0), info.index));
+        let temp = self.tmp.join(format!(
+            "{}-{:04x}-{sequence}.tmp",
+            hex(&key.0.0),
+            info.index
+        ));
         let body = self.body_file(key, info);
         let written = write_synced(&temp, bytes).and_then(|()| {
             fs::rename(&temp, &body).map_err(|e| StoreError::io("renaming a body into", &body, e))
@@ -235,7 +252,10 @@ impl DiskStore {
         }
         let recorded = sync_dir(body.parent().unwrap_or(&self.bodies)).and_then(|()| {
             self.fragments
-                .insert(fragment_key(key, info.index), encode_fragment_record(info).to_vec())
+                .insert(
+                    fragment_key(key, info.index),
+                    encode_fragment_record(info).to_vec(),
+                )
                 .map_err(|e| StoreError::index("recording a fragment", e))?;
             self.flush("flushing a fragment record")
         });
@@ -255,7 +275,9 @@ impl DiskStore {
         let mut cleanup = OpenCleanup::default();
 
         for entry in read_dir(&self.tmp)? {
-            let path = entry.map_err(|e| StoreError::io("listing", &self.tmp, e))?.path();
+            let path = entry
+                .map_err(|e| StoreError::io("listing", &self.tmp, e))?
+                .path();
             remove_path(&path)?;
             cleanup.temp_files_removed += 1;
         }
@@ -263,14 +285,20 @@ impl DiskStore {
         // Bodies on disk: keep those the index records with the same hash.
         let mut present: HashMap<(PlacementKey, u16), ()> = HashMap::new();
         for fan in read_dir(&self.bodies)? {
-            let fan = fan.map_err(|e| StoreError::io("listing", &self.bodies, e))?.path();
+            let fan = fan
+                .map_err(|e| StoreError::io("listing", &self.bodies, e))?
+                .path();
             if !fan.is_dir() {
                 continue;
             }
             for entry in read_dir(&fan)? {
-                let path = entry.map_err(|e| StoreError::io("listing", &fan, e))?.path();
-                let Some((key, index, hash)) =
-                    path.file_name().and_then(|n| n.to_str()).and_then(parse_body_name)
+                let path = entry
+                    .map_err(|e| StoreError::io("listing", &fan, e))?
+                    .path();
+                let Some((key, index, hash)) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_body_name)
                 else {
                     warn!(path = %path.display(), "unknown file among fragment bodies; left alone");
                     continue;
@@ -303,7 +331,9 @@ impl DiskStore {
             }
         }
         for k in &lost {
-            self.fragments.remove(k).map_err(|e| StoreError::index("dropping a lost record", e))?;
+            self.fragments
+                .remove(k)
+                .map_err(|e| StoreError::index("dropping a lost record", e))?;
         }
         cleanup.lost_records_removed = lost.len() as u64;
         if !lost.is_empty() {
@@ -312,11 +342,18 @@ impl DiskStore {
         Ok((cleanup, used))
     }
 
-    fn put_small(&self, tree: &sled::Tree, key: &[u8], payload: &[u8], what: &'static str) -> Result<(), StoreError> {
+    fn put_small(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        payload: &[u8],
+        what: &'static str,
+    ) -> Result<(), StoreError> {
         let mut value = Vec::with_capacity(1 + payload.len());
         value.push(RECORD_VERSION);
         value.extend_from_slice(payload);
-        tree.insert(key, value).map_err(|e| StoreError::index(what, e))?;
+        tree.insert(key, value)
+            .map_err(|e| StoreError::index(what, e))?;
         self.flush(what)
     }
 
@@ -326,11 +363,20 @@ impl DiskStore {
         name: &'static str,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = tree.get(key).map_err(|e| StoreError::index("reading a record", e))?;
-        value.map(|v| strip_version(name, &v).map(<[u8]>::to_vec)).transpose()
+        let value = tree
+            .get(key)
+            .map_err(|e| StoreError::index("reading a record", e))?;
+        value
+            .map(|v| strip_version(name, &v).map(<[u8]>::to_vec))
+            .transpose()
     }
 
-    fn delete_small(&self, tree: &sled::Tree, key: &[u8], what: &'static str) -> Result<bool, StoreError> {
+    fn delete_small(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<bool, StoreError> {
         let removed = tree.remove(key).map_err(|e| StoreError::index(what, e))?;
         if removed.is_some() {
             self.flush(what)?;
@@ -353,18 +399,31 @@ impl FragmentStorage for DiskStore {
             if stored.hash == *expected {
                 return Ok(PutOutcome::AlreadyStored);
             }
-            return Err(StoreError::Conflict { key: *key, index, stored: stored.hash, offered: *expected });
+            return Err(StoreError::Conflict {
+                key: *key,
+                index,
+                stored: stored.hash,
+                offered: *expected,
+            });
         }
         let needed = bytes.len() as u64;
         {
             let mut used = self.used_lock();
             let free = self.capacity.saturating_sub(*used);
             if needed > free {
-                return Err(StoreError::Full { needed, free, capacity: self.capacity });
+                return Err(StoreError::Full {
+                    needed,
+                    free,
+                    capacity: self.capacity,
+                });
             }
             *used += needed; // reserved until the write succeeds or fails
         }
-        let info = FragmentInfo { index, hash: *expected, len: needed };
+        let info = FragmentInfo {
+            index,
+            hash: *expected,
+            len: needed,
+        };
         if let Err(err) = self.write_fragment(key, &info, bytes) {
             *self.used_lock() -= needed;
             return Err(err);
@@ -392,7 +451,11 @@ impl FragmentStorage for DiskStore {
         Ok(Some(bytes))
     }
 
-    fn fragment_info(&self, key: &PlacementKey, index: u16) -> Result<Option<FragmentInfo>, StoreError> {
+    fn fragment_info(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<FragmentInfo>, StoreError> {
         self.record(key, index)
     }
 
@@ -452,7 +515,12 @@ impl FragmentStorage for DiskStore {
     }
 
     fn put_certificate(&self, file: &FileId, signed: &[u8]) -> Result<(), StoreError> {
-        self.put_small(&self.certificates, file.as_bytes(), signed, "storing a certificate")
+        self.put_small(
+            &self.certificates,
+            file.as_bytes(),
+            signed,
+            "storing a certificate",
+        )
     }
 
     fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -460,11 +528,25 @@ impl FragmentStorage for DiskStore {
     }
 
     fn delete_certificate(&self, file: &FileId) -> Result<bool, StoreError> {
-        self.delete_small(&self.certificates, file.as_bytes(), "deleting a certificate")
+        self.delete_small(
+            &self.certificates,
+            file.as_bytes(),
+            "deleting a certificate",
+        )
     }
 
-    fn put_pointer(&self, key: &PlacementKey, index: u16, holder: &NodeId) -> Result<(), StoreError> {
-        self.put_small(&self.pointers, &fragment_key(key, index), holder.as_bytes(), "storing a pointer")
+    fn put_pointer(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        holder: &NodeId,
+    ) -> Result<(), StoreError> {
+        self.put_small(
+            &self.pointers,
+            &fragment_key(key, index),
+            holder.as_bytes(),
+            "storing a pointer",
+        )
     }
 
     fn get_pointer(&self, key: &PlacementKey, index: u16) -> Result<Option<NodeId>, StoreError> {
@@ -474,7 +556,11 @@ impl FragmentStorage for DiskStore {
     }
 
     fn delete_pointer(&self, key: &PlacementKey, index: u16) -> Result<bool, StoreError> {
-        self.delete_small(&self.pointers, &fragment_key(key, index), "deleting a pointer")
+        self.delete_small(
+            &self.pointers,
+            &fragment_key(key, index),
+            "deleting a pointer",
+        )
     }
 
     fn pointers_under(&self, key: &PlacementKey) -> Result<Vec<(u16, NodeId)>, StoreError> {
@@ -489,7 +575,12 @@ impl FragmentStorage for DiskStore {
     }
 
     fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError> {
-        self.put_small(&self.roots, volume.as_bytes(), signed, "storing a root record")
+        self.put_small(
+            &self.roots,
+            volume.as_bytes(),
+            signed,
+            "storing a root record",
+        )
     }
 
     fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError> {
@@ -518,8 +609,14 @@ fn decode_fragment_key(bytes: &[u8]) -> Result<(PlacementKey, u16), StoreError> 
         tree: FRAGMENTS_TREE,
         detail: format!("key of {} bytes, expected {FRAGMENT_KEY_LEN}", bytes.len()),
     };
-    let key: [u8; ID_BYTES] = bytes.get(..ID_BYTES).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
-    let index: [u8; 2] = bytes.get(ID_BYTES..).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+    let key: [u8; ID_BYTES] = bytes
+        .get(..ID_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    let index: [u8; 2] = bytes
+        .get(ID_BYTES..)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
     Ok((PlacementKey(Id(key)), u16::from_be_bytes(index)))
 }
 
@@ -536,23 +633,34 @@ fn decode_fragment_record(index: u16, bytes: &[u8]) -> Result<FragmentInfo, Stor
     let payload = strip_version(FRAGMENTS_TREE, bytes)?;
     let bad = || StoreError::BadRecord {
         tree: FRAGMENTS_TREE,
-        detail: format!("record of {} bytes, expected {FRAGMENT_RECORD_LEN}", bytes.len()),
+        detail: format!(
+            "record of {} bytes, expected {FRAGMENT_RECORD_LEN}",
+            bytes.len()
+        ),
     };
     if bytes.len() != FRAGMENT_RECORD_LEN {
         return Err(bad());
     }
     let hash: [u8; ID_BYTES] = payload[..ID_BYTES].try_into().map_err(|_| bad())?;
     let len: [u8; 8] = payload[ID_BYTES..].try_into().map_err(|_| bad())?;
-    Ok(FragmentInfo { index, hash: FragmentHash(Id(hash)), len: u64::from_be_bytes(len) })
+    Ok(FragmentInfo {
+        index,
+        hash: FragmentHash(Id(hash)),
+        len: u64::from_be_bytes(len),
+    })
 }
 
 fn strip_version<'a>(tree: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], StoreError> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, rest)) => Ok(rest),
-        Some((version, _)) => {
-            Err(StoreError::BadRecord { tree, detail: format!("unknown version byte {version}") })
-        }
-        None => Err(StoreError::BadRecord { tree, detail: "empty value".into() }),
+        Some((version, _)) => Err(StoreError::BadRecord {
+            tree,
+            detail: format!("unknown version byte {version}"),
+        }),
+        None => Err(StoreError::BadRecord {
+            tree,
+            detail: "empty value".into(),
+        }),
     }
 }
 
@@ -565,7 +673,11 @@ fn decode_node(bytes: &[u8]) -> Result<NodeId, StoreError> {
 }
 
 fn body_name(key: &PlacementKey, index: u16, hash: &FragmentHash) -> String {
-    format!("{}-{index:04x}-{}", hex(key.as_bytes()), hex(hash.as_bytes()))
+    format!(
+        "{}-{index:04x}-{}",
+        hex(key.as_bytes()),
+        hex(hash.as_bytes())
+    )
 }
 
 fn parse_body_name(name: &str) -> Option<(PlacementKey, u16, FragmentHash)> {
@@ -600,8 +712,10 @@ fn unhex_id(text: &str) -> Option<Id> {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let mut file = File::create(path).map_err(|e| StoreError::io("creating", path, e))?;
-    file.write_all(bytes).map_err(|e| StoreError::io("writing", path, e))?;
-    file.sync_data().map_err(|e| StoreError::io("syncing", path, e))
+    file.write_all(bytes)
+        .map_err(|e| StoreError::io("writing", path, e))?;
+    file.sync_data()
+        .map_err(|e| StoreError::io("syncing", path, e))
 }
 
 fn sync_dir(path: &Path) -> Result<(), StoreError> {
@@ -615,7 +729,11 @@ fn read_dir(path: &Path) -> Result<fs::ReadDir, StoreError> {
 }
 
 fn remove_path(path: &Path) -> Result<(), StoreError> {
-    let result = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    let result = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -635,16 +753,30 @@ mod tests {
         let k = fragment_key(&key, 0x0102);
         assert_eq!(&k[..32], &[0xab; 32]);
         assert_eq!(&k[32..], &[0x01, 0x02]);
-        let info = FragmentInfo { index: 0x0102, hash: FragmentHash(Id([0x11; 32])), len: 0x0304 };
+        let info = FragmentInfo {
+            index: 0x0102,
+            hash: FragmentHash(Id([0x11; 32])),
+            len: 0x0304,
+        };
         let record = encode_fragment_record(&info);
         assert_eq!(record[0], 1, "version byte");
         assert_eq!(&record[1..33], &[0x11; 32], "hash");
-        assert_eq!(&record[33..], &[0, 0, 0, 0, 0, 0, 0x03, 0x04], "length, big-endian");
+        assert_eq!(
+            &record[33..],
+            &[0, 0, 0, 0, 0, 0, 0x03, 0x04],
+            "length, big-endian"
+        );
         assert_eq!(decode_fragment_record(0x0102, &record).unwrap(), info);
         let mut future = record;
         future[0] = 2;
-        assert!(matches!(decode_fragment_record(1, &future), Err(StoreError::BadRecord { .. })));
-        assert!(matches!(decode_fragment_record(1, &record[..40]), Err(StoreError::BadRecord { .. })));
+        assert!(matches!(
+            decode_fragment_record(1, &future),
+            Err(StoreError::BadRecord { .. })
+        ));
+        assert!(matches!(
+            decode_fragment_record(1, &record[..40]),
+            Err(StoreError::BadRecord { .. })
+        ));
     }
 
     #[test]
@@ -661,7 +793,11 @@ mod tests {
     fn enospc_becomes_disk_full() {
         let err = StoreError::io("writing", "/x", io::Error::from(io::ErrorKind::StorageFull));
         assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
-        let err = StoreError::io("writing", "/x", io::Error::from(io::ErrorKind::PermissionDenied));
+        let err = StoreError::io(
+            "writing",
+            "/x",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
         assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
     }
 }

@@ -30,15 +30,28 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store that holds at most `capacity` bytes of fragment bodies.
     pub fn new(capacity: u64) -> MemoryStore {
-        MemoryStore { capacity, inner: Mutex::new(Inner::default()) }
+        MemoryStore {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     /// Flips the bits of `mask` in byte `offset` of a stored body, as disk rot would,
     /// so the simulator and tests can check that corruption is detected. Returns false
     /// if there is no such fragment or byte.
-    pub fn corrupt_fragment(&self, key: &PlacementKey, index: u16, offset: usize, mask: u8) -> bool {
+    pub fn corrupt_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        offset: usize,
+        mask: u8,
+    ) -> bool {
         let mut inner = self.lock();
-        match inner.fragments.get_mut(&(*key, index)).and_then(|(_, body)| body.get_mut(offset)) {
+        match inner
+            .fragments
+            .get_mut(&(*key, index))
+            .and_then(|(_, body)| body.get_mut(offset))
+        {
             Some(byte) => {
                 *byte ^= mask;
                 true
@@ -50,7 +63,9 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated (every
         // update is a single map operation plus its counter), so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -78,10 +93,20 @@ impl FragmentStorage for MemoryStore {
         let needed = bytes.len() as u64;
         let free = self.capacity.saturating_sub(inner.used);
         if needed > free {
-            return Err(StoreError::Full { needed, free, capacity: self.capacity });
+            return Err(StoreError::Full {
+                needed,
+                free,
+                capacity: self.capacity,
+            });
         }
-        let info = FragmentInfo { index, hash: *expected, len: needed };
-        inner.fragments.insert((*key, index), (info, bytes.to_vec()));
+        let info = FragmentInfo {
+            index,
+            hash: *expected,
+            len: needed,
+        };
+        inner
+            .fragments
+            .insert((*key, index), (info, bytes.to_vec()));
         inner.used += needed;
         Ok(PutOutcome::Stored { bytes: needed })
     }
@@ -97,8 +122,16 @@ impl FragmentStorage for MemoryStore {
         }
     }
 
-    fn fragment_info(&self, key: &PlacementKey, index: u16) -> Result<Option<FragmentInfo>, StoreError> {
-        Ok(self.lock().fragments.get(&(*key, index)).map(|(info, _)| *info))
+    fn fragment_info(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<FragmentInfo>, StoreError> {
+        Ok(self
+            .lock()
+            .fragments
+            .get(&(*key, index))
+            .map(|(info, _)| *info))
     }
 
     fn delete_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<u64>, StoreError> {
@@ -151,7 +184,12 @@ impl FragmentStorage for MemoryStore {
         Ok(self.lock().certificates.remove(file).is_some())
     }
 
-    fn put_pointer(&self, key: &PlacementKey, index: u16, holder: &NodeId) -> Result<(), StoreError> {
+    fn put_pointer(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        holder: &NodeId,
+    ) -> Result<(), StoreError> {
         self.lock().pointers.insert((*key, index), *holder);
         Ok(())
     }

@@ -91,7 +91,9 @@ pub enum StoreError {
         actual: FragmentHash,
     },
     /// A different fragment is already stored under this key and index; nothing changed.
-    #[error("fragment {index} of {key:?}: already stored with hash {stored:?}, offered {offered:?}")]
+    #[error(
+        "fragment {index} of {key:?}: already stored with hash {stored:?}, offered {offered:?}"
+    )]
     Conflict {
         /// Placement key of the fragment.
         key: PlacementKey,
@@ -159,7 +161,11 @@ impl StoreError {
         if source.kind() == io::ErrorKind::StorageFull {
             StoreError::DiskFull { operation, path }
         } else {
-            StoreError::Io { operation, path, source }
+            StoreError::Io {
+                operation,
+                path,
+                source,
+            }
         }
     }
 
@@ -167,7 +173,10 @@ impl StoreError {
     pub(crate) fn index(operation: &'static str, source: sled::Error) -> Self {
         match source {
             sled::Error::Io(ref err) if err.kind() == io::ErrorKind::StorageFull => {
-                StoreError::DiskFull { operation, path: PathBuf::from("(sled index)") }
+                StoreError::DiskFull {
+                    operation,
+                    path: PathBuf::from("(sled index)"),
+                }
             }
             source => StoreError::Index { operation, source },
         }
@@ -203,7 +212,11 @@ pub trait FragmentStorage: Send + Sync {
     fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// What is stored for this fragment (hash and length), without reading the body.
-    fn fragment_info(&self, key: &PlacementKey, index: u16) -> Result<Option<FragmentInfo>, StoreError>;
+    fn fragment_info(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<FragmentInfo>, StoreError>;
 
     /// Deletes a fragment, freeing exactly its length; returns the bytes freed
     /// (`None` if it was not stored).
@@ -230,7 +243,12 @@ pub trait FragmentStorage: Send + Sync {
     fn delete_certificate(&self, file: &FileId) -> Result<bool, StoreError>;
 
     /// Records that fragment `index` of `key` was diverted to `holder`.
-    fn put_pointer(&self, key: &PlacementKey, index: u16, holder: &NodeId) -> Result<(), StoreError>;
+    fn put_pointer(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        holder: &NodeId,
+    ) -> Result<(), StoreError>;
     /// The node a diverted fragment was handed to, if any.
     fn get_pointer(&self, key: &PlacementKey, index: u16) -> Result<Option<NodeId>, StoreError>;
     /// Forgets a pointer; returns whether there was one.
@@ -289,7 +307,12 @@ pub(crate) fn check_offered(
 ) -> Result<(), StoreError> {
     let actual = fragment_hash(index, bytes);
     if actual != *expected {
-        return Err(StoreError::HashMismatch { key: *key, index, expected: *expected, actual });
+        return Err(StoreError::HashMismatch {
+            key: *key,
+            index,
+            expected: *expected,
+            actual,
+        });
     }
     Ok(())
 }
@@ -338,7 +361,10 @@ mod tests {
 
     #[test]
     fn ring_intervals_cover_the_range_in_clockwise_order() {
-        assert_eq!(ring_intervals(&key(3), &key(9)), vec![(key(3), Some(key(9)))]);
+        assert_eq!(
+            ring_intervals(&key(3), &key(9)),
+            vec![(key(3), Some(key(9)))]
+        );
         assert_eq!(
             ring_intervals(&key(9), &key(3)),
             vec![(key(9), None), (key(0), Some(key(3)))]
