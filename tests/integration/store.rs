@@ -257,6 +257,50 @@ mod suite {
         assert_eq!(f.store.placement_keys_in(&low, &mid).unwrap(), vec![low]);
     }
 
+    pub fn concurrent_puts_are_counted_once<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+        let f = make(1 << 20);
+        // Four threads put the same 24 fragments (each in a different order) and
+        // delete a third of them; whoever wins, each is stored and counted once.
+        let fragments: Vec<_> = (0..24u16)
+            .map(|i| {
+                (
+                    key(u64::from(i % 5)),
+                    i,
+                    fragment(u64::from(i), i, 1000 + usize::from(i)),
+                )
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for thread in 0..4usize {
+                let (store, fragments) = (&f.store, &fragments);
+                scope.spawn(move || {
+                    for step in 0..fragments.len() {
+                        let (k, index, (bytes, hash)) =
+                            &fragments[(step * 7 + thread * 5) % fragments.len()];
+                        store.put_fragment(k, *index, hash, bytes).unwrap();
+                        if index % 3 == 0 {
+                            store.delete_fragment(k, *index).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let mut expected = 0;
+        for (k, index, (bytes, _)) in &fragments {
+            if let Some(stored) = f.store.get_fragment(k, *index).unwrap() {
+                assert_eq!(&stored, bytes);
+                expected += bytes.len() as u64;
+            } else {
+                assert_eq!(
+                    index % 3,
+                    0,
+                    "fragment {index} was never deleted, yet is gone"
+                );
+            }
+        }
+        assert_eq!(f.store.used(), expected);
+    }
+
     pub fn certificates_pointers_and_roots<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let file = FileId(Id::hash(b"file"));
@@ -332,6 +376,10 @@ macro_rules! shared_suite {
             #[test]
             fn listing_by_key_and_ring_range() {
                 suite::listing_by_key_and_ring_range($make);
+            }
+            #[test]
+            fn concurrent_puts_are_counted_once() {
+                suite::concurrent_puts_are_counted_once($make);
             }
             #[test]
             fn certificates_pointers_and_roots() {
