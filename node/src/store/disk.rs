@@ -27,7 +27,7 @@
 //! them: that fragment is lost and repair must regenerate it), and recomputes `used`
 //! as the sum of the recorded lengths, so the accounting is exact after a crash too.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -283,7 +283,7 @@ impl DiskStore {
         }
 
         // Bodies on disk: keep those the index records with the same hash.
-        let mut present: HashMap<(PlacementKey, u16), ()> = HashMap::new();
+        let mut present: HashSet<(PlacementKey, u16)> = HashSet::new();
         for fan in read_dir(&self.bodies)? {
             let fan = fan
                 .map_err(|e| StoreError::io("listing", &self.bodies, e))?
@@ -305,7 +305,7 @@ impl DiskStore {
                 };
                 match self.record(&key, index)? {
                     Some(info) if info.hash == hash => {
-                        present.insert((key, index), ());
+                        present.insert((key, index));
                     }
                     _ => {
                         remove_path(&path)?;
@@ -322,7 +322,7 @@ impl DiskStore {
             let (k, v) = item.map_err(|e| StoreError::index("scanning fragment records", e))?;
             let (key, index) = decode_fragment_key(&k)?;
             let info = decode_fragment_record(index, &v)?;
-            if present.contains_key(&(key, index)) {
+            if present.contains(&(key, index)) {
                 used += info.len;
                 cleanup.fragments += 1;
             } else {
