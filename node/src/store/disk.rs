@@ -201,6 +201,20 @@ impl DiskStore {
             .join(body_name(key, info.index, &info.hash))
     }
 
+    /// The body file's bytes, or `None` if the file does not exist.
+    fn read_body(
+        &self,
+        key: &PlacementKey,
+        info: &FragmentInfo,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.body_file(key, info);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("reading a body", path, e)),
+        }
+    }
+
     fn stripe(&self, key: &PlacementKey, index: u16) -> MutexGuard<'_, ()> {
         let slot = (usize::from(key.0.0[0]) ^ usize::from(key.0.0[1]) << 8 ^ usize::from(index))
             % LOCK_STRIPES;
@@ -435,17 +449,30 @@ impl FragmentStorage for DiskStore {
         let Some(info) = self.record(key, index)? else {
             return Ok(None);
         };
-        let path = self.body_file(key, &info);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Corrupt {
-                    key: *key,
-                    index,
-                    detail: format!("body file {} is missing", path.display()),
-                });
+        let bytes = match self.read_body(key, &info)? {
+            Some(bytes) => bytes,
+            None => {
+                // The body vanished after the record was read: a delete racing this
+                // read, or a lost file. Look again with puts and deletes of this
+                // fragment held off, so only a real loss is reported.
+                let _serialised = self.stripe(key, index);
+                let Some(info) = self.record(key, index)? else {
+                    return Ok(None);
+                };
+                match self.read_body(key, &info)? {
+                    Some(bytes) => bytes,
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            key: *key,
+                            index,
+                            detail: format!(
+                                "body file {} is missing",
+                                self.body_file(key, &info).display()
+                            ),
+                        });
+                    }
+                }
             }
-            Err(e) => return Err(StoreError::io("reading a body", path, e)),
         };
         check_read(key, &info, &bytes)?;
         Ok(Some(bytes))
