@@ -1,2 +1,5 @@
 //! cairn's integration tests: one binary, one module per area.
+
 mod pipeline;
+mod store;
+mod store_crash;

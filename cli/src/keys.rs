@@ -1,0 +1,45 @@
+//! `cairn keygen`, and finding the owner key other commands sign with.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cairn_node::crypto::KeyPair;
+
+/// Arguments of `cairn keygen`.
+#[derive(clap::Args)]
+pub struct KeygenArgs {
+    /// Where to write the key [default: $CAIRN_HOME/owner.key, or ~/.cairn/owner.key].
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+/// The default owner key file.
+pub fn default_key_path() -> PathBuf {
+    crate::cairn_home().join("owner.key")
+}
+
+/// Creates a key file; refuses to overwrite one.
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let path = args.out.unwrap_or_else(default_key_path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the directory {}", parent.display()))?;
+    }
+    let key = KeyPair::generate();
+    key.save(&path)?;
+    println!("owner key written to {}", path.display());
+    println!("public key: {}", key.public_key());
+    Ok(())
+}
+
+/// Loads the owner key at `path`, or the default one, with a hint when it is missing.
+pub fn load_owner_key(path: Option<&Path>) -> anyhow::Result<KeyPair> {
+    let path = path.map_or_else(default_key_path, Path::to_path_buf);
+    if !path.exists() {
+        anyhow::bail!(
+            "no owner key at {}: create one with `cairn keygen` or pass --key PATH",
+            path.display()
+        );
+    }
+    KeyPair::load(&path).with_context(|| format!("loading the owner key {}", path.display()))
+}

@@ -1,0 +1,830 @@
+//! [`DiskStore`]: the durable store of a real node. sled holds the index (and the
+//! small records); fragment bodies live in files. `docs/store.md` has the
+//! measurements that chose this layout over bodies inside sled.
+//!
+//! # Layout of a store directory
+//!
+//! ```text
+//! DIR/index/                  sled database, trees `fragments-1`, `certificates-1`,
+//!                             `pointers-1`, `roots-1`
+//! DIR/bodies/ab/<key>-<index>-<hash>   one file per fragment body (raw bytes),
+//!                             fanned out by the first byte of the placement key
+//! DIR/tmp/                    bodies being written; anything here at open is debris
+//! ```
+//!
+//! Keys in sled are big-endian (`placement key ‖ index_be16`), so a prefix scan lists
+//! the fragments under one placement key and a range scan lists a stretch of the ring
+//! in order. Every value starts with a version byte ([`RECORD_VERSION`]).
+//!
+//! # Crash safety
+//!
+//! A put writes the body to `tmp/`, `fdatasync`s it, renames it into `bodies/`, fsyncs
+//! that directory, and only then inserts the index record and flushes sled. So an index
+//! record never exists without its durable body; a crash at any point leaves either no
+//! record (the old state, plus maybe a temp file or an orphan body) or the whole new
+//! fragment. A delete removes the record (flushed) before the file. [`DiskStore::open`]
+//! removes temp files and orphan bodies, drops records whose body is missing (logging
+//! them: that fragment is lost and repair must regenerate it), and recomputes `used`
+//! as the sum of the recorded lengths, so the accounting is exact after a crash too.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tracing::{info, warn};
+
+use super::{
+    FragmentInfo, FragmentStorage, PutOutcome, StoreError, check_offered, check_read,
+    ring_intervals,
+};
+use crate::id::{FileId, FragmentHash, ID_BYTES, Id, NodeId, PlacementKey, VolumeKey};
+
+/// The first byte of every value this store writes; bump it when a format changes.
+pub const RECORD_VERSION: u8 = 1;
+
+const FRAGMENTS_TREE: &str = "fragments-1";
+const CERTIFICATES_TREE: &str = "certificates-1";
+const POINTERS_TREE: &str = "pointers-1";
+const ROOTS_TREE: &str = "roots-1";
+
+/// Bytes of a fragment index record: version, hash, length.
+const FRAGMENT_RECORD_LEN: usize = 1 + ID_BYTES + 8;
+/// Bytes of a fragment key: placement key, index.
+const FRAGMENT_KEY_LEN: usize = ID_BYTES + 2;
+/// Puts and deletes of the same fragment are serialised by one of this many locks.
+const LOCK_STRIPES: usize = 64;
+
+/// What [`DiskStore::open`] found and cleaned up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenCleanup {
+    /// Files left in `tmp/` by interrupted puts, removed.
+    pub temp_files_removed: u64,
+    /// Body files without an index record (a put interrupted after its rename, or a
+    /// delete after its record was removed), removed.
+    pub orphan_bodies_removed: u64,
+    /// Index records whose body file was missing, removed (those fragments are lost).
+    pub lost_records_removed: u64,
+    /// Fragments in the store after cleanup.
+    pub fragments: u64,
+}
+
+/// The durable [`FragmentStorage`]: sled index plus one file per fragment body.
+#[derive(Debug)]
+pub struct DiskStore {
+    dir: PathBuf,
+    bodies: PathBuf,
+    tmp: PathBuf,
+    db: sled::Db,
+    fragments: sled::Tree,
+    certificates: sled::Tree,
+    pointers: sled::Tree,
+    roots: sled::Tree,
+    capacity: u64,
+    /// Bytes of bodies stored plus bytes reserved by puts in progress.
+    used: Mutex<u64>,
+    stripes: Vec<Mutex<()>>,
+    temp_sequence: AtomicU64,
+    cleanup: OpenCleanup,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the store in `dir`, holding at most `capacity` bytes
+    /// of fragment bodies. Cleans up after any crash (see the module docs) and logs
+    /// what it removed. Fails if another process has the store open (sled's lock).
+    pub fn open(dir: impl AsRef<Path>, capacity: u64) -> Result<DiskStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let bodies = dir.join("bodies");
+        let tmp = dir.join("tmp");
+        for path in [&dir, &bodies, &tmp] {
+            fs::create_dir_all(path).map_err(|e| StoreError::io("creating directory", path, e))?;
+        }
+        let mut created_fanout = false;
+        for byte in 0..=255u8 {
+            let path = bodies.join(format!("{byte:02x}"));
+            match fs::create_dir(&path) {
+                Ok(()) => created_fanout = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io("creating directory", &path, e)),
+            }
+        }
+        if created_fanout {
+            sync_dir(&bodies)?;
+            sync_dir(&dir)?;
+        }
+
+        let db = sled::Config::new()
+            .path(dir.join("index"))
+            .open()
+            .map_err(|e| StoreError::index("opening the index", e))?;
+        let open_tree = |name: &'static str| {
+            db.open_tree(name)
+                .map_err(|e| StoreError::index("opening a tree", e))
+        };
+        let mut store = DiskStore {
+            fragments: open_tree(FRAGMENTS_TREE)?,
+            certificates: open_tree(CERTIFICATES_TREE)?,
+            pointers: open_tree(POINTERS_TREE)?,
+            roots: open_tree(ROOTS_TREE)?,
+            db,
+            dir,
+            bodies,
+            tmp,
+            capacity,
+            used: Mutex::new(0),
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            temp_sequence: AtomicU64::new(0),
+            cleanup: OpenCleanup::default(),
+        };
+        let (cleanup, used) = store.recover()?;
+        store.cleanup = cleanup;
+        *store.used.get_mut().unwrap_or_else(|p| p.into_inner()) = used;
+        if cleanup.temp_files_removed + cleanup.orphan_bodies_removed + cleanup.lost_records_removed
+            > 0
+        {
+            warn!(
+                dir = %store.dir.display(),
+                temp_files_removed = cleanup.temp_files_removed,
+                orphan_bodies_removed = cleanup.orphan_bodies_removed,
+                lost_records_removed = cleanup.lost_records_removed,
+                "store opened after an unclean stop: removed leftovers"
+            );
+        }
+        if used > capacity {
+            warn!(
+                used,
+                capacity, "store holds more than its capacity; refusing puts until it shrinks"
+            );
+        }
+        info!(
+            dir = %store.dir.display(),
+            fragments = cleanup.fragments,
+            used,
+            capacity,
+            "store opened"
+        );
+        Ok(store)
+    }
+
+    /// What [`DiskStore::open`] cleaned up.
+    pub fn open_cleanup(&self) -> OpenCleanup {
+        self.cleanup
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where bodies are written before being renamed into place (empty after open).
+    pub fn temp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The directory holding every body file (in per-byte subdirectories).
+    pub fn bodies_dir(&self) -> &Path {
+        &self.bodies
+    }
+
+    /// The body file of a stored fragment (for diagnostics and corruption tests).
+    pub fn body_path(&self, key: &PlacementKey, index: u16) -> Result<Option<PathBuf>, StoreError> {
+        Ok(self
+            .record(key, index)?
+            .map(|info| self.body_file(key, &info)))
+    }
+
+    fn body_file(&self, key: &PlacementKey, info: &FragmentInfo) -> PathBuf {
+        self.bodies
+            .join(format!("{:02x}", key.0.0[0]))
+            .join(body_name(key, info.index, &info.hash))
+    }
+
+    /// The body file's bytes, or `None` if the file does not exist.
+    fn read_body(
+        &self,
+        key: &PlacementKey,
+        info: &FragmentInfo,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.body_file(key, info);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("reading a body", path, e)),
+        }
+    }
+
+    fn stripe(&self, key: &PlacementKey, index: u16) -> MutexGuard<'_, ()> {
+        let slot = (usize::from(key.0.0[0]) ^ usize::from(key.0.0[1]) << 8 ^ usize::from(index))
+            % LOCK_STRIPES;
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.stripes[slot].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn used_lock(&self) -> MutexGuard<'_, u64> {
+        // Updates of the counter are single arithmetic steps; poisoning cannot tear them.
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, key: &PlacementKey, index: u16) -> Result<Option<FragmentInfo>, StoreError> {
+        let value = self
+            .fragments
+            .get(fragment_key(key, index))
+            .map_err(|e| StoreError::index("reading a fragment record", e))?;
+        value.map(|v| decode_fragment_record(index, &v)).transpose()
+    }
+
+    fn flush(&self, operation: &'static str) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StoreError::index(operation, e))
+    }
+
+    /// Writes the body durably into place, then records it in the index (flushed).
+    fn write_fragment(
+        &self,
+        key: &PlacementKey,
+        info: &FragmentInfo,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let sequence = self.temp_sequence.fetch_add(1, Ordering::Relaxed);
+        let temp = self.tmp.join(format!(
+            "{}-{:04x}-{sequence}.tmp",
+            hex(&key.0.0),
+            info.index
+        ));
+        let body = self.body_file(key, info);
+        let written = write_synced(&temp, bytes).and_then(|()| {
+            fs::rename(&temp, &body).map_err(|e| StoreError::io("renaming a body into", &body, e))
+        });
+        if let Err(err) = written {
+            // Best effort: whatever is left is removed at the next open anyway.
+            let _ = fs::remove_file(&temp);
+            return Err(err);
+        }
+        let recorded = sync_dir(body.parent().unwrap_or(&self.bodies)).and_then(|()| {
+            self.fragments
+                .insert(
+                    fragment_key(key, info.index),
+                    encode_fragment_record(info).to_vec(),
+                )
+                .map_err(|e| StoreError::index("recording a fragment", e))?;
+            self.flush("flushing a fragment record")
+        });
+        if let Err(err) = recorded {
+            // Undo so the running store stays consistent; if the record did reach the
+            // disk, the next open drops it as lost (its body is gone), keeping `used`
+            // exact either way.
+            let _ = self.fragments.remove(fragment_key(key, info.index));
+            let _ = fs::remove_file(&body);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Crash recovery at open: returns what was cleaned and the bytes stored.
+    fn recover(&self) -> Result<(OpenCleanup, u64), StoreError> {
+        let mut cleanup = OpenCleanup::default();
+
+        for entry in read_dir(&self.tmp)? {
+            let path = entry
+                .map_err(|e| StoreError::io("listing", &self.tmp, e))?
+                .path();
+            remove_path(&path)?;
+            cleanup.temp_files_removed += 1;
+        }
+
+        // Bodies on disk: keep those the index records with the same hash.
+        let mut present: HashSet<(PlacementKey, u16)> = HashSet::new();
+        for fan in read_dir(&self.bodies)? {
+            let fan = fan
+                .map_err(|e| StoreError::io("listing", &self.bodies, e))?
+                .path();
+            if !fan.is_dir() {
+                continue;
+            }
+            for entry in read_dir(&fan)? {
+                let path = entry
+                    .map_err(|e| StoreError::io("listing", &fan, e))?
+                    .path();
+                let Some((key, index, hash)) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_body_name)
+                else {
+                    warn!(path = %path.display(), "unknown file among fragment bodies; left alone");
+                    continue;
+                };
+                match self.record(&key, index)? {
+                    Some(info) if info.hash == hash => {
+                        present.insert((key, index));
+                    }
+                    _ => {
+                        remove_path(&path)?;
+                        cleanup.orphan_bodies_removed += 1;
+                    }
+                }
+            }
+        }
+
+        // Records: drop those without a body, and sum the rest.
+        let mut used = 0u64;
+        let mut lost = Vec::new();
+        for item in self.fragments.iter() {
+            let (k, v) = item.map_err(|e| StoreError::index("scanning fragment records", e))?;
+            let (key, index) = decode_fragment_key(&k)?;
+            let info = decode_fragment_record(index, &v)?;
+            if present.contains(&(key, index)) {
+                used += info.len;
+                cleanup.fragments += 1;
+            } else {
+                warn!(key = ?key, index, "fragment body missing at open; record dropped (fragment lost)");
+                lost.push(k);
+            }
+        }
+        for k in &lost {
+            self.fragments
+                .remove(k)
+                .map_err(|e| StoreError::index("dropping a lost record", e))?;
+        }
+        cleanup.lost_records_removed = lost.len() as u64;
+        if !lost.is_empty() {
+            self.flush("flushing after dropping lost records")?;
+        }
+        Ok((cleanup, used))
+    }
+
+    fn put_small(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        payload: &[u8],
+        what: &'static str,
+    ) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(1 + payload.len());
+        value.push(RECORD_VERSION);
+        value.extend_from_slice(payload);
+        tree.insert(key, value)
+            .map_err(|e| StoreError::index(what, e))?;
+        self.flush(what)
+    }
+
+    fn get_small(
+        &self,
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = tree
+            .get(key)
+            .map_err(|e| StoreError::index("reading a record", e))?;
+        value
+            .map(|v| strip_version(name, &v).map(<[u8]>::to_vec))
+            .transpose()
+    }
+
+    fn delete_small(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<bool, StoreError> {
+        let removed = tree.remove(key).map_err(|e| StoreError::index(what, e))?;
+        if removed.is_some() {
+            self.flush(what)?;
+        }
+        Ok(removed.is_some())
+    }
+}
+
+impl FragmentStorage for DiskStore {
+    fn put_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        expected: &FragmentHash,
+        bytes: &[u8],
+    ) -> Result<PutOutcome, StoreError> {
+        check_offered(key, index, expected, bytes)?;
+        let _serialised = self.stripe(key, index);
+        if let Some(stored) = self.record(key, index)? {
+            if stored.hash == *expected {
+                return Ok(PutOutcome::AlreadyStored);
+            }
+            return Err(StoreError::Conflict {
+                key: *key,
+                index,
+                stored: stored.hash,
+                offered: *expected,
+            });
+        }
+        let needed = bytes.len() as u64;
+        {
+            let mut used = self.used_lock();
+            let free = self.capacity.saturating_sub(*used);
+            if needed > free {
+                return Err(StoreError::Full {
+                    needed,
+                    free,
+                    capacity: self.capacity,
+                });
+            }
+            *used += needed; // reserved until the write succeeds or fails
+        }
+        let info = FragmentInfo {
+            index,
+            hash: *expected,
+            len: needed,
+        };
+        if let Err(err) = self.write_fragment(key, &info, bytes) {
+            *self.used_lock() -= needed;
+            return Err(err);
+        }
+        Ok(PutOutcome::Stored { bytes: needed })
+    }
+
+    fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(info) = self.record(key, index)? else {
+            return Ok(None);
+        };
+        let bytes = match self.read_body(key, &info)? {
+            Some(bytes) => bytes,
+            None => {
+                // The body vanished after the record was read: a delete racing this
+                // read, or a lost file. Look again with puts and deletes of this
+                // fragment held off, so only a real loss is reported.
+                let _serialised = self.stripe(key, index);
+                let Some(info) = self.record(key, index)? else {
+                    return Ok(None);
+                };
+                match self.read_body(key, &info)? {
+                    Some(bytes) => bytes,
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            key: *key,
+                            index,
+                            detail: format!(
+                                "body file {} is missing",
+                                self.body_file(key, &info).display()
+                            ),
+                        });
+                    }
+                }
+            }
+        };
+        check_read(key, &info, &bytes)?;
+        Ok(Some(bytes))
+    }
+
+    fn fragment_info(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<FragmentInfo>, StoreError> {
+        self.record(key, index)
+    }
+
+    fn delete_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<u64>, StoreError> {
+        let _serialised = self.stripe(key, index);
+        let Some(info) = self.record(key, index)? else {
+            return Ok(None);
+        };
+        self.fragments
+            .remove(fragment_key(key, index))
+            .map_err(|e| StoreError::index("removing a fragment record", e))?;
+        self.flush("flushing a fragment removal")?;
+        *self.used_lock() -= info.len;
+        let path = self.body_file(key, &info);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // The record is gone, so the fragment is deleted; the file is an orphan
+            // that the next open removes.
+            Err(e) => warn!(path = %path.display(), error = %e, "could not remove a deleted body"),
+        }
+        Ok(Some(info.len))
+    }
+
+    fn fragments_under(&self, key: &PlacementKey) -> Result<Vec<FragmentInfo>, StoreError> {
+        self.fragments
+            .scan_prefix(key.as_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(|e| StoreError::index("listing fragments", e))?;
+                let (_, index) = decode_fragment_key(&k)?;
+                decode_fragment_record(index, &v)
+            })
+            .collect()
+    }
+
+    fn placement_keys_in(
+        &self,
+        start: &PlacementKey,
+        end: &PlacementKey,
+    ) -> Result<Vec<PlacementKey>, StoreError> {
+        let mut keys: Vec<PlacementKey> = Vec::new();
+        for (low, high) in ring_intervals(start, end) {
+            let low = fragment_key(&low, 0);
+            let items = match high {
+                Some(high) => self.fragments.range(low..fragment_key(&high, 0)),
+                None => self.fragments.range(low..),
+            };
+            for item in items {
+                let (k, _) = item.map_err(|e| StoreError::index("listing placement keys", e))?;
+                let (key, _) = decode_fragment_key(&k)?;
+                if keys.last() != Some(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    fn put_certificate(&self, file: &FileId, signed: &[u8]) -> Result<(), StoreError> {
+        self.put_small(
+            &self.certificates,
+            file.as_bytes(),
+            signed,
+            "storing a certificate",
+        )
+    }
+
+    fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_small(&self.certificates, CERTIFICATES_TREE, file.as_bytes())
+    }
+
+    fn delete_certificate(&self, file: &FileId) -> Result<bool, StoreError> {
+        self.delete_small(
+            &self.certificates,
+            file.as_bytes(),
+            "deleting a certificate",
+        )
+    }
+
+    fn put_pointer(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        holder: &NodeId,
+    ) -> Result<(), StoreError> {
+        self.put_small(
+            &self.pointers,
+            &fragment_key(key, index),
+            holder.as_bytes(),
+            "storing a pointer",
+        )
+    }
+
+    fn get_pointer(&self, key: &PlacementKey, index: u16) -> Result<Option<NodeId>, StoreError> {
+        self.get_small(&self.pointers, POINTERS_TREE, &fragment_key(key, index))?
+            .map(|payload| decode_node(&payload))
+            .transpose()
+    }
+
+    fn delete_pointer(&self, key: &PlacementKey, index: u16) -> Result<bool, StoreError> {
+        self.delete_small(
+            &self.pointers,
+            &fragment_key(key, index),
+            "deleting a pointer",
+        )
+    }
+
+    fn pointers_under(&self, key: &PlacementKey) -> Result<Vec<(u16, NodeId)>, StoreError> {
+        self.pointers
+            .scan_prefix(key.as_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(|e| StoreError::index("listing pointers", e))?;
+                let (_, index) = decode_fragment_key(&k)?;
+                Ok((index, decode_node(strip_version(POINTERS_TREE, &v)?)?))
+            })
+            .collect()
+    }
+
+    fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError> {
+        self.put_small(
+            &self.roots,
+            volume.as_bytes(),
+            signed,
+            "storing a root record",
+        )
+    }
+
+    fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_small(&self.roots, ROOTS_TREE, volume.as_bytes())
+    }
+
+    fn used(&self) -> u64 {
+        *self.used_lock()
+    }
+
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+/// `placement key ‖ index_be16`: big-endian, so keys sort by ring position, then index.
+fn fragment_key(key: &PlacementKey, index: u16) -> [u8; FRAGMENT_KEY_LEN] {
+    let mut out = [0u8; FRAGMENT_KEY_LEN];
+    out[..ID_BYTES].copy_from_slice(key.as_bytes());
+    out[ID_BYTES..].copy_from_slice(&index.to_be_bytes());
+    out
+}
+
+fn decode_fragment_key(bytes: &[u8]) -> Result<(PlacementKey, u16), StoreError> {
+    let bad = || StoreError::BadRecord {
+        tree: FRAGMENTS_TREE,
+        detail: format!("key of {} bytes, expected {FRAGMENT_KEY_LEN}", bytes.len()),
+    };
+    let key: [u8; ID_BYTES] = bytes
+        .get(..ID_BYTES)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    let index: [u8; 2] = bytes
+        .get(ID_BYTES..)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok((PlacementKey(Id(key)), u16::from_be_bytes(index)))
+}
+
+/// `version ‖ hash ‖ len_be64`.
+fn encode_fragment_record(info: &FragmentInfo) -> [u8; FRAGMENT_RECORD_LEN] {
+    let mut out = [0u8; FRAGMENT_RECORD_LEN];
+    out[0] = RECORD_VERSION;
+    out[1..1 + ID_BYTES].copy_from_slice(info.hash.as_bytes());
+    out[1 + ID_BYTES..].copy_from_slice(&info.len.to_be_bytes());
+    out
+}
+
+fn decode_fragment_record(index: u16, bytes: &[u8]) -> Result<FragmentInfo, StoreError> {
+    let payload = strip_version(FRAGMENTS_TREE, bytes)?;
+    let bad = || StoreError::BadRecord {
+        tree: FRAGMENTS_TREE,
+        detail: format!(
+            "record of {} bytes, expected {FRAGMENT_RECORD_LEN}",
+            bytes.len()
+        ),
+    };
+    if bytes.len() != FRAGMENT_RECORD_LEN {
+        return Err(bad());
+    }
+    let hash: [u8; ID_BYTES] = payload[..ID_BYTES].try_into().map_err(|_| bad())?;
+    let len: [u8; 8] = payload[ID_BYTES..].try_into().map_err(|_| bad())?;
+    Ok(FragmentInfo {
+        index,
+        hash: FragmentHash(Id(hash)),
+        len: u64::from_be_bytes(len),
+    })
+}
+
+fn strip_version<'a>(tree: &'static str, bytes: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, rest)) => Ok(rest),
+        Some((version, _)) => Err(StoreError::BadRecord {
+            tree,
+            detail: format!("unknown version byte {version}"),
+        }),
+        None => Err(StoreError::BadRecord {
+            tree,
+            detail: "empty value".into(),
+        }),
+    }
+}
+
+fn decode_node(bytes: &[u8]) -> Result<NodeId, StoreError> {
+    let id: [u8; ID_BYTES] = bytes.try_into().map_err(|_| StoreError::BadRecord {
+        tree: POINTERS_TREE,
+        detail: format!("holder of {} bytes, expected {ID_BYTES}", bytes.len()),
+    })?;
+    Ok(NodeId(Id(id)))
+}
+
+fn body_name(key: &PlacementKey, index: u16, hash: &FragmentHash) -> String {
+    format!(
+        "{}-{index:04x}-{}",
+        hex(key.as_bytes()),
+        hex(hash.as_bytes())
+    )
+}
+
+fn parse_body_name(name: &str) -> Option<(PlacementKey, u16, FragmentHash)> {
+    let mut parts = name.split('-');
+    let key = unhex_id(parts.next()?)?;
+    let index_text = parts.next()?;
+    if index_text.len() != 4 {
+        return None;
+    }
+    let index = u16::from_str_radix(index_text, 16).ok()?;
+    let hash = unhex_id(parts.next()?)?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((PlacementKey(key), index, FragmentHash(hash)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex_id(text: &str) -> Option<Id> {
+    if text.len() != ID_BYTES * 2 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; ID_BYTES];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(Id(out))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut file = File::create(path).map_err(|e| StoreError::io("creating", path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StoreError::io("writing", path, e))?;
+    file.sync_data()
+        .map_err(|e| StoreError::io("syncing", path, e))
+}
+
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| StoreError::io("syncing directory", path, e))
+}
+
+fn read_dir(path: &Path) -> Result<fs::ReadDir, StoreError> {
+    fs::read_dir(path).map_err(|e| StoreError::io("listing", path, e))
+}
+
+fn remove_path(path: &Path) -> Result<(), StoreError> {
+    let result = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("removing", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Pins the on-disk encodings: changing them needs a new version byte or tree name.
+    #[test]
+    fn record_and_key_encodings_are_pinned() {
+        let key = PlacementKey(Id([0xab; 32]));
+        let k = fragment_key(&key, 0x0102);
+        assert_eq!(&k[..32], &[0xab; 32]);
+        assert_eq!(&k[32..], &[0x01, 0x02]);
+        let info = FragmentInfo {
+            index: 0x0102,
+            hash: FragmentHash(Id([0x11; 32])),
+            len: 0x0304,
+        };
+        let record = encode_fragment_record(&info);
+        assert_eq!(record[0], 1, "version byte");
+        assert_eq!(&record[1..33], &[0x11; 32], "hash");
+        assert_eq!(
+            &record[33..],
+            &[0, 0, 0, 0, 0, 0, 0x03, 0x04],
+            "length, big-endian"
+        );
+        assert_eq!(decode_fragment_record(0x0102, &record).unwrap(), info);
+        let mut future = record;
+        future[0] = 2;
+        assert!(matches!(
+            decode_fragment_record(1, &future),
+            Err(StoreError::BadRecord { .. })
+        ));
+        assert!(matches!(
+            decode_fragment_record(1, &record[..40]),
+            Err(StoreError::BadRecord { .. })
+        ));
+    }
+
+    #[test]
+    fn body_names_round_trip_and_reject_strangers() {
+        let key = PlacementKey(Id([0x5a; 32]));
+        let hash = FragmentHash(Id([0xc3; 32]));
+        let name = body_name(&key, 7, &hash);
+        assert_eq!(parse_body_name(&name), Some((key, 7, hash)));
+        assert_eq!(parse_body_name("notes.txt"), None);
+        assert_eq!(parse_body_name(&format!("{name}-x")), None);
+    }
+
+    #[test]
+    fn enospc_becomes_disk_full() {
+        let err = StoreError::io("writing", "/x", io::Error::from(io::ErrorKind::StorageFull));
+        assert!(matches!(err, StoreError::DiskFull { .. }), "{err:?}");
+        let err = StoreError::io(
+            "writing",
+            "/x",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+    }
+}

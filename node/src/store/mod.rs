@@ -1,0 +1,378 @@
+//! The durable local store: fragments, certificates, pointers and root records.
+//!
+//! Owns: the [`FragmentStorage`] trait (the narrow API every higher layer uses), its
+//! two implementations, [`MemoryStore`] (for the simulator and tests) and
+//! [`DiskStore`] (sled as the index, fragment bodies in files; see `docs/store.md`
+//! for the measurements behind that layout), capacity accounting, and [`StoreError`].
+//!
+//! May use: [`crate::id`] (ids and hashing), `sled`, `std::fs`, `tracing`. It does not
+//! use `crypto`: certificates and root records are opaque signed bytes here, verified
+//! by the typed layer above before they are stored and after they are read.
+//!
+//! # What is durable, and when a receipt may be signed
+//!
+//! Every mutating call returns only once its effect is on disk (for [`DiskStore`]:
+//! the body file is `fdatasync`ed and renamed, its directory fsynced, and the sled
+//! index flushed). A node signs a store receipt for a fragment **only after
+//! [`FragmentStorage::put_fragment`] has returned `Ok`**; a receipt signed earlier
+//! could promise a fragment that a crash then loses.
+//!
+//! # What the capacity counts
+//!
+//! [`FragmentStorage::used`] is the exact sum of the lengths of the fragment bodies
+//! stored, nothing else: certificates, pointers, root records, the index and file
+//! system overhead are small and not counted. A put that would take `used` past
+//! `capacity` is refused with [`StoreError::Full`] and changes nothing.
+
+mod disk;
+mod memory;
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+
+pub use disk::{DiskStore, OpenCleanup, RECORD_VERSION};
+pub use memory::MemoryStore;
+
+/// The hash a fragment must have: `SHA-256(index_be16 ‖ bytes)`, as the erasure layer
+/// defines it (binding the index in means a fragment cannot be served as another).
+pub fn fragment_hash(index: u16, bytes: &[u8]) -> FragmentHash {
+    FragmentHash(Id::hash_parts(&[&index.to_be_bytes(), bytes]))
+}
+
+/// What one stored fragment is, as listed (without its body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentInfo {
+    /// The fragment's index within its block (0..n).
+    pub index: u16,
+    /// The hash recorded at put time, re-checked on every read.
+    pub hash: FragmentHash,
+    /// Body length in bytes (what it counts against the capacity).
+    pub len: u64,
+}
+
+/// The outcome of a successful [`FragmentStorage::put_fragment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The fragment was new and is now durable; `used` grew by `bytes`.
+    Stored {
+        /// Bytes added to `used`.
+        bytes: u64,
+    },
+    /// The same fragment (same key, index and hash) was already stored; nothing changed.
+    AlreadyStored,
+}
+
+/// Everything that can go wrong in the store. Variants carry what a log line or an
+/// operator needs to see what happened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Storing `needed` more bytes would pass the capacity; nothing was changed.
+    #[error("store full: {needed} bytes needed, {free} free of {capacity}")]
+    Full {
+        /// Bytes the refused put would have added.
+        needed: u64,
+        /// Bytes free when it was refused.
+        free: u64,
+        /// The configured capacity.
+        capacity: u64,
+    },
+    /// The bytes offered do not hash to what the caller said they are; nothing stored.
+    #[error("fragment {index} of {key:?}: bytes hash to {actual:?}, caller expected {expected:?}")]
+    HashMismatch {
+        /// Placement key of the fragment.
+        key: PlacementKey,
+        /// Fragment index.
+        index: u16,
+        /// The hash the caller passed.
+        expected: FragmentHash,
+        /// `SHA-256(index_be16 ‖ bytes)` of the bytes offered.
+        actual: FragmentHash,
+    },
+    /// A different fragment is already stored under this key and index; nothing changed.
+    #[error(
+        "fragment {index} of {key:?}: already stored with hash {stored:?}, offered {offered:?}"
+    )]
+    Conflict {
+        /// Placement key of the fragment.
+        key: PlacementKey,
+        /// Fragment index.
+        index: u16,
+        /// The hash already stored.
+        stored: FragmentHash,
+        /// The hash of the fragment offered.
+        offered: FragmentHash,
+    },
+    /// A stored fragment no longer matches the hash recorded at put time (bit rot, a
+    /// truncated or missing body file). Its bytes are never returned.
+    #[error("fragment {index} of {key:?} is corrupt on disk: {detail}")]
+    Corrupt {
+        /// Placement key of the fragment.
+        key: PlacementKey,
+        /// Fragment index.
+        index: u16,
+        /// What was found (hash mismatch, wrong length, missing body).
+        detail: String,
+    },
+    /// The file system is out of space (ENOSPC). Nothing stored earlier was lost; the
+    /// refused write left no trace.
+    #[error("disk full while {operation} {path}")]
+    DiskFull {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The file it was writing.
+        path: PathBuf,
+    },
+    /// Any other I/O failure, with the operation and the path it concerned.
+    #[error("I/O error while {operation} {path}")]
+    Io {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The sled index failed.
+    #[error("index (sled) error while {operation}")]
+    Index {
+        /// What the store was doing.
+        operation: &'static str,
+        /// sled's error.
+        #[source]
+        source: sled::Error,
+    },
+    /// An index record could not be decoded (unknown version byte or wrong length).
+    #[error("undecodable record in tree {tree}: {detail}")]
+    BadRecord {
+        /// The sled tree it came from.
+        tree: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// Wraps an I/O error, turning ENOSPC into [`StoreError::DiskFull`].
+    pub(crate) fn io(operation: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == io::ErrorKind::StorageFull {
+            StoreError::DiskFull { operation, path }
+        } else {
+            StoreError::Io {
+                operation,
+                path,
+                source,
+            }
+        }
+    }
+
+    /// Wraps a sled error; sled's own I/O errors on a full disk become [`StoreError::DiskFull`].
+    pub(crate) fn index(operation: &'static str, source: sled::Error) -> Self {
+        match source {
+            sled::Error::Io(ref err) if err.kind() == io::ErrorKind::StorageFull => {
+                StoreError::DiskFull {
+                    operation,
+                    path: PathBuf::from("(sled index)"),
+                }
+            }
+            source => StoreError::Index { operation, source },
+        }
+    }
+}
+
+/// The store's narrow API: what the placement and repair layers, the node daemon and
+/// the simulator use. Both [`MemoryStore`] and [`DiskStore`] implement it and pass the
+/// same test suite.
+///
+/// All methods take `&self`; implementations synchronise internally so one store can
+/// be shared between tasks. Every mutation is durable when it returns (see the module
+/// docs for when that matters).
+pub trait FragmentStorage: Send + Sync {
+    /// Stores fragment `index` of the block placed at `key`, after checking that
+    /// `fragment_hash(index, bytes) == *expected`.
+    ///
+    /// Returns only once the fragment is durable: a store receipt may be signed after
+    /// this returns `Ok`, never before. Re-putting the same fragment is a no-op
+    /// ([`PutOutcome::AlreadyStored`], not counted twice). Refused, changing nothing,
+    /// with [`StoreError::HashMismatch`], [`StoreError::Conflict`] (another fragment
+    /// under the same key and index) or [`StoreError::Full`].
+    fn put_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        expected: &FragmentHash,
+        bytes: &[u8],
+    ) -> Result<PutOutcome, StoreError>;
+
+    /// The fragment's bytes, re-checked against the hash recorded at put time;
+    /// `Ok(None)` if it is not stored, [`StoreError::Corrupt`] if it no longer verifies.
+    fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// What is stored for this fragment (hash and length), without reading the body.
+    fn fragment_info(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<FragmentInfo>, StoreError>;
+
+    /// Deletes a fragment, freeing exactly its length; returns the bytes freed
+    /// (`None` if it was not stored).
+    fn delete_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<u64>, StoreError>;
+
+    /// Every fragment stored under `key`, by ascending index.
+    fn fragments_under(&self, key: &PlacementKey) -> Result<Vec<FragmentInfo>, StoreError>;
+
+    /// The distinct placement keys with at least one fragment stored in the clockwise
+    /// ring range from `start` (inclusive) to `end` (exclusive), in clockwise order
+    /// from `start`. The range wraps past the top of the ring when `end < start`;
+    /// `start == end` means the whole ring.
+    fn placement_keys_in(
+        &self,
+        start: &PlacementKey,
+        end: &PlacementKey,
+    ) -> Result<Vec<PlacementKey>, StoreError>;
+
+    /// Stores (or replaces) the opaque signed certificate bytes of `file`.
+    fn put_certificate(&self, file: &FileId, signed: &[u8]) -> Result<(), StoreError>;
+    /// The certificate bytes of `file`, if stored.
+    fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes the certificate of `file`; returns whether there was one.
+    fn delete_certificate(&self, file: &FileId) -> Result<bool, StoreError>;
+
+    /// Records that fragment `index` of `key` was diverted to `holder`.
+    fn put_pointer(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        holder: &NodeId,
+    ) -> Result<(), StoreError>;
+    /// The node a diverted fragment was handed to, if any.
+    fn get_pointer(&self, key: &PlacementKey, index: u16) -> Result<Option<NodeId>, StoreError>;
+    /// Forgets a pointer; returns whether there was one.
+    fn delete_pointer(&self, key: &PlacementKey, index: u16) -> Result<bool, StoreError>;
+    /// Every pointer under `key`, by ascending index.
+    fn pointers_under(&self, key: &PlacementKey) -> Result<Vec<(u16, NodeId)>, StoreError>;
+
+    /// Stores (or replaces) the opaque signed root record of `volume`. The caller has
+    /// checked the signature and that the sequence number is higher.
+    fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError>;
+    /// The root record of `volume`, if stored.
+    fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Bytes of fragment bodies stored.
+    fn used(&self) -> u64;
+    /// The configured limit on [`FragmentStorage::used`].
+    fn capacity(&self) -> u64;
+    /// `capacity - used` (0 if a reopen with a smaller capacity left it over).
+    fn free(&self) -> u64 {
+        self.capacity().saturating_sub(self.used())
+    }
+}
+
+/// True if `key` lies in the clockwise ring range `[start, end)`, the range
+/// [`FragmentStorage::placement_keys_in`] lists (`start == end`: the whole ring).
+pub fn in_ring_range(key: &PlacementKey, start: &PlacementKey, end: &PlacementKey) -> bool {
+    match start.cmp(end) {
+        std::cmp::Ordering::Less => start <= key && key < end,
+        std::cmp::Ordering::Greater => key >= start || key < end,
+        std::cmp::Ordering::Equal => true,
+    }
+}
+
+/// The ring range `[start, end)` as at most two ascending linear intervals, in
+/// clockwise order; `None` as an upper bound means "to the top of the ring".
+pub(crate) fn ring_intervals(
+    start: &PlacementKey,
+    end: &PlacementKey,
+) -> Vec<(PlacementKey, Option<PlacementKey>)> {
+    if start < end {
+        vec![(*start, Some(*end))]
+    } else if start == end && *start == PlacementKey(Id::ZERO) {
+        vec![(*start, None)]
+    } else {
+        // Wraps: from start to the top, then from zero up to end.
+        vec![(*start, None), (PlacementKey(Id::ZERO), Some(*end))]
+    }
+}
+
+/// Checks a fragment against the caller's expected hash before storing it.
+pub(crate) fn check_offered(
+    key: &PlacementKey,
+    index: u16,
+    expected: &FragmentHash,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let actual = fragment_hash(index, bytes);
+    if actual != *expected {
+        return Err(StoreError::HashMismatch {
+            key: *key,
+            index,
+            expected: *expected,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a body read back against the hash and length recorded at put time.
+pub(crate) fn check_read(
+    key: &PlacementKey,
+    info: &FragmentInfo,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    if bytes.len() as u64 != info.len {
+        return Err(StoreError::Corrupt {
+            key: *key,
+            index: info.index,
+            detail: format!("body is {} bytes, {} were stored", bytes.len(), info.len),
+        });
+    }
+    let actual = fragment_hash(info.index, bytes);
+    if actual != info.hash {
+        return Err(StoreError::Corrupt {
+            key: *key,
+            index: info.index,
+            detail: format!("body hashes to {actual:?}, {:?} was stored", info.hash),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> PlacementKey {
+        PlacementKey(Id([byte; 32]))
+    }
+
+    #[test]
+    fn ring_range_membership_wraps() {
+        assert!(in_ring_range(&key(5), &key(3), &key(9)));
+        assert!(!in_ring_range(&key(9), &key(3), &key(9)));
+        assert!(in_ring_range(&key(0xf0), &key(0xe0), &key(0x10)));
+        assert!(in_ring_range(&key(0x01), &key(0xe0), &key(0x10)));
+        assert!(!in_ring_range(&key(0x20), &key(0xe0), &key(0x10)));
+        assert!(in_ring_range(&key(0x20), &key(0x20), &key(0x20)));
+    }
+
+    #[test]
+    fn ring_intervals_cover_the_range_in_clockwise_order() {
+        assert_eq!(
+            ring_intervals(&key(3), &key(9)),
+            vec![(key(3), Some(key(9)))]
+        );
+        assert_eq!(
+            ring_intervals(&key(9), &key(3)),
+            vec![(key(9), None), (key(0), Some(key(3)))]
+        );
+        assert_eq!(ring_intervals(&key(0), &key(0)), vec![(key(0), None)]);
+        assert_eq!(
+            ring_intervals(&key(7), &key(7)),
+            vec![(key(7), None), (key(0), Some(key(7)))]
+        );
+    }
+}
