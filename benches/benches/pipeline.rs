@@ -39,7 +39,7 @@ use cairn_node::crypto::KeyPair;
 use cairn_node::crypto::{FileCertificate, Signed};
 use cairn_node::erasure::{BlockSpec, Codec, ErasureParams, Offer};
 use cairn_node::erasure::{Fragment, FragmentRef};
-use cairn_node::id::{FileId, PlacementKey};
+use cairn_node::id::{FileId, FragmentHash, PlacementKey};
 use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use sha2::{Digest, Sha256};
@@ -88,7 +88,12 @@ struct Discard {
 
 impl FragmentStore for Discard {
     type Error = Infallible;
-    fn put_fragment(&self, _: &PlacementKey, fragment: FragmentRef<'_>) -> Result<(), Infallible> {
+    fn put_fragment(
+        &self,
+        _: &PlacementKey,
+        fragment: FragmentRef<'_>,
+        _: &FragmentHash,
+    ) -> Result<(), Infallible> {
         self.bytes
             .fetch_add(black_box(fragment.bytes).len() as u64, Ordering::Relaxed);
         Ok(())

@@ -35,7 +35,7 @@ use crate::erasure::{
     BlockSpec, Codec, DecodeError, DecodeStats, EncodeError, ErasureParams, Fragment, FragmentRef,
     Offer, ParamsError, SkipReason,
 };
-use crate::id::{BlockHash, FileId, ManifestHash, PlacementKey, Reference};
+use crate::id::{BlockHash, FileId, FragmentHash, ManifestHash, PlacementKey, Reference};
 use crate::manifest::{
     BlockEntry, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest, ManifestError,
     manifest_placement_key,
@@ -57,11 +57,15 @@ pub trait FragmentStore {
     /// What can go wrong talking to this store.
     type Error: StdError + Send + Sync + 'static;
 
-    /// Stores fragment `fragment.index` of the block at `key`.
+    /// Stores fragment `fragment.index` of the block at `key`. `hash` is its
+    /// [`fragment_hash`](crate::erasure::fragment_hash), computed once by the encoder,
+    /// for a store or a remote node to check the bytes against without trusting the
+    /// sender's arithmetic (and without the caller hashing twice).
     fn put_fragment(
         &self,
         key: &PlacementKey,
         fragment: FragmentRef<'_>,
+        hash: &FragmentHash,
     ) -> Result<(), Self::Error>;
 
     /// Fetches fragment `index` of the block at `key`; `Ok(None)` if nobody has it.
@@ -80,8 +84,13 @@ pub trait FragmentStore {
 
 impl<S: FragmentStore + ?Sized> FragmentStore for &S {
     type Error = S::Error;
-    fn put_fragment(&self, key: &PlacementKey, fragment: FragmentRef<'_>) -> Result<(), S::Error> {
-        (**self).put_fragment(key, fragment)
+    fn put_fragment(
+        &self,
+        key: &PlacementKey,
+        fragment: FragmentRef<'_>,
+        hash: &FragmentHash,
+    ) -> Result<(), S::Error> {
+        (**self).put_fragment(key, fragment, hash)
     }
     fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Fragment>, S::Error> {
         (**self).get_fragment(key, index)
@@ -362,9 +371,9 @@ fn store_fragments<S: FragmentStore + ?Sized>(
     key: &PlacementKey,
     encoded: &crate::erasure::EncodedBlock,
 ) -> Result<u64, PutError> {
-    for fragment in encoded.fragments() {
+    for (fragment, hash) in encoded.fragments().zip(encoded.fragment_hashes()) {
         store
-            .put_fragment(key, fragment)
+            .put_fragment(key, fragment, hash)
             .map_err(|error| PutError::StoreFragment {
                 block: encoded.block_hash(),
                 index: fragment.index,
@@ -885,10 +894,13 @@ impl MemoryFragments {
 impl FragmentStore for MemoryFragments {
     type Error = InjectedFailure;
 
+    /// Stores without checking `hash`: this double holds what it is given, so tests
+    /// can also plant bad fragments through the hooks.
     fn put_fragment(
         &self,
         key: &PlacementKey,
         fragment: FragmentRef<'_>,
+        _hash: &FragmentHash,
     ) -> Result<(), InjectedFailure> {
         self.lock()
             .fragments
