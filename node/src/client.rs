@@ -723,11 +723,25 @@ pub fn get<S: FragmentStore + ?Sized>(
 
     for (position, entry) in manifest.blocks.iter().enumerate() {
         let position = position as u64;
-        let len = manifest.block_len(position as usize);
+        // Always known for a validated manifest; a block without a length would be
+        // decoded without its hash check, so refuse rather than default.
+        let len =
+            manifest
+                .block_len(position as usize)
+                .ok_or_else(|| GetError::ManifestInvalid {
+                    file,
+                    manifest: manifest_hash,
+                    source: Box::new(ManifestError::BlockCountMismatch {
+                        file_size: manifest.file_size,
+                        segment_size: manifest.segment_size,
+                        expected: Manifest::block_count(manifest.file_size, manifest.segment_size),
+                        got: manifest.blocks.len(),
+                    }),
+                })?;
         let key = entry.placement_key();
         let spec = BlockSpec {
             hash: entry.hash,
-            len,
+            len: Some(len),
             fragment_hashes: &entry.fragments,
         };
         let offers = codec.fetch_order().map(|index| offer(store, &key, index));
