@@ -55,6 +55,8 @@ fn main() {
     let owner = KeyPair::from_secret_bytes(&[9; 32]);
     let certificate = FileCertificate {
         file_id: FileId::derive(b"bench", &owner.public_key().0, 0),
+        name_digest: Id::hash(b"bench"),
+        name_salt: 0,
         manifest_hash: ManifestHash(Id::hash(b"m")),
         manifest_salt: 0,
         manifest_fragments: (0..6u8).map(|i| FragmentHash(Id::hash(&[i]))).collect(),

@@ -3,6 +3,8 @@
 //! Each subcommand lives in its own module; this file only parses arguments, sets up
 //! logging (`RUST_LOG`, default `warn`) and prints errors with their whole chain.
 
+mod demo;
+mod files;
 mod keys;
 
 use std::path::PathBuf;
@@ -25,6 +27,18 @@ enum Command {
     /// The key signs your file certificates: whoever holds it can store and reclaim
     /// files in your name. Keep a copy; a lost key cannot be recovered.
     Keygen(keys::KeygenArgs),
+    /// Store a file; prints its reference (`cairn:f:...`).
+    ///
+    /// The file is cut into 1 MiB blocks, each erasure-coded into k + m fragments,
+    /// and a certificate signed by your owner key covers it all. Until networked nodes
+    /// exist, fragments go to the local store (`--store`).
+    Put(files::PutArgs),
+    /// Fetch a file by reference, verifying every fragment and block.
+    Get(files::GetArgs),
+    /// Show the local store's usage, or describe a stored file.
+    Stat(files::StatArgs),
+    /// Run cairn's main job with no setup: store a file, damage the store, get it back.
+    Demo(demo::DemoArgs),
 }
 
 /// `$CAIRN_HOME`, or `~/.cairn`: where keys and the local store live by default.
@@ -49,6 +63,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen(args) => keys::keygen(args),
+        Command::Put(args) => files::put_command(args),
+        Command::Get(args) => files::get_command(args),
+        Command::Stat(args) => files::stat_command(args),
+        Command::Demo(args) => demo::demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -271,6 +271,15 @@ pub enum VerifyError {
         /// The key that signed.
         found: PublicKey,
     },
+    /// A file certificate whose file id is not derived from its owner's key: an
+    /// attempt to certify a file under someone else's name.
+    #[error("file id {file_id} does not belong to owner {owner}")]
+    ForeignFileId {
+        /// The file id claimed.
+        file_id: FileId,
+        /// The owner who signed.
+        owner: PublicKey,
+    },
     /// The bytes hold another type of signed value.
     #[error("expected a signed {expected:?}, found a signed value of tag {found}")]
     WrongType {
@@ -422,8 +431,13 @@ fn require_key(
 /// manifest's fragments, or through the manifest it names).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCertificate {
-    /// `FileId::derive(name, owner, salt)`.
+    /// `FileId::from_name_digest(name_digest, owner, name_salt)`; checked on verify,
+    /// so nobody but the owner can certify a file under the owner's file id.
     pub file_id: FileId,
+    /// `SHA-256(name)`: lets a verifier recompute `file_id` without learning the name.
+    pub name_digest: Id,
+    /// The salt of `file_id`.
+    pub name_salt: u64,
     /// Hash of the file's manifest.
     pub manifest_hash: ManifestHash,
     /// Placement salt of the manifest block.
@@ -458,7 +472,16 @@ impl Certificate for FileCertificate {
     const KIND: SignedKind = SignedKind::FileCertificate;
     const DOMAIN: &'static [u8] = b"cairn/file-certificate/v1";
     fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
-        require_key(Self::KIND, &self.owner, signer)
+        require_key(Self::KIND, &self.owner, signer)?;
+        let derived = FileId::from_name_digest(&self.name_digest, &self.owner.0, self.name_salt);
+        if derived == self.file_id {
+            Ok(())
+        } else {
+            Err(VerifyError::ForeignFileId {
+                file_id: self.file_id,
+                owner: self.owner,
+            })
+        }
     }
 }
 
@@ -548,6 +571,8 @@ mod tests {
     fn file_certificate(owner: &KeyPair) -> FileCertificate {
         FileCertificate {
             file_id: FileId::derive(b"notes.txt", &owner.public_key().0, 0),
+            name_digest: Id::hash(b"notes.txt"),
+            name_salt: 0,
             manifest_hash: ManifestHash(Id::hash(b"manifest")),
             manifest_salt: 0,
             manifest_fragments: (0..6u8).map(|i| FragmentHash(Id::hash(&[i]))).collect(),
@@ -649,6 +674,32 @@ mod tests {
         check_rejections(file_certificate(&owner), &owner, |c| {
             c.manifest_fragments[2] = FragmentHash(Id::hash(b"evil"))
         });
+    }
+
+    #[test]
+    fn file_ids_of_other_owners_cannot_be_certified() {
+        let (alice, mallory) = (key(1), key(98));
+        let alices = file_certificate(&alice);
+        // Mallory signs a certificate for Alice's file id with herself as owner.
+        let stolen = FileCertificate {
+            owner: mallory.public_key(),
+            ..alices.clone()
+        };
+        let signed = Signed::sign(&mallory, stolen).unwrap();
+        assert!(matches!(
+            signed.verify(),
+            Err(VerifyError::ForeignFileId { .. })
+        ));
+        // Or claims another name's digest for the same id.
+        let relabelled = FileCertificate {
+            name_digest: Id::hash(b"other"),
+            ..alices
+        };
+        let signed = Signed::sign(&alice, relabelled).unwrap();
+        assert!(matches!(
+            signed.verify(),
+            Err(VerifyError::ForeignFileId { .. })
+        ));
     }
 
     #[test]

@@ -96,6 +96,11 @@ pub enum ParamsError {
 }
 
 impl ErasureParams {
+    /// 4 data + 2 parity: 1.5x storage, any 2 of 6 holders may be lost, and n = 6 fits
+    /// the leaf set (L = 16) and an 8-node devnet. Tahoe-LAFS's 3-of-10 buys more
+    /// loss tolerance at 3.3x; the choice per file is the user's (`cairn put -k -m`).
+    pub const DEFAULT: ErasureParams = ErasureParams { k: 4, m: 2 };
+
     /// Checks `k >= 1`, `m >= 0` and `k + m <= 256`.
     pub fn new(k: u16, m: u16) -> Result<ErasureParams, ParamsError> {
         if k == 0 {
@@ -227,6 +232,15 @@ pub enum Corruption {
         /// Bytes found.
         got: usize,
     },
+    /// The holder re-checked the fragment and found it damaged (a flipped byte on its
+    /// disk, say), so it never sent the bytes.
+    #[error("the holder of fragment {index} found it corrupt: {detail}")]
+    ReportedByHolder {
+        /// The fragment's index.
+        index: u16,
+        /// What the holder said.
+        detail: String,
+    },
     /// The fragment's bytes do not hash to what the manifest says.
     #[error("fragment {index} hashes to {got:?}, expected {expected:?}")]
     WrongHash {
@@ -282,6 +296,8 @@ pub enum Offer {
     Missing,
     /// Asking failed (a store or network error), described for the stats.
     Unavailable(String),
+    /// The holder found the fragment corrupt itself (a store re-checks every read).
+    ReportedCorrupt(String),
 }
 
 /// Why one fragment was not used.
@@ -659,6 +675,9 @@ impl Codec {
             let reason = match offer {
                 Offer::Missing => SkipReason::Missing,
                 Offer::Unavailable(why) => SkipReason::Unavailable(why),
+                Offer::ReportedCorrupt(detail) => {
+                    SkipReason::Corrupt(Corruption::ReportedByHolder { index, detail })
+                }
                 Offer::Fragment(fragment) => {
                     match check_fragment(
                         index,

@@ -348,10 +348,23 @@ impl PlacementKey {
 }
 
 impl FileId {
-    /// `SHA-256(name ‖ owner key ‖ salt_be)`: names are per owner, and a salt lets an
-    /// owner store another file under the same name.
+    /// `SHA-256(SHA-256(name) ‖ owner key ‖ salt_be)`: names are per owner, and a salt
+    /// lets an owner store another file under the same name.
+    ///
+    /// The name enters through its digest so that a certificate can carry the digest
+    /// (not the name) and any node can check that a file id belongs to the key that
+    /// signed it: see [`FileId::from_name_digest`].
     pub fn derive(name: &[u8], owner_key: &[u8; 32], salt: u64) -> FileId {
-        FileId(Id::hash_parts(&[name, owner_key, &salt.to_be_bytes()]))
+        FileId::from_name_digest(&Id::hash(name), owner_key, salt)
+    }
+
+    /// The file id of a name known only by its digest `SHA-256(name)`.
+    pub fn from_name_digest(name_digest: &Id, owner_key: &[u8; 32], salt: u64) -> FileId {
+        FileId(Id::hash_parts(&[
+            name_digest.as_bytes(),
+            owner_key,
+            &salt.to_be_bytes(),
+        ]))
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`DiskStore`] (sled as the index, fragment bodies in files; see `docs/store.md`
 //! for the measurements behind that layout), capacity accounting, and [`StoreError`].
 //!
-//! May use: [`crate::id`] (ids and hashing), `sled`, `std::fs`, `tracing`. It does not
+//! May use: [`crate::id`] (ids and hashing), [`crate::erasure::fragment_hash`], `sled`, `std::fs`, `tracing`. It does not
 //! use `crypto`: certificates and root records are opaque signed bytes here, verified
 //! by the typed layer above before they are stored and after they are read.
 //!
@@ -35,11 +35,9 @@ use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 pub use disk::{DiskStore, OpenCleanup, RECORD_VERSION};
 pub use memory::MemoryStore;
 
-/// The hash a fragment must have: `SHA-256(index_be16 ‖ bytes)`, as the erasure layer
-/// defines it (binding the index in means a fragment cannot be served as another).
-pub fn fragment_hash(index: u16, bytes: &[u8]) -> FragmentHash {
-    FragmentHash(Id::hash_parts(&[&index.to_be_bytes(), bytes]))
-}
+/// The hash a fragment must have, `SHA-256(index_be16 ‖ bytes)`: the erasure layer's
+/// definition, re-exported because every put is checked against it.
+pub use crate::erasure::fragment_hash;
 
 /// What one stored fragment is, as listed (without its body).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

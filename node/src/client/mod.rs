@@ -6,8 +6,9 @@
 //! options, results and errors ([`PutError`], [`GetError`]), and [`MemoryFragments`], an
 //! in-memory store with hooks to delete, corrupt, truncate, relabel and fail fragments.
 //!
-//! May use: [`crate::id`], [`crate::crypto`], [`crate::erasure`], [`crate::manifest`].
-//! Stores are reached only through the trait.
+//! May use: [`crate::id`], [`crate::crypto`], [`crate::erasure`], [`crate::manifest`],
+//! and [`crate::store`] only in [`LocalFragments`], the adapter that makes a local
+//! store a [`FragmentStore`]. The pipeline reaches stores only through the trait.
 //!
 //! # Put
 //! Reads one segment at a time into one reused buffer (the buffer is the block, then
@@ -25,6 +26,10 @@
 //! that is missing, fails to load or fails a check is skipped and counted in
 //! [`GetStats`]; a block fails only when fewer than `k` good fragments remain.
 
+mod local;
+
+pub use local::{LocalFragments, LocalStoreError};
+
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::io::{self, Read, Write};
@@ -35,7 +40,7 @@ use crate::erasure::{
     BlockSpec, Codec, DecodeError, DecodeStats, EncodeError, ErasureParams, Fragment, FragmentRef,
     Offer, ParamsError, SkipReason,
 };
-use crate::id::{BlockHash, FileId, FragmentHash, ManifestHash, PlacementKey, Reference};
+use crate::id::{BlockHash, FileId, FragmentHash, Id, ManifestHash, PlacementKey, Reference};
 use crate::manifest::{
     BlockEntry, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest, ManifestError,
     manifest_placement_key,
@@ -80,6 +85,13 @@ pub trait FragmentStore {
         &self,
         file: &FileId,
     ) -> Result<Option<Signed<FileCertificate>>, Self::Error>;
+
+    /// Whether `error` means the store found the fragment's bytes damaged (counted as
+    /// corrupt in [`GetStats`]) rather than being unable to answer (unavailable).
+    fn is_corruption(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 impl<S: FragmentStore + ?Sized> FragmentStore for &S {
@@ -100,6 +112,9 @@ impl<S: FragmentStore + ?Sized> FragmentStore for &S {
     }
     fn get_certificate(&self, file: &FileId) -> Result<Option<Signed<FileCertificate>>, S::Error> {
         (**self).get_certificate(file)
+    }
+    fn is_corruption(&self, error: &S::Error) -> bool {
+        (**self).is_corruption(error)
     }
 }
 
@@ -313,6 +328,8 @@ pub fn put<S: FragmentStore + ?Sized>(
     let file_id = FileId::derive(name, &owner_key.0, options.name_salt);
     let body = FileCertificate {
         file_id,
+        name_digest: Id::hash(name),
+        name_salt: options.name_salt,
         manifest_hash,
         manifest_salt,
         manifest_fragments: manifest_block.fragment_hashes().to_vec(),
@@ -603,6 +620,7 @@ fn offer<S: FragmentStore + ?Sized>(store: &S, key: &PlacementKey, index: u16) -
     let offer = match store.get_fragment(key, index) {
         Ok(Some(fragment)) => Offer::Fragment(fragment),
         Ok(None) => Offer::Missing,
+        Err(error) if store.is_corruption(&error) => Offer::ReportedCorrupt(error.to_string()),
         Err(error) => Offer::Unavailable(error.to_string()),
     };
     (index, offer)

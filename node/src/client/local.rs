@@ -1,0 +1,176 @@
+//! The client pipeline over this machine's own store: [`LocalFragments`] implements
+//! [`FragmentStore`] on any [`FragmentStorage`] (the sled-indexed [`DiskStore`] for
+//! `cairn put`/`get` until the network exists, [`MemoryStore`] in tests).
+//!
+//! [`DiskStore`]: crate::store::DiskStore
+//! [`MemoryStore`]: crate::store::MemoryStore
+
+use super::FragmentStore;
+use crate::crypto::{FileCertificate, Signed, VerifyError};
+use crate::erasure::{Fragment, FragmentRef};
+use crate::id::{FileId, FragmentHash, PlacementKey};
+use crate::store::{FragmentStorage, StoreError};
+
+/// A [`FragmentStore`] that is one local [`FragmentStorage`]: every fragment of every
+/// block goes to it, and certificates are verified before they are stored.
+#[derive(Debug)]
+pub struct LocalFragments<S>(pub S);
+
+/// What can go wrong between the pipeline and a local store.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalStoreError {
+    /// The store refused or failed (full, corrupt, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A certificate that does not verify is never stored, and one read back that
+    /// does not decode is reported, not believed.
+    #[error("the certificate of file {file} is not valid")]
+    Certificate {
+        /// The file.
+        file: FileId,
+        /// Why.
+        #[source]
+        source: VerifyError,
+    },
+}
+
+impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
+    type Error = LocalStoreError;
+
+    fn put_fragment(
+        &self,
+        key: &PlacementKey,
+        fragment: FragmentRef<'_>,
+        hash: &FragmentHash,
+    ) -> Result<(), LocalStoreError> {
+        self.0
+            .put_fragment(key, fragment.index, hash, fragment.bytes)?;
+        Ok(())
+    }
+
+    fn get_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<Fragment>, LocalStoreError> {
+        Ok(self
+            .0
+            .get_fragment(key, index)?
+            .map(|bytes| Fragment { index, bytes }))
+    }
+
+    fn put_certificate(
+        &self,
+        certificate: &Signed<FileCertificate>,
+    ) -> Result<(), LocalStoreError> {
+        let file = certificate.body.file_id;
+        let invalid = |source| LocalStoreError::Certificate { file, source };
+        certificate.verify().map_err(invalid)?;
+        self.0
+            .put_certificate(&file, &certificate.to_bytes().map_err(invalid)?)?;
+        Ok(())
+    }
+
+    fn get_certificate(
+        &self,
+        file: &FileId,
+    ) -> Result<Option<Signed<FileCertificate>>, LocalStoreError> {
+        let Some(bytes) = self.0.get_certificate(file)? else {
+            return Ok(None);
+        };
+        Signed::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|source| LocalStoreError::Certificate {
+                file: *file,
+                source,
+            })
+    }
+
+    fn is_corruption(&self, error: &LocalStoreError) -> bool {
+        matches!(error, LocalStoreError::Store(StoreError::Corrupt { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{GetOptions, GetTarget, PutOptions, get, put};
+    use crate::crypto::KeyPair;
+    use crate::erasure::ErasureParams;
+    use crate::store::{DiskStore, MemoryStore};
+
+    #[test]
+    fn round_trip_through_the_disk_store_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = KeyPair::from_secret_bytes(&[3; 32]);
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i * 7 + i / 1000) as u8)
+            .collect();
+        let options = PutOptions::new(ErasureParams::DEFAULT, 1_700_000_000);
+        let receipt = {
+            let store = LocalFragments(DiskStore::open(dir.path(), 1 << 30).unwrap());
+            put(&data[..], b"data.bin", &owner, &options, &store).unwrap()
+        };
+        let store = LocalFragments(DiskStore::open(dir.path(), 1 << 30).unwrap());
+        let crate::id::Reference::File(file) = receipt.reference else {
+            panic!("a put returns a file reference")
+        };
+        let mut out = Vec::new();
+        get(
+            GetTarget::File(file),
+            &mut out,
+            &store,
+            &GetOptions::new(1_700_000_001),
+        )
+        .unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn a_byte_flipped_on_disk_is_counted_corrupt_and_worked_around() {
+        let owner = KeyPair::from_secret_bytes(&[5; 32]);
+        let disk = MemoryStore::new(1 << 30);
+        let store = LocalFragments(disk);
+        let data = vec![9u8; 300_000];
+        let options = PutOptions::new(ErasureParams::DEFAULT, 1);
+        let receipt = put(&data[..], b"f", &owner, &options, &store).unwrap();
+        let block = &receipt.manifest.blocks[0];
+        let key = crate::id::PlacementKey::for_block(&block.hash, block.salt);
+        assert!(store.0.corrupt_fragment(&key, 0, 10, 0x01));
+        let mut out = Vec::new();
+        let stats = get(
+            GetTarget::Certificate(&receipt.certificate),
+            &mut out,
+            &store,
+            &GetOptions::new(1),
+        )
+        .unwrap();
+        assert_eq!(out, data);
+        assert_eq!(
+            (stats.skipped_corrupt, stats.skipped_unavailable),
+            (1, 0),
+            "{:?}",
+            stats.skipped
+        );
+    }
+
+    #[test]
+    fn a_full_store_refuses_the_put_with_its_reason() {
+        let owner = KeyPair::from_secret_bytes(&[4; 32]);
+        let store = LocalFragments(MemoryStore::new(100_000));
+        let data = vec![7u8; 1_000_000];
+        let error = put(
+            &data[..],
+            b"big",
+            &owner,
+            &PutOptions::new(ErasureParams::DEFAULT, 1),
+            &store,
+        )
+        .unwrap_err();
+        let chain = format!(
+            "{error}: {}",
+            std::error::Error::source(&error).map_or(String::new(), |s| s.to_string())
+        );
+        assert!(chain.contains("full"), "{chain}");
+    }
+}
