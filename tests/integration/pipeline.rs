@@ -387,18 +387,38 @@ fn forged_or_tampered_certificates_are_refused() {
         "{err}"
     );
 
-    // Validly self-signed by another owner: refused when the reader names the owner.
+    // Validly self-signed by another owner for the same file id: the file id is not
+    // derived from that owner's key, so it is refused even when the reader does not
+    // name the owner...
     let mut body = original.body.clone();
     body.owner = mallory.public_key();
     stored
         .store
         .replace_certificate(Signed::sign(&mallory, body).unwrap());
+    let err = get_file(&GetOptions::new(NOW)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            GetError::CertificateInvalid {
+                source: VerifyError::ForeignFileId { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // ...and a reader who names the owner refuses a certificate of someone else.
     let strict = GetOptions {
         now: NOW,
         expected_owner: Some(stored.owner.public_key()),
     };
+    assert!(get_file(&strict).is_err());
+    let other = GetOptions {
+        now: NOW,
+        expected_owner: Some(mallory.public_key()),
+    };
+    stored.store.replace_certificate(original.clone());
     assert!(matches!(
-        get_file(&strict).unwrap_err(),
+        get_file(&other).unwrap_err(),
         GetError::WrongOwner { .. }
     ));
 
