@@ -9,7 +9,7 @@ use super::FragmentStore;
 use crate::crypto::{FileCertificate, Signed, VerifyError};
 use crate::erasure::{Fragment, FragmentRef};
 use crate::id::{FileId, FragmentHash, PlacementKey};
-use crate::store::{FragmentStorage, StoreError};
+use crate::store::{FragmentStorage, OfferedFragment, StoreError};
 
 /// A [`FragmentStore`] that is one local [`FragmentStorage`]: every fragment of every
 /// block goes to it, and certificates are verified before they are stored.
@@ -45,6 +45,25 @@ impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
     ) -> Result<(), LocalStoreError> {
         self.0
             .put_fragment(key, fragment.index, hash, fragment.bytes)?;
+        Ok(())
+    }
+
+    /// One group commit per block ([`FragmentStorage::put_fragments`]): all the
+    /// block's fragments are stored or none, with one sync for the lot.
+    fn put_block_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<(), LocalStoreError> {
+        let offered: Vec<OfferedFragment<'_>> = fragments
+            .iter()
+            .map(|(fragment, hash)| OfferedFragment {
+                index: fragment.index,
+                hash: *hash,
+                bytes: fragment.bytes,
+            })
+            .collect();
+        self.0.put_fragments(key, &offered)?;
         Ok(())
     }
 
