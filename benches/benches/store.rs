@@ -218,7 +218,11 @@ impl GroupVariant {
 }
 
 fn group_commit(quick: bool) {
-    let (blocks, reps) = if quick { (2u64, 3usize) } else { (4u64, 9usize) };
+    let (blocks, reps) = if quick {
+        (2u64, 3usize)
+    } else {
+        (4u64, 9usize)
+    };
     let bodies: Vec<Vec<u8>> = (0..GROUP)
         .map(|index| test_bytes(GROUP_FRAGMENT, u64::from(index) + 100))
         .collect();

@@ -59,7 +59,10 @@ impl<S: FragmentStorage> Fixture<S> {
         for fan in fs::read_dir(dir.path().join("bodies")).unwrap() {
             bodies += fs::read_dir(fan.unwrap().path()).unwrap().count();
         }
-        assert_eq!(bodies, listed, "body files differ from the fragments listed");
+        assert_eq!(
+            bodies, listed,
+            "body files differ from the fragments listed"
+        );
         assert_eq!(count_entries(&dir.path().join("tmp")), 0, "temp files left");
     }
 }
@@ -99,7 +102,11 @@ fn assert_unchanged<S: FragmentStorage>(
     used: u64,
     indexes: &[u16],
 ) {
-    assert_eq!(f.store.used(), used, "a refused group changed the accounting");
+    assert_eq!(
+        f.store.used(),
+        used,
+        "a refused group changed the accounting"
+    );
     let listed: Vec<u16> = f
         .store
         .fragments_under(k)
@@ -132,8 +139,14 @@ mod group_suite {
         assert_eq!(outcomes, expected);
         assert_eq!(f.store.used(), LENS.iter().sum::<usize>() as u64);
         for (index, (bytes, hash)) in (0u16..).zip(&b) {
-            assert_eq!(f.store.get_fragment(&k, index).unwrap().as_ref(), Some(bytes));
-            assert_eq!(f.store.fragment_info(&k, index).unwrap().unwrap().hash, *hash);
+            assert_eq!(
+                f.store.get_fragment(&k, index).unwrap().as_ref(),
+                Some(bytes)
+            );
+            assert_eq!(
+                f.store.fragment_info(&k, index).unwrap().unwrap().hash,
+                *hash
+            );
         }
         assert_eq!(f.store.fragments_under(&k).unwrap().len(), 6);
         f.assert_files_match(&[k]);
@@ -201,9 +214,7 @@ mod group_suite {
         assert_unchanged(&f, &k, used, &[2]);
     }
 
-    pub fn a_group_over_capacity_changes_nothing<S: FragmentStorage>(
-        make: fn(u64) -> Fixture<S>,
-    ) {
+    pub fn a_group_over_capacity_changes_nothing<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
         let lens = [300, 300, 300, 100];
         let b = block(1, &lens);
         let k = key(1);
@@ -277,10 +288,11 @@ mod group_suite {
         // The same new fragment twice in one group is stored and counted once.
         let other = key(2);
         assert_eq!(
-            f.store
-                .put_fragments(&other, &offer(&b, &[4, 4]))
-                .unwrap(),
-            vec![PutOutcome::Stored { bytes: 70_001 }, PutOutcome::AlreadyStored]
+            f.store.put_fragments(&other, &offer(&b, &[4, 4])).unwrap(),
+            vec![
+                PutOutcome::Stored { bytes: 70_001 },
+                PutOutcome::AlreadyStored
+            ]
         );
         assert_eq!(f.store.used(), total + 70_001);
         f.assert_files_match(&[k, other]);
@@ -291,7 +303,12 @@ mod group_suite {
         // Four threads put overlapping groups of the same three blocks, each group in
         // a different index order (so their lock orders would differ if not sorted).
         let blocks: Vec<_> = (0..3u64).map(|n| (key(n), block(n, &LENS))).collect();
-        let orders: [&[u16]; 4] = [&[0, 1, 2, 3, 4, 5], &[5, 4, 3], &[3, 0, 5, 1], &[2, 4, 1, 0]];
+        let orders: [&[u16]; 4] = [
+            &[0, 1, 2, 3, 4, 5],
+            &[5, 4, 3],
+            &[3, 0, 5, 1],
+            &[2, 4, 1, 0],
+        ];
         std::thread::scope(|scope| {
             for order in orders {
                 let (store, blocks) = (&f.store, &blocks);
@@ -306,7 +323,10 @@ mod group_suite {
         });
         for (k, b) in &blocks {
             for (index, (bytes, _)) in (0u16..).zip(b) {
-                assert_eq!(f.store.get_fragment(k, index).unwrap().as_ref(), Some(bytes));
+                assert_eq!(
+                    f.store.get_fragment(k, index).unwrap().as_ref(),
+                    Some(bytes)
+                );
             }
         }
         assert_eq!(f.store.used(), 3 * LENS.iter().sum::<usize>() as u64);

@@ -1051,6 +1051,80 @@ mod tests {
     }
 
     #[test]
+    fn put_hands_each_block_to_the_store_as_one_group() {
+        /// Records the groups it is given, then stores them in a `MemoryFragments`.
+        #[derive(Default)]
+        struct Groups {
+            inner: MemoryFragments,
+            groups: Mutex<Vec<(PlacementKey, Vec<u16>)>>,
+            single_puts: Mutex<u32>,
+        }
+        impl FragmentStore for Groups {
+            type Error = InjectedFailure;
+            fn put_fragment(
+                &self,
+                key: &PlacementKey,
+                fragment: FragmentRef<'_>,
+                hash: &FragmentHash,
+            ) -> Result<(), InjectedFailure> {
+                *self.single_puts.lock().unwrap() += 1;
+                self.inner.put_fragment(key, fragment, hash)
+            }
+            fn put_block_fragments(
+                &self,
+                key: &PlacementKey,
+                fragments: &[(FragmentRef<'_>, FragmentHash)],
+            ) -> Result<(), InjectedFailure> {
+                let indexes = fragments.iter().map(|(f, _)| f.index).collect();
+                self.groups.lock().unwrap().push((*key, indexes));
+                self.inner.put_block_fragments(key, fragments)
+            }
+            fn get_fragment(
+                &self,
+                key: &PlacementKey,
+                index: u16,
+            ) -> Result<Option<Fragment>, InjectedFailure> {
+                self.inner.get_fragment(key, index)
+            }
+            fn put_certificate(
+                &self,
+                certificate: &Signed<FileCertificate>,
+            ) -> Result<(), InjectedFailure> {
+                self.inner.put_certificate(certificate)
+            }
+            fn get_certificate(
+                &self,
+                file: &FileId,
+            ) -> Result<Option<Signed<FileCertificate>>, InjectedFailure> {
+                self.inner.get_certificate(file)
+            }
+        }
+
+        let store = Groups::default();
+        let input = data(3 * 4096 + 100);
+        let receipt = put(&input[..], b"g", &KeyPair::generate(), &options(), &store).unwrap();
+        let groups = store.groups.lock().unwrap();
+        let mut expected: Vec<(PlacementKey, Vec<u16>)> = receipt
+            .manifest
+            .blocks
+            .iter()
+            .map(|block| (block.placement_key(), (0..6).collect()))
+            .collect();
+        let manifest_key = manifest_placement_key(&receipt.manifest_hash, 0);
+        expected.push((manifest_key, (0..6).collect()));
+        assert_eq!(
+            *groups, expected,
+            "one group per block, then the manifest's"
+        );
+        assert_eq!(
+            *store.single_puts.lock().unwrap(),
+            0,
+            "put went around the group call"
+        );
+        assert_eq!(store.inner.fragment_count(), 5 * 6);
+    }
+
+    #[test]
     fn a_read_error_is_reported_with_its_offset() {
         struct FailAfter(usize);
         impl Read for FailAfter {

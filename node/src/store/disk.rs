@@ -237,8 +237,7 @@ impl DiskStore {
     }
 
     fn stripe_slot(key: &PlacementKey, index: u16) -> usize {
-        (usize::from(key.0.0[0]) ^ usize::from(key.0.0[1]) << 8 ^ usize::from(index))
-            % LOCK_STRIPES
+        (usize::from(key.0.0[0]) ^ usize::from(key.0.0[1]) << 8 ^ usize::from(index)) % LOCK_STRIPES
     }
 
     fn stripe(&self, key: &PlacementKey, index: u16) -> MutexGuard<'_, ()> {
@@ -503,7 +502,10 @@ impl FragmentStorage for DiskStore {
         };
         let outcomes = self.put_fragments(key, &[offered])?;
         // A group of one has exactly one outcome; the fallback is never taken.
-        Ok(outcomes.first().copied().unwrap_or(PutOutcome::AlreadyStored))
+        Ok(outcomes
+            .first()
+            .copied()
+            .unwrap_or(PutOutcome::AlreadyStored))
     }
 
     /// Group commit: checks everything, then writes and `fdatasync`s every new body

@@ -120,7 +120,10 @@ impl FragmentStorage for MemoryStore {
         check_offered_group(key, fragments)?;
         let mut inner = self.lock();
         let plan = plan_group(key, fragments, |index| {
-            Ok(inner.fragments.get(&(*key, index)).map(|(info, _)| info.hash))
+            Ok(inner
+                .fragments
+                .get(&(*key, index))
+                .map(|(info, _)| info.hash))
         })?;
         let free = self.capacity.saturating_sub(inner.used);
         if plan.needed > free {
