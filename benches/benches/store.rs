@@ -15,7 +15,13 @@
 //! and re-hash it, as the store does on every read. After the puts, the bytes the
 //! variant occupies on disk are reported against the bytes stored.
 //!
-//! Run: `cargo bench -p cairn-benches --bench store` (`CAIRN_BENCH_QUICK=1` for a smoke run).
+//! A second part measures group commit (`put_fragments`): a 4+2 block's six 256 KiB
+//! fragments stored as six `put_fragment` calls, as one group with its bodies synced
+//! one after another, and as one group with the six syncs concurrent (the default),
+//! interleaved in the same way, each round starting from the next variant.
+//!
+//! Run: `cargo bench -p cairn-benches --bench store` (`CAIRN_BENCH_QUICK=1` for a smoke
+//! run; `-- layouts` or `-- group` for one part only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,7 +33,9 @@ use std::time::Instant;
 
 use cairn_benches::{Measurement, machine_note, quick, test_bytes};
 use cairn_node::id::{FragmentHash, Id, PlacementKey};
-use cairn_node::store::{DiskStore, FragmentStorage};
+use cairn_node::store::{
+    DEFAULT_SYNC_THREADS, DiskStore, FragmentStorage, OfferedFragment, fragment_hash,
+};
 
 const SIZES: [usize; 3] = [64 * 1024, 256 * 1024, 1024 * 1024];
 
@@ -183,8 +191,119 @@ fn measurement(name: String, bytes: u64, ops: u64, mut seconds: Vec<f64>) -> Mea
     m
 }
 
+/// Fragments per group (a 4+2 block) and their size (a 1 MiB block at k = 4).
+const GROUP: u16 = 6;
+const GROUP_FRAGMENT: usize = 256 * 1024;
+
+/// One way of storing a block's fragments with a [`DiskStore`].
+struct GroupVariant {
+    name: String,
+    store: DiskStore,
+    grouped: bool,
+}
+
+impl GroupVariant {
+    fn put_block(&self, n: u64, fragments: &[OfferedFragment<'_>]) {
+        let key = PlacementKey(Id::hash(&n.to_be_bytes()));
+        if self.grouped {
+            self.store.put_fragments(&key, fragments).unwrap();
+        } else {
+            for f in fragments {
+                self.store
+                    .put_fragment(&key, f.index, &f.hash, f.bytes)
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn group_commit(quick: bool) {
+    let (blocks, reps) = if quick {
+        (2u64, 3usize)
+    } else {
+        (4u64, 9usize)
+    };
+    let bodies: Vec<Vec<u8>> = (0..GROUP)
+        .map(|index| test_bytes(GROUP_FRAGMENT, u64::from(index) + 100))
+        .collect();
+    let fragments: Vec<OfferedFragment<'_>> = bodies
+        .iter()
+        .zip(0u16..)
+        .map(|(bytes, index)| OfferedFragment {
+            index,
+            hash: fragment_hash(index, bytes),
+            bytes,
+        })
+        .collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let open = |i: usize| DiskStore::open(dirs[i].path(), u64::MAX).unwrap();
+    let variants = [
+        GroupVariant {
+            name: format!("{GROUP} single puts"),
+            store: open(0),
+            grouped: false,
+        },
+        GroupVariant {
+            name: "group, 1 sync thread".into(),
+            store: open(1).with_sync_threads(1),
+            grouped: true,
+        },
+        GroupVariant {
+            name: format!("group, {DEFAULT_SYNC_THREADS} sync threads"),
+            store: open(2).with_sync_threads(DEFAULT_SYNC_THREADS),
+            grouped: true,
+        },
+    ];
+    let mut seconds = vec![Vec::new(); variants.len()];
+    let mut counter = 0u64;
+    // One warm-up round, then `reps` timed ones, every variant in turn, starting from
+    // a different one each round (a first try showed the order itself moving rates).
+    for rep in 0..=reps {
+        for turn in 0..variants.len() {
+            let which = (turn + rep) % variants.len();
+            let (variant, seconds) = (&variants[which], &mut seconds[which]);
+            let start = Instant::now();
+            for n in counter..counter + blocks {
+                variant.put_block(n, &fragments);
+            }
+            if rep > 0 {
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+        }
+        counter += blocks;
+    }
+    let block_bytes = GROUP_FRAGMENT as u64 * u64::from(GROUP);
+    for (variant, seconds) in variants.iter().zip(seconds) {
+        measurement(
+            format!(
+                "DiskStore {} ({GROUP} x {} KiB blocks)",
+                variant.name,
+                GROUP_FRAGMENT / 1024
+            ),
+            block_bytes * blocks,
+            blocks,
+            seconds,
+        );
+    }
+}
+
 fn main() {
     println!("{}", machine_note());
+    let parts: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |part: &str| {
+        let named = ["layouts", "group"];
+        !parts.iter().any(|p| named.contains(&p.as_str())) || parts.iter().any(|p| p == part)
+    };
+    if wants("group") {
+        group_commit(quick());
+    }
+    if wants("layouts") {
+        layouts();
+    }
+}
+
+/// Bodies in sled or in files: the measurement behind the layout.
+fn layouts() {
     // Puts per batch: enough to amortise noise, few enough to keep the run short.
     let (puts, reps) = if quick() {
         (4u64, 3usize)

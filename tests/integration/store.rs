@@ -1,25 +1,29 @@
-//! The store: one shared suite run against both `MemoryStore` and `DiskStore`, then
-//! what only the disk store has (reopen, corruption on disk, cleanup at open).
+//! The store: one shared suite run against both `MemoryStore` and `DiskStore` (and its
+//! group-put part also against a `DiskStore` syncing one body at a time), then what
+//! only the disk store has (reopen, corruption on disk, cleanup at open).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::path::Path;
 
-use cairn_node::id::{FileId, FragmentHash, Id, NodeId, VolumeKey};
-use cairn_node::store::{DiskStore, FragmentStorage, MemoryStore, PutOutcome, StoreError};
+use cairn_node::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+use cairn_node::store::{
+    DiskStore, FragmentStorage, MemoryStore, OfferedFragment, PutOutcome, StoreError,
+};
 use cairn_tests::store::{fragment, key, key_at};
 use tempfile::TempDir;
 
 /// A store under test, with whatever keeps it alive (a temp dir for the disk store).
 struct Fixture<S> {
     store: S,
-    _dir: Option<TempDir>,
+    dir: Option<TempDir>,
 }
 
 fn memory(capacity: u64) -> Fixture<MemoryStore> {
     Fixture {
         store: MemoryStore::new(capacity),
-        _dir: None,
+        dir: None,
     }
 }
 
@@ -27,8 +31,342 @@ fn disk(capacity: u64) -> Fixture<DiskStore> {
     let dir = tempfile::tempdir().unwrap();
     Fixture {
         store: DiskStore::open(dir.path(), capacity).unwrap(),
-        _dir: Some(dir),
+        dir: Some(dir),
     }
+}
+
+/// A disk store that writes and syncs a group's bodies one after another.
+fn disk_one_sync_thread(capacity: u64) -> Fixture<DiskStore> {
+    let dir = tempfile::tempdir().unwrap();
+    Fixture {
+        store: DiskStore::open(dir.path(), capacity)
+            .unwrap()
+            .with_sync_threads(1),
+        dir: Some(dir),
+    }
+}
+
+impl<S: FragmentStorage> Fixture<S> {
+    /// For a disk store: that the files under `bodies/` are exactly the fragments listed
+    /// under `keys` and that `tmp/` is empty (a refused or undone put leaves no file).
+    fn assert_files_match(&self, keys: &[PlacementKey]) {
+        let Some(dir) = &self.dir else { return };
+        let listed: usize = keys
+            .iter()
+            .map(|k| self.store.fragments_under(k).unwrap().len())
+            .sum();
+        let mut bodies = 0;
+        for fan in fs::read_dir(dir.path().join("bodies")).unwrap() {
+            bodies += fs::read_dir(fan.unwrap().path()).unwrap().count();
+        }
+        assert_eq!(
+            bodies, listed,
+            "body files differ from the fragments listed"
+        );
+        assert_eq!(count_entries(&dir.path().join("tmp")), 0, "temp files left");
+    }
+}
+
+fn count_entries(dir: &Path) -> usize {
+    fs::read_dir(dir).unwrap().count()
+}
+
+/// A block's worth of fragments: `(bytes, hash)` for indexes `0..lens.len()`.
+fn block(seed: u64, lens: &[usize]) -> Vec<(Vec<u8>, FragmentHash)> {
+    lens.iter()
+        .zip(0u16..)
+        .map(|(&len, index)| fragment(seed, index, len))
+        .collect()
+}
+
+/// The group offered for `block`'s fragments at `indexes`.
+fn offer<'a>(block: &'a [(Vec<u8>, FragmentHash)], indexes: &[u16]) -> Vec<OfferedFragment<'a>> {
+    indexes
+        .iter()
+        .map(|&index| {
+            let (bytes, hash) = &block[usize::from(index)];
+            OfferedFragment {
+                index,
+                hash: *hash,
+                bytes,
+            }
+        })
+        .collect()
+}
+
+/// What a user checks after a refused group: the same bytes used, and the same
+/// fragments listed (and, on disk, the same files).
+fn assert_unchanged<S: FragmentStorage>(
+    f: &Fixture<S>,
+    k: &PlacementKey,
+    used: u64,
+    indexes: &[u16],
+) {
+    assert_eq!(
+        f.store.used(),
+        used,
+        "a refused group changed the accounting"
+    );
+    let listed: Vec<u16> = f
+        .store
+        .fragments_under(k)
+        .unwrap()
+        .iter()
+        .map(|info| info.index)
+        .collect();
+    assert_eq!(listed, indexes, "a refused group changed what is stored");
+    f.assert_files_match(&[*k]);
+}
+
+/// Group puts (`put_fragments`): all or nothing, exact accounting, idempotent.
+mod group_suite {
+    use super::*;
+
+    const LENS: [usize; 6] = [4096, 4096, 1, 0, 70_001, 4096];
+
+    pub fn a_group_stores_all<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+        let f = make(1 << 20);
+        let k = key(1);
+        let b = block(1, &LENS);
+        let outcomes = f
+            .store
+            .put_fragments(&k, &offer(&b, &[0, 1, 2, 3, 4, 5]))
+            .unwrap();
+        let expected: Vec<PutOutcome> = LENS
+            .iter()
+            .map(|&len| PutOutcome::Stored { bytes: len as u64 })
+            .collect();
+        assert_eq!(outcomes, expected);
+        assert_eq!(f.store.used(), LENS.iter().sum::<usize>() as u64);
+        for (index, (bytes, hash)) in (0u16..).zip(&b) {
+            assert_eq!(
+                f.store.get_fragment(&k, index).unwrap().as_ref(),
+                Some(bytes)
+            );
+            assert_eq!(
+                f.store.fragment_info(&k, index).unwrap().unwrap().hash,
+                *hash
+            );
+        }
+        assert_eq!(f.store.fragments_under(&k).unwrap().len(), 6);
+        f.assert_files_match(&[k]);
+        // An empty group is a no-op.
+        assert_eq!(f.store.put_fragments(&key(2), &[]).unwrap(), vec![]);
+        assert_eq!(f.store.used(), LENS.iter().sum::<usize>() as u64);
+    }
+
+    pub fn a_group_with_one_bad_hash_changes_nothing<S: FragmentStorage>(
+        make: fn(u64) -> Fixture<S>,
+    ) {
+        let f = make(1 << 20);
+        let k = key(1);
+        let b = block(1, &LENS);
+        f.store.put_fragments(&k, &offer(&b, &[0])).unwrap();
+        let used = f.store.used();
+        let mut group = offer(&b, &[1, 2, 3, 4, 5]);
+        let wrong = FragmentHash(Id::hash(b"not fragment 4"));
+        group[3].hash = wrong;
+        let err = f.store.put_fragments(&k, &group).unwrap_err();
+        match err {
+            StoreError::HashMismatch {
+                index: 4,
+                expected,
+                actual,
+                ..
+            } => assert_eq!((expected, actual), (wrong, b[4].1)),
+            other => panic!("expected HashMismatch for index 4, got {other:?}"),
+        }
+        assert_unchanged(&f, &k, used, &[0]);
+    }
+
+    pub fn a_group_with_one_conflict_changes_nothing<S: FragmentStorage>(
+        make: fn(u64) -> Fixture<S>,
+    ) {
+        let f = make(1 << 20);
+        let k = key(1);
+        let stored = block(1, &LENS);
+        let offered = block(2, &LENS);
+        f.store.put_fragments(&k, &offer(&stored, &[2])).unwrap();
+        let used = f.store.used();
+        // Fragment 2 differs from what is stored: the whole group is refused.
+        let err = f
+            .store
+            .put_fragments(&k, &offer(&offered, &[0, 1, 2, 3, 4, 5]))
+            .unwrap_err();
+        match err {
+            StoreError::Conflict {
+                index: 2,
+                stored: s,
+                offered: o,
+                ..
+            } => assert_eq!((s, o), (stored[2].1, offered[2].1)),
+            other => panic!("expected Conflict for index 2, got {other:?}"),
+        }
+        assert_unchanged(&f, &k, used, &[2]);
+        // The same index twice in one group with different bytes is a conflict too.
+        let mut twice = offer(&offered, &[0, 1]);
+        twice.push(offer(&stored, &[1])[0]);
+        let err = f.store.put_fragments(&k, &twice).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { index: 1, .. }),
+            "{err:?}"
+        );
+        assert_unchanged(&f, &k, used, &[2]);
+    }
+
+    pub fn a_group_over_capacity_changes_nothing<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+        let lens = [300, 300, 300, 100];
+        let b = block(1, &lens);
+        let k = key(1);
+        // Fragment 0 is stored; the other three need 700 and only 699 are free.
+        let f = make(300 + 699);
+        f.store.put_fragments(&k, &offer(&b, &[0])).unwrap();
+        let err = f
+            .store
+            .put_fragments(&k, &offer(&b, &[0, 1, 2, 3]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Full {
+                    needed: 700,
+                    free: 699,
+                    capacity: 999
+                }
+            ),
+            "{err:?}"
+        );
+        assert_unchanged(&f, &k, 300, &[0]);
+        // One byte more and the same group fits exactly; fragment 0 is not recounted.
+        let f = make(300 + 700);
+        f.store.put_fragments(&k, &offer(&b, &[0])).unwrap();
+        let outcomes = f
+            .store
+            .put_fragments(&k, &offer(&b, &[0, 1, 2, 3]))
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                PutOutcome::AlreadyStored,
+                PutOutcome::Stored { bytes: 300 },
+                PutOutcome::Stored { bytes: 300 },
+                PutOutcome::Stored { bytes: 100 },
+            ]
+        );
+        assert_eq!((f.store.used(), f.store.free()), (1000, 0));
+        // Full, a group of what is already stored still succeeds and adds nothing.
+        assert_eq!(
+            f.store.put_fragments(&k, &offer(&b, &[3, 1])).unwrap(),
+            vec![PutOutcome::AlreadyStored; 2]
+        );
+        assert_eq!(f.store.used(), 1000);
+        f.assert_files_match(&[k]);
+    }
+
+    pub fn a_group_reput_is_idempotent<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+        let f = make(1 << 20);
+        let k = key(1);
+        let b = block(1, &LENS);
+        let total = LENS.iter().sum::<usize>() as u64;
+        f.store.put_fragments(&k, &offer(&b, &[0, 1, 2])).unwrap();
+        // Half already there, half new: only the new half is counted.
+        let outcomes = f
+            .store
+            .put_fragments(&k, &offer(&b, &[0, 1, 2, 3, 4, 5]))
+            .unwrap();
+        assert_eq!(outcomes[..3], [PutOutcome::AlreadyStored; 3]);
+        assert_eq!(outcomes[4], PutOutcome::Stored { bytes: 70_001 });
+        assert_eq!(f.store.used(), total);
+        // All there: nothing changes.
+        assert_eq!(
+            f.store
+                .put_fragments(&k, &offer(&b, &[0, 1, 2, 3, 4, 5]))
+                .unwrap(),
+            vec![PutOutcome::AlreadyStored; 6]
+        );
+        assert_eq!(f.store.used(), total);
+        // The same new fragment twice in one group is stored and counted once.
+        let other = key(2);
+        assert_eq!(
+            f.store.put_fragments(&other, &offer(&b, &[4, 4])).unwrap(),
+            vec![
+                PutOutcome::Stored { bytes: 70_001 },
+                PutOutcome::AlreadyStored
+            ]
+        );
+        assert_eq!(f.store.used(), total + 70_001);
+        f.assert_files_match(&[k, other]);
+    }
+
+    pub fn concurrent_groups_are_counted_once<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+        let f = make(1 << 22);
+        // Four threads put overlapping groups of the same three blocks, each group in
+        // a different index order (so their lock orders would differ if not sorted).
+        let blocks: Vec<_> = (0..3u64).map(|n| (key(n), block(n, &LENS))).collect();
+        let orders: [&[u16]; 4] = [
+            &[0, 1, 2, 3, 4, 5],
+            &[5, 4, 3],
+            &[3, 0, 5, 1],
+            &[2, 4, 1, 0],
+        ];
+        std::thread::scope(|scope| {
+            for order in orders {
+                let (store, blocks) = (&f.store, &blocks);
+                scope.spawn(move || {
+                    for round in 0..3 {
+                        for (k, b) in blocks.iter().cycle().skip(round).take(3) {
+                            store.put_fragments(k, &offer(b, order)).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        for (k, b) in &blocks {
+            for (index, (bytes, _)) in (0u16..).zip(b) {
+                assert_eq!(
+                    f.store.get_fragment(k, index).unwrap().as_ref(),
+                    Some(bytes)
+                );
+            }
+        }
+        assert_eq!(f.store.used(), 3 * LENS.iter().sum::<usize>() as u64);
+        let keys: Vec<PlacementKey> = blocks.iter().map(|(k, _)| *k).collect();
+        f.assert_files_match(&keys);
+    }
+}
+
+/// Runs every group-put check as its own test against one implementation.
+macro_rules! group_suite {
+    ($module:ident, $make:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn a_group_stores_all() {
+                group_suite::a_group_stores_all($make);
+            }
+            #[test]
+            fn a_group_with_one_bad_hash_changes_nothing() {
+                group_suite::a_group_with_one_bad_hash_changes_nothing($make);
+            }
+            #[test]
+            fn a_group_with_one_conflict_changes_nothing() {
+                group_suite::a_group_with_one_conflict_changes_nothing($make);
+            }
+            #[test]
+            fn a_group_over_capacity_changes_nothing() {
+                group_suite::a_group_over_capacity_changes_nothing($make);
+            }
+            #[test]
+            fn a_group_reput_is_idempotent() {
+                group_suite::a_group_reput_is_idempotent($make);
+            }
+            #[test]
+            fn concurrent_groups_are_counted_once() {
+                group_suite::concurrent_groups_are_counted_once($make);
+            }
+        }
+    };
 }
 
 /// The behaviour both implementations must share. Each check gets a fresh store.
@@ -426,6 +764,9 @@ macro_rules! shared_suite {
 
 shared_suite!(memory_store, memory);
 shared_suite!(disk_store, disk);
+group_suite!(memory_store_groups, memory);
+group_suite!(disk_store_groups, disk);
+group_suite!(disk_store_groups_one_sync_thread, disk_one_sync_thread);
 
 #[test]
 fn memory_store_reports_corruption_instead_of_bytes() {

@@ -9,7 +9,7 @@ use super::FragmentStore;
 use crate::crypto::{FileCertificate, Signed, VerifyError};
 use crate::erasure::{Fragment, FragmentRef};
 use crate::id::{FileId, FragmentHash, PlacementKey};
-use crate::store::{FragmentStorage, StoreError};
+use crate::store::{FragmentStorage, OfferedFragment, StoreError};
 
 /// A [`FragmentStore`] that is one local [`FragmentStorage`]: every fragment of every
 /// block goes to it, and certificates are verified before they are stored.
@@ -45,6 +45,25 @@ impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
     ) -> Result<(), LocalStoreError> {
         self.0
             .put_fragment(key, fragment.index, hash, fragment.bytes)?;
+        Ok(())
+    }
+
+    /// One group commit per block ([`FragmentStorage::put_fragments`]): all the
+    /// block's fragments are stored or none, with one sync for the lot.
+    fn put_block_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<(), LocalStoreError> {
+        let offered: Vec<OfferedFragment<'_>> = fragments
+            .iter()
+            .map(|(fragment, hash)| OfferedFragment {
+                index: fragment.index,
+                hash: *hash,
+                bytes: fragment.bytes,
+            })
+            .collect();
+        self.0.put_fragments(key, &offered)?;
         Ok(())
     }
 
@@ -157,7 +176,8 @@ mod tests {
     #[test]
     fn a_full_store_refuses_the_put_with_its_reason() {
         let owner = KeyPair::from_secret_bytes(&[4; 32]);
-        let store = LocalFragments(MemoryStore::new(100_000));
+        // Room for two of the block's six 250 000-byte fragments, not for the block.
+        let store = LocalFragments(MemoryStore::new(600_000));
         let data = vec![7u8; 1_000_000];
         let error = put(
             &data[..],
@@ -172,5 +192,28 @@ mod tests {
             std::error::Error::source(&error).map_or(String::new(), |s| s.to_string())
         );
         assert!(chain.contains("full"), "{chain}");
+        // The block went as one group: none of its fragments took space.
+        assert_eq!(store.0.used(), 0, "a refused block left fragments behind");
+    }
+
+    #[test]
+    fn a_block_that_does_not_fit_on_disk_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = KeyPair::from_secret_bytes(&[6; 32]);
+        let store = LocalFragments(DiskStore::open(dir.path(), 600_000).unwrap());
+        let data = vec![8u8; 1_000_000];
+        let options = PutOptions::new(ErasureParams::DEFAULT, 1);
+        assert!(put(&data[..], b"big", &owner, &options, &store).is_err());
+        assert_eq!(store.0.used(), 0);
+        let everything = crate::id::PlacementKey(crate::id::Id::ZERO);
+        assert_eq!(
+            store.0.placement_keys_in(&everything, &everything).unwrap(),
+            vec![]
+        );
+        let bodies: usize = std::fs::read_dir(store.0.bodies_dir())
+            .unwrap()
+            .map(|fan| std::fs::read_dir(fan.unwrap().path()).unwrap().count())
+            .sum();
+        assert_eq!(bodies, 0, "body files left by a refused block");
     }
 }

@@ -13,7 +13,8 @@
 //! # Put
 //! Reads one segment at a time into one reused buffer (the buffer is the block, then
 //! its padding, then its parity: no copy between reading and storing), hashes and
-//! encodes it, stores its `n` fragments at its placement key, and records it in the
+//! encodes it, stores its `n` fragments at its placement key as one group
+//! ([`FragmentStore::put_block_fragments`]), and records it in the
 //! manifest. Then the manifest is encoded and stored as one more block, and last the
 //! file certificate, which covers the manifest hash, is signed and stored. Peak memory:
 //! one segment's `n` fragments plus the manifest.
@@ -73,6 +74,21 @@ pub trait FragmentStore {
         hash: &FragmentHash,
     ) -> Result<(), Self::Error>;
 
+    /// Stores all the fragments of one block (the `n` of a data block, or of the
+    /// manifest block) at `key`, each with its hash; [`put`] calls this once per block.
+    /// A store that can commit a group at once overrides it (the local disk store
+    /// syncs once per block instead of once per fragment); the default calls
+    /// [`Self::put_fragment`] for each, in order, and stops at the first error.
+    fn put_block_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<(), Self::Error> {
+        fragments
+            .iter()
+            .try_for_each(|(fragment, hash)| self.put_fragment(key, *fragment, hash))
+    }
+
     /// Fetches fragment `index` of the block at `key`; `Ok(None)` if nobody has it.
     fn get_fragment(&self, key: &PlacementKey, index: u16)
     -> Result<Option<Fragment>, Self::Error>;
@@ -103,6 +119,13 @@ impl<S: FragmentStore + ?Sized> FragmentStore for &S {
         hash: &FragmentHash,
     ) -> Result<(), S::Error> {
         (**self).put_fragment(key, fragment, hash)
+    }
+    fn put_block_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<(), S::Error> {
+        (**self).put_block_fragments(key, fragments)
     }
     fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Fragment>, S::Error> {
         (**self).get_fragment(key, index)
@@ -209,14 +232,15 @@ pub enum PutError {
         #[source]
         source: EncodeError,
     },
-    /// The store refused a fragment.
-    #[error("storing fragment {index} of block {block} at {key} failed")]
-    StoreFragment {
+    /// The store refused the fragments of a block (they go as one group; the store's
+    /// error names the fragment when one was at fault).
+    #[error("storing the {fragments} fragments of block {block} at {key} failed")]
+    StoreBlock {
         /// The block (for the manifest block: the manifest hash).
         block: BlockHash,
-        /// The fragment's index.
-        index: u16,
-        /// Where it was being stored.
+        /// How many fragments the block has.
+        fragments: usize,
+        /// Where they were being stored.
         key: PlacementKey,
         /// The store's error.
         #[source]
@@ -388,17 +412,19 @@ fn store_fragments<S: FragmentStore + ?Sized>(
     key: &PlacementKey,
     encoded: &crate::erasure::EncodedBlock,
 ) -> Result<u64, PutError> {
-    for (fragment, hash) in encoded.fragments().zip(encoded.fragment_hashes()) {
-        store
-            .put_fragment(key, fragment, hash)
-            .map_err(|error| PutError::StoreFragment {
-                block: encoded.block_hash(),
-                index: fragment.index,
-                key: *key,
-                source: Box::new(error),
-            })?;
-    }
-    Ok(encoded.fragment_hashes().len() as u64)
+    let fragments: Vec<(FragmentRef<'_>, FragmentHash)> = encoded
+        .fragments()
+        .zip(encoded.fragment_hashes().iter().copied())
+        .collect();
+    store
+        .put_block_fragments(key, &fragments)
+        .map_err(|error| PutError::StoreBlock {
+            block: encoded.block_hash(),
+            fragments: fragments.len(),
+            key: *key,
+            source: Box::new(error),
+        })?;
+    Ok(fragments.len() as u64)
 }
 
 /// Which file to get.
@@ -1022,6 +1048,80 @@ mod tests {
         assert_eq!(stats.blocks, 4);
         assert_eq!(stats.fragments_used, 5 * 4, "k per block and per manifest");
         assert_eq!(stats.skipped_total(), 0);
+    }
+
+    #[test]
+    fn put_hands_each_block_to_the_store_as_one_group() {
+        /// Records the groups it is given, then stores them in a `MemoryFragments`.
+        #[derive(Default)]
+        struct Groups {
+            inner: MemoryFragments,
+            groups: Mutex<Vec<(PlacementKey, Vec<u16>)>>,
+            single_puts: Mutex<u32>,
+        }
+        impl FragmentStore for Groups {
+            type Error = InjectedFailure;
+            fn put_fragment(
+                &self,
+                key: &PlacementKey,
+                fragment: FragmentRef<'_>,
+                hash: &FragmentHash,
+            ) -> Result<(), InjectedFailure> {
+                *self.single_puts.lock().unwrap() += 1;
+                self.inner.put_fragment(key, fragment, hash)
+            }
+            fn put_block_fragments(
+                &self,
+                key: &PlacementKey,
+                fragments: &[(FragmentRef<'_>, FragmentHash)],
+            ) -> Result<(), InjectedFailure> {
+                let indexes = fragments.iter().map(|(f, _)| f.index).collect();
+                self.groups.lock().unwrap().push((*key, indexes));
+                self.inner.put_block_fragments(key, fragments)
+            }
+            fn get_fragment(
+                &self,
+                key: &PlacementKey,
+                index: u16,
+            ) -> Result<Option<Fragment>, InjectedFailure> {
+                self.inner.get_fragment(key, index)
+            }
+            fn put_certificate(
+                &self,
+                certificate: &Signed<FileCertificate>,
+            ) -> Result<(), InjectedFailure> {
+                self.inner.put_certificate(certificate)
+            }
+            fn get_certificate(
+                &self,
+                file: &FileId,
+            ) -> Result<Option<Signed<FileCertificate>>, InjectedFailure> {
+                self.inner.get_certificate(file)
+            }
+        }
+
+        let store = Groups::default();
+        let input = data(3 * 4096 + 100);
+        let receipt = put(&input[..], b"g", &KeyPair::generate(), &options(), &store).unwrap();
+        let groups = store.groups.lock().unwrap();
+        let mut expected: Vec<(PlacementKey, Vec<u16>)> = receipt
+            .manifest
+            .blocks
+            .iter()
+            .map(|block| (block.placement_key(), (0..6).collect()))
+            .collect();
+        let manifest_key = manifest_placement_key(&receipt.manifest_hash, 0);
+        expected.push((manifest_key, (0..6).collect()));
+        assert_eq!(
+            *groups, expected,
+            "one group per block, then the manifest's"
+        );
+        assert_eq!(
+            *store.single_puts.lock().unwrap(),
+            0,
+            "put went around the group call"
+        );
+        assert_eq!(store.inner.fragment_count(), 5 * 6);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    FragmentInfo, FragmentStorage, PutOutcome, StoreError, check_offered, check_read,
-    ring_intervals,
+    FragmentInfo, FragmentStorage, OfferedFragment, PutOutcome, StoreError, check_offered,
+    check_offered_group, check_read, plan_group, ring_intervals,
 };
 use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 
@@ -109,6 +109,43 @@ impl FragmentStorage for MemoryStore {
             .insert((*key, index), (info, bytes.to_vec()));
         inner.used += needed;
         Ok(PutOutcome::Stored { bytes: needed })
+    }
+
+    /// Atomic: checked and inserted under one lock, so no other call sees half a group.
+    fn put_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[OfferedFragment<'_>],
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        check_offered_group(key, fragments)?;
+        let mut inner = self.lock();
+        let plan = plan_group(key, fragments, |index| {
+            Ok(inner
+                .fragments
+                .get(&(*key, index))
+                .map(|(info, _)| info.hash))
+        })?;
+        let free = self.capacity.saturating_sub(inner.used);
+        if plan.needed > free {
+            return Err(StoreError::Full {
+                needed: plan.needed,
+                free,
+                capacity: self.capacity,
+            });
+        }
+        for &position in &plan.new {
+            let f = &fragments[position];
+            let info = FragmentInfo {
+                index: f.index,
+                hash: f.hash,
+                len: f.bytes.len() as u64,
+            };
+            inner
+                .fragments
+                .insert((*key, f.index), (info, f.bytes.to_vec()));
+        }
+        inner.used += plan.needed;
+        Ok(plan.outcomes)
     }
 
     fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Vec<u8>>, StoreError> {

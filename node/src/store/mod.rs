@@ -14,8 +14,17 @@
 //! Every mutating call returns only once its effect is on disk (for [`DiskStore`]:
 //! the body file is `fdatasync`ed and renamed, its directory fsynced, and the sled
 //! index flushed). A node signs a store receipt for a fragment **only after
-//! [`FragmentStorage::put_fragment`] has returned `Ok`**; a receipt signed earlier
-//! could promise a fragment that a crash then loses.
+//! [`FragmentStorage::put_fragment`] (or [`FragmentStorage::put_fragments`] for a
+//! group) has returned `Ok`**; a receipt signed earlier could promise a fragment that
+//! a crash then loses.
+//!
+//! # Group commit
+//!
+//! [`FragmentStorage::put_fragments`] stores the fragments of one placement key (a
+//! block's `n` fragments) as one unit: every check passes before anything is written,
+//! and [`DiskStore`] pays the directory fsync and the index flush once per group
+//! instead of once per fragment. All or nothing: a refused group changes nothing, and
+//! a crash leaves either none of its index records or all of them.
 //!
 //! # What the capacity counts
 //!
@@ -32,7 +41,7 @@ use std::path::PathBuf;
 
 use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 
-pub use disk::{DiskStore, OpenCleanup, RECORD_VERSION};
+pub use disk::{DEFAULT_SYNC_THREADS, DiskStore, OpenCleanup, RECORD_VERSION};
 pub use memory::MemoryStore;
 
 /// The hash a fragment must have, `SHA-256(index_be16 ‖ bytes)`: the erasure layer's
@@ -60,6 +69,18 @@ pub enum PutOutcome {
     },
     /// The same fragment (same key, index and hash) was already stored; nothing changed.
     AlreadyStored,
+}
+
+/// One fragment offered to [`FragmentStorage::put_fragments`]: its index within the
+/// block, the hash the caller expects (`fragment_hash(index, bytes)`), and its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferedFragment<'a> {
+    /// The fragment's index within its block.
+    pub index: u16,
+    /// What the bytes must hash to; checked before anything is stored.
+    pub hash: FragmentHash,
+    /// The fragment's body.
+    pub bytes: &'a [u8],
 }
 
 /// Everything that can go wrong in the store. Variants carry what a log line or an
@@ -205,6 +226,47 @@ pub trait FragmentStorage: Send + Sync {
         bytes: &[u8],
     ) -> Result<PutOutcome, StoreError>;
 
+    /// Stores several fragments of the block placed at `key` as one group: a block's
+    /// `n` fragments in one call, so a durable store syncs once per group instead of
+    /// once per fragment. Returns one [`PutOutcome`] per offered fragment, in order.
+    ///
+    /// **All or nothing.** Every fragment is checked first: its hash
+    /// ([`StoreError::HashMismatch`]), what is already stored under its index
+    /// ([`StoreError::Conflict`]; an equal fragment is [`PutOutcome::AlreadyStored`]),
+    /// and the sum of the new bytes against the free space ([`StoreError::Full`],
+    /// whose `needed` is that sum). If any check fails the whole group is refused and
+    /// nothing changes. An index offered twice in one group counts once (the second is
+    /// `AlreadyStored`, or a `Conflict` if the hashes differ). Returns only once every
+    /// fragment is durable. An I/O failure midway is undone (nothing of the group
+    /// stays stored or counted); a crash leaves none or all of the group.
+    ///
+    /// The default implementation runs the checks, then [`Self::put_fragment`] one
+    /// fragment after another: all or nothing against refusals only while nothing else
+    /// writes the store, and an I/O failure midway leaves the fragments before it
+    /// stored. [`MemoryStore`] and [`DiskStore`] override it with the full contract.
+    fn put_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[OfferedFragment<'_>],
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        check_offered_group(key, fragments)?;
+        let plan = plan_group(key, fragments, |index| {
+            Ok(self.fragment_info(key, index)?.map(|info| info.hash))
+        })?;
+        let free = self.free();
+        if plan.needed > free {
+            return Err(StoreError::Full {
+                needed: plan.needed,
+                free,
+                capacity: self.capacity(),
+            });
+        }
+        fragments
+            .iter()
+            .map(|f| self.put_fragment(key, f.index, &f.hash, f.bytes))
+            .collect()
+    }
+
     /// The fragment's bytes, re-checked against the hash recorded at put time;
     /// `Ok(None)` if it is not stored, [`StoreError::Corrupt`] if it no longer verifies.
     fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Vec<u8>>, StoreError>;
@@ -313,6 +375,72 @@ pub(crate) fn check_offered(
         });
     }
     Ok(())
+}
+
+/// What a group put will do, decided before anything is written.
+#[derive(Debug)]
+pub(crate) struct GroupPlan {
+    /// One outcome per offered fragment, in order.
+    pub outcomes: Vec<PutOutcome>,
+    /// Positions (in the offered slice) of the fragments to write: new, each index once.
+    pub new: Vec<usize>,
+    /// Sum of the lengths of the new fragments.
+    pub needed: u64,
+}
+
+/// Checks the hash of every fragment of a group (before any lock is taken: hashing a
+/// block's fragments takes milliseconds).
+pub(crate) fn check_offered_group(
+    key: &PlacementKey,
+    fragments: &[OfferedFragment<'_>],
+) -> Result<(), StoreError> {
+    fragments
+        .iter()
+        .try_for_each(|f| check_offered(key, f.index, &f.hash, f.bytes))
+}
+
+/// Checks a group whose hashes [`check_offered_group`] passed against what `stored`
+/// says is under each index and against earlier fragments of the same group, and
+/// decides what is new. Capacity is left to the caller, which knows how its counter
+/// is locked.
+pub(crate) fn plan_group(
+    key: &PlacementKey,
+    fragments: &[OfferedFragment<'_>],
+    mut stored: impl FnMut(u16) -> Result<Option<FragmentHash>, StoreError>,
+) -> Result<GroupPlan, StoreError> {
+    let mut plan = GroupPlan {
+        outcomes: Vec::with_capacity(fragments.len()),
+        new: Vec::with_capacity(fragments.len()),
+        needed: 0,
+    };
+    // Indexes this group adds, with their hash; a group is a block's n fragments, so a
+    // linear search is cheaper than a map.
+    let mut adding: Vec<(u16, FragmentHash)> = Vec::with_capacity(fragments.len());
+    for (position, f) in fragments.iter().enumerate() {
+        let already = match adding.iter().find(|(index, _)| *index == f.index) {
+            Some((_, hash)) => Some(*hash),
+            None => stored(f.index)?,
+        };
+        match already {
+            Some(hash) if hash == f.hash => plan.outcomes.push(PutOutcome::AlreadyStored),
+            Some(hash) => {
+                return Err(StoreError::Conflict {
+                    key: *key,
+                    index: f.index,
+                    stored: hash,
+                    offered: f.hash,
+                });
+            }
+            None => {
+                let bytes = f.bytes.len() as u64;
+                plan.outcomes.push(PutOutcome::Stored { bytes });
+                plan.new.push(position);
+                plan.needed += bytes;
+                adding.push((f.index, f.hash));
+            }
+        }
+    }
+    Ok(plan)
 }
 
 /// Checks a body read back against the hash and length recorded at put time.
