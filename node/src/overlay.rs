@@ -87,6 +87,12 @@ pub struct Config {
     pub route_retries: u8,
     /// Route messages with more hops than this are dropped (a guard against loops).
     pub max_hops: u8,
+    /// Whether every node on a join's path sends all rows the joiner can use (rather
+    /// than only row i from the i-th node, as in the paper).
+    pub join_all_shared_rows: bool,
+    /// Routing-table entries probed per tick (round robin), so that entries of dead
+    /// nodes are found before a route has to time out on them.
+    pub table_probes_per_tick: usize,
     /// Every this many ticks a node sends its leaf set to its two nearest neighbours.
     pub leaf_push_every_ticks: u32,
     /// How long a node declared dead is remembered (and ignored in gossip).
@@ -109,6 +115,8 @@ impl Default for Config {
             route_ack_timeout: Duration::from_millis(1000),
             route_retries: 4,
             max_hops: 40,
+            join_all_shared_rows: false,
+            table_probes_per_tick: 4,
             leaf_push_every_ticks: 3,
             dead_memory: Duration::from_secs(300),
             dead_memory_entries: 256,
@@ -398,6 +406,8 @@ enum ProbePurpose {
     Candidate,
     /// A keepalive of a leaf member.
     Keepalive,
+    /// A periodic check of a routing-table entry: dropped from the table if silent.
+    TableCheck,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -452,6 +462,7 @@ pub struct Overlay {
     next_nonce: u64,
     ticks: u32,
     ticking: bool,
+    table_cursor: usize,
 }
 
 impl Overlay {
@@ -474,6 +485,7 @@ impl Overlay {
             next_nonce: 1,
             ticks: 0,
             ticking: false,
+            table_cursor: 0,
         })
     }
 
@@ -806,10 +818,19 @@ impl Overlay {
                 return;
             }
             let p = shared_digits(&self.me.0, &joiner.0, self.config.digit_bits);
+            // The paper: the i-th node on the path gives row i. Optionally every node
+            // gives all the rows the joiner shares with it: more candidates per slot
+            // (better proximity) for more probes.
+            let first_row = if self.config.join_all_shared_rows {
+                0
+            } else {
+                usize::from(hops).min(p)
+            };
             let entries: Vec<NodeId> = self
                 .rows
                 .iter()
                 .take(p + 1)
+                .skip(first_row)
                 .flat_map(|row| row.iter().flatten().map(|e| e.id))
                 .filter(|id| *id != joiner)
                 .collect();
@@ -888,7 +909,7 @@ impl Overlay {
                 };
                 out.push(Action::Send { to, msg });
                 out.push(Action::SetTimer {
-                    at: now.plus(self.config.route_ack_timeout),
+                    at: now.plus(self.ack_timeout(&to)),
                     kind: TimerKind::RouteAck { hop_id },
                 });
                 self.pending.push(PendingHop {
@@ -972,6 +993,37 @@ impl Overlay {
             }
         }
         best.map(|(_, id)| id)
+    }
+
+    /// How long to wait for `to`'s acknowledgement: twice its measured RTT plus a
+    /// margin, capped by the configured timeout (which also applies when unmeasured).
+    fn ack_timeout(&self, to: &NodeId) -> Duration {
+        let rtt = self.rtt_of(to);
+        let cap = self.config.route_ack_timeout;
+        if rtt == RTT_UNKNOWN {
+            return cap;
+        }
+        let adaptive = Duration::from_micros(u64::from(rtt) * 2) + Duration::from_millis(50);
+        adaptive.min(cap)
+    }
+
+    fn rtt_of(&self, id: &NodeId) -> RttMicros {
+        let b = self.config.digit_bits;
+        let r = shared_digits(&self.me.0, &id.0, b);
+        let in_table = self
+            .rows
+            .get(r)
+            .and_then(|row| row.get(digit(&id.0, r, b)))
+            .and_then(|slot| slot.filter(|e| e.id == *id));
+        self.left
+            .iter()
+            .chain(&self.right)
+            .chain(&self.neighbours)
+            .chain(in_table.iter())
+            .filter(|e| e.id == *id)
+            .map(|e| e.rtt)
+            .min()
+            .unwrap_or(RTT_UNKNOWN)
     }
 
     fn in_leaf_range(&self, key: &Id) -> bool {
@@ -1062,6 +1114,7 @@ impl Overlay {
         for id in dead {
             self.declare_dead(now, id, out);
         }
+        self.check_table_entries(now, out);
         if self.ticks % self.config.leaf_push_every_ticks.max(1) == 0 {
             let (left, right) = self.leaf_set();
             let mut targets: Vec<NodeId> = left
@@ -1083,19 +1136,58 @@ impl Overlay {
         }
     }
 
+    /// Probes the next few routing-table entries (round robin over the table).
+    fn check_table_entries(&mut self, now: Time, out: &mut Vec<Action>) {
+        let columns = self.config.columns();
+        let slots = self.rows.len() * columns;
+        if slots == 0 || self.config.table_probes_per_tick == 0 {
+            return;
+        }
+        let mut checked = 0;
+        for _ in 0..slots {
+            if checked >= self.config.table_probes_per_tick {
+                break;
+            }
+            let cursor = self.table_cursor % slots;
+            self.table_cursor = (cursor + 1) % slots;
+            let (r, c) = (cursor / columns, cursor % columns);
+            let Some(Some(entry)) = self.rows.get(r).and_then(|row| row.get(c)) else {
+                continue;
+            };
+            let id = entry.id;
+            checked += 1;
+            if self.in_leaf(&id) || self.probes.iter().any(|p| p.id == id) {
+                continue; // leaf members have their own keepalives
+            }
+            self.send_probe(now, id, ProbePurpose::TableCheck, out);
+        }
+    }
+
     fn expire_probes(&mut self, now: Time, out: &mut Vec<Action>) {
         self.probe_timer_at = None;
         let timeout = self.config.probe_timeout;
         let mut failed = Vec::new();
+        let mut silent_entries = Vec::new();
         self.probes.retain(|p| {
             let due = p.sent.plus(timeout) <= now;
-            if due && p.purpose == ProbePurpose::Candidate {
-                failed.push(p.id);
+            if due {
+                match p.purpose {
+                    ProbePurpose::Candidate => failed.push(p.id),
+                    ProbePurpose::TableCheck => silent_entries.push(p.id),
+                    ProbePurpose::Keepalive => {}
+                }
             }
             !due
         });
         for id in failed {
             self.remember_dead(now, id);
+        }
+        for id in silent_entries {
+            if !self.in_leaf(&id) {
+                self.drop_from_table(id, out);
+                self.neighbours.retain(|e| e.id != id);
+                self.remember_dead(now, id);
+            }
         }
         if let Some(earliest) = self.probes.iter().map(|p| p.sent).min() {
             let at = earliest.plus(timeout);
