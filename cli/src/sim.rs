@@ -46,6 +46,10 @@ pub struct RoutingArgs {
     /// Joins started per simulated second (default: N/100, within 50..=1000).
     #[arg(long)]
     pub join_rate: Option<f64>,
+    /// Every node on a join's path gives the joiner all the rows it can use, not only
+    /// row i from the i-th node (more probes per join, more candidates per slot).
+    #[arg(long)]
+    pub join_all_rows: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -71,6 +75,7 @@ fn run_routing_command(args: &RoutingArgs) -> anyhow::Result<()> {
     let mut params = RoutingParams::new(args.nodes, args.lookups, args.seed);
     params.churn = args.churn;
     params.sim.loss = args.loss;
+    params.sim.overlay.join_all_shared_rows = args.join_all_rows;
     if let Some(rate) = args.join_rate {
         if rate <= 0.0 {
             bail!("--join-rate must be positive, got {rate}");

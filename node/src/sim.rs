@@ -92,9 +92,8 @@ pub struct SimConfig {
     pub base_latency: Duration,
     /// One-way latency added per unit of distance in the unit square.
     pub latency_per_unit: Duration,
-    /// A joiner's bootstrap is the nearest of this many randomly sampled members (the
-    /// paper assumes a joiner knows a nearby node).
-    pub bootstrap_samples: usize,
+    /// How a joiner's bootstrap node is chosen (the paper assumes a nearby one).
+    pub bootstrap: BootstrapChoice,
     /// How many times a node retries a failed join (each time via another bootstrap).
     pub join_attempts: u8,
 }
@@ -107,11 +106,24 @@ impl Default for SimConfig {
             loss: 0.0,
             base_latency: Duration::from_millis(1),
             latency_per_unit: Duration::from_millis(100),
-            bootstrap_samples: 32,
+            bootstrap: BootstrapChoice::Nearest,
             join_attempts: 5,
         }
     }
 }
+
+/// How the simulator picks the member a joiner bootstraps through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootstrapChoice {
+    /// The joined node nearest in the network (the paper's assumption), found with a
+    /// grid index over the unit square.
+    Nearest,
+    /// The nearest of this many randomly sampled joined nodes.
+    NearestOfSample(usize),
+}
+
+/// Side of the grid that indexes joined nodes by position.
+const GRID: usize = 64;
 
 /// Where a simulated node is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,6 +250,8 @@ pub struct Sim {
     lookups: Vec<LookupRecord>,
     stats: SimStats,
     scratch: Vec<Action>,
+    /// Joined nodes by grid cell, for nearest-node queries.
+    grid: Vec<Vec<u32>>,
 }
 
 const NOT_LIVE: u32 = u32::MAX;
@@ -260,6 +274,7 @@ impl Sim {
             lookups: Vec::new(),
             stats: SimStats::default(),
             scratch: Vec::new(),
+            grid: vec![Vec::new(); GRID * GRID],
         })
     }
 
@@ -537,6 +552,7 @@ impl Sim {
             }
             self.live_pos[node as usize] = NOT_LIVE;
             self.live.remove(&id);
+            self.grid_remove(node);
         }
     }
 
@@ -547,15 +563,77 @@ impl Sim {
         )
     }
 
-    /// The nearest of a few sampled joined nodes, as the paper's "nearby node".
+    fn cell_of(&self, node: u32) -> (usize, usize) {
+        let n = &self.nodes[node as usize];
+        let cell = |v: f32| ((v * GRID as f32) as usize).min(GRID - 1);
+        (cell(n.x), cell(n.y))
+    }
+
+    fn grid_insert(&mut self, node: u32) {
+        let (x, y) = self.cell_of(node);
+        self.grid[y * GRID + x].push(node);
+    }
+
+    fn grid_remove(&mut self, node: u32) {
+        let (x, y) = self.cell_of(node);
+        let cell = &mut self.grid[y * GRID + x];
+        if let Some(pos) = cell.iter().position(|&n| n == node) {
+            cell.swap_remove(pos);
+        }
+    }
+
+    fn distance(&self, a: u32, b: u32) -> f64 {
+        let (a, b) = (&self.nodes[a as usize], &self.nodes[b as usize]);
+        let (dx, dy) = (f64::from(a.x - b.x), f64::from(a.y - b.y));
+        (dx * dx + dy * dy).sqrt()
+    }
+
+    /// The joined node nearest to `node`: rings of grid cells outwards, until no
+    /// nearer node can be in the next ring.
+    fn nearest_joined(&self, node: u32) -> Option<u32> {
+        let (cx, cy) = self.cell_of(node);
+        let cell_size = 1.0 / GRID as f64;
+        let mut best: Option<(f64, u32)> = None;
+        for ring in 0..GRID as isize {
+            if let Some((d, _)) = best
+                && (ring - 1) as f64 * cell_size > d
+            {
+                break;
+            }
+            for dy in -ring..=ring {
+                for dx in -ring..=ring {
+                    if dx.abs().max(dy.abs()) != ring {
+                        continue;
+                    }
+                    let (x, y) = (cx as isize + dx, cy as isize + dy);
+                    if x < 0 || y < 0 || x >= GRID as isize || y >= GRID as isize {
+                        continue;
+                    }
+                    for &other in &self.grid[y as usize * GRID + x as usize] {
+                        let d = self.distance(node, other);
+                        if other != node && best.is_none_or(|(bd, bn)| (d, other) < (bd, bn)) {
+                            best = Some((d, other));
+                        }
+                    }
+                }
+            }
+        }
+        best.map(|(_, n)| n)
+    }
+
+    /// The member a joiner bootstraps through, as the paper's "nearby node".
     fn pick_bootstrap(&mut self, node: u32) -> Option<u32> {
+        let samples = match self.config.bootstrap {
+            BootstrapChoice::Nearest => return self.nearest_joined(node),
+            BootstrapChoice::NearestOfSample(samples) => samples,
+        };
         let mut best: Option<(Duration, u32)> = None;
         if self.live_list.is_empty() {
             return None;
         }
         let mut sampled = 0;
-        for _ in 0..self.config.bootstrap_samples * 4 {
-            if sampled >= self.config.bootstrap_samples {
+        for _ in 0..samples * 4 {
+            if sampled >= samples {
                 break;
             }
             let candidate = self.live_list[self.rng.below(self.live_list.len() as u64) as usize];
@@ -720,6 +798,7 @@ impl Sim {
                 if self.nodes[node as usize].state == NodeState::Joining {
                     self.nodes[node as usize].state = NodeState::Joined;
                     self.stats.joins_completed += 1;
+                    self.grid_insert(node);
                 }
             }
             Action::JoinFailed => {
