@@ -134,6 +134,8 @@ fn to_json(
         "simulated_seconds": report.simulated_seconds,
         "messages_sent": report.stats.messages_sent,
         "joins_completed": report.stats.joins_completed,
+        "routes_failed": report.stats.routes_failed,
+        "messages_lost": report.stats.messages_lost,
     })
 }
 

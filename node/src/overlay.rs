@@ -1403,8 +1403,11 @@ impl Overlay {
         }
         if leaf_changed {
             out.push(Action::LeafSetChanged);
-            // Tell the newcomer who our neighbours are, so that concurrent joiners
-            // between the same nodes find each other.
+        }
+        // Tell the newcomer who our neighbours are, so that concurrent joiners between
+        // the same nodes find each other. A joining node's own leaf set is still
+        // being filled: the members' pushes to it carry what it lacks.
+        if leaf_changed && self.phase == Phase::Joined {
             let (left, right) = self.leaf_set();
             out.push(Action::Send {
                 to: id,

@@ -214,6 +214,8 @@ pub struct SimStats {
     pub join_retries: u64,
     /// Nodes declared dead by some other node.
     pub deaths_declared: u64,
+    /// Routes given up by some node (all next hops silent, or too many hops).
+    pub routes_failed: u64,
 }
 
 /// The outcome of one lookup.
@@ -786,6 +788,7 @@ impl Sim {
                 }
             }
             Action::RouteFailed { tag, .. } => {
+                self.stats.routes_failed += 1;
                 if let Some(r) = tag
                     .checked_sub(1)
                     .and_then(|i| self.lookups.get_mut(i as usize))
@@ -937,7 +940,8 @@ pub fn run_routing(params: &RoutingParams) -> Result<RoutingReport, ConfigError>
             sim.lookup(&origin, key, Time(start.0 + 1 + i as u64 * spacing));
         }
         sim.run_until(start.plus(params.repair));
-        during_repair = Some(summarise(&sim, first));
+        // Summarised at the end, so that the last of them may finish their routes.
+        during_repair = Some(first);
     }
 
     let first = sim.lookups().len();
@@ -951,7 +955,8 @@ pub fn run_routing(params: &RoutingParams) -> Result<RoutingReport, ConfigError>
         sim.lookup(&origin, key, Time(start.0 + offset));
     }
     sim.run_until(start.plus(Duration::from_secs(40)));
-    let after = summarise(&sim, first);
+    let after = summarise(&sim, first, sim.lookups().len());
+    let during_repair = during_repair.map(|from| summarise(&sim, from, first));
     Ok(RoutingReport {
         nodes: params.nodes,
         live_nodes: sim.live_count(),
@@ -967,8 +972,8 @@ pub fn run_routing(params: &RoutingParams) -> Result<RoutingReport, ConfigError>
     })
 }
 
-fn summarise(sim: &Sim, first: usize) -> LookupSummary {
-    let records = &sim.lookups()[first..];
+fn summarise(sim: &Sim, from: usize, to: usize) -> LookupSummary {
+    let records = &sim.lookups()[from..to];
     let mut hops = Vec::new();
     let mut rdp_sum = 0.0;
     let mut rdp_n = 0usize;
