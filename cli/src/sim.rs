@@ -135,6 +135,8 @@ fn to_json(
         "messages_sent": report.stats.messages_sent,
         "joins_completed": report.stats.joins_completed,
         "routes_failed": report.stats.routes_failed,
+        "not_joined": report.not_joined,
+        "join_retries": report.stats.join_retries,
         "messages_lost": report.stats.messages_lost,
     })
 }

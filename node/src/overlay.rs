@@ -799,6 +799,20 @@ impl Overlay {
         {
             self.phase = Phase::Joined;
             out.push(Action::Joined);
+            // Members that were themselves joining did not push their leaf sets to us,
+            // and we did not push ours while it was being filled: show the finished
+            // one to every member once, so concurrent joiners find each other.
+            let (left, right) = self.leaf_set();
+            let mut members: Vec<NodeId> = left.iter().chain(&right).copied().collect();
+            members.sort_unstable();
+            members.dedup();
+            for to in members {
+                let msg = OverlayMessage::LeafSet {
+                    left: left.clone(),
+                    right: right.clone(),
+                };
+                out.push(Action::Send { to, msg });
+            }
         }
     }
 
@@ -1115,6 +1129,13 @@ impl Overlay {
             self.declare_dead(now, id, out);
         }
         self.check_table_entries(now, out);
+        // A join probes ~100 candidates at once; do not keep that capacity for life.
+        if self.probes.capacity() > 4 * self.probes.len().max(8) {
+            self.probes.shrink_to_fit();
+        }
+        if self.pending.capacity() > 4 * self.pending.len().max(8) {
+            self.pending.shrink_to_fit();
+        }
         if self.ticks % self.config.leaf_push_every_ticks.max(1) == 0 {
             let (left, right) = self.leaf_set();
             let mut targets: Vec<NodeId> = left

@@ -495,6 +495,19 @@ impl Sim {
             && self.nodes.iter().all(|n| n.state != NodeState::Waiting)
     }
 
+    /// Live nodes that have not completed their join.
+    pub fn not_joined(&self) -> usize {
+        self.live_list
+            .iter()
+            .filter(|&&i| self.nodes[i as usize].state != NodeState::Joined)
+            .count()
+            + self
+                .nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Waiting)
+                .count()
+    }
+
     /// Mean routing-state entries per live node.
     pub fn mean_state_entries(&self) -> f64 {
         if self.live_list.is_empty() {
@@ -898,6 +911,8 @@ pub struct RoutingReport {
     pub wrong_leaf_sets: usize,
     /// Joined live nodes with a wrong leaf set after the build (before any crash).
     pub wrong_leaf_sets_after_build: usize,
+    /// Nodes that never completed their join.
+    pub not_joined: usize,
     /// Simulated seconds.
     pub simulated_seconds: f64,
     /// All counters.
@@ -967,6 +982,7 @@ pub fn run_routing(params: &RoutingParams) -> Result<RoutingReport, ConfigError>
         messages_per_join,
         wrong_leaf_sets: sim.wrong_leaf_sets().len(),
         wrong_leaf_sets_after_build,
+        not_joined: sim.not_joined(),
         simulated_seconds: sim.now().as_secs_f64(),
         stats: sim.stats().clone(),
     })
