@@ -93,6 +93,9 @@ pub struct Config {
     /// Routing-table entries probed per tick (round robin), so that entries of dead
     /// nodes are found before a route has to time out on them.
     pub table_probes_per_tick: usize,
+    /// Every this many ticks a joined node routes a [`Routed::Locate`] to its own id
+    /// (0: only once, right after joining).
+    pub locate_every_ticks: u32,
     /// Every this many ticks a node sends its leaf set to its two nearest neighbours.
     pub leaf_push_every_ticks: u32,
     /// How long a node declared dead is remembered (and ignored in gossip).
@@ -117,6 +120,7 @@ impl Default for Config {
             max_hops: 40,
             join_all_shared_rows: false,
             table_probes_per_tick: 4,
+            locate_every_ticks: 6,
             leaf_push_every_ticks: 3,
             dead_memory: Duration::from_secs(300),
             dead_memory_entries: 256,
@@ -219,6 +223,13 @@ pub enum Routed {
         tag: u64,
         /// Opaque application bytes.
         payload: Vec<u8>,
+    },
+    /// A member routes this to its own id: the live node closest to it (other than
+    /// itself) answers with its leaf set. Repairs a leaf set that went wrong, e.g.
+    /// after a join that ended at a node whose own state was still incomplete.
+    Locate {
+        /// The node whose neighbours are wanted.
+        requester: NodeId,
     },
 }
 
@@ -696,7 +707,7 @@ impl Overlay {
                         reached_closest: true,
                     };
                 }
-                self.maybe_joined(out);
+                self.maybe_joined(now, out);
             }
             OverlayMessage::Ping { nonce } => {
                 out.push(Action::Send {
@@ -725,7 +736,7 @@ impl Overlay {
                         msg: OverlayMessage::Announce { rtt_us: rtt },
                     });
                 }
-                self.maybe_joined(out);
+                self.maybe_joined(now, out);
             }
             OverlayMessage::Announce { rtt_us } => {
                 self.admit(from, rtt_us, out);
@@ -787,7 +798,13 @@ impl Overlay {
         }
     }
 
-    fn maybe_joined(&mut self, out: &mut Vec<Action>) {
+    /// Routes a [`Routed::Locate`] to this node's own id.
+    fn locate_self(&mut self, now: Time, out: &mut Vec<Action>) {
+        let body = Routed::Locate { requester: self.me };
+        self.route(now, self.me.0, 0, body, vec![self.me], 0, out);
+    }
+
+    fn maybe_joined(&mut self, now: Time, out: &mut Vec<Action>) {
         if let Phase::Joining {
             reached_closest: true,
             ..
@@ -799,6 +816,7 @@ impl Overlay {
         {
             self.phase = Phase::Joined;
             out.push(Action::Joined);
+            self.locate_self(now, out);
             // Members that were themselves joining did not push their leaf sets to us,
             // and we did not push ours while it was being filled: show the finished
             // one to every member once, so concurrent joiners find each other.
@@ -884,11 +902,11 @@ impl Overlay {
         tries: u8,
         out: &mut Vec<Action>,
     ) {
-        if let Routed::Join { joiner } = &body
-            && !excluded.contains(joiner)
+        if let Routed::Join { joiner: subject } | Routed::Locate { requester: subject } = &body
+            && !excluded.contains(subject)
         {
-            // The joiner is not (yet) a destination for its own join.
-            excluded.push(*joiner);
+            // A joiner (or locating node) is not a destination for its own route.
+            excluded.push(*subject);
         }
         match self.next_hop(&key, &excluded) {
             None => match body {
@@ -910,6 +928,14 @@ impl Overlay {
                     // node saw itself as last; a retry that ends here sends it now.
                     if tries > 0 {
                         self.on_route_last_join(&body, out);
+                    }
+                }
+                Routed::Locate { requester } => {
+                    if requester != self.me {
+                        let (left, right) = self.leaf_set();
+                        let msg = OverlayMessage::LeafSet { left, right };
+                        out.push(Action::Send { to: requester, msg });
+                        self.consider(now, requester, out);
                     }
                 }
             },
@@ -960,13 +986,15 @@ impl Overlay {
         let usable = |id: &NodeId| !excluded.contains(id);
         // 1. Within the leaf-set range: the numerically closest of leaf set and self.
         if self.in_leaf_range(key) {
-            let mut best = self.me;
+            let mut best = usable(&self.me).then_some(self.me);
             for e in self.left.iter().chain(&self.right) {
-                if usable(&e.id) && key.cmp_closeness(&e.id.0, &best.0) == Ordering::Less {
-                    best = e.id;
+                if usable(&e.id)
+                    && best.is_none_or(|b| key.cmp_closeness(&e.id.0, &b.0) == Ordering::Less)
+                {
+                    best = Some(e.id);
                 }
             }
-            return (best != self.me).then_some(best);
+            return best.filter(|b| *b != self.me);
         }
         // 2. The routing-table entry sharing one more digit.
         let b = self.config.digit_bits;
@@ -1129,6 +1157,12 @@ impl Overlay {
             self.declare_dead(now, id, out);
         }
         self.check_table_entries(now, out);
+        if self.phase == Phase::Joined
+            && self.config.locate_every_ticks > 0
+            && self.ticks % self.config.locate_every_ticks == 0
+        {
+            self.locate_self(now, out);
+        }
         // A join probes ~100 candidates at once; do not keep that capacity for life.
         if self.probes.capacity() > 4 * self.probes.len().max(8) {
             self.probes.shrink_to_fit();
@@ -1218,7 +1252,7 @@ impl Overlay {
                 kind: TimerKind::ProbeExpiry,
             });
         }
-        self.maybe_joined(out);
+        self.maybe_joined(now, out);
     }
 
     fn route_ack_due(&mut self, now: Time, hop_id: u64, out: &mut Vec<Action>) {
@@ -1523,7 +1557,7 @@ impl Overlay {
 fn tag_of(body: &Routed) -> u64 {
     match body {
         Routed::Lookup { tag, .. } => *tag,
-        Routed::Join { .. } => 0,
+        Routed::Join { .. } | Routed::Locate { .. } => 0,
     }
 }
 
