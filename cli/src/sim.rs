@@ -3,7 +3,7 @@
 //! Owns: argument parsing and report printing for `cairn sim routing`. The experiment
 //! itself is `cairn_node::sim::run_routing`, so tests and the CLI run the same code.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cairn_node::sim::{LookupSummary, RoutingParams, RoutingReport, run_routing};
@@ -46,6 +46,12 @@ pub struct RoutingArgs {
     /// Joins started per simulated second (default: N/100, within 50..=1000).
     #[arg(long)]
     pub join_rate: Option<f64>,
+    /// Simulated seconds of quiet after the last join, before measuring.
+    #[arg(long, default_value_t = 60)]
+    pub settle: u64,
+    /// Simulated seconds given to repair after the crash, before the final lookups.
+    #[arg(long, default_value_t = 120)]
+    pub repair: u64,
     /// Every node on a join's path gives the joiner all the rows it can use, not only
     /// row i from the i-th node (more probes per join, more candidates per slot).
     #[arg(long)]
@@ -75,6 +81,8 @@ fn run_routing_command(args: &RoutingArgs) -> anyhow::Result<()> {
     let mut params = RoutingParams::new(args.nodes, args.lookups, args.seed);
     params.churn = args.churn;
     params.sim.loss = args.loss;
+    params.settle = Duration::from_secs(args.settle);
+    params.repair = Duration::from_secs(args.repair);
     params.sim.overlay.join_all_shared_rows = args.join_all_rows;
     if let Some(rate) = args.join_rate {
         if rate <= 0.0 {

@@ -474,6 +474,7 @@ pub struct Overlay {
     ticks: u32,
     ticking: bool,
     table_cursor: usize,
+    locate_rounds: u32,
 }
 
 impl Overlay {
@@ -497,6 +498,7 @@ impl Overlay {
             ticks: 0,
             ticking: false,
             table_cursor: 0,
+            locate_rounds: 0,
         })
     }
 
@@ -798,10 +800,33 @@ impl Overlay {
         }
     }
 
-    /// Routes a [`Routed::Locate`] to this node's own id.
+    /// Routes a [`Routed::Locate`] to this node's own id. The first hop is a row-0
+    /// entry (a node elsewhere on the ring, in turn), not our own leaf set: if our
+    /// leaf set is wrong, or we are part of a small ring that split off, the route
+    /// from elsewhere still finds the nodes truly around us.
     fn locate_self(&mut self, now: Time, out: &mut Vec<Action>) {
         let body = Routed::Locate { requester: self.me };
-        self.route(now, self.me.0, 0, body, vec![self.me], 0, out);
+        let far: Vec<NodeId> = self
+            .rows
+            .first()
+            .map(|row| row.iter().flatten().map(|e| e.id).collect())
+            .unwrap_or_default();
+        if far.is_empty() {
+            self.route(now, self.me.0, 0, body, vec![self.me], 0, out);
+            return;
+        }
+        self.locate_rounds = self.locate_rounds.wrapping_add(1);
+        let to = far[self.locate_rounds as usize % far.len()];
+        let hop = PendingHop {
+            hop_id: 0,
+            to,
+            key: self.me.0,
+            hops: 0,
+            body,
+            tries: 0,
+            excluded: vec![self.me],
+        };
+        self.forward(now, hop, out);
     }
 
     fn maybe_joined(&mut self, now: Time, out: &mut Vec<Action>) {
@@ -940,29 +965,35 @@ impl Overlay {
                 }
             },
             Some(to) => {
-                let hop_id = self.nonce();
-                let msg = OverlayMessage::Route {
-                    hop_id,
-                    key,
-                    hops: hops + 1,
-                    body: body.clone(),
-                };
-                out.push(Action::Send { to, msg });
-                out.push(Action::SetTimer {
-                    at: now.plus(self.ack_timeout(&to)),
-                    kind: TimerKind::RouteAck { hop_id },
-                });
-                self.pending.push(PendingHop {
-                    hop_id,
+                let hop = PendingHop {
+                    hop_id: 0,
                     to,
                     key,
                     hops,
                     body,
                     tries,
                     excluded,
-                });
+                };
+                self.forward(now, hop, out);
             }
         }
+    }
+
+    /// Sends one hop and waits for its acknowledgement.
+    fn forward(&mut self, now: Time, mut hop: PendingHop, out: &mut Vec<Action>) {
+        hop.hop_id = self.nonce();
+        let msg = OverlayMessage::Route {
+            hop_id: hop.hop_id,
+            key: hop.key,
+            hops: hop.hops + 1,
+            body: hop.body.clone(),
+        };
+        out.push(Action::Send { to: hop.to, msg });
+        out.push(Action::SetTimer {
+            at: now.plus(self.ack_timeout(&hop.to)),
+            kind: TimerKind::RouteAck { hop_id: hop.hop_id },
+        });
+        self.pending.push(hop);
     }
 
     fn on_route_last_join(&mut self, body: &Routed, out: &mut Vec<Action>) {
