@@ -427,6 +427,8 @@ struct Probe {
     nonce: u64,
     sent: Time,
     purpose: ProbePurpose,
+    /// 1 for the first ping; a candidate gets a second before it is given up.
+    attempt: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -1253,11 +1255,14 @@ impl Overlay {
         self.probe_timer_at = None;
         let timeout = self.config.probe_timeout;
         let mut failed = Vec::new();
+        let mut retry = Vec::new();
         let mut silent_entries = Vec::new();
         self.probes.retain(|p| {
             let due = p.sent.plus(timeout) <= now;
             if due {
                 match p.purpose {
+                    // One lost ping must not bar a live node for minutes: ask twice.
+                    ProbePurpose::Candidate if p.attempt < 2 => retry.push(p.id),
                     ProbePurpose::Candidate => failed.push(p.id),
                     ProbePurpose::TableCheck => silent_entries.push(p.id),
                     ProbePurpose::Keepalive => {}
@@ -1267,6 +1272,9 @@ impl Overlay {
         });
         for id in failed {
             self.remember_dead(now, id);
+        }
+        for id in retry {
+            self.send_probe_attempt(now, id, ProbePurpose::Candidate, 2, out);
         }
         for id in silent_entries {
             if !self.in_leaf(&id) {
@@ -1321,12 +1329,24 @@ impl Overlay {
     // ---- state changes ----
 
     fn send_probe(&mut self, now: Time, id: NodeId, purpose: ProbePurpose, out: &mut Vec<Action>) {
+        self.send_probe_attempt(now, id, purpose, 1, out);
+    }
+
+    fn send_probe_attempt(
+        &mut self,
+        now: Time,
+        id: NodeId,
+        purpose: ProbePurpose,
+        attempt: u8,
+        out: &mut Vec<Action>,
+    ) {
         let nonce = self.nonce();
         self.probes.push(Probe {
             id,
             nonce,
             sent: now,
             purpose,
+            attempt,
         });
         out.push(Action::Send {
             to: id,
