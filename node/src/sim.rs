@@ -160,6 +160,7 @@ enum SimEvent {
     },
     Join {
         node: u32,
+        via: Via,
     },
     Crash {
         node: u32,
@@ -171,6 +172,17 @@ enum SimEvent {
         node: u32,
         lookup: u32,
     },
+}
+
+/// Whom a joiner bootstraps through.
+#[derive(Clone, Copy)]
+enum Via {
+    /// Chosen by [`SimConfig::bootstrap`].
+    Chosen,
+    /// This node.
+    Node(u32),
+    /// Nobody: start a ring alone.
+    Alone,
 }
 
 struct Queued {
@@ -331,6 +343,20 @@ impl Sim {
 
     /// Creates a node with a random id and position whose join starts at `at`.
     pub fn add_node(&mut self, at: Time) -> NodeId {
+        self.add_node_via(at, Via::Chosen)
+    }
+
+    /// Creates a node whose join starts at `at` through `bootstrap`, or that starts a
+    /// ring of its own with `None` (tests use it to make a ring that split off).
+    pub fn add_node_through(&mut self, at: Time, bootstrap: Option<&NodeId>) -> NodeId {
+        let via = match bootstrap.and_then(|b| self.index.get(b)) {
+            Some(&b) => Via::Node(b),
+            None => Via::Alone,
+        };
+        self.add_node_via(at, via)
+    }
+
+    fn add_node_via(&mut self, at: Time, via: Via) -> NodeId {
         let mut id = NodeId(self.rng.id());
         while self.index.contains_key(&id) {
             id = NodeId(self.rng.id());
@@ -352,7 +378,7 @@ impl Sim {
         });
         self.live_pos.push(NOT_LIVE);
         self.index.insert(id, node);
-        self.push(at, SimEvent::Join { node });
+        self.push(at, SimEvent::Join { node, via });
         id
     }
 
@@ -679,17 +705,24 @@ impl Sim {
                     self.feed(node, Event::Timer(kind));
                 }
             }
-            SimEvent::Join { node } => {
+            SimEvent::Join { node, via } => {
                 let state = self.nodes[node as usize].state;
                 if !matches!(state, NodeState::Waiting | NodeState::Joining) {
                     return;
                 }
-                let bootstrap = self.pick_bootstrap(node);
-                if bootstrap.is_none() && !self.live_list.is_empty() {
+                let bootstrap = match via {
+                    Via::Chosen => self.pick_bootstrap(node),
+                    Via::Node(b) => Some(b),
+                    Via::Alone => None,
+                };
+                if bootstrap.is_none() && !self.live_list.is_empty() && matches!(via, Via::Chosen) {
                     // Members exist but none has finished joining: try again shortly.
                     self.push(
                         self.now.plus(Duration::from_millis(100)),
-                        SimEvent::Join { node },
+                        SimEvent::Join {
+                            node,
+                            via: Via::Chosen,
+                        },
                     );
                     return;
                 }
@@ -822,7 +855,10 @@ impl Sim {
                 if self.nodes[node as usize].join_attempts < self.config.join_attempts {
                     self.push(
                         self.now.plus(Duration::from_secs(1)),
-                        SimEvent::Join { node },
+                        SimEvent::Join {
+                            node,
+                            via: Via::Chosen,
+                        },
                     );
                 }
             }
@@ -1304,5 +1340,52 @@ mod tests {
             correct >= 495,
             "{correct} of 500 delivered to the closest node"
         );
+    }
+
+    /// Regression: at 100,000 nodes and 1,000 joins/s a few nodes ended up in a ring
+    /// of their own, and leaf-set pushes never crossed over. `Locate` must merge it.
+    #[test]
+    fn a_ring_that_split_off_merges_with_the_main_one() {
+        let mut sim = Sim::new(SimConfig {
+            seed: 31,
+            ..SimConfig::default()
+        })
+        .unwrap();
+        for i in 0..300u64 {
+            sim.add_node(Time(i * 20_000));
+        }
+        sim.run_until(Time::from_secs(20));
+        // 20 nodes that know only each other: full, self-consistent, wrong leaf sets.
+        let t = sim.now();
+        let first = sim.add_node_through(t, None);
+        let island: Vec<NodeId> = (1..20u64)
+            .map(|i| sim.add_node_through(Time(t.0 + 200_000 + i * 50_000), Some(&first)))
+            .chain([first])
+            .collect();
+        sim.run_until(t.plus(Duration::from_secs(8)));
+        assert!(
+            island
+                .iter()
+                .all(|id| sim.state(id) == Some(NodeState::Joined))
+        );
+        let wrong = sim.wrong_leaf_sets();
+        assert!(
+            island.iter().all(|id| wrong.contains(id)),
+            "the island is wrong about the ring"
+        );
+        // Each island node has heard from one main-ring node, which sits in its
+        // routing table only (its leaf set is full of closer island nodes), as the
+        // lost nodes at 100,000 nodes kept the rows they got on their join path.
+        let main: Vec<NodeId> = sim
+            .live_nodes()
+            .into_iter()
+            .filter(|id| !island.contains(id))
+            .collect();
+        for (i, id) in island.iter().enumerate() {
+            let msg = OverlayMessage::Announce { rtt_us: 1 };
+            sim.inject(&main[i * 7], id, msg, sim.now());
+        }
+        sim.run_until(sim.now().plus(Duration::from_secs(300)));
+        assert_eq!(sim.wrong_leaf_sets(), Vec::<NodeId>::new());
     }
 }
