@@ -111,6 +111,7 @@ fn summary_json(s: &LookupSummary) -> serde_json::Value {
         "mean_hops": s.mean_hops,
         "p99_hops": s.p99_hops,
         "rdp": s.rdp,
+        "rdp_of_totals": s.rdp_of_totals,
     })
 }
 
@@ -129,6 +130,7 @@ fn to_json(
         "mean_state_entries": report.mean_state_entries,
         "messages_per_join": report.messages_per_join,
         "rdp": report.after.rdp,
+        "rdp_of_totals": report.after.rdp_of_totals,
         "wall_seconds": wall_seconds,
         "peak_rss_bytes": peak_rss_bytes,
         "seed": args.seed,
@@ -174,8 +176,16 @@ fn print_text(args: &RoutingArgs, r: &RoutingReport, wall_seconds: f64, peak: Op
     }
     let a = &r.after;
     println!(
-        "  lookups: {}, delivery {:.4} ({} misdelivered, {} lost), mean hops {:.3} (log16 N = {:.2}), p99 hops {}, RDP {:.2}",
-        a.lookups, a.delivery_rate, a.misdelivered, a.lost, a.mean_hops, log16, a.p99_hops, a.rdp
+        "  lookups: {}, delivery {:.4} ({} misdelivered, {} lost), mean hops {:.3} (log16 N = {:.2}), p99 hops {}, RDP {:.2} (of totals {:.2})",
+        a.lookups,
+        a.delivery_rate,
+        a.misdelivered,
+        a.lost,
+        a.mean_hops,
+        log16,
+        a.p99_hops,
+        a.rdp,
+        a.rdp_of_totals
     );
     println!("  final leaf sets wrong: {}", r.wrong_leaf_sets);
     let peak = peak.map_or_else(

@@ -924,6 +924,9 @@ pub struct LookupSummary {
     pub p99_hops: u32,
     /// Mean of route latency / direct latency over correct deliveries with hops > 0.
     pub rdp: f64,
+    /// Total route latency / total direct latency over the same lookups (weights long
+    /// routes more; short direct distances inflate the mean of ratios).
+    pub rdp_of_totals: f64,
 }
 
 /// What [`run_routing`] measured.
@@ -1029,6 +1032,7 @@ fn summarise(sim: &Sim, from: usize, to: usize) -> LookupSummary {
     let mut hops = Vec::new();
     let mut rdp_sum = 0.0;
     let mut rdp_n = 0usize;
+    let (mut route_total, mut direct_total) = (0.0, 0.0);
     let mut misdelivered = 0;
     for r in records {
         match r.delivered {
@@ -1039,6 +1043,8 @@ fn summarise(sim: &Sim, from: usize, to: usize) -> LookupSummary {
                 {
                     let route = at.micros_since(r.start) as f64;
                     rdp_sum += route / direct.as_micros().max(1) as f64;
+                    route_total += route;
+                    direct_total += direct.as_micros() as f64;
                     rdp_n += 1;
                 }
             }
@@ -1073,6 +1079,11 @@ fn summarise(sim: &Sim, from: usize, to: usize) -> LookupSummary {
             0.0
         } else {
             rdp_sum / rdp_n as f64
+        },
+        rdp_of_totals: if direct_total > 0.0 {
+            route_total / direct_total
+        } else {
+            0.0
         },
     }
 }
