@@ -1746,4 +1746,85 @@ mod tests {
             let _ = postcard::from_bytes::<OverlayMessage>(&bytes);
         }
     }
+
+    /// An id whose first two bytes are `high`, the rest `low`.
+    fn id_at(high: u16, low: u8) -> NodeId {
+        let mut bytes = [low; 32];
+        bytes[..2].copy_from_slice(&high.to_be_bytes());
+        NodeId(Id(bytes))
+    }
+
+    fn next_hop_of(overlay: &mut Overlay, key: Id) -> Option<NodeId> {
+        let actions = overlay.handle(
+            Time(1),
+            Event::Route {
+                key,
+                tag: 1,
+                payload: vec![],
+            },
+        );
+        actions.iter().find_map(|a| match a {
+            Action::Send {
+                to,
+                msg: OverlayMessage::Route { .. },
+            } => Some(*to),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn routing_rule_leaf_set_then_table_then_rare_case() {
+        let me = id_at(0x5000, 0);
+        let mut overlay = Overlay::new(Config::default(), me).unwrap();
+        overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
+        // A full leaf set close around us: 8 each side.
+        for i in 1..=8u16 {
+            for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
+                let msg = OverlayMessage::Announce { rtt_us: 1000 };
+                overlay.handle(Time::ZERO, Event::Message { from: id, msg });
+            }
+        }
+        let (left, right) = overlay.leaf_set();
+        assert_eq!((left.len(), right.len()), (8, 8));
+        // 1. In the leaf-set range: the numerically closest member.
+        assert_eq!(
+            next_hop_of(&mut overlay, id_at(0x5003, 1).0),
+            Some(id_at(0x5003, 0))
+        );
+        assert_eq!(next_hop_of(&mut overlay, id_at(0x5000, 1).0), None, "ours");
+        // 3. Row 0 has no entry for digit 7: the rare case takes a known node with at
+        //    least as long a prefix (0) that is numerically closer.
+        let nearer = id_at(0x6800, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 1000 };
+        overlay.handle(Time::ZERO, Event::Message { from: nearer, msg });
+        assert_eq!(next_hop_of(&mut overlay, id_at(0x7800, 0).0), Some(nearer));
+        // 2. Once row 0 has an entry for digit 7, that entry is used.
+        let seven = id_at(0x7100, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 1000 };
+        overlay.handle(Time::ZERO, Event::Message { from: seven, msg });
+        assert_eq!(next_hop_of(&mut overlay, id_at(0x7800, 0).0), Some(seven));
+        // A nearer candidate for the same slot replaces it; a farther one does not.
+        let seven_near = id_at(0x7200, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 10 };
+        overlay.handle(
+            Time::ZERO,
+            Event::Message {
+                from: seven_near,
+                msg,
+            },
+        );
+        let seven_far = id_at(0x7300, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 90_000 };
+        overlay.handle(
+            Time::ZERO,
+            Event::Message {
+                from: seven_far,
+                msg,
+            },
+        );
+        assert_eq!(
+            next_hop_of(&mut overlay, id_at(0x7800, 0).0),
+            Some(seven_near)
+        );
+    }
 }
