@@ -116,7 +116,7 @@ impl Default for Config {
             dead_after_misses: 3,
             probe_timeout: Duration::from_secs(2),
             route_ack_timeout: Duration::from_millis(1000),
-            route_retries: 4,
+            route_retries: 8,
             max_hops: 40,
             join_all_shared_rows: false,
             table_probes_per_tick: 4,
@@ -440,6 +440,8 @@ struct PendingHop {
     body: Routed,
     tries: u8,
     excluded: Vec<NodeId>,
+    /// Already sent to `to` a second time.
+    resent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -827,6 +829,7 @@ impl Overlay {
             body,
             tries: 0,
             excluded: vec![self.me],
+            resent: false,
         };
         self.forward(now, hop, out);
     }
@@ -975,6 +978,7 @@ impl Overlay {
                     body,
                     tries,
                     excluded,
+                    resent: false,
                 };
                 self.forward(now, hop, out);
             }
@@ -1298,7 +1302,16 @@ impl Overlay {
         let Some(pos) = self.pending.iter().position(|p| p.hop_id == hop_id) else {
             return; // acknowledged
         };
-        let hop = self.pending.swap_remove(pos);
+        let mut hop = self.pending.swap_remove(pos);
+        // A leaf member is most often the destination itself, and routing around the
+        // closest node delivers to the wrong one: if only this message (or its ack)
+        // was lost, a second try reaches it.
+        if self.in_leaf(&hop.to) && !hop.resent && hop.tries < self.config.route_retries {
+            hop.resent = true;
+            hop.tries += 1;
+            self.forward(now, hop, out);
+            return;
+        }
         // Routing goes on around the silent node. A routing-table entry is dropped at
         // once (and its slot repaired lazily); a leaf member is left to the keepalives,
         // which decide with several misses, so one lost message cannot evict it.
