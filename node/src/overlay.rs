@@ -2,8 +2,10 @@
 //!
 //! Owns: one node's routing state (leaf set, routing table, neighbourhood set), the
 //! overlay wire messages ([`OverlayMessage`]), join, keepalive and failure detection,
-//! leaf-set and lazy routing-table repair, graceful leave, and hop-by-hop routing with
-//! acknowledgements so that routes go around dead entries.
+//! leaf-set and lazy routing-table repair, graceful leave, hop-by-hop routing with
+//! acknowledgements so that routes go around dead entries, and what makes leaf sets
+//! converge under concurrent joins and failures (leaf-set pushes, and `Locate`: a route
+//! to one's own id, answered by the closest node). `docs/overlay.md` walks through it.
 //!
 //! May use: [`crate::id`] only. It never reads a clock, a socket or a random source:
 //! [`Overlay::handle`] is fed `(now, event)` and returns [`Action`]s (messages to send,
