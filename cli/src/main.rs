@@ -6,6 +6,7 @@
 mod demo;
 mod files;
 mod keys;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Stat(files::StatArgs),
     /// Run cairn's main job with no setup: store a file, damage the store, get it back.
     Demo(demo::DemoArgs),
+    /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes).
+    Sim(sim::SimArgs),
 }
 
 /// `$CAIRN_HOME`, or `~/.cairn`: where keys and the local store live by default.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Get(args) => files::get_command(args),
         Command::Stat(args) => files::stat_command(args),
         Command::Demo(args) => demo::demo(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
