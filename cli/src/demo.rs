@@ -209,3 +209,23 @@ fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result
     }
     Ok(filled)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's first command must keep working: the demo checks byte equality,
+    /// the damaged round trip and the refusal of one loss too many itself, and fails
+    /// if any of them does not hold.
+    #[test]
+    fn the_demo_runs_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = DemoArgs {
+            size: 3 * (1 << 20) + 12345,
+            dir: Some(dir.path().to_path_buf()),
+        };
+        demo(args).unwrap();
+        assert!(dir.path().join("owner.key").exists());
+        assert!(dir.path().join("copy.bin").exists());
+    }
+}
