@@ -22,6 +22,14 @@
 //! from it, or a reply to a probe this node sent it. Ids learned from others (rows,
 //! leaf sets) are only *candidates*: they are probed first, and an id that does not
 //! answer is remembered as dead for a while and never added.
+//!
+//! Where things are: this file holds the protocol ([`Overlay`] and what it does with
+//! each [`Event`]); the state it keeps has a module per concept, each a plain data
+//! structure with no protocol in it: `leaf_set` (`LeafSet`: the L/2 closest nodes each
+//! side, range check, closest member to a key), `routing_table` (`RoutingTable`: rows
+//! of slots by shared prefix and next digit, RTT preference, digit arithmetic) and
+//! `neighbourhood` (`NeighbourhoodSet`: the M nodes of lowest RTT). The wire types
+//! ([`OverlayMessage`], [`Routed`], [`TimerKind`]) are in `messages`.
 
 mod leaf_set;
 mod messages;
@@ -877,10 +885,12 @@ impl Overlay {
         let usable = |id: &NodeId| !excluded.contains(id);
         // 1. Within the leaf-set range: the numerically closest of leaf set and self.
         if self.leaf_set.covers(key) {
+            // The closest usable member, unless this node is at least as close: then
+            // the route ends here.
             let member = self.leaf_set.closest_to(key, usable)?;
-            let me_closer =
+            let ends_here =
                 usable(&self.me) && key.cmp_closeness(&member.0, &self.me.0) != Ordering::Less;
-            return (!me_closer).then_some(member);
+            return (!ends_here).then_some(member);
         }
         // 2. The routing-table entry sharing one more digit.
         let b = self.config.digit_bits;

@@ -1,7 +1,6 @@
 //! The neighbourhood set: the M nodes of lowest measured RTT, whatever their ids (the
-//! paper's `M`). Routing does not use it to choose hops except in the rare case; a
-//! joiner gets its bootstrap's set, and proximity of routing-table entries starts
-//! from it.
+//! paper's `M`). A joiner gets its bootstrap's set as candidates; routing uses it only
+//! in the rare case (no leaf-set or routing-table hop), and a leaving node tells it.
 //!
 //! Owns: who is in the set and its order (lowest RTT first).
 //!
