@@ -22,13 +22,28 @@
 //! from it, or a reply to a probe this node sent it. Ids learned from others (rows,
 //! leaf sets) are only *candidates*: they are probed first, and an id that does not
 //! answer is remembered as dead for a while and never added.
+//!
+//! Where things are: this file holds the protocol ([`Overlay`] and what it does with
+//! each [`Event`]); the state it keeps has a module per concept, each a plain data
+//! structure with no protocol in it: `leaf_set` (`LeafSet`: the L/2 closest nodes each
+//! side, range check, closest member to a key), `routing_table` (`RoutingTable`: rows
+//! of slots by shared prefix and next digit, RTT preference, digit arithmetic) and
+//! `neighbourhood` (`NeighbourhoodSet`: the M nodes of lowest RTT). The wire types
+//! ([`OverlayMessage`], [`Routed`], [`TimerKind`]) are in `messages`.
+
+mod leaf_set;
+mod messages;
+mod neighbourhood;
+mod routing_table;
 
 use std::cmp::Ordering;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::id::{Id, NodeId};
+use leaf_set::{LeafSet, Side};
+pub use messages::{OverlayMessage, Routed, TimerKind};
+use neighbourhood::NeighbourhoodSet;
+use routing_table::{RoutingTable, shared_digits};
 
 /// Virtual or real time in microseconds since an arbitrary origin.
 ///
@@ -189,136 +204,6 @@ impl Config {
     }
 }
 
-/// Digit `i` of `id` with `b`-bit digits (b divides 8).
-fn digit(id: &Id, i: usize, b: u8) -> usize {
-    let bit = i * usize::from(b);
-    let byte = id.0[bit / 8];
-    let shift = 8 - usize::from(b) - bit % 8;
-    usize::from((byte >> shift) & ((1u16 << b) - 1) as u8)
-}
-
-/// Leading `b`-bit digits shared by `a` and `c`.
-fn shared_digits(a: &Id, c: &Id, b: u8) -> usize {
-    for (i, (x, y)) in a.0.iter().zip(c.0.iter()).enumerate() {
-        let diff = x ^ y;
-        if diff != 0 {
-            let bits = i * 8 + diff.leading_zeros() as usize;
-            return bits / usize::from(b);
-        }
-    }
-    256 / usize::from(b)
-}
-
-/// What a routed message carries.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Routed {
-    /// A new node's join, routed to its own id.
-    Join {
-        /// The joining node.
-        joiner: NodeId,
-    },
-    /// An application message for whichever node is responsible for the key.
-    Lookup {
-        /// The node that started the route.
-        origin: NodeId,
-        /// The origin's tag, handed back at delivery (e.g. a request number).
-        tag: u64,
-        /// Opaque application bytes.
-        payload: Vec<u8>,
-    },
-    /// A member routes this to its own id: the live node closest to it (other than
-    /// itself) answers with its leaf set. Repairs a leaf set that went wrong, e.g.
-    /// after a join that ended at a node whose own state was still incomplete.
-    Locate {
-        /// The node whose neighbours are wanted.
-        requester: NodeId,
-    },
-}
-
-/// The overlay's wire protocol. Variants are only ever appended, never reordered.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OverlayMessage {
-    /// A message routed towards `key`, one hop. The receiver answers [`Self::RouteAck`].
-    Route {
-        /// The sender's number for this hop, echoed in the acknowledgement.
-        hop_id: u64,
-        /// Where the message is going.
-        key: Id,
-        /// Hops taken so far.
-        hops: u8,
-        /// What it carries.
-        body: Routed,
-    },
-    /// The next hop received [`Self::Route`] `hop_id`.
-    RouteAck {
-        /// The hop acknowledged.
-        hop_id: u64,
-    },
-    /// A node on a join's path gives the joiner the routing state it can use.
-    JoinReply {
-        /// Ids from the rows of the sender's routing table that the joiner shares.
-        entries: Vec<NodeId>,
-        /// The bootstrap node's neighbourhood set (first hop only; else empty).
-        neighbours: Vec<NodeId>,
-        /// The sender's leaf set: set only by the last node (the closest to the joiner).
-        leaf_set: Option<Vec<NodeId>>,
-    },
-    /// Liveness probe; answered by [`Self::Pong`] with the same nonce.
-    Ping {
-        /// Echoed in the reply.
-        nonce: u64,
-    },
-    /// Reply to [`Self::Ping`].
-    Pong {
-        /// The ping's nonce.
-        nonce: u64,
-    },
-    /// "I exist and you are in my state": sent by a node that measured its RTT to you.
-    Announce {
-        /// The RTT the sender measured to the receiver.
-        rtt_us: RttMicros,
-    },
-    /// Ask for the receiver's leaf set; answered by [`Self::LeafSet`].
-    LeafSetRequest,
-    /// A node's leaf set (an answer, or a periodic push to its nearest neighbours).
-    LeafSet {
-        /// Counter-clockwise side, closest first.
-        left: Vec<NodeId>,
-        /// Clockwise side, closest first.
-        right: Vec<NodeId>,
-    },
-    /// Ask for one row of the receiver's routing table (lazy hole repair).
-    RowRequest {
-        /// The row wanted.
-        row: u8,
-    },
-    /// One row of the sender's routing table.
-    Row {
-        /// The row number.
-        row: u8,
-        /// The ids in that row.
-        entries: Vec<NodeId>,
-    },
-    /// The sender is leaving the overlay for good.
-    Leave,
-}
-
-/// Kinds of timers the overlay asks its driver to set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TimerKind {
-    /// Periodic maintenance: keepalives, failure detection, leaf-set pushes.
-    Tick,
-    /// Expire probes that went unanswered.
-    ProbeExpiry,
-    /// The acknowledgement of forwarded hop `hop_id` is due.
-    RouteAck {
-        /// The hop.
-        hop_id: u64,
-    },
-    /// A join has had its time.
-    JoinTimeout,
-}
-
 /// What the overlay is fed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -398,6 +283,7 @@ pub enum Action {
     LeafSetChanged,
 }
 
+/// A node held in the routing state, with the lowest RTT measured to it.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     id: NodeId,
@@ -463,14 +349,12 @@ pub struct Overlay {
     config: Config,
     me: NodeId,
     phase: Phase,
-    /// Counter-clockwise leaf-set half, closest first.
-    left: Vec<Entry>,
-    /// Clockwise leaf-set half, closest first.
-    right: Vec<Entry>,
-    /// Routing table rows; a row is allocated (given `columns` slots) only when used.
-    rows: Vec<Vec<Option<Entry>>>,
-    /// Neighbourhood set, lowest RTT first.
-    neighbours: Vec<Entry>,
+    /// The L/2 numerically closest nodes on each side.
+    leaf_set: LeafSet,
+    /// Row r, column d: a node sharing r digits with us whose next digit is d.
+    routing_table: RoutingTable,
+    /// The M nodes of lowest measured RTT.
+    neighbourhood: NeighbourhoodSet,
     watches: Vec<Watch>,
     probes: Vec<Probe>,
     probe_timer_at: Option<Time>,
@@ -488,13 +372,12 @@ impl Overlay {
     pub fn new(config: Config, me: NodeId) -> Result<Overlay, ConfigError> {
         config.validate()?;
         Ok(Overlay {
+            leaf_set: LeafSet::new(me, config.half()),
+            routing_table: RoutingTable::new(me, config.digit_bits),
+            neighbourhood: NeighbourhoodSet::new(config.neighbourhood_size),
             config,
             me,
             phase: Phase::Idle,
-            left: Vec::new(),
-            right: Vec::new(),
-            rows: Vec::new(),
-            neighbours: Vec::new(),
             watches: Vec::new(),
             probes: Vec::new(),
             probe_timer_at: None,
@@ -525,48 +408,36 @@ impl Overlay {
 
     /// The leaf set: (counter-clockwise side, clockwise side), closest first on each.
     pub fn leaf_set(&self) -> (Vec<NodeId>, Vec<NodeId>) {
-        (
-            self.left.iter().map(|e| e.id).collect(),
-            self.right.iter().map(|e| e.id).collect(),
-        )
+        self.leaf_set.ids_by_side()
     }
 
     /// The routing-table entries as `(row, column, id)`.
     pub fn routing_table(&self) -> Vec<(usize, usize, NodeId)> {
-        let mut out = Vec::new();
-        for (r, row) in self.rows.iter().enumerate() {
-            for (c, slot) in row.iter().enumerate() {
-                if let Some(entry) = slot {
-                    out.push((r, c, entry.id));
-                }
-            }
-        }
-        out
+        self.routing_table
+            .entries()
+            .map(|(r, c, entry)| (r, c, entry.id))
+            .collect()
     }
 
     /// The neighbourhood set, lowest RTT first.
     pub fn neighbourhood(&self) -> Vec<NodeId> {
-        self.neighbours.iter().map(|e| e.id).collect()
+        self.neighbourhood.ids()
     }
 
     /// Routing-state entries: distinct leaf-set members + routing-table entries +
     /// neighbourhood-set entries (the paper's measure of state size).
     pub fn state_entries(&self) -> usize {
-        let mut leaf: Vec<NodeId> = self.left.iter().chain(&self.right).map(|e| e.id).collect();
-        leaf.sort_unstable();
-        leaf.dedup();
-        leaf.len() + self.routing_table().len() + self.neighbours.len()
+        self.leaf_set.len() + self.routing_table.len() + self.neighbourhood.len()
     }
 
     /// Every id this node holds in any of its tables (sorted, distinct).
     pub fn known_nodes(&self) -> Vec<NodeId> {
         let mut all: Vec<NodeId> = self
-            .left
-            .iter()
-            .chain(&self.right)
-            .chain(&self.neighbours)
+            .leaf_set
+            .members()
+            .chain(self.neighbourhood.members())
+            .chain(self.routing_table.entries().map(|(_, _, e)| e))
             .map(|e| e.id)
-            .chain(self.routing_table().into_iter().map(|(_, _, id)| id))
             .collect();
         all.sort_unstable();
         all.dedup();
@@ -641,10 +512,9 @@ impl Overlay {
 
     fn leave(&mut self, out: &mut Vec<Action>) {
         let mut told: Vec<NodeId> = self
-            .left
-            .iter()
-            .chain(&self.right)
-            .chain(&self.neighbours)
+            .leaf_set
+            .members()
+            .chain(self.neighbourhood.members())
             .map(|e| e.id)
             .collect();
         told.sort_unstable();
@@ -768,11 +638,7 @@ impl Overlay {
             }
             OverlayMessage::RowRequest { row } => {
                 let row = usize::from(row);
-                let entries = self
-                    .rows
-                    .get(row)
-                    .map(|r| r.iter().flatten().map(|e| e.id).collect())
-                    .unwrap_or_default();
+                let entries = self.routing_table.row_ids(row);
                 let msg = OverlayMessage::Row {
                     row: row as u8,
                     entries,
@@ -799,7 +665,7 @@ impl Overlay {
             w.last_heard = now;
             w.misses = 0;
             w.awaiting = false;
-        } else if self.leaf_wants(&from) {
+        } else if self.leaf_set.would_admit(&from) {
             // A live node that belongs in the leaf set, heard directly: admit it now
             // (RTT unknown) so leaf sets converge without waiting for a probe.
             self.admit(from, RTT_UNKNOWN, out);
@@ -812,11 +678,7 @@ impl Overlay {
     /// from elsewhere still finds the nodes truly around us.
     fn locate_self(&mut self, now: Time, out: &mut Vec<Action>) {
         let body = Routed::Locate { requester: self.me };
-        let far: Vec<NodeId> = self
-            .rows
-            .first()
-            .map(|row| row.iter().flatten().map(|e| e.id).collect())
-            .unwrap_or_default();
+        let far: Vec<NodeId> = self.routing_table.row_ids(0);
         if far.is_empty() {
             self.route(now, self.me.0, 0, body, vec![self.me], 0, out);
             return;
@@ -891,11 +753,9 @@ impl Overlay {
                 usize::from(hops).min(p)
             };
             let entries: Vec<NodeId> = self
-                .rows
-                .iter()
-                .take(p + 1)
-                .skip(first_row)
-                .flat_map(|row| row.iter().flatten().map(|e| e.id))
+                .routing_table
+                .ids_in_rows(first_row, p)
+                .into_iter()
                 .filter(|id| *id != joiner)
                 .collect();
             let neighbours = if hops == 0 {
@@ -1024,24 +884,18 @@ impl Overlay {
     fn next_hop(&self, key: &Id, excluded: &[NodeId]) -> Option<NodeId> {
         let usable = |id: &NodeId| !excluded.contains(id);
         // 1. Within the leaf-set range: the numerically closest of leaf set and self.
-        if self.in_leaf_range(key) {
-            let mut best = usable(&self.me).then_some(self.me);
-            for e in self.left.iter().chain(&self.right) {
-                if usable(&e.id)
-                    && best.is_none_or(|b| key.cmp_closeness(&e.id.0, &b.0) == Ordering::Less)
-                {
-                    best = Some(e.id);
-                }
-            }
-            return best.filter(|b| *b != self.me);
+        if self.leaf_set.covers(key) {
+            // The closest usable member, unless this node is at least as close: then
+            // the route ends here.
+            let member = self.leaf_set.closest_to(key, usable)?;
+            let ends_here =
+                usable(&self.me) && key.cmp_closeness(&member.0, &self.me.0) != Ordering::Less;
+            return (!ends_here).then_some(member);
         }
         // 2. The routing-table entry sharing one more digit.
         let b = self.config.digit_bits;
-        let p = shared_digits(&self.me.0, key, b);
-        if p >= self.config.rows() {
-            return None;
-        }
-        if let Some(Some(e)) = self.rows.get(p).and_then(|row| row.get(digit(key, p, b)))
+        let (p, column) = self.routing_table.slot_for(key)?;
+        if let Some(e) = self.routing_table.get(p, column)
             && usable(&e.id)
         {
             return Some(e.id);
@@ -1050,11 +904,10 @@ impl Overlay {
         //    numerically closer; prefer the longest prefix, then the closest.
         let mut best: Option<(usize, NodeId)> = None;
         let all = self
-            .left
-            .iter()
-            .chain(&self.right)
-            .chain(&self.neighbours)
-            .chain(self.rows.iter().flat_map(|r| r.iter().flatten()));
+            .leaf_set
+            .members()
+            .chain(self.neighbourhood.members())
+            .chain(self.routing_table.entries().map(|(_, _, e)| e));
         for e in all {
             if !usable(&e.id) {
                 continue;
@@ -1089,43 +942,14 @@ impl Overlay {
     }
 
     fn rtt_of(&self, id: &NodeId) -> RttMicros {
-        let b = self.config.digit_bits;
-        let r = shared_digits(&self.me.0, &id.0, b);
-        let in_table = self
-            .rows
-            .get(r)
-            .and_then(|row| row.get(digit(&id.0, r, b)))
-            .and_then(|slot| slot.filter(|e| e.id == *id));
-        self.left
-            .iter()
-            .chain(&self.right)
-            .chain(&self.neighbours)
-            .chain(in_table.iter())
+        self.leaf_set
+            .members()
+            .chain(self.neighbourhood.members())
+            .chain(self.routing_table.entry_of(id))
             .filter(|e| e.id == *id)
             .map(|e| e.rtt)
             .min()
             .unwrap_or(RTT_UNKNOWN)
-    }
-
-    fn in_leaf_range(&self, key: &Id) -> bool {
-        let half = self.config.half();
-        let cw = self.me.0.clockwise_to(key);
-        let ccw = key.clockwise_to(&self.me.0);
-        let right_cover = if self.right.len() < half {
-            Id::MAX
-        } else {
-            self.right
-                .last()
-                .map_or(Id::MAX, |e| self.me.0.clockwise_to(&e.id.0))
-        };
-        let left_cover = if self.left.len() < half {
-            Id::MAX
-        } else {
-            self.left
-                .last()
-                .map_or(Id::MAX, |e| e.id.0.clockwise_to(&self.me.0))
-        };
-        cw <= right_cover || ccw <= left_cover
     }
 
     // ---- timers ----
@@ -1158,9 +982,7 @@ impl Overlay {
         self.dead.retain(|(_, at)| at.plus(memory) > now);
 
         // Keep one watch per distinct leaf member.
-        let mut members: Vec<NodeId> = self.left.iter().chain(&self.right).map(|e| e.id).collect();
-        members.sort_unstable();
-        members.dedup();
+        let members = self.leaf_set.distinct_members();
         self.watches
             .retain(|w| members.binary_search(&w.id).is_ok());
         for id in &members {
@@ -1233,7 +1055,7 @@ impl Overlay {
     /// Probes the next few routing-table entries (round robin over the table).
     fn check_table_entries(&mut self, now: Time, out: &mut Vec<Action>) {
         let columns = self.config.columns();
-        let slots = self.rows.len() * columns;
+        let slots = self.routing_table.slot_positions();
         if slots == 0 || self.config.table_probes_per_tick == 0 {
             return;
         }
@@ -1245,12 +1067,12 @@ impl Overlay {
             let cursor = self.table_cursor % slots;
             self.table_cursor = (cursor + 1) % slots;
             let (r, c) = (cursor / columns, cursor % columns);
-            let Some(Some(entry)) = self.rows.get(r).and_then(|row| row.get(c)) else {
+            let Some(entry) = self.routing_table.get(r, c) else {
                 continue;
             };
             let id = entry.id;
             checked += 1;
-            if self.in_leaf(&id) || self.probes.iter().any(|p| p.id == id) {
+            if self.leaf_set.contains(&id) || self.probes.iter().any(|p| p.id == id) {
                 continue; // leaf members have their own keepalives
             }
             self.send_probe(now, id, ProbePurpose::TableCheck, out);
@@ -1283,9 +1105,9 @@ impl Overlay {
             self.send_probe_attempt(now, id, ProbePurpose::Candidate, 2, out);
         }
         for id in silent_entries {
-            if !self.in_leaf(&id) {
+            if !self.leaf_set.contains(&id) {
                 self.drop_from_table(id, out);
-                self.neighbours.retain(|e| e.id != id);
+                self.neighbourhood.remove(&id);
                 self.remember_dead(now, id);
             }
         }
@@ -1308,7 +1130,7 @@ impl Overlay {
         // A leaf member is most often the destination itself, and routing around the
         // closest node delivers to the wrong one: if only this message (or its ack)
         // was lost, a second try reaches it.
-        if self.in_leaf(&hop.to) && !hop.resent && hop.tries < self.config.route_retries {
+        if self.leaf_set.contains(&hop.to) && !hop.resent && hop.tries < self.config.route_retries {
             hop.resent = true;
             hop.tries += 1;
             self.forward(now, hop, out);
@@ -1317,7 +1139,7 @@ impl Overlay {
         // Routing goes on around the silent node. A routing-table entry is dropped at
         // once (and its slot repaired lazily); a leaf member is left to the keepalives,
         // which decide with several misses, so one lost message cannot evict it.
-        if !self.in_leaf(&hop.to) {
+        if !self.leaf_set.contains(&hop.to) {
             self.drop_from_table(hop.to, out);
             self.remember_dead(now, hop.to);
         }
@@ -1379,7 +1201,7 @@ impl Overlay {
 
     /// A candidate learned second-hand: probe it if it could improve our state.
     fn consider(&mut self, now: Time, id: NodeId, out: &mut Vec<Action>) {
-        if id == self.me || self.is_dead(&id) || self.in_leaf(&id) {
+        if id == self.me || self.is_dead(&id) || self.leaf_set.contains(&id) {
             return;
         }
         if self
@@ -1391,63 +1213,20 @@ impl Overlay {
         }
         // A node we already hold in the table may still belong in the leaf set (a
         // neighbour died and it moved up): that is worth a probe too.
-        let wanted_in_leaf = self.leaf_wants(&id);
+        let wanted_in_leaf = self.leaf_set.would_admit(&id);
         if !wanted_in_leaf && self.holds(&id) {
             return;
         }
         let joining = matches!(self.phase, Phase::Joining { .. });
-        if joining || wanted_in_leaf || self.slot_free(&id) {
+        if joining || wanted_in_leaf || self.routing_table.slot_free(&id) {
             self.send_probe(now, id, ProbePurpose::Candidate, out);
         }
     }
 
     fn holds(&self, id: &NodeId) -> bool {
-        self.in_leaf(id) || self.in_table(id) || self.neighbours.iter().any(|e| e.id == *id)
-    }
-
-    fn in_leaf(&self, id: &NodeId) -> bool {
-        self.left.iter().chain(&self.right).any(|e| e.id == *id)
-    }
-
-    fn in_table(&self, id: &NodeId) -> bool {
-        let b = self.config.digit_bits;
-        let r = shared_digits(&self.me.0, &id.0, b);
-        matches!(
-            self.rows.get(r).and_then(|row| row.get(digit(&id.0, r, b))),
-            Some(Some(e)) if e.id == *id
-        )
-    }
-
-    fn slot_free(&self, id: &NodeId) -> bool {
-        let b = self.config.digit_bits;
-        let r = shared_digits(&self.me.0, &id.0, b);
-        r < self.config.rows()
-            && !matches!(
-                self.rows.get(r).and_then(|row| row.get(digit(&id.0, r, b))),
-                Some(Some(_))
-            )
-    }
-
-    fn leaf_wants(&self, id: &NodeId) -> bool {
-        if *id == self.me {
-            return false;
-        }
-        let half = self.config.half();
-        let cw = self.me.0.clockwise_to(&id.0);
-        let ccw = id.0.clockwise_to(&self.me.0);
-        let wants_right = !self.right.iter().any(|e| e.id == *id)
-            && (self.right.len() < half
-                || self
-                    .right
-                    .last()
-                    .is_some_and(|e| cw < self.me.0.clockwise_to(&e.id.0)));
-        let wants_left = !self.left.iter().any(|e| e.id == *id)
-            && (self.left.len() < half
-                || self
-                    .left
-                    .last()
-                    .is_some_and(|e| ccw < e.id.0.clockwise_to(&self.me.0)));
-        wants_right || wants_left
+        self.leaf_set.contains(id)
+            || self.routing_table.contains(id)
+            || self.neighbourhood.contains(id)
     }
 
     /// Puts a node known to be alive into every table it fits. Returns whether it
@@ -1459,69 +1238,11 @@ impl Overlay {
         if let Some(pos) = self.dead.iter().position(|(d, _)| *d == id) {
             self.dead.swap_remove(pos);
         }
-        let half = self.config.half();
-        let me = self.me.0;
-        let mut leaf_changed = false;
-        // Clockwise side.
-        if let Some(e) = self.right.iter_mut().find(|e| e.id == id) {
-            e.rtt = e.rtt.min(rtt);
-        } else {
-            let cw = me.clockwise_to(&id.0);
-            let pos = self
-                .right
-                .partition_point(|e| me.clockwise_to(&e.id.0) < cw);
-            if pos < half {
-                self.right.insert(pos, Entry { id, rtt });
-                self.right.truncate(half);
-                leaf_changed = true;
-            }
-        }
-        // Counter-clockwise side.
-        if let Some(e) = self.left.iter_mut().find(|e| e.id == id) {
-            e.rtt = e.rtt.min(rtt);
-        } else {
-            let ccw = id.0.clockwise_to(&me);
-            let pos = self
-                .left
-                .partition_point(|e| e.id.0.clockwise_to(&me) < ccw);
-            if pos < half {
-                self.left.insert(pos, Entry { id, rtt });
-                self.left.truncate(half);
-                leaf_changed = true;
-            }
-        }
+        let leaf_changed = self.leaf_set.insert(id, rtt);
         // Routing table: empty slot, or a lower RTT than the occupant.
-        let b = self.config.digit_bits;
-        let r = shared_digits(&me, &id.0, b);
-        if r < self.config.rows() {
-            if self.rows.len() <= r {
-                self.rows.resize_with(r + 1, Vec::new);
-            }
-            let columns = self.config.columns();
-            let row = &mut self.rows[r];
-            if row.is_empty() {
-                row.resize(columns, None);
-            }
-            let slot = &mut row[digit(&id.0, r, b)];
-            match slot {
-                Some(e) if e.id == id => e.rtt = e.rtt.min(rtt),
-                Some(e) if e.rtt <= rtt => {}
-                _ => *slot = Some(Entry { id, rtt }),
-            }
-        }
+        self.routing_table.insert(id, rtt);
         // Neighbourhood set: the M lowest measured RTTs.
-        if rtt != RTT_UNKNOWN && self.config.neighbourhood_size > 0 {
-            if let Some(pos) = self.neighbours.iter().position(|e| e.id == id) {
-                self.neighbours.remove(pos);
-            }
-            let pos = self
-                .neighbours
-                .partition_point(|e| (e.rtt, e.id) < (rtt, id));
-            if pos < self.config.neighbourhood_size {
-                self.neighbours.insert(pos, Entry { id, rtt });
-                self.neighbours.truncate(self.config.neighbourhood_size);
-            }
-        }
+        self.neighbourhood.insert(id, rtt);
         if leaf_changed {
             out.push(Action::LeafSetChanged);
         }
@@ -1560,54 +1281,40 @@ impl Overlay {
     }
 
     fn drop_from_table(&mut self, id: NodeId, out: &mut Vec<Action>) {
-        let b = self.config.digit_bits;
-        let r = shared_digits(&self.me.0, &id.0, b);
-        let column = digit(&id.0, r, b);
-        let Some(slot) = self.rows.get_mut(r).and_then(|row| row.get_mut(column)) else {
+        let Some(row) = self.routing_table.remove(&id) else {
             return;
         };
-        if !matches!(slot, Some(e) if e.id == id) {
-            return;
-        }
-        *slot = None;
         // Lazy repair: ask another node of the same row (or the next) for its row.
-        let ask = [r, r + 1].into_iter().find_map(|row_no| {
-            self.rows.get(row_no).and_then(|row| {
-                row.iter()
-                    .flatten()
-                    .find(|e| e.id != id)
-                    .map(|e| (row_no, e.id))
-            })
-        });
-        // A node of row r + 1 shares r + 1 digits with us, so its row r fits us too.
-        if let Some((_, to)) = ask {
+        if let Some(to) = self.routing_table.repair_source(row, &id) {
             out.push(Action::Send {
                 to,
-                msg: OverlayMessage::RowRequest { row: r as u8 },
+                msg: OverlayMessage::RowRequest { row: row as u8 },
             });
         }
     }
 
     fn declare_dead(&mut self, now: Time, id: NodeId, out: &mut Vec<Action>) {
         self.remember_dead(now, id);
-        let was_right = self.right.iter().any(|e| e.id == id);
-        let was_left = self.left.iter().any(|e| e.id == id);
-        self.right.retain(|e| e.id != id);
-        self.left.retain(|e| e.id != id);
-        self.neighbours.retain(|e| e.id != id);
+        let was_on = self.leaf_set.remove(&id);
+        self.neighbourhood.remove(&id);
         self.watches.retain(|w| w.id != id);
         self.probes.retain(|p| p.id != id);
         self.drop_from_table(id, out);
         out.push(Action::NodeDead(id));
-        if was_left || was_right {
+        if was_on.left || was_on.right {
             out.push(Action::LeafSetChanged);
             // Repair: the live member furthest on that side knows the nodes beyond.
             let mut ask = Vec::new();
-            if was_right {
-                ask.extend(self.right.last().or(self.left.last()).map(|e| e.id));
+            let furthest = |side, other| {
+                self.leaf_set
+                    .furthest(side)
+                    .or_else(|| self.leaf_set.furthest(other))
+            };
+            if was_on.right {
+                ask.extend(furthest(Side::Right, Side::Left));
             }
-            if was_left {
-                ask.extend(self.left.last().or(self.right.last()).map(|e| e.id));
+            if was_on.left {
+                ask.extend(furthest(Side::Left, Side::Right));
             }
             ask.dedup();
             for to in ask {
@@ -1634,20 +1341,6 @@ mod tests {
 
     fn node(n: u8) -> NodeId {
         NodeId(Id::hash(&[n]))
-    }
-
-    #[test]
-    fn digits_for_every_b() {
-        let id = Id::hash(b"digits");
-        for i in 0..64 {
-            assert_eq!(digit(&id, i, 4), usize::from(id.digit(i)));
-        }
-        assert_eq!(digit(&id, 0, 8), usize::from(id.0[0]));
-        assert_eq!(digit(&id, 0, 1), usize::from(id.0[0] >> 7));
-        let other = id.with_digit(9, id.digit(9) ^ 1);
-        assert_eq!(shared_digits(&id, &other, 4), 9);
-        assert_eq!(shared_digits(&id, &other, 4), id.shared_prefix_len(&other));
-        assert_eq!(shared_digits(&id, &id, 2), 128);
     }
 
     #[test]
@@ -1731,35 +1424,6 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, Action::Send { to, .. } if *to == ghost))
         );
-    }
-
-    #[test]
-    fn wire_encoding_is_pinned() {
-        // Variant index (postcard varint) then fields: Ping = 3, nonce 300 = ac 02.
-        let bytes = postcard::to_stdvec(&OverlayMessage::Ping { nonce: 300 }).unwrap();
-        assert_eq!(bytes, [0x03, 0xac, 0x02]);
-        let bytes = postcard::to_stdvec(&OverlayMessage::Leave).unwrap();
-        assert_eq!(bytes, [0x0a]);
-        let msg = OverlayMessage::RowRequest { row: 2 };
-        let bytes = postcard::to_stdvec(&msg).unwrap();
-        assert_eq!(bytes, [0x08, 0x02]);
-        assert_eq!(postcard::from_bytes::<OverlayMessage>(&bytes).unwrap(), msg);
-    }
-
-    #[test]
-    fn random_bytes_never_panic_the_decoder() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for len in 0..200usize {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            let _ = postcard::from_bytes::<OverlayMessage>(&bytes);
-        }
     }
 
     /// An id whose first two bytes are `high`, the rest `low`.
