@@ -119,19 +119,9 @@ pub fn measure<R>(
     measurement
 }
 
-/// Deterministic pseudo-random bytes (SplitMix64), so runs hash the same input.
+/// Deterministic pseudo-random bytes, so runs hash the same input.
 pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    cairn_node::sim::Rng::new(seed).bytes(len)
 }
 
 /// A one-line note of the machine, printed at the top of every bench run.

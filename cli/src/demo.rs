@@ -158,16 +158,13 @@ fn write_generated_file(path: &std::path::Path, size: u64) -> anyhow::Result<()>
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );
-    let mut state = 0x243f_6a88_85a3_08d3u64;
+    let mut rng = cairn_node::sim::Rng::new(0x243f_6a88_85a3_08d3);
+    let mut chunk = vec![0u8; 1 << 20];
     let mut written = 0u64;
     while written < size {
-        // xorshift: cheap, incompressible-looking bytes.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let bytes = state.to_le_bytes();
-        let take = (size - written).min(8) as usize;
-        out.write_all(&bytes[..take])?;
+        let take = (size - written).min(chunk.len() as u64) as usize;
+        rng.fill_bytes(&mut chunk[..take]);
+        out.write_all(&chunk[..take])?;
         written += take as u64;
     }
     out.flush()?;

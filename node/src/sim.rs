@@ -56,6 +56,25 @@ impl Rng {
         result
     }
 
+    /// Fills `out` with random bytes (test files, bench inputs: incompressible and the
+    /// same for the same seed).
+    pub fn fill_bytes(&mut self, out: &mut [u8]) {
+        let mut chunks = out.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let last = self.next_u64().to_le_bytes();
+        rest.copy_from_slice(&last[..rest.len()]);
+    }
+
+    /// `len` random bytes; see [`Rng::fill_bytes`].
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        self.fill_bytes(&mut out);
+        out
+    }
+
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -1092,6 +1111,18 @@ fn summarise(sim: &Sim, from: usize, to: usize) -> LookupSummary {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn rng_bytes_are_seeded_and_any_length() {
+        for len in [0, 1, 7, 8, 9, 1000] {
+            let a = Rng::new(5).bytes(len);
+            assert_eq!(a.len(), len);
+            assert_eq!(a, Rng::new(5).bytes(len), "same seed, same bytes");
+        }
+        assert_ne!(Rng::new(5).bytes(64), Rng::new(6).bytes(64));
+        // A prefix of a longer draw: filling is a plain stream of next_u64 words.
+        assert_eq!(Rng::new(9).bytes(20)[..16], Rng::new(9).bytes(16)[..]);
+    }
 
     #[test]
     fn rng_is_seeded_and_uniform_enough() {
