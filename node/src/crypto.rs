@@ -654,6 +654,14 @@ mod tests {
             Err(VerifyError::BadSignature { .. })
         ));
 
+        // Replayed as each other type: the tag is refused, and with the tag rewritten
+        // the domain-separated signature does not verify.
+        let bytes = signed.to_bytes().unwrap();
+        assert_replay_refused::<FileCertificate>(&bytes, T::KIND);
+        assert_replay_refused::<StoreReceipt>(&bytes, T::KIND);
+        assert_replay_refused::<ReclaimCertificate>(&bytes, T::KIND);
+        assert_replay_refused::<RootRecord>(&bytes, T::KIND);
+
         // A tampered field.
         let mut tampered = signed.clone();
         tamper(&mut tampered.body);
@@ -665,6 +673,30 @@ mod tests {
             tampered.verify(),
             Err(VerifyError::BadSignature { .. })
         ));
+    }
+
+    /// `bytes` (a signed value of kind `from`) must not be accepted as a `U`.
+    fn assert_replay_refused<U: Certificate + fmt::Debug>(bytes: &[u8], from: SignedKind) {
+        if U::KIND == from {
+            return;
+        }
+        assert_eq!(
+            Signed::<U>::from_bytes(bytes).unwrap_err(),
+            VerifyError::WrongType {
+                expected: U::KIND,
+                found: from as u8
+            }
+        );
+        let mut retagged = bytes.to_vec();
+        retagged[1] = U::KIND as u8;
+        // The body may not even decode as a U; if it does, it must not verify.
+        if let Ok(replayed) = Signed::<U>::from_bytes(&retagged) {
+            assert!(
+                replayed.verify().is_err(),
+                "{from:?} verified as {:?}",
+                U::KIND
+            );
+        }
     }
 
     #[test]
