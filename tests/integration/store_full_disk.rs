@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -312,13 +313,17 @@ fn a_full_file_system_refuses_cleanly_and_loses_nothing() {
 
 /// With the headroom check off, the file system itself refuses: ENOSPC on a body
 /// write (single or group) is `DiskFull` naming the write and the temp file, and the
-/// put is undone.
+/// put is undone. The index lives on another file system (a symlink), so that only
+/// body writes can meet ENOSPC here; the index meeting it is the next test.
 #[test]
 fn enospc_on_a_body_write_undoes_the_put() {
     let Some(tmpfs) = mount_or_skip() else {
         return;
     };
+    let index_elsewhere = tempfile::tempdir().unwrap();
     let dir = tmpfs.path().join("store");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(index_elsewhere.path(), dir.join("index")).unwrap();
     let store = DiskStore::open(&dir, CAPACITY)
         .unwrap()
         .with_disk_headroom(0);
@@ -334,6 +339,106 @@ fn enospc_on_a_body_write_undoes_the_put() {
         assert!(path.starts_with(store.temp_dir()), "{err}: not a temp file");
     }
     assert_consistent(&store, &stored, "after filling");
+    free_put_and_reopen(store, &mut stored);
+    unmount(tmpfs);
+}
+
+/// Fills the rest of the file system under `dir` with a file of whole 4 KiB pages
+/// (another program's data); returns it and its length.
+fn fill_with_filler(dir: &Path) -> (fs::File, u64) {
+    let path = dir.join("filler");
+    let mut filler = fs::File::create(&path).unwrap();
+    let page = [0x5au8; 4096];
+    let mut len = 0u64;
+    // Bounded: the tmpfs holds 2048 pages.
+    for _ in 0..4096 {
+        if filler.write_all(&page).is_err() {
+            break;
+        }
+        len += 4096;
+    }
+    filler.set_len(len).unwrap(); // drop any partly written page
+    assert!(
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&page)
+            .is_err(),
+        "the filler did not fill the file system"
+    );
+    (filler, len)
+}
+
+/// The index itself meets ENOSPC (headroom check off, the disk filled by someone
+/// else): a put whose body took the last free page, and whose index flush then found
+/// none, fails with `DiskFull`; the running store stays consistent (sled refuses the
+/// undo, so a fragment it recorded keeps its body), and a reopen after space is freed
+/// is consistent too, with no record left without its body.
+#[test]
+fn enospc_in_the_index_leaves_the_store_consistent() {
+    let Some(tmpfs) = mount_or_skip() else {
+        return;
+    };
+    let dir = tmpfs.path().join("store");
+    let store = DiskStore::open(&dir, CAPACITY)
+        .unwrap()
+        .with_disk_headroom(0);
+    let mut stored = Vec::new();
+    for seed in 1..=10 {
+        put(&store, seed, 10_000, seed % 2 == 0, &mut stored).unwrap();
+    }
+    let (filler, mut filler_len) = fill_with_filler(tmpfs.path());
+
+    // Free one page at a time and put a one-byte fragment into it, until the index
+    // flush after a body finds no page left (sled fills a page every few dozen puts).
+    let mut failed = None;
+    for seed in 100..2_100u64 {
+        filler_len -= 4096;
+        filler.set_len(filler_len).unwrap();
+        match put(&store, seed, 1, false, &mut stored) {
+            Ok(()) => {}
+            Err(err @ StoreError::DiskFull { .. }) => {
+                failed = Some((seed, err));
+                break;
+            }
+            Err(other) => panic!("expected DiskFull, got {other:?}"),
+        }
+    }
+    let (seed, err) = failed.expect("the index never met ENOSPC");
+    eprintln!("index refused after {} fragments: {err}", stored.len());
+    assert!(
+        matches!(&err, StoreError::DiskFull { path, .. } if path.ends_with("(sled index)")),
+        "{err}: not refused by the index"
+    );
+    // The put failed; if the index kept its record, the body must be there too.
+    let failed_key = key(seed);
+    let kept = store.fragment_info(&failed_key, 0).unwrap().is_some();
+    eprintln!("the failed put's record is {}", if kept { "still in the index (body kept)" } else { "gone (put undone)" });
+    if kept {
+        stored.push(Stored {
+            key: failed_key,
+            index: 0,
+            bytes: fragment(seed, 0, 1).0,
+        });
+    }
+    assert_consistent(&store, &stored, "after the index met ENOSPC");
+
+    // Someone frees space; reopen: no record without its body, the rest as before.
+    drop(filler);
+    fs::remove_file(tmpfs.path().join("filler")).unwrap();
+    drop(store);
+    let store = DiskStore::open(&dir, CAPACITY).unwrap();
+    let cleanup = store.open_cleanup();
+    assert_eq!(cleanup.lost_records_removed, 0, "{cleanup:?}");
+    assert_eq!(cleanup.temp_files_removed, 0, "{cleanup:?}");
+    if kept && store.fragment_info(&failed_key, 0).unwrap().is_none() {
+        // Its record never reached the disk (the flush failed): the body was an
+        // orphan, removed at open. The put had failed, so nothing acknowledged is lost.
+        assert_eq!(cleanup.orphan_bodies_removed, 1, "{cleanup:?}");
+        stored.pop();
+    }
+    assert_consistent(&store, &stored, "after reopening");
     free_put_and_reopen(store, &mut stored);
     unmount(tmpfs);
 }

@@ -92,6 +92,22 @@ pub struct OpenCleanup {
     pub fragments: u64,
 }
 
+/// Why [`DiskStore::write_fragments`] failed, and what of the group it had to leave
+/// stored.
+#[derive(Debug)]
+struct WriteFailed {
+    error: StoreError,
+    /// Bytes of the group still recorded and kept (0 unless the index refused the undo).
+    kept: u64,
+}
+
+impl WriteFailed {
+    /// A failure after which nothing of the group is stored.
+    fn undone(error: StoreError) -> WriteFailed {
+        WriteFailed { error, kept: 0 }
+    }
+}
+
 /// The durable [`FragmentStorage`]: sled index plus one file per fragment body.
 #[derive(Debug)]
 pub struct DiskStore {
@@ -344,12 +360,13 @@ impl DiskStore {
 
     /// Writes the bodies durably into place, then records them in the index with one
     /// sled batch and one flush. On failure undoes what it did (temp files, renamed
-    /// bodies, records), so the running store is as before.
+    /// bodies, records), so the running store is as before; the one exception (the
+    /// index refusing the undo too) is in [`WriteFailed::kept`].
     fn write_fragments(
         &self,
         key: &PlacementKey,
         new: &[(FragmentInfo, &[u8])],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), WriteFailed> {
         let temps: Vec<PathBuf> = new
             .iter()
             .map(|(info, _)| {
@@ -376,7 +393,7 @@ impl DiskStore {
             for temp in &temps {
                 let _ = fs::remove_file(temp);
             }
-            return Err(err);
+            return Err(WriteFailed::undone(err));
         }
         for (renamed, (temp, body)) in temps.iter().zip(&bodies).enumerate() {
             if let Err(e) = fs::rename(temp, body) {
@@ -386,7 +403,11 @@ impl DiskStore {
                 for temp in &temps[renamed..] {
                     let _ = fs::remove_file(temp);
                 }
-                return Err(StoreError::io("renaming a body into", body, e));
+                return Err(WriteFailed::undone(StoreError::io(
+                    "renaming a body into",
+                    body,
+                    e,
+                )));
             }
         }
 
@@ -420,11 +441,34 @@ impl DiskStore {
             for (info, _) in new {
                 undo.remove(&fragment_key(key, info.index)[..]);
             }
-            let _ = self.fragments.apply_batch(undo);
-            for body in &bodies {
-                let _ = fs::remove_file(body);
+            if self.fragments.apply_batch(undo).is_ok() {
+                for body in &bodies {
+                    let _ = fs::remove_file(body);
+                }
+                return Err(WriteFailed::undone(err));
             }
-            return Err(err);
+            // Full disk, found by tests/integration/store_full_disk.rs: sled 0.34 latches
+            // the ENOSPC of the flush, so the undo is refused too and the records may
+            // still be in the running index. Removing their bodies would leave records
+            // pointing at nothing (reads `Corrupt`, `used` short of the index). So keep
+            // the body of every fragment still recorded (it stays stored and counted)
+            // and remove the others.
+            let mut failed = WriteFailed::undone(err);
+            for ((info, _), body) in new.iter().zip(&bodies) {
+                match self.record(key, info.index) {
+                    Ok(Some(recorded)) if recorded.hash == info.hash => failed.kept += info.len,
+                    _ => {
+                        let _ = fs::remove_file(body);
+                    }
+                }
+            }
+            warn!(
+                key = ?key,
+                kept_bytes = failed.kept,
+                error = %failed.error,
+                "the index refused a put and its undo; recorded fragments kept"
+            );
+            return Err(failed);
         }
         Ok(())
     }
@@ -629,9 +673,9 @@ impl FragmentStorage for DiskStore {
         let written = self.write_fragments(key, &new);
         self.bodies_in_flight
             .fetch_sub(reserved_disk, Ordering::SeqCst);
-        if let Err(err) = written {
-            *self.used_lock() -= plan.needed;
-            return Err(err);
+        if let Err(failed) = written {
+            *self.used_lock() -= plan.needed - failed.kept;
+            return Err(failed.error);
         }
         Ok(plan.outcomes)
     }
