@@ -173,11 +173,11 @@ fn put(
         let (index, bytes, hash) = &fragments[0];
         store.put_fragment(&k, *index, hash, bytes)?;
     }
-    stored.extend(
-        fragments
-            .into_iter()
-            .map(|(index, bytes, _)| Stored { key: k, index, bytes }),
-    );
+    stored.extend(fragments.into_iter().map(|(index, bytes, _)| Stored {
+        key: k,
+        index,
+        bytes,
+    }));
     Ok(())
 }
 
@@ -189,7 +189,10 @@ fn mount_or_skip() -> Option<Tmpfs> {
                 is_mounted(tmpfs.path()),
                 "mount said ok but nothing is mounted"
             );
-            eprintln!("tmpfs of {TMPFS_SIZE} mounted at {}", tmpfs.path().display());
+            eprintln!(
+                "tmpfs of {TMPFS_SIZE} mounted at {}",
+                tmpfs.path().display()
+            );
             Some(tmpfs)
         }
         Err(why) => {
@@ -414,7 +417,14 @@ fn enospc_in_the_index_leaves_the_store_consistent() {
     // The put failed; if the index kept its record, the body must be there too.
     let failed_key = key(seed);
     let kept = store.fragment_info(&failed_key, 0).unwrap().is_some();
-    eprintln!("the failed put's record is {}", if kept { "still in the index (body kept)" } else { "gone (put undone)" });
+    eprintln!(
+        "the failed put's record is {}",
+        if kept {
+            "still in the index (body kept)"
+        } else {
+            "gone (put undone)"
+        }
+    );
     if kept {
         stored.push(Stored {
             key: failed_key,

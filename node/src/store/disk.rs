@@ -29,6 +29,13 @@
 //! removes temp files and orphan bodies, drops records whose body is missing (logging
 //! them: that fragment is lost and repair must regenerate it), and recomputes `used`
 //! as the sum of the recorded lengths, so the accounting is exact after a crash too.
+//!
+//! # Full disk
+//!
+//! ENOSPC on a body write is [`StoreError::DiskFull`] and the put is undone. The index
+//! must never meet ENOSPC (sled 0.34 then refuses every write until reopened), so puts
+//! are refused while [`DEFAULT_DISK_HEADROOM`] bytes are still free; if it meets it
+//! anyway, fragments it still records keep their bodies (see `write_fragments`).
 
 use std::collections::HashSet;
 use std::fs::{self, File};

@@ -41,7 +41,9 @@ use std::path::PathBuf;
 
 use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 
-pub use disk::{DEFAULT_DISK_HEADROOM, DEFAULT_SYNC_THREADS, DiskStore, OpenCleanup, RECORD_VERSION};
+pub use disk::{
+    DEFAULT_DISK_HEADROOM, DEFAULT_SYNC_THREADS, DiskStore, OpenCleanup, RECORD_VERSION,
+};
 pub use memory::MemoryStore;
 
 /// The hash a fragment must have, `SHA-256(index_be16 ‖ bytes)`: the erasure layer's
