@@ -3,3 +3,4 @@
 mod pipeline;
 mod store;
 mod store_crash;
+mod store_full_disk;

@@ -29,6 +29,13 @@
 //! removes temp files and orphan bodies, drops records whose body is missing (logging
 //! them: that fragment is lost and repair must regenerate it), and recomputes `used`
 //! as the sum of the recorded lengths, so the accounting is exact after a crash too.
+//!
+//! # Full disk
+//!
+//! ENOSPC on a body write is [`StoreError::DiskFull`] and the put is undone. The index
+//! must never meet ENOSPC (sled 0.34 then refuses every write until reopened), so puts
+//! are refused while [`DEFAULT_DISK_HEADROOM`] bytes are still free; if it meets it
+//! anyway, fragments it still records keep their bodies (see `write_fragments`).
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -65,6 +72,18 @@ const LOCK_STRIPES: usize = 64;
 pub const DEFAULT_SYNC_THREADS: usize = 6;
 /// The most threads one group put uses, whatever is asked.
 const MAX_SYNC_THREADS: usize = 16;
+/// Bytes the store keeps free on its file system for the sled index unless
+/// [`DiskStore::with_disk_headroom`] says otherwise.
+///
+/// Why (the full-disk case, found by `tests/integration/store_full_disk.rs`): sled
+/// 0.34 latches the first I/O error of its log. Once one index write meets ENOSPC
+/// (a body took the last free block, then the record needed one more), every later
+/// index write fails, deletes included, so the store could not even free space until
+/// it was reopened. A put whose bodies would leave less than this free is therefore
+/// refused with [`StoreError::DiskFull`] before anything is written, and small records
+/// (certificates, pointers, roots) may use only half of it, so deletes always find
+/// room. 1 MiB is ~10^4 fragment records, far more than one flush writes.
+pub const DEFAULT_DISK_HEADROOM: u64 = 1 << 20;
 
 /// What [`DiskStore::open`] found and cleaned up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,6 +97,22 @@ pub struct OpenCleanup {
     pub lost_records_removed: u64,
     /// Fragments in the store after cleanup.
     pub fragments: u64,
+}
+
+/// Why [`DiskStore::write_fragments`] failed, and what of the group it had to leave
+/// stored.
+#[derive(Debug)]
+struct WriteFailed {
+    error: StoreError,
+    /// Bytes of the group still recorded and kept (0 unless the index refused the undo).
+    kept: u64,
+}
+
+impl WriteFailed {
+    /// A failure after which nothing of the group is stored.
+    fn undone(error: StoreError) -> WriteFailed {
+        WriteFailed { error, kept: 0 }
+    }
 }
 
 /// The durable [`FragmentStorage`]: sled index plus one file per fragment body.
@@ -98,6 +133,12 @@ pub struct DiskStore {
     temp_sequence: AtomicU64,
     /// Threads writing and syncing one group's bodies at once.
     sync_threads: usize,
+    /// Bytes kept free on the file system for the index (0: no check).
+    disk_headroom: u64,
+    /// File-system bytes of bodies being written by puts in progress (not yet visible
+    /// in the file system's free count, or only partly), so concurrent puts do not all
+    /// spend the same free space.
+    bodies_in_flight: AtomicU64,
     cleanup: OpenCleanup,
 }
 
@@ -148,6 +189,8 @@ impl DiskStore {
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             temp_sequence: AtomicU64::new(0),
             sync_threads: DEFAULT_SYNC_THREADS,
+            disk_headroom: DEFAULT_DISK_HEADROOM,
+            bodies_in_flight: AtomicU64::new(0),
             cleanup: OpenCleanup::default(),
         };
         let (cleanup, used) = store.recover()?;
@@ -187,6 +230,45 @@ impl DiskStore {
     pub fn with_sync_threads(mut self, threads: usize) -> DiskStore {
         self.sync_threads = threads.clamp(1, MAX_SYNC_THREADS);
         self
+    }
+
+    /// Sets how many bytes puts leave free on the store's file system for the index
+    /// (default [`DEFAULT_DISK_HEADROOM`], which says why). 0 turns the check off: the
+    /// file system's own ENOSPC is then the only limit besides the capacity, and an
+    /// index write meeting it leaves the index refusing writes until the store is
+    /// reopened (tests use 0 to provoke ENOSPC on body writes).
+    pub fn with_disk_headroom(mut self, bytes: u64) -> DiskStore {
+        self.disk_headroom = bytes;
+        self
+    }
+
+    /// Refuses with [`StoreError::DiskFull`] unless the file system keeps `headroom`
+    /// bytes free after bodies of `lens` bytes (each rounded up to whole blocks) and
+    /// those of puts in progress. On success returns the bytes it added to
+    /// `bodies_in_flight`, which the caller gives back when its writes are done.
+    fn reserve_disk(
+        &self,
+        lens: impl Iterator<Item = u64>,
+        headroom: u64,
+        operation: &'static str,
+    ) -> Result<u64, StoreError> {
+        if self.disk_headroom == 0 {
+            return Ok(0);
+        }
+        let stat = rustix::fs::statvfs(&self.dir)
+            .map_err(|e| StoreError::io("checking free space in", &self.dir, e.into()))?;
+        let block = stat.f_frsize.max(1);
+        let needed: u64 = lens.map(|len| len.div_ceil(block) * block).sum();
+        let available = stat.f_bavail.saturating_mul(block);
+        let in_flight = self.bodies_in_flight.fetch_add(needed, Ordering::SeqCst);
+        if available.saturating_sub(in_flight) < needed.saturating_add(headroom) {
+            self.bodies_in_flight.fetch_sub(needed, Ordering::SeqCst);
+            return Err(StoreError::DiskFull {
+                operation,
+                path: self.dir.clone(),
+            });
+        }
+        Ok(needed)
     }
 
     /// What [`DiskStore::open`] cleaned up.
@@ -285,12 +367,13 @@ impl DiskStore {
 
     /// Writes the bodies durably into place, then records them in the index with one
     /// sled batch and one flush. On failure undoes what it did (temp files, renamed
-    /// bodies, records), so the running store is as before.
+    /// bodies, records), so the running store is as before; the one exception (the
+    /// index refusing the undo too) is in [`WriteFailed::kept`].
     fn write_fragments(
         &self,
         key: &PlacementKey,
         new: &[(FragmentInfo, &[u8])],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), WriteFailed> {
         let temps: Vec<PathBuf> = new
             .iter()
             .map(|(info, _)| {
@@ -317,7 +400,7 @@ impl DiskStore {
             for temp in &temps {
                 let _ = fs::remove_file(temp);
             }
-            return Err(err);
+            return Err(WriteFailed::undone(err));
         }
         for (renamed, (temp, body)) in temps.iter().zip(&bodies).enumerate() {
             if let Err(e) = fs::rename(temp, body) {
@@ -327,7 +410,11 @@ impl DiskStore {
                 for temp in &temps[renamed..] {
                     let _ = fs::remove_file(temp);
                 }
-                return Err(StoreError::io("renaming a body into", body, e));
+                return Err(WriteFailed::undone(StoreError::io(
+                    "renaming a body into",
+                    body,
+                    e,
+                )));
             }
         }
 
@@ -361,11 +448,34 @@ impl DiskStore {
             for (info, _) in new {
                 undo.remove(&fragment_key(key, info.index)[..]);
             }
-            let _ = self.fragments.apply_batch(undo);
-            for body in &bodies {
-                let _ = fs::remove_file(body);
+            if self.fragments.apply_batch(undo).is_ok() {
+                for body in &bodies {
+                    let _ = fs::remove_file(body);
+                }
+                return Err(WriteFailed::undone(err));
             }
-            return Err(err);
+            // Full disk, found by tests/integration/store_full_disk.rs: sled 0.34 latches
+            // the ENOSPC of the flush, so the undo is refused too and the records may
+            // still be in the running index. Removing their bodies would leave records
+            // pointing at nothing (reads `Corrupt`, `used` short of the index). So keep
+            // the body of every fragment still recorded (it stays stored and counted)
+            // and remove the others.
+            let mut failed = WriteFailed::undone(err);
+            for ((info, _), body) in new.iter().zip(&bodies) {
+                match self.record(key, info.index) {
+                    Ok(Some(recorded)) if recorded.hash == info.hash => failed.kept += info.len,
+                    _ => {
+                        let _ = fs::remove_file(body);
+                    }
+                }
+            }
+            warn!(
+                key = ?key,
+                kept_bytes = failed.kept,
+                error = %failed.error,
+                "the index refused a put and its undo; recorded fragments kept"
+            );
+            return Err(failed);
         }
         Ok(())
     }
@@ -452,9 +562,19 @@ impl DiskStore {
         let mut value = Vec::with_capacity(1 + payload.len());
         value.push(RECORD_VERSION);
         value.extend_from_slice(payload);
-        tree.insert(key, value)
-            .map_err(|e| StoreError::index(what, e))?;
-        self.flush(what)
+        // Full disk: small records may use only half the index headroom, so the
+        // other half stays for deletes (see DEFAULT_DISK_HEADROOM).
+        let reserved = self.reserve_disk(
+            std::iter::once((key.len() + value.len()) as u64),
+            self.disk_headroom / 2,
+            "reserving index headroom for a record in",
+        )?;
+        let stored = tree
+            .insert(key, value)
+            .map_err(|e| StoreError::index(what, e))
+            .and_then(|_| self.flush(what));
+        self.bodies_in_flight.fetch_sub(reserved, Ordering::SeqCst);
+        stored
     }
 
     fn get_small(
@@ -525,6 +645,7 @@ impl FragmentStorage for DiskStore {
         if plan.new.is_empty() {
             return Ok(plan.outcomes);
         }
+        let reserved_disk;
         {
             let mut used = self.used_lock();
             let free = self.capacity.saturating_sub(*used);
@@ -535,6 +656,12 @@ impl FragmentStorage for DiskStore {
                     capacity: self.capacity,
                 });
             }
+            // Full disk: refuse while the index still has room (DEFAULT_DISK_HEADROOM).
+            reserved_disk = self.reserve_disk(
+                plan.new.iter().map(|&p| fragments[p].bytes.len() as u64),
+                self.disk_headroom,
+                "reserving room for new bodies in",
+            )?;
             *used += plan.needed; // reserved until the writes succeed or fail
         }
         let new: Vec<(FragmentInfo, &[u8])> = plan
@@ -550,9 +677,12 @@ impl FragmentStorage for DiskStore {
                 (info, f.bytes)
             })
             .collect();
-        if let Err(err) = self.write_fragments(key, &new) {
-            *self.used_lock() -= plan.needed;
-            return Err(err);
+        let written = self.write_fragments(key, &new);
+        self.bodies_in_flight
+            .fetch_sub(reserved_disk, Ordering::SeqCst);
+        if let Err(failed) = written {
+            *self.used_lock() -= plan.needed - failed.kept;
+            return Err(failed.error);
         }
         Ok(plan.outcomes)
     }

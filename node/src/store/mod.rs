@@ -41,7 +41,9 @@ use std::path::PathBuf;
 
 use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 
-pub use disk::{DEFAULT_SYNC_THREADS, DiskStore, OpenCleanup, RECORD_VERSION};
+pub use disk::{
+    DEFAULT_DISK_HEADROOM, DEFAULT_SYNC_THREADS, DiskStore, OpenCleanup, RECORD_VERSION,
+};
 pub use memory::MemoryStore;
 
 /// The hash a fragment must have, `SHA-256(index_be16 ‖ bytes)`: the erasure layer's
@@ -134,8 +136,9 @@ pub enum StoreError {
         /// What was found (hash mismatch, wrong length, missing body).
         detail: String,
     },
-    /// The file system is out of space (ENOSPC). Nothing stored earlier was lost; the
-    /// refused write left no trace.
+    /// The file system is out of space: a write met ENOSPC, or (`DiskStore`) the put
+    /// would have left less than the index headroom free. Nothing stored earlier was
+    /// lost; the refused write left no trace.
     #[error("disk full while {operation} {path}")]
     DiskFull {
         /// What the store was doing.
