@@ -1140,7 +1140,7 @@ impl Overlay {
     }
 
     /// A candidate from a proximity row exchange: probed unless already held (its RTT
-    /// is then known), being probed, or remembered dead.
+    /// is then known), being probed, remembered dead or recently outranked.
     fn consider_for_proximity(&mut self, now: Time, id: NodeId, out: &mut Vec<Action>) {
         if id == self.me || self.is_dead(&id) || self.holds(&id) {
             return;
@@ -1556,13 +1556,18 @@ mod tests {
         let me = id_at(0x5000, 0);
         let mut overlay = Overlay::new(Config::default(), me).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
-        // A full leaf set, so that the candidates below are wanted for the table only.
-        for i in 1..=8u16 {
-            for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
-                let msg = OverlayMessage::Announce { rtt_us: 1000 };
-                overlay.handle(Time::ZERO, Event::Message { from: id, msg });
+        // A full leaf set (and neighbourhood set), so that the candidates below are
+        // wanted for the routing table only. They keep talking, so none is declared
+        // dead while the ticks go by.
+        fn leaf_members_speak(overlay: &mut Overlay, at: Time) {
+            for i in 1..=8u16 {
+                for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
+                    let msg = OverlayMessage::Announce { rtt_us: 1000 };
+                    overlay.handle(at, Event::Message { from: id, msg });
+                }
             }
         }
+        leaf_members_speak(&mut overlay, Time::ZERO);
         let far = id_at(0x7100, 0);
         let msg = OverlayMessage::Announce { rtt_us: 50_000 };
         overlay.handle(Time::ZERO, Event::Message { from: far, msg });
@@ -1586,22 +1591,27 @@ mod tests {
         assert_eq!(pings_to(&actions, other), None);
 
         // Ticks ask entries for their rows, rows in turn: wait for a request for row 0.
-        let mut asked = None;
-        for tick in 1..=8u64 {
-            let actions = overlay.handle(Time::from_secs(10 * tick), Event::Timer(TimerKind::Tick));
-            let request = actions.iter().find_map(|a| match a {
-                Action::Send {
-                    to,
-                    msg: OverlayMessage::RowRequest { row: 0 },
-                } => Some(*to),
-                _ => None,
-            });
-            if let Some(to) = request {
-                asked = Some((to, Time::from_secs(10 * tick)));
-                break;
+        fn next_row_0_request(overlay: &mut Overlay, ticks: &mut u64) -> (NodeId, Time) {
+            for _ in 0..8 {
+                *ticks += 1;
+                let at = Time::from_secs(10 * *ticks);
+                leaf_members_speak(overlay, at);
+                let actions = overlay.handle(at, Event::Timer(TimerKind::Tick));
+                let request = actions.iter().find_map(|a| match a {
+                    Action::Send {
+                        to,
+                        msg: OverlayMessage::RowRequest { row: 0 },
+                    } => Some(*to),
+                    _ => None,
+                });
+                if let Some(to) = request {
+                    return (to, at);
+                }
             }
+            panic!("no row-0 exchange within 8 ticks");
         }
-        let (partner, at) = asked.expect("a row-0 exchange within 8 ticks");
+        let mut ticks = 0;
+        let (partner, at) = next_row_0_request(&mut overlay, &mut ticks);
         assert!(
             overlay
                 .routing_table()
@@ -1633,6 +1643,33 @@ mod tests {
             a,
             Action::Send { to, msg: OverlayMessage::Announce { rtt_us: 2000 } } if *to == near
         )));
+
+        // A later exchange names a slower node: probed once, it loses (30 ms against
+        // 2 ms), and the next exchange naming it costs no probe.
+        let slow = id_at(0x7400, 0);
+        for round in 0..2 {
+            let (partner, at) = next_row_0_request(&mut overlay, &mut ticks);
+            let msg = OverlayMessage::Row {
+                row: 0,
+                entries: vec![slow],
+            };
+            let actions = overlay.handle(at, Event::Message { from: partner, msg });
+            let nonce = pings_to(&actions, slow);
+            if round == 1 {
+                assert_eq!(nonce, None, "an outranked candidate is not probed again");
+                break;
+            }
+            let pong = OverlayMessage::Pong {
+                nonce: nonce.expect("a new candidate is probed"),
+            };
+            let from = slow;
+            overlay.handle(
+                at.plus(Duration::from_millis(30)),
+                Event::Message { from, msg: pong },
+            );
+            assert!(overlay.routing_table().contains(&(0, 7, near)));
+            assert!(!overlay.known_nodes().contains(&slow));
+        }
     }
 
     /// An id whose first two bytes are `high`, the rest `low`.
