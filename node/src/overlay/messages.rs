@@ -139,6 +139,17 @@ mod tests {
         let bytes = postcard::to_stdvec(&msg).unwrap();
         assert_eq!(bytes, [0x08, 0x02]);
         assert_eq!(postcard::from_bytes::<OverlayMessage>(&bytes).unwrap(), msg);
+        // Row = 9 (also the answer to a proximity row exchange): row, then a length-
+        // prefixed list of 32-byte ids.
+        let msg = OverlayMessage::Row {
+            row: 1,
+            entries: vec![NodeId(Id([7; 32]))],
+        };
+        let bytes = postcard::to_stdvec(&msg).unwrap();
+        let mut want = vec![0x09, 0x01, 0x01];
+        want.extend([7u8; 32]);
+        assert_eq!(bytes, want);
+        assert_eq!(postcard::from_bytes::<OverlayMessage>(&bytes).unwrap(), msg);
     }
 
     #[test]

@@ -142,6 +142,27 @@ impl RoutingTable {
         })
     }
 
+    /// Rows allocated so far (the deepest entry's row + 1).
+    pub(super) fn row_count(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The node to ask for row `row` in a proximity exchange: the `turn`-th entry
+    /// (modulo their number) of that row, else of the next row (whose row `row` fits
+    /// this node too). `None` if both rows are empty.
+    pub(super) fn exchange_partner(&self, row: usize, turn: usize) -> Option<NodeId> {
+        [row, row + 1].into_iter().find_map(|row_no| {
+            let ids: Vec<NodeId> = self
+                .rows
+                .get(row_no)?
+                .iter()
+                .flatten()
+                .map(|e| e.id)
+                .collect();
+            (!ids.is_empty()).then(|| ids[turn % ids.len()])
+        })
+    }
+
     /// The ids in row `row` (empty if the row was never used).
     pub(super) fn row_ids(&self, row: usize) -> Vec<NodeId> {
         self.rows
@@ -293,5 +314,25 @@ mod tests {
         assert_eq!(table.repair_source(0, &b), Some(deeper));
         assert_eq!(table.repair_source(0, &deeper), None);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn exchange_partners_take_turns_within_a_row_then_fall_back_to_the_next() {
+        let me = id_at(0x5000, 0);
+        let mut table = RoutingTable::new(me, 4);
+        assert_eq!(table.row_count(), 0);
+        let (a, b, deeper) = (id_at(0x7100, 0), id_at(0x9100, 0), id_at(0x5a00, 0));
+        for id in [a, b, deeper] {
+            table.insert(id, 1000);
+        }
+        assert_eq!(table.row_count(), 2);
+        let turns: Vec<_> = (0..4).map(|t| table.exchange_partner(0, t)).collect();
+        assert_eq!(turns, [Some(a), Some(b), Some(a), Some(b)]);
+        assert_eq!(table.exchange_partner(1, 5), Some(deeper));
+        // Row 0 empty: a row-1 entry shares a digit more with us, so its row 0 fits.
+        table.remove(&a);
+        table.remove(&b);
+        assert_eq!(table.exchange_partner(0, 3), Some(deeper));
+        assert_eq!(table.exchange_partner(2, 0), None);
     }
 }
