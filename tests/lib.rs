@@ -4,6 +4,7 @@
 /// Helpers for the store tests (`integration/store*.rs`).
 pub mod store {
     use cairn_node::id::{FragmentHash, Id, PlacementKey};
+    use cairn_node::sim::Rng;
     use cairn_node::store::fragment_hash;
 
     /// A placement key whose first byte is `top` (so its ring position is known) and
@@ -20,20 +21,10 @@ pub mod store {
     }
 
     /// `len` deterministic pseudo-random bytes for fragment `index`, and their
-    /// fragment hash (`SHA-256(index_be16 ‖ bytes)`).
+    /// fragment hash (`SHA-256(index_be16 ‖ bytes)`). Distinct `(seed, index)` pairs
+    /// (seeds below 2^48) give distinct streams.
     pub fn fragment(seed: u64, index: u16, len: usize) -> (Vec<u8>, FragmentHash) {
-        let mut bytes = Vec::with_capacity(len + 32);
-        let mut block = 0u64;
-        while bytes.len() < len {
-            let chunk = Id::hash_parts(&[
-                &seed.to_be_bytes(),
-                &index.to_be_bytes(),
-                &block.to_be_bytes(),
-            ]);
-            bytes.extend_from_slice(&chunk.0);
-            block += 1;
-        }
-        bytes.truncate(len);
+        let bytes = Rng::new((seed << 16) | u64::from(index)).bytes(len);
         let hash = fragment_hash(index, &bytes);
         (bytes, hash)
     }

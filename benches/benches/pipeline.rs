@@ -224,6 +224,32 @@ fn ceilings(params: ErasureParams, segment: usize, reps: usize) -> Ceiling {
     }
 }
 
+/// What one put/get measurement needs: the generated file's one-segment pattern, an
+/// owner, the put options and the label printed beside each figure.
+struct BenchFile {
+    pattern: Vec<u8>,
+    owner: KeyPair,
+    options: PutOptions,
+    label: String,
+}
+
+impl BenchFile {
+    fn new(params: ErasureParams, segment: usize, file_len: u64) -> BenchFile {
+        let mut options = PutOptions::new(params, 1_700_000_000);
+        options.segment_size = segment as u32;
+        BenchFile {
+            pattern: test_bytes(segment, 4),
+            owner: KeyPair::from_secret_bytes(&[7; 32]),
+            options,
+            label: format!(
+                "{params}, {} KiB segments, {} MiB file",
+                segment >> 10,
+                file_len >> 20
+            ),
+        }
+    }
+}
+
 /// Puts a generated file through a store that drops the fragments: the pipeline's own
 /// speed and memory, nothing kept. Run before any phase that fills the heap, so the
 /// peak RSS is the pipeline's alone.
@@ -234,15 +260,12 @@ fn put_discarding(
     reps: usize,
     ceiling: Ceiling,
 ) {
-    let pattern = test_bytes(segment, 4);
-    let owner = KeyPair::from_secret_bytes(&[7; 32]);
-    let mut options = PutOptions::new(params, 1_700_000_000);
-    options.segment_size = segment as u32;
-    let label = format!(
-        "{params}, {} KiB segments, {} MiB file",
-        segment >> 10,
-        file_len >> 20
-    );
+    let BenchFile {
+        pattern,
+        owner,
+        options,
+        label,
+    } = BenchFile::new(params, segment, file_len);
     let reset = reset_peak_rss();
     let discard = Discard::default();
     let put_d = measure(
@@ -271,15 +294,12 @@ fn put_discarding(
 /// ceilings and peak RSS (which includes the store, and heap that freed stores of
 /// earlier phases left resident).
 fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, ceiling: Ceiling) {
-    let pattern = test_bytes(segment, 4);
-    let owner = KeyPair::from_secret_bytes(&[7; 32]);
-    let mut options = PutOptions::new(params, 1_700_000_000);
-    options.segment_size = segment as u32;
-    let label = format!(
-        "{params}, {} KiB segments, {} MiB file",
-        segment >> 10,
-        file_len >> 20
-    );
+    let BenchFile {
+        pattern,
+        owner,
+        options,
+        label,
+    } = BenchFile::new(params, segment, file_len);
     let store = MemoryFragments::new();
     let reset = reset_peak_rss();
     let mut receipt = None;
