@@ -1,8 +1,5 @@
-//! `cairn put`, `cairn get` and `cairn stat` against a local store.
-//!
-//! Until the network exists these talk to a store directory on this machine
-//! (`$CAIRN_HOME/store` by default) through the same pipeline and the same
-//! `FragmentStore` trait the network will implement.
+//! What the file commands share: reading references and sizes, printing sizes and
+//! rates, a progress line, and getting a file into place through a partial file.
 
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
@@ -17,129 +14,11 @@ use cairn_node::store::{DiskStore, FragmentStorage};
 
 use crate::keys::load_owner_key;
 
-/// Where the local store is and how big it may grow.
-#[derive(clap::Args, Clone)]
-pub struct StoreArgs {
-    /// The store directory [default: $CAIRN_HOME/store, or ~/.cairn/store].
-    #[arg(long, global = true)]
-    pub store: Option<PathBuf>,
-    /// Most bytes of fragments the store may hold (e.g. 500MiB, 20GiB, 1TB).
-    #[arg(long, global = true, default_value = "16GiB", value_parser = parse_size)]
-    pub capacity: u64,
-}
-
-impl StoreArgs {
-    /// Opens (creating if needed) the store.
-    pub fn open(&self) -> anyhow::Result<LocalFragments<DiskStore>> {
-        let dir = self
-            .store
-            .clone()
-            .unwrap_or_else(|| crate::cairn_home().join("store"));
-        let store = DiskStore::open(&dir, self.capacity)
-            .with_context(|| format!("opening the store at {}", dir.display()))?;
-        Ok(LocalFragments(store))
-    }
-}
-
-/// Arguments of `cairn put`.
-#[derive(clap::Args)]
-pub struct PutArgs {
-    /// The file to store (`-` for standard input).
-    file: PathBuf,
-    /// The name the file is stored under [default: the file's name].
-    #[arg(long)]
-    name: Option<String>,
-    /// The owner key that signs the file certificate [default: $CAIRN_HOME/owner.key].
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// Data fragments per block: any k of the k + m fragments rebuild a block.
-    #[arg(short, default_value_t = ErasureParams::DEFAULT.k())]
-    k: u16,
-    /// Parity fragments per block: up to m fragments of each block may be lost.
-    #[arg(short, default_value_t = ErasureParams::DEFAULT.m())]
-    m: u16,
-    #[command(flatten)]
-    store: StoreArgs,
-}
-
-/// Arguments of `cairn get`.
-#[derive(clap::Args)]
-pub struct GetArgs {
-    /// The file's reference, as `cairn put` printed it (`cairn:f:...`).
-    reference: String,
-    /// Where to write the file (`-` for standard output). Written under a temporary
-    /// name and renamed when every block has verified, so a failed get leaves nothing
-    /// half-written behind.
-    #[arg(short, long)]
-    out: PathBuf,
-    #[command(flatten)]
-    store: StoreArgs,
-}
-
-/// Arguments of `cairn stat`.
-#[derive(clap::Args)]
-pub struct StatArgs {
-    /// A file reference to describe; without one, the store's usage is shown.
-    reference: Option<String>,
-    #[command(flatten)]
-    store: StoreArgs,
-}
-
 /// Seconds since the Unix epoch, for certificates.
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// `cairn put`.
-pub fn put_command(args: PutArgs) -> anyhow::Result<()> {
-    let owner = load_owner_key(args.key.as_deref())?;
-    let params = ErasureParams::new(args.k, args.m).context("invalid -k/-m")?;
-    let name = match (&args.name, args.file.to_str()) {
-        (Some(name), _) => name.clone(),
-        (None, Some("-")) => bail!("storing standard input needs --name"),
-        (None, _) => args
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .context("the file has no name; pass --name")?,
-    };
-    let (reader, total): (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
-        (Box::new(io::stdin().lock()), None)
-    } else {
-        let file =
-            File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-        let len = file.metadata().ok().map(|m| m.len());
-        (Box::new(file), len)
-    };
-    let store = args.store.open()?;
-    let start = Instant::now();
-    let mut progress = Progress::new("put", total);
-    let reader = ProgressReader {
-        inner: reader,
-        progress: &mut progress,
-    };
-    let receipt = put(
-        reader,
-        name.as_bytes(),
-        &owner,
-        &PutOptions::new(params, unix_now()),
-        &store,
-    )
-    .with_context(|| format!("storing {}", args.file.display()))?;
-    progress.finish();
-    let size = receipt.certificate.body.size;
-    eprintln!(
-        "stored {} ({}) as {} blocks, {params} erasure coding, {} fragments, {}",
-        name,
-        human_bytes(size),
-        receipt.manifest.blocks.len(),
-        receipt.fragments_stored,
-        rate(size, start.elapsed())
-    );
-    println!("{}", receipt.reference);
-    Ok(())
 }
 
 /// Reads a `cairn:f:` reference.
@@ -151,30 +30,6 @@ pub fn parse_file_reference(text: &str) -> anyhow::Result<FileId> {
         Reference::File(file) => Ok(file),
         Reference::Volume(_) => bail!("{text} is a volume; `cairn get` takes a file (cairn:f:...)"),
     }
-}
-
-/// `cairn get`.
-pub fn get_command(args: GetArgs) -> anyhow::Result<()> {
-    let file = parse_file_reference(&args.reference)?;
-    let store = args.store.open()?;
-    let start = Instant::now();
-    let stats = if args.out.as_os_str() == "-" {
-        let mut out = BufWriter::new(io::stdout().lock());
-        let stats = get(
-            GetTarget::File(file),
-            &mut out,
-            &store,
-            &GetOptions::new(unix_now()),
-        )
-        .with_context(|| format!("fetching {}", args.reference))?;
-        out.flush().context("writing to standard output")?;
-        stats
-    } else {
-        get_to_file(file, &args.out, &store)
-            .with_context(|| format!("fetching {}", args.reference))?
-    };
-    report_get(&stats, start.elapsed());
-    Ok(())
 }
 
 /// Gets `file` into `out` through a temporary file in the same directory, renamed into
@@ -209,63 +64,6 @@ pub fn get_to_file(
         let _ = std::fs::remove_file(&partial);
     }
     result
-}
-
-fn report_get(stats: &GetStats, elapsed: Duration) {
-    eprintln!(
-        "got {} in {} blocks, {}; fragments used {}, skipped {} ({} missing, {} corrupt, {} unreachable)",
-        human_bytes(stats.bytes),
-        stats.blocks,
-        rate(stats.bytes, elapsed),
-        stats.fragments_used,
-        stats.skipped_total(),
-        stats.skipped_missing,
-        stats.skipped_corrupt,
-        stats.skipped_unavailable
-    );
-}
-
-/// `cairn stat`.
-pub fn stat_command(args: StatArgs) -> anyhow::Result<()> {
-    let store = args.store.open()?;
-    let Some(text) = args.reference else {
-        let disk = &store.0;
-        let keys = disk.placement_keys_in(&Default::default(), &Default::default())?;
-        println!("store:      {}", disk.dir().display());
-        println!(
-            "used:       {} ({} bytes)",
-            human_bytes(disk.used()),
-            disk.used()
-        );
-        println!("capacity:   {}", human_bytes(disk.capacity()));
-        println!("free:       {}", human_bytes(disk.free()));
-        println!("blocks:     {} placement keys", keys.len());
-        return Ok(());
-    };
-    let file = parse_file_reference(&text)?;
-    let certificate = cairn_node::client::FragmentStore::get_certificate(&store, &file)?
-        .with_context(|| format!("{text} is not in this store"))?;
-    let body = certificate
-        .verify()
-        .context("the stored certificate does not verify")?;
-    println!("file:       {}", Reference::File(file));
-    println!(
-        "size:       {} ({} bytes)",
-        human_bytes(body.size),
-        body.size
-    );
-    println!(
-        "erasure:    {} data + {} parity fragments per block",
-        body.k, body.m
-    );
-    println!("manifest:   {}", body.manifest_hash);
-    println!("owner:      {}", body.owner);
-    println!("created:    {} (unix seconds)", body.created_at);
-    match body.expires_at {
-        Some(at) => println!("expires:    {at} (unix seconds)"),
-        None => println!("expires:    never"),
-    }
-    Ok(())
 }
 
 /// Parses sizes such as `512`, `64KiB`, `500MB`, `16GiB`, `2T`.
@@ -348,7 +146,8 @@ impl Progress {
         }
     }
 
-    fn advance(&mut self, bytes: usize) {
+    /// Counts `bytes` more; redraws at most twice a second.
+    pub fn advance(&mut self, bytes: usize) {
         self.done += bytes as u64;
         if self.enabled && self.last.elapsed() >= Duration::from_millis(500) {
             self.last = Instant::now();
@@ -365,6 +164,11 @@ impl Progress {
         }
     }
 
+    /// Bytes counted so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
     /// Ends the line.
     pub fn finish(&self) {
         if self.enabled && self.last != self.start {
@@ -373,9 +177,12 @@ impl Progress {
     }
 }
 
-struct ProgressReader<'a, R> {
-    inner: R,
-    progress: &'a mut Progress,
+/// A reader that advances a [`Progress`].
+pub struct ProgressReader<'a, R> {
+    /// The reader.
+    pub inner: R,
+    /// The progress it advances.
+    pub progress: &'a mut Progress,
 }
 
 impl<R: Read> Read for ProgressReader<'_, R> {

@@ -43,3 +43,24 @@ pub fn load_owner_key(path: Option<&Path>) -> anyhow::Result<KeyPair> {
     }
     KeyPair::load(&path).with_context(|| format!("loading the owner key {}", path.display()))
 }
+
+/// Loads the owner key at `path` (or the default one); when the default one does not
+/// exist yet, creates it and says so (a first `cairn put` just works).
+pub fn load_or_create_owner_key(path: Option<&Path>) -> anyhow::Result<KeyPair> {
+    if path.is_none() && !default_key_path().exists() {
+        let path = default_key_path();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating the directory {}", parent.display()))?;
+        }
+        let key = KeyPair::generate();
+        key.save(&path)
+            .with_context(|| format!("creating the owner key {}", path.display()))?;
+        eprintln!(
+            "created your owner key at {} (it signs your files; keep a copy)",
+            path.display()
+        );
+        return Ok(key);
+    }
+    load_owner_key(path)
+}

@@ -3,9 +3,11 @@
 //! Each subcommand lives in its own module; this file only parses arguments, sets up
 //! logging (`RUST_LOG`, default `warn`) and prints errors with their whole chain.
 
+mod daemon;
 mod demo;
 mod files;
 mod keys;
+mod remote;
 mod sim;
 
 use std::path::PathBuf;
@@ -28,17 +30,27 @@ enum Command {
     /// The key signs your file certificates: whoever holds it can store and reclaim
     /// files in your name. Keep a copy; a lost key cannot be recovered.
     Keygen(keys::KeygenArgs),
-    /// Store a file; prints its reference (`cairn:f:...`).
+    /// Store a file in the network; prints its reference (`cairn:f:...`).
     ///
-    /// The file is cut into 1 MiB blocks, each erasure-coded into k + m fragments,
-    /// and a certificate signed by your owner key covers it all. Until networked nodes
-    /// exist, fragments go to the local store (`--store`).
-    Put(files::PutArgs),
-    /// Fetch a file by reference, verifying every fragment and block.
-    Get(files::GetArgs),
-    /// Show the local store's usage, or describe a stored file.
-    Stat(files::StatArgs),
-    /// Run cairn's main job with no setup: store a file, damage the store, get it back.
+    /// The file is cut into 1 MiB blocks, each erasure-coded into k + m fragments
+    /// placed on the k + m nodes closest to the block's key. Your owner key signs an
+    /// upload grant first and the file certificate last; it never leaves this process.
+    Put(remote::PutArgs),
+    /// Fetch a file by reference; every fragment and block is verified by the node.
+    Get(remote::GetArgs),
+    /// Describe a stored file: certificate, blocks, which node holds which fragment.
+    Stat(remote::StatArgs),
+    /// Reclaim a file's storage everywhere (owner only).
+    Rm(remote::RmArgs),
+    /// Show the node behind the API: id, leaf set, storage.
+    Status(remote::StatusArgs),
+    /// Run a storage node (`cairn node run --help`).
+    Node(daemon::NodeArgs),
+    /// Start a local network of N nodes in one command, with the API on the CLI's
+    /// default address, so that `cairn put` in another terminal just works.
+    Devnet(daemon::DevnetArgs),
+    /// Erasure coding on one machine, no network: store a file in a local store,
+    /// damage every block, get it back.
     Demo(demo::DemoArgs),
     /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes).
     Sim(sim::SimArgs),
@@ -66,9 +78,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen(args) => keys::keygen(args),
-        Command::Put(args) => files::put_command(args),
-        Command::Get(args) => files::get_command(args),
-        Command::Stat(args) => files::stat_command(args),
+        Command::Put(args) => remote::put_command(args),
+        Command::Get(args) => remote::get_command(args),
+        Command::Stat(args) => remote::stat_command(args),
+        Command::Rm(args) => remote::rm_command(args),
+        Command::Status(args) => remote::status_command(args),
+        Command::Node(args) => daemon::node_command(args),
+        Command::Devnet(args) => daemon::devnet_command(args),
         Command::Demo(args) => demo::demo(args),
         Command::Sim(args) => sim::run(args),
     };

@@ -1,5 +1,5 @@
-//! cairn's storage node as a library: everything a node is, and the client pipeline
-//! that the CLI and the FUSE layer call.
+//! cairn's storage node as a library: everything a node is, the client pipeline, and
+//! the local API that the CLI and the FUSE layer call.
 //!
 //! Modules are layered as in `DESIGN.md`; a module uses only those above it in this
 //! list, never one below:
@@ -11,13 +11,27 @@
 //! 5. [`store`]: the durable local store (fragments, certificates, pointers, roots).
 //! 6. [`overlay`]: Pastry routing state as a sans-IO state machine.
 //! 7. [`sim`]: a deterministic discrete-event simulator that drives many overlays.
-//! 8. [`client`]: put/get of whole files over a [`client::FragmentStore`].
+//! 8. [`client`]: put/get of whole files over a [`client::FragmentStore`] (any store:
+//!    local, in memory, or the network through [`daemon::NetworkFragments`]).
+//! 9. [`past`]: PAST's rules and a node's answers to insert, lookup and reclaim
+//!    (sans-IO).
+//! 10. [`net`]: the authenticated TCP transport (tokio).
+//! 11. [`daemon`]: a running node: overlay, PAST, transport, store and clock wired
+//!     together, and the gateway operations on whole files.
+//! 12. [`api`]: the node's local HTTP API.
+//!
+//! `DESIGN.md` lists the client last; here the pipeline sits below the network because
+//! it is generic over where fragments go, and the node's gateway runs it.
 
+pub mod api;
 pub mod client;
 pub mod crypto;
+pub mod daemon;
 pub mod erasure;
 pub mod id;
 pub mod manifest;
+pub mod net;
 pub mod overlay;
+pub mod past;
 pub mod sim;
 pub mod store;

@@ -1,5 +1,6 @@
 //! cairn's integration tests: one binary, one module per area.
 
+mod network;
 mod pipeline;
 mod store;
 mod store_crash;

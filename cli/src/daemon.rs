@@ -1,0 +1,212 @@
+//! `cairn node run` (one storage node) and `cairn devnet` (several on this machine,
+//! in one process, with the API where the CLI looks by default).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_node::api::{self, ApiConfig, DEFAULT_API_ADDR};
+use cairn_node::daemon::{Node, NodeConfig};
+
+use crate::files::parse_size;
+
+/// `cairn node ...`.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum NodeCommand {
+    /// Run a storage node until Ctrl-C or SIGTERM.
+    ///
+    /// The node creates its identity (DIR/node.key) on first start and keeps it;
+    /// started again on the same DIR it rejoins with the same id and serves the
+    /// fragments it holds.
+    Run(RunArgs),
+}
+
+/// Arguments of `cairn node run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The node's data directory (its key and its store).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to listen for other nodes (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The address other nodes should use to reach this one [default: the listening
+    /// address]. Needed when listening on 0.0.0.0 or behind NAT.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// A node of the network to join through (repeat for fallbacks); none starts a
+    /// new network.
+    #[arg(long)]
+    bootstrap: Vec<SocketAddr>,
+    /// Most bytes of fragments this node stores (e.g. 500MiB, 20GiB).
+    #[arg(long, default_value = "16GiB", value_parser = parse_size)]
+    capacity: u64,
+    /// Serve the local HTTP API here (e.g. 127.0.0.1:7070).
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Token the API requires (`Authorization: Bearer`); needed to serve the API
+    /// elsewhere than on loopback.
+    #[arg(long, env = "CAIRN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Overlay keepalive period in milliseconds (failure detection takes ~3 periods).
+    #[arg(long, default_value_t = 1000, hide = true)]
+    tick_ms: u64,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// `cairn node`.
+pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
+    let NodeCommand::Run(args) = args.command;
+    runtime()?.block_on(async move {
+        let mut config = NodeConfig::new(&args.data, args.listen, args.capacity);
+        config.advertise = args.advertise;
+        config.bootstrap = args.bootstrap.clone();
+        config.overlay.tick = Duration::from_millis(args.tick_ms.max(10));
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("starting the node in {}", args.data.display()))?;
+        println!("cairn node {} listening on {}", node.id(), node.advertised());
+        let server = match args.api {
+            Some(listen) => {
+                let server = api::serve(
+                    node.clone(),
+                    ApiConfig {
+                        listen,
+                        token: args.api_token.clone(),
+                    },
+                )
+                .await
+                .context("starting the API")?;
+                println!("api on http://{}", server.addr);
+                Some(server)
+            }
+            None => None,
+        };
+        stop_signal().await;
+        eprintln!("stopping");
+        drop(server);
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Arguments of `cairn devnet`.
+#[derive(clap::Args)]
+pub struct DevnetArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 8)]
+    nodes: usize,
+    /// Where the nodes keep their data [default: $CAIRN_HOME/devnet]. Started again
+    /// on the same directory, the devnet resumes with its data.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where to serve the API (the CLI's default address).
+    #[arg(long, default_value = DEFAULT_API_ADDR)]
+    api: SocketAddr,
+    /// Most bytes of fragments each node stores.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    capacity: u64,
+}
+
+/// `cairn devnet`.
+pub fn devnet_command(args: DevnetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=64).contains(&args.nodes),
+        "--nodes must be between 1 and 64"
+    );
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| crate::cairn_home().join("devnet"));
+    runtime()?.block_on(async move {
+        let resumed = dir.join("node-0").join("node.key").exists();
+        let mut nodes: Vec<Node> = Vec::with_capacity(args.nodes);
+        for i in 0..args.nodes {
+            let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+            let mut config = NodeConfig::new(dir.join(format!("node-{i}")), listen, args.capacity);
+            if let Some(first) = nodes.first() {
+                config.bootstrap = vec![first.advertised()];
+            }
+            let node = Node::start(config)
+                .await
+                .with_context(|| format!("starting devnet node {i}"))?;
+            eprintln!("node {i}: {} on {}", node.id(), node.advertised());
+            nodes.push(node);
+        }
+        let Some(first) = nodes.first().cloned() else {
+            anyhow::bail!("no nodes");
+        };
+        let server = api::serve(
+            first,
+            ApiConfig {
+                listen: args.api,
+                token: None,
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "serving the API on {} (is another devnet running? use --api 127.0.0.1:0)",
+                args.api
+            )
+        })?;
+        let api_note = if server.addr.to_string() == DEFAULT_API_ADDR {
+            String::new()
+        } else {
+            format!(" --api {}", server.addr)
+        };
+        println!(
+            "devnet: {} nodes on 127.0.0.1{}, data in {}\napi on http://{}",
+            nodes.len(),
+            if resumed { " (resumed)" } else { "" },
+            dir.display(),
+            server.addr
+        );
+        println!(
+            "try, in another terminal:\n  \
+             cairn put FILE{api_note}          # prints the file's reference, cairn:f:...\n  \
+             cairn get REF -o COPY{api_note}\n  \
+             cairn stat REF{api_note}\n  \
+             cairn rm REF{api_note}\n  \
+             cairn status{api_note}\n\
+             (from the source tree: cargo run --release -- put FILE)\n\
+             Ctrl-C stops the devnet; run it again on the same --dir to resume with its data."
+        );
+        stop_signal().await;
+        eprintln!("stopping {} nodes", nodes.len());
+        drop(server);
+        for node in &nodes {
+            node.shutdown().await;
+        }
+        Ok(())
+    })
+}

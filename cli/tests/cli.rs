@@ -1,0 +1,198 @@
+//! The `cairn` binary end to end: a devnet and node processes started by the test,
+//! driven by the CLI as a person would.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A child process killed (and reaped) on drop, on every path.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cairn ARGS` and waits (bounded) for a stdout line starting with `prefix`;
+/// returns the process and the rest of that line.
+fn start(home: &Path, args: &[&str], prefix: &str) -> (Guard, String) {
+    let mut child = Command::new(CAIRN)
+        .args(args)
+        .env("CAIRN_HOME", home)
+        .env_remove("CAIRN_API")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = Guard(child);
+    let (tx, rx) = mpsc::channel();
+    let prefix = prefix.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let rest = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("`cairn {}` did not print {prefix:?}", args.join(" ")));
+    (guard, rest)
+}
+
+fn cairn(home: &Path, args: &[&str]) -> Output {
+    Command::new(CAIRN)
+        .args(args)
+        .env("CAIRN_HOME", home)
+        .env_remove("CAIRN_API")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out = cairn(home, args);
+    assert!(
+        out.status.success(),
+        "`cairn {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(home: &Path, args: &[&str]) -> String {
+    let out = cairn(home, args);
+    assert!(!out.status.success(), "`cairn {}` should fail", args.join(" "));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn devnet_put_get_stat_rm_and_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let dir = tmp.path().join("devnet");
+    let dir_arg = dir.to_str().unwrap();
+    let (devnet, api) = start(
+        &home,
+        &["devnet", "--nodes", "6", "--dir", dir_arg, "--api", "127.0.0.1:0"],
+        "api on http://",
+    );
+    let input = tmp.path().join("input.bin");
+    let data = random_file(&input, (2 << 20) + 12_345, 7);
+    let api_args = ["--api", api.as_str()];
+    let with_api = |args: &[&str]| -> Vec<String> {
+        args.iter().chain(api_args.iter()).map(|s| s.to_string()).collect()
+    };
+    let run = |args: &[&str]| ok(&home, &with_api(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let run_fails =
+        |args: &[&str]| fails(&home, &with_api(args).iter().map(String::as_str).collect::<Vec<_>>());
+
+    let reference = run(&["put", input.to_str().unwrap()]).trim().to_string();
+    assert!(reference.starts_with("cairn:f:"), "{reference}");
+    assert!(home.join("owner.key").exists(), "the first put created the owner key");
+
+    let output = tmp.path().join("output.bin");
+    run(&["get", &reference, "-o", output.to_str().unwrap()]);
+    assert!(std::fs::read(&output).unwrap() == data, "get gave other bytes");
+
+    let stat = run(&["stat", &reference]);
+    assert!(stat.contains("2.0 MiB"), "{stat}");
+    assert!(stat.contains("6/6"), "stat shows every fragment live: {stat}");
+    let status = run(&["status"]);
+    assert!(status.contains("joined:     true"), "{status}");
+
+    run(&["rm", &reference]);
+    let error = run_fails(&["get", &reference]);
+    assert!(error.contains("no file"), "{error}");
+
+    let error = run_fails(&["get", "cairn:f:not-a-reference"]);
+    assert!(error.contains("reference"), "{error}");
+    drop(devnet);
+
+    let error = fails(&home, &["status", "--api", &api]);
+    assert!(error.contains("cannot reach the cairn API"), "{error}");
+}
+
+#[test]
+fn node_processes_survive_a_kill_and_a_restart_on_their_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    // Prints "cairn node ID listening on ADDR" (and "api on http://ADDR" with --api).
+    let node = |i: usize, listen: &str, extra: &[&str], until: &str| {
+        let dir = tmp.path().join(format!("node-{i}"));
+        let mut args: Vec<String> = ["node", "run", "--data", dir.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--listen", listen, "--tick-ms", "300"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        start(&home, &args, until)
+    };
+    let id_and_addr = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (words[0].to_string(), words[words.len() - 1].to_string())
+    };
+    let (first, api) = node(0, "127.0.0.1:0", &["--api", "127.0.0.1:0"], "api on http://");
+    let first_addr = ok(&home, &["status", "--api", &api])
+        .lines()
+        .find_map(|l| l.strip_prefix("address:").map(|a| a.trim().to_string()))
+        .unwrap();
+    let mut nodes = vec![(first, String::new(), String::new())];
+    for i in 1..5 {
+        let (guard, line) = node(i, "127.0.0.1:0", &["--bootstrap", &first_addr], "cairn node ");
+        let (id, addr) = id_and_addr(&line);
+        nodes.push((guard, id, addr));
+    }
+    let input = tmp.path().join("input.bin");
+    let data = random_file(&input, 700_000, 3);
+    let reference = ok(
+        &home,
+        &["put", input.to_str().unwrap(), "-k", "2", "-m", "1", "--api", &api],
+    )
+    .trim()
+    .to_string();
+    let output = tmp.path().join("output.bin");
+    let get = || {
+        let _ = std::fs::remove_file(&output);
+        ok(&home, &["get", &reference, "-o", output.to_str().unwrap(), "--api", &api]);
+        assert!(std::fs::read(&output).unwrap() == data, "get gave other bytes");
+    };
+    get();
+
+    // kill -9 one node process: the file still reads (m = 1).
+    let (id, addr) = (nodes[2].1.clone(), nodes[2].2.clone());
+    drop(std::mem::replace(&mut nodes[2].0, Guard(Command::new("true").spawn().unwrap())));
+    get();
+    // Restarted on its data dir and address it comes back with the same id, and the
+    // file reads with another node down instead.
+    let (guard, line) = node(2, &addr, &["--bootstrap", &first_addr], "cairn node ");
+    assert_eq!(id_and_addr(&line).0, id, "a restarted node keeps its id");
+    nodes[2].0 = guard;
+    drop(std::mem::replace(&mut nodes[3].0, Guard(Command::new("true").spawn().unwrap())));
+    get();
+}

@@ -1,0 +1,701 @@
+//! The local HTTP API of a node: what the `cairn` CLI (and later the FUSE mount) talk
+//! to. It runs the client pipeline on the node's behalf, over the network.
+//!
+//! Owns: the routes, their JSON shapes and their errors ([`ApiError`] and the JSON
+//! `{"error": ...}` bodies), [`ApiServer`], and the hex form signed values travel in.
+//!
+//! May use: everything below it, chiefly [`crate::daemon`] and [`crate::client`].
+//!
+//! # Keys stay with the user
+//! The node holds no owner key. A put is two requests: `PUT /v1/files` carries the
+//! owner's signed upload grant (header `x-cairn-grant`, hex) and streams the bytes;
+//! the node stores every block and answers with the unsigned certificate body; the
+//! client checks and signs it and sends it to `POST /v1/certificates`, which makes the
+//! file readable. `DELETE` carries an owner-signed reclaim (`x-cairn-reclaim`).
+//!
+//! | route | what |
+//! |---|---|
+//! | `PUT /v1/files?k=&m=&segment_size=` | store a stream; answers the certificate to sign |
+//! | `POST /v1/certificates` | publish a signed certificate; answers the reference |
+//! | `GET /v1/files/{ref}` | the file's bytes, every block verified (Content-Length set) |
+//! | `GET /v1/files/{ref}/stat` | certificate, blocks, who holds which fragment |
+//! | `DELETE /v1/files/{ref}` | reclaim (owner-signed) |
+//! | `GET /v1/status` | node id, leaf set, storage |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Errors are JSON `{"error": "..."}`: 400 malformed input, 401 missing token, 403
+//! a signature that is not the owner's, 404 unknown file, 502 the network could not
+//! supply verified bytes, 507 the network cannot place the file (with the reason).
+
+pub mod client;
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+
+use crate::client::{
+    FileIdentity, GetError, GetOptions, GetTarget, PutError, PutOptions, put_unsigned,
+};
+use crate::crypto::{FileCertificate, Signed, UploadGrant};
+use crate::daemon::gateway::Upload;
+use crate::daemon::{GatewayError, NetworkFragments, Node, unix_now};
+use crate::erasure::ErasureParams;
+use crate::id::{FileId, Reference};
+use crate::manifest::DEFAULT_SEGMENT_SIZE;
+
+/// The CLI's default API address.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7070";
+
+/// Header carrying the owner's signed upload grant, hex.
+pub const GRANT_HEADER: &str = "x-cairn-grant";
+/// Header carrying the owner's signed reclaim certificate, hex.
+pub const RECLAIM_HEADER: &str = "x-cairn-reclaim";
+
+/// An API error: an HTTP status and a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: status.as_u16(),
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(error: GatewayError) -> ApiError {
+        let status = match &error {
+            GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
+            GatewayError::Placement(_) => StatusCode::INSUFFICIENT_STORAGE,
+            GatewayError::BadReclaim(_) => StatusCode::FORBIDDEN,
+            GatewayError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, chain(&error))
+    }
+}
+
+/// Lowercase hex of `bytes` (how signed values travel in headers).
+pub fn encode_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Bytes from hex (either case); `None` if it is not hex of whole bytes.
+pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect()
+}
+
+/// How to serve the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Where to listen (127.0.0.1 by default).
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer <token>` when set; must be set to listen on
+    /// anything but loopback.
+    pub token: Option<String>,
+}
+
+/// A running API server.
+#[derive(Debug)]
+pub struct ApiServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Stops serving.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    /// Listening elsewhere than loopback needs a token.
+    #[error("the API may listen on {0} (not loopback) only with a token (--api-token or CAIRN_API_TOKEN)")]
+    NeedToken(SocketAddr),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: Node,
+    token: Option<Arc<str>>,
+}
+
+/// Starts serving the API of `node`.
+pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartError> {
+    if !config.listen.ip().is_loopback() && config.token.is_none() {
+        return Err(ApiStartError::NeedToken(config.listen));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ApiStartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ApiStartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let state = AppState {
+        node,
+        token: config.token.map(Arc::from),
+    };
+    let app = Router::new()
+        .route("/v1/files", put(put_file))
+        .route("/v1/certificates", post(post_certificate))
+        .route("/v1/files/{reference}", get(get_file).delete(delete_file))
+        .route("/v1/files/{reference}/stat", get(stat_file))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the API server stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "API listening");
+    Ok(ApiServer { addr, task })
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_ref()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this API needs `Authorization: Bearer <token>` (set CAIRN_API_TOKEN)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn parse_file_reference(text: &str) -> Result<FileId, ApiError> {
+    match Reference::from_str(text) {
+        Ok(Reference::File(file)) => Ok(file),
+        Ok(other) => Err(ApiError::bad_request(format!(
+            "{text} is not a file reference ({other:?}); files are cairn:f:..."
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "{text:?} is not a cairn reference: {e}"
+        ))),
+    }
+}
+
+fn signed_header<T: crate::crypto::Certificate>(
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<(Signed<T>, Vec<u8>), ApiError> {
+    let text = headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request(format!("the {name} header is missing")))?;
+    let bytes = decode_hex(text)
+        .ok_or_else(|| ApiError::bad_request(format!("the {name} header is not hex")))?;
+    let signed = Signed::<T>::from_bytes(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the {name} header: {e}")))?;
+    signed
+        .verify()
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the {name} header: {e}")))?;
+    Ok((signed, bytes))
+}
+
+/// Query of `PUT /v1/files`.
+#[derive(Debug, Deserialize)]
+pub struct PutQuery {
+    /// Data fragments per block.
+    pub k: Option<u16>,
+    /// Parity fragments per block.
+    pub m: Option<u16>,
+    /// Bytes per block.
+    pub segment_size: Option<u32>,
+}
+
+/// Answer of `PUT /v1/files`: the certificate body for the owner to sign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutAnswer {
+    /// postcard of the [`FileCertificate`] body, hex: check it, sign it, post it.
+    pub certificate: String,
+    /// The file id (`cairn:f:` + this is the reference once published).
+    pub file_id: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// Data blocks.
+    pub blocks: u64,
+    /// Fragments stored (all blocks and the manifest block).
+    pub fragments_stored: u64,
+    /// Blocks stored under a new salt because their first key was full (file diversion).
+    pub diverted_blocks: u64,
+}
+
+/// A blocking reader over the chunks of a request body, fed by an async task.
+struct BodyReader {
+    chunks: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Bounded: each pass takes a chunk or ends; empty chunks are skipped.
+        while self.current.is_empty() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => self.current = chunk,
+                Ok(Err(e)) => return Err(io::Error::other(e)),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Feeds `body` into a bounded channel read by a [`BodyReader`] (a few chunks in
+/// flight: the upload waits for the pipeline, never buffers the whole file).
+fn body_reader(mut body: Body) -> BodyReader {
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    tokio::spawn(async move {
+        loop {
+            let item = match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Ok(data),
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => Err(format!("the upload broke off: {e}")),
+            };
+            let failed = item.is_err();
+            let tx = tx.clone();
+            // The channel is bounded: wait for room on the blocking pool, not here.
+            let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok()).await;
+            if failed || !matches!(sent, Ok(true)) {
+                break;
+            }
+        }
+    });
+    BodyReader {
+        chunks: rx,
+        current: Bytes::new(),
+    }
+}
+
+async fn put_file(
+    State(state): State<AppState>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<PutAnswer>, ApiError> {
+    let (grant, grant_bytes) = signed_header::<UploadGrant>(&headers, GRANT_HEADER)?;
+    let now = unix_now();
+    grant
+        .body
+        .check_time(now)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the upload grant: {e}")))?;
+    let k = query.k.unwrap_or(ErasureParams::DEFAULT.k());
+    let m = query.m.unwrap_or(ErasureParams::DEFAULT.m());
+    let params = ErasureParams::new(k, m)
+        .map_err(|e| ApiError::bad_request(format!("erasure parameters k={k} m={m}: {e}")))?;
+    let mut options = PutOptions::new(params, now);
+    options.segment_size = query.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
+    options.name_salt = grant.body.name_salt;
+    let identity = FileIdentity::from(&grant.body);
+    let upload = Upload {
+        grant: Arc::new(grant_bytes),
+        file: grant.body.file_id,
+    };
+    let store = NetworkFragments::new(state.node.clone(), Handle::current(), Some(upload));
+    let reader = body_reader(body);
+    let unsigned = tokio::task::spawn_blocking(move || put_unsigned(reader, &identity, &options, &store))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(put_error)?;
+    state.node.counters().files_put.fetch_add(1, Ordering::Relaxed);
+    let certificate = postcard::to_stdvec(&unsigned.certificate)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(PutAnswer {
+        certificate: encode_hex(&certificate),
+        file_id: unsigned.certificate.file_id.to_string(),
+        size: unsigned.certificate.size,
+        blocks: unsigned.manifest.blocks.len() as u64,
+        fragments_stored: unsigned.fragments_stored,
+        diverted_blocks: unsigned.diverted_blocks,
+    }))
+}
+
+fn put_error(error: PutError) -> ApiError {
+    let status = match &error {
+        PutError::CannotPlace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        PutError::SegmentSize { .. } | PutError::Params(_) | PutError::FileTooLarge { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        PutError::Read { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, chain(&error))
+}
+
+/// Answer of `POST /v1/certificates`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishAnswer {
+    /// The file's reference, `cairn:f:...`.
+    pub reference: String,
+    /// How many nodes keep the certificate.
+    pub replicas: usize,
+}
+
+async fn post_certificate(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<axum::Json<PublishAnswer>, ApiError> {
+    let signed = Signed::<FileCertificate>::from_bytes(&body)
+        .map_err(|e| ApiError::bad_request(format!("the certificate: {e}")))?;
+    signed
+        .verify()
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the certificate: {e}")))?;
+    let replicas = state.node.publish_certificate(body.to_vec()).await?;
+    Ok(axum::Json(PublishAnswer {
+        reference: Reference::File(signed.body.file_id).to_string(),
+        replicas,
+    }))
+}
+
+/// A blocking writer into a response body channel.
+struct BodyWriter {
+    sender: Option<http_body_util::channel::Sender<Bytes, io::Error>>,
+    runtime: Handle,
+}
+
+impl Write for BodyWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(sender) = self.sender.as_mut() else {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "response closed"));
+        };
+        self.runtime
+            .block_on(sender.send_data(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn get_file(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let file = parse_file_reference(&reference)?;
+    let node = state.node.clone();
+    let certificate = node
+        .find_certificate(file)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no file {reference} is stored in this network (no node has its certificate)"),
+            )
+        })?;
+    let now = unix_now();
+    certificate
+        .body
+        .check_time(now)
+        .map_err(|e| ApiError::new(StatusCode::GONE, format!("{reference}: {e}")))?;
+    let size = certificate.body.size;
+    let (sender, channel) = http_body_util::channel::Channel::<Bytes, io::Error>::new(2);
+    let runtime = Handle::current();
+    let store = NetworkFragments::new(node.clone(), runtime.clone(), None);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = BodyWriter {
+            sender: Some(sender),
+            runtime,
+        };
+        let result = crate::client::get(
+            GetTarget::Certificate(&certificate),
+            &mut writer,
+            &store,
+            &GetOptions::new(now),
+        );
+        match result {
+            Ok(_) => {
+                node.counters().files_got.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(%file, "get failed mid-stream: {}", chain(&error));
+                if let Some(sender) = writer.sender.take() {
+                    // Aborts the response: the client sees a short body, never wrong bytes.
+                    sender.abort(io::Error::other(get_error_text(&error)));
+                }
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .body(Body::new(channel))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
+}
+
+fn get_error_text(error: &GetError) -> String {
+    chain(error)
+}
+
+async fn stat_file(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let file = parse_file_reference(&reference)?;
+    let stat = state.node.stat_file(file).await?;
+    Ok(axum::Json(FileStatAnswer::from(stat)).into_response())
+}
+
+async fn delete_file(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let file = parse_file_reference(&reference)?;
+    let (reclaim, bytes) =
+        signed_header::<crate::crypto::ReclaimCertificate>(&headers, RECLAIM_HEADER)?;
+    if reclaim.body.file_id != file {
+        return Err(ApiError::bad_request(format!(
+            "the reclaim is for file {}, not {reference}",
+            reclaim.body.file_id
+        )));
+    }
+    let report = state.node.reclaim_file(bytes).await?;
+    Ok(axum::Json(report).into_response())
+}
+
+/// Answer of `GET /v1/files/{ref}/stat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileStatAnswer {
+    /// The file's reference.
+    pub reference: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Data fragments per block.
+    pub k: u16,
+    /// Parity fragments per block.
+    pub m: u16,
+    /// The owner's public key.
+    pub owner: String,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
+    /// Expiry, unix seconds.
+    pub expires_at: Option<u64>,
+    /// The manifest block first, then every data block.
+    pub blocks: Vec<BlockAnswer>,
+    /// Blocks with fewer than `k` live fragments.
+    pub unreadable_blocks: usize,
+    /// Blocks with fewer than `n` live fragments.
+    pub degraded_blocks: usize,
+}
+
+/// One block in [`FileStatAnswer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockAnswer {
+    /// `"manifest"` or the block's position.
+    pub block: String,
+    /// Its placement key.
+    pub key: String,
+    /// Its placement salt (non-zero after file diversion).
+    pub salt: u64,
+    /// Fragments with at least one live holder, of `n`.
+    pub live: usize,
+    /// Per fragment index: the ids of the nodes holding a verified copy.
+    pub holders: Vec<Vec<String>>,
+    /// Per fragment index: the ids of nodes keeping a pointer to a diverted copy.
+    pub pointers: Vec<Vec<String>>,
+}
+
+impl From<crate::daemon::gateway::FileStat> for FileStatAnswer {
+    fn from(stat: crate::daemon::gateway::FileStat) -> FileStatAnswer {
+        let ids = |ids: &[crate::id::NodeId]| ids.iter().map(ToString::to_string).collect();
+        FileStatAnswer {
+            reference: Reference::File(stat.certificate.file_id).to_string(),
+            size: stat.certificate.size,
+            k: stat.certificate.k,
+            m: stat.certificate.m,
+            owner: stat.certificate.owner.to_string(),
+            created_at: stat.certificate.created_at,
+            expires_at: stat.certificate.expires_at,
+            blocks: stat
+                .blocks
+                .iter()
+                .map(|b| BlockAnswer {
+                    block: b.block.clone(),
+                    key: b.key.to_string(),
+                    salt: b.salt,
+                    live: b.live,
+                    holders: b.fragments.iter().map(|f| ids(&f.holders)).collect(),
+                    pointers: b.fragments.iter().map(|f| ids(&f.pointers)).collect(),
+                })
+                .collect(),
+            unreadable_blocks: stat.unreadable_blocks,
+            degraded_blocks: stat.degraded_blocks,
+        }
+    }
+}
+
+/// Answer of `GET /v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    /// The node's id.
+    pub id: String,
+    /// Its advertised address.
+    pub address: String,
+    /// Whether it has joined.
+    pub joined: bool,
+    /// Leaf set, counter-clockwise side.
+    pub leaf_left: Vec<String>,
+    /// Leaf set, clockwise side.
+    pub leaf_right: Vec<String>,
+    /// Nodes this node knows the address of.
+    pub known_nodes: usize,
+    /// Bytes of fragments stored.
+    pub used: u64,
+    /// Capacity.
+    pub capacity: u64,
+    /// Free bytes.
+    pub free: u64,
+}
+
+async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
+    let node = &state.node;
+    let view = node.overlay_view();
+    let store = node.store();
+    use crate::store::FragmentStorage;
+    axum::Json(StatusAnswer {
+        id: node.id().to_string(),
+        address: node.advertised().to_string(),
+        joined: view.joined,
+        leaf_left: view.left.iter().map(ToString::to_string).collect(),
+        leaf_right: view.right.iter().map(ToString::to_string).collect(),
+        known_nodes: node.known_addresses(),
+        used: store.used(),
+        capacity: store.capacity(),
+        free: store.free(),
+    })
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    use crate::store::FragmentStorage;
+    let node = &state.node;
+    let c = node.counters();
+    let net = node.net_stats();
+    let store = node.store();
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(text, "# HELP cairn_{name} {help}\n# TYPE cairn_{name} {kind}\ncairn_{name} {value}");
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    metric("store_used_bytes", "gauge", "Bytes of fragments stored.", store.used());
+    metric("store_capacity_bytes", "gauge", "Configured capacity.", store.capacity());
+    metric("fragments_stored_total", "counter", "Fragments stored here.", load(&c.fragments_stored));
+    metric("fragments_diverted_total", "counter", "Fragments this node diverted elsewhere.", load(&c.fragments_diverted));
+    metric("fragments_served_total", "counter", "Fragments served.", load(&c.fragments_served));
+    metric("requests_refused_total", "counter", "PAST requests refused.", load(&c.requests_refused));
+    metric("locates_total", "counter", "Locates started.", load(&c.locates));
+    metric("locates_failed_total", "counter", "Locates that failed.", load(&c.locates_failed));
+    metric("files_put_total", "counter", "Files put through this API.", load(&c.files_put));
+    metric("files_got_total", "counter", "Files read through this API.", load(&c.files_got));
+    metric("placements_failed_total", "counter", "Blocks that could not be placed at a key.", load(&c.placements_failed));
+    metric("net_bytes_sent_total", "counter", "Bytes sent.", net.bytes_sent);
+    metric("net_bytes_received_total", "counter", "Bytes received.", net.bytes_received);
+    metric("net_connections_opened_total", "counter", "Connections opened.", net.connections_opened);
+    metric("net_connections_accepted_total", "counter", "Connections accepted.", net.connections_accepted);
+    metric("net_handshakes_failed_total", "counter", "Handshakes refused.", net.handshakes_failed);
+    metric("net_frames_refused_total", "counter", "Malformed or oversized frames.", net.frames_refused);
+    metric("net_requests_timed_out_total", "counter", "Requests that timed out.", net.requests_timed_out);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,823 @@
+//! The gateway: what a node does for its local API. It puts, gets, describes and
+//! reclaims whole files over the network, running the client pipeline
+//! ([`crate::client`]) with [`NetworkFragments`] as its fragment store.
+//!
+//! Owns: [`NetworkFragments`], [`GatewayError`] and [`PlacementFailure`] (why a block
+//! could not be placed: the message a user sees behind HTTP 507), and the file-level
+//! operations [`Node::publish_certificate`], [`Node::find_certificate`],
+//! [`Node::reclaim_file`] and [`Node::stat_file`].
+//!
+//! Every receipt is checked here (signature, node, key, index, hash, file): a put
+//! succeeds only with `n` valid receipts per block.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::task::JoinSet;
+
+use super::{Node, unix_now};
+use crate::client::FragmentStore;
+use crate::crypto::{FileCertificate, ReclaimCertificate, Signed, StoreReceipt};
+use crate::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef, Offer};
+use crate::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey};
+use crate::manifest::{Manifest, manifest_placement_key};
+use crate::net::NetError;
+use crate::past::{NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest, certificate_key};
+
+/// How many extra nodes beyond the `n` closest a lookup asks when a fragment is not
+/// where it should be (membership changed, or the fragment was diverted).
+const LOOKUP_SPARES: usize = 4;
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The node is stopping.
+    #[error("the node is stopping")]
+    Stopped,
+    /// Routing to a key found nobody (after retries).
+    #[error("no node answered for key {key} after {attempts} attempts")]
+    Locate {
+        /// The key.
+        key: Id,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A node could not be reached.
+    #[error("node {node} is unreachable")]
+    Unreachable {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
+    /// A node answered something that makes no sense here.
+    #[error("node {node} {what}")]
+    Protocol {
+        /// The node.
+        node: NodeId,
+        /// What it did.
+        what: String,
+    },
+    /// A node refused.
+    #[error("node {node} refused: {refusal}")]
+    Refused {
+        /// The node.
+        node: NodeId,
+        /// Its reason.
+        refusal: Refusal,
+    },
+    /// A block could not be placed on `n` nodes.
+    #[error(transparent)]
+    Placement(#[from] PlacementFailure),
+    /// A store receipt did not check out.
+    #[error("node {node} sent a bad store receipt: {reason}")]
+    BadReceipt {
+        /// The node.
+        node: NodeId,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A holder reported that its copy no longer matches its hash.
+    #[error("node {node} reports its copy of fragment {index} is corrupt")]
+    Corrupt {
+        /// The node.
+        node: NodeId,
+        /// The fragment.
+        index: u16,
+    },
+    /// No node keeps a certificate for the file.
+    #[error("no node has a certificate for file {file}")]
+    NotFound {
+        /// The file.
+        file: FileId,
+    },
+    /// The reclaim is not valid for this file.
+    #[error("reclaim refused: {0}")]
+    BadReclaim(String),
+    /// Reading the file's manifest failed.
+    #[error("reading the manifest of file {file}: {reason}")]
+    Manifest {
+        /// The file.
+        file: FileId,
+        /// Why.
+        reason: String,
+    },
+    /// A task of the gateway failed.
+    #[error("a gateway task failed: {0}")]
+    Task(String),
+}
+
+/// Why a block's `n` fragments could not all be placed at one key: the evidence behind
+/// a file diversion, and behind HTTP 507 when every salt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct PlacementFailure {
+    /// The key tried.
+    pub key: PlacementKey,
+    /// Fragments to place.
+    pub needed: usize,
+    /// Fragments placed.
+    pub placed: usize,
+    /// Nodes near the key (fewer than `needed` means the network is too small).
+    pub nodes_found: usize,
+    /// What went wrong, per fragment: index, node and reason.
+    pub failures: Vec<(u16, NodeId, String)>,
+}
+
+impl fmt::Display for PlacementFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nodes_found < self.needed {
+            return write!(
+                f,
+                "only {} node(s) near key {}, {} needed for {} fragments",
+                self.nodes_found, self.key, self.needed, self.needed
+            );
+        }
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, _, reason) in &self.failures {
+            *reasons.entry(reason.as_str()).or_default() += 1;
+        }
+        let reasons: Vec<String> = reasons
+            .iter()
+            .map(|(reason, count)| format!("{count}× {reason}"))
+            .collect();
+        write!(
+            f,
+            "{} of {} fragments placed at key {}; {} node(s) refused or failed: {}",
+            self.placed,
+            self.needed,
+            self.key,
+            self.failures.len(),
+            reasons.join("; ")
+        )
+    }
+}
+
+/// The upload a [`NetworkFragments`] stores fragments for.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    /// The owner's signed [`crate::crypto::UploadGrant`] bytes.
+    pub grant: Arc<Vec<u8>>,
+    /// The file it grants.
+    pub file: FileId,
+}
+
+/// The client pipeline's view of the network: a blocking [`FragmentStore`] over a
+/// running [`Node`]. Call it from a blocking thread (`spawn_blocking`), never from a
+/// runtime thread.
+#[derive(Clone, Debug)]
+pub struct NetworkFragments {
+    node: Node,
+    runtime: Handle,
+    upload: Option<Upload>,
+}
+
+impl NetworkFragments {
+    /// A store that reads through `node`; `upload` is needed to store fragments.
+    pub fn new(node: Node, runtime: Handle, upload: Option<Upload>) -> NetworkFragments {
+        NetworkFragments {
+            node,
+            runtime,
+            upload,
+        }
+    }
+}
+
+impl FragmentStore for NetworkFragments {
+    type Error = GatewayError;
+
+    fn put_fragment(
+        &self,
+        key: &PlacementKey,
+        fragment: FragmentRef<'_>,
+        hash: &FragmentHash,
+    ) -> Result<(), GatewayError> {
+        self.put_block_fragments(key, &[(fragment, *hash)])
+    }
+
+    fn put_block_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<(), GatewayError> {
+        let Some(upload) = &self.upload else {
+            return Err(GatewayError::BadReclaim(
+                "this store was opened for reading only".into(),
+            ));
+        };
+        let owned = fragments
+            .iter()
+            .map(|(f, hash)| (f.index, *hash, f.bytes.to_vec()))
+            .collect();
+        self.runtime
+            .block_on(self.node.store_block(upload, *key, owned))
+    }
+
+    fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Fragment>, GatewayError> {
+        self.get_block_fragments(key, &[index])
+            .pop()
+            .unwrap_or(Ok(None))
+    }
+
+    fn get_block_fragments(
+        &self,
+        key: &PlacementKey,
+        indexes: &[u16],
+    ) -> Vec<Result<Option<Fragment>, GatewayError>> {
+        self.runtime
+            .block_on(self.node.fetch_fragments(*key, indexes))
+    }
+
+    fn put_certificate(&self, certificate: &Signed<FileCertificate>) -> Result<(), GatewayError> {
+        let bytes = certificate
+            .to_bytes()
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        self.runtime
+            .block_on(self.node.publish_certificate(bytes))
+            .map(|_| ())
+    }
+
+    fn get_certificate(
+        &self,
+        file: &FileId,
+    ) -> Result<Option<Signed<FileCertificate>>, GatewayError> {
+        self.runtime.block_on(self.node.find_certificate(*file))
+    }
+
+    fn is_corruption(&self, error: &GatewayError) -> bool {
+        matches!(error, GatewayError::Corrupt { .. })
+    }
+
+    fn is_placement_refusal(&self, error: &GatewayError) -> bool {
+        matches!(error, GatewayError::Placement(_))
+    }
+}
+
+/// Where one fragment of a block is, as seen by `cairn stat`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FragmentHolders {
+    /// The fragment's index.
+    pub index: u16,
+    /// Nodes holding a copy that matches the manifest's hash.
+    pub holders: Vec<NodeId>,
+    /// Nodes holding a pointer to a diverted copy.
+    pub pointers: Vec<NodeId>,
+}
+
+/// One block of a file, as seen by `cairn stat`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockStat {
+    /// `"manifest"` or the block's position in the file.
+    pub block: String,
+    /// The block's placement key.
+    pub key: PlacementKey,
+    /// The placement salt (non-zero after file diversion).
+    pub salt: u64,
+    /// Where each fragment is.
+    pub fragments: Vec<FragmentHolders>,
+    /// How many of the `n` fragments have at least one live holder.
+    pub live: usize,
+}
+
+/// What `cairn stat REF` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileStat {
+    /// The certificate's fields.
+    pub certificate: FileCertificate,
+    /// Every block, the manifest block first.
+    pub blocks: Vec<BlockStat>,
+    /// `n` for every block.
+    pub n: usize,
+    /// Blocks with fewer than `k` live fragments (unreadable now).
+    pub unreadable_blocks: usize,
+    /// Blocks with fewer than `n` live fragments (degraded).
+    pub degraded_blocks: usize,
+}
+
+/// What a reclaim did.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct ReclaimReport {
+    /// Fragments deleted across the network.
+    pub fragments_freed: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Nodes that refused or could not be reached (they keep their copies until
+    /// maintenance catches up).
+    pub failures: Vec<String>,
+}
+
+impl Node {
+    /// Stores one block's fragments: fragment `i` at the `i`-th closest node to `key`,
+    /// each answering with a receipt that is checked here.
+    pub(crate) async fn store_block(
+        &self,
+        upload: &Upload,
+        key: PlacementKey,
+        fragments: Vec<(u16, FragmentHash, Vec<u8>)>,
+    ) -> Result<(), GatewayError> {
+        let needed = fragments.len();
+        let replicas = u16::try_from(needed).unwrap_or(u16::MAX);
+        let nodes = self.locate(key.0, replicas.saturating_add(1)).await?;
+        let failure = |placed, failures| PlacementFailure {
+            key,
+            needed,
+            placed,
+            nodes_found: nodes.len(),
+            failures,
+        };
+        if nodes.len() < needed {
+            return Err(failure(0, Vec::new()).into());
+        }
+        let mut tasks = JoinSet::new();
+        for ((index, hash, bytes), target) in fragments.into_iter().zip(nodes.iter().copied()) {
+            let node = self.clone();
+            let request = PastRequest::Store(StoreRequest {
+                grant: upload.grant.as_ref().clone(),
+                key,
+                index,
+                hash,
+                bytes,
+                replicas,
+            });
+            let file = upload.file;
+            tasks.spawn(async move {
+                let result = match node.ask(&target, request).await {
+                    Ok(PastResponse::Stored {
+                        receipt,
+                        diverted_to,
+                    }) => {
+                        let holder = diverted_to.map_or(target.id, |d| d.id);
+                        check_receipt(&receipt, holder, file, key, index, hash)
+                    }
+                    Ok(PastResponse::Refused(refusal)) => Err(refusal.to_string()),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                (index, target.id, result)
+            });
+        }
+        let mut failures = Vec::new();
+        let mut placed = 0;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, _, Ok(()))) => placed += 1,
+                Ok((index, node, Err(reason))) => failures.push((index, node, reason)),
+                Err(e) => return Err(GatewayError::Task(e.to_string())),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            failures.sort_by_key(|(index, _, _)| *index);
+            tracing::debug!(%key, placed, "block not placed: {:?}", failures);
+            self.counters()
+                .placements_failed
+                .fetch_add(1, Ordering::Relaxed);
+            Err(failure(placed, failures).into())
+        }
+    }
+
+    /// Fetches fragments `indexes` of the block at `key`, in parallel: fragment `i`
+    /// from the `i`-th closest node, following a pointer if it was diverted; a fragment
+    /// not found there is asked of the other nodes near the key.
+    pub(crate) async fn fetch_fragments(
+        &self,
+        key: PlacementKey,
+        indexes: &[u16],
+    ) -> Vec<Result<Option<Fragment>, GatewayError>> {
+        let highest = indexes.iter().copied().max().map_or(0, usize::from);
+        let count = u16::try_from(highest + 1 + LOOKUP_SPARES).unwrap_or(u16::MAX);
+        let nodes = match self.locate(key.0, count).await {
+            Ok(nodes) => Arc::new(nodes),
+            Err(GatewayError::Locate { key, attempts }) => {
+                return indexes
+                    .iter()
+                    .map(|_| Err(GatewayError::Locate { key, attempts }))
+                    .collect();
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                return indexes
+                    .iter()
+                    .map(|_| Err(GatewayError::Task(reason.clone())))
+                    .collect();
+            }
+        };
+        let mut tasks = JoinSet::new();
+        for (position, index) in indexes.iter().copied().enumerate() {
+            let node = self.clone();
+            let nodes = Arc::clone(&nodes);
+            tasks.spawn(async move { (position, node.fetch_one(key, index, &nodes).await) });
+        }
+        let mut results: Vec<Result<Option<Fragment>, GatewayError>> =
+            indexes.iter().map(|_| Ok(None)).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((position, result)) => {
+                    if let Some(slot) = results.get_mut(position) {
+                        *slot = result;
+                    }
+                }
+                Err(e) => tracing::warn!("a fetch task failed: {e}"),
+            }
+        }
+        results
+    }
+
+    async fn fetch_one(
+        &self,
+        key: PlacementKey,
+        index: u16,
+        nodes: &[NodeAddress],
+    ) -> Result<Option<Fragment>, GatewayError> {
+        // The designated holder first, then the others in order of closeness.
+        let designated = nodes.get(usize::from(index)).copied();
+        let order = designated
+            .into_iter()
+            .chain(nodes.iter().copied().filter(|n| Some(*n) != designated));
+        let mut first_error = None;
+        for target in order {
+            let mut asked = target;
+            // At most one pointer is followed (a diverted fragment is never re-diverted).
+            for _ in 0..2 {
+                match self.ask(&asked, PastRequest::Fetch { key, index }).await {
+                    Ok(PastResponse::Fragment { bytes }) => {
+                        return Ok(Some(Fragment { index, bytes }));
+                    }
+                    Ok(PastResponse::Pointer { holder }) if holder != asked => {
+                        asked = holder;
+                        continue;
+                    }
+                    Ok(PastResponse::Corrupt) => {
+                        first_error.get_or_insert(GatewayError::Corrupt {
+                            node: asked.id,
+                            index,
+                        });
+                    }
+                    Ok(PastResponse::NotFound | PastResponse::Pointer { .. }) => {}
+                    Ok(PastResponse::Refused(refusal)) => {
+                        first_error.get_or_insert(GatewayError::Refused {
+                            node: asked.id,
+                            refusal,
+                        });
+                    }
+                    Ok(other) => {
+                        first_error.get_or_insert(GatewayError::Protocol {
+                            node: asked.id,
+                            what: format!("answered a fetch with {other:?}"),
+                        });
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                break;
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a signed certificate on the nodes closest to its certificate key;
+    /// returns how many kept it (at least one, or an error).
+    pub async fn publish_certificate(&self, certificate: Vec<u8>) -> Result<usize, GatewayError> {
+        let body = crate::past::check_certificate(&certificate, unix_now()).map_err(|refusal| {
+            GatewayError::Refused {
+                node: self.id(),
+                refusal,
+            }
+        })?;
+        let replicas = self.config().past.certificate_replicas;
+        let key = certificate_key(&body.file_id);
+        let nodes = self
+            .locate(key.0, u16::try_from(replicas).unwrap_or(u16::MAX))
+            .await?;
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            let request = PastRequest::PutCertificate {
+                certificate: certificate.clone(),
+            };
+            tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
+        }
+        let mut kept = 0;
+        let mut last_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(PastResponse::Done))) => kept += 1,
+                Ok((node, Ok(PastResponse::Refused(refusal)))) => {
+                    last_error = Some(GatewayError::Refused { node, refusal });
+                }
+                Ok((node, Ok(other))) => {
+                    last_error = Some(GatewayError::Protocol {
+                        node,
+                        what: format!("answered a certificate with {other:?}"),
+                    });
+                }
+                Ok((_, Err(e))) => last_error = Some(e),
+                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
+            }
+        }
+        match (kept, last_error) {
+            (0, Some(error)) => Err(error),
+            (0, None) => Err(GatewayError::NotFound {
+                file: body.file_id,
+            }),
+            (kept, _) => Ok(kept),
+        }
+    }
+
+    /// The certificate of `file`, from the first node near its certificate key that
+    /// has one whose signature checks out (`None` if none has).
+    pub async fn find_certificate(
+        &self,
+        file: FileId,
+    ) -> Result<Option<Signed<FileCertificate>>, GatewayError> {
+        let replicas = self.config().past.certificate_replicas + 2;
+        let key = certificate_key(&file);
+        let nodes = self
+            .locate(key.0, u16::try_from(replicas).unwrap_or(u16::MAX))
+            .await?;
+        let mut answered = false;
+        let mut last_error = None;
+        for target in &nodes {
+            match self.ask(target, PastRequest::GetCertificate { file }).await {
+                Ok(PastResponse::Certificate {
+                    certificate: Some(bytes),
+                }) => {
+                    answered = true;
+                    match Signed::<FileCertificate>::from_bytes(&bytes) {
+                        Ok(signed) if signed.verify().is_ok() && signed.body.file_id == file => {
+                            return Ok(Some(signed));
+                        }
+                        _ => tracing::warn!(node = %target.id, %file, "a certificate that does not verify was served; skipped"),
+                    }
+                }
+                Ok(PastResponse::Certificate { certificate: None }) => answered = true,
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (answered, last_error) {
+            (false, Some(error)) => Err(error),
+            _ => Ok(None),
+        }
+    }
+
+    /// The manifest of a certified file, fetched and checked through the network
+    /// (fragments against the certified hashes, the manifest against its hash).
+    async fn manifest_of(
+        &self,
+        certificate: &Signed<FileCertificate>,
+    ) -> Result<crate::manifest::Manifest, GatewayError> {
+        let body = &certificate.body;
+        let file = body.file_id;
+        let failed = |reason: String| GatewayError::Manifest { file, reason };
+        let params = ErasureParams::new(body.k, body.m).map_err(|e| failed(e.to_string()))?;
+        let codec = Codec::new(params).map_err(|e| failed(e.to_string()))?;
+        let key = manifest_placement_key(&body.manifest_hash, body.manifest_salt);
+        let indexes: Vec<u16> = codec.fetch_order().collect();
+        let fetched = self.fetch_fragments(key, &indexes).await;
+        let offers = indexes.iter().zip(fetched).map(|(index, result)| {
+            let offer = match result {
+                Ok(Some(fragment)) => Offer::Fragment(fragment),
+                Ok(None) => Offer::Missing,
+                Err(e) => Offer::Unavailable(e.to_string()),
+            };
+            (*index, offer)
+        });
+        let spec = BlockSpec {
+            hash: BlockHash(body.manifest_hash.0),
+            len: None,
+            fragment_hashes: &body.manifest_fragments,
+        };
+        let (decoded, _) = codec
+            .decode(&spec, offers)
+            .map_err(|e| failed(e.to_string()))?;
+        Manifest::from_block(&decoded.to_vec(), &body.manifest_hash, params)
+            .map_err(|e| failed(e.to_string()))
+    }
+
+    /// Frees a file everywhere: every holder of every block (blocks another live file
+    /// references are kept by their holders) and the certificate's keepers. The
+    /// reclaim must be signed by the file's owner.
+    pub async fn reclaim_file(&self, reclaim: Vec<u8>) -> Result<ReclaimReport, GatewayError> {
+        let order = Signed::<ReclaimCertificate>::from_bytes(&reclaim)
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        order
+            .verify()
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        let file = order.body.file_id;
+        let certificate = self
+            .find_certificate(file)
+            .await?
+            .ok_or(GatewayError::NotFound { file })?;
+        if certificate.body.owner != order.body.owner {
+            return Err(GatewayError::BadReclaim(format!(
+                "file {file} belongs to another owner than the reclaim's signer"
+            )));
+        }
+        let certificate_bytes = certificate
+            .to_bytes()
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        let manifest = self.manifest_of(&certificate).await?;
+        let n = usize::from(manifest.params.n());
+        let mut keys: Vec<(PlacementKey, usize)> = manifest
+            .blocks
+            .iter()
+            .map(|b| (b.placement_key(), n + LOOKUP_SPARES))
+            .collect();
+        keys.push((
+            manifest_placement_key(&certificate.body.manifest_hash, certificate.body.manifest_salt),
+            n + LOOKUP_SPARES,
+        ));
+        keys.sort_by_key(|(key, _)| *key);
+        keys.dedup();
+        let replicas = self.config().past.certificate_replicas + 2;
+        let mut report = ReclaimReport::default();
+        let mut targets: Vec<(PlacementKey, Vec<PlacementKey>, usize)> = keys
+            .into_iter()
+            .map(|(key, count)| (key, vec![key], count))
+            .collect();
+        // Last: the certificate's keepers, which then remember the file as reclaimed.
+        targets.push((certificate_key(&file), Vec::new(), replicas));
+        for (locate_key, block_keys, count) in targets {
+            let nodes = match self
+                .locate(locate_key.0, u16::try_from(count).unwrap_or(u16::MAX))
+                .await
+            {
+                Ok(nodes) => nodes,
+                Err(e) => {
+                    report.failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut tasks = JoinSet::new();
+            for target in nodes {
+                let node = self.clone();
+                let request = PastRequest::Reclaim {
+                    reclaim: reclaim.clone(),
+                    certificate: certificate_bytes.clone(),
+                    keys: block_keys.clone(),
+                };
+                tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((_, Ok(PastResponse::Reclaimed { fragments, bytes }))) => {
+                        report.fragments_freed += fragments;
+                        report.bytes_freed += bytes;
+                    }
+                    Ok((node, Ok(other))) => report.failures.push(format!("{node}: {other:?}")),
+                    Ok((_, Err(e))) => report.failures.push(e.to_string()),
+                    Err(e) => report.failures.push(e.to_string()),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Describes a file: its certificate, and for every block which node holds which
+    /// fragment (checked against the manifest's hashes), and how many are live.
+    pub async fn stat_file(&self, file: FileId) -> Result<FileStat, GatewayError> {
+        let certificate = self
+            .find_certificate(file)
+            .await?
+            .ok_or(GatewayError::NotFound { file })?;
+        let manifest = self.manifest_of(&certificate).await?;
+        let body = certificate.body.clone();
+        let n = usize::from(manifest.params.n());
+        let k = usize::from(manifest.params.k());
+        let mut wanted: Vec<(String, PlacementKey, u64, Vec<FragmentHash>)> = vec![(
+            "manifest".into(),
+            manifest_placement_key(&body.manifest_hash, body.manifest_salt),
+            body.manifest_salt,
+            body.manifest_fragments.clone(),
+        )];
+        for (position, block) in manifest.blocks.iter().enumerate() {
+            wanted.push((
+                position.to_string(),
+                block.placement_key(),
+                block.salt,
+                block.fragments.clone(),
+            ));
+        }
+        let mut blocks = Vec::with_capacity(wanted.len());
+        for (name, key, salt, hashes) in wanted {
+            blocks.push(self.block_stat(name, key, salt, &hashes).await);
+        }
+        let unreadable_blocks = blocks.iter().filter(|b| b.live < k).count();
+        let degraded_blocks = blocks.iter().filter(|b| b.live < n).count();
+        Ok(FileStat {
+            certificate: body,
+            blocks,
+            n,
+            unreadable_blocks,
+            degraded_blocks,
+        })
+    }
+
+    async fn block_stat(
+        &self,
+        block: String,
+        key: PlacementKey,
+        salt: u64,
+        hashes: &[FragmentHash],
+    ) -> BlockStat {
+        let mut fragments: Vec<FragmentHolders> = (0..hashes.len())
+            .map(|index| FragmentHolders {
+                index: u16::try_from(index).unwrap_or(u16::MAX),
+                holders: Vec::new(),
+                pointers: Vec::new(),
+            })
+            .collect();
+        let count = u16::try_from(hashes.len() + LOOKUP_SPARES).unwrap_or(u16::MAX);
+        let nodes = self.locate(key.0, count).await.unwrap_or_default();
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            tasks.spawn(async move {
+                (
+                    target.id,
+                    node.ask(&target, PastRequest::Holdings { key }).await,
+                )
+            });
+        }
+        let mut pointed: Vec<(u16, NodeAddress)> = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((node, Ok(PastResponse::Holdings {
+                fragments: held,
+                pointers,
+                ..
+            }))) = joined
+            else {
+                continue;
+            };
+            for (index, hash) in held {
+                if let Some(slot) = fragments.get_mut(usize::from(index))
+                    && hashes.get(usize::from(index)) == Some(&hash)
+                    && !slot.holders.contains(&node)
+                {
+                    slot.holders.push(node);
+                }
+            }
+            for (index, holder) in pointers {
+                if let Some(slot) = fragments.get_mut(usize::from(index)) {
+                    slot.pointers.push(node);
+                }
+                pointed.push((index, holder));
+            }
+        }
+        // Diverted copies live outside the located set: ask their holders directly.
+        for (index, holder) in pointed {
+            if let Ok(PastResponse::Holdings { fragments: held, .. }) =
+                self.ask(&holder, PastRequest::Holdings { key }).await
+                && held
+                    .iter()
+                    .any(|(i, h)| *i == index && hashes.get(usize::from(index)) == Some(h))
+                && let Some(slot) = fragments.get_mut(usize::from(index))
+                && !slot.holders.contains(&holder.id)
+            {
+                slot.holders.push(holder.id);
+            }
+        }
+        let live = fragments.iter().filter(|f| !f.holders.is_empty()).count();
+        BlockStat {
+            block,
+            key,
+            salt,
+            fragments,
+            live,
+        }
+    }
+}
+
+/// Checks a store receipt against what was asked.
+fn check_receipt(
+    bytes: &[u8],
+    holder: NodeId,
+    file: FileId,
+    key: PlacementKey,
+    index: u16,
+    hash: FragmentHash,
+) -> Result<(), String> {
+    let signed = Signed::<StoreReceipt>::from_bytes(bytes).map_err(|e| format!("bad receipt: {e}"))?;
+    let receipt = signed.verify().map_err(|e| format!("bad receipt: {e}"))?;
+    if receipt.node != holder {
+        return Err(format!("receipt signed by {} instead of {holder}", receipt.node));
+    }
+    if receipt.file_id != file
+        || receipt.placement_key != key
+        || receipt.index != index
+        || receipt.fragment_hash != hash
+    {
+        return Err("receipt for another fragment".into());
+    }
+    Ok(())
+}
