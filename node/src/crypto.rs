@@ -553,7 +553,12 @@ impl Certificate for UploadGrant {
     const DOMAIN: &'static [u8] = b"cairn/upload-grant/v1";
     fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
         require_key(Self::KIND, &self.owner, signer)?;
-        check_file_id(&self.file_id, &self.name_digest, self.name_salt, &self.owner)
+        check_file_id(
+            &self.file_id,
+            &self.name_digest,
+            self.name_salt,
+            &self.owner,
+        )
     }
 }
 
