@@ -2,7 +2,9 @@
 //!
 //! Owns: [`KeyPair`] (an ed25519 secret key, kept in a mode-0600 file, never printed),
 //! [`PublicKey`], the [`Signed`] wrapper and the four signed types of DESIGN.md:
-//! [`FileCertificate`], [`StoreReceipt`], [`ReclaimCertificate`] and [`RootRecord`].
+//! [`FileCertificate`], [`StoreReceipt`], [`ReclaimCertificate`] and [`RootRecord`],
+//! plus the [`UploadGrant`] an owner signs before a put (the certificate can only be
+//! signed after it, since it covers the manifest hash).
 //!
 //! A signature covers `DOMAIN ‖ 0x00 ‖ postcard(body)` where `DOMAIN` names the type
 //! and its version, so a signature made for one type can never verify as another.
@@ -234,6 +236,8 @@ pub enum SignedKind {
     ReclaimCertificate = 3,
     /// [`RootRecord`].
     RootRecord = 4,
+    /// [`UploadGrant`].
+    UploadGrant = 5,
     /// Never used on the wire: reserved for tests of domain separation.
     TestOnly = 255,
 }
@@ -485,6 +489,97 @@ impl Certificate for FileCertificate {
     }
 }
 
+/// An owner's short-lived permission to store fragments for one file, signed before
+/// the put starts.
+///
+/// The file certificate covers the manifest hash, so it can only be signed once every
+/// block is stored; a put streams (stdin, files of many GiB), so it cannot come first.
+/// Nodes therefore store a put's fragments under a valid grant, and the certificate
+/// arrives at the end. The expiry is required: a grant is an open cheque for storage
+/// until then, so it must not outlive the upload it was made for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadGrant {
+    /// `FileId::from_name_digest(name_digest, owner, name_salt)`; checked on verify,
+    /// as for a [`FileCertificate`].
+    pub file_id: FileId,
+    /// `SHA-256(name)`.
+    pub name_digest: Id,
+    /// The salt of `file_id`.
+    pub name_salt: u64,
+    /// The owner, who must be the signer.
+    pub owner: PublicKey,
+    /// When issued, unix seconds.
+    pub issued_at: u64,
+    /// When the grant stops authorising stores, unix seconds.
+    pub expires_at: u64,
+}
+
+impl UploadGrant {
+    /// A grant for the file `name` (salt `name_salt`) of `owner`, issued at `issued_at`
+    /// and valid for `lifetime_secs` (saturating at the end of time).
+    pub fn new(
+        name: &[u8],
+        name_salt: u64,
+        owner: PublicKey,
+        issued_at: u64,
+        lifetime_secs: u64,
+    ) -> UploadGrant {
+        let name_digest = Id::hash(name);
+        UploadGrant {
+            file_id: FileId::from_name_digest(&name_digest, &owner.0, name_salt),
+            name_digest,
+            name_salt,
+            owner,
+            issued_at,
+            expires_at: issued_at.saturating_add(lifetime_secs),
+        }
+    }
+
+    /// Fails with [`VerifyError::Expired`] if the grant has expired at `now`.
+    pub fn check_time(&self, now: u64) -> Result<(), VerifyError> {
+        if now >= self.expires_at {
+            Err(VerifyError::Expired {
+                expired_at: self.expires_at,
+                now,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Certificate for UploadGrant {
+    const KIND: SignedKind = SignedKind::UploadGrant;
+    const DOMAIN: &'static [u8] = b"cairn/upload-grant/v1";
+    fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
+        require_key(Self::KIND, &self.owner, signer)?;
+        check_file_id(
+            &self.file_id,
+            &self.name_digest,
+            self.name_salt,
+            &self.owner,
+        )
+    }
+}
+
+/// Fails with [`VerifyError::ForeignFileId`] unless `file_id` is derived from the
+/// name digest, salt and owner key.
+fn check_file_id(
+    file_id: &FileId,
+    name_digest: &Id,
+    name_salt: u64,
+    owner: &PublicKey,
+) -> Result<(), VerifyError> {
+    if FileId::from_name_digest(name_digest, &owner.0, name_salt) == *file_id {
+        Ok(())
+    } else {
+        Err(VerifyError::ForeignFileId {
+            file_id: *file_id,
+            owner: *owner,
+        })
+    }
+}
+
 /// A storing node's statement "I hold fragment `index` of the block at
 /// `placement_key`". Signed only after the fragment is durable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -604,6 +699,10 @@ mod tests {
         }
     }
 
+    fn grant(owner: &KeyPair) -> UploadGrant {
+        UploadGrant::new(b"notes.txt", 0, owner.public_key(), 1_700_000_004, 3_600)
+    }
+
     fn root(volume: &KeyPair) -> RootRecord {
         RootRecord {
             volume: volume.public_key().volume_key(),
@@ -661,6 +760,7 @@ mod tests {
         assert_replay_refused::<StoreReceipt>(&bytes, T::KIND);
         assert_replay_refused::<ReclaimCertificate>(&bytes, T::KIND);
         assert_replay_refused::<RootRecord>(&bytes, T::KIND);
+        assert_replay_refused::<UploadGrant>(&bytes, T::KIND);
 
         // A tampered field.
         let mut tampered = signed.clone();
@@ -755,6 +855,50 @@ mod tests {
     }
 
     #[test]
+    fn upload_grant_rejections() {
+        let owner = key(8);
+        check_rejections(grant(&owner), &owner, |g| g.expires_at += 1);
+        check_rejections(grant(&owner), &owner, |g| g.issued_at -= 1);
+    }
+
+    #[test]
+    fn upload_grant_names_the_file_its_certificate_will() {
+        let owner = key(8);
+        let grant = UploadGrant::new(b"notes.txt", 3, owner.public_key(), 100, 60);
+        assert_eq!(
+            grant.file_id,
+            FileId::derive(b"notes.txt", &owner.public_key().0, 3)
+        );
+        assert_eq!((grant.issued_at, grant.expires_at), (100, 160));
+        let forever = UploadGrant::new(b"x", 0, owner.public_key(), u64::MAX - 1, 60);
+        assert_eq!(forever.expires_at, u64::MAX, "the lifetime saturates");
+    }
+
+    #[test]
+    fn upload_grants_for_other_owners_files_are_refused() {
+        let (alice, mallory) = (key(1), key(98));
+        let alices = grant(&alice);
+        let stolen = UploadGrant {
+            owner: mallory.public_key(),
+            ..alices.clone()
+        };
+        let signed = Signed::sign(&mallory, stolen).unwrap();
+        assert!(matches!(
+            signed.verify(),
+            Err(VerifyError::ForeignFileId { .. })
+        ));
+        let relabelled = UploadGrant {
+            name_salt: 1,
+            ..alices
+        };
+        let signed = Signed::sign(&alice, relabelled).unwrap();
+        assert!(matches!(
+            signed.verify(),
+            Err(VerifyError::ForeignFileId { .. })
+        ));
+    }
+
+    #[test]
     fn replayed_as_another_type_is_rejected() {
         let owner = key(5);
         let receipt_bytes = Signed::sign(&owner, receipt(&owner))
@@ -822,6 +966,24 @@ mod tests {
         ));
         let huge = vec![1u8; MAX_SIGNED_BYTES + 1];
         assert!(Signed::<FileCertificate>::from_bytes(&huge).is_err());
+
+        let grant_bytes = Signed::sign(&owner, grant(&owner))
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        for len in 0..grant_bytes.len() {
+            assert!(
+                Signed::<UploadGrant>::from_bytes(&grant_bytes[..len]).is_err(),
+                "grant prefix {len}"
+            );
+        }
+        let mut trailing = grant_bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            Signed::<UploadGrant>::from_bytes(&trailing),
+            Err(VerifyError::Malformed { .. })
+        ));
+        assert!(Signed::<UploadGrant>::from_bytes(&huge).is_err());
     }
 
     #[test]
@@ -841,6 +1003,16 @@ mod tests {
             ..certificate
         };
         assert_eq!(forever.check_time(u64::MAX), Ok(()));
+
+        let grant = grant(&owner);
+        assert_eq!(grant.check_time(grant.expires_at - 1), Ok(()));
+        assert_eq!(
+            grant.check_time(grant.expires_at),
+            Err(VerifyError::Expired {
+                expired_at: 1_700_003_604,
+                now: 1_700_003_604
+            })
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! End-to-end tests of the client pipeline (`cairn_node::client`) over the in-memory
 //! store: round trips at boundary sizes, lost and damaged fragments worked around and
-//! reported, too many lost fragments reported clearly, forged certificates refused.
+//! reported, too many lost fragments reported clearly, forged certificates refused;
+//! and the split put under an upload grant, over the disk store, as a node runs it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -446,4 +447,81 @@ fn other_parameters_round_trip() {
         .unwrap();
         assert_eq!(out, input, "{params}");
     }
+}
+
+/// The put as it will run on the network: the owner signs an upload grant, the node
+/// checks it and stores the blocks (recording block references), the owner signs the
+/// certificate the node returns, the node stores it. Over a disk store, read back
+/// after a reopen; then a reclaimed file id is refused.
+#[test]
+fn a_split_put_under_an_upload_grant_round_trips_through_the_disk_store() {
+    use cairn_node::client::{FileIdentity, LocalFragments, finish_put, put_unsigned};
+    use cairn_node::crypto::UploadGrant;
+    use cairn_node::store::{DiskStore, FragmentStorage, StoreError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let owner = KeyPair::from_secret_bytes(&[21; 32]);
+    let input = file_bytes(2 * SEGMENT + 12_345, 21);
+    let now = 1_700_000_000;
+    let options = PutOptions::new(params(), now);
+
+    // Owner side: a grant for ten minutes.
+    let grant = Signed::sign(
+        &owner,
+        UploadGrant::new(b"video.mkv", 0, owner.public_key(), now, 600),
+    )
+    .unwrap();
+    let file = {
+        let store = LocalFragments(DiskStore::open(dir.path(), 1 << 30).unwrap());
+        // Node side: only a valid, unexpired grant lets the put in.
+        let granted = grant.verify().unwrap();
+        granted.check_time(now + 1).unwrap();
+        let identity = FileIdentity::from(granted);
+        let unsigned = put_unsigned(&input[..], &identity, &options, &store).unwrap();
+        for block in &unsigned.manifest.blocks {
+            store
+                .0
+                .add_reference(&block.placement_key(), &identity.file_id)
+                .unwrap();
+        }
+        // Owner side: sign what the node says it stored.
+        let certificate = Signed::sign(&owner, unsigned.certificate.clone()).unwrap();
+        let receipt = finish_put(unsigned, certificate, &store).unwrap();
+        assert_eq!(receipt.file_id(), grant.body.file_id);
+        assert_eq!(receipt.manifest.blocks.len(), 3);
+        receipt.file_id()
+    };
+
+    let store = LocalFragments(DiskStore::open(dir.path(), 1 << 30).unwrap());
+    let mut out = Vec::new();
+    get(
+        GetTarget::File(file),
+        &mut out,
+        &store,
+        &GetOptions {
+            now: now + 2,
+            expected_owner: Some(owner.public_key()),
+        },
+    )
+    .unwrap();
+    assert_eq!(out, input);
+    let certificate = store.get_certificate(&file).unwrap().unwrap();
+
+    // Reclaimed: the same file id cannot be certified again.
+    store
+        .0
+        .put_tombstone(&file, b"reclaim certificate")
+        .unwrap();
+    assert!(store.0.delete_certificate(&file).unwrap());
+    let identity = FileIdentity::from(&grant.body);
+    let unsigned = put_unsigned(&input[..], &identity, &options, &store).unwrap();
+    let err = finish_put(unsigned, certificate, &store).unwrap_err();
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(chain.contains("was reclaimed"), "{chain}");
+    assert!(matches!(
+        store
+            .0
+            .add_reference(&PlacementKey(Id::hash(b"any")), &file),
+        Err(StoreError::Reclaimed { .. })
+    ));
 }

@@ -714,6 +714,73 @@ mod suite {
         // None of these count against the fragment capacity.
         assert_eq!(f.store.used(), 0);
     }
+
+    pub fn references_and_tombstones<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+        let f = make(1 << 20);
+        let (a, b, c) = (
+            FileId(Id::hash(b"a")),
+            FileId(Id::hash(b"b")),
+            FileId(Id::hash(b"c")),
+        );
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(f.store.references(&key(1)).unwrap(), vec![]);
+        f.store.add_reference(&key(1), &a).unwrap();
+        f.store.add_reference(&key(1), &a).unwrap();
+        f.store.add_reference(&key(1), &b).unwrap();
+        f.store.add_reference(&key(2), &c).unwrap();
+        assert_eq!(
+            f.store.references(&key(1)).unwrap(),
+            both,
+            "added twice, listed once"
+        );
+        assert_eq!(f.store.references(&key(2)).unwrap(), vec![c]);
+        assert_eq!(f.store.remove_reference(&key(1), &a).unwrap(), 1);
+        assert_eq!(
+            f.store.remove_reference(&key(1), &a).unwrap(),
+            1,
+            "removing an absent reference changes nothing"
+        );
+        assert_eq!(f.store.remove_reference(&key(1), &c).unwrap(), 1);
+        assert_eq!(f.store.remove_reference(&key(1), &b).unwrap(), 0);
+        assert_eq!(f.store.references(&key(1)).unwrap(), vec![]);
+        assert_eq!(f.store.references(&key(2)).unwrap(), vec![c]);
+
+        assert!(!f.store.is_reclaimed(&a).unwrap());
+        assert_eq!(f.store.get_tombstone(&a).unwrap(), None);
+        f.store.put_certificate(&a, b"certificate of a").unwrap();
+        f.store.add_reference(&key(3), &a).unwrap();
+        f.store.put_tombstone(&a, b"reclaim of a").unwrap();
+        assert!(f.store.is_reclaimed(&a).unwrap());
+        assert!(!f.store.is_reclaimed(&b).unwrap());
+        assert_eq!(f.store.get_tombstone(&a).unwrap().unwrap(), b"reclaim of a");
+        // A reclaimed id is never stored again...
+        let err = f.store.put_certificate(&a, b"again").unwrap_err();
+        assert!(
+            matches!(err, StoreError::Reclaimed { file } if file == a),
+            "{err:?}"
+        );
+        let err = f.store.add_reference(&key(4), &a).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Reclaimed { file } if file == a),
+            "{err:?}"
+        );
+        assert_eq!(f.store.references(&key(4)).unwrap(), vec![]);
+        // ...while what it had stays until the reclaim removes it.
+        assert_eq!(
+            f.store.get_certificate(&a).unwrap().unwrap(),
+            b"certificate of a"
+        );
+        assert_eq!(f.store.remove_reference(&key(3), &a).unwrap(), 0);
+        assert!(f.store.delete_certificate(&a).unwrap());
+        f.store.put_certificate(&b, b"certificate of b").unwrap();
+        f.store.add_reference(&key(3), &b).unwrap();
+        assert_eq!(
+            f.store.used(),
+            0,
+            "metadata is not counted as fragment bytes"
+        );
+    }
 }
 
 /// Runs every check of the shared suite as its own test against one implementation.
@@ -757,6 +824,10 @@ macro_rules! shared_suite {
             #[test]
             fn certificates_pointers_and_roots() {
                 suite::certificates_pointers_and_roots($make);
+            }
+            #[test]
+            fn references_and_tombstones() {
+                suite::references_and_tombstones($make);
             }
         }
     };
@@ -843,6 +914,38 @@ fn disk_store_keeps_everything_across_reopen() {
         ),
         "{err:?}"
     );
+}
+
+#[test]
+fn disk_store_keeps_references_and_tombstones_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, gone, reclaimed) = (
+        FileId(Id::hash(b"kept")),
+        FileId(Id::hash(b"gone")),
+        FileId(Id::hash(b"reclaimed")),
+    );
+    {
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        store.add_reference(&key(1), &kept).unwrap();
+        store.add_reference(&key(1), &gone).unwrap();
+        store.add_reference(&key(2), &reclaimed).unwrap();
+        assert_eq!(store.remove_reference(&key(1), &gone).unwrap(), 1);
+        store.put_tombstone(&reclaimed, b"reclaim").unwrap();
+    }
+    let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(store.references(&key(1)).unwrap(), vec![kept]);
+    assert_eq!(store.references(&key(2)).unwrap(), vec![reclaimed]);
+    assert!(store.is_reclaimed(&reclaimed).unwrap());
+    assert_eq!(
+        store.get_tombstone(&reclaimed).unwrap().unwrap(),
+        b"reclaim"
+    );
+    assert!(!store.is_reclaimed(&kept).unwrap());
+    assert!(matches!(
+        store.put_certificate(&reclaimed, b"again"),
+        Err(StoreError::Reclaimed { .. })
+    ));
+    assert_eq!(store.used(), 0);
 }
 
 #[test]

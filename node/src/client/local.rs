@@ -13,6 +13,10 @@ use crate::store::{FragmentStorage, OfferedFragment, StoreError};
 
 /// A [`FragmentStore`] that is one local [`FragmentStorage`]: every fragment of every
 /// block goes to it, and certificates are verified before they are stored.
+///
+/// It never reports a placement refusal ([`FragmentStore::is_placement_refusal`]):
+/// every placement key lands on the same store, so diverting a block to another key
+/// cannot find room a full store lacks; a full store fails the put at once.
 #[derive(Debug)]
 pub struct LocalFragments<S>(pub S);
 

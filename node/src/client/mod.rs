@@ -3,8 +3,10 @@
 //!
 //! Owns: the [`FragmentStore`] trait (where fragments and certificates go and come
 //! from: the local sled store now, the network later), [`put`] and [`get`] with their
-//! options, results and errors ([`PutError`], [`GetError`]), and [`MemoryFragments`], an
-//! in-memory store with hooks to delete, corrupt, truncate, relabel and fail fragments.
+//! options, results and errors ([`PutError`], [`GetError`]), the split put
+//! ([`put_unsigned`] then [`finish_put`]) for callers that do not hold the owner's key,
+//! and [`MemoryFragments`], an in-memory store with hooks to delete, corrupt, truncate,
+//! relabel and fail fragments and to refuse placements.
 //!
 //! May use: [`crate::id`], [`crate::crypto`], [`crate::erasure`], [`crate::manifest`],
 //! and [`crate::store`] only in [`LocalFragments`], the adapter that makes a local
@@ -19,11 +21,24 @@
 //! file certificate, which covers the manifest hash, is signed and stored. Peak memory:
 //! one segment's `n` fragments plus the manifest.
 //!
+//! The signing is a seam: [`put_unsigned`] stores the blocks and the manifest and
+//! returns the certificate body; the owner signs it wherever the key is (the CLI), and
+//! [`finish_put`] checks and stores it. On the network the blocks go out under the
+//! owner's [`UploadGrant`], signed before the put starts.
+//!
+//! File diversion (PAST): when the store says it cannot place a block's fragments at
+//! its placement key ([`FragmentStore::is_placement_refusal`]), the block is retried
+//! at the keys of salt 1, 2, ... up to [`PutOptions::max_file_diversions`], and the
+//! salt is recorded in its manifest entry (for the manifest block, in the
+//! certificate), where get finds it. Other store errors fail the put at once.
+//!
 //! # Get
 //! Verifies the certificate (signature, owner, file id, expiry at the caller's `now`),
 //! fetches and decodes the manifest block against the certified fragment hashes, checks
 //! the manifest hash, then for each block fetches fragments data-first, decodes from the
-//! first `k` that verify, checks the block hash and writes the block out. A fragment
+//! first `k` that verify, checks the block hash and writes the block out. Fragments
+//! are fetched in batches ([`FragmentStore::get_block_fragments`]): the first `k` of a
+//! block in one call, the other `m` in a second only if fewer than `k` verified. A fragment
 //! that is missing, fails to load or fails a check is skipped and counted in
 //! [`GetStats`]; a block fails only when fewer than `k` good fragments remain.
 
@@ -31,15 +46,15 @@ mod local;
 
 pub use local::{LocalFragments, LocalStoreError};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::error::Error as StdError;
 use std::io::{self, Read, Write};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::crypto::{FileCertificate, KeyPair, PublicKey, Signed, VerifyError};
+use crate::crypto::{FileCertificate, KeyPair, PublicKey, Signed, UploadGrant, VerifyError};
 use crate::erasure::{
-    BlockSpec, Codec, DecodeError, DecodeStats, EncodeError, ErasureParams, Fragment, FragmentRef,
-    Offer, ParamsError, SkipReason,
+    BlockSpec, Codec, DecodeError, DecodeStats, EncodeError, EncodedBlock, ErasureParams, Fragment,
+    FragmentRef, Offer, ParamsError, SkipReason,
 };
 use crate::id::{BlockHash, FileId, FragmentHash, Id, ManifestHash, PlacementKey, Reference};
 use crate::manifest::{
@@ -102,9 +117,34 @@ pub trait FragmentStore {
         file: &FileId,
     ) -> Result<Option<Signed<FileCertificate>>, Self::Error>;
 
+    /// Fetches fragments `indexes` of the block at `key`: one result per index, in
+    /// order. [`get`] asks for a block's first `k` fragments in one call, so a network
+    /// store overrides this to fetch them in parallel; the default asks
+    /// [`Self::get_fragment`] for each in turn.
+    fn get_block_fragments(
+        &self,
+        key: &PlacementKey,
+        indexes: &[u16],
+    ) -> Vec<Result<Option<Fragment>, Self::Error>> {
+        indexes
+            .iter()
+            .map(|&index| self.get_fragment(key, index))
+            .collect()
+    }
+
     /// Whether `error` means the store found the fragment's bytes damaged (counted as
     /// corrupt in [`GetStats`]) rather than being unable to answer (unavailable).
     fn is_corruption(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
+    /// Whether `error` (from [`Self::put_block_fragments`]) means the store could not
+    /// place the block's `n` fragments at this placement key (the nodes around it are
+    /// full or refused), so that [`put`] should divert the block to another key (PAST's
+    /// file diversion). Any other error fails the put at once. A store for which
+    /// another key cannot help (one local disk) keeps the default, `false`.
+    fn is_placement_refusal(&self, error: &Self::Error) -> bool {
         let _ = error;
         false
     }
@@ -136,8 +176,18 @@ impl<S: FragmentStore + ?Sized> FragmentStore for &S {
     fn get_certificate(&self, file: &FileId) -> Result<Option<Signed<FileCertificate>>, S::Error> {
         (**self).get_certificate(file)
     }
+    fn get_block_fragments(
+        &self,
+        key: &PlacementKey,
+        indexes: &[u16],
+    ) -> Vec<Result<Option<Fragment>, S::Error>> {
+        (**self).get_block_fragments(key, indexes)
+    }
     fn is_corruption(&self, error: &S::Error) -> bool {
         (**self).is_corruption(error)
+    }
+    fn is_placement_refusal(&self, error: &S::Error) -> bool {
+        (**self).is_placement_refusal(error)
     }
 }
 
@@ -149,12 +199,20 @@ pub struct PutOptions {
     /// Bytes per block ([`DEFAULT_SEGMENT_SIZE`] unless measuring).
     pub segment_size: u32,
     /// The salt in `FileId::derive(name, owner, salt)`: 0 for the first file of a name.
+    /// Used by [`put`]; [`put_unsigned`] takes it from its [`FileIdentity`].
     pub name_salt: u64,
     /// Creation time written into the certificate (unix seconds).
     pub created_at: u64,
     /// Expiry written into the certificate (unix seconds), if any.
     pub expires_at: Option<u64>,
+    /// How many other placement keys (salts 1, 2, ...) a block whose fragments the
+    /// store could not place is retried at before the put fails (PAST's file
+    /// diversion). 0 turns diversion off.
+    pub max_file_diversions: u64,
 }
+
+/// [`PutOptions::max_file_diversions`] unless set: PAST's default of three retries.
+pub const DEFAULT_MAX_FILE_DIVERSIONS: u64 = 3;
 
 impl PutOptions {
     /// Options with `params`, created at `created_at`, the default segment size, salt
@@ -166,8 +224,63 @@ impl PutOptions {
             name_salt: 0,
             created_at,
             expires_at: None,
+            max_file_diversions: DEFAULT_MAX_FILE_DIVERSIONS,
         }
     }
+}
+
+/// Which file a put stores: its id and what the id is derived from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// `FileId::from_name_digest(name_digest, owner, name_salt)`.
+    pub file_id: FileId,
+    /// `SHA-256(name)`.
+    pub name_digest: Id,
+    /// The salt of `file_id`.
+    pub name_salt: u64,
+    /// The file's owner, who signs its certificate.
+    pub owner: PublicKey,
+}
+
+impl FileIdentity {
+    /// The identity of the file `name` (salt `name_salt`) of `owner`.
+    pub fn new(name: &[u8], name_salt: u64, owner: PublicKey) -> FileIdentity {
+        let name_digest = Id::hash(name);
+        FileIdentity {
+            file_id: FileId::from_name_digest(&name_digest, &owner.0, name_salt),
+            name_digest,
+            name_salt,
+            owner,
+        }
+    }
+}
+
+impl From<&UploadGrant> for FileIdentity {
+    /// The file a grant allows storing (as the grant claims it: verify the grant first).
+    fn from(grant: &UploadGrant) -> FileIdentity {
+        FileIdentity {
+            file_id: grant.file_id,
+            name_digest: grant.name_digest,
+            name_salt: grant.name_salt,
+            owner: grant.owner,
+        }
+    }
+}
+
+/// What [`put_unsigned`] stored: everything but the owner's signature.
+#[derive(Debug, Clone)]
+pub struct UnsignedPut {
+    /// The certificate to sign (its body; it covers the manifest hash).
+    pub certificate: FileCertificate,
+    /// The file's manifest.
+    pub manifest: Manifest,
+    /// Its hash (also the block hash of the manifest block).
+    pub manifest_hash: ManifestHash,
+    /// Fragments stored (all blocks and the manifest block).
+    pub fragments_stored: u64,
+    /// Blocks (the manifest block included) stored under a diverted placement key
+    /// (salt > 0) because the store refused the first.
+    pub diverted_blocks: u64,
 }
 
 /// What a successful put produced.
@@ -183,6 +296,8 @@ pub struct PutReceipt {
     pub reference: Reference,
     /// Fragments stored (all blocks and the manifest block).
     pub fragments_stored: u64,
+    /// Blocks (the manifest block included) stored under a diverted placement key.
+    pub diverted_blocks: u64,
 }
 
 impl PutReceipt {
@@ -252,6 +367,39 @@ pub enum PutError {
     /// The certificate could not be signed.
     #[error("the file certificate could not be signed")]
     Sign(#[source] VerifyError),
+    /// The store could not place a block's fragments at its placement key nor at any
+    /// diverted one; `source` is the store's last refusal, which says why.
+    #[error(
+        "block {block} could not be placed: refused at {attempts} placement keys \
+         (salts 0 to {last_salt}); last refusal: {source}",
+        last_salt = attempts.saturating_sub(1)
+    )]
+    CannotPlace {
+        /// The block (for the manifest block: the manifest hash).
+        block: BlockHash,
+        /// Placement keys tried (1 + the diversions allowed).
+        attempts: u64,
+        /// The store's refusal at the last key tried.
+        #[source]
+        source: StoreError,
+    },
+    /// The signed certificate handed to [`finish_put`] is not the one the put made.
+    #[error("the signed certificate does not match the put of file {file}: its {field} differs")]
+    CertificateMismatch {
+        /// The file the put stored.
+        file: FileId,
+        /// The first field that differs.
+        field: &'static str,
+    },
+    /// The signed certificate handed to [`finish_put`] does not verify.
+    #[error("the signed certificate of file {file} does not verify")]
+    CertificateInvalid {
+        /// The file.
+        file: FileId,
+        /// Why.
+        #[source]
+        source: VerifyError,
+    },
     /// The store refused the certificate.
     #[error("storing the certificate of file {file} failed")]
     StoreCertificate {
@@ -265,16 +413,41 @@ pub enum PutError {
 
 /// Stores what `reader` yields as the file `name` of `owner`, one segment at a time.
 ///
-/// Fragments go first, then the manifest block, then the certificate (signed last: it
-/// covers the manifest hash). On error, fragments already stored stay where they are
-/// (unreferenced until a certificate names them).
+/// [`put_unsigned`], then the certificate signed with `owner`, then [`finish_put`]: a
+/// caller holding the owner's key in-process does all three at once. On error,
+/// fragments already stored stay where they are (unreferenced until a certificate
+/// names them).
 pub fn put<S: FragmentStore + ?Sized>(
-    mut reader: impl Read,
+    reader: impl Read,
     name: &[u8],
     owner: &KeyPair,
     options: &PutOptions,
     store: &S,
 ) -> Result<PutReceipt, PutError> {
+    let file = FileIdentity::new(name, options.name_salt, owner.public_key());
+    let unsigned = put_unsigned(reader, &file, options, store)?;
+    let certificate = Signed::sign(owner, unsigned.certificate.clone()).map_err(PutError::Sign)?;
+    finish_put(unsigned, certificate, store)
+}
+
+/// Stores what `reader` yields as `file`, one segment at a time: every block, then the
+/// manifest block. Returns the certificate body for the owner to sign (it covers the
+/// manifest hash, so it can only be made now) and hand to [`finish_put`].
+///
+/// This is the half of a put that needs no owner key: a node runs it under the
+/// owner's [`UploadGrant`] (give `FileIdentity::from(&grant)`), and the owner signs
+/// the result. `options.name_salt` is not used: `file` carries the salt.
+///
+/// A block whose fragments the store cannot place at its placement key
+/// ([`FragmentStore::is_placement_refusal`]) is retried at the keys of salt 1, 2, ...
+/// up to `options.max_file_diversions`, and the salt that worked is recorded in the
+/// manifest (for the manifest block: in the certificate).
+pub fn put_unsigned<S: FragmentStore + ?Sized>(
+    mut reader: impl Read,
+    file: &FileIdentity,
+    options: &PutOptions,
+    store: &S,
+) -> Result<UnsignedPut, PutError> {
     let segment_size = options.segment_size;
     if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
         return Err(PutError::SegmentSize {
@@ -292,6 +465,7 @@ pub fn put<S: FragmentStore + ?Sized>(
     let mut blocks = Vec::new();
     let mut file_size = 0u64;
     let mut fragments_stored = 0u64;
+    let mut diverted_blocks = 0u64;
     // Bounded: each pass reads one full segment or ends, and the block count is capped.
     loop {
         if buffer.len() < segment {
@@ -314,13 +488,15 @@ pub fn put<S: FragmentStore + ?Sized>(
         let encoded = codec
             .encode_in_place(buffer)
             .map_err(|source| PutError::Encode { position, source })?;
+        let salt = store_block(store, &encoded, options.max_file_diversions)?;
+        fragments_stored += encoded.fragment_hashes().len() as u64;
+        diverted_blocks += u64::from(salt > 0);
         let entry = BlockEntry {
             hash: encoded.block_hash(),
-            salt: 0,
+            salt,
             fragments: encoded.fragment_hashes().to_vec(),
         };
-        fragments_stored += store_fragments(store, &entry.placement_key(), &encoded)?;
-        tracing::trace!(position, block = %entry.hash, len = read, "stored block");
+        tracing::trace!(position, block = %entry.hash, salt, len = read, "stored block");
         blocks.push(entry);
         file_size += read as u64;
         buffer = encoded.into_buffer();
@@ -338,22 +514,22 @@ pub fn put<S: FragmentStore + ?Sized>(
     };
     let encoded_manifest = manifest.encode().map_err(PutError::Manifest)?;
     let manifest_hash = encoded_manifest.hash;
-    let manifest_salt = 0;
     let manifest_block = codec
         .encode_in_place(encoded_manifest.bytes)
         .map_err(|source| PutError::Encode {
             position: manifest.blocks.len() as u64,
             source,
         })?;
-    let manifest_key = manifest_placement_key(&manifest_hash, manifest_salt);
-    fragments_stored += store_fragments(store, &manifest_key, &manifest_block)?;
+    // The manifest block's hash is the manifest hash, so its placement key is
+    // `manifest_placement_key(manifest_hash, salt)`, as get computes it.
+    let manifest_salt = store_block(store, &manifest_block, options.max_file_diversions)?;
+    fragments_stored += manifest_block.fragment_hashes().len() as u64;
+    diverted_blocks += u64::from(manifest_salt > 0);
 
-    let owner_key = owner.public_key();
-    let file_id = FileId::derive(name, &owner_key.0, options.name_salt);
-    let body = FileCertificate {
-        file_id,
-        name_digest: Id::hash(name),
-        name_salt: options.name_salt,
+    let certificate = FileCertificate {
+        file_id: file.file_id,
+        name_digest: file.name_digest,
+        name_salt: file.name_salt,
         manifest_hash,
         manifest_salt,
         manifest_fragments: manifest_block.fragment_hashes().to_vec(),
@@ -362,23 +538,91 @@ pub fn put<S: FragmentStore + ?Sized>(
         m: params.m(),
         created_at: options.created_at,
         expires_at: options.expires_at,
-        owner: owner_key,
+        owner: file.owner,
     };
-    let certificate = Signed::sign(owner, body).map_err(PutError::Sign)?;
-    store
-        .put_certificate(&certificate)
-        .map_err(|error| PutError::StoreCertificate {
-            file: file_id,
-            source: Box::new(error),
-        })?;
-    tracing::debug!(%file_id, size = file_size, blocks = manifest.blocks.len(), "put done");
-    Ok(PutReceipt {
+    tracing::debug!(
+        file = %file.file_id,
+        size = file_size,
+        blocks = manifest.blocks.len(),
+        diverted_blocks,
+        "put stored every block; certificate to sign"
+    );
+    Ok(UnsignedPut {
+        certificate,
         manifest,
         manifest_hash,
-        certificate,
-        reference: Reference::File(file_id),
         fragments_stored,
+        diverted_blocks,
     })
+}
+
+/// Completes a put: checks that `signed` is a valid signature over exactly the
+/// certificate [`put_unsigned`] made, and stores it.
+pub fn finish_put<S: FragmentStore + ?Sized>(
+    unsigned: UnsignedPut,
+    signed: Signed<FileCertificate>,
+    store: &S,
+) -> Result<PutReceipt, PutError> {
+    let file = unsigned.certificate.file_id;
+    if let Some(field) = first_difference(&unsigned.certificate, &signed.body) {
+        return Err(PutError::CertificateMismatch { file, field });
+    }
+    signed
+        .verify()
+        .map_err(|source| PutError::CertificateInvalid { file, source })?;
+    store
+        .put_certificate(&signed)
+        .map_err(|error| PutError::StoreCertificate {
+            file,
+            source: Box::new(error),
+        })?;
+    tracing::debug!(%file, size = signed.body.size, "put done");
+    Ok(PutReceipt {
+        manifest: unsigned.manifest,
+        manifest_hash: unsigned.manifest_hash,
+        certificate: signed,
+        reference: Reference::File(file),
+        fragments_stored: unsigned.fragments_stored,
+        diverted_blocks: unsigned.diverted_blocks,
+    })
+}
+
+/// The name of the first field in which `signed` differs from `made`, if any.
+fn first_difference(made: &FileCertificate, signed: &FileCertificate) -> Option<&'static str> {
+    // Destructured so that a field added to the certificate must be added here too.
+    let FileCertificate {
+        file_id,
+        name_digest,
+        name_salt,
+        manifest_hash,
+        manifest_salt,
+        manifest_fragments,
+        size,
+        k,
+        m,
+        created_at,
+        expires_at,
+        owner,
+    } = made;
+    [
+        (*file_id != signed.file_id, "file_id"),
+        (*name_digest != signed.name_digest, "name_digest"),
+        (*name_salt != signed.name_salt, "name_salt"),
+        (*manifest_hash != signed.manifest_hash, "manifest_hash"),
+        (*manifest_salt != signed.manifest_salt, "manifest_salt"),
+        (
+            *manifest_fragments != signed.manifest_fragments,
+            "manifest_fragments",
+        ),
+        (*size != signed.size, "size"),
+        (*k != signed.k, "k"),
+        (*m != signed.m, "m"),
+        (*created_at != signed.created_at, "created_at"),
+        (*expires_at != signed.expires_at, "expires_at"),
+        (*owner != signed.owner, "owner"),
+    ]
+    .into_iter()
+    .find_map(|(differs, field)| differs.then_some(field))
 }
 
 /// Consecutive `Interrupted` reads tolerated before giving up on a reader.
@@ -407,24 +651,45 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-fn store_fragments<S: FragmentStore + ?Sized>(
+/// Stores the `n` fragments of `encoded` as one group at the key of salt 0, or, while
+/// the store refuses to place them there, at the keys of salt 1, 2, ... up to
+/// `max_diversions`. Returns the salt they were stored under.
+fn store_block<S: FragmentStore + ?Sized>(
     store: &S,
-    key: &PlacementKey,
-    encoded: &crate::erasure::EncodedBlock,
+    encoded: &EncodedBlock,
+    max_diversions: u64,
 ) -> Result<u64, PutError> {
+    let block = encoded.block_hash();
     let fragments: Vec<(FragmentRef<'_>, FragmentHash)> = encoded
         .fragments()
         .zip(encoded.fragment_hashes().iter().copied())
         .collect();
-    store
-        .put_block_fragments(key, &fragments)
-        .map_err(|error| PutError::StoreBlock {
-            block: encoded.block_hash(),
-            fragments: fragments.len(),
-            key: *key,
-            source: Box::new(error),
-        })?;
-    Ok(fragments.len() as u64)
+    let mut salt = 0u64;
+    // Bounded: the salt grows by one per refusal and stops at `max_diversions`.
+    loop {
+        let key = PlacementKey::for_block(&block, salt);
+        let error = match store.put_block_fragments(&key, &fragments) {
+            Ok(()) => return Ok(salt),
+            Err(error) => error,
+        };
+        if !store.is_placement_refusal(&error) {
+            return Err(PutError::StoreBlock {
+                block,
+                fragments: fragments.len(),
+                key,
+                source: Box::new(error),
+            });
+        }
+        if salt >= max_diversions {
+            return Err(PutError::CannotPlace {
+                block,
+                attempts: salt + 1,
+                source: Box::new(error),
+            });
+        }
+        tracing::debug!(%block, salt, %error, "placement refused; diverting the block");
+        salt += 1;
+    }
 }
 
 /// Which file to get.
@@ -641,15 +906,58 @@ pub enum GetError {
     },
 }
 
-/// Fetches fragment `index` at `key` as an offer for the decoder.
-fn offer<S: FragmentStore + ?Sized>(store: &S, key: &PlacementKey, index: u16) -> (u16, Offer) {
-    let offer = match store.get_fragment(key, index) {
-        Ok(Some(fragment)) => Offer::Fragment(fragment),
-        Ok(None) => Offer::Missing,
-        Err(error) if store.is_corruption(&error) => Offer::ReportedCorrupt(error.to_string()),
-        Err(error) => Offer::Unavailable(error.to_string()),
-    };
-    (index, offer)
+/// A store's answer for one fragment as an offer for the decoder.
+fn to_offer<S: FragmentStore + ?Sized>(
+    store: &S,
+    answer: Option<Result<Option<Fragment>, S::Error>>,
+) -> Offer {
+    match answer {
+        Some(Ok(Some(fragment))) => Offer::Fragment(fragment),
+        Some(Ok(None)) => Offer::Missing,
+        Some(Err(error)) if store.is_corruption(&error) => {
+            Offer::ReportedCorrupt(error.to_string())
+        }
+        Some(Err(error)) => Offer::Unavailable(error.to_string()),
+        None => Offer::Unavailable("the store gave no answer for this fragment".into()),
+    }
+}
+
+/// Asks the store for `indexes` at `key` in one call, as offers in the same order.
+fn fetch_batch<S: FragmentStore + ?Sized>(
+    store: &S,
+    key: &PlacementKey,
+    indexes: &[u16],
+) -> Vec<(u16, Offer)> {
+    let mut answers = store.get_block_fragments(key, indexes).into_iter();
+    // One answer per index is the contract; a short answer counts the rest unavailable.
+    indexes
+        .iter()
+        .map(|&index| (index, to_offer(store, answers.next())))
+        .collect()
+}
+
+/// The offers for the block at `key`, for [`Codec::decode`]: the first `k` indexes of
+/// the codec's fetch order in one call to the store (so a network store fetches them
+/// in parallel), and only if the decoder pulls past them (fewer than `k` verified)
+/// the rest in one more call. The decoder stops pulling at the `k`-th good fragment,
+/// so the stats count only what it examined, as with one-by-one fetches.
+fn block_offers<'s, S: FragmentStore + ?Sized>(
+    store: &'s S,
+    codec: &Codec,
+    key: PlacementKey,
+) -> impl Iterator<Item = (u16, Offer)> + 's {
+    let order: Vec<u16> = codec.fetch_order().collect();
+    let first_len = usize::from(codec.params().k()).min(order.len());
+    let first = fetch_batch(store, &key, &order[..first_len]);
+    let rest = order[first_len..].to_vec();
+    // `flat_map` on a one-item iterator calls its closure only when first pulled.
+    let rest_offers = std::iter::once(rest)
+        .filter(|rest| !rest.is_empty())
+        .flat_map(move |rest| {
+            tracing::debug!(key = ?key, fetching = rest.len(), "first k fragments not enough");
+            fetch_batch(store, &key, &rest)
+        });
+    first.into_iter().chain(rest_offers)
 }
 
 /// Checks a certificate for `requested` (if given) at `options.now`.
@@ -728,9 +1036,7 @@ pub fn get<S: FragmentStore + ?Sized>(
         len: None,
         fragment_hashes: &body.manifest_fragments,
     };
-    let offers = codec
-        .fetch_order()
-        .map(|index| offer(store, &manifest_key, index));
+    let offers = block_offers(store, &codec, manifest_key);
     let (decoded, decode_stats) =
         codec
             .decode(&spec, offers)
@@ -788,7 +1094,7 @@ pub fn get<S: FragmentStore + ?Sized>(
             len: Some(len),
             fragment_hashes: &entry.fragments,
         };
-        let offers = codec.fetch_order().map(|index| offer(store, &key, index));
+        let offers = block_offers(store, &codec, key);
         let (decoded, decode_stats) =
             codec
                 .decode(&spec, offers)
@@ -816,20 +1122,39 @@ pub fn get<S: FragmentStore + ?Sized>(
     Ok(stats)
 }
 
-/// The error [`MemoryFragments`] returns for a fragment set to fail.
+/// The errors [`MemoryFragments`] returns when a hook tells it to fail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("injected failure reading fragment {index} at {key}")]
-pub struct InjectedFailure {
-    /// The placement key.
-    pub key: PlacementKey,
-    /// The fragment index.
-    pub index: u16,
+pub enum InjectedFailure {
+    /// A fragment set to fail with [`MemoryFragments::fail`] was read.
+    #[error("injected failure reading fragment {index} at {key}")]
+    Read {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment index.
+        index: u16,
+    },
+    /// Fragments were put at a key set with [`MemoryFragments::refuse_placement`]: a
+    /// placement refusal, as when the nodes around a key are full.
+    #[error("injected refusal: no room to place the fragments of the block at {key}")]
+    PlacementRefused {
+        /// The placement key.
+        key: PlacementKey,
+    },
+    /// Fragments were put at a key set with [`MemoryFragments::fail_puts`]: any other
+    /// store failure (not a placement refusal).
+    #[error("injected failure storing a fragment at {key}")]
+    Write {
+        /// The placement key.
+        key: PlacementKey,
+    },
 }
 
 #[derive(Default)]
 struct MemoryInner {
     fragments: HashMap<(PlacementKey, u16), Fragment>,
     failing: HashMap<(PlacementKey, u16), ()>,
+    refusing_placement: HashSet<PlacementKey>,
+    failing_puts: HashSet<PlacementKey>,
     certificates: HashMap<FileId, Signed<FileCertificate>>,
 }
 
@@ -931,9 +1256,21 @@ impl MemoryFragments {
         true
     }
 
-    /// Makes reads of fragment `index` at `key` fail with [`InjectedFailure`].
+    /// Makes reads of fragment `index` at `key` fail with [`InjectedFailure::Read`].
     pub fn fail(&self, key: &PlacementKey, index: u16) {
         self.lock().failing.insert((*key, index), ());
+    }
+
+    /// Makes puts at `key` fail with [`InjectedFailure::PlacementRefused`], which
+    /// [`FragmentStore::is_placement_refusal`] says is one: [`put`] then diverts.
+    pub fn refuse_placement(&self, key: &PlacementKey) {
+        self.lock().refusing_placement.insert(*key);
+    }
+
+    /// Makes puts at `key` fail with [`InjectedFailure::Write`], which is not a
+    /// placement refusal.
+    pub fn fail_puts(&self, key: &PlacementKey) {
+        self.lock().failing_puts.insert(*key);
     }
 
     /// Removes the certificate of `file`; true if it was there.
@@ -960,7 +1297,14 @@ impl FragmentStore for MemoryFragments {
         fragment: FragmentRef<'_>,
         _hash: &FragmentHash,
     ) -> Result<(), InjectedFailure> {
-        self.lock()
+        let mut inner = self.lock();
+        if inner.refusing_placement.contains(key) {
+            return Err(InjectedFailure::PlacementRefused { key: *key });
+        }
+        if inner.failing_puts.contains(key) {
+            return Err(InjectedFailure::Write { key: *key });
+        }
+        inner
             .fragments
             .insert((*key, fragment.index), fragment.to_owned());
         Ok(())
@@ -973,7 +1317,7 @@ impl FragmentStore for MemoryFragments {
     ) -> Result<Option<Fragment>, InjectedFailure> {
         let inner = self.lock();
         if inner.failing.contains_key(&(*key, index)) {
-            return Err(InjectedFailure { key: *key, index });
+            return Err(InjectedFailure::Read { key: *key, index });
         }
         Ok(inner.fragments.get(&(*key, index)).cloned())
     }
@@ -993,6 +1337,10 @@ impl FragmentStore for MemoryFragments {
         file: &FileId,
     ) -> Result<Option<Signed<FileCertificate>>, InjectedFailure> {
         Ok(self.lock().certificates.get(file).cloned())
+    }
+
+    fn is_placement_refusal(&self, error: &InjectedFailure) -> bool {
+        matches!(error, InjectedFailure::PlacementRefused { .. })
     }
 }
 
@@ -1300,6 +1648,274 @@ mod tests {
         let target = GetTarget::Certificate(&receipt.certificate);
         let err = get(target, FullDisk(5000), &store, &GetOptions::new(0)).unwrap_err();
         assert!(matches!(err, GetError::Write { offset: 4096, .. }), "{err}");
+    }
+
+    /// The placement key of the single block `input` makes (it must fit in one segment).
+    fn single_block_key(input: &[u8], salt: u64) -> PlacementKey {
+        let codec = Codec::new(options().params).unwrap();
+        PlacementKey::for_block(&codec.encode(input).unwrap().block_hash(), salt)
+    }
+
+    #[test]
+    fn a_split_put_signed_later_is_the_same_file_as_a_put() {
+        let owner = KeyPair::generate();
+        let input = data(2 * 4096 + 7);
+        let whole = put(
+            &input[..],
+            b"s",
+            &owner,
+            &options(),
+            &MemoryFragments::new(),
+        )
+        .unwrap();
+
+        let store = MemoryFragments::new();
+        let grant = UploadGrant::new(b"s", 0, owner.public_key(), 900, 600);
+        let unsigned =
+            put_unsigned(&input[..], &FileIdentity::from(&grant), &options(), &store).unwrap();
+        assert_eq!(
+            store.get_certificate(&grant.file_id).unwrap(),
+            None,
+            "no certificate before the owner signs"
+        );
+        assert_eq!(unsigned.certificate, whole.certificate.body);
+        let signed = Signed::sign(&owner, unsigned.certificate.clone()).unwrap();
+        let receipt = finish_put(unsigned, signed, &store).unwrap();
+        assert_eq!(receipt.file_id(), grant.file_id);
+        assert_eq!(receipt.certificate, whole.certificate);
+        assert_eq!(receipt.fragments_stored, whole.fragments_stored);
+        assert_eq!(receipt.diverted_blocks, 0);
+        let (out, _) = round_trip(&store, &receipt).unwrap();
+        assert_eq!(out, input);
+    }
+
+    #[test]
+    fn finish_put_refuses_a_certificate_that_is_not_the_puts() {
+        let owner = KeyPair::generate();
+        let store = MemoryFragments::new();
+        let file = FileIdentity::new(b"f", 0, owner.public_key());
+        let unsigned = put_unsigned(&data(5000)[..], &file, &options(), &store).unwrap();
+
+        let mut body = unsigned.certificate.clone();
+        body.manifest_salt += 1;
+        let other = Signed::sign(&owner, body).unwrap();
+        let err = finish_put(unsigned.clone(), other, &store).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PutError::CertificateMismatch {
+                    field: "manifest_salt",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("manifest_salt differs"), "{err}");
+
+        // The right body signed by someone else.
+        let forged = Signed::sign(&KeyPair::generate(), unsigned.certificate.clone()).unwrap();
+        let err = finish_put(unsigned.clone(), forged, &store).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PutError::CertificateInvalid {
+                    source: VerifyError::WrongKey { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(store.get_certificate(&file.file_id).unwrap(), None);
+
+        let signed = Signed::sign(&owner, unsigned.certificate.clone()).unwrap();
+        assert!(finish_put(unsigned, signed, &store).is_ok());
+    }
+
+    #[test]
+    fn a_refused_block_is_diverted_and_reads_back() {
+        let store = MemoryFragments::new();
+        let input = data(3000);
+        store.refuse_placement(&single_block_key(&input, 0));
+        let receipt = put(&input[..], b"d", &KeyPair::generate(), &options(), &store).unwrap();
+        assert_eq!(receipt.manifest.blocks[0].salt, 1);
+        assert_eq!(receipt.diverted_blocks, 1);
+        assert_eq!(
+            receipt.manifest.blocks[0].placement_key(),
+            single_block_key(&input, 1)
+        );
+        let (out, stats) = round_trip(&store, &receipt).unwrap();
+        assert_eq!(out, input);
+        assert_eq!(stats.skipped_total(), 0, "get went to the diverted key");
+    }
+
+    #[test]
+    fn a_refused_manifest_block_is_diverted_and_certified_with_its_salt() {
+        let owner = KeyPair::from_secret_bytes(&[11; 32]);
+        let input = data(2 * 4096);
+        // Puts are deterministic: a first put tells where the manifest block goes.
+        let first = put(
+            &input[..],
+            b"m",
+            &owner,
+            &options(),
+            &MemoryFragments::new(),
+        )
+        .unwrap();
+        let store = MemoryFragments::new();
+        for salt in 0..2 {
+            store.refuse_placement(&manifest_placement_key(&first.manifest_hash, salt));
+        }
+        let receipt = put(&input[..], b"m", &owner, &options(), &store).unwrap();
+        assert_eq!(receipt.certificate.body.manifest_salt, 2);
+        assert_eq!(receipt.diverted_blocks, 1);
+        assert!(receipt.manifest.blocks.iter().all(|block| block.salt == 0));
+        let (out, _) = round_trip(&store, &receipt).unwrap();
+        assert_eq!(out, input);
+    }
+
+    #[test]
+    fn a_block_refused_at_every_salt_cannot_be_placed() {
+        let store = MemoryFragments::new();
+        let input = data(3000);
+        let mut options = options();
+        options.max_file_diversions = 2;
+        for salt in 0..=2 {
+            store.refuse_placement(&single_block_key(&input, salt));
+        }
+        let err = put(&input[..], b"c", &KeyPair::generate(), &options, &store).unwrap_err();
+        let PutError::CannotPlace {
+            attempts, source, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(*attempts, 3);
+        assert!(source.to_string().contains("no room"), "{source}");
+        let text = err.to_string();
+        assert!(
+            text.contains("refused at 3 placement keys (salts 0 to 2)") && text.contains("no room"),
+            "{text}"
+        );
+        assert_eq!(store.fragment_count(), 0);
+
+        // One more diversion allowed: the fourth key is free.
+        options.max_file_diversions = 3;
+        let receipt = put(&input[..], b"c", &KeyPair::generate(), &options, &store).unwrap();
+        assert_eq!(receipt.manifest.blocks[0].salt, 3);
+
+        // Diversion off: the first refusal is final.
+        options.max_file_diversions = 0;
+        let err = put(&input[..], b"c", &KeyPair::generate(), &options, &store).unwrap_err();
+        assert!(
+            matches!(err, PutError::CannotPlace { attempts: 1, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_store_errors_are_not_retried_elsewhere() {
+        let store = MemoryFragments::new();
+        let input = data(3000);
+        store.fail_puts(&single_block_key(&input, 0));
+        let err = put(&input[..], b"e", &KeyPair::generate(), &options(), &store).unwrap_err();
+        assert!(
+            matches!(&err, PutError::StoreBlock { key, .. } if *key == single_block_key(&input, 0)),
+            "{err}"
+        );
+        assert_eq!(store.fragment_count(), 0, "nothing stored at another salt");
+    }
+
+    #[test]
+    fn get_fetches_k_fragments_per_block_in_one_call() {
+        /// Records every batch asked for, and counts single fetches.
+        #[derive(Default)]
+        struct Batches {
+            inner: MemoryFragments,
+            batches: Mutex<Vec<(PlacementKey, Vec<u16>)>>,
+            singles: Mutex<u32>,
+        }
+        impl FragmentStore for Batches {
+            type Error = InjectedFailure;
+            fn put_fragment(
+                &self,
+                key: &PlacementKey,
+                fragment: FragmentRef<'_>,
+                hash: &FragmentHash,
+            ) -> Result<(), InjectedFailure> {
+                self.inner.put_fragment(key, fragment, hash)
+            }
+            fn get_fragment(
+                &self,
+                key: &PlacementKey,
+                index: u16,
+            ) -> Result<Option<Fragment>, InjectedFailure> {
+                *self.singles.lock().unwrap() += 1;
+                self.inner.get_fragment(key, index)
+            }
+            fn get_block_fragments(
+                &self,
+                key: &PlacementKey,
+                indexes: &[u16],
+            ) -> Vec<Result<Option<Fragment>, InjectedFailure>> {
+                self.batches.lock().unwrap().push((*key, indexes.to_vec()));
+                self.inner.get_block_fragments(key, indexes)
+            }
+            fn put_certificate(
+                &self,
+                certificate: &Signed<FileCertificate>,
+            ) -> Result<(), InjectedFailure> {
+                self.inner.put_certificate(certificate)
+            }
+            fn get_certificate(
+                &self,
+                file: &FileId,
+            ) -> Result<Option<Signed<FileCertificate>>, InjectedFailure> {
+                self.inner.get_certificate(file)
+            }
+        }
+
+        let store = Batches::default();
+        let input = data(3 * 4096 + 100);
+        let receipt = put(&input[..], b"b", &KeyPair::generate(), &options(), &store).unwrap();
+        let target = GetTarget::Certificate(&receipt.certificate);
+        let healthy = get(target, Vec::new(), &store, &GetOptions::new(0)).unwrap();
+        let manifest_key = manifest_placement_key(&receipt.manifest_hash, 0);
+        let mut expected = vec![(manifest_key, vec![0, 1, 2, 3])];
+        expected.extend(
+            receipt
+                .manifest
+                .blocks
+                .iter()
+                .map(|block| (block.placement_key(), vec![0, 1, 2, 3])),
+        );
+        assert_eq!(*store.batches.lock().unwrap(), expected);
+        assert_eq!(
+            *store.singles.lock().unwrap(),
+            0,
+            "get went around the batch"
+        );
+        assert_eq!(healthy.fragments_requested, 5 * 4);
+
+        // A bad data fragment in block 1: one more call, for the rest of the block.
+        store.batches.lock().unwrap().clear();
+        let damaged = receipt.manifest.blocks[1].placement_key();
+        assert!(store.inner.flip_bit(&damaged, 2, 5));
+        let mut out = Vec::new();
+        let stats = get(target, &mut out, &store, &GetOptions::new(0)).unwrap();
+        assert_eq!(out, input);
+        let batches = store.batches.lock().unwrap();
+        assert_eq!(batches.len(), 6, "{batches:?}");
+        assert_eq!(batches[2], (damaged, vec![0, 1, 2, 3]));
+        assert_eq!(batches[3], (damaged, vec![4, 5]));
+        assert_eq!(
+            (
+                stats.fragments_requested,
+                stats.fragments_used,
+                stats.skipped_corrupt
+            ),
+            (5 * 4 + 1, 5 * 4, 1),
+            "the decoder examined one parity fragment, as with single fetches"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! DIR/index/                  sled database, trees `fragments-1`, `certificates-1`,
-//!                             `pointers-1`, `roots-1`
+//!                             `pointers-1`, `roots-1`, `references-1`, `tombstones-1`
 //! DIR/bodies/ab/<key>-<index>-<hash>   one file per fragment body (raw bytes),
 //!                             fanned out by the first byte of the placement key
 //! DIR/tmp/                    bodies being written; anything here at open is debris
@@ -59,6 +59,13 @@ const FRAGMENTS_TREE: &str = "fragments-1";
 const CERTIFICATES_TREE: &str = "certificates-1";
 const POINTERS_TREE: &str = "pointers-1";
 const ROOTS_TREE: &str = "roots-1";
+/// Keys `placement key ‖ file id`, values just the version byte: a prefix scan lists
+/// the files that reference one block.
+const REFERENCES_TREE: &str = "references-1";
+/// Keys file ids, values `version ‖ reclaim certificate bytes`.
+const TOMBSTONES_TREE: &str = "tombstones-1";
+/// Bytes of a reference key: placement key, file id.
+const REFERENCE_KEY_LEN: usize = 2 * ID_BYTES;
 
 /// Bytes of a fragment index record: version, hash, length.
 const FRAGMENT_RECORD_LEN: usize = 1 + ID_BYTES + 8;
@@ -126,6 +133,11 @@ pub struct DiskStore {
     certificates: sled::Tree,
     pointers: sled::Tree,
     roots: sled::Tree,
+    references: sled::Tree,
+    tombstones: sled::Tree,
+    /// Held while checking for a tombstone and writing what it forbids (a certificate
+    /// or a reference), and while writing a tombstone, so none slips in after one.
+    reclaim_lock: Mutex<()>,
     capacity: u64,
     /// Bytes of bodies stored plus bytes reserved by puts in progress.
     used: Mutex<u64>,
@@ -180,6 +192,9 @@ impl DiskStore {
             certificates: open_tree(CERTIFICATES_TREE)?,
             pointers: open_tree(POINTERS_TREE)?,
             roots: open_tree(ROOTS_TREE)?,
+            references: open_tree(REFERENCES_TREE)?,
+            tombstones: open_tree(TOMBSTONES_TREE)?,
+            reclaim_lock: Mutex::new(()),
             db,
             dir,
             bodies,
@@ -577,6 +592,23 @@ impl DiskStore {
         stored
     }
 
+    fn reclaim_guard(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.reclaim_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`StoreError::Reclaimed`] if `file` has a tombstone.
+    fn refuse_reclaimed(&self, file: &FileId) -> Result<(), StoreError> {
+        let reclaimed = self
+            .tombstones
+            .contains_key(file.as_bytes())
+            .map_err(|e| StoreError::index("reading a tombstone", e))?;
+        if reclaimed {
+            return Err(StoreError::Reclaimed { file: *file });
+        }
+        Ok(())
+    }
+
     fn get_small(
         &self,
         tree: &sled::Tree,
@@ -784,6 +816,8 @@ impl FragmentStorage for DiskStore {
     }
 
     fn put_certificate(&self, file: &FileId, signed: &[u8]) -> Result<(), StoreError> {
+        let _reclaim = self.reclaim_guard();
+        self.refuse_reclaimed(file)?;
         self.put_small(
             &self.certificates,
             file.as_bytes(),
@@ -843,6 +877,54 @@ impl FragmentStorage for DiskStore {
             .collect()
     }
 
+    fn add_reference(&self, key: &PlacementKey, file: &FileId) -> Result<(), StoreError> {
+        let _reclaim = self.reclaim_guard();
+        self.refuse_reclaimed(file)?;
+        let reference = reference_key(key, file);
+        let present = self
+            .references
+            .contains_key(reference)
+            .map_err(|e| StoreError::index("reading a reference", e))?;
+        if present {
+            return Ok(());
+        }
+        self.put_small(&self.references, &reference, &[], "storing a reference")
+    }
+
+    fn remove_reference(&self, key: &PlacementKey, file: &FileId) -> Result<usize, StoreError> {
+        self.delete_small(
+            &self.references,
+            &reference_key(key, file),
+            "removing a reference",
+        )?;
+        Ok(self.references(key)?.len())
+    }
+
+    fn references(&self, key: &PlacementKey) -> Result<Vec<FileId>, StoreError> {
+        self.references
+            .scan_prefix(key.as_bytes())
+            .map(|item| {
+                let (k, v) = item.map_err(|e| StoreError::index("listing references", e))?;
+                strip_version(REFERENCES_TREE, &v)?;
+                decode_reference_key(&k)
+            })
+            .collect()
+    }
+
+    fn put_tombstone(&self, file: &FileId, reclaim: &[u8]) -> Result<(), StoreError> {
+        let _reclaim = self.reclaim_guard();
+        self.put_small(
+            &self.tombstones,
+            file.as_bytes(),
+            reclaim,
+            "storing a tombstone",
+        )
+    }
+
+    fn get_tombstone(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_small(&self.tombstones, TOMBSTONES_TREE, file.as_bytes())
+    }
+
     fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError> {
         self.put_small(
             &self.roots,
@@ -887,6 +969,26 @@ fn decode_fragment_key(bytes: &[u8]) -> Result<(PlacementKey, u16), StoreError> 
         .and_then(|b| b.try_into().ok())
         .ok_or_else(bad)?;
     Ok((PlacementKey(Id(key)), u16::from_be_bytes(index)))
+}
+
+/// `placement key ‖ file id`: a prefix scan by placement key lists a block's files.
+fn reference_key(key: &PlacementKey, file: &FileId) -> [u8; REFERENCE_KEY_LEN] {
+    let mut out = [0u8; REFERENCE_KEY_LEN];
+    out[..ID_BYTES].copy_from_slice(key.as_bytes());
+    out[ID_BYTES..].copy_from_slice(file.as_bytes());
+    out
+}
+
+/// The file id of a reference key.
+fn decode_reference_key(bytes: &[u8]) -> Result<FileId, StoreError> {
+    let file: [u8; ID_BYTES] = bytes
+        .get(ID_BYTES..)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| StoreError::BadRecord {
+            tree: REFERENCES_TREE,
+            detail: format!("key of {} bytes, expected {REFERENCE_KEY_LEN}", bytes.len()),
+        })?;
+    Ok(FileId(Id(file)))
 }
 
 /// `version ‖ hash ‖ len_be64`.
@@ -1085,6 +1187,23 @@ mod tests {
             decode_fragment_record(1, &record[..40]),
             Err(StoreError::BadRecord { .. })
         ));
+    }
+
+    #[test]
+    fn reference_keys_are_pinned() {
+        let key = PlacementKey(Id([0xab; 32]));
+        let file = FileId(Id([0xcd; 32]));
+        let k = reference_key(&key, &file);
+        assert_eq!(&k[..32], &[0xab; 32], "placement key first: prefix scans");
+        assert_eq!(&k[32..], &[0xcd; 32]);
+        assert_eq!(decode_reference_key(&k).unwrap(), file);
+        assert!(matches!(
+            decode_reference_key(&k[..40]),
+            Err(StoreError::BadRecord { .. })
+        ));
+        let mut long = k.to_vec();
+        long.push(0);
+        assert!(decode_reference_key(&long).is_err());
     }
 
     #[test]

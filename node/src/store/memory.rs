@@ -2,7 +2,7 @@
 //! tests. Same semantics (hash checks, exact accounting, idempotent puts, corruption
 //! detected on read), nothing durable past the value's lifetime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
@@ -17,7 +17,17 @@ struct Inner {
     certificates: BTreeMap<FileId, Vec<u8>>,
     pointers: BTreeMap<(PlacementKey, u16), NodeId>,
     roots: BTreeMap<VolumeKey, Vec<u8>>,
+    references: BTreeSet<(PlacementKey, FileId)>,
+    tombstones: BTreeMap<FileId, Vec<u8>>,
     used: u64,
+}
+
+impl Inner {
+    fn references_under(&self, key: &PlacementKey) -> impl Iterator<Item = FileId> + '_ {
+        self.references
+            .range((*key, FileId(Id::ZERO))..=(*key, FileId(Id::MAX)))
+            .map(|(_, file)| *file)
+    }
 }
 
 /// A [`FragmentStorage`] held in memory.
@@ -209,7 +219,11 @@ impl FragmentStorage for MemoryStore {
     }
 
     fn put_certificate(&self, file: &FileId, signed: &[u8]) -> Result<(), StoreError> {
-        self.lock().certificates.insert(*file, signed.to_vec());
+        let mut inner = self.lock();
+        if inner.tombstones.contains_key(file) {
+            return Err(StoreError::Reclaimed { file: *file });
+        }
+        inner.certificates.insert(*file, signed.to_vec());
         Ok(())
     }
 
@@ -246,6 +260,34 @@ impl FragmentStorage for MemoryStore {
             .range((*key, 0)..=(*key, u16::MAX))
             .map(|((_, index), holder)| (*index, *holder))
             .collect())
+    }
+
+    fn add_reference(&self, key: &PlacementKey, file: &FileId) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.tombstones.contains_key(file) {
+            return Err(StoreError::Reclaimed { file: *file });
+        }
+        inner.references.insert((*key, *file));
+        Ok(())
+    }
+
+    fn remove_reference(&self, key: &PlacementKey, file: &FileId) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        inner.references.remove(&(*key, *file));
+        Ok(inner.references_under(key).count())
+    }
+
+    fn references(&self, key: &PlacementKey) -> Result<Vec<FileId>, StoreError> {
+        Ok(self.lock().references_under(key).collect())
+    }
+
+    fn put_tombstone(&self, file: &FileId, reclaim: &[u8]) -> Result<(), StoreError> {
+        self.lock().tombstones.insert(*file, reclaim.to_vec());
+        Ok(())
+    }
+
+    fn get_tombstone(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().tombstones.get(file).cloned())
     }
 
     fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError> {

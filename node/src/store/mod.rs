@@ -26,10 +26,22 @@
 //! instead of once per fragment. All or nothing: a refused group changes nothing, and
 //! a crash leaves either none of its index records or all of them.
 //!
+//! # Block references and tombstones (for reclaim)
+//!
+//! A block may belong to several files (equal blocks have equal placement keys), so a
+//! node records which files use each placement key it holds fragments of
+//! ([`FragmentStorage::add_reference`]); a reclaim removes its file's references and
+//! frees a block only when none remain. A reclaimed file gets a tombstone holding its
+//! reclaim certificate, and its id is never stored again. Both are metadata only: a
+//! reference neither requires nor protects a fragment body, so they are written apart
+//! from fragments (each call durable on return), and a crash between a fragment and
+//! its reference leaves at worst an unreferenced fragment or a reference to a block
+//! not (yet) held, which reclaim and repair treat as such.
+//!
 //! # What the capacity counts
 //!
 //! [`FragmentStorage::used`] is the exact sum of the lengths of the fragment bodies
-//! stored, nothing else: certificates, pointers, root records, the index and file
+//! stored, nothing else: certificates, pointers, root records, references, tombstones, the index and file
 //! system overhead are small and not counted. A put that would take `used` past
 //! `capacity` is refused with [`StoreError::Full`] and changes nothing.
 
@@ -166,6 +178,13 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// The file was reclaimed (a tombstone records it): its id is never stored again,
+    /// so neither its certificate nor a reference to it is accepted.
+    #[error("file {file} was reclaimed; nothing is stored for it again")]
+    Reclaimed {
+        /// The file.
+        file: FileId,
+    },
     /// An index record could not be decoded (unknown version byte or wrong length).
     #[error("undecodable record in tree {tree}: {detail}")]
     BadRecord {
@@ -298,7 +317,8 @@ pub trait FragmentStorage: Send + Sync {
         end: &PlacementKey,
     ) -> Result<Vec<PlacementKey>, StoreError>;
 
-    /// Stores (or replaces) the opaque signed certificate bytes of `file`.
+    /// Stores (or replaces) the opaque signed certificate bytes of `file`; refused with
+    /// [`StoreError::Reclaimed`] if `file` has a tombstone.
     fn put_certificate(&self, file: &FileId, signed: &[u8]) -> Result<(), StoreError>;
     /// The certificate bytes of `file`, if stored.
     fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError>;
@@ -318,6 +338,30 @@ pub trait FragmentStorage: Send + Sync {
     fn delete_pointer(&self, key: &PlacementKey, index: u16) -> Result<bool, StoreError>;
     /// Every pointer under `key`, by ascending index.
     fn pointers_under(&self, key: &PlacementKey) -> Result<Vec<(u16, NodeId)>, StoreError>;
+
+    /// Records that `file` uses the block placed at `key`, so a reclaim of another file
+    /// keeps the block (see "Block references" in the module docs). Idempotent; refused
+    /// with [`StoreError::Reclaimed`] if `file` has a tombstone.
+    fn add_reference(&self, key: &PlacementKey, file: &FileId) -> Result<(), StoreError>;
+    /// Forgets that `file` uses the block at `key` (nothing if it was not recorded);
+    /// returns how many files still reference the block.
+    fn remove_reference(&self, key: &PlacementKey, file: &FileId) -> Result<usize, StoreError>;
+    /// The files that reference the block at `key`, in ascending order.
+    fn references(&self, key: &PlacementKey) -> Result<Vec<FileId>, StoreError>;
+
+    /// Records that `file` was reclaimed, keeping the opaque signed reclaim certificate
+    /// (checked by the caller) as its proof. From then on the file's certificate and
+    /// references are refused ([`StoreError::Reclaimed`]). Replaces an earlier
+    /// tombstone of the same file. Does not delete the certificate, references or
+    /// fragments: the caller reclaims those, and can resume after a crash because the
+    /// certificate (which names the manifest) is still there.
+    fn put_tombstone(&self, file: &FileId, reclaim: &[u8]) -> Result<(), StoreError>;
+    /// The reclaim certificate bytes of `file`'s tombstone, if it was reclaimed.
+    fn get_tombstone(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Whether `file` was reclaimed.
+    fn is_reclaimed(&self, file: &FileId) -> Result<bool, StoreError> {
+        Ok(self.get_tombstone(file)?.is_some())
+    }
 
     /// Stores (or replaces) the opaque signed root record of `volume`. The caller has
     /// checked the signature and that the sequence number is higher.
