@@ -11,13 +11,15 @@
 //! 5. [`store`]: the durable local store (fragments, certificates, pointers, roots).
 //! 6. [`overlay`]: Pastry routing state as a sans-IO state machine.
 //! 7. [`sim`]: a deterministic discrete-event simulator that drives many overlays.
-//! 8. [`client`]: put/get of whole files over a [`client::FragmentStore`].
+//! 8. [`net`]: the authenticated TCP transport (tokio) every node talks through.
+//! 9. [`client`]: put/get of whole files over a [`client::FragmentStore`].
 
 pub mod client;
 pub mod crypto;
 pub mod erasure;
 pub mod id;
 pub mod manifest;
+pub mod net;
 pub mod overlay;
 pub mod sim;
 pub mod store;
