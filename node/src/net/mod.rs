@@ -496,6 +496,40 @@ impl<M> PeerEntry<M> {
     }
 }
 
+/// A caller's hold on a pool entry. When the last holder lets go of an entry without
+/// connections, the entry leaves the pool, so the pool does not keep every peer ever
+/// tried.
+struct EntryRef<'a, M> {
+    inner: &'a Inner<M>,
+    id: NodeId,
+    entry: Arc<PeerEntry<M>>,
+}
+
+impl<M> std::ops::Deref for EntryRef<'_, M> {
+    type Target = PeerEntry<M>;
+
+    fn deref(&self) -> &PeerEntry<M> {
+        &self.entry
+    }
+}
+
+impl<M> Drop for EntryRef<'_, M> {
+    fn drop(&mut self) {
+        let mut peers = lock(&self.inner.peers);
+        let Some(pooled) = peers.get(&self.id) else {
+            return;
+        };
+        // Two holders: the pool and us. Everyone else takes a hold under the pool
+        // lock, which we have, so nobody can start using it as we remove it.
+        if Arc::ptr_eq(pooled, &self.entry)
+            && Arc::strong_count(&self.entry) == 2
+            && lock(&self.entry.conns).is_empty()
+        {
+            peers.remove(&self.id);
+        }
+    }
+}
+
 /// The state shared by a transport's clones and tasks.
 struct Inner<M> {
     identity: Arc<KeyPair>,
@@ -652,7 +686,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Transport<M> {
 
     async fn request_within(&self, to: &Peer, msg: M) -> Result<M, NetError> {
         let entry = self.inner.entry(to)?;
-        let _slot = Arc::clone(&entry.in_flight)
+        let _slot = Arc::clone(&entry.entry.in_flight)
             .acquire_owned()
             .await
             .map_err(|_| NetError::Closed)?;
@@ -796,7 +830,7 @@ impl<M> Inner<M> {
 
 impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
     /// The pool entry for `to`, created if needed.
-    fn entry(&self, to: &Peer) -> Result<Arc<PeerEntry<M>>, NetError> {
+    fn entry(&self, to: &Peer) -> Result<EntryRef<'_, M>, NetError> {
         if self.is_shut_down() {
             return Err(NetError::Closed);
         }
@@ -805,7 +839,11 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
         }
         let mut peers = lock(&self.peers);
         let entry = peers.entry(to.id).or_insert_with(|| self.new_entry());
-        Ok(Arc::clone(entry))
+        Ok(EntryRef {
+            inner: self,
+            id: to.id,
+            entry: Arc::clone(entry),
+        })
     }
 
     fn new_entry(&self) -> Arc<PeerEntry<M>> {
