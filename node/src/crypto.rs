@@ -56,6 +56,36 @@ impl PublicKey {
     }
 }
 
+impl PublicKey {
+    /// Checks a signature made by [`KeyPair::sign_domain`] with the same `domain` and
+    /// `message` by the holder of this key.
+    pub fn verify_domain(
+        &self,
+        domain: &[u8],
+        message: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<(), VerifyError> {
+        self.verifying_key()?
+            .verify_strict(
+                &domain_message(domain, message),
+                &Signature::from_bytes(signature),
+            )
+            .map_err(|_| VerifyError::BadDomainSignature {
+                domain: String::from_utf8_lossy(domain).into_owned(),
+                signer: *self,
+            })
+    }
+}
+
+/// `domain ‖ 0x00 ‖ message`, the bytes a domain-separated raw signature covers.
+fn domain_message(domain: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(domain.len() + 1 + message.len());
+    out.extend_from_slice(domain);
+    out.push(0);
+    out.extend_from_slice(message);
+    out
+}
+
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&Id(self.0), f)
@@ -147,6 +177,14 @@ impl KeyPair {
     /// domain tag.
     fn sign_raw(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()
+    }
+
+    /// Signs `domain ‖ 0x00 ‖ message`: for protocols that sign bytes rather than a
+    /// [`Certificate`] (the transport's handshake). `domain` names the protocol and its
+    /// version, so such a signature can never pass for one made in another domain or
+    /// for a [`Signed`] value. Check it with [`PublicKey::verify_domain`].
+    pub fn sign_domain(&self, domain: &[u8], message: &[u8]) -> [u8; 64] {
+        self.sign_raw(&domain_message(domain, message))
     }
 
     /// Writes the key to a new file readable only by its owner (mode 0600).
@@ -262,6 +300,15 @@ pub enum VerifyError {
     BadSignature {
         /// The type checked.
         kind: SignedKind,
+        /// The claimed signer.
+        signer: PublicKey,
+    },
+    /// A signature made with [`KeyPair::sign_domain`] does not match its domain,
+    /// message and signer.
+    #[error("bad signature in domain {domain:?} by {signer}")]
+    BadDomainSignature {
+        /// The domain tag checked (lossily as text).
+        domain: String,
         /// The claimed signer.
         signer: PublicKey,
     },
@@ -661,6 +708,54 @@ mod tests {
 
     fn key(seed: u8) -> KeyPair {
         KeyPair::from_secret_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn domain_signatures_verify_only_in_their_domain_for_their_signer() {
+        let signer = key(1);
+        let public = signer.public_key();
+        let signature = signer.sign_domain(b"cairn/test/v1", b"hello");
+        assert_eq!(
+            public.verify_domain(b"cairn/test/v1", b"hello", &signature),
+            Ok(())
+        );
+        // Another domain, another message, another signer, a flipped bit: all refused.
+        assert!(matches!(
+            public.verify_domain(b"cairn/test/v2", b"hello", &signature),
+            Err(VerifyError::BadDomainSignature { .. })
+        ));
+        assert!(
+            public
+                .verify_domain(b"cairn/test/v1", b"hellO", &signature)
+                .is_err()
+        );
+        assert!(
+            key(2)
+                .public_key()
+                .verify_domain(b"cairn/test/v1", b"hello", &signature)
+                .is_err()
+        );
+        let mut flipped = signature;
+        flipped[5] ^= 1;
+        assert!(
+            public
+                .verify_domain(b"cairn/test/v1", b"hello", &flipped)
+                .is_err()
+        );
+        // The separator keeps the boundary between domain and message: moving a byte
+        // across it changes what is signed.
+        assert!(
+            public
+                .verify_domain(b"cairn/test/v1h", b"ello", &signature)
+                .is_err()
+        );
+        // A domain signature over a certificate's signing bytes is not that certificate's
+        // signature (the certificate's domain is part of what Signed<T> signs).
+        let receipt = receipt(&signer);
+        let genuine = Signed::sign(&signer, receipt.clone()).unwrap();
+        let body = postcard::to_allocvec(&receipt).unwrap();
+        let raw = signer.sign_domain(b"", &body);
+        assert_ne!(raw, genuine.signature);
     }
 
     fn file_certificate(owner: &KeyPair) -> FileCertificate {
