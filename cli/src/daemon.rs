@@ -51,9 +51,9 @@ pub struct RunArgs {
     /// Serve the local HTTP API here (e.g. 127.0.0.1:7070).
     #[arg(long)]
     api: Option<SocketAddr>,
-    /// Token the API requires (`Authorization: Bearer`); needed to serve the API
-    /// elsewhere than on loopback.
-    #[arg(long, env = "CAIRN_API_TOKEN", hide_env_values = true)]
+    /// Token the API requires (`Authorization: Bearer`) [default: $CAIRN_API_TOKEN];
+    /// needed to serve the API elsewhere than on loopback.
+    #[arg(long)]
     api_token: Option<String>,
     /// Overlay keepalive period in milliseconds (failure detection takes ~3 periods).
     #[arg(long, default_value_t = 1000, hide = true)]
@@ -101,7 +101,10 @@ pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
                     node.clone(),
                     ApiConfig {
                         listen,
-                        token: args.api_token.clone(),
+                        token: args
+                            .api_token
+                            .clone()
+                            .or_else(|| std::env::var("CAIRN_API_TOKEN").ok()),
                     },
                 )
                 .await

@@ -2,17 +2,15 @@
 //! rates, a progress line, and getting a file into place through a partial file.
 
 use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use cairn_node::client::{GetOptions, GetStats, GetTarget, LocalFragments, PutOptions, get, put};
-use cairn_node::erasure::ErasureParams;
+use cairn_node::client::{GetOptions, GetStats, GetTarget, LocalFragments, get};
 use cairn_node::id::{FileId, Reference};
-use cairn_node::store::{DiskStore, FragmentStorage};
+use cairn_node::store::DiskStore;
 
-use crate::keys::load_owner_key;
 
 /// Seconds since the Unix epoch, for certificates.
 pub fn unix_now() -> u64 {
@@ -162,11 +160,6 @@ impl Progress {
                 rate(self.done, self.start.elapsed())
             );
         }
-    }
-
-    /// Bytes counted so far.
-    pub fn done(&self) -> u64 {
-        self.done
     }
 
     /// Ends the line.

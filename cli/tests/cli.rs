@@ -34,11 +34,11 @@ fn start(home: &Path, args: &[&str], prefix: &str) -> (Guard, String) {
     let stdout = child.stdout.take().unwrap();
     let guard = Guard(child);
     let (tx, rx) = mpsc::channel();
-    let prefix = prefix.to_string();
+    let wanted = prefix.to_string();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix(&prefix) {
+            if let Some(rest) = line.strip_prefix(&wanted) {
                 let _ = tx.send(rest.trim().to_string());
             }
         }

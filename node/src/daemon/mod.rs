@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -43,7 +43,7 @@ use crate::id::{Id, NodeId};
 use crate::net::{Incoming, NetConfig, NetError, Peer, Transport};
 use crate::overlay::{self, Action, Event, Overlay, OverlayMessage, Routed, Time};
 use crate::past::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, closest};
-use crate::store::{DiskStore, FragmentStorage, StoreError};
+use crate::store::{DiskStore, StoreError};
 
 pub use gateway::{GatewayError, NetworkFragments, PlacementFailure};
 
@@ -211,9 +211,8 @@ enum Input {
 
 struct Inner {
     id: NodeId,
-    identity: KeyPair,
     transport: Transport<Wire>,
-    holder: Holder<Arc<DiskStore>>,
+    holder: Holder<DiskStore>,
     addresses: RwLock<HashMap<NodeId, SocketAddr>>,
     view: RwLock<OverlayView>,
     overlay_tx: mpsc::Sender<Input>,
@@ -247,10 +246,6 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -280,7 +275,7 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
-        let identity = node_identity(&config.data_dir)?;
+        let identity = Arc::new(node_identity(&config.data_dir)?);
         let id = identity.public_key().node_id();
         let store_dir = config.data_dir.join("store");
         let capacity = config.capacity;
@@ -295,7 +290,7 @@ impl Node {
         let overlay = Overlay::new(config.overlay.clone(), id)
             .map_err(|e| StartError::Overlay(e.to_string()))?;
         let (transport, incoming) = Transport::bind(
-            Arc::new(identity.clone()),
+            Arc::clone(&identity),
             config.listen,
             config.advertise,
             config.net.clone(),
@@ -309,8 +304,7 @@ impl Node {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let inner = Arc::new(Inner {
             id,
-            holder: Holder::new(Arc::new(store), identity.clone(), config.past),
-            identity,
+            holder: Holder::new(store, identity, config.past),
             transport,
             addresses: RwLock::new(HashMap::new()),
             view: RwLock::new(OverlayView::default()),
@@ -524,7 +518,8 @@ impl Node {
     /// Sends a PAST request to `to` and returns its answer.
     pub async fn ask(&self, to: &NodeAddress, request: PastRequest) -> Result<PastResponse, GatewayError> {
         if to.id == self.id() {
-            return Ok(self.handle_past(request).await);
+            // Boxed: a store asked of oneself may divert, which asks again.
+            return Ok(Box::pin(self.handle_past(request)).await);
         }
         match self
             .inner

@@ -27,6 +27,7 @@
 //! reaches either finds the diverted holder.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -270,13 +271,13 @@ pub type UnixSeconds = u64;
 /// back as node ids and the daemon adds addresses.
 pub struct Holder<S> {
     store: S,
-    identity: KeyPair,
+    identity: Arc<KeyPair>,
     config: PastConfig,
 }
 
 impl<S: FragmentStorage> Holder<S> {
     /// A holder over `store`, signing receipts with `identity` (the node's key).
-    pub fn new(store: S, identity: KeyPair, config: PastConfig) -> Holder<S> {
+    pub fn new(store: S, identity: Arc<KeyPair>, config: PastConfig) -> Holder<S> {
         Holder {
             store,
             identity,
