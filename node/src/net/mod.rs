@@ -400,6 +400,8 @@ type Reply<M> = oneshot::Sender<Result<M, NetError>>;
 /// One authenticated connection.
 struct Conn<M> {
     peer: Peer,
+    /// The socket's remote address (for logs; a dialler's is an ephemeral port).
+    remote: SocketAddr,
     /// Whether we dialled it.
     dialled: bool,
     writer: mpsc::Sender<Outgoing>,
@@ -808,7 +810,7 @@ impl<M> Inner<M> {
         let Some(pending) = lock(&conn.pending).take() else {
             return;
         };
-        debug!(peer = %conn.peer, dialled = conn.dialled, why, "connection closed");
+        debug!(peer = %conn.peer, remote = %conn.remote, dialled = conn.dialled, why, "connection closed");
         for (_, waiter) in pending {
             let _ = waiter.send(Err(NetError::Closed));
         }
@@ -985,11 +987,13 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
         dialled: bool,
     ) -> Result<Arc<Conn<M>>, NetError> {
         let incoming = lock(&self.incoming).clone().ok_or(NetError::Closed)?;
+        let remote = stream.peer_addr()?;
         let (reader, writer) = stream.into_split();
         let (writer_tx, writer_rx) = mpsc::channel(WRITER_QUEUE);
         let slots = self.slots();
         let conn = Arc::new(Conn {
             peer,
+            remote,
             dialled,
             writer: writer_tx,
             pending: Mutex::new(Some(HashMap::new())),
@@ -1044,12 +1048,12 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                 Ok(Some(body)) => body,
                 Ok(None) => return "closed by the peer",
                 Err(ReadError::Io(error)) => {
-                    debug!(peer = %conn.peer, %error, "read failed");
+                    debug!(peer = %conn.peer, remote = %conn.remote, %error, "read failed");
                     return "read failed";
                 }
                 Err(refused) => {
                     bump(&self.counters.frames_refused, 1);
-                    warn!(peer = %conn.peer, error = ?refused, "frame refused");
+                    warn!(peer = %conn.peer, remote = %conn.remote, error = ?refused, "frame refused");
                     return "frame refused";
                 }
             };
@@ -1062,7 +1066,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                 Ok(frame) => frame,
                 Err(error) => {
                     bump(&self.counters.frames_refused, 1);
-                    warn!(peer = %conn.peer, %error, "frame refused");
+                    warn!(peer = %conn.peer, remote = %conn.remote, %error, "frame refused");
                     return "malformed frame";
                 }
             };
@@ -1109,7 +1113,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                 // transport is shutting down, which stops this task anyway). The
                 // message is dropped (a request answered "no answer"), but the
                 // connection stays: our own requests' answers still arrive on it.
-                debug!(peer = %conn.peer, "incoming message dropped: no receiver");
+                debug!(peer = %conn.peer, remote = %conn.remote, "incoming message dropped: no receiver");
             }
         }
     }
@@ -1155,7 +1159,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
             match timeout(write_timeout, writer.write_all(&item.frame)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    debug!(peer = %conn.peer, %error, "write failed");
+                    debug!(peer = %conn.peer, remote = %conn.remote, %error, "write failed");
                     return "write failed";
                 }
                 Err(_) => return "write stalled",
@@ -1169,7 +1173,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                 match timeout(write_timeout, writer.flush()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
-                        debug!(peer = %conn.peer, %error, "write failed");
+                        debug!(peer = %conn.peer, remote = %conn.remote, %error, "write failed");
                         return "write failed";
                     }
                     Err(_) => return "write stalled",

@@ -848,3 +848,26 @@ fn the_bytes_helper_keeps_the_wire_format_and_round_trips() {
     let lying = [4u8, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3];
     assert!(wire::decode_body::<Msg>(&lying).is_err());
 }
+
+#[test]
+fn handles_can_cross_tasks_and_threads() {
+    fn send_and_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_and_sync::<Transport<Msg>>();
+    send::<Responder<Msg>>();
+    send::<Incoming<Msg>>();
+    send_and_sync::<NetError>();
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let quick = NetConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let (server, _server_in) = node(2, quick).await;
+    let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+    // Says nothing; the server sends its hello, then hangs up.
+    send_raw_and_expect_close(&mut raw, &[]).await;
+    assert_eq!(server.stats().handshakes_failed, 1);
+}
