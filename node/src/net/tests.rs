@@ -19,6 +19,7 @@ enum Msg {
     Pong(u32),
     Blob(Vec<u8>),
     Note(String),
+    Bytes(#[serde(with = "super::bytes")] Vec<u8>),
 }
 
 /// How long a test waits for something that should take milliseconds.
@@ -728,4 +729,145 @@ async fn random_bytes_never_panic_the_frame_reader_or_decoders() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_node_that_drops_its_receiver_still_gets_answers_on_the_same_connection() {
+    let (a, a_in) = node(1, config()).await;
+    drop(a_in);
+    let (b, b_in) = node(2, config()).await;
+    let _messages = serve_echo(b_in);
+
+    // b's messages to a are dropped, and its request is answered "no answer".
+    b.send(&a.me(), Msg::Note("unheard".into())).await.unwrap();
+    match b.request(&a.me(), Msg::Ping(1)).await {
+        Err(NetError::Remote(reason)) => assert_eq!(reason, NO_ANSWER),
+        other => panic!("expected Remote, got {other:?}"),
+    }
+    // The connection b opened survives and carries a's own request and its answer.
+    assert_eq!(
+        a.request(&b.me(), Msg::Ping(2)).await.unwrap(),
+        Msg::Pong(2)
+    );
+    assert_eq!(a.stats().connections_opened, 0);
+    assert_eq!(b.stats().connections_opened, 1);
+}
+
+/// Loopback figures for the report, not a check of speed: run with
+/// `cargo test -p cairn-node net::tests::measure -- --ignored --nocapture` (the dev profile
+/// builds dependencies at opt-level 3 and this crate at 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; prints figures"]
+async fn measure_loopback_request_rates() {
+    let (a, _a_in) = node(1, config()).await;
+    let (b, b_in) = node(2, config()).await;
+    let _messages = serve_echo(b_in);
+    let to = b.me();
+    a.request(&to, Msg::Ping(0)).await.unwrap();
+
+    // Small requests, 64 outstanding at a time.
+    let count = 20_000u32;
+    let started = std::time::Instant::now();
+    let mut requests = JoinSet::new();
+    for worker in 0..64u32 {
+        let a = a.clone();
+        requests.spawn(async move {
+            for n in (worker..count).step_by(64) {
+                assert_eq!(a.request(&to, Msg::Ping(n)).await.unwrap(), Msg::Pong(n));
+            }
+        });
+    }
+    while let Some(joined) = requests.join_next().await {
+        joined.unwrap();
+    }
+    let small = started.elapsed();
+    println!(
+        "small requests, 64 in flight: {count} in {small:?} = {:.0} requests/s",
+        f64::from(count) / small.as_secs_f64()
+    );
+
+    // 1 MiB requests echoed back, 8 outstanding at a time (2 MiB crosses per request),
+    // as a plain Vec<u8> field and as one with `#[serde(with = "net::bytes")]`.
+    let mut blob = vec![0u8; 1024 * 1024];
+    Rng::new(1).fill_bytes(&mut blob);
+    let blob = Arc::new(blob);
+    for as_bytes in [false, true] {
+        let rounds = 512usize;
+        let started = std::time::Instant::now();
+        let mut requests = JoinSet::new();
+        for _ in 0..8 {
+            let (a, blob) = (a.clone(), Arc::clone(&blob));
+            requests.spawn(async move {
+                for _ in 0..rounds / 8 {
+                    let msg = if as_bytes {
+                        Msg::Bytes(blob.to_vec())
+                    } else {
+                        Msg::Blob(blob.to_vec())
+                    };
+                    let answer = a.request(&to, msg).await.unwrap();
+                    assert!(matches!(
+                        &answer,
+                        Msg::Blob(echoed) | Msg::Bytes(echoed) if echoed[..] == blob[..]
+                    ));
+                }
+            });
+        }
+        while let Some(joined) = requests.join_next().await {
+            joined.unwrap();
+        }
+        let large = started.elapsed();
+        println!(
+            "1 MiB echo requests ({}), 8 in flight: {rounds} in {large:?} = {:.0} MiB/s each way",
+            if as_bytes {
+                "net::bytes field"
+            } else {
+                "plain Vec<u8> field"
+            },
+            rounds as f64 / large.as_secs_f64()
+        );
+    }
+}
+
+#[test]
+fn the_bytes_helper_keeps_the_wire_format_and_round_trips() {
+    for len in [0usize, 1, 127, 128, 300, 70_000] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let plain = postcard::to_stdvec(&Msg::Blob(payload.clone())).unwrap();
+        let fast = postcard::to_stdvec(&Msg::Bytes(payload.clone())).unwrap();
+        assert_eq!(plain[0], 2, "Msg::Blob");
+        assert_eq!(fast[0], 4, "Msg::Bytes");
+        assert_eq!(
+            plain[1..],
+            fast[1..],
+            "same bytes after the variant, len {len}"
+        );
+        let decoded: Msg = wire::decode_body(&fast).unwrap();
+        assert_eq!(decoded, Msg::Bytes(payload));
+    }
+    // A length claiming more than the input holds is refused, not allocated.
+    let lying = [4u8, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3];
+    assert!(wire::decode_body::<Msg>(&lying).is_err());
+}
+
+#[test]
+fn handles_can_cross_tasks_and_threads() {
+    fn send_and_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_and_sync::<Transport<Msg>>();
+    send::<Responder<Msg>>();
+    send::<Incoming<Msg>>();
+    send_and_sync::<NetError>();
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let quick = NetConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let (server, _server_in) = node(2, quick).await;
+    let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+    // Says nothing; the server sends its hello, then hangs up.
+    send_raw_and_expect_close(&mut raw, &[]).await;
+    assert_eq!(server.stats().handshakes_failed, 1);
 }
