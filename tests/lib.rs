@@ -31,6 +31,8 @@ pub mod store {
 }
 
 /// A cluster of real nodes on loopback, in this process, for the network tests.
+// Test support: a failure here is the calling test's failure, with the panic message.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod cluster {
     use std::net::SocketAddr;
     use std::path::PathBuf;
@@ -117,7 +119,8 @@ pub mod cluster {
             while Instant::now() < deadline {
                 let ready = self.live().all(|(_, node)| {
                     let view = node.overlay_view();
-                    let mut ids: Vec<NodeId> = view.left.iter().chain(&view.right).copied().collect();
+                    let mut ids: Vec<NodeId> =
+                        view.left.iter().chain(&view.right).copied().collect();
                     ids.sort();
                     ids.dedup();
                     ids.len() >= want

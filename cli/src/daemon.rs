@@ -94,7 +94,11 @@ pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node in {}", args.data.display()))?;
-        println!("cairn node {} listening on {}", node.id(), node.advertised());
+        println!(
+            "cairn node {} listening on {}",
+            node.id(),
+            node.advertised()
+        );
         let server = match args.api {
             Some(listen) => {
                 let server = api::serve(

@@ -11,7 +11,6 @@ use cairn_node::client::{GetOptions, GetStats, GetTarget, LocalFragments, get};
 use cairn_node::id::{FileId, Reference};
 use cairn_node::store::DiskStore;
 
-
 /// Seconds since the Unix epoch, for certificates.
 pub fn unix_now() -> u64 {
     SystemTime::now()

@@ -249,7 +249,11 @@ pub fn stat_command(args: StatArgs) -> anyhow::Result<()> {
     }
     let n = usize::from(stat.k) + usize::from(stat.m);
     println!("file:       {}", stat.reference);
-    println!("size:       {} ({} bytes)", human_bytes(stat.size), stat.size);
+    println!(
+        "size:       {} ({} bytes)",
+        human_bytes(stat.size),
+        stat.size
+    );
     println!(
         "erasure:    {} data + {} parity fragments per block",
         stat.k, stat.m

@@ -1,6 +1,8 @@
 //! The `cairn` binary end to end: a devnet and node processes started by the test,
 //! driven by the CLI as a person would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -72,7 +74,11 @@ fn ok(home: &Path, args: &[&str]) -> String {
 
 fn fails(home: &Path, args: &[&str]) -> String {
     let out = cairn(home, args);
-    assert!(!out.status.success(), "`cairn {}` should fail", args.join(" "));
+    assert!(
+        !out.status.success(),
+        "`cairn {}` should fail",
+        args.join(" ")
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -98,30 +104,65 @@ fn devnet_put_get_stat_rm_and_clear_errors() {
     let dir_arg = dir.to_str().unwrap();
     let (devnet, api) = start(
         &home,
-        &["devnet", "--nodes", "6", "--dir", dir_arg, "--api", "127.0.0.1:0"],
+        &[
+            "devnet",
+            "--nodes",
+            "6",
+            "--dir",
+            dir_arg,
+            "--api",
+            "127.0.0.1:0",
+        ],
         "api on http://",
     );
     let input = tmp.path().join("input.bin");
     let data = random_file(&input, (2 << 20) + 12_345, 7);
     let api_args = ["--api", api.as_str()];
     let with_api = |args: &[&str]| -> Vec<String> {
-        args.iter().chain(api_args.iter()).map(|s| s.to_string()).collect()
+        args.iter()
+            .chain(api_args.iter())
+            .map(|s| s.to_string())
+            .collect()
     };
-    let run = |args: &[&str]| ok(&home, &with_api(args).iter().map(String::as_str).collect::<Vec<_>>());
-    let run_fails =
-        |args: &[&str]| fails(&home, &with_api(args).iter().map(String::as_str).collect::<Vec<_>>());
+    let run = |args: &[&str]| {
+        ok(
+            &home,
+            &with_api(args)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let run_fails = |args: &[&str]| {
+        fails(
+            &home,
+            &with_api(args)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+    };
 
     let reference = run(&["put", input.to_str().unwrap()]).trim().to_string();
     assert!(reference.starts_with("cairn:f:"), "{reference}");
-    assert!(home.join("owner.key").exists(), "the first put created the owner key");
+    assert!(
+        home.join("owner.key").exists(),
+        "the first put created the owner key"
+    );
 
     let output = tmp.path().join("output.bin");
     run(&["get", &reference, "-o", output.to_str().unwrap()]);
-    assert!(std::fs::read(&output).unwrap() == data, "get gave other bytes");
+    assert!(
+        std::fs::read(&output).unwrap() == data,
+        "get gave other bytes"
+    );
 
     let stat = run(&["stat", &reference]);
     assert!(stat.contains("2.0 MiB"), "{stat}");
-    assert!(stat.contains("6/6"), "stat shows every fragment live: {stat}");
+    assert!(
+        stat.contains("6/6"),
+        "stat shows every fragment live: {stat}"
+    );
     let status = run(&["status"]);
     assert!(status.contains("joined:     true"), "{status}");
 
@@ -157,14 +198,24 @@ fn node_processes_survive_a_kill_and_a_restart_on_their_data_dir() {
         let words: Vec<&str> = line.split_whitespace().collect();
         (words[0].to_string(), words[words.len() - 1].to_string())
     };
-    let (first, api) = node(0, "127.0.0.1:0", &["--api", "127.0.0.1:0"], "api on http://");
+    let (first, api) = node(
+        0,
+        "127.0.0.1:0",
+        &["--api", "127.0.0.1:0"],
+        "api on http://",
+    );
     let first_addr = ok(&home, &["status", "--api", &api])
         .lines()
         .find_map(|l| l.strip_prefix("address:").map(|a| a.trim().to_string()))
         .unwrap();
     let mut nodes = vec![(first, String::new(), String::new())];
     for i in 1..5 {
-        let (guard, line) = node(i, "127.0.0.1:0", &["--bootstrap", &first_addr], "cairn node ");
+        let (guard, line) = node(
+            i,
+            "127.0.0.1:0",
+            &["--bootstrap", &first_addr],
+            "cairn node ",
+        );
         let (id, addr) = id_and_addr(&line);
         nodes.push((guard, id, addr));
     }
@@ -172,27 +223,55 @@ fn node_processes_survive_a_kill_and_a_restart_on_their_data_dir() {
     let data = random_file(&input, 700_000, 3);
     let reference = ok(
         &home,
-        &["put", input.to_str().unwrap(), "-k", "2", "-m", "1", "--api", &api],
+        &[
+            "put",
+            input.to_str().unwrap(),
+            "-k",
+            "2",
+            "-m",
+            "1",
+            "--api",
+            &api,
+        ],
     )
     .trim()
     .to_string();
     let output = tmp.path().join("output.bin");
     let get = || {
         let _ = std::fs::remove_file(&output);
-        ok(&home, &["get", &reference, "-o", output.to_str().unwrap(), "--api", &api]);
-        assert!(std::fs::read(&output).unwrap() == data, "get gave other bytes");
+        ok(
+            &home,
+            &[
+                "get",
+                &reference,
+                "-o",
+                output.to_str().unwrap(),
+                "--api",
+                &api,
+            ],
+        );
+        assert!(
+            std::fs::read(&output).unwrap() == data,
+            "get gave other bytes"
+        );
     };
     get();
 
     // kill -9 one node process: the file still reads (m = 1).
     let (id, addr) = (nodes[2].1.clone(), nodes[2].2.clone());
-    drop(std::mem::replace(&mut nodes[2].0, Guard(Command::new("true").spawn().unwrap())));
+    drop(std::mem::replace(
+        &mut nodes[2].0,
+        Guard(Command::new("true").spawn().unwrap()),
+    ));
     get();
     // Restarted on its data dir and address it comes back with the same id, and the
     // file reads with another node down instead.
     let (guard, line) = node(2, &addr, &["--bootstrap", &first_addr], "cairn node ");
     assert_eq!(id_and_addr(&line).0, id, "a restarted node keeps its id");
     nodes[2].0 = guard;
-    drop(std::mem::replace(&mut nodes[3].0, Guard(Command::new("true").spawn().unwrap())));
+    drop(std::mem::replace(
+        &mut nodes[3].0,
+        Guard(Command::new("true").spawn().unwrap()),
+    ));
     get();
 }

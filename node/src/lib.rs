@@ -13,9 +13,9 @@
 //! 7. [`sim`]: a deterministic discrete-event simulator that drives many overlays.
 //! 8. [`client`]: put/get of whole files over a [`client::FragmentStore`] (any store:
 //!    local, in memory, or the network through [`daemon::NetworkFragments`]).
-//! 9. [`past`]: PAST's rules and a node's answers to insert, lookup and reclaim
-//!    (sans-IO).
-//! 10. [`net`]: the authenticated TCP transport (tokio).
+//! 9. [`net`]: the authenticated TCP transport (tokio), generic over the message type.
+//! 10. [`past`]: PAST's rules and a node's answers to insert, lookup and reclaim
+//!     (sans-IO).
 //! 11. [`daemon`]: a running node: overlay, PAST, transport, store and clock wired
 //!     together, and the gateway operations on whole files.
 //! 12. [`api`]: the node's local HTTP API.

@@ -1,6 +1,8 @@
 //! Real nodes on loopback (in this process): PAST insert, lookup and reclaim through
 //! the local API, with failures, diversion and forgeries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
@@ -23,7 +25,14 @@ fn owner(seed: u8) -> KeyPair {
 
 fn put(client: &ApiClient, owner: &KeyPair, data: &[u8], salt: u64) -> FileId {
     let outcome = client
-        .put(&mut &data[..], "test file", salt, owner, ErasureParams::DEFAULT, unix_now())
+        .put(
+            &mut &data[..],
+            "test file",
+            salt,
+            owner,
+            ErasureParams::DEFAULT,
+            unix_now(),
+        )
         .unwrap_or_else(|e| panic!("put of {} bytes failed: {e}", data.len()));
     match outcome.reference {
         cairn_node::id::Reference::File(file) => file,
@@ -62,10 +71,16 @@ fn sixteen_nodes_store_and_serve_files_of_every_size_from_another_node() {
     for (i, size) in [0usize, 1, (1 << 20) + 1, 64 << 20].into_iter().enumerate() {
         let data = Rng::new(i as u64).bytes(size);
         let file = put(&writer, &me, &data, i as u64);
-        assert!(get(&reader, &file) == data, "{size} bytes came back different");
+        assert!(
+            get(&reader, &file) == data,
+            "{size} bytes came back different"
+        );
         let stat = reader.stat(&file).unwrap();
         assert_eq!(stat.size, size as u64);
-        assert_eq!(stat.degraded_blocks, 0, "{size} bytes: every block has n live fragments");
+        assert_eq!(
+            stat.degraded_blocks, 0,
+            "{size} bytes: every block has n live fragments"
+        );
         for block in &stat.blocks {
             assert_eq!(block.live, 6, "block {} of a {size}-byte file", block.block);
         }
@@ -89,14 +104,20 @@ fn every_file_survives_the_loss_of_m_holders_and_a_restarted_node_serves_again()
         .filter_map(|id| cluster.index_of(id))
         .filter(|i| *i != 0)
         .collect();
-    assert!(block_holders.len() >= 5, "block 1 has its holders: {block_holders:?}");
+    assert!(
+        block_holders.len() >= 5,
+        "block 1 has its holders: {block_holders:?}"
+    );
     let (a, b, c) = (block_holders[0], block_holders[1], block_holders[2]);
 
     // m = 2 holders of block 1 crash: every file still reads back.
     cluster.kill(a);
     cluster.kill(b);
     for (file, data) in &files {
-        assert!(get(&client, file) == *data, "a file was lost with 2 nodes down");
+        assert!(
+            get(&client, file) == *data,
+            "a file was lost with 2 nodes down"
+        );
     }
 
     // `a` comes back on its data dir; then `b` stays down and `c` crashes too, so
@@ -104,7 +125,10 @@ fn every_file_survives_the_loss_of_m_holders_and_a_restarted_node_serves_again()
     cluster.restart(a);
     cluster.kill(c);
     for (file, data) in &files {
-        assert!(get(&client, file) == *data, "the restarted node did not serve");
+        assert!(
+            get(&client, file) == *data,
+            "the restarted node did not serve"
+        );
     }
     let a_id = node_key(a).public_key().node_id();
     assert!(
@@ -113,9 +137,16 @@ fn every_file_survives_the_loss_of_m_holders_and_a_restarted_node_serves_again()
     );
 }
 
-/// Node indexes of the 10-node diversion cluster that have almost no room.
-const TINY: [usize; 5] = [1, 3, 5, 7, 9];
 const TINY_CAPACITY: u64 = 100 << 10;
+
+/// The indexes of the 5 of 10 nodes that are next to each other on the ring: they get
+/// almost no room (an arc of 6 closest nodes can then hold 1 to 5 of them).
+fn tiny_nodes() -> Vec<usize> {
+    let mut by_position: Vec<usize> = (0..10).collect();
+    by_position.sort_by_key(|i| node_key(*i).public_key().node_id());
+    by_position.truncate(5);
+    by_position
+}
 
 fn tiny_among_closest(key: &PlacementKey, ids: &[NodeId], tiny: &[NodeId]) -> usize {
     closest(&key.0, ids.iter().copied(), 6)
@@ -127,8 +158,10 @@ fn tiny_among_closest(key: &PlacementKey, ids: &[NodeId], tiny: &[NodeId]) -> us
 /// A 64 KiB file whose block key (salt 0, and salt 1) has the wanted number of tiny
 /// nodes among its 6 closest: `want(t0, t1)`.
 fn content_where(want: impl Fn(usize, usize) -> bool) -> Vec<u8> {
-    let ids: Vec<NodeId> = (0..10).map(|i| node_key(i).public_key().node_id()).collect();
-    let tiny: Vec<NodeId> = TINY.iter().map(|i| ids[*i]).collect();
+    let ids: Vec<NodeId> = (0..10)
+        .map(|i| node_key(i).public_key().node_id())
+        .collect();
+    let tiny: Vec<NodeId> = tiny_nodes().iter().map(|i| ids[*i]).collect();
     for seed in 0..20_000u64 {
         let data = Rng::new(seed).bytes(64 << 10);
         let hash = BlockHash(Id::hash(&data));
@@ -145,10 +178,11 @@ fn content_where(want: impl Fn(usize, usize) -> bool) -> Vec<u8> {
 fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     // Fragments of a 64 KiB block are 16 KiB: a tiny node (100 KiB) has no room for
     // one (16/100 > t_pri = 0.1) and refuses diverted ones; big nodes take anything.
+    let tiny = tiny_nodes();
     let mut cluster = Cluster::start_with(
         10,
         |i, config| {
-            if TINY.contains(&i) {
+            if tiny.contains(&i) {
                 config.capacity = TINY_CAPACITY;
             }
         },
@@ -159,7 +193,11 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     let diverted = |cluster: &Cluster| -> u64 {
         cluster
             .live()
-            .map(|(_, n)| n.counters().fragments_diverted.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|(_, n)| {
+                n.counters()
+                    .fragments_diverted
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
             .sum()
     };
 
@@ -184,7 +222,10 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     let file = put(&client, &me, &data, 2);
     let stat = client.stat(&file).unwrap();
     let block = stat.blocks.iter().find(|b| b.block == "0").unwrap();
-    assert_eq!(block.salt, 1, "the block was stored under a new salt: {block:?}");
+    assert_eq!(
+        block.salt, 1,
+        "the block was stored under a new salt: {block:?}"
+    );
     assert_eq!(block.live, 6);
     assert!(get(&client, &file) == data);
     drop(cluster);
@@ -194,13 +235,26 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     let client = full.api(0);
     let data = Rng::new(7).bytes(64 << 10);
     let error = client
-        .put(&mut &data[..], "too big", 1, &me, ErasureParams::DEFAULT, unix_now())
+        .put(
+            &mut &data[..],
+            "too big",
+            1,
+            &me,
+            ErasureParams::DEFAULT,
+            unix_now(),
+        )
         .unwrap_err();
     match error {
         ClientError::Api { status, message } => {
             assert_eq!(status, 507, "{message}");
-            assert!(message.contains("no room") || message.contains("full"), "{message}");
-            assert!(message.contains("attempts") || message.contains("salt"), "{message}");
+            assert!(
+                message.contains("no room") || message.contains("full"),
+                "{message}"
+            );
+            assert!(
+                message.contains("attempts") || message.contains("salt"),
+                "{message}"
+            );
         }
         other => panic!("expected 507, got {other}"),
     }
@@ -223,19 +277,33 @@ fn bad_holders_are_bypassed_and_forgeries_refused() {
     cluster.node(held[0]).tamper_with_served_fragments(true);
     let victim = cluster.node(held[1]);
     let stat = client.stat(&file).unwrap();
-    let key: PlacementKey = stat.blocks.iter().find(|b| b.block == "0").unwrap().key.parse().unwrap();
+    let key: PlacementKey = stat
+        .blocks
+        .iter()
+        .find(|b| b.block == "0")
+        .unwrap()
+        .key
+        .parse()
+        .unwrap();
     let index = victim.store().fragments_under(&key).unwrap()[0].index;
     let body = victim.store().body_path(&key, index).unwrap().unwrap();
     let mut bytes = std::fs::read(&body).unwrap();
     bytes[0] ^= 0x40;
     std::fs::write(&body, bytes).unwrap();
-    assert!(get(&client, &file) == data, "both bad holders were bypassed");
+    assert!(
+        get(&client, &file) == data,
+        "both bad holders were bypassed"
+    );
     let asker = cluster.node(0).clone();
     let victim_address = victim.address();
     let answer = cluster
         .block_on(asker.ask(&victim_address, PastRequest::Fetch { key, index }))
         .unwrap();
-    assert_eq!(answer, PastResponse::Corrupt, "a corrupt copy is never served");
+    assert_eq!(
+        answer,
+        PastResponse::Corrupt,
+        "a corrupt copy is never served"
+    );
 
     // Forgeries, sent straight to a node as another node (or a client) would.
     let target = cluster.node(3).address();
@@ -275,7 +343,11 @@ fn bad_holders_are_bypassed_and_forgeries_refused() {
         PastResponse::Refused(Refusal::HashMismatch)
     );
     // An expired grant.
-    assert!(refused(ask(store(grant_by(&me, &me, 5), hash, bytes.clone()))));
+    assert!(refused(ask(store(
+        grant_by(&me, &me, 5),
+        hash,
+        bytes.clone()
+    ))));
     // And the honest request is stored, with a receipt.
     assert!(matches!(
         ask(store(good_grant, hash, bytes)),
@@ -299,7 +371,10 @@ fn bad_holders_are_bypassed_and_forgeries_refused() {
     // A reclaim signed by someone other than the owner: refused by the API and by a
     // node asked directly; the file stays readable.
     let error = client.remove(&file, &thief, unix_now()).unwrap_err();
-    assert!(matches!(error, ClientError::Api { status: 403, .. }), "{error}");
+    assert!(
+        matches!(error, ClientError::Api { status: 403, .. }),
+        "{error}"
+    );
     let forged = Signed::sign(
         &thief,
         ReclaimCertificate {
@@ -360,7 +435,9 @@ fn malformed_frames_close_one_connection_and_the_api_explains_mistakes() {
         vec![0, 0, 0, 100, 1, 2],
     ] {
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let _ = stream.write_all(&bytes);
     }
     let me = owner(6);
@@ -381,7 +458,10 @@ fn malformed_frames_close_one_connection_and_the_api_explains_mistakes() {
     let unknown = FileId(Id::hash(b"nobody stored this"));
     assert_eq!(status(&format!("/v1/files/cairn:f:{unknown}")), 404);
     match client.stat(&unknown) {
-        Err(ClientError::Api { status: 404, message }) => {
+        Err(ClientError::Api {
+            status: 404,
+            message,
+        }) => {
             assert!(message.contains("certificate"), "{message}")
         }
         other => panic!("{other:?}"),

@@ -287,7 +287,12 @@ impl ApiClient {
     }
 
     /// Reclaims a file (the owner's key signs the order).
-    pub fn remove(&self, file: &FileId, owner: &KeyPair, now: u64) -> Result<ReclaimReport, ClientError> {
+    pub fn remove(
+        &self,
+        file: &FileId,
+        owner: &KeyPair,
+        now: u64,
+    ) -> Result<ReclaimReport, ClientError> {
         let reclaim = ReclaimCertificate {
             file_id: *file,
             owner: owner.public_key(),

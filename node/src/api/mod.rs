@@ -97,7 +97,13 @@ pub struct ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(ErrorBody { error: self.message })).into_response()
+        (
+            status,
+            axum::Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -141,7 +147,10 @@ pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
     }
     (0..text.len())
         .step_by(2)
-        .map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
         .collect()
 }
 
@@ -180,7 +189,9 @@ impl Drop for ApiServer {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiStartError {
     /// Listening elsewhere than loopback needs a token.
-    #[error("the API may listen on {0} (not loopback) only with a token (--api-token or CAIRN_API_TOKEN)")]
+    #[error(
+        "the API may listen on {0} (not loopback) only with a token (--api-token or CAIRN_API_TOKEN)"
+    )]
     NeedToken(SocketAddr),
     /// The address could not be bound.
     #[error("cannot listen on {addr}")]
@@ -210,10 +221,12 @@ pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartE
             addr: config.listen,
             source,
         })?;
-    let addr = listener.local_addr().map_err(|source| ApiStartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ApiStartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let state = AppState {
         node,
         token: config.token.map(Arc::from),
@@ -390,11 +403,16 @@ async fn put_file(
     };
     let store = NetworkFragments::new(state.node.clone(), Handle::current(), Some(upload));
     let reader = body_reader(body);
-    let unsigned = tokio::task::spawn_blocking(move || put_unsigned(reader, &identity, &options, &store))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(put_error)?;
-    state.node.counters().files_put.fetch_add(1, Ordering::Relaxed);
+    let unsigned =
+        tokio::task::spawn_blocking(move || put_unsigned(reader, &identity, &options, &store))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(put_error)?;
+    state
+        .node
+        .counters()
+        .files_put
+        .fetch_add(1, Ordering::Relaxed);
     let certificate = postcard::to_stdvec(&unsigned.certificate)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(axum::Json(PutAnswer {
@@ -471,15 +489,12 @@ async fn get_file(
 ) -> Result<Response, ApiError> {
     let file = parse_file_reference(&reference)?;
     let node = state.node.clone();
-    let certificate = node
-        .find_certificate(file)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no file {reference} is stored in this network (no node has its certificate)"),
-            )
-        })?;
+    let certificate = node.find_certificate(file).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no file {reference} is stored in this network (no node has its certificate)"),
+        )
+    })?;
     let now = unix_now();
     certificate
         .body
@@ -513,12 +528,12 @@ async fn get_file(
             }
         }
     });
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, size)
         .body(Body::new(channel))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 fn get_error_text(error: &GetError) -> String {
@@ -672,30 +687,119 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let store = node.store();
     let mut text = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(text, "# HELP cairn_{name} {help}\n# TYPE cairn_{name} {kind}\ncairn_{name} {value}");
+        let _ = writeln!(
+            text,
+            "# HELP cairn_{name} {help}\n# TYPE cairn_{name} {kind}\ncairn_{name} {value}"
+        );
     };
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metric("store_used_bytes", "gauge", "Bytes of fragments stored.", store.used());
-    metric("store_capacity_bytes", "gauge", "Configured capacity.", store.capacity());
-    metric("fragments_stored_total", "counter", "Fragments stored here.", load(&c.fragments_stored));
-    metric("fragments_diverted_total", "counter", "Fragments this node diverted elsewhere.", load(&c.fragments_diverted));
-    metric("fragments_served_total", "counter", "Fragments served.", load(&c.fragments_served));
-    metric("requests_refused_total", "counter", "PAST requests refused.", load(&c.requests_refused));
-    metric("locates_total", "counter", "Locates started.", load(&c.locates));
-    metric("locates_failed_total", "counter", "Locates that failed.", load(&c.locates_failed));
-    metric("files_put_total", "counter", "Files put through this API.", load(&c.files_put));
-    metric("files_got_total", "counter", "Files read through this API.", load(&c.files_got));
-    metric("placements_failed_total", "counter", "Blocks that could not be placed at a key.", load(&c.placements_failed));
-    metric("net_bytes_sent_total", "counter", "Bytes sent.", net.bytes_sent);
-    metric("net_bytes_received_total", "counter", "Bytes received.", net.bytes_received);
-    metric("net_connections_opened_total", "counter", "Connections opened.", net.connections_opened);
-    metric("net_connections_accepted_total", "counter", "Connections accepted.", net.connections_accepted);
-    metric("net_handshakes_failed_total", "counter", "Handshakes refused.", net.handshakes_failed);
-    metric("net_frames_refused_total", "counter", "Malformed or oversized frames.", net.frames_refused);
-    metric("net_requests_timed_out_total", "counter", "Requests that timed out.", net.requests_timed_out);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    metric(
+        "store_used_bytes",
+        "gauge",
+        "Bytes of fragments stored.",
+        store.used(),
+    );
+    metric(
+        "store_capacity_bytes",
+        "gauge",
+        "Configured capacity.",
+        store.capacity(),
+    );
+    metric(
+        "fragments_stored_total",
+        "counter",
+        "Fragments stored here.",
+        load(&c.fragments_stored),
+    );
+    metric(
+        "fragments_diverted_total",
+        "counter",
+        "Fragments this node diverted elsewhere.",
+        load(&c.fragments_diverted),
+    );
+    metric(
+        "fragments_served_total",
+        "counter",
+        "Fragments served.",
+        load(&c.fragments_served),
+    );
+    metric(
+        "requests_refused_total",
+        "counter",
+        "PAST requests refused.",
+        load(&c.requests_refused),
+    );
+    metric(
+        "locates_total",
+        "counter",
+        "Locates started.",
+        load(&c.locates),
+    );
+    metric(
+        "locates_failed_total",
+        "counter",
+        "Locates that failed.",
+        load(&c.locates_failed),
+    );
+    metric(
+        "files_put_total",
+        "counter",
+        "Files put through this API.",
+        load(&c.files_put),
+    );
+    metric(
+        "files_got_total",
+        "counter",
+        "Files read through this API.",
+        load(&c.files_got),
+    );
+    metric(
+        "placements_failed_total",
+        "counter",
+        "Blocks that could not be placed at a key.",
+        load(&c.placements_failed),
+    );
+    metric(
+        "net_bytes_sent_total",
+        "counter",
+        "Bytes sent.",
+        net.bytes_sent,
+    );
+    metric(
+        "net_bytes_received_total",
+        "counter",
+        "Bytes received.",
+        net.bytes_received,
+    );
+    metric(
+        "net_connections_opened_total",
+        "counter",
+        "Connections opened.",
+        net.connections_opened,
+    );
+    metric(
+        "net_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        net.connections_accepted,
+    );
+    metric(
+        "net_handshakes_failed_total",
+        "counter",
+        "Handshakes refused.",
+        net.handshakes_failed,
+    );
+    metric(
+        "net_frames_refused_total",
+        "counter",
+        "Malformed or oversized frames.",
+        net.frames_refused,
+    );
+    metric(
+        "net_requests_timed_out_total",
+        "counter",
+        "Requests that timed out.",
+        net.requests_timed_out,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -217,7 +217,11 @@ impl FragmentStore for NetworkFragments {
             .block_on(self.node.store_block(upload, *key, owned))
     }
 
-    fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Fragment>, GatewayError> {
+    fn get_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<Fragment>, GatewayError> {
         self.get_block_fragments(key, &[index])
             .pop()
             .unwrap_or(Ok(None))
@@ -526,9 +530,7 @@ impl Node {
         }
         match (kept, last_error) {
             (0, Some(error)) => Err(error),
-            (0, None) => Err(GatewayError::NotFound {
-                file: body.file_id,
-            }),
+            (0, None) => Err(GatewayError::NotFound { file: body.file_id }),
             (kept, _) => Ok(kept),
         }
     }
@@ -556,7 +558,9 @@ impl Node {
                         Ok(signed) if signed.verify().is_ok() && signed.body.file_id == file => {
                             return Ok(Some(signed));
                         }
-                        _ => tracing::warn!(node = %target.id, %file, "a certificate that does not verify was served; skipped"),
+                        _ => {
+                            tracing::warn!(node = %target.id, %file, "a certificate that does not verify was served; skipped")
+                        }
                     }
                 }
                 Ok(PastResponse::Certificate { certificate: None }) => answered = true,
@@ -634,7 +638,10 @@ impl Node {
             .map(|b| (b.placement_key(), n + LOOKUP_SPARES))
             .collect();
         keys.push((
-            manifest_placement_key(&certificate.body.manifest_hash, certificate.body.manifest_salt),
+            manifest_placement_key(
+                &certificate.body.manifest_hash,
+                certificate.body.manifest_salt,
+            ),
             n + LOOKUP_SPARES,
         ));
         keys.sort_by_key(|(key, _)| *key);
@@ -751,11 +758,14 @@ impl Node {
         }
         let mut pointed: Vec<(u16, NodeAddress)> = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let Ok((node, Ok(PastResponse::Holdings {
-                fragments: held,
-                pointers,
-                ..
-            }))) = joined
+            let Ok((
+                node,
+                Ok(PastResponse::Holdings {
+                    fragments: held,
+                    pointers,
+                    ..
+                }),
+            )) = joined
             else {
                 continue;
             };
@@ -776,8 +786,9 @@ impl Node {
         }
         // Diverted copies live outside the located set: ask their holders directly.
         for (index, holder) in pointed {
-            if let Ok(PastResponse::Holdings { fragments: held, .. }) =
-                self.ask(&holder, PastRequest::Holdings { key }).await
+            if let Ok(PastResponse::Holdings {
+                fragments: held, ..
+            }) = self.ask(&holder, PastRequest::Holdings { key }).await
                 && held
                     .iter()
                     .any(|(i, h)| *i == index && hashes.get(usize::from(index)) == Some(h))
@@ -807,10 +818,14 @@ fn check_receipt(
     index: u16,
     hash: FragmentHash,
 ) -> Result<(), String> {
-    let signed = Signed::<StoreReceipt>::from_bytes(bytes).map_err(|e| format!("bad receipt: {e}"))?;
+    let signed =
+        Signed::<StoreReceipt>::from_bytes(bytes).map_err(|e| format!("bad receipt: {e}"))?;
     let receipt = signed.verify().map_err(|e| format!("bad receipt: {e}"))?;
     if receipt.node != holder {
-        return Err(format!("receipt signed by {} instead of {holder}", receipt.node));
+        return Err(format!(
+            "receipt signed by {} instead of {holder}",
+            receipt.node
+        ));
     }
     if receipt.file_id != file
         || receipt.placement_key != key

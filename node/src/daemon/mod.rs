@@ -42,7 +42,9 @@ use crate::crypto::{KeyFileError, KeyPair};
 use crate::id::{Id, NodeId};
 use crate::net::{Incoming, NetConfig, NetError, Peer, Transport};
 use crate::overlay::{self, Action, Event, Overlay, OverlayMessage, Routed, Time};
-use crate::past::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, closest};
+use crate::past::{
+    Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, closest,
+};
 use crate::store::{DiskStore, StoreError};
 
 pub use gateway::{GatewayError, NetworkFragments, PlacementFailure};
@@ -251,7 +253,8 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Loads the node key from `dir/node.key`, creating it on first start.
@@ -281,11 +284,13 @@ impl Node {
         let capacity = config.capacity;
         let store = tokio::task::spawn_blocking(move || DiskStore::open(store_dir, capacity))
             .await
-            .map_err(|e| StartError::Store(StoreError::Io {
-                operation: "open (task)",
-                path: PathBuf::new(),
-                source: std::io::Error::other(e.to_string()),
-            }))?
+            .map_err(|e| {
+                StartError::Store(StoreError::Io {
+                    operation: "open (task)",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
             .map_err(StartError::Store)?;
         let overlay = Overlay::new(config.overlay.clone(), id)
             .map_err(|e| StartError::Overlay(e.to_string()))?;
@@ -413,9 +418,10 @@ impl Node {
         if *id == self.id() {
             return Some(self.address());
         }
-        read(&self.inner.addresses)
-            .get(id)
-            .map(|addr| NodeAddress { id: *id, addr: *addr })
+        read(&self.inner.addresses).get(id).map(|addr| NodeAddress {
+            id: *id,
+            addr: *addr,
+        })
     }
 
     /// Test hook: from now on serve every fragment with a bit flipped, as a Byzantine
@@ -516,7 +522,11 @@ impl Node {
     }
 
     /// Sends a PAST request to `to` and returns its answer.
-    pub async fn ask(&self, to: &NodeAddress, request: PastRequest) -> Result<PastResponse, GatewayError> {
+    pub async fn ask(
+        &self,
+        to: &NodeAddress,
+        request: PastRequest,
+    ) -> Result<PastResponse, GatewayError> {
         if to.id == self.id() {
             // Boxed: a store asked of oneself may divert, which asks again.
             return Ok(Box::pin(self.handle_past(request)).await);
@@ -599,7 +609,11 @@ impl Node {
                 },
                 Err(refusal) => PastResponse::Refused(refusal),
             },
-            PastRequest::PutPointer { key, index, holder: to } => {
+            PastRequest::PutPointer {
+                key,
+                index,
+                holder: to,
+            } => {
                 self.learn_hints(&[to]);
                 holder.put_pointer(&key, index, &to.id)
             }
@@ -624,7 +638,12 @@ impl Node {
         }
     }
 
-    fn store_here(&self, store: &crate::past::StoreRequest, diverted: bool, now: u64) -> PastResponse {
+    fn store_here(
+        &self,
+        store: &crate::past::StoreRequest,
+        diverted: bool,
+        now: u64,
+    ) -> PastResponse {
         match self.inner.holder.store_fragment(store, diverted, now) {
             Ok(receipt) => {
                 self.inner
@@ -645,13 +664,14 @@ impl Node {
     async fn handle_store(&self, store: crate::past::StoreRequest) -> PastResponse {
         let node = self.clone();
         let request = store.clone();
-        let here = tokio::task::spawn_blocking(move || node.store_here(&request, false, unix_now()))
-            .await
-            .unwrap_or_else(|e| {
-                PastResponse::Refused(crate::past::Refusal::Store(format!(
-                    "the store task failed: {e}"
-                )))
-            });
+        let here =
+            tokio::task::spawn_blocking(move || node.store_here(&request, false, unix_now()))
+                .await
+                .unwrap_or_else(|e| {
+                    PastResponse::Refused(crate::past::Refusal::Store(format!(
+                        "the store task failed: {e}"
+                    )))
+                });
         let PastResponse::Refused(crate::past::Refusal::NoRoom { size, free }) = here else {
             return here;
         };
@@ -703,7 +723,9 @@ impl Node {
                         diverted_to: Some(target),
                     };
                 }
-                Ok(other) => tracing::debug!(%key, index, to = %target.id, "diversion refused: {other:?}"),
+                Ok(other) => {
+                    tracing::debug!(%key, index, to = %target.id, "diversion refused: {other:?}")
+                }
                 Err(e) => tracing::debug!(%key, index, to = %target.id, "diversion failed: {e}"),
             }
         }
@@ -778,7 +800,8 @@ async fn overlay_task(
                 next_tag += 1;
                 pending.retain(|_, sender| !sender.is_closed());
                 pending.insert(tag, reply);
-                let payload = postcard::to_stdvec(&PastRouted::Locate { count }).unwrap_or_default();
+                let payload =
+                    postcard::to_stdvec(&PastRouted::Locate { count }).unwrap_or_default();
                 Event::Route { key, tag, payload }
             }
             Input::Located { tag, nodes } => {
@@ -817,7 +840,10 @@ async fn run_actions(
                 let transport = node.inner.transport.clone();
                 let peer = node.peer(&target);
                 tokio::spawn(async move {
-                    if let Err(e) = transport.send(&peer, Wire::Overlay { msg, addresses }).await {
+                    if let Err(e) = transport
+                        .send(&peer, Wire::Overlay { msg, addresses })
+                        .await
+                    {
                         tracing::debug!(to = %peer.id, "overlay send failed: {e}");
                     }
                 });
@@ -844,7 +870,9 @@ async fn run_actions(
                 let (left, right) = overlay.leaf_set();
                 let nodes: Vec<NodeAddress> = closest(
                     &key,
-                    left.into_iter().chain(right).chain(std::iter::once(node.id())),
+                    left.into_iter()
+                        .chain(right)
+                        .chain(std::iter::once(node.id())),
                     usize::from(count),
                 )
                 .iter()
@@ -916,9 +944,15 @@ async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>)
                 Wire::Located { tag, nodes } => {
                     node.learn_hints(&nodes);
                     // The overlay task owns the pending locates.
-                    let _ = node.inner.overlay_tx.send(Input::Located { tag, nodes }).await;
+                    let _ = node
+                        .inner
+                        .overlay_tx
+                        .send(Input::Located { tag, nodes })
+                        .await;
                 }
-                other => tracing::debug!(from = %from.id, "unexpected one-way {}", wire_name(&other)),
+                other => {
+                    tracing::debug!(from = %from.id, "unexpected one-way {}", wire_name(&other))
+                }
             },
             Incoming::Request { from, msg, reply } => match msg {
                 Wire::Past(request) => {
@@ -936,4 +970,3 @@ async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>)
         }
     }
 }
-

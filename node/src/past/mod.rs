@@ -7,7 +7,8 @@
 //! against the local store. Sans-IO: no sockets, no clock (`now` is passed in), no
 //! tasks; the daemon ([`crate::daemon`]) moves the messages and decides whom to ask.
 //!
-//! May use: [`crate::id`], [`crate::crypto`], [`crate::erasure`] and [`crate::store`].
+//! May use: [`crate::id`], [`crate::crypto`], [`crate::erasure`], [`crate::store`], and
+//! [`crate::net::bytes`] (the fast serde form of payloads).
 //!
 //! # The rules every node enforces
 //! - A fragment is stored only under a valid, unexpired [`UploadGrant`] signed by the
@@ -85,6 +86,7 @@ pub struct StoreRequest {
     /// `fragment_hash(index, bytes)`, checked by the receiver.
     pub hash: FragmentHash,
     /// The fragment.
+    #[serde(with = "crate::net::bytes")]
     pub bytes: Vec<u8>,
     /// `n`, the block's fragment count: a full node diverts outside the `n` closest.
     pub replicas: u16,
@@ -197,6 +199,7 @@ pub enum PastResponse {
     /// The fragment's bytes (checked against the store's hash as they were read).
     Fragment {
         /// The bytes.
+        #[serde(with = "crate::net::bytes")]
         bytes: Vec<u8>,
     },
     /// Not here; the fragment was diverted to `holder`.
@@ -246,7 +249,11 @@ pub enum PastRouted {
 
 /// The `count` ids closest to `key` among `candidates`, closest first (ties cannot
 /// happen between distinct ids; duplicates are dropped).
-pub fn closest(key: &Id, candidates: impl IntoIterator<Item = NodeId>, count: usize) -> Vec<NodeId> {
+pub fn closest(
+    key: &Id,
+    candidates: impl IntoIterator<Item = NodeId>,
+    count: usize,
+) -> Vec<NodeId> {
     let mut ids: Vec<NodeId> = candidates.into_iter().collect();
     ids.sort_by(|a, b| key.cmp_closeness(&a.0, &b.0));
     ids.dedup();
@@ -421,7 +428,11 @@ impl<S: FragmentStorage> Holder<S> {
     /// Verifies and keeps a file certificate.
     pub fn put_certificate(&self, bytes: &[u8], now: UnixSeconds) -> Result<(), Refusal> {
         let body = check_certificate(bytes, now)?;
-        if self.store.is_reclaimed(&body.file_id).map_err(store_refusal)? {
+        if self
+            .store
+            .is_reclaimed(&body.file_id)
+            .map_err(store_refusal)?
+        {
             return Err(Refusal::Reclaimed(body.file_id));
         }
         self.store
@@ -471,7 +482,12 @@ impl<S: FragmentStorage> Holder<S> {
             {
                 continue;
             }
-            if self.store.remove_reference(key, &file).map_err(store_refusal)? > 0 {
+            if self
+                .store
+                .remove_reference(key, &file)
+                .map_err(store_refusal)?
+                > 0
+            {
                 continue; // another live file uses this block
             }
             for info in self.store.fragments_under(key).map_err(store_refusal)? {
