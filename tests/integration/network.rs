@@ -228,6 +228,15 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     );
     assert_eq!(block.live, 6);
     assert!(get(&client, &file) == data);
+
+    // Reclaiming every file frees every copy, the diverted ones included.
+    let first = FileId::from_name_digest(&Id::hash(b"test file"), &me.public_key().0, 1);
+    for file in [first, file] {
+        let report = client.remove(&file, &me, unix_now()).unwrap();
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    let used: u64 = cluster.live().map(|(_, n)| n.store().used()).sum();
+    assert_eq!(used, 0, "every fragment, diverted or not, was freed");
     drop(cluster);
 
     // A network of only tiny nodes cannot place a 64 KiB file at any salt.

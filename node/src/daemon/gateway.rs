@@ -32,6 +32,10 @@ use crate::past::{NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest,
 /// where it should be (membership changed, or the fragment was diverted).
 const LOOKUP_SPARES: usize = 4;
 
+/// A reclaim visits at most this many salts per block (a put tries at most
+/// `max_file_diversions + 1`; the cap keeps a strange manifest from costing more).
+const MAX_SALTS_RECLAIMED: u64 = 16;
+
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -632,18 +636,23 @@ impl Node {
             .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
         let manifest = self.manifest_of(&certificate).await?;
         let n = usize::from(manifest.params.n());
+        // Every salt up to the one each block landed at: a block that was diverted to a
+        // new key may have left fragments under the earlier ones (placed before the
+        // refusal), referenced by this file and by nothing else.
+        let body = &certificate.body;
         let mut keys: Vec<(PlacementKey, usize)> = manifest
             .blocks
             .iter()
-            .map(|b| (b.placement_key(), n + LOOKUP_SPARES))
+            .flat_map(|b| {
+                (0..=b.salt.min(MAX_SALTS_RECLAIMED))
+                    .map(|salt| PlacementKey::for_block(&b.hash, salt))
+            })
+            .chain(
+                (0..=body.manifest_salt)
+                    .map(|salt| manifest_placement_key(&body.manifest_hash, salt)),
+            )
+            .map(|key| (key, n + LOOKUP_SPARES))
             .collect();
-        keys.push((
-            manifest_placement_key(
-                &certificate.body.manifest_hash,
-                certificate.body.manifest_salt,
-            ),
-            n + LOOKUP_SPARES,
-        ));
         keys.sort_by_key(|(key, _)| *key);
         keys.dedup();
         let replicas = self.config().past.certificate_replicas + 2;

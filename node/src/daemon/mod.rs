@@ -553,6 +553,11 @@ impl Node {
     async fn handle_past(&self, request: PastRequest) -> PastResponse {
         let response = match request {
             PastRequest::Store(store) => self.handle_store(store).await,
+            PastRequest::Reclaim {
+                reclaim,
+                certificate,
+                keys,
+            } => self.handle_reclaim(reclaim, certificate, keys).await,
             other => {
                 let node = self.clone();
                 tokio::task::spawn_blocking(move || node.handle_past_blocking(other))
@@ -627,14 +632,57 @@ impl Node {
                 Ok(certificate) => PastResponse::Certificate { certificate },
                 Err(refusal) => PastResponse::Refused(refusal),
             },
-            PastRequest::Reclaim {
-                reclaim,
-                certificate,
-                keys,
-            } => match holder.reclaim(&reclaim, &certificate, &keys, now) {
-                Ok((fragments, bytes)) => PastResponse::Reclaimed { fragments, bytes },
-                Err(refusal) => PastResponse::Refused(refusal),
-            },
+            PastRequest::Reclaim { .. } => PastResponse::Refused(crate::past::Refusal::Store(
+                "reclaims are handled by handle_reclaim".into(),
+            )),
+        }
+    }
+
+    /// Carries out a reclaim here, then passes it on to the holders of copies this
+    /// node had diverted (one level: a diverted copy is never diverted again).
+    async fn handle_reclaim(
+        &self,
+        reclaim: Vec<u8>,
+        certificate: Vec<u8>,
+        keys: Vec<crate::id::PlacementKey>,
+    ) -> PastResponse {
+        let node = self.clone();
+        let (order, cert) = (reclaim.clone(), certificate.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            node.inner.holder.reclaim(&order, &cert, &keys, unix_now())
+        })
+        .await;
+        let mut done = match done {
+            Ok(Ok(done)) => done,
+            Ok(Err(refusal)) => return PastResponse::Refused(refusal),
+            Err(e) => {
+                return PastResponse::Refused(crate::past::Refusal::Store(format!(
+                    "the reclaim task failed: {e}"
+                )));
+            }
+        };
+        for (key, holder) in std::mem::take(&mut done.diverted_to) {
+            let Some(target) = self.address_of(&holder) else {
+                continue;
+            };
+            let request = PastRequest::Reclaim {
+                reclaim: reclaim.clone(),
+                certificate: certificate.clone(),
+                keys: vec![key],
+            };
+            match Box::pin(self.ask(&target, request)).await {
+                Ok(PastResponse::Reclaimed { fragments, bytes }) => {
+                    done.fragments += fragments;
+                    done.bytes += bytes;
+                }
+                other => {
+                    tracing::warn!(%key, %holder, "a diverted copy was not reclaimed: {other:?}")
+                }
+            }
+        }
+        PastResponse::Reclaimed {
+            fragments: done.fragments,
+            bytes: done.bytes,
         }
     }
 

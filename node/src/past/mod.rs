@@ -448,14 +448,15 @@ impl<S: FragmentStorage> Holder<S> {
     /// Carries out an owner's reclaim: drops `file`'s reference from each key, deletes
     /// the fragments (and pointers) of blocks no other file references, forgets the
     /// certificate and remembers the file id as reclaimed. Returns fragments and
-    /// bytes freed.
+    /// bytes freed, and the holders of diverted copies whose pointers were dropped (the
+    /// caller passes the reclaim on to them).
     pub fn reclaim(
         &self,
         reclaim: &[u8],
         certificate: &[u8],
         keys: &[PlacementKey],
         now: UnixSeconds,
-    ) -> Result<(u64, u64), Refusal> {
+    ) -> Result<Reclaimed, Refusal> {
         let certified = check_certificate(certificate, now)?;
         let signed = Signed::<ReclaimCertificate>::from_bytes(reclaim)
             .map_err(|e| Refusal::Certificate(e.to_string()))?;
@@ -472,7 +473,7 @@ impl<S: FragmentStorage> Holder<S> {
         self.store
             .put_tombstone(&file, reclaim)
             .map_err(store_refusal)?;
-        let (mut fragments, mut bytes) = (0u64, 0u64);
+        let mut done = Reclaimed::default();
         for key in keys {
             if !self
                 .store
@@ -496,21 +497,34 @@ impl<S: FragmentStorage> Holder<S> {
                     .delete_fragment(key, info.index)
                     .map_err(store_refusal)?
                 {
-                    fragments += 1;
-                    bytes += freed;
+                    done.fragments += 1;
+                    done.bytes += freed;
                 }
             }
-            for (index, _) in self.store.pointers_under(key).map_err(store_refusal)? {
+            for (index, holder) in self.store.pointers_under(key).map_err(store_refusal)? {
                 self.store
                     .delete_pointer(key, index)
                     .map_err(store_refusal)?;
+                done.diverted_to.push((*key, holder));
             }
         }
         self.store
             .delete_certificate(&file)
             .map_err(store_refusal)?;
-        Ok((fragments, bytes))
+        Ok(done)
     }
+}
+
+/// What [`Holder::reclaim`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Fragments deleted.
+    pub fragments: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Diverted copies whose pointers were dropped: the key and the holder, to which
+    /// the reclaim is passed on.
+    pub diverted_to: Vec<(PlacementKey, NodeId)>,
 }
 
 /// Parses and verifies a signed file certificate (signature, owner, file id, expiry).
