@@ -648,7 +648,7 @@ impl Node {
                     .map(|salt| PlacementKey::for_block(&b.hash, salt))
             })
             .chain(
-                (0..=body.manifest_salt)
+                (0..=body.manifest_salt.min(MAX_SALTS_RECLAIMED))
                     .map(|salt| manifest_placement_key(&body.manifest_hash, salt)),
             )
             .map(|key| (key, n + LOOKUP_SPARES))
