@@ -110,11 +110,12 @@ pub mod cluster {
             cluster
         }
 
-        /// Waits (bounded) until every live node's leaf set holds every other live
-        /// node (small networks: the leaf set covers the ring) or 10 s pass.
+        /// Waits (bounded) until every live node's leaf set is full, or holds every
+        /// other live node when the network is smaller, or 10 s pass.
         pub fn settle(&self) {
             let live = self.live().count();
-            let want = (live - 1).min(16);
+            let leaf_set = self.configs.first().map_or(16, |c| c.overlay.leaf_set_size);
+            let want = (live - 1).min(leaf_set);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 let ready = self.live().all(|(_, node)| {

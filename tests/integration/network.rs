@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cairn_node::api::client::{ApiClient, ClientError};
@@ -64,7 +65,8 @@ fn holders(client: &ApiClient, file: &FileId, block: &str) -> Vec<NodeId> {
 
 #[test]
 fn sixteen_nodes_store_and_serve_files_of_every_size_from_another_node() {
-    let mut cluster = Cluster::start(16, GIB);
+    // A leaf set of 8 does not cover 16 nodes: locates are routed through the overlay.
+    let mut cluster = Cluster::start_with(16, |_, c| c.overlay.leaf_set_size = 8, GIB);
     let writer = cluster.api(0);
     let reader = cluster.api(9);
     let me = owner(1);
@@ -84,6 +86,13 @@ fn sixteen_nodes_store_and_serve_files_of_every_size_from_another_node() {
         for block in &stat.blocks {
             assert_eq!(block.live, 6, "block {} of a {size}-byte file", block.block);
         }
+    }
+    for i in [0, 9] {
+        let routed = cluster.node(i).counters().locates.load(Ordering::Relaxed);
+        assert!(
+            routed > 0,
+            "node {i} routed its locates through the overlay"
+        );
     }
 }
 

@@ -685,121 +685,37 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let c = node.counters();
     let net = node.net_stats();
     let store = node.store();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let (gauge, counter) = ("gauge", "counter");
+    // One metric a line: name, kind, help, value.
+    #[rustfmt::skip]
+    let rows = [
+        ("store_used_bytes", gauge, "Bytes of fragments stored.", store.used()),
+        ("store_capacity_bytes", gauge, "Configured capacity.", store.capacity()),
+        ("fragments_stored_total", counter, "Fragments stored here.", load(&c.fragments_stored)),
+        ("fragments_diverted_total", counter, "Fragments diverted elsewhere.", load(&c.fragments_diverted)),
+        ("fragments_served_total", counter, "Fragments served.", load(&c.fragments_served)),
+        ("requests_refused_total", counter, "PAST requests refused.", load(&c.requests_refused)),
+        ("locates_routed_total", counter, "Locates routed through the overlay.", load(&c.locates)),
+        ("locates_local_total", counter, "Locates answered from the leaf set.", load(&c.locates_local)),
+        ("locates_failed_total", counter, "Locates that failed.", load(&c.locates_failed)),
+        ("files_put_total", counter, "Files put through this API.", load(&c.files_put)),
+        ("files_got_total", counter, "Files read through this API.", load(&c.files_got)),
+        ("placements_failed_total", counter, "Blocks not placed at a key.", load(&c.placements_failed)),
+        ("net_bytes_sent_total", counter, "Bytes sent.", net.bytes_sent),
+        ("net_bytes_received_total", counter, "Bytes received.", net.bytes_received),
+        ("net_connections_opened_total", counter, "Connections opened.", net.connections_opened),
+        ("net_connections_accepted_total", counter, "Connections accepted.", net.connections_accepted),
+        ("net_handshakes_failed_total", counter, "Handshakes refused.", net.handshakes_failed),
+        ("net_frames_refused_total", counter, "Malformed or oversized frames.", net.frames_refused),
+        ("net_requests_timed_out_total", counter, "Requests that timed out.", net.requests_timed_out),
+    ];
     let mut text = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+    for (name, kind, help, value) in rows {
         let _ = writeln!(
             text,
             "# HELP cairn_{name} {help}\n# TYPE cairn_{name} {kind}\ncairn_{name} {value}"
         );
-    };
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    metric(
-        "store_used_bytes",
-        "gauge",
-        "Bytes of fragments stored.",
-        store.used(),
-    );
-    metric(
-        "store_capacity_bytes",
-        "gauge",
-        "Configured capacity.",
-        store.capacity(),
-    );
-    metric(
-        "fragments_stored_total",
-        "counter",
-        "Fragments stored here.",
-        load(&c.fragments_stored),
-    );
-    metric(
-        "fragments_diverted_total",
-        "counter",
-        "Fragments this node diverted elsewhere.",
-        load(&c.fragments_diverted),
-    );
-    metric(
-        "fragments_served_total",
-        "counter",
-        "Fragments served.",
-        load(&c.fragments_served),
-    );
-    metric(
-        "requests_refused_total",
-        "counter",
-        "PAST requests refused.",
-        load(&c.requests_refused),
-    );
-    metric(
-        "locates_total",
-        "counter",
-        "Locates started.",
-        load(&c.locates),
-    );
-    metric(
-        "locates_failed_total",
-        "counter",
-        "Locates that failed.",
-        load(&c.locates_failed),
-    );
-    metric(
-        "files_put_total",
-        "counter",
-        "Files put through this API.",
-        load(&c.files_put),
-    );
-    metric(
-        "files_got_total",
-        "counter",
-        "Files read through this API.",
-        load(&c.files_got),
-    );
-    metric(
-        "placements_failed_total",
-        "counter",
-        "Blocks that could not be placed at a key.",
-        load(&c.placements_failed),
-    );
-    metric(
-        "net_bytes_sent_total",
-        "counter",
-        "Bytes sent.",
-        net.bytes_sent,
-    );
-    metric(
-        "net_bytes_received_total",
-        "counter",
-        "Bytes received.",
-        net.bytes_received,
-    );
-    metric(
-        "net_connections_opened_total",
-        "counter",
-        "Connections opened.",
-        net.connections_opened,
-    );
-    metric(
-        "net_connections_accepted_total",
-        "counter",
-        "Connections accepted.",
-        net.connections_accepted,
-    );
-    metric(
-        "net_handshakes_failed_total",
-        "counter",
-        "Handshakes refused.",
-        net.handshakes_failed,
-    );
-    metric(
-        "net_frames_refused_total",
-        "counter",
-        "Malformed or oversized frames.",
-        net.frames_refused,
-    );
-    metric(
-        "net_requests_timed_out_total",
-        "counter",
-        "Requests that timed out.",
-        net.requests_timed_out,
-    );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -185,8 +185,10 @@ pub struct Counters {
     pub fragments_served: AtomicU64,
     /// Requests refused (any reason).
     pub requests_refused: AtomicU64,
-    /// Locates started by this node.
+    /// Locates started by this node that were routed through the overlay.
     pub locates: AtomicU64,
+    /// Locates answered from this node's own leaf set (no route needed).
+    pub locates_local: AtomicU64,
     /// Locates that failed (route failure or timeout).
     pub locates_failed: AtomicU64,
     /// Files put through this node's API.
@@ -494,6 +496,13 @@ impl Node {
     /// The `count` live nodes closest to `key`, closest first, as the node responsible
     /// for `key` sees them (a route through the overlay; retried, bounded).
     pub async fn locate(&self, key: Id, count: u16) -> Result<Vec<NodeAddress>, GatewayError> {
+        if let Some(nodes) = self.locate_in_leaf_set(&key, count) {
+            self.inner
+                .counters
+                .locates_local
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(nodes);
+        }
         let attempts = 3;
         for attempt in 1..=attempts {
             self.inner.counters.locates.fetch_add(1, Ordering::Relaxed);
@@ -519,6 +528,34 @@ impl Node {
             }
         }
         Err(GatewayError::Locate { key, attempts })
+    }
+
+    /// The `count` closest nodes to `key` from this node's own leaf set, when the leaf
+    /// set is sure to contain them: Pastry's first routing step, which would deliver
+    /// the locate to a leaf-set member that answers from the same knowledge. Sure when
+    /// the leaf set is not full (the whole network is in it), or when none of the
+    /// `count` closest is at an edge of the leaf set (any closer node would lie inside
+    /// its range, hence in it).
+    fn locate_in_leaf_set(&self, key: &Id, count: u16) -> Option<Vec<NodeAddress>> {
+        let view = read(&self.inner.view);
+        if !view.joined {
+            return None;
+        }
+        let half = self.inner.config.overlay.leaf_set_size / 2;
+        let whole_ring = view.left.len() < half || view.right.len() < half;
+        let ranked = closest(
+            key,
+            view.members().chain(std::iter::once(self.id())),
+            usize::from(count),
+        );
+        if !whole_ring {
+            let edges = [view.left.last(), view.right.last()];
+            if ranked.iter().any(|id| edges.contains(&Some(id))) {
+                return None;
+            }
+        }
+        drop(view);
+        ranked.iter().map(|id| self.address_of(id)).collect()
     }
 
     /// Sends a PAST request to `to` and returns its answer.
