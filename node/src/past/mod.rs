@@ -545,3 +545,223 @@ fn store_refusal(error: StoreError) -> Refusal {
         other => Refusal::Store(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::erasure::fragment_hash;
+    use crate::store::MemoryStore;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key_pair(seed: u8) -> KeyPair {
+        KeyPair::from_secret_bytes(&[seed; 32])
+    }
+
+    fn holder(capacity: u64) -> Holder<MemoryStore> {
+        Holder::new(
+            MemoryStore::new(capacity),
+            Arc::new(key_pair(200)),
+            PastConfig::default(),
+        )
+    }
+
+    fn grant(owner: &KeyPair, name: &[u8], lifetime: u64) -> Vec<u8> {
+        let body = UploadGrant::new(name, 0, owner.public_key(), NOW - 1, lifetime);
+        Signed::sign(owner, body).unwrap().to_bytes().unwrap()
+    }
+
+    fn request(grant: Vec<u8>, key: PlacementKey, index: u16, len: usize) -> StoreRequest {
+        let bytes = vec![index as u8 ^ 0x5a; len];
+        StoreRequest {
+            grant,
+            key,
+            index,
+            hash: fragment_hash(index, &bytes),
+            bytes,
+            replicas: 6,
+        }
+    }
+
+    fn key(n: u8) -> PlacementKey {
+        PlacementKey(Id::hash(&[n]))
+    }
+
+    #[test]
+    fn thresholds_follow_size_over_free() {
+        assert!(admits(10, 100, 0.1));
+        assert!(!admits(11, 100, 0.1));
+        assert!(!admits(1, 0, 0.1), "nothing fits in no room");
+        assert!(!admits(200, 100, 10.0), "never more than is free");
+    }
+
+    #[test]
+    fn closest_orders_by_ring_distance_and_drops_duplicates() {
+        let ids: Vec<NodeId> = (0..20u8).map(|i| NodeId(Id::hash(&[i, 1]))).collect();
+        let target = Id::hash(b"target");
+        let mut doubled = ids.clone();
+        doubled.extend(ids.iter().copied());
+        let picked = closest(&target, doubled, 6);
+        assert_eq!(picked.len(), 6);
+        let mut all = ids.clone();
+        all.sort_by(|a, b| target.distance(&a.0).cmp(&target.distance(&b.0)));
+        assert_eq!(picked, all[..6].to_vec());
+    }
+
+    #[test]
+    fn a_fragment_is_stored_only_under_a_valid_grant_and_gets_a_receipt() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let good = request(grant(&owner, b"f", 3600), key(1), 0, 1000);
+        let receipt = holder.store_fragment(&good, false, NOW).unwrap();
+        let receipt = Signed::<StoreReceipt>::from_bytes(&receipt).unwrap();
+        let body = receipt.verify().unwrap();
+        assert_eq!(body.node, key_pair(200).public_key().node_id());
+        assert_eq!((body.placement_key, body.index), (key(1), 0));
+        assert_eq!(body.fragment_hash, good.hash);
+        // Stored again (a retried put): a fresh receipt, counted once.
+        holder.store_fragment(&good, false, NOW).unwrap();
+        assert_eq!(holder.store().used(), 1000);
+
+        // Another key's signature on my grant; an expired grant; a grant for a week+.
+        let mut forged = Signed::sign(
+            &key_pair(9),
+            UploadGrant::new(b"f", 0, owner.public_key(), NOW, 60),
+        )
+        .unwrap();
+        forged.signer = owner.public_key();
+        let cases = [
+            forged.to_bytes().unwrap(),
+            grant(&owner, b"f", 1),
+            grant(&owner, b"f", 30 * 24 * 3600),
+            vec![1, 2, 3],
+        ];
+        for bad in cases {
+            let refused = holder.store_fragment(&request(bad, key(2), 0, 10), false, NOW);
+            assert!(matches!(refused, Err(Refusal::Grant(_))), "{refused:?}");
+        }
+        // Bytes that are not what their hash says; another fragment at the same index.
+        let mut wrong = request(grant(&owner, b"f", 3600), key(3), 1, 100);
+        wrong.bytes[0] ^= 1;
+        assert_eq!(
+            holder.store_fragment(&wrong, false, NOW),
+            Err(Refusal::HashMismatch)
+        );
+        let other = request(grant(&owner, b"f", 3600), key(1), 0, 999);
+        assert_eq!(
+            holder.store_fragment(&other, false, NOW),
+            Err(Refusal::Conflict)
+        );
+        assert_eq!(holder.store().used(), 1000, "no refusal stored anything");
+    }
+
+    #[test]
+    fn a_full_node_asks_for_diversion_and_refuses_diverted_fragments_sooner() {
+        let holder = holder(100_000);
+        let owner = key_pair(1);
+        // 8 KB of 100 KB free: under t_pri (0.1), over t_div (0.05).
+        let fragment = request(grant(&owner, b"f", 3600), key(1), 0, 8_000);
+        assert_eq!(
+            holder.store_fragment(&fragment, true, NOW),
+            Err(Refusal::Full {
+                size: 8_000,
+                free: 100_000
+            })
+        );
+        assert!(holder.store_fragment(&fragment, false, NOW).is_ok());
+        let big = request(grant(&owner, b"f", 3600), key(2), 0, 20_000);
+        assert_eq!(
+            holder.store_fragment(&big, false, NOW),
+            Err(Refusal::NoRoom {
+                size: 20_000,
+                free: 92_000
+            })
+        );
+    }
+
+    #[test]
+    fn reclaim_needs_the_owner_keeps_shared_blocks_and_names_diverted_copies() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let certificate = |name: &[u8]| {
+            let body = FileCertificate {
+                file_id: FileId::derive(name, &owner.public_key().0, 0),
+                name_digest: Id::hash(name),
+                name_salt: 0,
+                manifest_hash: crate::id::ManifestHash(Id::hash(name)),
+                manifest_salt: 0,
+                manifest_fragments: Vec::new(),
+                size: 1,
+                k: 4,
+                m: 2,
+                created_at: NOW,
+                expires_at: None,
+                owner: owner.public_key(),
+            };
+            Signed::sign(&owner, body).unwrap()
+        };
+        let (a, b) = (certificate(b"a"), certificate(b"b"));
+        // Both files use the block at key 1; only `a` uses key 2, where fragment 1
+        // was diverted to another node.
+        for name in [b"a", b"b"] {
+            holder
+                .store_fragment(
+                    &request(grant(&owner, name, 3600), key(1), 0, 500),
+                    false,
+                    NOW,
+                )
+                .unwrap();
+        }
+        holder
+            .store_fragment(
+                &request(grant(&owner, b"a", 3600), key(2), 0, 300),
+                false,
+                NOW,
+            )
+            .unwrap();
+        let elsewhere = NodeId(Id::hash(b"elsewhere"));
+        holder.put_pointer(&key(2), 1, &elsewhere);
+        let reclaim = |signer: &KeyPair, file: FileId| {
+            let body = ReclaimCertificate {
+                file_id: file,
+                owner: signer.public_key(),
+                issued_at: NOW,
+            };
+            Signed::sign(signer, body).unwrap().to_bytes().unwrap()
+        };
+        let a_bytes = a.to_bytes().unwrap();
+        let thief = key_pair(66);
+        let refused = holder.reclaim(&reclaim(&thief, a.body.file_id), &a_bytes, &[key(1)], NOW);
+        assert!(matches!(refused, Err(Refusal::Certificate(_))));
+
+        let done = holder
+            .reclaim(
+                &reclaim(&owner, a.body.file_id),
+                &a_bytes,
+                &[key(1), key(2)],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            (done.fragments, done.bytes),
+            (1, 300),
+            "only key 2 was a's alone"
+        );
+        assert_eq!(done.diverted_to, vec![(key(2), elsewhere)]);
+        assert!(holder.store().get_fragment(&key(1), 0).unwrap().is_some());
+        // The reclaimed file id is never stored again.
+        let again = holder.store_fragment(
+            &request(grant(&owner, b"a", 3600), key(4), 0, 10),
+            false,
+            NOW,
+        );
+        assert_eq!(again, Err(Refusal::Reclaimed(a.body.file_id)));
+        let b_bytes = b.to_bytes().unwrap();
+        let done = holder
+            .reclaim(&reclaim(&owner, b.body.file_id), &b_bytes, &[key(1)], NOW)
+            .unwrap();
+        assert_eq!(done.bytes, 500);
+        assert_eq!(holder.store().used(), 0);
+    }
+}
