@@ -605,7 +605,7 @@ mod tests {
         let picked = closest(&target, doubled, 6);
         assert_eq!(picked.len(), 6);
         let mut all = ids.clone();
-        all.sort_by(|a, b| target.distance(&a.0).cmp(&target.distance(&b.0)));
+        all.sort_by_key(|id| target.distance(&id.0));
         assert_eq!(picked, all[..6].to_vec());
     }
 
