@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_node::api::{self, ApiConfig, DEFAULT_API_ADDR};
 use cairn_node::daemon::{Node, NodeConfig};
+use cairn_node::erasure::ErasureParams;
 
 use crate::files::parse_size;
 
@@ -58,6 +59,25 @@ pub struct RunArgs {
     /// Overlay keepalive period in milliseconds (failure detection takes ~3 periods).
     #[arg(long, default_value_t = 1000, hide = true)]
     tick_ms: u64,
+    #[command(flatten)]
+    params: DefaultParams,
+}
+
+/// The erasure parameters a node's API uses for a put that names none.
+#[derive(clap::Args, Clone, Copy)]
+pub struct DefaultParams {
+    /// Default data fragments per block for puts through this API.
+    #[arg(short, default_value_t = ErasureParams::DEFAULT.k())]
+    k: u16,
+    /// Default parity fragments per block for puts through this API.
+    #[arg(short, default_value_t = ErasureParams::DEFAULT.m())]
+    m: u16,
+}
+
+impl DefaultParams {
+    fn get(self) -> anyhow::Result<ErasureParams> {
+        ErasureParams::new(self.k, self.m).context("invalid -k/-m")
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -91,6 +111,7 @@ pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
         config.advertise = args.advertise;
         config.bootstrap = args.bootstrap.clone();
         config.overlay.tick = Duration::from_millis(args.tick_ms.max(10));
+        config.default_params = args.params.get()?;
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node in {}", args.data.display()))?;
@@ -142,6 +163,8 @@ pub struct DevnetArgs {
     /// Most bytes of fragments each node stores.
     #[arg(long, default_value = "4GiB", value_parser = parse_size)]
     capacity: u64,
+    #[command(flatten)]
+    params: DefaultParams,
 }
 
 /// `cairn devnet`.
@@ -154,12 +177,14 @@ pub fn devnet_command(args: DevnetArgs) -> anyhow::Result<()> {
         .dir
         .clone()
         .unwrap_or_else(|| crate::cairn_home().join("devnet"));
+    let params = args.params.get()?;
     runtime()?.block_on(async move {
         let resumed = dir.join("node-0").join("node.key").exists();
         let mut nodes: Vec<Node> = Vec::with_capacity(args.nodes);
         for i in 0..args.nodes {
             let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
             let mut config = NodeConfig::new(dir.join(format!("node-{i}")), listen, args.capacity);
+            config.default_params = params;
             if let Some(first) = nodes.first() {
                 config.bootstrap = vec![first.advertised()];
             }

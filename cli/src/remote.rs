@@ -54,12 +54,14 @@ pub struct PutArgs {
     /// $CAIRN_HOME/owner.key, created on first use].
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Data fragments per block: any k of the k + m fragments rebuild a block.
-    #[arg(short, default_value_t = ErasureParams::DEFAULT.k())]
-    k: u16,
-    /// Parity fragments per block: up to m fragments of each block may be lost.
-    #[arg(short, default_value_t = ErasureParams::DEFAULT.m())]
-    m: u16,
+    /// Data fragments per block: any k of the k + m fragments rebuild a block
+    /// [default: the node's, 4 unless it was started with another].
+    #[arg(short)]
+    k: Option<u16>,
+    /// Parity fragments per block: up to m fragments of each block may be lost
+    /// [default: the node's, 2 unless it was started with another].
+    #[arg(short)]
+    m: Option<u16>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -77,7 +79,16 @@ fn fresh_salt() -> u64 {
 
 /// `cairn put`.
 pub fn put_command(args: PutArgs) -> anyhow::Result<()> {
-    let params = ErasureParams::new(args.k, args.m).context("invalid -k/-m")?;
+    let params = match (args.k, args.m) {
+        (None, None) => None,
+        (k, m) => {
+            let (k, m) = (
+                k.unwrap_or(ErasureParams::DEFAULT.k()),
+                m.unwrap_or(ErasureParams::DEFAULT.m()),
+            );
+            Some(ErasureParams::new(k, m).context("invalid -k/-m")?)
+        }
+    };
     let name = match (&args.name, args.file.to_str()) {
         (Some(name), _) => name.clone(),
         (None, Some("-")) => bail!("storing standard input needs --name"),
@@ -117,10 +128,12 @@ pub fn put_command(args: PutArgs) -> anyhow::Result<()> {
         String::new()
     };
     eprintln!(
-        "stored {name} ({}) as {} blocks, {params} erasure coding, {} fragments{diverted}; \
+        "stored {name} ({}) as {} blocks, {}+{} erasure coding, {} fragments{diverted}; \
          certificate on {} nodes; {}",
         human_bytes(stored.size),
         stored.blocks,
+        stored.k,
+        stored.m,
         stored.fragments_stored,
         outcome.certificate_replicas,
         rate(stored.size, start.elapsed())

@@ -31,7 +31,7 @@ fn put(client: &ApiClient, owner: &KeyPair, data: &[u8], salt: u64) -> FileId {
             "test file",
             salt,
             owner,
-            ErasureParams::DEFAULT,
+            Some(ErasureParams::DEFAULT),
             unix_now(),
         )
         .unwrap_or_else(|e| panic!("put of {} bytes failed: {e}", data.len()));
@@ -258,7 +258,7 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
             "too big",
             1,
             &me,
-            ErasureParams::DEFAULT,
+            Some(ErasureParams::DEFAULT),
             unix_now(),
         )
         .unwrap_err();
@@ -484,4 +484,45 @@ fn malformed_frames_close_one_connection_and_the_api_explains_mistakes() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn an_api_with_a_token_refuses_requests_without_it_and_never_listens_openly_without_one() {
+    let cluster = Cluster::start(1, GIB);
+    let node = cluster.node(0).clone();
+    let open = cluster.block_on(cairn_node::api::serve(
+        node.clone(),
+        cairn_node::api::ApiConfig {
+            listen: ([0, 0, 0, 0], 0).into(),
+            token: None,
+        },
+    ));
+    assert!(open.is_err(), "an API on 0.0.0.0 needs a token");
+    let server = cluster
+        .block_on(cairn_node::api::serve(
+            node,
+            cairn_node::api::ApiConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+                token: Some("s3cret".into()),
+            },
+        ))
+        .unwrap();
+    let address = server.addr.to_string();
+    match ApiClient::new(&address, None).status() {
+        Err(ClientError::Api {
+            status: 401,
+            message,
+        }) => {
+            assert!(message.contains("CAIRN_API_TOKEN"), "{message}")
+        }
+        other => panic!("expected 401: {other:?}"),
+    }
+    assert!(matches!(
+        ApiClient::new(&address, Some("wrong".into())).status(),
+        Err(ClientError::Api { status: 401, .. })
+    ));
+    let status = ApiClient::new(&address, Some("s3cret".into()))
+        .status()
+        .unwrap();
+    assert!(status.joined);
 }

@@ -194,15 +194,16 @@ impl ApiClient {
         Self::json(response)
     }
 
-    /// Stores what `reader` yields as the file `name` of `owner`, with a fresh name
-    /// salt (every put is a new file). `progress` is told how many bytes went out.
+    /// Stores what `reader` yields as the file `name` of `owner` under `name_salt`
+    /// (a new salt makes a new file), erasure-coded with `params` (`None`: the node's
+    /// default).
     pub fn put(
         &self,
         reader: &mut dyn Read,
         name: &str,
         name_salt: u64,
         owner: &KeyPair,
-        params: ErasureParams,
+        params: Option<ErasureParams>,
         now: u64,
     ) -> Result<PutOutcome, ClientError> {
         let grant = UploadGrant::new(
@@ -219,7 +220,10 @@ impl ApiClient {
             inner: reader,
             count: 0,
         };
-        let url = self.url(&format!("/v1/files?k={}&m={}", params.k(), params.m()));
+        let url = match params {
+            Some(params) => self.url(&format!("/v1/files?k={}&m={}", params.k(), params.m())),
+            None => self.url("/v1/files"),
+        };
         let response = self
             .authorised(self.agent.put(url))
             .header(GRANT_HEADER, encode_hex(&signed_grant))

@@ -319,6 +319,10 @@ pub struct PutAnswer {
     pub size: u64,
     /// Data blocks.
     pub blocks: u64,
+    /// Data fragments per block.
+    pub k: u16,
+    /// Parity fragments per block.
+    pub m: u16,
     /// Fragments stored (all blocks and the manifest block).
     pub fragments_stored: u64,
     /// Blocks stored under a new salt because their first key was full (file diversion).
@@ -389,8 +393,9 @@ async fn put_file(
         .body
         .check_time(now)
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the upload grant: {e}")))?;
-    let k = query.k.unwrap_or(ErasureParams::DEFAULT.k());
-    let m = query.m.unwrap_or(ErasureParams::DEFAULT.m());
+    let default = state.node.config().default_params;
+    let k = query.k.unwrap_or(default.k());
+    let m = query.m.unwrap_or(default.m());
     let params = ErasureParams::new(k, m)
         .map_err(|e| ApiError::bad_request(format!("erasure parameters k={k} m={m}: {e}")))?;
     let mut options = PutOptions::new(params, now);
@@ -420,6 +425,8 @@ async fn put_file(
         file_id: unsigned.certificate.file_id.to_string(),
         size: unsigned.certificate.size,
         blocks: unsigned.manifest.blocks.len() as u64,
+        k: unsigned.certificate.k,
+        m: unsigned.certificate.m,
         fragments_stored: unsigned.fragments_stored,
         diverted_blocks: unsigned.diverted_blocks,
     }))

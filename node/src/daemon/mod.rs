@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::crypto::{KeyFileError, KeyPair};
+use crate::erasure::ErasureParams;
 use crate::id::{Id, NodeId};
 use crate::net::{Incoming, NetConfig, NetError, Peer, Transport};
 use crate::overlay::{self, Action, Event, Overlay, OverlayMessage, Routed, Time};
@@ -94,6 +95,8 @@ pub struct NodeConfig {
     pub past: PastConfig,
     /// How long a locate (a route to a key and the answer) may take, per attempt.
     pub locate_timeout: Duration,
+    /// The erasure parameters of a put through this node's API that names none.
+    pub default_params: ErasureParams,
 }
 
 impl NodeConfig {
@@ -113,6 +116,7 @@ impl NodeConfig {
             net: NetConfig::default(),
             past: PastConfig::default(),
             locate_timeout: Duration::from_secs(5),
+            default_params: ErasureParams::DEFAULT,
         }
     }
 }
