@@ -268,8 +268,8 @@ impl Write for HashingSink {
     }
 }
 
-/// CPU seconds (user + system) of process `pid` ("self" for this one).
-fn cpu_seconds(pid: &str) -> Option<f64> {
+/// CPU seconds (user, system) of process `pid` ("self" for this one).
+fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start at field 3 (state);
     // utime and stime are fields 14 and 15.
@@ -277,7 +277,10 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
+    Some((
+        utime / CLOCK_TICKS_PER_SECOND,
+        stime / CLOCK_TICKS_PER_SECOND,
+    ))
 }
 
 /// Peak resident memory of process `pid` in MiB (VmHWM).
@@ -393,6 +396,8 @@ struct PhaseUsage {
     label: &'static str,
     wall: f64,
     devnet_cpu: f64,
+    /// The kernel's share of `devnet_cpu` (system time).
+    devnet_sys: f64,
     bench_cpu: f64,
     devnet_peak_mib: Option<f64>,
     peak_was_reset: bool,
@@ -405,11 +410,12 @@ impl PhaseUsage {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let busy = (self.devnet_cpu + self.bench_cpu) / (self.wall * cores);
         println!(
-            "  {}: devnet CPU {:.1} s = {:.2} s/GiB; bench CPU {:.1} s = {:.2} s/GiB; \
+            "  {}: devnet CPU {:.1} s = {:.2} s/GiB ({:.0}% system); bench CPU {:.1} s = {:.2} s/GiB; \
              cores busy {:.0}% of {cores:.0} over {:.1} s; devnet peak RSS {}{}",
             self.label,
             self.devnet_cpu,
             self.devnet_cpu / gib,
+            100.0 * self.devnet_sys / self.devnet_cpu,
             self.bench_cpu,
             self.bench_cpu / gib,
             busy * 100.0,
@@ -430,6 +436,7 @@ impl PhaseUsage {
                 "wall_s": self.wall,
                 "devnet_cpu_s": self.devnet_cpu,
                 "devnet_cpu_s_per_gib": self.devnet_cpu / gib,
+                "devnet_sys_s": self.devnet_sys,
                 "bench_cpu_s": self.bench_cpu,
                 "bench_cpu_s_per_gib": self.bench_cpu / gib,
                 "cores_busy": busy,
@@ -454,12 +461,15 @@ fn phase<R>(
     let result = f();
     let wall = start.elapsed().as_secs_f64();
     let (devnet_after, bench_after) = (cpu_seconds(&pid), cpu_seconds("self"));
+    let total = |t: Option<(f64, f64)>| t.map(|(user, sys)| user + sys);
+    let sys = |t: Option<(f64, f64)>| t.map(|(_, sys)| sys);
     let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or(f64::NAN, |(a, b)| b - a);
     let usage = PhaseUsage {
         label,
         wall,
-        devnet_cpu: diff(devnet_before, devnet_after),
-        bench_cpu: diff(bench_before, bench_after),
+        devnet_cpu: diff(total(devnet_before), total(devnet_after)),
+        devnet_sys: diff(sys(devnet_before), sys(devnet_after)),
+        bench_cpu: diff(total(bench_before), total(bench_after)),
         devnet_peak_mib: peak_rss_mib(&pid),
         peak_was_reset,
         bytes,
