@@ -21,6 +21,9 @@
 //! each recorded with `perf record -e cpu-clock --call-graph dwarf -p DEVNET_PID`
 //! into `DIR/put.data` and `DIR/get.data` (perf must be installed).
 //!
+//! `CAIRN_BENCH_DEVNET_DIR=DIR` keeps the devnet's data under DIR (e.g. `/dev/shm`, a
+//! tmpfs where fsync is free: the difference to a run on disk is what syncing costs).
+//!
 //! Run: `cargo build --release -p cairn-cli && cargo bench -p cairn-benches --bench network`.
 //! Set `CAIRN_BIN` to use another `cairn` binary.
 
@@ -57,12 +60,18 @@ struct Devnet {
     api: String,
     /// Where the devnet's stderr goes (shown when it fails to start).
     log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Devnet {
     fn start(binary: &Path, nodes: usize) -> Result<Devnet, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("creating a temp dir: {e}"))?;
+        // CAIRN_BENCH_DEVNET_DIR=/dev/shm puts the nodes' stores on tmpfs, where fsync
+        // costs nothing: the difference to a run on disk is what durability costs.
+        let dir = match std::env::var_os("CAIRN_BENCH_DEVNET_DIR") {
+            Some(parent) => tempfile::tempdir_in(parent),
+            None => tempfile::tempdir(),
+        }
+        .map_err(|e| format!("creating a temp dir: {e}"))?;
         let log = dir.path().join("devnet.log");
         let stderr =
             std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
@@ -82,7 +91,7 @@ impl Devnet {
             child,
             api: String::new(),
             log,
-            _dir: dir,
+            dir,
         };
         let Some(stdout) = stdout else {
             return Err("the devnet's stdout is not piped".into());
@@ -520,9 +529,10 @@ fn main() {
     }
     let pid = devnet.pid();
     println!(
-        "devnet: {NODES} nodes, pid {pid}, api {}, binary {}",
+        "devnet: {NODES} nodes, pid {pid}, api {}, binary {}, data in {}",
         devnet.api,
-        binary.display()
+        binary.display(),
+        devnet.dir.path().display()
     );
 
     println!(
