@@ -21,6 +21,9 @@
 //! each recorded with `perf record -e cpu-clock --call-graph dwarf -p DEVNET_PID`
 //! into `DIR/put.data` and `DIR/get.data` (perf must be installed).
 //!
+//! `CAIRN_BENCH_SEGMENTS=256,1024,4096` adds one put and one get of a 256 MiB file
+//! per segment size (KiB) at the end: how much of the cost is per block.
+//!
 //! `CAIRN_BENCH_DEVNET_DIR=DIR` keeps the devnet's data under DIR (e.g. `/dev/shm`, a
 //! tmpfs where fsync is free: the difference to a run on disk is what syncing costs).
 //!
@@ -37,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use cairn_benches::{Measurement, machine_note, measure, quick, test_bytes};
 use cairn_node::api::client::ApiClient;
-use cairn_node::crypto::KeyPair;
+use cairn_node::api::{GRANT_HEADER, PutAnswer, decode_hex, encode_hex};
+use cairn_node::crypto::{FileCertificate, KeyPair, Signed, UploadGrant};
 use cairn_node::erasure::{BlockSpec, Codec, ErasureParams, Offer};
 use cairn_node::id::{FileId, Reference};
 use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
@@ -486,6 +490,107 @@ fn phase<R>(
     (result, usage)
 }
 
+/// A put at a chosen segment size, speaking the API's protocol as `ApiClient::put`
+/// does (grant header, stream, check the proposed certificate, sign it, publish it);
+/// the client has no segment-size parameter. Returns the file's id.
+fn put_with_segment(
+    api: &str,
+    file: &mut GeneratedFile,
+    name: &str,
+    owner: &KeyPair,
+    params: ErasureParams,
+    segment: u32,
+    now: u64,
+) -> Result<FileId, String> {
+    let len = file.remaining;
+    let grant = UploadGrant::new(name.as_bytes(), now, owner.public_key(), now, 3600);
+    let signed_grant = Signed::sign(owner, grant.clone())
+        .and_then(|s| s.to_bytes())
+        .map_err(|e| e.to_string())?;
+    let agent = ureq::Agent::new_with_defaults();
+    let url = format!(
+        "{api}/v1/files?k={}&m={}&segment_size={segment}",
+        params.k(),
+        params.m()
+    );
+    let mut response = agent
+        .put(&url)
+        .header(GRANT_HEADER, encode_hex(&signed_grant))
+        .content_type("application/octet-stream")
+        .send(ureq::SendBody::from_reader(file))
+        .map_err(|e| format!("put: {e}"))?;
+    let answer: PutAnswer = serde_json::from_str(
+        &response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let bytes = decode_hex(&answer.certificate).ok_or("the certificate is not hex")?;
+    let certificate: FileCertificate = postcard::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    if certificate.file_id != grant.file_id || certificate.size != len {
+        return Err("the node proposed a certificate for another file or size".into());
+    }
+    let signed = Signed::sign(owner, certificate)
+        .and_then(|s| s.to_bytes())
+        .map_err(|e| e.to_string())?;
+    agent
+        .post(&format!("{api}/v1/certificates"))
+        .content_type("application/octet-stream")
+        .send(&signed[..])
+        .map_err(|e| format!("publishing the certificate: {e}"))?;
+    Ok(grant.file_id)
+}
+
+/// Puts and gets one file per segment size in `CAIRN_BENCH_SEGMENTS` (KiB, comma
+/// separated): how much of the cost is per block rather than per byte.
+fn segment_sizes(client: &ApiClient, api: &str, owner: &KeyPair, file_len: u64, now: u64) {
+    let Ok(list) = std::env::var("CAIRN_BENCH_SEGMENTS") else {
+        return;
+    };
+    let params = ErasureParams::new(4, 2).unwrap();
+    println!(
+        "\n# segment sizes ({params}, {} MiB file, one put and one get each)",
+        file_len >> 20
+    );
+    for kib in list.split(',').filter_map(|s| s.trim().parse::<u32>().ok()) {
+        let mut file = GeneratedFile::new(file_len, 0xa11ce + u64::from(kib));
+        let start = Instant::now();
+        let id = match put_with_segment(
+            api,
+            &mut file,
+            &format!("segment-{kib}"),
+            owner,
+            params,
+            kib << 10,
+            now + u64::from(kib),
+        ) {
+            Ok(id) => id,
+            Err(e) => {
+                println!("  {kib} KiB segments: put failed: {e}");
+                continue;
+            }
+        };
+        let put_s = start.elapsed().as_secs_f64();
+        let sent: [u8; 32] = file.hash.finalize().into();
+        let mut sink = HashingSink {
+            hash: Sha256::new(),
+            bytes: 0,
+        };
+        let start = Instant::now();
+        let got = client.get(&id, &mut sink).unwrap();
+        let get_s = start.elapsed().as_secs_f64();
+        assert_eq!(got, file_len);
+        let received: [u8; 32] = sink.hash.finalize().into();
+        assert_eq!(received, sent, "{kib} KiB segments: bytes differ");
+        println!(
+            "  {kib:>5} KiB segments: put {:.1} MB/s, get {:.1} MB/s, bytes verified",
+            file_len as f64 / put_s / 1e6,
+            file_len as f64 / get_s / 1e6
+        );
+    }
+}
+
 /// Sorted seconds of each repetition into a [`Measurement`] (median, p99, report).
 fn measurement(name: &str, bytes: u64, mut seconds: Vec<f64>) -> Measurement {
     seconds.sort_by(f64::total_cmp);
@@ -639,6 +744,13 @@ fn main() {
     );
     put_usage.print();
     get_usage.print();
+    segment_sizes(
+        &client,
+        &devnet.api,
+        &owner,
+        file_len.min(256 << 20),
+        now + 1000,
+    );
     println!(
         "{}",
         serde_json::json!({
