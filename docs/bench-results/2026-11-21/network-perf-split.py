@@ -28,6 +28,20 @@ CLASSES = [
     ("allocation and page faults", r"malloc|_int_free|cfree|page_fault|clear_page|do_anonymous_page|mmap|munmap|madvise"),
 ]
 PATTERNS = [(name, re.compile(p)) for name, p in CLASSES]
+HANDOFF = "thread hand-offs: futex, wakeups, spawn_blocking, parking"
+# Who causes the hand-offs: the first of these found anywhere on the stack.
+CAUSES = [
+    ("api::body_reader / BodyReader (a spawn_blocking per upload chunk, std sync_channel)", r"body_reader|BodyReader"),
+    ("api::BodyWriter (a block_on per write)", r"BodyWriter"),
+    ("daemon::handle_store (a spawn_blocking per fragment)", r"handle_store"),
+    ("daemon::handle_past (a spawn_blocking per fetch)", r"handle_past"),
+    ("net read/write loops", r"read_loop|read_frames|write_loop"),
+    ("gateway store_block / fetch_fragments (block_on, JoinSet)", r"store_block|fetch_fragments|fetch_one|block_on"),
+    ("daemon::dispatch_task", r"dispatch_task"),
+    ("tokio workers parking and unparking", r"worker::Context::park|park_timeout|park_condvar|multi_thread::park|Context::run|worker::run"),
+    ("tokio blocking pool threads waiting for work", r"blocking::pool::Inner::run"),
+]
+CAUSE_PATTERNS = [(name, re.compile(p)) for name, p in CAUSES]
 
 
 def samples(lines):
@@ -45,6 +59,7 @@ def samples(lines):
 
 
 counts = Counter()
+causes = Counter()
 total = 0
 for stack in samples(sys.stdin):
     frames = " ".join(stack[1:]) or stack[0]
@@ -52,10 +67,16 @@ for stack in samples(sys.stdin):
     for name, pattern in PATTERNS:
         if pattern.search(frames):
             counts[name] += 1
+            if name == HANDOFF:
+                cause = next((c for c, p in CAUSE_PATTERNS if p.search(frames)), "unattributed")
+                causes[cause] += 1
             break
     else:
         counts["other"] += 1
 
 print(f"{total} samples")
 for name, count in counts.most_common():
+    print(f"{100 * count / max(total, 1):5.1f}%  {name}")
+print(f"\nthread hand-offs by cause (% of all samples):")
+for name, count in causes.most_common():
     print(f"{100 * count / max(total, 1):5.1f}%  {name}")
