@@ -331,7 +331,7 @@ pub struct PutAnswer {
 
 /// A blocking reader over the chunks of a request body, fed by an async task.
 struct BodyReader {
-    chunks: std::sync::mpsc::Receiver<Result<Bytes, String>>,
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
     current: Bytes,
 }
 
@@ -339,10 +339,10 @@ impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // Bounded: each pass takes a chunk or ends; empty chunks are skipped.
         while self.current.is_empty() {
-            match self.chunks.recv() {
-                Ok(Ok(chunk)) => self.current = chunk,
-                Ok(Err(e)) => return Err(io::Error::other(e)),
-                Err(_) => return Ok(0),
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -352,10 +352,10 @@ impl Read for BodyReader {
     }
 }
 
-/// Feeds `body` into a bounded channel read by a [`BodyReader`] (a few chunks in
-/// flight: the upload waits for the pipeline, never buffers the whole file).
+/// Feeds `body` into a bounded channel read by a [`BodyReader`] on a blocking thread (a
+/// few chunks in flight: the upload waits for the pipeline, never buffers the file).
 fn body_reader(mut body: Body) -> BodyReader {
-    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {
             let item = match body.frame().await {
@@ -367,10 +367,7 @@ fn body_reader(mut body: Body) -> BodyReader {
                 Some(Err(e)) => Err(format!("the upload broke off: {e}")),
             };
             let failed = item.is_err();
-            let tx = tx.clone();
-            // The channel is bounded: wait for room on the blocking pool, not here.
-            let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok()).await;
-            if failed || !matches!(sent, Ok(true)) {
+            if tx.send(item).await.is_err() || failed {
                 break;
             }
         }

@@ -752,19 +752,21 @@ impl Node {
     /// outside the `n` closest that accepts it (PAST's replica diversion).
     async fn handle_store(&self, store: crate::past::StoreRequest) -> PastResponse {
         let node = self.clone();
-        let request = store.clone();
-        let here =
-            tokio::task::spawn_blocking(move || node.store_here(&request, false, unix_now()))
-                .await
-                .unwrap_or_else(|e| {
-                    PastResponse::Refused(crate::past::Refusal::Store(format!(
-                        "the store task failed: {e}"
-                    )))
-                });
-        let PastResponse::Refused(crate::past::Refusal::NoRoom { size, free }) = here else {
-            return here;
-        };
-        self.divert(store, size, free).await
+        // The request comes back from the blocking task, for a diversion to send on.
+        let stored = tokio::task::spawn_blocking(move || {
+            let response = node.store_here(&store, false, unix_now());
+            (response, store)
+        })
+        .await;
+        match stored {
+            Ok((PastResponse::Refused(crate::past::Refusal::NoRoom { size, free }), store)) => {
+                self.divert(store, size, free).await
+            }
+            Ok((response, _)) => response,
+            Err(e) => PastResponse::Refused(crate::past::Refusal::Store(format!(
+                "the store task failed: {e}"
+            ))),
+        }
     }
 
     async fn divert(&self, store: crate::past::StoreRequest, size: u64, free: u64) -> PastResponse {
