@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses arguments, sets up
 //! logging (`RUST_LOG`, default `warn`) and prints errors with their whole chain.
 
+mod bench;
 mod daemon;
 mod demo;
 mod files;
@@ -52,6 +53,8 @@ enum Command {
     /// Erasure coding on one machine, no network: store a file in a local store,
     /// damage every block, get it back.
     Demo(demo::DemoArgs),
+    /// Benchmarks with real node processes (`cairn bench churn --help`).
+    Bench(bench::BenchArgs),
     /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes).
     Sim(sim::SimArgs),
 }
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Devnet(args) => daemon::devnet_command(args),
         Command::Demo(args) => demo::demo(args),
         Command::Sim(args) => sim::run(args),
+        Command::Bench(args) => bench::bench_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
