@@ -239,6 +239,14 @@ pub enum Event {
     },
     /// Leave the overlay gracefully.
     Leave,
+    /// The driver has reason to think `node` is alive and reachable (it answered at a
+    /// known address, e.g. a bootstrap node after a network partition healed): probe
+    /// it, even if it was declared dead, and admit it if it answers. This is how two
+    /// halves of a partitioned overlay find each other again.
+    Suggest {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// What the overlay asks its driver to do, or tells it.
@@ -502,7 +510,24 @@ impl Overlay {
                 self.route(now, key, 0, body, Vec::new(), 0, out);
             }
             Event::Leave => self.leave(out),
+            Event::Suggest { node } => self.suggested(now, node, out),
         }
+    }
+
+    fn suggested(&mut self, now: Time, node: NodeId, out: &mut Vec<Action>) {
+        if node == self.me || self.holds(&node) {
+            return;
+        }
+        if self
+            .probes
+            .iter()
+            .any(|p| p.id == node && p.purpose == ProbePurpose::Candidate)
+        {
+            return;
+        }
+        // Forgotten as dead only once it answers (heard_from); until then gossip about
+        // it is still ignored.
+        self.send_probe(now, node, ProbePurpose::Candidate, out);
     }
 
     fn start_join(&mut self, now: Time, bootstrap: Option<NodeId>, out: &mut Vec<Action>) {
@@ -1507,6 +1532,46 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[test]
+    fn a_suggested_node_is_probed_even_when_dead_and_admitted_when_it_answers() {
+        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
+        let other = node(2);
+        overlay.handle(
+            Time(10),
+            Event::Message {
+                from: other,
+                msg: OverlayMessage::Leave,
+            },
+        );
+        assert!(!overlay.known_nodes().contains(&other), "declared dead");
+        let actions = overlay.handle(Time(20), Event::Suggest { node: other });
+        let nonce = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: OverlayMessage::Ping { nonce },
+                } if *to == other => Some(*nonce),
+                _ => None,
+            })
+            .expect("the suggested node is pinged");
+        overlay.handle(
+            Time(30),
+            Event::Message {
+                from: other,
+                msg: OverlayMessage::Pong { nonce },
+            },
+        );
+        assert!(overlay.known_nodes().contains(&other), "admitted again");
+        // Suggesting a node already held sends nothing.
+        assert!(
+            overlay
+                .handle(Time(40), Event::Suggest { node: other })
+                .is_empty()
+        );
     }
 
     #[test]
