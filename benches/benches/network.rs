@@ -673,7 +673,7 @@ fn main() {
                     &format!("bench-{i}"),
                     now + i,
                     &owner,
-                    params,
+                    Some(params),
                     now,
                 )
                 .unwrap_or_else(|e| panic!("put {i}: {e}"));
