@@ -15,11 +15,17 @@
 //! # Put
 //! Reads one segment at a time into one reused buffer (the buffer is the block, then
 //! its padding, then its parity: no copy between reading and storing), hashes and
-//! encodes it, stores its `n` fragments at its placement key as one group
-//! ([`FragmentStore::put_block_fragments`]), and records it in the
-//! manifest. Then the manifest is encoded and stored as one more block, and last the
-//! file certificate, which covers the manifest hash, is signed and stored. Peak memory:
-//! one segment's `n` fragments plus the manifest.
+//! encodes it, starts storing its `n` fragments at its placement key as one group
+//! ([`FragmentStore::start_block`]), and records it in the manifest. A store with a
+//! put window ([`FragmentStore::blocks_in_flight`], `W`) copies the fragments and
+//! confirms them later ([`FragmentStore::finish_block`]), so up to `W` blocks wait
+//! for their receipts while the next is read and encoded; before starting a block
+//! with `W` in flight, the oldest is finished. Every block is finished before the
+//! manifest is encoded and stored (at once, [`FragmentStore::put_block_fragments`])
+//! as one more block, and last the file certificate, which covers the manifest hash,
+//! is signed and stored. Peak memory: one segment's `n` fragments in the pipeline,
+//! plus the store's copies of the `W` blocks in flight (`W × n` fragments; none for a
+//! synchronous store, `W` = 1), plus the manifest.
 //!
 //! The signing is a seam: [`put_unsigned`] stores the blocks and the manifest and
 //! returns the certificate body; the owner signs it wherever the key is (the CLI), and
@@ -30,7 +36,10 @@
 //! its placement key ([`FragmentStore::is_placement_refusal`]), the block is retried
 //! at the keys of salt 1, 2, ... up to [`PutOptions::max_file_diversions`], and the
 //! salt is recorded in its manifest entry (for the manifest block, in the
-//! certificate), where get finds it. Other store errors fail the put at once.
+//! certificate), where get finds it. A refusal when the block is started is retried
+//! from the pipeline's buffer; one reported when it is finished (the buffer holds
+//! later blocks by then) is retried from the store's own copy
+//! ([`FragmentStore::restart_block`]). Other store errors fail the put at once.
 //!
 //! # Get
 //! Verifies the certificate (signature, owner, file id, expiry at the caller's `now`),
@@ -41,6 +50,9 @@
 //! block in one call, the other `m` in a second only if fewer than `k` verified. A fragment
 //! that is missing, fails to load or fails a check is skipped and counted in
 //! [`GetStats`]; a block fails only when fewer than `k` good fragments remain.
+//! Read-ahead: before fetching block `i`, get hints the store to fetch block `i + 1`'s
+//! first `k` ([`FragmentStore::prefetch`]), so a network store fetches it while block
+//! `i` is decoded and written.
 
 mod local;
 
