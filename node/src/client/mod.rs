@@ -15,11 +15,17 @@
 //! # Put
 //! Reads one segment at a time into one reused buffer (the buffer is the block, then
 //! its padding, then its parity: no copy between reading and storing), hashes and
-//! encodes it, stores its `n` fragments at its placement key as one group
-//! ([`FragmentStore::put_block_fragments`]), and records it in the
-//! manifest. Then the manifest is encoded and stored as one more block, and last the
-//! file certificate, which covers the manifest hash, is signed and stored. Peak memory:
-//! one segment's `n` fragments plus the manifest.
+//! encodes it, starts storing its `n` fragments at its placement key as one group
+//! ([`FragmentStore::start_block`]), and records it in the manifest. A store with a
+//! put window ([`FragmentStore::blocks_in_flight`], `W`) copies the fragments and
+//! confirms them later ([`FragmentStore::finish_block`]), so up to `W` blocks wait
+//! for their receipts while the next is read and encoded; before starting a block
+//! with `W` in flight, the oldest is finished. Every block is finished before the
+//! manifest is encoded and stored (at once, [`FragmentStore::put_block_fragments`])
+//! as one more block, and last the file certificate, which covers the manifest hash,
+//! is signed and stored. Peak memory: one segment's `n` fragments in the pipeline,
+//! plus the store's copies of the `W` blocks in flight (`W × n` fragments; none for a
+//! synchronous store, `W` = 1), plus the manifest.
 //!
 //! The signing is a seam: [`put_unsigned`] stores the blocks and the manifest and
 //! returns the certificate body; the owner signs it wherever the key is (the CLI), and
@@ -30,7 +36,10 @@
 //! its placement key ([`FragmentStore::is_placement_refusal`]), the block is retried
 //! at the keys of salt 1, 2, ... up to [`PutOptions::max_file_diversions`], and the
 //! salt is recorded in its manifest entry (for the manifest block, in the
-//! certificate), where get finds it. Other store errors fail the put at once.
+//! certificate), where get finds it. A refusal when the block is started is retried
+//! from the pipeline's buffer; one reported when it is finished (the buffer holds
+//! later blocks by then) is retried from the store's own copy
+//! ([`FragmentStore::restart_block`]). Other store errors fail the put at once.
 //!
 //! # Get
 //! Verifies the certificate (signature, owner, file id, expiry at the caller's `now`),
@@ -41,12 +50,15 @@
 //! block in one call, the other `m` in a second only if fewer than `k` verified. A fragment
 //! that is missing, fails to load or fails a check is skipped and counted in
 //! [`GetStats`]; a block fails only when fewer than `k` good fragments remain.
+//! Read-ahead: before fetching block `i`, get hints the store to fetch block `i + 1`'s
+//! first `k` ([`FragmentStore::prefetch`]), so a network store fetches it while block
+//! `i` is decoded and written.
 
 mod local;
 
 pub use local::{LocalFragments, LocalStoreError};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::error::Error as StdError;
 use std::io::{self, Read, Write};
 use std::sync::{Mutex, MutexGuard};
@@ -148,7 +160,64 @@ pub trait FragmentStore {
         let _ = error;
         false
     }
+
+    /// How many blocks [`put`] may have started ([`Self::start_block`]) and not yet
+    /// finished ([`Self::finish_block`]) at once: the put window. 1 (the default) is a
+    /// synchronous store: each block is stored before the next is read.
+    fn blocks_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Starts storing the fragments of one block at `key` and returns a token to
+    /// confirm it with ([`Self::finish_block`]). A store with a window keeps its own
+    /// copy of the fragments (the caller reuses its buffer as soon as this returns)
+    /// and may report a placement refusal now or at the finish. The default stores
+    /// the block now ([`Self::put_block_fragments`]) and returns a ready token.
+    fn start_block(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<PendingBlock, Self::Error> {
+        self.put_block_fragments(key, fragments)?;
+        Ok(PendingBlock(0))
+    }
+
+    /// Waits until the block of `pending` is stored. On a placement refusal
+    /// ([`Self::is_placement_refusal`]) the store keeps its copy of the fragments, so
+    /// [`Self::restart_block`] can place them at another key; on success or any other
+    /// error it drops the copy. The default (a block stored at its start) is `Ok`.
+    fn finish_block(&self, pending: PendingBlock) -> Result<(), Self::Error> {
+        let _ = pending;
+        Ok(())
+    }
+
+    /// Starts storing again, at `new_key`, the fragments of a block whose placement
+    /// was refused (by [`Self::finish_block`], or by an earlier restart): file
+    /// diversion discovered after the caller's buffer was reused. Returns the token to
+    /// finish it with; after a refusal here the old token may be restarted again.
+    /// `None`: this store kept no copy (the default: its `finish_block` never refuses).
+    fn restart_block(
+        &self,
+        pending: PendingBlock,
+        new_key: &PlacementKey,
+    ) -> Option<Result<PendingBlock, Self::Error>> {
+        let _ = (pending, new_key);
+        None
+    }
+
+    /// Hints that [`get`] will soon ask for fragments `indexes` of the block at `key`
+    /// ([`Self::get_block_fragments`] with the same arguments): a network store starts
+    /// fetching them now, while the current block is decoded and written. The default
+    /// does nothing. A hint never followed by the fetch must not leak.
+    fn prefetch(&self, key: &PlacementKey, indexes: &[u16]) {
+        let _ = (key, indexes);
+    }
 }
+
+/// A block a store has started storing and not yet confirmed
+/// ([`FragmentStore::start_block`]): an opaque id the store chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PendingBlock(pub u64);
 
 impl<S: FragmentStore + ?Sized> FragmentStore for &S {
     type Error = S::Error;
@@ -188,6 +257,29 @@ impl<S: FragmentStore + ?Sized> FragmentStore for &S {
     }
     fn is_placement_refusal(&self, error: &S::Error) -> bool {
         (**self).is_placement_refusal(error)
+    }
+    fn blocks_in_flight(&self) -> usize {
+        (**self).blocks_in_flight()
+    }
+    fn start_block(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<PendingBlock, S::Error> {
+        (**self).start_block(key, fragments)
+    }
+    fn finish_block(&self, pending: PendingBlock) -> Result<(), S::Error> {
+        (**self).finish_block(pending)
+    }
+    fn restart_block(
+        &self,
+        pending: PendingBlock,
+        new_key: &PlacementKey,
+    ) -> Option<Result<PendingBlock, S::Error>> {
+        (**self).restart_block(pending, new_key)
+    }
+    fn prefetch(&self, key: &PlacementKey, indexes: &[u16]) {
+        (**self).prefetch(key, indexes)
     }
 }
 
@@ -383,6 +475,22 @@ pub enum PutError {
         #[source]
         source: StoreError,
     },
+    /// The store refused a block's placement after accepting it
+    /// ([`FragmentStore::finish_block`]) but kept no copy to place it elsewhere
+    /// ([`FragmentStore::restart_block`] answered `None`): a store that breaks the
+    /// trait's contract.
+    #[error(
+        "block {block} was refused late at {key} and the store kept no copy of its \
+         {fragments} fragments to divert"
+    )]
+    CannotRestart {
+        /// The block.
+        block: BlockHash,
+        /// How many fragments it has.
+        fragments: usize,
+        /// The key it was to be restarted at.
+        key: PlacementKey,
+    },
     /// The signed certificate handed to [`finish_put`] is not the one the put made.
     #[error("the signed certificate does not match the put of file {file}: its {field} differs")]
     CertificateMismatch {
@@ -466,6 +574,10 @@ pub fn put_unsigned<S: FragmentStore + ?Sized>(
     let mut file_size = 0u64;
     let mut fragments_stored = 0u64;
     let mut diverted_blocks = 0u64;
+    let max_diversions = options.max_file_diversions;
+    // Blocks started and not yet confirmed, oldest first; at most `window` of them.
+    let window = store.blocks_in_flight().max(1);
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(window);
     // Bounded: each pass reads one full segment or ends, and the block count is capped.
     loop {
         if buffer.len() < segment {
@@ -488,15 +600,27 @@ pub fn put_unsigned<S: FragmentStore + ?Sized>(
         let encoded = codec
             .encode_in_place(buffer)
             .map_err(|source| PutError::Encode { position, source })?;
-        let salt = store_block(store, &encoded, options.max_file_diversions)?;
+        // Bounded: each pass removes one block from a queue that holds at most `window`.
+        while in_flight.len() >= window {
+            if let Some(oldest) = in_flight.pop_front() {
+                diverted_blocks += finish_block(store, oldest, &mut blocks, max_diversions)?;
+            }
+        }
+        let (salt, pending) = start_block(store, &encoded, max_diversions)?;
         fragments_stored += encoded.fragment_hashes().len() as u64;
-        diverted_blocks += u64::from(salt > 0);
         let entry = BlockEntry {
             hash: encoded.block_hash(),
             salt,
             fragments: encoded.fragment_hashes().to_vec(),
         };
-        tracing::trace!(position, block = %entry.hash, salt, len = read, "stored block");
+        tracing::trace!(position, block = %entry.hash, salt, len = read, "started block");
+        in_flight.push_back(InFlight {
+            position: blocks.len(),
+            block: entry.hash,
+            fragments: entry.fragments.len(),
+            salt,
+            pending,
+        });
         blocks.push(entry);
         file_size += read as u64;
         buffer = encoded.into_buffer();
@@ -505,6 +629,10 @@ pub fn put_unsigned<S: FragmentStore + ?Sized>(
         }
     }
     drop(buffer);
+    // Every block is confirmed (at its final salt) before the manifest lists it.
+    while let Some(oldest) = in_flight.pop_front() {
+        diverted_blocks += finish_block(store, oldest, &mut blocks, max_diversions)?;
+    }
 
     let manifest = Manifest {
         file_size,
@@ -651,6 +779,143 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// A block the store has started storing and not yet confirmed.
+struct InFlight {
+    /// Its position in the file (and in the manifest's list).
+    position: usize,
+    /// Its hash.
+    block: BlockHash,
+    /// How many fragments it has.
+    fragments: usize,
+    /// The salt of the key it was started at.
+    salt: u64,
+    /// The store's token for it.
+    pending: PendingBlock,
+}
+
+/// Starts storing the `n` fragments of `encoded` at the key of salt 0, or, while the
+/// store refuses at once to place them there, at the keys of salt 1, 2, ... up to
+/// `max_diversions` (the buffer is still there to offer again). Returns the salt it
+/// was started at and the store's token.
+fn start_block<S: FragmentStore + ?Sized>(
+    store: &S,
+    encoded: &EncodedBlock,
+    max_diversions: u64,
+) -> Result<(u64, PendingBlock), PutError> {
+    let block = encoded.block_hash();
+    let fragments: Vec<(FragmentRef<'_>, FragmentHash)> = encoded
+        .fragments()
+        .zip(encoded.fragment_hashes().iter().copied())
+        .collect();
+    let mut salt = 0u64;
+    // Bounded: the salt grows by one per refusal and stops at `max_diversions`.
+    loop {
+        let key = PlacementKey::for_block(&block, salt);
+        let error = match store.start_block(&key, &fragments) {
+            Ok(pending) => return Ok((salt, pending)),
+            Err(error) => error,
+        };
+        divert_or_fail(
+            store,
+            error,
+            block,
+            fragments.len(),
+            key,
+            salt,
+            max_diversions,
+        )?;
+        salt += 1;
+    }
+}
+
+/// Waits for the store to confirm `flight`. A placement refused late is retried with
+/// [`FragmentStore::restart_block`] (the store's own copy of the fragments) at the
+/// next salts up to `max_diversions`, and the block's manifest entry takes the salt
+/// that worked. Returns 1 if the block ended up diverted (salt > 0), else 0.
+fn finish_block<S: FragmentStore + ?Sized>(
+    store: &S,
+    flight: InFlight,
+    blocks: &mut [BlockEntry],
+    max_diversions: u64,
+) -> Result<u64, PutError> {
+    let InFlight {
+        position,
+        block,
+        fragments,
+        mut salt,
+        mut pending,
+    } = flight;
+    // Whether `pending` is placing the block at `salt` (false: it is to be restarted).
+    let mut started = true;
+    // Bounded: a restart is followed by a finish, and each refusal raises the salt by
+    // one until `max_diversions`.
+    loop {
+        let key = PlacementKey::for_block(&block, salt);
+        let result = if started {
+            store.finish_block(pending)
+        } else {
+            match store.restart_block(pending, &key) {
+                Some(Ok(restarted)) => {
+                    pending = restarted;
+                    started = true;
+                    continue;
+                }
+                Some(Err(error)) => Err(error),
+                None => {
+                    return Err(PutError::CannotRestart {
+                        block,
+                        fragments,
+                        key,
+                    });
+                }
+            }
+        };
+        let error = match result {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        divert_or_fail(store, error, block, fragments, key, salt, max_diversions)?;
+        salt += 1;
+        started = false;
+    }
+    if let Some(entry) = blocks.get_mut(position) {
+        entry.salt = salt;
+    }
+    tracing::trace!(position, %block, salt, "block confirmed");
+    Ok(u64::from(salt > 0))
+}
+
+/// What to do after the store's `error` storing `block` at `key` (salt `salt`): `Ok`
+/// to divert to the next salt, or the put's error (not a placement refusal, or no
+/// diversion left).
+fn divert_or_fail<S: FragmentStore + ?Sized>(
+    store: &S,
+    error: S::Error,
+    block: BlockHash,
+    fragments: usize,
+    key: PlacementKey,
+    salt: u64,
+    max_diversions: u64,
+) -> Result<(), PutError> {
+    if !store.is_placement_refusal(&error) {
+        return Err(PutError::StoreBlock {
+            block,
+            fragments,
+            key,
+            source: Box::new(error),
+        });
+    }
+    if salt >= max_diversions {
+        return Err(PutError::CannotPlace {
+            block,
+            attempts: salt + 1,
+            source: Box::new(error),
+        });
+    }
+    tracing::debug!(%block, salt, %error, "placement refused; diverting the block");
+    Ok(())
+}
+
 /// Stores the `n` fragments of `encoded` as one group at the key of salt 0, or, while
 /// the store refuses to place them there, at the keys of salt 1, 2, ... up to
 /// `max_diversions`. Returns the salt they were stored under.
@@ -672,22 +937,15 @@ fn store_block<S: FragmentStore + ?Sized>(
             Ok(()) => return Ok(salt),
             Err(error) => error,
         };
-        if !store.is_placement_refusal(&error) {
-            return Err(PutError::StoreBlock {
-                block,
-                fragments: fragments.len(),
-                key,
-                source: Box::new(error),
-            });
-        }
-        if salt >= max_diversions {
-            return Err(PutError::CannotPlace {
-                block,
-                attempts: salt + 1,
-                source: Box::new(error),
-            });
-        }
-        tracing::debug!(%block, salt, %error, "placement refused; diverting the block");
+        divert_or_fail(
+            store,
+            error,
+            block,
+            fragments.len(),
+            key,
+            salt,
+            max_diversions,
+        )?;
         salt += 1;
     }
 }
@@ -1071,7 +1329,17 @@ pub fn get<S: FragmentStore + ?Sized>(
         return Err(disagrees("m", body.m.into(), manifest.params.m().into()));
     }
 
+    // The indexes `block_offers` asks for first: what a prefetch of the next block asks.
+    let first_fetch: Vec<u16> = codec
+        .fetch_order()
+        .take(usize::from(codec.params().k()))
+        .collect();
     for (position, entry) in manifest.blocks.iter().enumerate() {
+        // Read-ahead: the next block's first `k` fragments are on their way while this
+        // one is fetched, decoded and written.
+        if let Some(next) = manifest.blocks.get(position + 1) {
+            store.prefetch(&next.placement_key(), &first_fetch);
+        }
         let position = position as u64;
         // Always known for a validated manifest; a block without a length would be
         // decoded without its hash check, so refuse rather than default.
@@ -1147,6 +1415,35 @@ pub enum InjectedFailure {
         /// The placement key.
         key: PlacementKey,
     },
+    /// A deferring store ([`MemoryFragments::deferring`]) was asked to finish or
+    /// restart a block it does not have in flight.
+    #[error("no block {0:?} in flight")]
+    NotInFlight(PendingBlock),
+    /// A deferring store was asked to store a group at once while blocks were still
+    /// unconfirmed: the pipeline must finish every block before the manifest block.
+    #[error("a group stored at {key} while {in_flight} block(s) were unconfirmed")]
+    OutOfOrder {
+        /// The placement key of the group.
+        key: PlacementKey,
+        /// Blocks started and not finished.
+        in_flight: usize,
+    },
+}
+
+/// What a deferring [`MemoryFragments`] holds of the blocks it has not confirmed.
+#[derive(Default)]
+struct Deferred {
+    /// The put window it advertises.
+    window: usize,
+    /// The next token.
+    next: u64,
+    /// Blocks started and not finished: their key (the latest restart's) and their own
+    /// copy of the fragments.
+    in_flight: HashMap<u64, (PlacementKey, Vec<Fragment>)>,
+    /// The most blocks in flight at once.
+    peak: usize,
+    /// Blocks restarted at another key.
+    restarts: u64,
 }
 
 #[derive(Default)]
@@ -1156,6 +1453,7 @@ struct MemoryInner {
     refusing_placement: HashSet<PlacementKey>,
     failing_puts: HashSet<PlacementKey>,
     certificates: HashMap<FileId, Signed<FileCertificate>>,
+    deferred: Option<Deferred>,
 }
 
 /// An in-memory [`FragmentStore`] for tests and benches, with hooks to damage what it
@@ -1181,6 +1479,40 @@ impl MemoryFragments {
     /// An empty store.
     pub fn new() -> MemoryFragments {
         MemoryFragments::default()
+    }
+
+    /// An empty store with a put window of `window` blocks, like the network's: a
+    /// started block ([`FragmentStore::start_block`]) is copied and held unconfirmed
+    /// until finished, and only then stored, so placement refusals
+    /// ([`Self::refuse_placement`]) and failures ([`Self::fail_puts`]) are reported
+    /// late, by [`FragmentStore::finish_block`]. A refused block can be restarted at
+    /// another key. A group stored at once ([`FragmentStore::put_block_fragments`])
+    /// while blocks are unconfirmed is refused ([`InjectedFailure::OutOfOrder`]).
+    pub fn deferring(window: usize) -> MemoryFragments {
+        let store = MemoryFragments::default();
+        store.lock().deferred = Some(Deferred {
+            window,
+            ..Deferred::default()
+        });
+        store
+    }
+
+    /// For a deferring store: the most blocks that were in flight at once.
+    pub fn peak_blocks_in_flight(&self) -> usize {
+        self.lock().deferred.as_ref().map_or(0, |d| d.peak)
+    }
+
+    /// For a deferring store: blocks started and not finished now.
+    pub fn blocks_unconfirmed(&self) -> usize {
+        self.lock()
+            .deferred
+            .as_ref()
+            .map_or(0, |d| d.in_flight.len())
+    }
+
+    /// For a deferring store: blocks restarted at another key after a late refusal.
+    pub fn blocks_restarted(&self) -> u64 {
+        self.lock().deferred.as_ref().map_or(0, |d| d.restarts)
     }
 
     fn lock(&self) -> MutexGuard<'_, MemoryInner> {
@@ -1341,6 +1673,93 @@ impl FragmentStore for MemoryFragments {
 
     fn is_placement_refusal(&self, error: &InjectedFailure) -> bool {
         matches!(error, InjectedFailure::PlacementRefused { .. })
+    }
+
+    fn put_block_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<(), InjectedFailure> {
+        let in_flight = self
+            .lock()
+            .deferred
+            .as_ref()
+            .map_or(0, |d| d.in_flight.len());
+        if in_flight > 0 {
+            return Err(InjectedFailure::OutOfOrder {
+                key: *key,
+                in_flight,
+            });
+        }
+        fragments
+            .iter()
+            .try_for_each(|(fragment, hash)| self.put_fragment(key, *fragment, hash))
+    }
+
+    fn blocks_in_flight(&self) -> usize {
+        self.lock().deferred.as_ref().map_or(1, |d| d.window)
+    }
+
+    fn start_block(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<PendingBlock, InjectedFailure> {
+        let mut inner = self.lock();
+        let Some(deferred) = inner.deferred.as_mut() else {
+            drop(inner);
+            self.put_block_fragments(key, fragments)?;
+            return Ok(PendingBlock(0));
+        };
+        let copy = fragments.iter().map(|(f, _)| f.to_owned()).collect();
+        let token = deferred.next;
+        deferred.next += 1;
+        deferred.in_flight.insert(token, (*key, copy));
+        deferred.peak = deferred.peak.max(deferred.in_flight.len());
+        Ok(PendingBlock(token))
+    }
+
+    fn finish_block(&self, pending: PendingBlock) -> Result<(), InjectedFailure> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(deferred) = inner.deferred.as_mut() else {
+            return Ok(());
+        };
+        let Some((key, _)) = deferred.in_flight.get(&pending.0) else {
+            return Err(InjectedFailure::NotInFlight(pending));
+        };
+        let key = *key;
+        if inner.refusing_placement.contains(&key) {
+            // Kept for a restart elsewhere.
+            return Err(InjectedFailure::PlacementRefused { key });
+        }
+        let Some((_, fragments)) = deferred.in_flight.remove(&pending.0) else {
+            return Err(InjectedFailure::NotInFlight(pending));
+        };
+        if inner.failing_puts.contains(&key) {
+            return Err(InjectedFailure::Write { key });
+        }
+        for fragment in fragments {
+            inner.fragments.insert((key, fragment.index), fragment);
+        }
+        Ok(())
+    }
+
+    fn restart_block(
+        &self,
+        pending: PendingBlock,
+        new_key: &PlacementKey,
+    ) -> Option<Result<PendingBlock, InjectedFailure>> {
+        let mut inner = self.lock();
+        let deferred = inner.deferred.as_mut()?;
+        Some(match deferred.in_flight.get_mut(&pending.0) {
+            Some((key, _)) => {
+                *key = *new_key;
+                deferred.restarts += 1;
+                Ok(pending)
+            }
+            None => Err(InjectedFailure::NotInFlight(pending)),
+        })
     }
 }
 
@@ -1809,6 +2228,240 @@ mod tests {
         assert!(
             matches!(err, PutError::CannotPlace { attempts: 1, .. }),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_windowed_store_has_its_window_in_flight_and_confirms_all_before_the_manifest() {
+        let input = data(10 * 4096 + 5);
+        let owner = KeyPair::generate();
+        let synchronous = put(
+            &input[..],
+            b"w",
+            &owner,
+            &options(),
+            &MemoryFragments::new(),
+        )
+        .unwrap();
+        // The deferring store refuses the manifest group while any block is unconfirmed.
+        let store = MemoryFragments::deferring(3);
+        let receipt = put(&input[..], b"w", &owner, &options(), &store).unwrap();
+        assert_eq!(store.peak_blocks_in_flight(), 3);
+        assert_eq!(store.blocks_unconfirmed(), 0);
+        assert_eq!(receipt.manifest.blocks.len(), 11);
+        assert_eq!(receipt.fragments_stored, 12 * 6);
+        assert_eq!(store.fragment_count(), 12 * 6);
+        assert_eq!(
+            receipt.manifest_hash, synchronous.manifest_hash,
+            "the same file as a put one block at a time"
+        );
+        let (out, stats) = round_trip(&store, &receipt).unwrap();
+        assert_eq!(out, input);
+        assert_eq!(stats.skipped_total(), 0);
+    }
+
+    #[test]
+    fn a_block_refused_late_is_restarted_from_the_stores_copy_and_reads_back() {
+        let store = MemoryFragments::deferring(4);
+        let input = data(6 * 4096);
+        let second = &input[4096..2 * 4096];
+        // Block 1 is refused at salts 0 and 1 only when it is finished: by then the
+        // pipeline has read blocks 2 to 4 over its buffer.
+        store.refuse_placement(&single_block_key(second, 0));
+        store.refuse_placement(&single_block_key(second, 1));
+        let receipt = put(&input[..], b"l", &KeyPair::generate(), &options(), &store).unwrap();
+        let salts: Vec<u64> = receipt.manifest.blocks.iter().map(|b| b.salt).collect();
+        assert_eq!(salts, [0, 2, 0, 0, 0, 0]);
+        assert_eq!(receipt.diverted_blocks, 1);
+        assert_eq!(store.blocks_restarted(), 2);
+        assert_eq!(
+            receipt.manifest.blocks[1].placement_key(),
+            single_block_key(second, 2)
+        );
+        assert_eq!(store.fragment_count(), 7 * 6, "nothing at the refused keys");
+        let (out, stats) = round_trip(&store, &receipt).unwrap();
+        assert_eq!(out, input);
+        assert_eq!(stats.skipped_total(), 0, "get went to the diverted key");
+    }
+
+    #[test]
+    fn a_block_refused_late_at_every_salt_cannot_be_placed() {
+        let store = MemoryFragments::deferring(4);
+        let input = data(3 * 4096);
+        let last = &input[2 * 4096..];
+        let mut options = options();
+        options.max_file_diversions = 2;
+        for salt in 0..=2 {
+            store.refuse_placement(&single_block_key(last, salt));
+        }
+        let err = put(&input[..], b"c", &KeyPair::generate(), &options, &store).unwrap_err();
+        let PutError::CannotPlace {
+            block, attempts, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(*attempts, 3);
+        assert_eq!(PlacementKey::for_block(block, 0), single_block_key(last, 0));
+        assert!(err.to_string().contains("no room"), "{err}");
+        assert_eq!(store.fragment_count(), 2 * 6, "the first two blocks only");
+        assert_eq!(store.blocks_restarted(), 2);
+    }
+
+    #[test]
+    fn a_store_failure_reported_late_is_not_diverted() {
+        let store = MemoryFragments::deferring(2);
+        let input = data(3000);
+        store.fail_puts(&single_block_key(&input, 0));
+        let err = put(&input[..], b"e", &KeyPair::generate(), &options(), &store).unwrap_err();
+        assert!(
+            matches!(&err, PutError::StoreBlock { key, fragments: 6, .. } if *key == single_block_key(&input, 0)),
+            "{err}"
+        );
+        assert_eq!(store.fragment_count(), 0);
+        assert_eq!(store.blocks_restarted(), 0);
+    }
+
+    #[test]
+    fn a_late_refusal_from_a_store_without_a_copy_fails_clearly() {
+        /// Refuses every block when it is finished, and keeps nothing to restart.
+        #[derive(Default)]
+        struct Forgetful(MemoryFragments);
+        impl FragmentStore for Forgetful {
+            type Error = InjectedFailure;
+            fn put_fragment(
+                &self,
+                key: &PlacementKey,
+                fragment: FragmentRef<'_>,
+                hash: &FragmentHash,
+            ) -> Result<(), InjectedFailure> {
+                self.0.put_fragment(key, fragment, hash)
+            }
+            fn get_fragment(
+                &self,
+                key: &PlacementKey,
+                index: u16,
+            ) -> Result<Option<Fragment>, InjectedFailure> {
+                self.0.get_fragment(key, index)
+            }
+            fn put_certificate(
+                &self,
+                certificate: &Signed<FileCertificate>,
+            ) -> Result<(), InjectedFailure> {
+                self.0.put_certificate(certificate)
+            }
+            fn get_certificate(
+                &self,
+                file: &FileId,
+            ) -> Result<Option<Signed<FileCertificate>>, InjectedFailure> {
+                self.0.get_certificate(file)
+            }
+            fn is_placement_refusal(&self, error: &InjectedFailure) -> bool {
+                self.0.is_placement_refusal(error)
+            }
+            fn finish_block(&self, _: PendingBlock) -> Result<(), InjectedFailure> {
+                Err(InjectedFailure::PlacementRefused {
+                    key: PlacementKey(Id::ZERO),
+                })
+            }
+        }
+        let input = data(3000);
+        let err = put(
+            &input[..],
+            b"f",
+            &KeyPair::generate(),
+            &options(),
+            &Forgetful::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, PutError::CannotRestart { key, .. } if *key == single_block_key(&input, 1)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn get_prefetches_the_next_block_before_fetching_this_one() {
+        /// Records prefetches and batch fetches, in order.
+        #[derive(Default)]
+        struct Recorder {
+            inner: MemoryFragments,
+            events: Mutex<Vec<(&'static str, PlacementKey, Vec<u16>)>>,
+        }
+        impl FragmentStore for Recorder {
+            type Error = InjectedFailure;
+            fn put_fragment(
+                &self,
+                key: &PlacementKey,
+                fragment: FragmentRef<'_>,
+                hash: &FragmentHash,
+            ) -> Result<(), InjectedFailure> {
+                self.inner.put_fragment(key, fragment, hash)
+            }
+            fn get_fragment(
+                &self,
+                key: &PlacementKey,
+                index: u16,
+            ) -> Result<Option<Fragment>, InjectedFailure> {
+                self.inner.get_fragment(key, index)
+            }
+            fn get_block_fragments(
+                &self,
+                key: &PlacementKey,
+                indexes: &[u16],
+            ) -> Vec<Result<Option<Fragment>, InjectedFailure>> {
+                let event = ("fetch", *key, indexes.to_vec());
+                self.events.lock().unwrap().push(event);
+                self.inner.get_block_fragments(key, indexes)
+            }
+            fn prefetch(&self, key: &PlacementKey, indexes: &[u16]) {
+                let event = ("prefetch", *key, indexes.to_vec());
+                self.events.lock().unwrap().push(event);
+            }
+            fn put_certificate(
+                &self,
+                certificate: &Signed<FileCertificate>,
+            ) -> Result<(), InjectedFailure> {
+                self.inner.put_certificate(certificate)
+            }
+            fn get_certificate(
+                &self,
+                file: &FileId,
+            ) -> Result<Option<Signed<FileCertificate>>, InjectedFailure> {
+                self.inner.get_certificate(file)
+            }
+        }
+        let store = Recorder::default();
+        let input = data(2 * 4096 + 1);
+        let receipt = put(&input[..], b"p", &KeyPair::generate(), &options(), &store).unwrap();
+        let mut out = Vec::new();
+        get(
+            GetTarget::Certificate(&receipt.certificate),
+            &mut out,
+            &store,
+            &GetOptions::new(0),
+        )
+        .unwrap();
+        assert_eq!(out, input);
+        let first = vec![0, 1, 2, 3];
+        let keys: Vec<PlacementKey> = receipt
+            .manifest
+            .blocks
+            .iter()
+            .map(BlockEntry::placement_key)
+            .collect();
+        let manifest = manifest_placement_key(&receipt.manifest_hash, 0);
+        assert_eq!(
+            *store.events.lock().unwrap(),
+            [
+                ("fetch", manifest, first.clone()),
+                ("prefetch", keys[1], first.clone()),
+                ("fetch", keys[0], first.clone()),
+                ("prefetch", keys[2], first.clone()),
+                ("fetch", keys[1], first.clone()),
+                ("fetch", keys[2], first.clone()),
+            ],
+            "each prefetch asks for exactly what the next fetch asks"
         );
     }
 
