@@ -3,6 +3,7 @@
 //! Each subcommand lives in its own module; this file only parses arguments, sets up
 //! logging (`RUST_LOG`, default `warn`) and prints errors with their whole chain.
 
+mod chart;
 mod daemon;
 mod demo;
 mod files;
@@ -52,7 +53,8 @@ enum Command {
     /// Erasure coding on one machine, no network: store a file in a local store,
     /// damage every block, get it back.
     Demo(demo::DemoArgs),
-    /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes).
+    /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes; durability
+    /// under churn, erasure coding against replication).
     Sim(sim::SimArgs),
 }
 
