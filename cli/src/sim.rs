@@ -214,24 +214,22 @@ fn durability_params(
     p
 }
 
-/// Runs every configuration on `jobs` threads; results come back in input order.
-fn run_all(
-    configs: &[DurabilityParams],
+/// One result per item, in input order, computed on up to `jobs` threads.
+fn run_parallel<T: Sync, R: Send>(
+    items: &[T],
     jobs: usize,
-) -> anyhow::Result<Vec<(DurabilityReport, f64)>> {
+    work: impl Fn(&T) -> anyhow::Result<R> + Sync,
+) -> anyhow::Result<Vec<R>> {
+    type Slots<R> = Mutex<Vec<Option<anyhow::Result<R>>>>;
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<anyhow::Result<(DurabilityReport, f64)>>>> =
-        Mutex::new(configs.iter().map(|_| None).collect());
+    let results: Slots<R> = Mutex::new(items.iter().map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, configs.len().max(1)) {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(params) = configs.get(i) else { break };
-                    let started = Instant::now();
-                    let result = run_durability(params)
-                        .map(|r| (r, started.elapsed().as_secs_f64()))
-                        .with_context(|| format!("scheme {}", params.scheme));
+                    let Some(item) = items.get(i) else { break };
+                    let result = work(item);
                     if let Ok(mut slots) = results.lock() {
                         slots[i] = Some(result);
                     }
@@ -239,13 +237,24 @@ fn run_all(
             });
         }
     });
-    let slots = results
+    results
         .into_inner()
-        .map_err(|_| anyhow::anyhow!("a simulation thread panicked"))?;
-    slots
+        .map_err(|_| anyhow::anyhow!("a simulation thread panicked"))?
         .into_iter()
         .map(|slot| slot.unwrap_or_else(|| Err(anyhow::anyhow!("a configuration did not run"))))
         .collect()
+}
+
+/// Runs every configuration; results (with their wall seconds) in input order.
+fn run_all(
+    configs: &[DurabilityParams],
+    jobs: usize,
+) -> anyhow::Result<Vec<(DurabilityReport, f64)>> {
+    run_parallel(configs, jobs, |params| {
+        let started = Instant::now();
+        let report = run_durability(params).with_context(|| format!("scheme {}", params.scheme))?;
+        Ok((report, started.elapsed().as_secs_f64()))
+    })
 }
 
 fn run_durability_command(args: &DurabilityArgs) -> anyhow::Result<()> {
@@ -360,32 +369,7 @@ fn find_limits(
             lost_at_lossy,
         })
     };
-    let limit_schemes: Vec<Scheme> = args.schemes.clone();
-    let next = AtomicUsize::new(0);
-    let found: Mutex<Vec<Option<anyhow::Result<Limit>>>> =
-        Mutex::new(limit_schemes.iter().map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..args.jobs.clamp(1, limit_schemes.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&scheme) = limit_schemes.get(i) else {
-                        break;
-                    };
-                    let result = search(scheme);
-                    if let Ok(mut slots) = found.lock() {
-                        slots[i] = Some(result);
-                    }
-                }
-            });
-        }
-    });
-    found
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("a limit search panicked"))?
-        .into_iter()
-        .map(|slot| slot.unwrap_or_else(|| Err(anyhow::anyhow!("a limit search did not run"))))
-        .collect()
+    run_parallel(&args.schemes, args.jobs, |&scheme| search(scheme))
 }
 
 fn limit_json(limit: &Limit) -> serde_json::Value {
@@ -561,7 +545,8 @@ fn write_durability_report(
         args.hours,
         args.repair_bandwidth / 1e3
     );
-    let charts: [(&str, String, Axis, Box<dyn Fn(&DurabilityReport) -> f64>); 3] = [
+    type Measure = fn(&DurabilityReport) -> f64;
+    let charts: [(&str, String, Axis, Measure); 3] = [
         (
             "durability-durability.svg",
             format!("Durability after {} h ({setting})", args.hours),
@@ -570,7 +555,7 @@ fn write_durability_report(
                 range: Some((0.0, 1.0)),
                 ..Axis::default()
             },
-            Box::new(|r| r.durability),
+            |r| r.durability,
         ),
         (
             "durability-lost.svg",
@@ -580,7 +565,7 @@ fn write_durability_report(
                 log: true,
                 ..Axis::default()
             },
-            Box::new(|r| 1.0 - r.durability),
+            |r| 1.0 - r.durability,
         ),
         (
             "durability-repair.svg",
@@ -590,7 +575,7 @@ fn write_durability_report(
                 log: true,
                 ..Axis::default()
             },
-            Box::new(|r| r.repair_per_stored_byte_per_hour),
+            |r| r.repair_per_stored_byte_per_hour,
         ),
     ];
     let mut markdown = format!(
@@ -752,4 +737,77 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn durations_read_and_print_as_people_write_them() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1w").unwrap(), Duration::from_secs(604_800));
+        for bad in ["", "h", "0", "-3h", "3y", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_session("none").unwrap(), None);
+        let label = |s: &str| session_label(parse_session(s).unwrap());
+        assert_eq!(label("15m"), "15 min");
+        assert_eq!(label("4h"), "4 h");
+        assert_eq!(label("1d"), "1 d");
+        assert_eq!(label("1w"), "1 w");
+        assert_eq!(label("36h"), "36 h");
+        assert_eq!(label("90m"), "1.5 h");
+        assert_eq!(label("none"), "none");
+    }
+
+    #[test]
+    fn a_tiny_sweep_writes_its_table_report_and_charts() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = DurabilityArgs {
+            nodes: 100,
+            blocks: 200,
+            block_size: 1 << 20,
+            hours: 2.0,
+            mean_sessions: vec![
+                Some(Duration::from_secs(600)),
+                Some(Duration::from_secs(7200)),
+            ],
+            schemes: vec!["r2".parse().unwrap(), "4+4".parse().unwrap()],
+            repair_bandwidth: 1e6,
+            detect_after: 30.0,
+            transient: 0.0,
+            downtime: Duration::from_secs(600),
+            seed: 1,
+            find_limit: false,
+            jobs: 2,
+            json: false,
+            out: Some(dir.path().to_owned()),
+        };
+        let configs: Vec<_> = args
+            .schemes
+            .iter()
+            .flat_map(|&s| args.mean_sessions.iter().map(move |&m| (s, m)))
+            .map(|(s, m)| durability_params(&args, s, m))
+            .collect();
+        let results = run_all(&configs, args.jobs).unwrap();
+        assert_eq!(results.len(), 4);
+        assert_eq!(results[3].0.params.scheme.to_string(), "4+4");
+        let table = durability_table(&results);
+        assert_eq!(table.lines().count(), 2 + 4);
+        assert!(table.contains("| r2 | 2.0× | 10 min |"));
+        write_durability_report(dir.path(), &args, &results, &[], 0.0).unwrap();
+        let report = std::fs::read_to_string(dir.path().join("durability-report.md")).unwrap();
+        assert!(report.contains("| 4+4 | 2.0× | 2 h |"));
+        for chart in ["durability-durability.svg", "durability-repair.svg"] {
+            let svg = std::fs::read_to_string(dir.path().join(chart)).unwrap();
+            assert!(report.contains(chart));
+            assert_eq!(svg.matches("<polyline").count(), 2, "{chart}");
+        }
+    }
 }
