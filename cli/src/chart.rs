@@ -110,7 +110,7 @@ impl LineChart {
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
-            MARGIN_LEFT + plot_w / 2.0,
+            self.width / 2.0,
             escape(&self.title)
         );
         // Grid and ticks.
@@ -222,8 +222,13 @@ impl Scale {
                 low.max(f64::MIN_POSITIVE).log10(),
                 high.max(f64::MIN_POSITIVE).log10(),
             );
-            // Whole decades, so that the end ticks sit on the frame.
-            let (mut l, mut h) = (l.floor(), h.ceil());
+            // Whole decades, so that the end ticks sit on the frame; with ticks given,
+            // the data's own bounds and a little room.
+            let (mut l, mut h) = if axis.ticks.is_some() && axis.range.is_none() {
+                (l - 0.1, h + 0.1)
+            } else {
+                (l.floor(), h.ceil())
+            };
             if h <= l {
                 (l, h) = (l - 1.0, h + 1.0);
             }

@@ -86,6 +86,10 @@ pub struct DurabilityArgs {
     /// Also write a Markdown report and SVG charts into this directory.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Names of the files written by `--out`: PREFIX-report.md, PREFIX-durability.svg,
+    /// PREFIX-lost.svg, PREFIX-repair.svg.
+    #[arg(long, default_value = "durability")]
+    pub prefix: String,
 }
 
 /// Arguments of `cairn sim routing`.
@@ -539,17 +543,18 @@ fn write_durability_report(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let setting = format!(
-        "{} nodes, {} blocks, {} h, {:.0} kB/s repair per node",
+        "{} nodes, {:.0} kB/s per node",
         args.nodes,
-        args.blocks,
-        args.hours,
         args.repair_bandwidth / 1e3
     );
     type Measure = fn(&DurabilityReport) -> f64;
     let charts: [(&str, String, Axis, Measure); 3] = [
         (
-            "durability-durability.svg",
-            format!("Durability after {} h ({setting})", args.hours),
+            "durability.svg",
+            format!(
+                "Durability after {} h against churn ({setting})",
+                args.hours
+            ),
             Axis {
                 label: "blocks surviving / blocks".to_owned(),
                 range: Some((0.0, 1.0)),
@@ -558,8 +563,8 @@ fn write_durability_report(
             |r| r.durability,
         ),
         (
-            "durability-lost.svg",
-            "Fraction of blocks lost (log; no point: none lost)".to_owned(),
+            "lost.svg",
+            format!("Blocks lost in {} h (no point: none lost)", args.hours),
             Axis {
                 label: "blocks lost / blocks".to_owned(),
                 log: true,
@@ -568,8 +573,8 @@ fn write_durability_report(
             |r| 1.0 - r.durability,
         ),
         (
-            "durability-repair.svg",
-            format!("Repair traffic ({setting})"),
+            "repair.svg",
+            format!("Repair traffic against churn ({setting})"),
             Axis {
                 label: "repair bytes per stored byte per hour".to_owned(),
                 log: true,
@@ -589,6 +594,7 @@ fn write_durability_report(
     }
     markdown.push('\n');
     for (file, title, y, value) in charts {
+        let file = format!("{}-{file}", args.prefix);
         let mut chart = LineChart::new(title, session_axis(args), y);
         for (name, points) in per_scheme(args, results, value) {
             chart.push(name, points);
@@ -597,7 +603,7 @@ fn write_durability_report(
         markdown.push_str(&format!("![{file}]({file})\n\n"));
     }
     markdown.push_str(&format!("Wall time {wall:.1} s.\n"));
-    std::fs::write(dir.join("durability-report.md"), markdown)?;
+    std::fs::write(dir.join(format!("{}-report.md", args.prefix)), markdown)?;
     Ok(())
 }
 
@@ -788,6 +794,7 @@ mod tests {
             jobs: 2,
             json: false,
             out: Some(dir.path().to_owned()),
+            prefix: "durability".to_owned(),
         };
         let configs: Vec<_> = args
             .schemes
@@ -804,7 +811,7 @@ mod tests {
         write_durability_report(dir.path(), &args, &results, &[], 0.0).unwrap();
         let report = std::fs::read_to_string(dir.path().join("durability-report.md")).unwrap();
         assert!(report.contains("| 4+4 | 2.0× | 2 h |"));
-        for chart in ["durability-durability.svg", "durability-repair.svg"] {
+        for chart in ["durability.svg", "durability-repair.svg"] {
             let svg = std::fs::read_to_string(dir.path().join(chart)).unwrap();
             assert!(report.contains(chart));
             assert_eq!(svg.matches("<polyline").count(), 2, "{chart}");
