@@ -599,7 +599,7 @@ fn write_durability_report(
         for (name, points) in per_scheme(args, results, value) {
             chart.push(name, points);
         }
-        std::fs::write(dir.join(file), chart.to_svg())?;
+        std::fs::write(dir.join(&file), chart.to_svg())?;
         markdown.push_str(&format!("![{file}]({file})\n\n"));
     }
     markdown.push_str(&format!("Wall time {wall:.1} s.\n"));
