@@ -11,6 +11,8 @@
 //! 5. [`store`]: the durable local store (fragments, certificates, pointers, roots).
 //! 6. [`overlay`]: Pastry routing state as a sans-IO state machine.
 //! 7. [`sim`]: a deterministic discrete-event simulator that drives many overlays.
+//!    [`durability`] sits beside it: durability and repair traffic under churn at
+//!    scale, erasure coding against replication (uses `id` and `sim::Rng` only).
 //! 8. [`client`]: put/get of whole files over a [`client::FragmentStore`] (any store:
 //!    local, in memory, or the network through [`daemon::NetworkFragments`]).
 //! 9. [`net`]: the authenticated TCP transport (tokio), generic over the message type.
@@ -27,6 +29,7 @@ pub mod api;
 pub mod client;
 pub mod crypto;
 pub mod daemon;
+pub mod durability;
 pub mod erasure;
 pub mod id;
 pub mod manifest;
