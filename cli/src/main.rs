@@ -54,14 +54,10 @@ enum Command {
     /// Erasure coding on one machine, no network: store a file in a local store,
     /// damage every block, get it back.
     Demo(demo::DemoArgs),
-<<<<<<< HEAD
     /// Benchmarks with real node processes (`cairn bench churn --help`).
     Bench(bench::BenchArgs),
-    /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes).
-=======
     /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes; durability
     /// under churn, erasure coding against replication).
->>>>>>> durable
     Sim(sim::SimArgs),
 }
 
