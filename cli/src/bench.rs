@@ -23,6 +23,7 @@ use cairn_node::sim::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::chart::{Axis, LineChart};
 use crate::files::{parse_size, unix_now};
 
 /// `cairn bench ...`.
@@ -536,9 +537,11 @@ fn write_report(
         ));
     }
     std::fs::write(out.join("redundancy.csv"), csv)?;
+    std::fs::write(out.join("churn.svg"), churn_chart(args, reads, samples))?;
     let markdown = format!(
         "# cairn bench churn\n\n`cairn bench churn --nodes {} --files {} --size {} --duration {} \
          --mean-session {} --mode {:?} --readers {} --seed {} -k {} -m {}`\n\n```json\n{}\n```\n\n\
+         ![availability and redundancy over time](churn.svg)\n\n\
          Raw series: `reads.csv` (every read: time, success, latency) and `redundancy.csv` \
          (mean live-fragment fraction, fewest live fragments of any block, live nodes).\n",
         args.nodes,
@@ -555,4 +558,53 @@ fn write_report(
     );
     std::fs::write(out.join("report.md"), markdown)?;
     Ok(())
+}
+
+/// Read availability (per 10 s window) and live-fragment redundancy over time.
+fn churn_chart(args: &ChurnArgs, reads: &[Read], samples: &[Redundancy]) -> String {
+    const WINDOW: f64 = 10.0;
+    let mut windows: Vec<(usize, usize)> = Vec::new();
+    for read in reads {
+        let slot = (read.at / WINDOW) as usize;
+        if windows.len() <= slot {
+            windows.resize(slot + 1, (0, 0));
+        }
+        windows[slot].0 += usize::from(read.ok);
+        windows[slot].1 += 1;
+    }
+    let availability = windows
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, total))| *total > 0)
+        .map(|(i, (ok, total))| ((i as f64 + 0.5) * WINDOW, *ok as f64 / *total as f64))
+        .collect();
+    let n = f64::from(args.k + args.m);
+    let mut chart = LineChart::new(
+        format!(
+            "churn: {} nodes, mean session {} s, {:?}, {}+{}",
+            args.nodes, args.mean_session, args.mode, args.k, args.m
+        ),
+        Axis {
+            label: "time (s); churn stops at the dashed end of reads".into(),
+            ..Axis::default()
+        },
+        Axis {
+            label: "fraction".into(),
+            range: Some((0.0, 1.05)),
+            ..Axis::default()
+        },
+    );
+    chart.push("reads that verified (10 s windows)", availability);
+    chart.push(
+        "mean live fragments / n",
+        samples.iter().map(|s| (s.at, s.mean_live)).collect(),
+    );
+    chart.push(
+        "fewest live fragments of a block / n",
+        samples
+            .iter()
+            .map(|s| (s.at, s.min_live as f64 / n))
+            .collect(),
+    );
+    chart.to_svg()
 }
