@@ -26,6 +26,14 @@
 //! if `size / free <= t_div` ([`PastRequest::StoreDiverted`]). The diverting node keeps
 //! a pointer, and the `(n+1)`-th closest node keeps a backup pointer, so a lookup that
 //! reaches either finds the diverted holder.
+//!
+//! # Repair (see `docs/repair.md` and [`maintenance`])
+//! A repair store ([`PastRequest::RepairStore`]) has no owner's grant behind it: it
+//! carries a valid file certificate of one of the files that reference the key, and the
+//! holder refuses it for a file it knows was reclaimed, and when it already holds
+//! another index of the key (one index per node).
+
+pub mod maintenance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -139,6 +147,85 @@ pub enum PastRequest {
         /// The placement keys of the file's blocks that this node may hold.
         keys: Vec<PlacementKey>,
     },
+    /// Store a fragment regenerated or handed off by maintenance (no grant: a file
+    /// certificate of a referencing file authorises it).
+    RepairStore(RepairRequest),
+    /// Push your copy of fragment `index` of `key` to `to` (under `authority`), and
+    /// delete it once `to` has signed a receipt for it.
+    Handoff {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// The responsible node that should hold it.
+        to: NodeAddress,
+        /// The certificate and references a repair store carries.
+        authority: RepairAuthority,
+    },
+    /// Drop your copy of fragment `index` of `key`: `kept_by` holds it (check first).
+    Release {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// The responsible node holding the same fragment.
+        kept_by: NodeAddress,
+    },
+    /// Drop your pointer for fragment `index` of `key` if its holder no longer has it.
+    DropPointer {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+    },
+    /// What you know of `file`: its certificate, or its tombstone.
+    FileStatus {
+        /// The file.
+        file: FileId,
+    },
+    /// `file` was reclaimed (the owner's signed [`ReclaimCertificate`]) while you were
+    /// away: forget its references under `keys`, its certificate, and the fragments no
+    /// other file references.
+    Forget {
+        /// The owner's reclaim certificate, signed.
+        reclaim: Vec<u8>,
+        /// The keys to forget the file's references under.
+        keys: Vec<PlacementKey>,
+    },
+    /// "You coordinate these keys; here is a digest of what I hold under each
+    /// ([`maintenance::holdings_digest`]; 0: something changed, look)."
+    Reconcile {
+        /// The sender (only used to remember digests; not trusted for anything else).
+        from: NodeId,
+        /// Keys and digests.
+        keys: Vec<(PlacementKey, u64)>,
+    },
+}
+
+/// What authorises a repair store: a referencing file's certificate and the key's
+/// references (recorded by the receiver).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairAuthority {
+    /// A signed [`FileCertificate`] of one of `references`.
+    pub certificate: Vec<u8>,
+    /// The files that reference the key.
+    pub references: Vec<FileId>,
+}
+
+/// One fragment stored by maintenance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRequest {
+    /// Why the receiver may store it.
+    pub authority: RepairAuthority,
+    /// The block's placement key.
+    pub key: PlacementKey,
+    /// The fragment's index.
+    pub index: u16,
+    /// `fragment_hash(index, bytes)`, checked by the receiver.
+    pub hash: FragmentHash,
+    /// The fragment.
+    #[serde(with = "crate::net::bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// Why a node refused a request.
@@ -233,6 +320,13 @@ pub enum PastResponse {
         fragments: u64,
         /// Bytes freed.
         bytes: u64,
+    },
+    /// What a node knows of a file.
+    FileStatus {
+        /// Its certificate, if kept ([`Signed::to_bytes`] form).
+        certificate: Option<Vec<u8>>,
+        /// Its reclaim certificate, if the file was reclaimed.
+        tombstone: Option<Vec<u8>>,
     },
 }
 
@@ -513,6 +607,146 @@ impl<S: FragmentStorage> Holder<S> {
             .map_err(store_refusal)?;
         Ok(done)
     }
+}
+
+impl<S: FragmentStorage> Holder<S> {
+    /// Stores a fragment for maintenance: the certificate must check out and name one
+    /// of the references, the file must not be reclaimed here, the index must fit the
+    /// certificate's `n`, and this node must hold no other index of the key. Records
+    /// the references (those not reclaimed here) and signs a receipt for the
+    /// certificate's file.
+    pub fn repair_fragment(
+        &self,
+        request: &RepairRequest,
+        now: UnixSeconds,
+    ) -> Result<Vec<u8>, Refusal> {
+        let certified = check_certificate(&request.authority.certificate, now)?;
+        let file = certified.file_id;
+        if !request.authority.references.contains(&file) {
+            return Err(Refusal::Certificate(format!(
+                "file {file} is not among the key's references"
+            )));
+        }
+        if self.store.is_reclaimed(&file).map_err(store_refusal)? {
+            return Err(Refusal::Reclaimed(file));
+        }
+        if u32::from(request.index) >= u32::from(certified.k) + u32::from(certified.m) {
+            return Err(Refusal::Certificate(format!(
+                "index {} is beyond the certificate's n = {}",
+                request.index,
+                u32::from(certified.k) + u32::from(certified.m)
+            )));
+        }
+        let held = self
+            .store
+            .fragments_under(&request.key)
+            .map_err(store_refusal)?;
+        match held.iter().find(|info| info.index == request.index) {
+            Some(info) if info.hash == request.hash => {}
+            Some(_) => return Err(Refusal::Conflict),
+            None if !held.is_empty() => return Err(Refusal::Conflict),
+            None => {
+                let (size, free) = (request.bytes.len() as u64, self.store.free());
+                if !admits(size, free, self.config.t_pri) {
+                    return Err(Refusal::NoRoom { size, free });
+                }
+                self.store
+                    .put_fragment(&request.key, request.index, &request.hash, &request.bytes)
+                    .map_err(store_refusal)?;
+            }
+        }
+        for reference in &request.authority.references {
+            match self.store.add_reference(&request.key, reference) {
+                Ok(()) | Err(StoreError::Reclaimed { .. }) => {}
+                Err(e) => return Err(store_refusal(e)),
+            }
+        }
+        let receipt = StoreReceipt {
+            node: self.identity.public_key().node_id(),
+            file_id: file,
+            placement_key: request.key,
+            index: request.index,
+            fragment_hash: request.hash,
+            stored_at: now,
+        };
+        Signed::sign(&self.identity, receipt)
+            .and_then(|signed| signed.to_bytes())
+            .map_err(|e| Refusal::Store(format!("signing the receipt failed: {e}")))
+    }
+
+    /// What this node knows of `file`: its certificate and its tombstone.
+    pub fn file_status(&self, file: &FileId) -> Result<PastResponse, Refusal> {
+        Ok(PastResponse::FileStatus {
+            certificate: self.store.get_certificate(file).map_err(store_refusal)?,
+            tombstone: self.store.get_tombstone(file).map_err(store_refusal)?,
+        })
+    }
+
+    /// Carries out a reclaim this node missed: checks the reclaim's signature (the
+    /// caller has checked that no certificate of another owner exists), remembers the
+    /// file as reclaimed, forgets its certificate and its references under `keys`, and
+    /// deletes the fragments and pointers of keys no other file references.
+    pub fn forget(&self, reclaim: &[u8], keys: &[PlacementKey]) -> Result<Reclaimed, Refusal> {
+        let order = check_reclaim(reclaim)?;
+        let file = order.file_id;
+        if let Some(kept) = self.store.get_certificate(&file).map_err(store_refusal)? {
+            let owner = Signed::<FileCertificate>::from_bytes(&kept)
+                .ok()
+                .map(|c| c.body.owner);
+            if owner.is_some_and(|owner| owner != order.owner) {
+                return Err(Refusal::Certificate(format!(
+                    "the reclaim of file {file} is not signed by its owner"
+                )));
+            }
+        }
+        self.store
+            .put_tombstone(&file, reclaim)
+            .map_err(store_refusal)?;
+        let mut done = Reclaimed::default();
+        for key in keys {
+            let references = self.store.references(key).map_err(store_refusal)?;
+            let left = if references.contains(&file) {
+                self.store
+                    .remove_reference(key, &file)
+                    .map_err(store_refusal)?
+            } else {
+                references.len()
+            };
+            if left > 0 {
+                continue;
+            }
+            for info in self.store.fragments_under(key).map_err(store_refusal)? {
+                if let Some(freed) = self
+                    .store
+                    .delete_fragment(key, info.index)
+                    .map_err(store_refusal)?
+                {
+                    done.fragments += 1;
+                    done.bytes += freed;
+                }
+            }
+            for (index, holder) in self.store.pointers_under(key).map_err(store_refusal)? {
+                self.store
+                    .delete_pointer(key, index)
+                    .map_err(store_refusal)?;
+                done.diverted_to.push((*key, holder));
+            }
+        }
+        self.store
+            .delete_certificate(&file)
+            .map_err(store_refusal)?;
+        Ok(done)
+    }
+}
+
+/// Parses and verifies a signed reclaim certificate (signature by the owner it names).
+pub fn check_reclaim(bytes: &[u8]) -> Result<ReclaimCertificate, Refusal> {
+    let signed = Signed::<ReclaimCertificate>::from_bytes(bytes)
+        .map_err(|e| Refusal::Certificate(e.to_string()))?;
+    let order = signed
+        .verify()
+        .map_err(|e| Refusal::Certificate(e.to_string()))?;
+    Ok(order.clone())
 }
 
 /// What [`Holder::reclaim`] did.
