@@ -104,9 +104,9 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> Duration {
 }
 
 fn fully_redundant(client: &ApiClient, file: &FileId) -> bool {
-    client.stat(file).is_ok_and(|stat| {
-        stat.degraded_blocks == 0 && stat.blocks.iter().all(|b| b.live == 6)
-    })
+    client
+        .stat(file)
+        .is_ok_and(|stat| stat.degraded_blocks == 0 && stat.blocks.iter().all(|b| b.live == 6))
 }
 
 fn counter_sum(
@@ -185,7 +185,11 @@ fn a_node_joining_between_holders_receives_its_fragment_before_the_old_copy_goes
         .find(|(i, _)| *i == evicted)
         .map(|(_, x)| x)
         .unwrap_or_default();
-    assert_eq!(evicted_indexes.len(), 1, "the sixth closest holds one index");
+    assert_eq!(
+        evicted_indexes.len(),
+        1,
+        "the sixth closest holds one index"
+    );
     let index = evicted_indexes[0];
     let seed = (100..100_000)
         .find(|seed| {
@@ -198,20 +202,23 @@ fn a_node_joining_between_holders_receives_its_fragment_before_the_old_copy_goes
     let started = Instant::now();
     let joined = cluster.start_extra(&node_key(seed), |_| {});
     let mut polls = 0;
-    let took = wait_for("the joined node holds the index and the old copy is gone", || {
-        polls += 1;
-        let now = held(&cluster, &key);
-        let holders_of_index: Vec<usize> = now
-            .iter()
-            .filter(|(_, x)| x.contains(&index))
-            .map(|(i, _)| *i)
-            .collect();
-        assert!(
-            !holders_of_index.is_empty(),
-            "at poll {polls} nobody held fragment {index}: {now:?}"
-        );
-        holders_of_index == vec![joined]
-    });
+    let took = wait_for(
+        "the joined node holds the index and the old copy is gone",
+        || {
+            polls += 1;
+            let now = held(&cluster, &key);
+            let holders_of_index: Vec<usize> = now
+                .iter()
+                .filter(|(_, x)| x.contains(&index))
+                .map(|(i, _)| *i)
+                .collect();
+            assert!(
+                !holders_of_index.is_empty(),
+                "at poll {polls} nobody held fragment {index}: {now:?}"
+            );
+            holders_of_index == vec![joined]
+        },
+    );
     println!(
         "handoff to a joining node: done {took:?} after it joined ({:?} after its start), {polls} polls",
         started.elapsed()
@@ -302,11 +309,7 @@ fn a_holder_restarted_with_fragments_of_a_file_reclaimed_meanwhile_does_not_revi
     println!("stale fragments of a reclaimed file deleted {took:?} after the restart");
     assert!(counter_sum(&cluster, |c| &c.fragments_forgotten) >= 1);
     assert!(
-        cluster
-            .node(stale)
-            .store()
-            .is_reclaimed(&file)
-            .unwrap(),
+        cluster.node(stale).store().is_reclaimed(&file).unwrap(),
         "the restarted node now remembers the reclaim"
     );
     // A couple more maintenance periods: nothing comes back.

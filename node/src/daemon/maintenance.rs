@@ -33,8 +33,7 @@ use crate::crypto::{Signed, StoreReceipt};
 use crate::erasure::{BlockSpec, Codec, ErasureParams, Fragment, Offer, fragment_hash};
 use crate::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey};
 use crate::past::maintenance::{
-    Authority, FileStatus, Observed, Step, affected_ranges, decide_authority, holdings_digest,
-    plan,
+    Authority, FileStatus, Observed, Step, affected_ranges, decide_authority, holdings_digest, plan,
 };
 use crate::past::{
     NodeAddress, PastRequest, PastResponse, Refusal, RepairAuthority, RepairRequest,
@@ -562,7 +561,15 @@ impl Node {
             .collect();
         if !regenerate.is_empty() {
             match self
-                .regenerate(key, params, the_plan, &regenerate, authority, addresses, limiter)
+                .regenerate(
+                    key,
+                    params,
+                    the_plan,
+                    &regenerate,
+                    authority,
+                    addresses,
+                    limiter,
+                )
                 .await
             {
                 Ok(done) => all_done &= done,
@@ -665,7 +672,9 @@ impl Node {
                     .ask_bounded(address, PastRequest::Fetch { key, index })
                     .await
                 {
-                    Ok(PastResponse::Fragment { bytes }) if fragment_hash(index, &bytes) == *expected => {
+                    Ok(PastResponse::Fragment { bytes })
+                        if fragment_hash(index, &bytes) == *expected =>
+                    {
                         limiter.take(bytes.len() as u64).await;
                         self.inner
                             .counters
@@ -965,7 +974,10 @@ impl Node {
         from: NodeId,
         keys: Vec<(PlacementKey, u64)>,
     ) -> PastResponse {
-        let _ = self.inner.maintenance_tx.try_send(Job::Nudged { from, keys });
+        let _ = self
+            .inner
+            .maintenance_tx
+            .try_send(Job::Nudged { from, keys });
         PastResponse::Done
     }
 }

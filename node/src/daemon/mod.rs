@@ -342,9 +342,7 @@ impl Node {
         let (overlay_tx, overlay_rx) = mpsc::channel(4096);
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let (maintenance_tx, maintenance_rx) = mpsc::channel(1024);
-        let repair_limiter = Arc::new(RateLimiter::new(
-            config.maintenance.repair_bytes_per_sec,
-        ));
+        let repair_limiter = Arc::new(RateLimiter::new(config.maintenance.repair_bytes_per_sec));
         let inner = Arc::new(Inner {
             id,
             holder: Holder::new(store, identity, config.past),
@@ -733,9 +731,9 @@ impl Node {
             | PastRequest::Release { .. }
             | PastRequest::DropPointer { .. }
             | PastRequest::Forget { .. }
-            | PastRequest::Reconcile { .. } => PastResponse::Refused(
-                crate::past::Refusal::Store("this request is handled by handle_past".into()),
-            ),
+            | PastRequest::Reconcile { .. } => PastResponse::Refused(crate::past::Refusal::Store(
+                "this request is handled by handle_past".into(),
+            )),
         }
     }
 

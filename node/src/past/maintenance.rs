@@ -445,7 +445,13 @@ mod tests {
     fn the_designated_node_gets_its_index_back_when_it_is_free() {
         // Node 2's copy was corrupt and dropped: it is free and designated for index 2.
         let observed: Vec<Observed> = (0..6)
-            .map(|i| if i == 2 { holds(i, &[]) } else { holds(i, &[u16::from(i)]) })
+            .map(|i| {
+                if i == 2 {
+                    holds(i, &[])
+                } else {
+                    holds(i, &[u16::from(i)])
+                }
+            })
             .collect();
         let plan = plan(4, 6, &six(), &observed);
         assert_eq!(
@@ -488,7 +494,13 @@ mod tests {
     #[test]
     fn pointers_count_while_their_holder_answers_and_are_dropped_after() {
         let mut observed: Vec<Observed> = (0..6)
-            .map(|i| if i == 3 { holds(i, &[]) } else { holds(i, &[u16::from(i)]) })
+            .map(|i| {
+                if i == 3 {
+                    holds(i, &[])
+                } else {
+                    holds(i, &[u16::from(i)])
+                }
+            })
             .collect();
         observed[3].pointers.push((3, node(20)));
         let mut with_holder = observed.clone();
@@ -606,7 +618,9 @@ mod tests {
             10,
         );
         match both {
-            Authority::Live { reclaimed, body, .. } => {
+            Authority::Live {
+                reclaimed, body, ..
+            } => {
                 assert_eq!(body.file_id, other);
                 assert_eq!(reclaimed.len(), 1);
                 assert_eq!(reclaimed[0].0, file);
