@@ -998,4 +998,169 @@ mod tests {
         assert_eq!(done.bytes, 500);
         assert_eq!(holder.store().used(), 0);
     }
+
+    fn certified(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
+        let body = FileCertificate {
+            file_id: FileId::derive(name, &owner.public_key().0, 0),
+            name_digest: Id::hash(name),
+            name_salt: 0,
+            manifest_hash: crate::id::ManifestHash(Id::hash(name)),
+            manifest_salt: 0,
+            manifest_fragments: Vec::new(),
+            size: 1,
+            k: 4,
+            m: 2,
+            created_at: NOW,
+            expires_at: None,
+            owner: owner.public_key(),
+        };
+        let file = body.file_id;
+        (file, Signed::sign(owner, body).unwrap().to_bytes().unwrap())
+    }
+
+    fn repair(certificate: Vec<u8>, references: Vec<FileId>, index: u16) -> RepairRequest {
+        let bytes = vec![index as u8 ^ 0x33; 700];
+        RepairRequest {
+            authority: RepairAuthority {
+                certificate,
+                references,
+            },
+            key: key(9),
+            index,
+            hash: fragment_hash(index, &bytes),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_repair_store_needs_a_referencing_certificate_and_keeps_one_index_per_node() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let (file, cert) = certified(&owner, b"f");
+        let (other, other_cert) = certified(&owner, b"g");
+        // The certificate must be of a referencing file, and check out.
+        assert!(matches!(
+            holder.repair_fragment(&repair(other_cert.clone(), vec![file], 1), NOW),
+            Err(Refusal::Certificate(_))
+        ));
+        let mut forged = cert.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            holder.repair_fragment(&repair(forged, vec![file], 1), NOW),
+            Err(Refusal::Certificate(_))
+        ));
+        assert!(
+            matches!(
+                holder.repair_fragment(&repair(cert.clone(), vec![file], 6), NOW),
+                Err(Refusal::Certificate(_))
+            ),
+            "index 6 is beyond n = 6"
+        );
+        let receipt = holder
+            .repair_fragment(&repair(cert.clone(), vec![file, other], 1), NOW)
+            .unwrap();
+        let receipt = Signed::<StoreReceipt>::from_bytes(&receipt).unwrap();
+        assert_eq!(receipt.verify().unwrap().file_id, file);
+        assert_eq!(holder.store().references(&key(9)).unwrap(), {
+            let mut both = vec![file, other];
+            both.sort();
+            both
+        });
+        // Again: a fresh receipt; another index of the same key: refused.
+        assert!(
+            holder
+                .repair_fragment(&repair(cert.clone(), vec![file], 1), NOW)
+                .is_ok()
+        );
+        assert_eq!(
+            holder.repair_fragment(&repair(cert.clone(), vec![file], 2), NOW),
+            Err(Refusal::Conflict)
+        );
+        // A file reclaimed here is never repaired here.
+        let reclaim = Signed::sign(
+            &owner,
+            ReclaimCertificate {
+                file_id: other,
+                owner: owner.public_key(),
+                issued_at: NOW,
+            },
+        )
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+        holder.store().put_tombstone(&other, &reclaim).unwrap();
+        let mut elsewhere = repair(other_cert, vec![other], 0);
+        elsewhere.key = key(10);
+        assert_eq!(
+            holder.repair_fragment(&elsewhere, NOW),
+            Err(Refusal::Reclaimed(other))
+        );
+    }
+
+    #[test]
+    fn forget_needs_the_owner_and_frees_blocks_no_other_file_uses() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let (file, cert) = certified(&owner, b"f");
+        holder.put_certificate(&cert, NOW).unwrap();
+        holder
+            .repair_fragment(&repair(cert.clone(), vec![file], 0), NOW)
+            .unwrap();
+        let order = |signer: &KeyPair| {
+            Signed::sign(
+                signer,
+                ReclaimCertificate {
+                    file_id: file,
+                    owner: signer.public_key(),
+                    issued_at: NOW,
+                },
+            )
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+        };
+        assert!(matches!(
+            holder.forget(&order(&key_pair(66)), &[key(9)]),
+            Err(Refusal::Certificate(_))
+        ));
+        let done = holder.forget(&order(&owner), &[key(9)]).unwrap();
+        assert_eq!((done.fragments, done.bytes), (1, 700));
+        assert!(holder.store().is_reclaimed(&file).unwrap());
+        assert_eq!(holder.get_certificate(&file).unwrap(), None);
+        match holder.file_status(&file).unwrap() {
+            PastResponse::FileStatus {
+                certificate: None,
+                tombstone: Some(_),
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn repair_messages_are_appended_after_the_first_ones() {
+        let file = FileId(Id::ZERO);
+        let tag = |request: &PastRequest| postcard::to_stdvec(request).unwrap()[0];
+        assert_eq!(tag(&PastRequest::GetCertificate { file }), 6);
+        assert_eq!(
+            tag(&PastRequest::DropPointer {
+                key: key(1),
+                index: 0
+            }),
+            11
+        );
+        assert_eq!(tag(&PastRequest::FileStatus { file }), 12);
+        assert_eq!(
+            tag(&PastRequest::Reconcile {
+                from: NodeId(Id::ZERO),
+                keys: Vec::new()
+            }),
+            14
+        );
+        let answer = PastResponse::FileStatus {
+            certificate: None,
+            tombstone: None,
+        };
+        assert_eq!(postcard::to_stdvec(&answer).unwrap(), vec![10, 0, 0]);
+    }
 }
