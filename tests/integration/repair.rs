@@ -322,3 +322,44 @@ fn a_holder_restarted_with_fragments_of_a_file_reclaimed_meanwhile_does_not_revi
         other => panic!("a reclaimed file must stay gone: {other:?}"),
     }
 }
+
+#[test]
+fn a_fragment_lost_without_any_event_is_restored_by_the_slow_pass() {
+    // No leaf-set change and no scrub: only the digests of the slow pass can notice.
+    let mut cluster = Cluster::start_with(8, fast, GIB);
+    let client = cluster.api(0);
+    let data = Rng::new(35).bytes(400_000);
+    let file = put(&client, &owner(5), &data, 5);
+    let key = key_of(&client, &file, "0");
+    // Let the first slow passes look at both keys (manifest, block) and remember
+    // what each holder had, so that the loss below is seen as a change.
+    wait_for("both keys were reconciled", || {
+        counter_sum(&cluster, |c| &c.keys_reconciled) >= 2
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let reconciled = counter_sum(&cluster, |c| &c.keys_reconciled);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        counter_sum(&cluster, |c| &c.keys_reconciled),
+        reconciled,
+        "with nothing changing, the slow pass exchanges summaries and looks at no key"
+    );
+    let (victim, indexes) = held(&cluster, &key)
+        .into_iter()
+        .find(|(i, _)| *i != 0)
+        .unwrap();
+    let before = counter_sum(&cluster, |c| &c.fragments_regenerated);
+    cluster
+        .node(victim)
+        .store()
+        .delete_fragment(&key, indexes[0])
+        .unwrap();
+    let took = wait_for("the lost fragment is back", || {
+        held(&cluster, &key)
+            .iter()
+            .any(|(i, x)| *i == victim && x == &indexes)
+    });
+    println!("slow pass: a silently lost fragment restored after {took:?} (period 2 s)");
+    assert!(counter_sum(&cluster, |c| &c.fragments_regenerated) > before);
+    assert!(fully_redundant(&client, &file));
+}

@@ -33,7 +33,8 @@ use crate::crypto::{Signed, StoreReceipt};
 use crate::erasure::{BlockSpec, Codec, ErasureParams, Fragment, Offer, fragment_hash};
 use crate::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey};
 use crate::past::maintenance::{
-    Authority, FileStatus, Observed, Step, affected_ranges, decide_authority, holdings_digest, plan,
+    Authority, FileStatus, Observed, Step, affected_ranges, decide_authority, holdings_digest,
+    plan, summary_digest,
 };
 use crate::past::{
     NodeAddress, PastRequest, PastResponse, Refusal, RepairAuthority, RepairRequest,
@@ -126,10 +127,13 @@ impl RateLimiter {
 
 /// What the maintenance task is told.
 pub(crate) enum Job {
-    /// Keys a holder asks this node to coordinate, with its digests.
-    Nudged {
+    /// Keys a holder asks this node to look at (something changed).
+    Nudged(Vec<PlacementKey>),
+    /// A holder's whole list for this coordinator (the slow pass), and its summary.
+    Listed {
         from: NodeId,
-        keys: Vec<(PlacementKey, u64)>,
+        list: Vec<(PlacementKey, u64)>,
+        summary: u64,
     },
     /// A key whose local holdings changed (the scrub dropped a fragment).
     Changed(PlacementKey),
@@ -147,10 +151,11 @@ enum ReconcileError {
 }
 
 /// The memory of the coordinator: what each holder's digest of a key was when the
-/// key was last reconciled to a settled state, and the responsible set then.
+/// key was last reconciled to a settled state (and whether it held anything there),
+/// and the neighbourhood then.
 #[derive(Default)]
 struct Memory {
-    digests: HashMap<(NodeId, PlacementKey), u64>,
+    digests: BTreeMap<(NodeId, PlacementKey), (u64, bool)>,
     responsible: HashMap<PlacementKey, u64>,
 }
 
@@ -238,28 +243,32 @@ impl Node {
             .unwrap_or(self.id())
     }
 
-    /// Sends each coordinator its keys (one request per coordinator); keys this node
-    /// coordinates itself go to `mine`.
-    async fn route_keys(
+    /// Groups `items` by the coordinator of their key; this node's own go to `mine`.
+    fn by_coordinator<T>(
         &self,
-        keys: impl IntoIterator<Item = (PlacementKey, u64)>,
+        items: impl IntoIterator<Item = (PlacementKey, T)>,
         members: &[NodeId],
-        mine: &mut BTreeMap<PlacementKey, u64>,
-    ) {
-        let mut by_coordinator: BTreeMap<NodeId, Vec<(PlacementKey, u64)>> = BTreeMap::new();
-        for (key, digest) in keys {
+        mine: &mut Vec<(PlacementKey, T)>,
+    ) -> BTreeMap<NodeId, Vec<(PlacementKey, T)>> {
+        let mut grouped: BTreeMap<NodeId, Vec<(PlacementKey, T)>> = BTreeMap::new();
+        for (key, item) in items {
             let coordinator = self.coordinator_of(&key, members);
             if coordinator == self.id() {
-                mine.insert(key, digest);
+                mine.push((key, item));
             } else {
-                by_coordinator
-                    .entry(coordinator)
-                    .or_default()
-                    .push((key, digest));
+                grouped.entry(coordinator).or_default().push((key, item));
             }
         }
+        grouped
+    }
+
+    /// Asks each key's coordinator to look at it (one request per coordinator); keys
+    /// this node coordinates itself are returned.
+    async fn nudge(&self, keys: Vec<PlacementKey>, members: &[NodeId]) -> Vec<PlacementKey> {
+        let mut mine = Vec::new();
+        let grouped = self.by_coordinator(keys.into_iter().map(|k| (k, ())), members, &mut mine);
         let mut tasks = JoinSet::new();
-        for (coordinator, keys) in by_coordinator {
+        for (coordinator, keys) in grouped {
             let Some(target) = self.address_of(&coordinator) else {
                 continue;
             };
@@ -267,7 +276,8 @@ impl Node {
             let from = self.id();
             tasks.spawn(async move {
                 // Chunked so that one request stays small.
-                for chunk in keys.chunks(4096) {
+                let keys: Vec<PlacementKey> = keys.into_iter().map(|(k, ())| k).collect();
+                for chunk in keys.chunks(8192) {
                     let request = PastRequest::Reconcile {
                         from,
                         keys: chunk.to_vec(),
@@ -279,6 +289,78 @@ impl Node {
             });
         }
         while tasks.join_next().await.is_some() {}
+        mine.into_iter().map(|(k, ())| k).collect()
+    }
+
+    /// The slow pass's summaries: for each coordinator, the digest of this node's list
+    /// of keys it coordinates, and the list itself only when the coordinator does not
+    /// know that digest. `sent` remembers what each coordinator acknowledged; a
+    /// coordinator whose range this node no longer holds anything in gets the empty
+    /// list once. Returns this node's own list.
+    async fn send_summaries(
+        &self,
+        list: Vec<(PlacementKey, u64)>,
+        members: &[NodeId],
+        sent: &mut HashMap<NodeId, u64>,
+    ) -> Vec<(PlacementKey, u64)> {
+        let mut mine = Vec::new();
+        let mut grouped = self.by_coordinator(list, members, &mut mine);
+        for gone in sent.keys() {
+            grouped.entry(*gone).or_default();
+        }
+        let mut tasks = JoinSet::new();
+        for (coordinator, list) in grouped {
+            let Some(target) = self.address_of(&coordinator) else {
+                continue;
+            };
+            let summary = summary_digest(&list);
+            let known_before = sent.get(&coordinator) == Some(&summary);
+            let node = self.clone();
+            let from = self.id();
+            tasks.spawn(async move {
+                if known_before {
+                    let ask = PastRequest::Summary {
+                        from,
+                        summary,
+                        list: None,
+                    };
+                    if let Ok(PastResponse::SummaryKnown { known: true }) =
+                        node.ask_bounded(&target, ask).await
+                    {
+                        return (coordinator, Some(summary), list.is_empty());
+                    }
+                }
+                let send = PastRequest::Summary {
+                    from,
+                    summary,
+                    list: Some(list.clone()),
+                };
+                let acknowledged = matches!(
+                    node.ask_bounded(&target, send).await,
+                    Ok(PastResponse::Done)
+                );
+                (
+                    coordinator,
+                    acknowledged.then_some(summary),
+                    list.is_empty(),
+                )
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((coordinator, Some(_), true)) => {
+                    sent.remove(&coordinator);
+                }
+                Ok((coordinator, Some(summary), false)) => {
+                    sent.insert(coordinator, summary);
+                }
+                Ok((coordinator, None, _)) => {
+                    sent.remove(&coordinator);
+                }
+                Err(e) => tracing::debug!("a summary task failed: {e}"),
+            }
+        }
+        mine
     }
 
     /// Digests of what this node holds under `keys`.
@@ -490,8 +572,9 @@ impl Node {
                     .await?
                     && the_plan.stuck.is_empty();
                 if settled && the_plan.steps.is_empty() {
-                    for (target, _, _, digest) in &answers {
-                        memory.digests.insert((target.id, key), *digest);
+                    for (target, observed, _, digest) in &answers {
+                        let held = !observed.fragments.is_empty() || !observed.pointers.is_empty();
+                        memory.digests.insert((target.id, key), (*digest, held));
                     }
                     let members = members_with_self(self);
                     memory
@@ -968,17 +1051,41 @@ impl Node {
     }
 
     /// `Reconcile`: queued for the maintenance task (dropped if its queue is full; the
-    /// slow pass sends it again).
-    pub(crate) fn handle_reconcile(
+    /// slow pass finds the key again).
+    pub(crate) fn handle_reconcile(&self, keys: Vec<PlacementKey>) -> PastResponse {
+        let _ = self.inner.maintenance_tx.try_send(Job::Nudged(keys));
+        PastResponse::Done
+    }
+
+    /// `Summary`: known or not; a list is queued for the maintenance task, which
+    /// remembers the summary once it has looked at the list.
+    pub(crate) fn handle_summary(
         &self,
         from: NodeId,
-        keys: Vec<(PlacementKey, u64)>,
+        summary: u64,
+        list: Option<Vec<(PlacementKey, u64)>>,
     ) -> PastResponse {
-        let _ = self
-            .inner
-            .maintenance_tx
-            .try_send(Job::Nudged { from, keys });
-        PastResponse::Done
+        match list {
+            None => {
+                let known = self
+                    .inner
+                    .known_summaries
+                    .lock()
+                    .map(|map| map.get(&from) == Some(&summary))
+                    .unwrap_or(false);
+                PastResponse::SummaryKnown { known }
+            }
+            Some(list) => match self.inner.maintenance_tx.try_send(Job::Listed {
+                from,
+                list,
+                summary,
+            }) {
+                Ok(()) => PastResponse::Done,
+                Err(_) => PastResponse::Refused(Refusal::Store(
+                    "maintenance is busy; send the list again later".into(),
+                )),
+            },
+        }
     }
 }
 
@@ -998,19 +1105,54 @@ fn receipt_names(
         })
 }
 
+/// The keys of `from`'s list (or of this node's own, `from` being itself) that need
+/// a look: a digest that differs from the one seen at the last settled reconcile, a
+/// neighbourhood that changed since, or a key `from` held then and lists no more.
+fn changed_keys(
+    memory: &Memory,
+    from: NodeId,
+    list: &[(PlacementKey, u64)],
+    members: &[NodeId],
+    config: &MaintenanceConfig,
+) -> Vec<PlacementKey> {
+    let listed: BTreeMap<PlacementKey, u64> = list.iter().copied().collect();
+    let mut changed: Vec<PlacementKey> = listed
+        .iter()
+        .filter(|(key, digest)| {
+            memory.digests.get(&(from, **key)).map(|(d, _)| d) != Some(*digest)
+                || memory.responsible.get(*key) != Some(&neighbourhood_digest(key, members, config))
+        })
+        .map(|(key, _)| *key)
+        .collect();
+    let low = (from, PlacementKey(Id([0; 32])));
+    let high = (from, PlacementKey(Id([0xff; 32])));
+    changed.extend(
+        memory
+            .digests
+            .range(low..=high)
+            .filter(|((_, key), (_, held))| *held && !listed.contains_key(key))
+            .map(|((_, key), _)| *key),
+    );
+    changed
+}
+
 /// The maintenance task: debounced runs after leaf-set changes, the slow pass, nudges.
 async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
+    /// A key whose reconcile did not settle is tried again on this many slow passes.
+    const RETRIES: u8 = 5;
     let config = node.maintenance_config().clone();
     let limiter = Arc::clone(&node.inner.repair_limiter);
     let mut stop = node.inner.shutdown.subscribe();
     let mut memory = Memory::default();
+    let mut sent: HashMap<NodeId, u64> = HashMap::new();
+    let mut retry: BTreeMap<PlacementKey, u8> = BTreeMap::new();
     let mut seen_members = members_with_self(&node);
     let mut due: Option<tokio::time::Instant> = None;
     let mut slow = tokio::time::interval(config.period);
     slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     slow.tick().await;
-    // Keys to coordinate now; `true`: look even if the digests say nothing changed.
-    let mut pending: BTreeMap<PlacementKey, bool> = BTreeMap::new();
+    // Keys to coordinate now.
+    let mut pending: BTreeSet<PlacementKey> = BTreeSet::new();
     loop {
         let wake_at = due.unwrap_or_else(|| tokio::time::Instant::now() + config.period);
         let work = !pending.is_empty();
@@ -1027,59 +1169,58 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
                 if !ranges.is_empty() {
                     let keys = node.keys_in(ranges).await;
                     tracing::debug!(keys = keys.len(), "leaf set changed: keys to look at");
-                    let mut mine = BTreeMap::new();
-                    node.route_keys(keys.into_iter().map(|k| (k, 0)), &members, &mut mine).await;
-                    for key in mine.into_keys() {
-                        pending.insert(key, true);
-                    }
+                    pending.extend(node.nudge(keys, &members).await);
                 }
             }
             _ = slow.tick() => {
                 let members = members_with_self(&node);
                 let zero = PlacementKey(Id::ZERO);
                 let keys = node.keys_in(vec![(zero, zero)]).await;
-                let digests = node.own_digests(keys).await;
-                let mut mine = BTreeMap::new();
-                node.route_keys(digests, &members, &mut mine).await;
-                for (key, digest) in mine {
-                    let unchanged = memory.digests.get(&(node.id(), key)) == Some(&digest)
-                        && memory.responsible.get(&key)
-                            == Some(&neighbourhood_digest(&key, &members, &config));
-                    if !unchanged {
-                        pending.entry(key).or_insert(false);
-                    }
-                }
+                let list = node.own_digests(keys).await;
+                let mine = node.send_summaries(list, &members, &mut sent).await;
+                pending.extend(changed_keys(&memory, node.id(), &mine, &members, &config));
+                pending.extend(retry.keys().copied());
             }
             job = jobs.recv() => match job {
                 None => break,
-                Some(Job::Nudged { from, keys }) => {
-                    for (key, digest) in keys {
-                        let force = digest == 0;
-                        if force || memory.digests.get(&(from, key)) != Some(&digest) {
-                            let entry = pending.entry(key).or_insert(force);
-                            *entry |= force;
+                Some(Job::Nudged(keys)) => pending.extend(keys),
+                Some(Job::Listed { from, list, summary }) => {
+                    let members = members_with_self(&node);
+                    pending.extend(changed_keys(&memory, from, &list, &members, &config));
+                    if let Ok(mut known) = node.inner.known_summaries.lock() {
+                        if known.len() > Memory::MAX_ENTRIES {
+                            known.clear();
                         }
+                        known.insert(from, summary);
                     }
                 }
                 Some(Job::Changed(key)) => {
                     let members = members_with_self(&node);
-                    let mut mine = BTreeMap::new();
-                    node.route_keys([(key, 0)], &members, &mut mine).await;
-                    for key in mine.into_keys() {
-                        pending.insert(key, true);
-                    }
+                    pending.extend(node.nudge(vec![key], &members).await);
                 }
             },
             _ = std::future::ready(()), if work => {
                 for _ in 0..config.batch {
-                    let Some((key, _)) = pending.pop_first() else { break };
+                    let Some(key) = pending.pop_first() else { break };
                     if node.is_stopped() {
                         break;
                     }
-                    match node.reconcile(key, &mut memory, &limiter).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::debug!(%key, "reconcile left work for later"),
-                        Err(e) => tracing::debug!(%key, "reconcile failed: {e}"),
+                    let settled = match node.reconcile(key, &mut memory, &limiter).await {
+                        Ok(settled) => settled,
+                        Err(e) => {
+                            tracing::debug!(%key, "reconcile failed: {e}");
+                            false
+                        }
+                    };
+                    if settled {
+                        retry.remove(&key);
+                    } else {
+                        let tries = retry.entry(key).or_insert(0);
+                        *tries += 1;
+                        if *tries > RETRIES {
+                            tracing::debug!(%key, "reconcile given up until something changes");
+                            retry.remove(&key);
+                        }
                     }
                 }
             }

@@ -257,6 +257,8 @@ struct Inner {
     maintenance_tx: mpsc::Sender<maintenance::Job>,
     /// The budget of the repair bytes this node sends.
     repair_limiter: Arc<RateLimiter>,
+    /// As a coordinator: the last slow-pass summary each holder sent.
+    known_summaries: std::sync::Mutex<HashMap<NodeId, u64>>,
 }
 
 /// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
@@ -357,6 +359,7 @@ impl Node {
             view_changed: tokio::sync::Notify::new(),
             maintenance_tx,
             repair_limiter,
+            known_summaries: std::sync::Mutex::new(HashMap::new()),
         });
         let node = Node { inner };
         let (joined_tx, joined_rx) = mpsc::channel(4);
@@ -646,7 +649,12 @@ impl Node {
             } => self.handle_release(key, index, kept_by).await,
             PastRequest::DropPointer { key, index } => self.handle_drop_pointer(key, index).await,
             PastRequest::Forget { reclaim, keys } => self.handle_forget(reclaim, keys).await,
-            PastRequest::Reconcile { from, keys } => self.handle_reconcile(from, keys),
+            PastRequest::Reconcile { keys, .. } => self.handle_reconcile(keys),
+            PastRequest::Summary {
+                from,
+                summary,
+                list,
+            } => self.handle_summary(from, summary, list),
             other => {
                 let node = self.clone();
                 tokio::task::spawn_blocking(move || node.handle_past_blocking(other))
@@ -731,7 +739,8 @@ impl Node {
             | PastRequest::Release { .. }
             | PastRequest::DropPointer { .. }
             | PastRequest::Forget { .. }
-            | PastRequest::Reconcile { .. } => PastResponse::Refused(crate::past::Refusal::Store(
+            | PastRequest::Reconcile { .. }
+            | PastRequest::Summary { .. } => PastResponse::Refused(crate::past::Refusal::Store(
                 "this request is handled by handle_past".into(),
             )),
         }

@@ -4,7 +4,7 @@
 //! Owns: [`plan`] (the reconciliation planner) with its input ([`Observed`]) and output
 //! ([`Plan`], [`Step`]); [`decide_authority`] (which certificate, if any, authorises
 //! repairing a key, and which referencing files were reclaimed); [`holdings_digest`]
-//! (the compact summary holders send their coordinator); [`affected_ranges`] (which ring
+//! and [`summary_digest`] (the compact summaries holders send their coordinator); [`affected_ranges`] (which ring
 //! ranges a membership change touches). No sockets, no clock, no store: the daemon
 //! (`daemon::maintenance`) asks the nodes, feeds the answers in and carries the steps out.
 //!
@@ -339,6 +339,24 @@ pub fn holdings_digest(
     let mut first = [0u8; 8];
     first.copy_from_slice(&id.as_bytes()[..8]);
     u64::from_be_bytes(first).max(1)
+}
+
+/// The digest of a holder's whole list of `(key, holdings digest)` for one
+/// coordinator (sorted by key): the slow pass sends only this when it is unchanged.
+pub fn summary_digest(list: &[(PlacementKey, u64)]) -> u64 {
+    let parts: Vec<Vec<u8>> = list
+        .iter()
+        .map(|(key, digest)| {
+            let mut part = key.0.as_bytes().to_vec();
+            part.extend_from_slice(&digest.to_be_bytes());
+            part
+        })
+        .collect();
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let id = Id::hash_parts(&refs);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id.as_bytes()[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// The clockwise ring ranges `[start, end)` holding every key whose `span` closest

@@ -192,13 +192,26 @@ pub enum PastRequest {
         /// The keys to forget the file's references under.
         keys: Vec<PlacementKey>,
     },
-    /// "You coordinate these keys; here is a digest of what I hold under each
-    /// ([`maintenance::holdings_digest`]; 0: something changed, look)."
+    /// "You coordinate these keys; something changed under each (a leaf-set change,
+    /// a fragment the scrub dropped): look."
     Reconcile {
+        /// The sender (not trusted for anything).
+        from: NodeId,
+        /// The keys.
+        keys: Vec<PlacementKey>,
+    },
+    /// The slow pass's compact summary: `summary` digests the whole list of what the
+    /// sender holds among the keys you coordinate ([`maintenance::summary_digest`]).
+    /// Without `list`, it asks whether you still know that summary
+    /// ([`PastResponse::SummaryKnown`]); with it, `list` is that whole list (key and
+    /// [`maintenance::holdings_digest`], possibly empty) and you look at what changed.
+    Summary {
         /// The sender (only used to remember digests; not trusted for anything else).
         from: NodeId,
-        /// Keys and digests.
-        keys: Vec<(PlacementKey, u64)>,
+        /// The digest of the list.
+        summary: u64,
+        /// The list, when the summary is not known.
+        list: Option<Vec<(PlacementKey, u64)>>,
     },
 }
 
@@ -327,6 +340,12 @@ pub enum PastResponse {
         certificate: Option<Vec<u8>>,
         /// Its reclaim certificate, if the file was reclaimed.
         tombstone: Option<Vec<u8>>,
+    },
+    /// Whether the coordinator still knows a holder's summary
+    /// ([`PastRequest::Summary`]; if not, the holder sends its list).
+    SummaryKnown {
+        /// Known and unchanged.
+        known: bool,
     },
 }
 
@@ -1153,9 +1172,17 @@ mod tests {
         assert_eq!(
             tag(&PastRequest::Reconcile {
                 from: NodeId(Id::ZERO),
-                keys: Vec::new()
+                keys: Vec::new(),
             }),
             14
+        );
+        assert_eq!(
+            tag(&PastRequest::Summary {
+                from: NodeId(Id::ZERO),
+                summary: 0,
+                list: None,
+            }),
+            15
         );
         let answer = PastResponse::FileStatus {
             certificate: None,
