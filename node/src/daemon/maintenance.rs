@@ -109,13 +109,16 @@ impl RateLimiter {
         if self.bytes_per_sec == 0 {
             return;
         }
-        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        // Capped at an hour: a nonsense size must not stall (or overflow) the clock.
+        let cost = Duration::try_from_secs_f64(bytes as f64 / self.bytes_per_sec as f64)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(3600));
         let wait_until = {
             let mut next = self.next_free.lock().await;
             let now = Instant::now();
             // Allow a burst of one second's worth.
             let start = (*next).max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
-            *next = start + cost;
+            *next = start.checked_add(cost).unwrap_or(start);
             *next
         };
         let now = Instant::now();
@@ -1281,5 +1284,32 @@ async fn scrub_task(node: Node) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn the_rate_limiter_lets_a_second_of_burst_through_then_waits() {
+        let limiter = RateLimiter::new(2000);
+        let started = Instant::now();
+        limiter.take(1000).await;
+        limiter.take(1000).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "the burst waits"
+        );
+        limiter.take(1000).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "3000 bytes at 2000 B/s with a 1 s burst take half a second"
+        );
+        let unlimited = RateLimiter::new(0);
+        let started = Instant::now();
+        unlimited.take(u64::MAX).await;
+        assert!(started.elapsed() < Duration::from_millis(100));
     }
 }
