@@ -160,12 +160,18 @@ enum ReconcileError {
 struct Memory {
     digests: BTreeMap<(NodeId, PlacementKey), (u64, bool)>,
     responsible: HashMap<PlacementKey, u64>,
+    /// What the keepers said of a file, kept for [`Memory::STATUS_TTL`] so that the
+    /// blocks of one file do not each ask again (only answers with a certificate and no
+    /// tombstone are kept: a reclaim is always seen at once).
+    statuses: HashMap<FileId, (Instant, Vec<FileStatus>)>,
 }
 
 impl Memory {
     /// Bounds the memory: cleared when it grows past this many entries (it is only an
     /// optimisation; forgetting costs a reconcile).
     const MAX_ENTRIES: usize = 200_000;
+    /// How long a keeper's "live certificate" answer is reused.
+    const STATUS_TTL: Duration = Duration::from_secs(5);
 
     fn trim(&mut self) {
         if self.digests.len() > Self::MAX_ENTRIES {
@@ -174,6 +180,8 @@ impl Memory {
         if self.responsible.len() > Self::MAX_ENTRIES {
             self.responsible.clear();
         }
+        self.statuses
+            .retain(|_, (at, _)| at.elapsed() < Self::STATUS_TTL);
     }
 }
 
@@ -496,7 +504,7 @@ impl Node {
             // and its reference. Nothing authorises a repair; left alone.
             return Ok(true);
         }
-        let authority = self.authority_of(&references).await;
+        let authority = self.authority_of(&references, memory).await;
         let addresses: HashMap<NodeId, NodeAddress> =
             answers.iter().map(|(a, ..)| (a.id, *a)).collect();
         match authority {
@@ -592,10 +600,16 @@ impl Node {
 
     /// Asks the certificate keepers of (at most 4 of) the referencing files what they
     /// know, and decides.
-    async fn authority_of(&self, references: &[FileId]) -> Authority {
+    async fn authority_of(&self, references: &[FileId], memory: &mut Memory) -> Authority {
         let replicas = self.inner.config.past.certificate_replicas + 2;
         let mut answers = Vec::new();
         for file in references.iter().take(4) {
+            if let Some((at, statuses)) = memory.statuses.get(file)
+                && at.elapsed() < Memory::STATUS_TTL
+            {
+                answers.push((*file, statuses.clone()));
+                continue;
+            }
             let keepers = match self
                 .locate(
                     certificate_key(file).0,
@@ -620,6 +634,13 @@ impl Node {
                         tombstone,
                     });
                 }
+            }
+            let live_only = statuses.iter().any(|s| s.certificate.is_some())
+                && statuses.iter().all(|s| s.tombstone.is_none());
+            if live_only {
+                memory
+                    .statuses
+                    .insert(*file, (Instant::now(), statuses.clone()));
             }
             answers.push((*file, statuses));
         }
@@ -1176,6 +1197,7 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
                 }
             }
             _ = slow.tick() => {
+                memory.trim();
                 let members = members_with_self(&node);
                 let zero = PlacementKey(Id::ZERO);
                 let keys = node.keys_in(vec![(zero, zero)]).await;
