@@ -369,3 +369,86 @@ fn a_fragment_lost_without_any_event_is_restored_by_the_slow_pass() {
     assert!(counter_sum(&cluster, |c| &c.fragments_regenerated) > before);
     assert!(fully_redundant(&client, &file));
 }
+
+#[test]
+fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated() {
+    let mut cluster = Cluster::start_with(8, fast, GIB);
+    let client = cluster.api(0);
+    let me = owner(6);
+    let data = Rng::new(36).bytes(200_000);
+    let salt = 6;
+    let file = put(&client, &me, &data, salt);
+    let key = key_of(&client, &file, "0");
+    let live_ids: Vec<NodeId> = cluster.live().map(|(_, n)| n.id()).collect();
+    let ranked = closest(&key.0, live_ids, 8);
+    // A responsible holder (not node 0) diverts its fragment to a node outside the 6
+    // closest, as a full node would: the copy moves there, a pointer stays here.
+    let keeper = (0..6)
+        .map(|r| cluster.index_of(&ranked[r]).unwrap())
+        .find(|i| *i != 0)
+        .unwrap();
+    let diverted = cluster.index_of(&ranked[6]).unwrap();
+    let keeper_node = cluster.node(keeper).clone();
+    let index = keeper_node.store().fragments_under(&key).unwrap()[0].index;
+    let bytes = keeper_node
+        .store()
+        .get_fragment(&key, index)
+        .unwrap()
+        .unwrap();
+    let grant = cairn_node::crypto::Signed::sign(
+        &me,
+        cairn_node::crypto::UploadGrant::new(
+            b"repair test file",
+            salt,
+            me.public_key(),
+            unix_now() - 10,
+            3600,
+        ),
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
+    let to = cluster.node(diverted).address();
+    let request = PastRequest::StoreDiverted(cairn_node::past::StoreRequest {
+        grant,
+        key,
+        index,
+        hash: fragment_hash(index, &bytes),
+        bytes,
+        replicas: 6,
+    });
+    let stored = cluster.block_on(keeper_node.ask(&to, request)).unwrap();
+    assert!(matches!(stored, PastResponse::Stored { .. }), "{stored:?}");
+    let pointer = PastRequest::PutPointer {
+        key,
+        index,
+        holder: to,
+    };
+    let kept = cluster
+        .block_on(keeper_node.ask(&keeper_node.address(), pointer))
+        .unwrap();
+    assert_eq!(kept, PastResponse::Done);
+    keeper_node.store().delete_fragment(&key, index).unwrap();
+    assert!(fully_redundant(&client, &file), "the diverted copy counts");
+
+    cluster.kill(diverted);
+    let took = wait_for(
+        "the keeper holds the fragment again, without the pointer",
+        || {
+            keeper_node
+                .store()
+                .fragments_under(&key)
+                .unwrap()
+                .iter()
+                .any(|f| f.index == index)
+                && keeper_node
+                    .store()
+                    .get_pointer(&key, index)
+                    .unwrap()
+                    .is_none()
+        },
+    );
+    println!("dead diverted holder: pointer dropped and fragment regenerated after {took:?}");
+    assert!(fully_redundant(&client, &file));
+    assert!(get(&client, &file) == data);
+}
