@@ -168,9 +168,10 @@ fn the_fragments_of_m_killed_holders_are_regenerated_on_live_responsible_nodes()
         );
     }
     assert!(get(&client, &file) == data, "the file reads back");
-    assert!(
-        counter_sum(&cluster, |c| &c.fragments_regenerated) >= 2,
-        "at least block 1's two fragments were regenerated"
+    // The coordinator counts once the receipt is back, just after the store.
+    wait_for(
+        "at least block 1's two fragments counted as regenerated",
+        || counter_sum(&cluster, |c| &c.fragments_regenerated) >= 2,
     );
     assert!(repair_bytes(&cluster) > 0, "repair traffic is counted");
 }
@@ -230,7 +231,9 @@ fn a_node_joining_between_holders_receives_its_fragment_before_the_old_copy_goes
         started.elapsed()
     );
     assert!(fully_redundant(&client, &file));
-    assert!(counter_sum(&cluster, |c| &c.fragments_handed_off) >= 1);
+    wait_for("the handoff counted by its coordinator", || {
+        counter_sum(&cluster, |c| &c.fragments_handed_off) >= 1
+    });
     assert!(get(&client, &file) == data, "the file reads back");
 }
 
@@ -313,7 +316,9 @@ fn a_holder_restarted_with_fragments_of_a_file_reclaimed_meanwhile_does_not_revi
         keys.iter().all(|key| held(&cluster, key).is_empty())
     });
     println!("stale fragments of a reclaimed file deleted {took:?} after the restart");
-    assert!(counter_sum(&cluster, |c| &c.fragments_forgotten) >= 1);
+    wait_for("the deletion counted by its coordinator", || {
+        counter_sum(&cluster, |c| &c.fragments_forgotten) >= 1
+    });
     assert!(
         cluster.node(stale).store().is_reclaimed(&file).unwrap(),
         "the restarted node now remembers the reclaim"
@@ -366,7 +371,9 @@ fn a_fragment_lost_without_any_event_is_restored_by_the_slow_pass() {
             .any(|(i, x)| *i == victim && x == &indexes)
     });
     println!("slow pass: a silently lost fragment restored after {took:?} (period 2 s)");
-    assert!(counter_sum(&cluster, |c| &c.fragments_regenerated) > before);
+    wait_for("the regeneration counted by its coordinator", || {
+        counter_sum(&cluster, |c| &c.fragments_regenerated) > before
+    });
     assert!(fully_redundant(&client, &file));
 }
 
