@@ -57,6 +57,7 @@ pub mod cluster {
         runtime: Option<tokio::runtime::Runtime>,
         nodes: Vec<Option<Node>>,
         configs: Vec<NodeConfig>,
+        ids: Vec<NodeId>,
         servers: Vec<ApiServer>,
         /// The temp dir holding every node's data dir.
         pub root: tempfile::TempDir,
@@ -84,6 +85,7 @@ pub mod cluster {
                 runtime: Some(runtime),
                 nodes: Vec::new(),
                 configs: Vec::new(),
+                ids: Vec::new(),
                 servers: Vec::new(),
                 root,
             };
@@ -103,11 +105,44 @@ pub mod cluster {
                     .unwrap_or_else(|e| panic!("node {i} did not start: {e:#}"));
                 // Restarts reuse the port the node got.
                 config.listen = node.advertised();
+                cluster.ids.push(node.id());
                 cluster.nodes.push(Some(node));
                 cluster.configs.push(config);
             }
             cluster.settle();
             cluster
+        }
+
+        /// Starts one more node with the given key (so its ring position is chosen by
+        /// the test), configured like the first node (then `adjust`ed), joining through
+        /// a live node. Returns its index. Waits until the leaf sets settle.
+        pub fn start_extra(
+            &mut self,
+            key: &KeyPair,
+            adjust: impl FnOnce(&mut NodeConfig),
+        ) -> usize {
+            let i = self.nodes.len();
+            let dir = self.root.path().join(format!("node-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            key.save(&dir.join("node.key")).unwrap();
+            let mut config = self.configs[0].clone();
+            config.data_dir = dir;
+            config.listen = ([127, 0, 0, 1], 0).into();
+            config.bootstrap = self
+                .live()
+                .next()
+                .map(|(_, n)| vec![n.advertised()])
+                .unwrap_or_default();
+            adjust(&mut config);
+            let node = self
+                .block_on(Node::start(config.clone()))
+                .unwrap_or_else(|e| panic!("extra node {i} did not start: {e:#}"));
+            config.listen = node.advertised();
+            self.ids.push(node.id());
+            self.nodes.push(Some(node));
+            self.configs.push(config);
+            self.settle();
+            i
         }
 
         /// Waits (bounded) until every live node's leaf set is full, or holds every
@@ -154,7 +189,7 @@ pub mod cluster {
 
         /// The index of the node with id `id`.
         pub fn index_of(&self, id: &NodeId) -> Option<usize> {
-            (0..self.configs.len()).find(|i| node_key(*i).public_key().node_id() == *id)
+            self.ids.iter().position(|x| x == id)
         }
 
         /// Serves node `i`'s API on an ephemeral loopback port; returns a client.
@@ -198,6 +233,11 @@ pub mod cluster {
                 .block_on(Node::start(config))
                 .unwrap_or_else(|e| panic!("node {i} did not restart: {e:#}"));
             self.nodes[i] = Some(node);
+        }
+
+        /// The id of node `i` (running or not).
+        pub fn id(&self, i: usize) -> NodeId {
+            self.ids[i]
         }
 
         /// The data dir of node `i`.

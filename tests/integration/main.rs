@@ -2,6 +2,7 @@
 
 mod network;
 mod pipeline;
+mod repair;
 mod store;
 mod store_crash;
 mod store_full_disk;

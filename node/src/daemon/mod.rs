@@ -27,6 +27,7 @@
 //! handshake proves the id of whoever answers there.
 
 pub mod gateway;
+pub mod maintenance;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ use crate::past::{
 use crate::store::{DiskStore, StoreError};
 
 pub use gateway::{GatewayError, NetworkFragments, PlacementFailure};
+pub use maintenance::{MaintenanceConfig, RateLimiter};
 
 /// Everything a node sends to another: the daemon's one wire type. Append-only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +99,8 @@ pub struct NodeConfig {
     pub locate_timeout: Duration,
     /// The erasure parameters of a put through this node's API that names none.
     pub default_params: ErasureParams,
+    /// Repair and scrub: periods, rates, timeouts.
+    pub maintenance: MaintenanceConfig,
 }
 
 impl NodeConfig {
@@ -117,6 +121,7 @@ impl NodeConfig {
             past: PastConfig::default(),
             locate_timeout: Duration::from_secs(5),
             default_params: ErasureParams::DEFAULT,
+            maintenance: MaintenanceConfig::default(),
         }
     }
 }
@@ -202,6 +207,23 @@ pub struct Counters {
     /// Blocks whose fragments could not all be placed at a key (each one leads to a
     /// file diversion, or to the put's failure).
     pub placements_failed: AtomicU64,
+    /// Bytes of repair traffic this node moved: fragments fetched to regenerate,
+    /// regenerated fragments stored, fragments handed off.
+    pub repair_bytes: AtomicU64,
+    /// Fragments this node regenerated (as a key's coordinator).
+    pub fragments_regenerated: AtomicU64,
+    /// Handoffs this node coordinated that completed.
+    pub fragments_handed_off: AtomicU64,
+    /// Surplus copies this node dropped because a responsible node holds them.
+    pub fragments_released: AtomicU64,
+    /// Fragments deleted because every file referencing them was reclaimed.
+    pub fragments_forgotten: AtomicU64,
+    /// Keys this node reconciled as their coordinator.
+    pub keys_reconciled: AtomicU64,
+    /// Bytes the scrub re-read and re-hashed.
+    pub scrub_bytes: AtomicU64,
+    /// Fragments the scrub found corrupt (and dropped).
+    pub scrub_corrupt: AtomicU64,
 }
 
 enum Input {
@@ -229,6 +251,14 @@ struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Test hook: serve every fragment with one bit flipped (a Byzantine holder).
     tamper: std::sync::atomic::AtomicBool,
+    /// Signalled whenever the overlay view changes (maintenance debounces it).
+    view_changed: tokio::sync::Notify,
+    /// The maintenance task's queue.
+    maintenance_tx: mpsc::Sender<maintenance::Job>,
+    /// The budget of the repair bytes this node sends.
+    repair_limiter: Arc<RateLimiter>,
+    /// As a coordinator: the last slow-pass summary each holder sent.
+    known_summaries: std::sync::Mutex<HashMap<NodeId, u64>>,
 }
 
 /// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
@@ -313,6 +343,8 @@ impl Node {
         })?;
         let (overlay_tx, overlay_rx) = mpsc::channel(4096);
         let (shutdown, _) = tokio::sync::watch::channel(false);
+        let (maintenance_tx, maintenance_rx) = mpsc::channel(1024);
+        let repair_limiter = Arc::new(RateLimiter::new(config.maintenance.repair_bytes_per_sec));
         let inner = Arc::new(Inner {
             id,
             holder: Holder::new(store, identity, config.past),
@@ -324,12 +356,17 @@ impl Node {
             counters: Counters::default(),
             shutdown,
             tamper: std::sync::atomic::AtomicBool::new(false),
+            view_changed: tokio::sync::Notify::new(),
+            maintenance_tx,
+            repair_limiter,
+            known_summaries: std::sync::Mutex::new(HashMap::new()),
         });
         let node = Node { inner };
         let (joined_tx, joined_rx) = mpsc::channel(4);
         tokio::spawn(overlay_task(node.clone(), overlay, overlay_rx, joined_tx));
         tokio::spawn(dispatch_task(node.clone(), incoming));
         node.join(joined_rx).await?;
+        node.start_maintenance(maintenance_rx);
         tracing::info!(id = %node.id(), addr = %node.advertised(), "node joined");
         Ok(node)
     }
@@ -599,6 +636,25 @@ impl Node {
                 certificate,
                 keys,
             } => self.handle_reclaim(reclaim, certificate, keys).await,
+            PastRequest::Handoff {
+                key,
+                index,
+                to,
+                authority,
+            } => self.handle_handoff(key, index, to, authority).await,
+            PastRequest::Release {
+                key,
+                index,
+                kept_by,
+            } => self.handle_release(key, index, kept_by).await,
+            PastRequest::DropPointer { key, index } => self.handle_drop_pointer(key, index).await,
+            PastRequest::Forget { reclaim, keys } => self.handle_forget(reclaim, keys).await,
+            PastRequest::Reconcile { keys, .. } => self.handle_reconcile(keys),
+            PastRequest::Summary {
+                from,
+                summary,
+                list,
+            } => self.handle_summary(from, summary, list),
             other => {
                 let node = self.clone();
                 tokio::task::spawn_blocking(move || node.handle_past_blocking(other))
@@ -673,8 +729,19 @@ impl Node {
                 Ok(certificate) => PastResponse::Certificate { certificate },
                 Err(refusal) => PastResponse::Refused(refusal),
             },
-            PastRequest::Reclaim { .. } => PastResponse::Refused(crate::past::Refusal::Store(
-                "reclaims are handled by handle_reclaim".into(),
+            PastRequest::RepairStore(request) => self.handle_repair_store(&request),
+            PastRequest::FileStatus { file } => match holder.file_status(&file) {
+                Ok(status) => status,
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::Reclaim { .. }
+            | PastRequest::Handoff { .. }
+            | PastRequest::Release { .. }
+            | PastRequest::DropPointer { .. }
+            | PastRequest::Forget { .. }
+            | PastRequest::Reconcile { .. }
+            | PastRequest::Summary { .. } => PastResponse::Refused(crate::past::Refusal::Store(
+                "this request is handled by handle_past".into(),
             )),
         }
     }
@@ -1002,6 +1069,7 @@ async fn run_actions(
         }
     }
     if view_changed {
+        node.inner.view_changed.notify_one();
         let (left, right) = overlay.leaf_set();
         *write(&node.inner.view) = OverlayView {
             joined: overlay.is_joined(),

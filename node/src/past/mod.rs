@@ -26,6 +26,14 @@
 //! if `size / free <= t_div` ([`PastRequest::StoreDiverted`]). The diverting node keeps
 //! a pointer, and the `(n+1)`-th closest node keeps a backup pointer, so a lookup that
 //! reaches either finds the diverted holder.
+//!
+//! # Repair (see `docs/repair.md` and [`maintenance`])
+//! A repair store ([`PastRequest::RepairStore`]) has no owner's grant behind it: it
+//! carries a valid file certificate of one of the files that reference the key, and the
+//! holder refuses it for a file it knows was reclaimed, and when it already holds
+//! another index of the key (one index per node).
+
+pub mod maintenance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -139,6 +147,98 @@ pub enum PastRequest {
         /// The placement keys of the file's blocks that this node may hold.
         keys: Vec<PlacementKey>,
     },
+    /// Store a fragment regenerated or handed off by maintenance (no grant: a file
+    /// certificate of a referencing file authorises it).
+    RepairStore(RepairRequest),
+    /// Push your copy of fragment `index` of `key` to `to` (under `authority`), and
+    /// delete it once `to` has signed a receipt for it.
+    Handoff {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// The responsible node that should hold it.
+        to: NodeAddress,
+        /// The certificate and references a repair store carries.
+        authority: RepairAuthority,
+    },
+    /// Drop your copy of fragment `index` of `key`: `kept_by` holds it (check first).
+    Release {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// The responsible node holding the same fragment.
+        kept_by: NodeAddress,
+    },
+    /// Drop your pointer for fragment `index` of `key` if its holder no longer has it.
+    DropPointer {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+    },
+    /// What you know of `file`: its certificate, or its tombstone.
+    FileStatus {
+        /// The file.
+        file: FileId,
+    },
+    /// `file` was reclaimed (the owner's signed [`ReclaimCertificate`]) while you were
+    /// away: forget its references under `keys`, its certificate, and the fragments no
+    /// other file references.
+    Forget {
+        /// The owner's reclaim certificate, signed.
+        reclaim: Vec<u8>,
+        /// The keys to forget the file's references under.
+        keys: Vec<PlacementKey>,
+    },
+    /// "You coordinate these keys; something changed under each (a leaf-set change,
+    /// a fragment the scrub dropped): look."
+    Reconcile {
+        /// The sender (not trusted for anything).
+        from: NodeId,
+        /// The keys.
+        keys: Vec<PlacementKey>,
+    },
+    /// The slow pass's compact summary: `summary` digests the whole list of what the
+    /// sender holds among the keys you coordinate ([`maintenance::summary_digest`]).
+    /// Without `list`, it asks whether you still know that summary
+    /// ([`PastResponse::SummaryKnown`]); with it, `list` is that whole list (key and
+    /// [`maintenance::holdings_digest`], possibly empty) and you look at what changed.
+    Summary {
+        /// The sender (only used to remember digests; not trusted for anything else).
+        from: NodeId,
+        /// The digest of the list.
+        summary: u64,
+        /// The list, when the summary is not known.
+        list: Option<Vec<(PlacementKey, u64)>>,
+    },
+}
+
+/// What authorises a repair store: a referencing file's certificate and the key's
+/// references (recorded by the receiver).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairAuthority {
+    /// A signed [`FileCertificate`] of one of `references`.
+    pub certificate: Vec<u8>,
+    /// The files that reference the key.
+    pub references: Vec<FileId>,
+}
+
+/// One fragment stored by maintenance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRequest {
+    /// Why the receiver may store it.
+    pub authority: RepairAuthority,
+    /// The block's placement key.
+    pub key: PlacementKey,
+    /// The fragment's index.
+    pub index: u16,
+    /// `fragment_hash(index, bytes)`, checked by the receiver.
+    pub hash: FragmentHash,
+    /// The fragment.
+    #[serde(with = "crate::net::bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// Why a node refused a request.
@@ -233,6 +333,19 @@ pub enum PastResponse {
         fragments: u64,
         /// Bytes freed.
         bytes: u64,
+    },
+    /// What a node knows of a file.
+    FileStatus {
+        /// Its certificate, if kept ([`Signed::to_bytes`] form).
+        certificate: Option<Vec<u8>>,
+        /// Its reclaim certificate, if the file was reclaimed.
+        tombstone: Option<Vec<u8>>,
+    },
+    /// Whether the coordinator still knows a holder's summary
+    /// ([`PastRequest::Summary`]; if not, the holder sends its list).
+    SummaryKnown {
+        /// Known and unchanged.
+        known: bool,
     },
 }
 
@@ -515,6 +628,146 @@ impl<S: FragmentStorage> Holder<S> {
     }
 }
 
+impl<S: FragmentStorage> Holder<S> {
+    /// Stores a fragment for maintenance: the certificate must check out and name one
+    /// of the references, the file must not be reclaimed here, the index must fit the
+    /// certificate's `n`, and this node must hold no other index of the key. Records
+    /// the references (those not reclaimed here) and signs a receipt for the
+    /// certificate's file.
+    pub fn repair_fragment(
+        &self,
+        request: &RepairRequest,
+        now: UnixSeconds,
+    ) -> Result<Vec<u8>, Refusal> {
+        let certified = check_certificate(&request.authority.certificate, now)?;
+        let file = certified.file_id;
+        if !request.authority.references.contains(&file) {
+            return Err(Refusal::Certificate(format!(
+                "file {file} is not among the key's references"
+            )));
+        }
+        if self.store.is_reclaimed(&file).map_err(store_refusal)? {
+            return Err(Refusal::Reclaimed(file));
+        }
+        if u32::from(request.index) >= u32::from(certified.k) + u32::from(certified.m) {
+            return Err(Refusal::Certificate(format!(
+                "index {} is beyond the certificate's n = {}",
+                request.index,
+                u32::from(certified.k) + u32::from(certified.m)
+            )));
+        }
+        let held = self
+            .store
+            .fragments_under(&request.key)
+            .map_err(store_refusal)?;
+        match held.iter().find(|info| info.index == request.index) {
+            Some(info) if info.hash == request.hash => {}
+            Some(_) => return Err(Refusal::Conflict),
+            None if !held.is_empty() => return Err(Refusal::Conflict),
+            None => {
+                let (size, free) = (request.bytes.len() as u64, self.store.free());
+                if !admits(size, free, self.config.t_pri) {
+                    return Err(Refusal::NoRoom { size, free });
+                }
+                self.store
+                    .put_fragment(&request.key, request.index, &request.hash, &request.bytes)
+                    .map_err(store_refusal)?;
+            }
+        }
+        for reference in &request.authority.references {
+            match self.store.add_reference(&request.key, reference) {
+                Ok(()) | Err(StoreError::Reclaimed { .. }) => {}
+                Err(e) => return Err(store_refusal(e)),
+            }
+        }
+        let receipt = StoreReceipt {
+            node: self.identity.public_key().node_id(),
+            file_id: file,
+            placement_key: request.key,
+            index: request.index,
+            fragment_hash: request.hash,
+            stored_at: now,
+        };
+        Signed::sign(&self.identity, receipt)
+            .and_then(|signed| signed.to_bytes())
+            .map_err(|e| Refusal::Store(format!("signing the receipt failed: {e}")))
+    }
+
+    /// What this node knows of `file`: its certificate and its tombstone.
+    pub fn file_status(&self, file: &FileId) -> Result<PastResponse, Refusal> {
+        Ok(PastResponse::FileStatus {
+            certificate: self.store.get_certificate(file).map_err(store_refusal)?,
+            tombstone: self.store.get_tombstone(file).map_err(store_refusal)?,
+        })
+    }
+
+    /// Carries out a reclaim this node missed: checks the reclaim's signature (the
+    /// caller has checked that no certificate of another owner exists), remembers the
+    /// file as reclaimed, forgets its certificate and its references under `keys`, and
+    /// deletes the fragments and pointers of keys no other file references.
+    pub fn forget(&self, reclaim: &[u8], keys: &[PlacementKey]) -> Result<Reclaimed, Refusal> {
+        let order = check_reclaim(reclaim)?;
+        let file = order.file_id;
+        if let Some(kept) = self.store.get_certificate(&file).map_err(store_refusal)? {
+            let owner = Signed::<FileCertificate>::from_bytes(&kept)
+                .ok()
+                .map(|c| c.body.owner);
+            if owner.is_some_and(|owner| owner != order.owner) {
+                return Err(Refusal::Certificate(format!(
+                    "the reclaim of file {file} is not signed by its owner"
+                )));
+            }
+        }
+        self.store
+            .put_tombstone(&file, reclaim)
+            .map_err(store_refusal)?;
+        let mut done = Reclaimed::default();
+        for key in keys {
+            let references = self.store.references(key).map_err(store_refusal)?;
+            let left = if references.contains(&file) {
+                self.store
+                    .remove_reference(key, &file)
+                    .map_err(store_refusal)?
+            } else {
+                references.len()
+            };
+            if left > 0 {
+                continue;
+            }
+            for info in self.store.fragments_under(key).map_err(store_refusal)? {
+                if let Some(freed) = self
+                    .store
+                    .delete_fragment(key, info.index)
+                    .map_err(store_refusal)?
+                {
+                    done.fragments += 1;
+                    done.bytes += freed;
+                }
+            }
+            for (index, holder) in self.store.pointers_under(key).map_err(store_refusal)? {
+                self.store
+                    .delete_pointer(key, index)
+                    .map_err(store_refusal)?;
+                done.diverted_to.push((*key, holder));
+            }
+        }
+        self.store
+            .delete_certificate(&file)
+            .map_err(store_refusal)?;
+        Ok(done)
+    }
+}
+
+/// Parses and verifies a signed reclaim certificate (signature by the owner it names).
+pub fn check_reclaim(bytes: &[u8]) -> Result<ReclaimCertificate, Refusal> {
+    let signed = Signed::<ReclaimCertificate>::from_bytes(bytes)
+        .map_err(|e| Refusal::Certificate(e.to_string()))?;
+    let order = signed
+        .verify()
+        .map_err(|e| Refusal::Certificate(e.to_string()))?;
+    Ok(order.clone())
+}
+
 /// What [`Holder::reclaim`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reclaimed {
@@ -763,5 +1016,178 @@ mod tests {
             .unwrap();
         assert_eq!(done.bytes, 500);
         assert_eq!(holder.store().used(), 0);
+    }
+
+    fn certified(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
+        let body = FileCertificate {
+            file_id: FileId::derive(name, &owner.public_key().0, 0),
+            name_digest: Id::hash(name),
+            name_salt: 0,
+            manifest_hash: crate::id::ManifestHash(Id::hash(name)),
+            manifest_salt: 0,
+            manifest_fragments: Vec::new(),
+            size: 1,
+            k: 4,
+            m: 2,
+            created_at: NOW,
+            expires_at: None,
+            owner: owner.public_key(),
+        };
+        let file = body.file_id;
+        (file, Signed::sign(owner, body).unwrap().to_bytes().unwrap())
+    }
+
+    fn repair(certificate: Vec<u8>, references: Vec<FileId>, index: u16) -> RepairRequest {
+        let bytes = vec![index as u8 ^ 0x33; 700];
+        RepairRequest {
+            authority: RepairAuthority {
+                certificate,
+                references,
+            },
+            key: key(9),
+            index,
+            hash: fragment_hash(index, &bytes),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_repair_store_needs_a_referencing_certificate_and_keeps_one_index_per_node() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let (file, cert) = certified(&owner, b"f");
+        let (other, other_cert) = certified(&owner, b"g");
+        // The certificate must be of a referencing file, and check out.
+        assert!(matches!(
+            holder.repair_fragment(&repair(other_cert.clone(), vec![file], 1), NOW),
+            Err(Refusal::Certificate(_))
+        ));
+        let mut forged = cert.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            holder.repair_fragment(&repair(forged, vec![file], 1), NOW),
+            Err(Refusal::Certificate(_))
+        ));
+        assert!(
+            matches!(
+                holder.repair_fragment(&repair(cert.clone(), vec![file], 6), NOW),
+                Err(Refusal::Certificate(_))
+            ),
+            "index 6 is beyond n = 6"
+        );
+        let receipt = holder
+            .repair_fragment(&repair(cert.clone(), vec![file, other], 1), NOW)
+            .unwrap();
+        let receipt = Signed::<StoreReceipt>::from_bytes(&receipt).unwrap();
+        assert_eq!(receipt.verify().unwrap().file_id, file);
+        assert_eq!(holder.store().references(&key(9)).unwrap(), {
+            let mut both = vec![file, other];
+            both.sort();
+            both
+        });
+        // Again: a fresh receipt; another index of the same key: refused.
+        assert!(
+            holder
+                .repair_fragment(&repair(cert.clone(), vec![file], 1), NOW)
+                .is_ok()
+        );
+        assert_eq!(
+            holder.repair_fragment(&repair(cert.clone(), vec![file], 2), NOW),
+            Err(Refusal::Conflict)
+        );
+        // A file reclaimed here is never repaired here.
+        let reclaim = Signed::sign(
+            &owner,
+            ReclaimCertificate {
+                file_id: other,
+                owner: owner.public_key(),
+                issued_at: NOW,
+            },
+        )
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+        holder.store().put_tombstone(&other, &reclaim).unwrap();
+        let mut elsewhere = repair(other_cert, vec![other], 0);
+        elsewhere.key = key(10);
+        assert_eq!(
+            holder.repair_fragment(&elsewhere, NOW),
+            Err(Refusal::Reclaimed(other))
+        );
+    }
+
+    #[test]
+    fn forget_needs_the_owner_and_frees_blocks_no_other_file_uses() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let (file, cert) = certified(&owner, b"f");
+        holder.put_certificate(&cert, NOW).unwrap();
+        holder
+            .repair_fragment(&repair(cert.clone(), vec![file], 0), NOW)
+            .unwrap();
+        let order = |signer: &KeyPair| {
+            Signed::sign(
+                signer,
+                ReclaimCertificate {
+                    file_id: file,
+                    owner: signer.public_key(),
+                    issued_at: NOW,
+                },
+            )
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+        };
+        assert!(matches!(
+            holder.forget(&order(&key_pair(66)), &[key(9)]),
+            Err(Refusal::Certificate(_))
+        ));
+        let done = holder.forget(&order(&owner), &[key(9)]).unwrap();
+        assert_eq!((done.fragments, done.bytes), (1, 700));
+        assert!(holder.store().is_reclaimed(&file).unwrap());
+        assert_eq!(holder.get_certificate(&file).unwrap(), None);
+        match holder.file_status(&file).unwrap() {
+            PastResponse::FileStatus {
+                certificate: None,
+                tombstone: Some(_),
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn repair_messages_are_appended_after_the_first_ones() {
+        let file = FileId(Id::ZERO);
+        let tag = |request: &PastRequest| postcard::to_stdvec(request).unwrap()[0];
+        assert_eq!(tag(&PastRequest::GetCertificate { file }), 6);
+        assert_eq!(
+            tag(&PastRequest::DropPointer {
+                key: key(1),
+                index: 0
+            }),
+            11
+        );
+        assert_eq!(tag(&PastRequest::FileStatus { file }), 12);
+        assert_eq!(
+            tag(&PastRequest::Reconcile {
+                from: NodeId(Id::ZERO),
+                keys: Vec::new(),
+            }),
+            14
+        );
+        assert_eq!(
+            tag(&PastRequest::Summary {
+                from: NodeId(Id::ZERO),
+                summary: 0,
+                list: None,
+            }),
+            15
+        );
+        let answer = PastResponse::FileStatus {
+            certificate: None,
+            tombstone: None,
+        };
+        assert_eq!(postcard::to_stdvec(&answer).unwrap(), vec![10, 0, 0]);
     }
 }
