@@ -585,7 +585,7 @@ fn churn_chart(args: &ChurnArgs, reads: &[Read], samples: &[Redundancy]) -> Stri
             args.nodes, args.mean_session, args.mode, args.k, args.m
         ),
         Axis {
-            label: "time (s); churn stops at the dashed end of reads".into(),
+            label: format!("time (s); churn from 0 to {} s, then repair", args.duration),
             ..Axis::default()
         },
         Axis {
@@ -594,13 +594,13 @@ fn churn_chart(args: &ChurnArgs, reads: &[Read], samples: &[Redundancy]) -> Stri
             ..Axis::default()
         },
     );
-    chart.push("reads that verified (10 s windows)", availability);
+    chart.push("reads OK (10 s)", availability);
     chart.push(
-        "mean live fragments / n",
+        "mean live / n",
         samples.iter().map(|s| (s.at, s.mean_live)).collect(),
     );
     chart.push(
-        "fewest live fragments of a block / n",
+        "fewest live / n",
         samples
             .iter()
             .map(|s| (s.at, s.min_live as f64 / n))

@@ -275,3 +275,43 @@ fn node_processes_survive_a_kill_and_a_restart_on_their_data_dir() {
     ));
     get();
 }
+
+#[test]
+fn a_minute_of_churn_on_sixteen_node_processes_loses_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let out = ok(
+        &home,
+        &[
+            "bench",
+            "churn",
+            "--nodes",
+            "16",
+            "--files",
+            "8",
+            "--size",
+            "256KiB",
+            "--duration",
+            "60",
+            "--mean-session",
+            "60",
+            "--mode",
+            "mixed",
+            "--readers",
+            "2",
+            "--tick-ms",
+            "300",
+            "--repair-timeout",
+            "120",
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["durability"], 1.0, "{report}");
+    assert!(report["kills"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["time_to_full_redundancy_s"].is_number(),
+        "every block was back to n live fragments: {report}"
+    );
+    eprintln!("churn in CI: {report}");
+}
