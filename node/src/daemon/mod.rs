@@ -367,6 +367,7 @@ impl Node {
         tokio::spawn(dispatch_task(node.clone(), incoming));
         node.join(joined_rx).await?;
         node.start_maintenance(maintenance_rx);
+        tokio::spawn(heal_task(node.clone()));
         tracing::info!(id = %node.id(), addr = %node.advertised(), "node joined");
         Ok(node)
     }
@@ -927,6 +928,38 @@ fn ids_in(msg: &OverlayMessage) -> Vec<NodeId> {
         | OverlayMessage::LeafSetRequest
         | OverlayMessage::RowRequest { .. }
         | OverlayMessage::Leave => Vec::new(),
+    }
+}
+
+/// How often a node checks that its bootstrap nodes are still in its overlay, in
+/// overlay ticks.
+const HEAL_EVERY_TICKS: u32 = 10;
+
+/// Partition healing: every [`HEAL_EVERY_TICKS`] ticks, each bootstrap node that is
+/// reachable but missing from this node's leaf set is suggested to the overlay, which
+/// probes and readmits it. After a partition, the halves' leaf sets have declared each
+/// other dead and no gossip crosses; a bootstrap address on the other side is the
+/// thread that ties them back together (the leaf-set exchanges do the rest).
+async fn heal_task(node: Node) {
+    let period = node.inner.config.overlay.tick * HEAL_EVERY_TICKS;
+    let mut stop = node.inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+        for addr in node.inner.config.bootstrap.clone() {
+            let known: Vec<NodeId> = node.overlay_view().members().collect();
+            // Bounded by the transport's connect and handshake timeouts.
+            let Ok(peer) = node.inner.transport.identify(addr).await else {
+                continue;
+            };
+            if peer.id != node.id() && !known.contains(&peer.id) {
+                tracing::info!(bootstrap = %peer.id, "a bootstrap node is back in reach; suggesting it");
+                node.learn(peer.id, peer.addr);
+                node.input(Event::Suggest { node: peer.id }).await;
+            }
+        }
     }
 }
 
