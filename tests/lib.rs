@@ -41,8 +41,10 @@ pub mod cluster {
     use cairn_node::api::client::ApiClient;
     use cairn_node::api::{self, ApiConfig, ApiServer};
     use cairn_node::crypto::KeyPair;
+    use cairn_node::daemon::unix_now;
     use cairn_node::daemon::{Node, NodeConfig};
-    use cairn_node::id::NodeId;
+    use cairn_node::erasure::ErasureParams;
+    use cairn_node::id::{FileId, NodeId, Reference};
 
     /// The deterministic node key of node `i` (so placements are the same every run).
     pub fn node_key(i: usize) -> KeyPair {
@@ -50,6 +52,41 @@ pub mod cluster {
         secret[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
         secret[8] = 0xc4;
         KeyPair::from_secret_bytes(&secret)
+    }
+
+    /// The deterministic owner key `seed` of the tests.
+    pub fn owner(seed: u8) -> KeyPair {
+        KeyPair::from_secret_bytes(&[seed; 32])
+    }
+
+    /// The name every test file is stored under (the file id varies by salt).
+    pub const TEST_FILE_NAME: &str = "test file";
+
+    /// Puts `data` through `client` as [`TEST_FILE_NAME`] under `salt` (4+2); its id.
+    pub fn put(client: &ApiClient, owner: &KeyPair, data: &[u8], salt: u64) -> FileId {
+        let outcome = client
+            .put(
+                &mut &data[..],
+                TEST_FILE_NAME,
+                salt,
+                owner,
+                Some(ErasureParams::DEFAULT),
+                unix_now(),
+            )
+            .unwrap_or_else(|e| panic!("put of {} bytes failed: {e}", data.len()));
+        match outcome.reference {
+            Reference::File(file) => file,
+            other => panic!("a put returned {other:?}"),
+        }
+    }
+
+    /// Gets `file` through `client` (panics with the API's message on failure).
+    pub fn get(client: &ApiClient, file: &FileId) -> Vec<u8> {
+        let mut out = Vec::new();
+        client
+            .get(file, &mut out)
+            .unwrap_or_else(|e| panic!("get failed: {e}"));
+        out
     }
 
     /// N nodes, each with its own data dir under one temp dir, stopped on drop.

@@ -36,6 +36,23 @@ pub fn get_to_file(
     out: &Path,
     store: &LocalFragments<DiskStore>,
 ) -> anyhow::Result<GetStats> {
+    write_whole_or_nothing(out, |writer| {
+        Ok(get(
+            GetTarget::File(file),
+            writer,
+            store,
+            &GetOptions::new(unix_now()),
+        )?)
+    })
+}
+
+/// Writes `out` through `out.cairn-partial`: `fill` writes the bytes, then the file is
+/// synced and renamed into place. On any failure the partial file is removed, so `out`
+/// is written whole or not at all.
+pub fn write_whole_or_nothing<T>(
+    out: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let mut partial = out.as_os_str().to_owned();
     partial.push(".cairn-partial");
     let partial = PathBuf::from(partial);
@@ -43,19 +60,14 @@ pub fn get_to_file(
         let handle =
             File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
         let mut writer = BufWriter::with_capacity(1 << 20, handle);
-        let stats = get(
-            GetTarget::File(file),
-            &mut writer,
-            store,
-            &GetOptions::new(unix_now()),
-        )?;
+        let value = fill(&mut writer)?;
         let handle = writer.into_inner().map_err(|e| e.into_error())?;
         handle
             .sync_all()
             .with_context(|| format!("syncing {}", partial.display()))?;
         std::fs::rename(&partial, out)
             .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
-        Ok(stats)
+        Ok(value)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -16,7 +16,10 @@ use cairn_node::api::client::ApiClient;
 use cairn_node::erasure::ErasureParams;
 use cairn_node::id::{FileId, Id, Reference};
 
-use crate::files::{Progress, ProgressReader, human_bytes, parse_file_reference, rate, unix_now};
+use crate::files::{
+    Progress, ProgressReader, human_bytes, parse_file_reference, rate, unix_now,
+    write_whole_or_nothing,
+};
 use crate::keys::{load_or_create_owner_key, load_owner_key};
 
 /// Where the node API is.
@@ -168,7 +171,7 @@ pub fn get_command(args: GetArgs) -> anyhow::Result<()> {
             out.flush().context("writing to standard output")?;
             got
         }
-        Some(path) => fetch_to_file(&client, &file, path)?,
+        Some(path) => write_whole_or_nothing(path, |writer| fetch(&client, &file, writer))?,
     };
     eprintln!("got {}, {}", human_bytes(got), rate(got, start.elapsed()));
     Ok(())
@@ -209,31 +212,6 @@ impl Write for ProgressWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// Gets into `out` through `out.cairn-partial`, renamed once complete; on failure the
-/// partial file is removed.
-fn fetch_to_file(client: &ApiClient, file: &FileId, out: &Path) -> anyhow::Result<u64> {
-    let mut partial = out.as_os_str().to_owned();
-    partial.push(".cairn-partial");
-    let partial = PathBuf::from(partial);
-    let result = (|| {
-        let handle =
-            File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, handle);
-        let got = fetch(client, file, &mut writer)?;
-        let handle = writer.into_inner().map_err(|e| e.into_error())?;
-        handle
-            .sync_all()
-            .with_context(|| format!("syncing {}", partial.display()))?;
-        std::fs::rename(&partial, out)
-            .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
-        Ok(got)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
 }
 
 /// Arguments of `cairn stat`.

@@ -16,38 +16,9 @@ use cairn_node::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
 use cairn_node::past::{PastRequest, PastResponse, Refusal, StoreRequest, closest};
 use cairn_node::sim::Rng;
 use cairn_node::store::FragmentStorage;
-use cairn_tests::cluster::{Cluster, node_key};
+use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
 
 const GIB: u64 = 1 << 30;
-
-fn owner(seed: u8) -> KeyPair {
-    KeyPair::from_secret_bytes(&[seed; 32])
-}
-
-fn put(client: &ApiClient, owner: &KeyPair, data: &[u8], salt: u64) -> FileId {
-    let outcome = client
-        .put(
-            &mut &data[..],
-            "test file",
-            salt,
-            owner,
-            Some(ErasureParams::DEFAULT),
-            unix_now(),
-        )
-        .unwrap_or_else(|e| panic!("put of {} bytes failed: {e}", data.len()));
-    match outcome.reference {
-        cairn_node::id::Reference::File(file) => file,
-        other => panic!("a put returned {other:?}"),
-    }
-}
-
-fn get(client: &ApiClient, file: &FileId) -> Vec<u8> {
-    let mut out = Vec::new();
-    client
-        .get(file, &mut out)
-        .unwrap_or_else(|e| panic!("get failed: {e}"));
-    out
-}
 
 /// The ids of the nodes holding a verified copy of `block`'s fragments.
 fn holders(client: &ApiClient, file: &FileId, block: &str) -> Vec<NodeId> {
@@ -239,7 +210,11 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     assert!(get(&client, &file) == data);
 
     // Reclaiming every file frees every copy, the diverted ones included.
-    let first = FileId::from_name_digest(&Id::hash(b"test file"), &me.public_key().0, 1);
+    let first = FileId::from_name_digest(
+        &Id::hash(cairn_tests::cluster::TEST_FILE_NAME.as_bytes()),
+        &me.public_key().0,
+        1,
+    );
     for file in [first, file] {
         let report = client.remove(&file, &me, unix_now()).unwrap();
         assert!(report.failures.is_empty(), "{:?}", report.failures);

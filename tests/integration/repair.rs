@@ -9,14 +9,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cairn_node::api::client::{ApiClient, ClientError};
-use cairn_node::crypto::KeyPair;
 use cairn_node::daemon::{NodeConfig, unix_now};
-use cairn_node::erasure::{ErasureParams, fragment_hash};
+use cairn_node::erasure::fragment_hash;
 use cairn_node::id::{FileId, NodeId, PlacementKey};
 use cairn_node::past::{PastRequest, PastResponse, closest};
 use cairn_node::sim::Rng;
 use cairn_node::store::FragmentStorage;
-use cairn_tests::cluster::{Cluster, node_key};
+use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
 
 const GIB: u64 = 1 << 30;
 
@@ -29,35 +28,6 @@ fn fast(_: usize, config: &mut NodeConfig) {
     config.maintenance.period = Duration::from_secs(2);
     config.maintenance.call_timeout = Duration::from_secs(3);
     config.maintenance.scrub_period = Duration::from_secs(3600);
-}
-
-fn owner(seed: u8) -> KeyPair {
-    KeyPair::from_secret_bytes(&[seed; 32])
-}
-
-fn put(client: &ApiClient, owner: &KeyPair, data: &[u8], salt: u64) -> FileId {
-    let outcome = client
-        .put(
-            &mut &data[..],
-            "repair test file",
-            salt,
-            owner,
-            Some(ErasureParams::DEFAULT),
-            unix_now(),
-        )
-        .unwrap_or_else(|e| panic!("put of {} bytes failed: {e}", data.len()));
-    match outcome.reference {
-        cairn_node::id::Reference::File(file) => file,
-        other => panic!("a put returned {other:?}"),
-    }
-}
-
-fn get(client: &ApiClient, file: &FileId) -> Vec<u8> {
-    let mut out = Vec::new();
-    client
-        .get(file, &mut out)
-        .unwrap_or_else(|e| panic!("get failed: {e}"));
-    out
 }
 
 /// The placement key of `block` ("manifest" or a position) of `file`.
@@ -405,7 +375,7 @@ fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated(
     let grant = cairn_node::crypto::Signed::sign(
         &me,
         cairn_node::crypto::UploadGrant::new(
-            b"repair test file",
+            cairn_tests::cluster::TEST_FILE_NAME.as_bytes(),
             salt,
             me.public_key(),
             unix_now() - 10,

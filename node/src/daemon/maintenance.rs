@@ -877,19 +877,7 @@ impl Node {
 
     /// `RepairStore`: checked and stored by the holder (no diversion).
     pub(crate) fn handle_repair_store(&self, request: &RepairRequest) -> PastResponse {
-        match self.inner.holder.repair_fragment(request, unix_now()) {
-            Ok(receipt) => {
-                self.inner
-                    .counters
-                    .fragments_stored
-                    .fetch_add(1, Ordering::Relaxed);
-                PastResponse::Stored {
-                    receipt,
-                    diverted_to: None,
-                }
-            }
-            Err(refusal) => PastResponse::Refused(refusal),
-        }
+        self.stored_answer(self.inner.holder.repair_fragment(request, unix_now()))
     }
 
     /// `Handoff`: push the copy to `to`, and delete it here only once `to`'s receipt

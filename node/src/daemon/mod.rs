@@ -801,7 +801,16 @@ impl Node {
         diverted: bool,
         now: u64,
     ) -> PastResponse {
-        match self.inner.holder.store_fragment(store, diverted, now) {
+        self.stored_answer(self.inner.holder.store_fragment(store, diverted, now))
+    }
+
+    /// The answer to a store (primary, diverted or repair): a receipt, counted, or
+    /// the refusal.
+    pub(crate) fn stored_answer(
+        &self,
+        result: Result<Vec<u8>, crate::past::Refusal>,
+    ) -> PastResponse {
+        match result {
             Ok(receipt) => {
                 self.inner
                     .counters
