@@ -429,3 +429,43 @@ fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated(
     assert!(fully_redundant(&client, &file));
     assert!(get(&client, &file) == data);
 }
+
+#[test]
+fn a_files_certificate_outlives_its_first_keepers() {
+    let mut cluster = Cluster::start_with(10, fast, GIB);
+    let client = cluster.api(0);
+    let me = owner(9);
+    let data = Rng::new(77).bytes(300_000);
+    let file = put(&client, &me, &data, 1);
+    let keepers = |cluster: &Cluster| -> Vec<usize> {
+        cluster
+            .live()
+            .filter(|(_, n)| n.store().get_certificate(&file).ok().flatten().is_some())
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let first: Vec<usize> = keepers(&cluster).into_iter().filter(|i| *i != 0).collect();
+    assert!(
+        first.len() >= 3,
+        "the certificate has its keepers: {first:?}"
+    );
+    // Two keepers crash; the others hand the certificate to the new closest nodes.
+    cluster.kill(first[0]);
+    cluster.kill(first[1]);
+    let deadline = Instant::now() + REPAIR_DEADLINE;
+    while keepers(&cluster).len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was not re-replicated"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Then the remaining first keepers crash too: the file still reads.
+    for i in &first[2..] {
+        cluster.kill(*i);
+    }
+    assert!(
+        get(&client, &file) == data,
+        "the file outlived all its first keepers"
+    );
+}

@@ -236,6 +236,54 @@ impl Node {
         }
     }
 
+    /// Keeps every certificate this node holds on the `certificate_replicas` nodes
+    /// closest to its key: a keeper asks each of them whether it has the certificate
+    /// and gives it to those that do not. Run after leaf-set changes and on the slow
+    /// pass, so that a file's certificate outlives its first keepers (without it, its
+    /// blocks can be neither read nor repaired). Bounded per pass.
+    async fn replicate_certificates(&self, members: &[NodeId]) {
+        const MAX_PER_PASS: usize = 4096;
+        let Ok(Ok(files)) = self
+            .blocking(|node| node.store().certificate_files(None, MAX_PER_PASS))
+            .await
+        else {
+            return;
+        };
+        let replicas = self.config().past.certificate_replicas;
+        for file in files {
+            if self.is_stopped() {
+                return;
+            }
+            let key = certificate_key(&file);
+            let keepers = closest(&key.0, members.iter().copied(), replicas);
+            let Ok(Ok(Some(certificate))) = self
+                .blocking(move |node| node.store().get_certificate(&file))
+                .await
+            else {
+                continue;
+            };
+            for keeper in keepers.into_iter().filter(|k| *k != self.id()) {
+                let Some(target) = self.address_of(&keeper) else {
+                    continue;
+                };
+                let asked = self
+                    .ask_bounded(&target, PastRequest::GetCertificate { file })
+                    .await;
+                if let Ok(PastResponse::Certificate { certificate: None }) = asked {
+                    let put = PastRequest::PutCertificate {
+                        certificate: certificate.clone(),
+                    };
+                    if let Ok(PastResponse::Done) = self.ask_bounded(&target, put).await {
+                        self.inner
+                            .counters
+                            .certificates_replicated
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Node) -> T + Send + 'static,
@@ -1179,6 +1227,7 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
                 let ranges = affected_ranges(&seen_members, &members, config.span);
                 seen_members = members.clone();
                 if !ranges.is_empty() {
+                    node.replicate_certificates(&members).await;
                     let keys = node.keys_in(ranges).await;
                     tracing::debug!(keys = keys.len(), "leaf set changed: keys to look at");
                     pending.extend(node.nudge(keys, &members).await);
@@ -1187,6 +1236,7 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
             _ = slow.tick() => {
                 memory.trim();
                 let members = members_with_self(&node);
+                node.replicate_certificates(&members).await;
                 let zero = PlacementKey(Id::ZERO);
                 let keys = node.keys_in(vec![(zero, zero)]).await;
                 let list = node.own_digests(keys).await;

@@ -204,6 +204,8 @@ pub struct Counters {
     pub files_put: AtomicU64,
     /// Files got through this node's API.
     pub files_got: AtomicU64,
+    /// Certificates this node gave to a keeper that lacked one (maintenance).
+    pub certificates_replicated: AtomicU64,
     /// Blocks whose fragments could not all be placed at a key (each one leads to a
     /// file diversion, or to the put's failure).
     pub placements_failed: AtomicU64,

@@ -838,6 +838,30 @@ impl FragmentStorage for DiskStore {
         )
     }
 
+    fn certificate_files(
+        &self,
+        after: Option<&FileId>,
+        limit: usize,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let start: Vec<u8> = after.map_or_else(Vec::new, |f| f.as_bytes().to_vec());
+        let mut files = Vec::new();
+        for entry in self.certificates.range(start..) {
+            let (key, _) = entry.map_err(|e| StoreError::index("listing certificates", e))?;
+            let Ok(bytes) = <[u8; 32]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            let file = FileId(Id(bytes));
+            if Some(&file) == after {
+                continue;
+            }
+            files.push(file);
+            if files.len() >= limit {
+                break;
+            }
+        }
+        Ok(files)
+    }
+
     fn put_pointer(
         &self,
         key: &PlacementKey,

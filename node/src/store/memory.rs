@@ -235,6 +235,22 @@ impl FragmentStorage for MemoryStore {
         Ok(self.lock().certificates.remove(file).is_some())
     }
 
+    fn certificate_files(
+        &self,
+        after: Option<&FileId>,
+        limit: usize,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let inner = self.lock();
+        let range = match after {
+            Some(after) => inner.certificates.range((
+                std::ops::Bound::Excluded(*after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => inner.certificates.range(..),
+        };
+        Ok(range.map(|(file, _)| *file).take(limit).collect())
+    }
+
     fn put_pointer(
         &self,
         key: &PlacementKey,

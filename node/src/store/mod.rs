@@ -324,6 +324,13 @@ pub trait FragmentStorage: Send + Sync {
     fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError>;
     /// Deletes the certificate of `file`; returns whether there was one.
     fn delete_certificate(&self, file: &FileId) -> Result<bool, StoreError>;
+    /// The files whose certificates are kept here, at most `limit`, in id order from
+    /// `after` (exclusive; `None`: from the start), for maintenance passes.
+    fn certificate_files(
+        &self,
+        after: Option<&FileId>,
+        limit: usize,
+    ) -> Result<Vec<FileId>, StoreError>;
 
     /// Records that fragment `index` of `key` was diverted to `holder`.
     fn put_pointer(
