@@ -38,11 +38,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cairn_benches::{Measurement, machine_note, measure, quick, test_bytes};
+use cairn_benches::{Measurement, ceilings, machine_note, peak_rss_mib, quick, reset_peak_rss};
 use cairn_node::api::client::ApiClient;
 use cairn_node::api::{GRANT_HEADER, PutAnswer, decode_hex, encode_hex};
 use cairn_node::crypto::{FileCertificate, KeyPair, Signed, UploadGrant};
-use cairn_node::erasure::{BlockSpec, Codec, ErasureParams, Offer};
+use cairn_node::erasure::ErasureParams;
 use cairn_node::id::{FileId, Reference};
 use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
 use sha2::{Digest, Sha256};
@@ -294,67 +294,6 @@ fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
         utime / CLOCK_TICKS_PER_SECOND,
         stime / CLOCK_TICKS_PER_SECOND,
     ))
-}
-
-/// Peak resident memory of process `pid` in MiB (VmHWM).
-fn peak_rss_mib(pid: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Resets VmHWM of `pid` to its current RSS (writing 5 to clear_refs).
-fn reset_peak_rss(pid: &str) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
-/// Compute-only ceilings at 4+2, MB/s of file bytes.
-#[derive(Clone, Copy)]
-struct Ceiling {
-    put: f64,
-    get: f64,
-}
-
-/// The same ceilings as the `pipeline` bench: `encode_in_place` (hash the block,
-/// encode, hash n fragments) and `decode` with all data fragments good (verify k,
-/// hash the block, one copy of each fragment as fetching does).
-fn ceilings(params: ErasureParams, segment: usize, reps: usize) -> Ceiling {
-    let codec = Codec::new(params).unwrap();
-    let block = test_bytes(segment, 3);
-    let mut buffer = Vec::with_capacity(codec.buffer_capacity(segment));
-    let name = format!(
-        "ceiling put {params} (hash+encode+hash n, {} KiB)",
-        segment >> 10
-    );
-    let put = measure(&name, segment as u64, 1, reps, || {
-        buffer.clear();
-        buffer.extend_from_slice(&block);
-        let encoded = codec.encode_in_place(std::mem::take(&mut buffer)).unwrap();
-        let hash = encoded.block_hash();
-        buffer = encoded.into_buffer();
-        hash
-    });
-    let encoded = codec.encode(&block).unwrap();
-    let spec = BlockSpec {
-        hash: encoded.block_hash(),
-        len: Some(segment),
-        fragment_hashes: encoded.fragment_hashes(),
-    };
-    let name = format!(
-        "ceiling get {params} (verify k, hash, {} KiB)",
-        segment >> 10
-    );
-    let get = measure(&name, segment as u64, 1, reps, || {
-        let offers = encoded
-            .fragments()
-            .map(|f| (f.index, Offer::Fragment(f.to_owned())));
-        codec.decode(&spec, offers).unwrap().0.len()
-    });
-    Ceiling {
-        put: put.mb_per_s(),
-        get: get.mb_per_s(),
-    }
 }
 
 /// `perf record` attached to the devnet for one operation, when asked for.

@@ -31,13 +31,15 @@ use std::hint::black_box;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cairn_benches::{machine_note, measure, quick, test_bytes};
+use cairn_benches::{
+    Ceiling, ceilings, machine_note, measure, peak_rss_mib, quick, reset_peak_rss, test_bytes,
+};
 use cairn_node::client::{
     FragmentStore, GetOptions, GetTarget, MemoryFragments, PutOptions, get, put,
 };
 use cairn_node::crypto::KeyPair;
 use cairn_node::crypto::{FileCertificate, Signed};
-use cairn_node::erasure::{BlockSpec, Codec, ErasureParams, Offer};
+use cairn_node::erasure::ErasureParams;
 use cairn_node::erasure::{Fragment, FragmentRef};
 use cairn_node::id::{FileId, FragmentHash, PlacementKey};
 use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
@@ -109,21 +111,8 @@ impl FragmentStore for Discard {
     }
 }
 
-/// Peak resident memory of this process in MiB (VmHWM), if readable.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Resets VmHWM to the current RSS (Linux: writing 5 to clear_refs).
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 fn print_peak(label: &str, reset_worked: bool) {
-    match peak_rss_mib() {
+    match peak_rss_mib("self") {
         Some(mib) => println!(
             "  peak RSS {label}: {mib:.0} MiB{}",
             if reset_worked {
@@ -173,57 +162,6 @@ fn primitives(segment: usize, reps: usize) {
     }
 }
 
-/// Compute-only rates in MB/s of file bytes.
-#[derive(Clone, Copy)]
-struct Ceiling {
-    put: f64,
-    get: f64,
-    get_lost: f64,
-}
-
-/// Measures the compute-only put and get ceilings for one segment.
-fn ceilings(params: ErasureParams, segment: usize, reps: usize) -> Ceiling {
-    let codec = Codec::new(params).unwrap();
-    let block = test_bytes(segment, 3);
-    let mut buffer = Vec::with_capacity(codec.buffer_capacity(segment));
-    let name = format!(
-        "ceiling put {params} (hash+encode+hash n, {} KiB)",
-        segment >> 10
-    );
-    let put = measure(&name, segment as u64, 1, reps * 4, || {
-        buffer.clear();
-        buffer.extend_from_slice(&block);
-        let encoded = codec.encode_in_place(std::mem::take(&mut buffer)).unwrap();
-        let hash = encoded.block_hash();
-        buffer = encoded.into_buffer();
-        hash
-    });
-    let encoded = codec.encode(&block).unwrap();
-    let spec = BlockSpec {
-        hash: encoded.block_hash(),
-        len: Some(segment),
-        fragment_hashes: encoded.fragment_hashes(),
-    };
-    let get_ceiling = |lost: usize, what: &str| {
-        let name = format!("ceiling get {params} ({what}, {} KiB)", segment >> 10);
-        measure(&name, segment as u64, 1, reps * 4, || {
-            // Includes one copy of each fragment used, as fetching from a store does.
-            let offers = encoded
-                .fragments()
-                .skip(lost)
-                .map(|f| (f.index, Offer::Fragment(f.to_owned())));
-            codec.decode(&spec, offers).unwrap().0.len()
-        })
-    };
-    let intact = get_ceiling(0, "verify k, hash");
-    let lost = get_ceiling(2, "verify k, rebuild 2, hash");
-    Ceiling {
-        put: put.mb_per_s(),
-        get: intact.mb_per_s(),
-        get_lost: lost.mb_per_s(),
-    }
-}
-
 /// What one put/get measurement needs: the generated file's one-segment pattern, an
 /// owner, the put options and the label printed beside each figure.
 struct BenchFile {
@@ -266,7 +204,7 @@ fn put_discarding(
         options,
         label,
     } = BenchFile::new(params, segment, file_len);
-    let reset = reset_peak_rss();
+    let reset = reset_peak_rss("self");
     let discard = Discard::default();
     let put_d = measure(
         &format!("put, discarding store, {label}"),
@@ -301,7 +239,7 @@ fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, c
         label,
     } = BenchFile::new(params, segment, file_len);
     let store = MemoryFragments::new();
-    let reset = reset_peak_rss();
+    let reset = reset_peak_rss("self");
     let mut receipt = None;
     let put_m = measure(&format!("put {label}"), file_len, 1, reps, || {
         let file = GeneratedFile {
@@ -333,7 +271,7 @@ fn pipeline(params: ErasureParams, segment: usize, file_len: u64, reps: usize, c
             lost_per_block * manifest.blocks.len() as u64
         );
     };
-    let reset = reset_peak_rss();
+    let reset = reset_peak_rss("self");
     let get_m = measure(&format!("get {label}"), file_len, 1, reps, || get_all(0));
     println!("  get / ceiling: {:.2}", get_m.mb_per_s() / ceiling.get);
     print_peak("after get (includes the store's fragments)", reset);
@@ -360,7 +298,7 @@ fn main() {
     let quick = quick();
     let reps = if quick { 1 } else { 3 };
     let segment = DEFAULT_SEGMENT_SIZE as usize;
-    if !reset_peak_rss() {
+    if !reset_peak_rss("self") {
         println!("note: /proc/self/clear_refs not writable; peak RSS figures are process-wide");
     }
 
@@ -371,7 +309,7 @@ fn main() {
     let mut ceiling_by_params = Vec::new();
     for (k, m) in PARAMS {
         let params = ErasureParams::new(k, m).unwrap();
-        ceiling_by_params.push((params, ceilings(params, segment, reps)));
+        ceiling_by_params.push((params, ceilings(params, segment, reps * 4)));
     }
     println!("\n# compute-only ceilings, 4+2 at other segment sizes");
     let four_two = ErasureParams::new(4, 2).unwrap();
@@ -384,7 +322,7 @@ fn main() {
                 if size == segment {
                     ceiling_by_params[0].1
                 } else {
-                    ceilings(four_two, size, reps)
+                    ceilings(four_two, size, reps * 4)
                 },
             )
         })

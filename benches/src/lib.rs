@@ -145,3 +145,86 @@ pub fn machine_note() -> String {
         has("avx512f")
     )
 }
+
+/// The compute-only ceilings of one segment, in MB/s of file bytes: what a put and a
+/// get compute at the least, measured in the same run as the figure they bound.
+#[derive(Clone, Copy, Debug)]
+pub struct Ceiling {
+    /// `encode_in_place`: hash the block, encode, hash the n fragments.
+    pub put: f64,
+    /// `decode` with all data fragments good: verify k, hash the block.
+    pub get: f64,
+    /// `decode` with two data fragments lost: verify k, rebuild 2, hash the block.
+    pub get_lost: f64,
+}
+
+/// Measures the [`Ceiling`]s of `params` on one `segment`, `reps` times each. The get
+/// ceilings include one copy of each fragment used, as fetching from a store does.
+pub fn ceilings(
+    params: cairn_node::erasure::ErasureParams,
+    segment: usize,
+    reps: usize,
+) -> Ceiling {
+    use cairn_node::erasure::{BlockSpec, Codec, Offer};
+    let Ok(codec) = Codec::new(params) else {
+        panic!("the codec refuses {params}");
+    };
+    let block = test_bytes(segment, 3);
+    let mut buffer = Vec::with_capacity(codec.buffer_capacity(segment));
+    let name = format!(
+        "ceiling put {params} (hash+encode+hash n, {} KiB)",
+        segment >> 10
+    );
+    let put = measure(&name, segment as u64, 1, reps, || {
+        buffer.clear();
+        buffer.extend_from_slice(&block);
+        let Ok(encoded) = codec.encode_in_place(std::mem::take(&mut buffer)) else {
+            panic!("encoding a test block failed");
+        };
+        let hash = encoded.block_hash();
+        buffer = encoded.into_buffer();
+        hash
+    });
+    let Ok(encoded) = codec.encode(&block) else {
+        panic!("encoding a test block failed");
+    };
+    let spec = BlockSpec {
+        hash: encoded.block_hash(),
+        len: Some(segment),
+        fragment_hashes: encoded.fragment_hashes(),
+    };
+    let get_ceiling = |lost: usize, what: &str| {
+        let name = format!("ceiling get {params} ({what}, {} KiB)", segment >> 10);
+        measure(&name, segment as u64, 1, reps, || {
+            let offers = encoded
+                .fragments()
+                .skip(lost)
+                .map(|f| (f.index, Offer::Fragment(f.to_owned())));
+            match codec.decode(&spec, offers) {
+                Ok((block, _)) => block.len(),
+                Err(e) => panic!("decoding a test block failed: {e}"),
+            }
+        })
+    };
+    let intact = get_ceiling(0, "verify k, hash");
+    let lost = get_ceiling(2, "verify k, rebuild 2, hash");
+    Ceiling {
+        put: put.mb_per_s(),
+        get: intact.mb_per_s(),
+        get_lost: lost.mb_per_s(),
+    }
+}
+
+/// Peak resident memory (VmHWM) of process `pid` (`"self"` for this one) in MiB.
+pub fn peak_rss_mib(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the VmHWM of `pid` to its current RSS (writing 5 to `clear_refs`); whether
+/// the kernel allowed it.
+pub fn reset_peak_rss(pid: &str) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}

@@ -47,9 +47,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use crate::client::{
-    FileIdentity, GetError, GetOptions, GetTarget, PutError, PutOptions, put_unsigned,
-};
+use crate::client::{FileIdentity, GetOptions, GetTarget, PutError, PutOptions, put_unsigned};
 use crate::crypto::{FileCertificate, Signed, UploadGrant};
 use crate::daemon::gateway::Upload;
 use crate::daemon::{GatewayError, NetworkFragments, Node, unix_now};
@@ -527,7 +525,7 @@ async fn get_file(
                 tracing::warn!(%file, "get failed mid-stream: {}", chain(&error));
                 if let Some(sender) = writer.sender.take() {
                     // Aborts the response: the client sees a short body, never wrong bytes.
-                    sender.abort(io::Error::other(get_error_text(&error)));
+                    sender.abort(io::Error::other(chain(&error)));
                 }
             }
         }
@@ -538,10 +536,6 @@ async fn get_file(
         .header(header::CONTENT_LENGTH, size)
         .body(Body::new(channel))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn get_error_text(error: &GetError) -> String {
-    chain(error)
 }
 
 async fn stat_file(
