@@ -138,11 +138,20 @@ fn spawn_node(
         .args(["--tick-ms", &args.tick_ms.to_string()])
         .args(["-k", &args.k.to_string(), "-m", &args.m.to_string()])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stdout(Stdio::piped());
     if let Some(bootstrap) = bootstrap {
         command.args(["--bootstrap", bootstrap]);
     }
+    // The node's own errors go to a log beside its data (appended across restarts), so
+    // that a node that will not start says why.
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let log_path = data.with_extension("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    command.stderr(log);
     let mut child = command.spawn().context("starting a node process")?;
     let stdout = child.stdout.take().context("the node's stdout")?;
     let (tx, rx) = mpsc::channel();
@@ -164,9 +173,18 @@ fn spawn_node(
     let (mut addr, mut api) = (None, None);
     while addr.is_none() || api.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .map_err(|_| anyhow::anyhow!("a node in {} did not start in time", data.display()))?;
+        let line = rx.recv_timeout(left).map_err(|e| {
+            let why = match e {
+                mpsc::RecvTimeoutError::Timeout => "did not start within 60 s",
+                mpsc::RecvTimeoutError::Disconnected => "exited before it started",
+            };
+            anyhow::anyhow!(
+                "the node in {} {why}; the end of {}:\n{}",
+                data.display(),
+                log_path.display(),
+                log_tail(&log_path)
+            )
+        })?;
         if let Some(rest) = line.strip_prefix("cairn node ") {
             addr = rest.rsplit(' ').next().map(str::to_string);
         } else if let Some(rest) = line.strip_prefix("api on http://") {
@@ -176,6 +194,13 @@ fn spawn_node(
     process.listen = addr.unwrap_or_default();
     process.api = ApiClient::new(api.as_deref().unwrap_or_default(), None);
     Ok(process)
+}
+
+/// The last lines of a node's log, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// One read attempt by a reader.
