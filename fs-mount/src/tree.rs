@@ -475,8 +475,11 @@ impl Shared {
         let Ok(Reference::Volume(key)) = name.parse::<Reference>() else {
             return Err(FsError::NotFound);
         };
-        if let Some(&view) = self.lock().by_key.get(&key) {
-            return Ok(self.lock().views[view].root);
+        {
+            let state = self.lock();
+            if let Some(&view) = state.by_key.get(&key) {
+                return Ok(state.views[view].root);
+            }
         }
         let record = self.backend.get_root(&key)?.ok_or(FsError::NotFound)?;
         let mut state = self.lock();
@@ -543,8 +546,11 @@ impl Shared {
             _ => return Err(FsError::NotFound),
         };
         let sequence: u64 = name.parse().map_err(|_| FsError::NotFound)?;
-        if let Some(&history) = self.lock().history_views.get(&(view, sequence)) {
-            return Ok(self.lock().views[history].root);
+        {
+            let state = self.lock();
+            if let Some(&history) = state.history_views.get(&(view, sequence)) {
+                return Ok(state.views[history].root);
+            }
         }
         let chain = self.version_chain(view, Some(sequence))?;
         let (_, root, time) = chain
