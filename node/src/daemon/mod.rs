@@ -97,6 +97,9 @@ pub struct NodeConfig {
     pub past: PastConfig,
     /// How long a locate (a route to a key and the answer) may take, per attempt.
     pub locate_timeout: Duration,
+    /// How long a node keeps trying its bootstrap addresses before it gives up (each is
+    /// tried at least twice however short this is).
+    pub join_patience: Duration,
     /// The erasure parameters of a put through this node's API that names none.
     pub default_params: ErasureParams,
     /// Repair and scrub: periods, rates, timeouts.
@@ -120,6 +123,7 @@ impl NodeConfig {
             net: NetConfig::default(),
             past: PastConfig::default(),
             locate_timeout: Duration::from_secs(5),
+            join_patience: Duration::from_secs(30),
             default_params: ErasureParams::DEFAULT,
             maintenance: MaintenanceConfig::default(),
         }
@@ -388,13 +392,22 @@ impl Node {
         }
         let mut last = String::from("no attempt");
         let join_wait = self.inner.config.overlay.join_timeout + Duration::from_secs(2);
-        // Each address twice: a bootstrap that is itself still starting gets a second chance.
-        for addr in bootstrap.iter().chain(bootstrap.iter()) {
+        // Each address at least twice (a bootstrap that is itself still starting gets a
+        // second chance), and more rounds while `join_patience` lasts: a busy bootstrap
+        // node (a loaded machine, a handshake that timed out) is not a reason to give up.
+        let patience = tokio::time::Instant::now() + self.inner.config.join_patience;
+        let mut backoff = Duration::from_millis(200);
+        let rounds = bootstrap.len() * JOIN_ROUNDS_MAX;
+        for (attempt, addr) in bootstrap.iter().cycle().take(rounds).enumerate() {
+            if attempt >= 2 * bootstrap.len() && tokio::time::Instant::now() >= patience {
+                break;
+            }
             let peer = match self.inner.transport.identify(*addr).await {
                 Ok(peer) => peer,
                 Err(e) => {
                     last = format!("{addr}: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             };
@@ -945,6 +958,10 @@ fn ids_in(msg: &OverlayMessage) -> Vec<NodeId> {
 /// How often a node checks that its bootstrap nodes are still in its overlay, in
 /// overlay ticks.
 const HEAL_EVERY_TICKS: u32 = 10;
+
+/// The most rounds over the bootstrap addresses a join makes (with
+/// [`NodeConfig::join_patience`], a bound in count as well as in time).
+const JOIN_ROUNDS_MAX: usize = 20;
 
 /// Partition healing: every [`HEAL_EVERY_TICKS`] ticks, each bootstrap node that is
 /// reachable but missing from this node's leaf set is suggested to the overlay, which
