@@ -700,6 +700,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("files_put_total", counter, "Files put through this API.", load(&c.files_put)),
         ("files_got_total", counter, "Files read through this API.", load(&c.files_got)),
         ("certificates_replicated_total", counter, "Certificates given to keepers that lacked them.", load(&c.certificates_replicated)),
+        ("roots_replicated_total", counter, "Root records given to keepers that lacked them or held an older one.", load(&c.roots_replicated)),
         ("placements_failed_total", counter, "Blocks not placed at a key.", load(&c.placements_failed)),
         ("repair_bytes_total", counter, "Bytes of repair traffic (fetched, regenerated, handed off).", load(&c.repair_bytes)),
         ("fragments_regenerated_total", counter, "Fragments regenerated as coordinator.", load(&c.fragments_regenerated)),
