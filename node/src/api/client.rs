@@ -357,9 +357,9 @@ impl ApiClient {
             .ok_or_else(|| ClientError::Protocol("the root record is not hex".into()))?;
         let signed = Signed::<RootRecord>::from_bytes(&bytes)
             .map_err(|e| ClientError::Protocol(format!("the root record: {e}")))?;
-        let record = signed
-            .verify()
-            .map_err(|e| ClientError::Protocol(format!("the node served a bad root record: {e}")))?;
+        let record = signed.verify().map_err(|e| {
+            ClientError::Protocol(format!("the node served a bad root record: {e}"))
+        })?;
         if record.volume != *volume {
             return Err(ClientError::Protocol(format!(
                 "asked for the root of volume {volume}, got one of {}",
@@ -497,7 +497,9 @@ impl Read for RangeReader {
         if self.remaining == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.body.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
