@@ -49,7 +49,7 @@ use crate::past::{
 };
 use crate::store::{DiskStore, StoreError};
 
-pub use gateway::{GatewayError, NetworkFragments, PlacementFailure};
+pub use gateway::{GatewayError, NetworkFragments, PlacementFailure, RootPublished};
 pub use maintenance::{MaintenanceConfig, RateLimiter};
 
 /// Everything a node sends to another: the daemon's one wire type. Append-only.
@@ -210,6 +210,9 @@ pub struct Counters {
     pub files_got: AtomicU64,
     /// Certificates this node gave to a keeper that lacked one (maintenance).
     pub certificates_replicated: AtomicU64,
+    /// Root records this node gave to a keeper that lacked them or held an older
+    /// sequence (maintenance).
+    pub roots_replicated: AtomicU64,
     /// Blocks whose fragments could not all be placed at a key (each one leads to a
     /// file diversion, or to the put's failure).
     pub placements_failed: AtomicU64,
@@ -743,6 +746,14 @@ impl Node {
             }
             PastRequest::GetCertificate { file } => match holder.get_certificate(&file) {
                 Ok(certificate) => PastResponse::Certificate { certificate },
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::PutRoot { record } => match holder.put_root(&record) {
+                Ok(_) => PastResponse::Done,
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::GetRoot { volume } => match holder.get_root(&volume) {
+                Ok(record) => PastResponse::Root { record },
                 Err(refusal) => PastResponse::Refused(refusal),
             },
             PastRequest::RepairStore(request) => self.handle_repair_store(&request),
