@@ -22,9 +22,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{
-    BlockHash, FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey, VolumeKey,
-};
+use crate::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey, VolumeKey};
 
 /// The first line of a key file; the second is the secret key in base32.
 const KEY_FILE_HEADER: &str = "cairn-secret-key-v1";
@@ -680,15 +678,19 @@ impl Certificate for ReclaimCertificate {
     }
 }
 
-/// The mutable pointer of a volume: which directory block is its root now.
+/// The mutable pointer of a volume: which file holds its root directory now.
+///
+/// The root directory is stored as an ordinary cairn file of the volume key's owner,
+/// so the record names that file; readers fetch it like any other file and verify it
+/// against its certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootRecord {
     /// The volume; its key must be the signer.
     pub volume: VolumeKey,
     /// Increases with every update; replicas keep the highest valid one.
     pub sequence: u64,
-    /// Hash of the root directory block.
-    pub root: BlockHash,
+    /// The file that holds the root directory (a file of the volume key's owner).
+    pub root: FileId,
     /// When published, unix seconds.
     pub time: u64,
 }
@@ -802,7 +804,7 @@ mod tests {
         RootRecord {
             volume: volume.public_key().volume_key(),
             sequence: 7,
-            root: BlockHash(Id::hash(b"dir")),
+            root: FileId(Id::hash(b"dir")),
             time: 1_700_000_003,
         }
     }
@@ -1179,7 +1181,7 @@ mod tests {
         let body = &bytes[98..];
         assert_eq!(&body[..32], &volume.public_key().0, "volume key, raw");
         assert_eq!(body[32], 7, "sequence 7 as a varint");
-        assert_eq!(&body[33..65], &Id::hash(b"dir").0, "root hash, raw");
+        assert_eq!(&body[33..65], &Id::hash(b"dir").0, "root file id, raw");
         assert_eq!(
             body.len(),
             32 + 1 + 32 + 5,

@@ -3,6 +3,7 @@
 mod network;
 mod pipeline;
 mod repair;
+mod roots;
 mod store;
 mod store_crash;
 mod store_full_disk;

@@ -501,3 +501,30 @@ fn an_api_with_a_token_refuses_requests_without_it_and_never_listens_openly_with
         .unwrap();
     assert!(status.joined);
 }
+
+#[test]
+fn a_node_whose_bootstrap_never_answers_gives_up_with_the_reason() {
+    // A port that was just free: nothing listens there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config =
+        cairn_node::daemon::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap(), GIB);
+    config.bootstrap = vec![dead_addr];
+    config.join_patience = Duration::from_secs(1);
+    let started = runtime.block_on(cairn_node::daemon::Node::start(config));
+    let Err(error) = started else {
+        panic!("a node joined through an address where nothing listens");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("could not join") && text.contains(&dead_addr.to_string()),
+        "{text}"
+    );
+}

@@ -107,6 +107,7 @@ impl Stored {
         let options = GetOptions {
             now: NOW + 1,
             expected_owner: Some(self.owner.public_key()),
+            range: None,
         };
         let stats = get(
             GetTarget::File(self.receipt.file_id()),
@@ -401,11 +402,13 @@ fn forged_or_tampered_certificates_are_refused() {
     let strict = GetOptions {
         now: NOW,
         expected_owner: Some(stored.owner.public_key()),
+        range: None,
     };
     assert!(get_file(&strict).is_err());
     let other = GetOptions {
         now: NOW,
         expected_owner: Some(mallory.public_key()),
+        range: None,
     };
     stored.store.replace_certificate(original.clone());
     assert!(matches!(
@@ -501,6 +504,7 @@ fn a_split_put_under_an_upload_grant_round_trips_through_the_disk_store() {
         &GetOptions {
             now: now + 2,
             expected_owner: Some(owner.public_key()),
+            range: None,
         },
     )
     .unwrap();

@@ -3,7 +3,9 @@
 //! The owner key stays in the caller's process: [`ApiClient::put`] signs an upload
 //! grant, streams the bytes, checks the certificate the node proposes (same file, same
 //! owner, as many bytes as were sent) and only then signs and publishes it;
-//! [`ApiClient::remove`] signs a reclaim.
+//! [`ApiClient::remove`] signs a reclaim; [`ApiClient::publish_root`] signs a volume's
+//! root record, and [`ApiClient::get_root`] verifies the one the node returns.
+//! [`ApiClient::open_range`] reads part of a file (what the mount reads through).
 
 use std::io::{self, Read, Write};
 use std::time::Duration;
@@ -12,13 +14,17 @@ use serde::de::DeserializeOwned;
 use ureq::http::Response;
 
 use super::{
-    ErrorBody, FileStatAnswer, GRANT_HEADER, PublishAnswer, PutAnswer, RECLAIM_HEADER,
-    StatusAnswer, decode_hex, encode_hex,
+    ErrorBody, FILE_SIZE_HEADER, FileStatAnswer, GRANT_HEADER, PublishAnswer, PutAnswer,
+    RECLAIM_HEADER, RootAnswer, RootConflictBody, StatusAnswer, decode_hex, encode_hex,
 };
-use crate::crypto::{FileCertificate, KeyPair, ReclaimCertificate, Signed, UploadGrant};
+use crate::crypto::{
+    FileCertificate, KeyPair, ReclaimCertificate, RootRecord, Signed, UploadGrant,
+};
 use crate::daemon::gateway::ReclaimReport;
 use crate::erasure::ErasureParams;
-use crate::id::{FileId, Reference};
+use crate::id::{FileId, Reference, VolumeKey};
+
+pub use super::RootPublished;
 
 /// How long an upload grant lives: long enough for a slow upload of a big file.
 pub const GRANT_LIFETIME_SECS: u64 = 24 * 3600;
@@ -70,6 +76,15 @@ pub enum ClientError {
         got: u64,
         /// Bytes announced.
         expected: u64,
+    },
+    /// A replica of the volume holds sequence `held_sequence` (at least the one
+    /// published): the update lost to another writer, or was a replay.
+    #[error(
+        "someone else published sequence {held_sequence} of this volume; your update was not applied"
+    )]
+    RootConflict {
+        /// The highest sequence a replica holds.
+        held_sequence: u64,
     },
 }
 
@@ -285,6 +300,112 @@ impl ApiClient {
         }
     }
 
+    /// Signs `RootRecord { volume: key's volume, sequence, root, time: now }` and
+    /// publishes it. Fails with [`ClientError::RootConflict`] if a replica already
+    /// holds this sequence (another record) or a higher one: the update was lost.
+    pub fn publish_root(
+        &self,
+        key: &KeyPair,
+        sequence: u64,
+        root: FileId,
+        now: u64,
+    ) -> Result<RootPublished, ClientError> {
+        let record = RootRecord {
+            volume: key.public_key().volume_key(),
+            sequence,
+            root,
+            time: now,
+        };
+        let signed = Signed::sign(key, record)
+            .and_then(|s| s.to_bytes())
+            .map_err(|e| ClientError::Certificate(e.to_string()))?;
+        let mut response = self
+            .authorised(self.agent.put(self.url("/v1/roots")))
+            .content_type("application/octet-stream")
+            .send(&signed[..])
+            .map_err(|e| self.failed(e))?;
+        if response.status().as_u16() == 409 {
+            let text = response
+                .body_mut()
+                .with_config()
+                .limit(1 << 20)
+                .read_to_string()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let conflict: RootConflictBody = serde_json::from_str(&text)
+                .map_err(|e| ClientError::Protocol(format!("a 409 without held_sequence: {e}")))?;
+            return Err(ClientError::RootConflict {
+                held_sequence: conflict.held_sequence,
+            });
+        }
+        Self::json(response)
+    }
+
+    /// The highest valid root record the volume's replicas hold (verified here too:
+    /// signed by the volume's key, for this volume); `None` if the volume has never
+    /// been published.
+    pub fn get_root(&self, volume: &VolumeKey) -> Result<Option<RootRecord>, ClientError> {
+        let path = format!("/v1/roots/{}", Reference::Volume(*volume));
+        let response = self
+            .authorised(self.agent.get(self.url(&path)))
+            .call()
+            .map_err(|e| self.failed(e))?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let answer: RootAnswer = Self::json(response)?;
+        let bytes = decode_hex(&answer.record)
+            .ok_or_else(|| ClientError::Protocol("the root record is not hex".into()))?;
+        let signed = Signed::<RootRecord>::from_bytes(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("the root record: {e}")))?;
+        let record = signed.verify().map_err(|e| {
+            ClientError::Protocol(format!("the node served a bad root record: {e}"))
+        })?;
+        if record.volume != *volume {
+            return Err(ClientError::Protocol(format!(
+                "asked for the root of volume {volume}, got one of {}",
+                record.volume
+            )));
+        }
+        Ok(Some(record.clone()))
+    }
+
+    /// A reader of bytes `[offset, offset + length)` of `file` (`length` `None`: to
+    /// the end; both clamped to the file), and the file's whole size. The reader
+    /// fails with an io error, never ends short silently, if the node cannot supply
+    /// verified bytes.
+    pub fn open_range(
+        &self,
+        file: &FileId,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<RangeReader, ClientError> {
+        let mut path = format!("/v1/files/{}?offset={offset}", Reference::File(*file));
+        if let Some(length) = length {
+            path.push_str(&format!("&length={length}"));
+        }
+        let response = self
+            .authorised(self.agent.get(self.url(&path)))
+            .call()
+            .map_err(|e| self.failed(e))?;
+        let response = Self::check(response)?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| ClientError::Protocol(format!("the answer has no {name} header")))
+        };
+        let len = header("content-length")?;
+        let file_size = header(FILE_SIZE_HEADER)?;
+        Ok(RangeReader {
+            body: Box::new(response.into_body().into_reader()),
+            len,
+            remaining: len,
+            file_size,
+        })
+    }
+
     /// Describes a file.
     pub fn stat(&self, file: &FileId) -> Result<FileStatAnswer, ClientError> {
         self.get_json(&format!("/v1/files/{}/stat", Reference::File(*file)))
@@ -331,6 +452,67 @@ impl ApiClient {
             .limit(16 << 20)
             .read_to_string()
             .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}
+
+/// Bytes of a range of a file, as the node streams them ([`ApiClient::open_range`]).
+/// Ends only after exactly [`RangeReader::len`] bytes; a body that breaks off or ends
+/// early is an io error ([`io::ErrorKind::UnexpectedEof`] when it just stops).
+pub struct RangeReader {
+    body: Box<dyn Read + Send>,
+    len: u64,
+    remaining: u64,
+    file_size: u64,
+}
+
+impl std::fmt::Debug for RangeReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeReader")
+            .field("len", &self.len)
+            .field("remaining", &self.remaining)
+            .field("file_size", &self.file_size)
+            .finish()
+    }
+}
+
+impl RangeReader {
+    /// The whole file's size in bytes.
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// How many bytes the range holds (clamped to the file).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the range holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.body.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the node sent {} of {} bytes of the range",
+                    self.len - self.remaining,
+                    self.len
+                ),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
     }
 }
 

@@ -17,15 +17,19 @@
 //! |---|---|
 //! | `PUT /v1/files?k=&m=&segment_size=` | store a stream; answers the certificate to sign |
 //! | `POST /v1/certificates` | publish a signed certificate; answers the reference |
-//! | `GET /v1/files/{ref}` | the file's bytes, every block verified (Content-Length set) |
+//! | `GET /v1/files/{ref}?offset=&length=` | the file's bytes, every block verified (Content-Length set); with `offset` (and optional `length`, default to the end) only that range, clamped to the file (an offset at or past the end answers an empty body); header `x-cairn-file-size` is the whole file's size |
 //! | `GET /v1/files/{ref}/stat` | certificate, blocks, who holds which fragment |
 //! | `DELETE /v1/files/{ref}` | reclaim (owner-signed) |
+//! | `PUT /v1/roots` | publish a signed root record (body: `Signed<RootRecord>::to_bytes()`); answers `{"replicas", "sequence"}`; 409 `{"error", "held_sequence"}` when a replica holds that sequence or a higher one (a lost update) |
+//! | `GET /v1/roots/{cairn:v:...}` | the highest valid root record the volume's replicas hold: `{"record": hex of the signed bytes, "sequence", "root": file id, "time"}`; 404 if none |
 //! | `GET /v1/status` | node id, leaf set, storage |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are JSON `{"error": "..."}`: 400 malformed input, 401 missing token, 403
-//! a signature that is not the owner's, 404 unknown file, 502 the network could not
-//! supply verified bytes, 507 the network cannot place the file (with the reason).
+//! a signature that is not the owner's (or the volume key's), 404 unknown file or
+//! volume, 409 a root record that lost to a higher (or rival) sequence, 502 the
+//! network could not supply verified bytes, 507 the network cannot place the file
+//! (with the reason).
 
 pub mod client;
 
@@ -47,12 +51,14 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use crate::client::{FileIdentity, GetOptions, GetTarget, PutError, PutOptions, put_unsigned};
-use crate::crypto::{FileCertificate, Signed, UploadGrant};
+use crate::client::{
+    ByteRange, FileIdentity, GetOptions, GetTarget, PutError, PutOptions, put_unsigned,
+};
+use crate::crypto::{FileCertificate, RootRecord, Signed, UploadGrant};
 use crate::daemon::gateway::Upload;
 use crate::daemon::{GatewayError, NetworkFragments, Node, unix_now};
 use crate::erasure::ErasureParams;
-use crate::id::{FileId, Reference};
+use crate::id::{FileId, Reference, VolumeKey};
 use crate::manifest::DEFAULT_SEGMENT_SIZE;
 
 /// The CLI's default API address.
@@ -62,6 +68,9 @@ pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7070";
 pub const GRANT_HEADER: &str = "x-cairn-grant";
 /// Header carrying the owner's signed reclaim certificate, hex.
 pub const RECLAIM_HEADER: &str = "x-cairn-reclaim";
+/// Response header of `GET /v1/files/{ref}`: the whole file's size in bytes (the
+/// Content-Length is the range's).
+pub const FILE_SIZE_HEADER: &str = "x-cairn-file-size";
 
 /// An API error: an HTTP status and a message a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +130,7 @@ impl From<GatewayError> for ApiError {
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::Placement(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::BadReclaim(_) => StatusCode::FORBIDDEN,
+            GatewayError::RootConflict { .. } => StatusCode::CONFLICT,
             GatewayError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         };
@@ -234,6 +244,8 @@ pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartE
         .route("/v1/certificates", post(post_certificate))
         .route("/v1/files/{reference}", get(get_file).delete(delete_file))
         .route("/v1/files/{reference}/stat", get(stat_file))
+        .route("/v1/roots", put(put_root))
+        .route("/v1/roots/{reference}", get(get_root))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -485,9 +497,19 @@ impl Write for BodyWriter {
     }
 }
 
+/// Query of `GET /v1/files/{ref}`: an optional byte range.
+#[derive(Debug, Default, Deserialize)]
+pub struct RangeQuery {
+    /// The first byte wanted (default 0).
+    pub offset: Option<u64>,
+    /// How many bytes (default: to the end).
+    pub length: Option<u64>,
+}
+
 async fn get_file(
     State(state): State<AppState>,
     Path(reference): Path<String>,
+    Query(range): Query<RangeQuery>,
 ) -> Result<Response, ApiError> {
     let file = parse_file_reference(&reference)?;
     let node = state.node.clone();
@@ -503,6 +525,22 @@ async fn get_file(
         .check_time(now)
         .map_err(|e| ApiError::new(StatusCode::GONE, format!("{reference}: {e}")))?;
     let size = certificate.body.size;
+    let range = ByteRange {
+        offset: range.offset.unwrap_or(0),
+        length: range.length,
+    };
+    let (start, end) = range.clamp(size);
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(FILE_SIZE_HEADER, size);
+    if start == end {
+        return response
+            .body(Body::empty())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    }
+    let options = GetOptions::new(now).with_range(range);
     let (sender, channel) = http_body_util::channel::Channel::<Bytes, io::Error>::new(2);
     let runtime = Handle::current();
     let store = NetworkFragments::new(node.clone(), runtime.clone(), None);
@@ -515,7 +553,7 @@ async fn get_file(
             GetTarget::Certificate(&certificate),
             &mut writer,
             &store,
-            &GetOptions::new(now),
+            &options,
         );
         match result {
             Ok(_) => {
@@ -530,12 +568,98 @@ async fn get_file(
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, size)
+    response
         .body(Body::new(channel))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Answer of `PUT /v1/roots`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootPublished {
+    /// How many replicas hold the record now.
+    pub replicas: usize,
+    /// The sequence published.
+    pub sequence: u64,
+}
+
+/// The body of a 409 answer to `PUT /v1/roots`: the update lost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootConflictBody {
+    /// What went wrong.
+    pub error: String,
+    /// The highest sequence a replica holds.
+    pub held_sequence: u64,
+}
+
+async fn put_root(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let signed = Signed::<RootRecord>::from_bytes(&body)
+        .map_err(|e| ApiError::bad_request(format!("the root record: {e}")))?;
+    signed
+        .verify()
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the root record: {e}")))?;
+    match state.node.publish_root(body.to_vec()).await {
+        Ok(published) => Ok(axum::Json(RootPublished {
+            replicas: published.replicas,
+            sequence: published.sequence,
+        })
+        .into_response()),
+        Err(error @ GatewayError::RootConflict { held_sequence, .. }) => Ok((
+            StatusCode::CONFLICT,
+            axum::Json(RootConflictBody {
+                error: chain(&error),
+                held_sequence,
+            }),
+        )
+            .into_response()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Answer of `GET /v1/roots/{ref}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootAnswer {
+    /// The signed record, [`Signed::to_bytes`] form, hex: verify it before use.
+    pub record: String,
+    /// Its sequence.
+    pub sequence: u64,
+    /// The file holding the volume's root directory.
+    pub root: String,
+    /// When it was published, unix seconds.
+    pub time: u64,
+}
+
+fn parse_volume_reference(text: &str) -> Result<VolumeKey, ApiError> {
+    match Reference::from_str(text) {
+        Ok(Reference::Volume(volume)) => Ok(volume),
+        Ok(other) => Err(ApiError::bad_request(format!(
+            "{text} is not a volume reference ({other:?}); volumes are cairn:v:..."
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "{text:?} is not a cairn reference: {e}"
+        ))),
+    }
+}
+
+async fn get_root(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<axum::Json<RootAnswer>, ApiError> {
+    let volume = parse_volume_reference(&reference)?;
+    let signed = state.node.find_root(volume).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no replica holds a root record of volume {reference}"),
+        )
+    })?;
+    let bytes = signed
+        .to_bytes()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(RootAnswer {
+        record: encode_hex(&bytes),
+        sequence: signed.body.sequence,
+        root: signed.body.root.to_string(),
+        time: signed.body.time,
+    }))
 }
 
 async fn stat_file(
@@ -700,6 +824,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("files_put_total", counter, "Files put through this API.", load(&c.files_put)),
         ("files_got_total", counter, "Files read through this API.", load(&c.files_got)),
         ("certificates_replicated_total", counter, "Certificates given to keepers that lacked them.", load(&c.certificates_replicated)),
+        ("roots_replicated_total", counter, "Root records given to keepers that lacked them or held an older one.", load(&c.roots_replicated)),
         ("placements_failed_total", counter, "Blocks not placed at a key.", load(&c.placements_failed)),
         ("repair_bytes_total", counter, "Bytes of repair traffic (fetched, regenerated, handed off).", load(&c.repair_bytes)),
         ("fragments_regenerated_total", counter, "Fragments regenerated as coordinator.", load(&c.fragments_regenerated)),

@@ -967,15 +967,48 @@ pub struct GetOptions {
     /// When set, the certificate must be owned (and signed) by this key. Without it
     /// any validly self-signed certificate for the file id is believed.
     pub expected_owner: Option<PublicKey>,
+    /// When set, only these bytes are written (clamped to the file), and only the
+    /// blocks that overlap them are fetched.
+    pub range: Option<ByteRange>,
 }
 
 impl GetOptions {
-    /// Options judging expiry at `now`, accepting any owner.
+    /// Options judging expiry at `now`, accepting any owner, for the whole file.
     pub fn new(now: u64) -> GetOptions {
         GetOptions {
             now,
             expected_owner: None,
+            range: None,
         }
+    }
+
+    /// These options for the bytes of `range` only.
+    pub fn with_range(mut self, range: ByteRange) -> GetOptions {
+        self.range = Some(range);
+        self
+    }
+}
+
+/// A byte range of a file: `length` bytes from `offset` (`None`: to the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// The first byte wanted.
+    pub offset: u64,
+    /// How many bytes; `None` means to the end of the file.
+    pub length: Option<u64>,
+}
+
+impl ByteRange {
+    /// The range as `[start, end)` within a file of `size` bytes: an offset at or
+    /// beyond the end gives an empty range at the end, a length past the end stops
+    /// there.
+    pub fn clamp(&self, size: u64) -> (u64, u64) {
+        let start = self.offset.min(size);
+        let end = match self.length {
+            Some(length) => self.offset.saturating_add(length).min(size),
+            None => size,
+        };
+        (start, end.max(start))
     }
 }
 
@@ -1334,12 +1367,31 @@ pub fn get<S: FragmentStore + ?Sized>(
         .fetch_order()
         .take(usize::from(codec.params().k()))
         .collect();
+    // The bytes wanted, and the blocks that hold them (every block is `segment_size`
+    // long but the last, so block `i` starts at `i × segment_size`).
+    let (start, end) = options.range.map_or((0, manifest.file_size), |range| {
+        range.clamp(manifest.file_size)
+    });
+    let segment = u64::from(manifest.segment_size).max(1);
+    let wanted = if start < end {
+        let first = usize::try_from(start / segment).unwrap_or(usize::MAX);
+        let last = usize::try_from((end - 1) / segment).unwrap_or(usize::MAX);
+        first..last.saturating_add(1).min(manifest.blocks.len())
+    } else {
+        0..0
+    };
     for (position, entry) in manifest.blocks.iter().enumerate() {
+        if !wanted.contains(&position) {
+            continue;
+        }
         // Read-ahead: the next block's first `k` fragments are on their way while this
         // one is fetched, decoded and written.
-        if let Some(next) = manifest.blocks.get(position + 1) {
+        if let Some(next) = manifest.blocks.get(position + 1)
+            && wanted.contains(&(position + 1))
+        {
             store.prefetch(&next.placement_key(), &first_fetch);
         }
+        let block_start = position as u64 * segment;
         let position = position as u64;
         // Always known for a validated manifest; a block without a length would be
         // decoded without its hash check, so refuse rather than default.
@@ -1373,13 +1425,15 @@ pub fn get<S: FragmentStore + ?Sized>(
                     source: Box::new(source),
                 })?;
         stats.add(entry.hash, decode_stats);
-        decoded
-            .write_to(&mut writer)
-            .map_err(|source| GetError::Write {
+        // The part of this block inside the range, relative to the block.
+        let from = start.saturating_sub(block_start);
+        let to = (end - block_start).min(decoded.len() as u64);
+        let written =
+            write_part(&decoded, from, to, &mut writer).map_err(|source| GetError::Write {
                 offset: stats.bytes,
                 source,
             })?;
-        stats.bytes += decoded.len() as u64;
+        stats.bytes += written;
         stats.blocks += 1;
     }
     writer.flush().map_err(|source| GetError::Write {
@@ -1388,6 +1442,32 @@ pub fn get<S: FragmentStore + ?Sized>(
     })?;
     tracing::debug!(%file, bytes = stats.bytes, skipped = stats.skipped_total(), "get done");
     Ok(stats)
+}
+
+/// Writes bytes `[from, to)` of `block` to `writer` (no copy); returns how many.
+fn write_part(
+    block: &crate::erasure::DecodedBlock,
+    from: u64,
+    to: u64,
+    writer: &mut impl Write,
+) -> std::io::Result<u64> {
+    let mut at = 0u64;
+    let mut written = 0u64;
+    for chunk in block.chunks() {
+        let chunk_end = at + chunk.len() as u64;
+        let lo = from.max(at);
+        let hi = to.min(chunk_end);
+        if lo < hi {
+            let (lo, hi) = ((lo - at) as usize, (hi - at) as usize);
+            writer.write_all(&chunk[lo..hi])?;
+            written += (hi - lo) as u64;
+        }
+        at = chunk_end;
+        if at >= to {
+            break;
+        }
+    }
+    Ok(written)
 }
 
 /// The errors [`MemoryFragments`] returns when a hook tells it to fail.
@@ -1818,6 +1898,76 @@ mod tests {
     }
 
     #[test]
+    fn a_ranged_get_writes_exactly_the_range_and_fetches_only_its_blocks() {
+        let store = MemoryFragments::new();
+        let owner = KeyPair::generate();
+        let seg = MIN_SEGMENT_SIZE as u64;
+        let input = data(4 * seg as usize + 100);
+        let size = input.len() as u64;
+        let receipt = put(&input[..], b"r.bin", &owner, &options(), &store).unwrap();
+        let ranged = |offset: u64, length: Option<u64>| {
+            let mut out = Vec::new();
+            let options = GetOptions::new(2_000).with_range(ByteRange { offset, length });
+            let stats = get(
+                GetTarget::File(receipt.file_id()),
+                &mut out,
+                &store,
+                &options,
+            )
+            .unwrap_or_else(|e| panic!("range {offset} {length:?}: {e}"));
+            (out, stats)
+        };
+        let cases = [
+            (10, Some(20), 1),               // inside the first block
+            (seg - 5, Some(10), 2),          // across a boundary
+            (seg, Some(seg), 1),             // exactly the second block
+            (seg - 1, Some(2 * seg + 2), 4), // across two boundaries
+            (3 * seg + 7, None, 2),          // to the end
+            (size - 1, Some(1000), 1),       // past the end: clamped
+            (size, None, 0),                 // at the end: empty
+            (size + 50, Some(10), 0),        // beyond the end: empty
+            (seg, Some(0), 0),               // length 0
+            (0, None, 5),                    // the whole file
+        ];
+        for (offset, length, blocks) in cases {
+            let (out, stats) = ranged(offset, length);
+            let start = offset.min(size) as usize;
+            let end = length.map_or(size, |l| (offset + l).min(size)) as usize;
+            assert_eq!(
+                out,
+                input[start..end.max(start)],
+                "range {offset} {length:?}"
+            );
+            assert_eq!(stats.bytes, out.len() as u64);
+            assert_eq!(
+                stats.blocks, blocks,
+                "blocks fetched for {offset} {length:?}"
+            );
+        }
+        // Blocks outside the range are not even asked for: delete every fragment of
+        // the first and last blocks, and a range in the middle still reads.
+        for position in [0, 4] {
+            let key = receipt.manifest.blocks[position].placement_key();
+            for index in 0..6 {
+                store.delete(&key, index);
+            }
+        }
+        let (out, _) = ranged(seg + 3, Some(2 * seg));
+        assert_eq!(out, input[seg as usize + 3..3 * seg as usize + 3]);
+        let err = get(
+            GetTarget::File(receipt.file_id()),
+            Vec::new(),
+            &store,
+            &GetOptions::new(2_000).with_range(ByteRange {
+                offset: 0,
+                length: Some(1),
+            }),
+        )
+        .unwrap_err();
+        assert!(matches!(err, GetError::Block { position: 0, .. }), "{err}");
+    }
+
+    #[test]
     fn put_hands_each_block_to_the_store_as_one_group() {
         /// Records the groups it is given, then stores them in a `MemoryFragments`.
         #[derive(Default)]
@@ -1959,6 +2109,7 @@ mod tests {
         let strict = GetOptions {
             now: 1_200,
             expected_owner: Some(stranger),
+            range: None,
         };
         let err = get(
             GetTarget::File(receipt.file_id()),
@@ -1971,6 +2122,7 @@ mod tests {
         let ok = GetOptions {
             now: 1_200,
             expected_owner: Some(owner.public_key()),
+            range: None,
         };
         assert!(
             get(

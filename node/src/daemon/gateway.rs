@@ -6,7 +6,8 @@
 //! read-ahead, both tasks on the node's runtime), [`GatewayError`] and [`PlacementFailure`] (why a block
 //! could not be placed: the message a user sees behind HTTP 507), and the file-level
 //! operations [`Node::publish_certificate`], [`Node::find_certificate`],
-//! [`Node::reclaim_file`] and [`Node::stat_file`].
+//! [`Node::reclaim_file`] and [`Node::stat_file`], and the volume operations
+//! [`Node::publish_root`] and [`Node::find_root`].
 //!
 //! Every receipt is checked here (signature, node, key, index, hash, file): a put
 //! succeeds only with `n` valid receipts per block.
@@ -22,12 +23,15 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Node, unix_now};
 use crate::client::{FragmentStore, PendingBlock};
-use crate::crypto::{FileCertificate, ReclaimCertificate, Signed, StoreReceipt};
+use crate::crypto::{FileCertificate, ReclaimCertificate, RootRecord, Signed, StoreReceipt};
 use crate::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef, Offer};
-use crate::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey};
+use crate::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 use crate::manifest::{Manifest, manifest_placement_key};
 use crate::net::NetError;
-use crate::past::{NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest, certificate_key};
+use crate::past::{
+    NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest, certificate_key, check_root,
+    root_key,
+};
 
 /// How many extra nodes beyond the `n` closest a lookup asks when a fragment is not
 /// where it should be (membership changed, or the fragment was diverted).
@@ -115,6 +119,43 @@ pub enum GatewayError {
     /// A task of the gateway failed.
     #[error("a gateway task failed: {0}")]
     Task(String),
+    /// A replica of the volume's root holds sequence `held_sequence`, at least the one
+    /// published (or equal with another record): this update lost to another writer's
+    /// or is a replay.
+    #[error(
+        "a replica of volume {volume} holds sequence {held_sequence}, so sequence {offered} was not applied (another writer published first, or this is a replay)"
+    )]
+    RootConflict {
+        /// The volume.
+        volume: VolumeKey,
+        /// The highest sequence a replica said it holds.
+        held_sequence: u64,
+        /// The sequence that was published.
+        offered: u64,
+    },
+    /// Too few of the volume's replicas stored a new root record.
+    #[error(
+        "only {stored} of the {reached} replicas of volume {volume} that answered stored its root record (a majority is needed)"
+    )]
+    RootNotStored {
+        /// The volume.
+        volume: VolumeKey,
+        /// Replicas that stored it (or already held it).
+        stored: usize,
+        /// Replicas that answered.
+        reached: usize,
+    },
+}
+
+/// What [`Node::publish_root`] achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RootPublished {
+    /// Replicas that now hold the record (stored it, or already held the same one).
+    pub replicas: usize,
+    /// Replicas asked (the volume's `certificate_replicas` closest nodes).
+    pub asked: usize,
+    /// The sequence published.
+    pub sequence: u64,
 }
 
 /// Why a block's `n` fragments could not all be placed at one key: the evidence behind
@@ -796,6 +837,154 @@ impl Node {
         match (answered, last_error) {
             (false, Some(error)) => Err(error),
             _ => Ok(None),
+        }
+    }
+
+    /// Publishes a signed root record to the `certificate_replicas` nodes closest to
+    /// its volume's [`root_key`], in parallel.
+    ///
+    /// A lost update is never silent: if any replica refuses because it holds a
+    /// higher sequence (or the same sequence with another record), the publish fails
+    /// with [`GatewayError::RootConflict`] carrying the highest sequence held, even if
+    /// other replicas took the record. Otherwise it succeeds when a majority of the
+    /// replicas that answered (and at least one) hold the record afterwards, so a
+    /// reader asking all of them meets it; unreachable replicas are caught up by
+    /// maintenance ([`super::maintenance`]'s root replication).
+    pub async fn publish_root(&self, record: Vec<u8>) -> Result<RootPublished, GatewayError> {
+        let signed = check_root(&record).map_err(|refusal| GatewayError::Refused {
+            node: self.id(),
+            refusal,
+        })?;
+        let volume = signed.body.volume;
+        let sequence = signed.body.sequence;
+        let replicas = self.config().past.certificate_replicas;
+        let nodes = self
+            .locate(
+                root_key(&volume).0,
+                u16::try_from(replicas).unwrap_or(u16::MAX),
+            )
+            .await?;
+        let asked = nodes.len();
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            let request = PastRequest::PutRoot {
+                record: record.clone(),
+            };
+            tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
+        }
+        let (mut stored, mut reached) = (0, 0);
+        let mut held_higher: Option<u64> = None;
+        let mut last_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(PastResponse::Done))) => {
+                    stored += 1;
+                    reached += 1;
+                }
+                Ok((_, Ok(PastResponse::Refused(Refusal::StaleRoot { held_sequence })))) => {
+                    reached += 1;
+                    held_higher = Some(held_higher.map_or(held_sequence, |h| h.max(held_sequence)));
+                }
+                Ok((node, Ok(PastResponse::Refused(refusal)))) => {
+                    reached += 1;
+                    last_error = Some(GatewayError::Refused { node, refusal });
+                }
+                Ok((node, Ok(other))) => {
+                    reached += 1;
+                    last_error = Some(GatewayError::Protocol {
+                        node,
+                        what: format!("answered a root record with {other:?}"),
+                    });
+                }
+                Ok((_, Err(e))) => last_error = Some(e),
+                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
+            }
+        }
+        if let Some(held_sequence) = held_higher {
+            return Err(GatewayError::RootConflict {
+                volume,
+                held_sequence,
+                offered: sequence,
+            });
+        }
+        if stored > 0 && stored * 2 > reached {
+            return Ok(RootPublished {
+                replicas: stored,
+                asked,
+                sequence,
+            });
+        }
+        match (reached, last_error) {
+            (0, Some(error)) => Err(error),
+            _ => Err(GatewayError::RootNotStored {
+                volume,
+                stored,
+                reached,
+            }),
+        }
+    }
+
+    /// The highest valid root record of `volume` that the nodes closest to its
+    /// [`root_key`] hold (`None` if none holds one). Every replica is asked, in
+    /// parallel, and every answer verified: a replica that is behind or serves a
+    /// forged record never wins. Fails only if no replica answered at all.
+    pub async fn find_root(
+        &self,
+        volume: VolumeKey,
+    ) -> Result<Option<Signed<RootRecord>>, GatewayError> {
+        // Two more than the keepers: after a join, a new closest node may not have the
+        // record yet while the old keepers still do.
+        let replicas = self.config().past.certificate_replicas + 2;
+        let nodes = self
+            .locate(
+                root_key(&volume).0,
+                u16::try_from(replicas).unwrap_or(u16::MAX),
+            )
+            .await?;
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            tasks.spawn(async move {
+                let answer = node.ask(&target, PastRequest::GetRoot { volume }).await;
+                (target.id, answer)
+            });
+        }
+        let mut best: Option<Signed<RootRecord>> = None;
+        let mut answered = false;
+        let mut last_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((node, Ok(PastResponse::Root { record }))) => {
+                    answered = true;
+                    let Some(bytes) = record else { continue };
+                    match check_root(&bytes) {
+                        Ok(signed) if signed.body.volume == volume => {
+                            if best
+                                .as_ref()
+                                .is_none_or(|b| signed.body.sequence > b.body.sequence)
+                            {
+                                best = Some(signed);
+                            }
+                        }
+                        _ => {
+                            tracing::warn!(%node, %volume, "a root record that does not verify was served; skipped");
+                        }
+                    }
+                }
+                Ok((node, Ok(other))) => {
+                    last_error = Some(GatewayError::Protocol {
+                        node,
+                        what: format!("answered a root request with {other:?}"),
+                    });
+                }
+                Ok((_, Err(e))) => last_error = Some(e),
+                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
+            }
+        }
+        match (answered, last_error) {
+            (false, Some(error)) => Err(error),
+            _ => Ok(best),
         }
     }
 

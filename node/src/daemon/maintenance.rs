@@ -6,7 +6,8 @@
 //! Owns: [`MaintenanceConfig`], the maintenance task (one per node: debounced runs after
 //! leaf-set changes, a slow pass, nudges from other holders), the scrub task, the
 //! handlers of the repair requests (`RepairStore`, `Handoff`, `Release`, `DropPointer`,
-//! `Forget`, `Reconcile`), and [`RateLimiter`].
+//! `Forget`, `Reconcile`), the replication of certificates and of volume root records
+//! to their current keepers, and [`RateLimiter`].
 //!
 //! May use: [`super`] (the node, `ask`, `locate`, `find_certificate`), [`crate::past`],
 //! [`crate::erasure`], [`crate::store`], [`crate::crypto`], [`crate::id`].
@@ -38,7 +39,7 @@ use crate::past::maintenance::{
 };
 use crate::past::{
     NodeAddress, PastRequest, PastResponse, Refusal, RepairAuthority, RepairRequest,
-    certificate_key, closest,
+    certificate_key, check_root, closest, root_key,
 };
 use crate::store::{FragmentStorage, StoreError};
 
@@ -279,6 +280,66 @@ impl Node {
                             .certificates_replicated
                             .fetch_add(1, Ordering::Relaxed);
                     }
+                }
+            }
+        }
+    }
+
+    /// Keeps every root record this node holds on the `certificate_replicas` nodes
+    /// closest to its volume's [`root_key`], as [`Self::replicate_certificates`] does
+    /// for certificates: a keeper asks each of them for its record and gives its own to
+    /// those that hold none or a lower sequence (a holder refuses anything older than
+    /// what it has, so a stale keeper can never roll a volume back). Bounded per pass.
+    async fn replicate_roots(&self, members: &[NodeId]) {
+        const MAX_PER_PASS: usize = 4096;
+        let Ok(Ok(volumes)) = self
+            .blocking(|node| node.store().root_volumes(None, MAX_PER_PASS))
+            .await
+        else {
+            return;
+        };
+        let replicas = self.config().past.certificate_replicas;
+        for volume in volumes {
+            if self.is_stopped() {
+                return;
+            }
+            let Ok(Ok(Some(record))) = self
+                .blocking(move |node| node.store().get_root(&volume))
+                .await
+            else {
+                continue;
+            };
+            let Ok(mine) = check_root(&record) else {
+                continue; // damaged here: never spread it
+            };
+            let keepers = closest(&root_key(&volume).0, members.iter().copied(), replicas);
+            for keeper in keepers.into_iter().filter(|k| *k != self.id()) {
+                let Some(target) = self.address_of(&keeper) else {
+                    continue;
+                };
+                let asked = self
+                    .ask_bounded(&target, PastRequest::GetRoot { volume })
+                    .await;
+                let behind = match asked {
+                    Ok(PastResponse::Root { record: None }) => true,
+                    Ok(PastResponse::Root {
+                        record: Some(theirs),
+                    }) => {
+                        check_root(&theirs).map_or(true, |t| t.body.sequence < mine.body.sequence)
+                    }
+                    _ => false,
+                };
+                if !behind {
+                    continue;
+                }
+                let put = PastRequest::PutRoot {
+                    record: record.clone(),
+                };
+                if let Ok(PastResponse::Done) = self.ask_bounded(&target, put).await {
+                    self.inner
+                        .counters
+                        .roots_replicated
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -1228,6 +1289,7 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
                 seen_members = members.clone();
                 if !ranges.is_empty() {
                     node.replicate_certificates(&members).await;
+                    node.replicate_roots(&members).await;
                     let keys = node.keys_in(ranges).await;
                     tracing::debug!(keys = keys.len(), "leaf set changed: keys to look at");
                     pending.extend(node.nudge(keys, &members).await);
@@ -1237,6 +1299,7 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
                 memory.trim();
                 let members = members_with_self(&node);
                 node.replicate_certificates(&members).await;
+                node.replicate_roots(&members).await;
                 let zero = PlacementKey(Id::ZERO);
                 let keys = node.keys_in(vec![(zero, zero)]).await;
                 let list = node.own_digests(keys).await;

@@ -49,7 +49,7 @@ use crate::past::{
 };
 use crate::store::{DiskStore, StoreError};
 
-pub use gateway::{GatewayError, NetworkFragments, PlacementFailure};
+pub use gateway::{GatewayError, NetworkFragments, PlacementFailure, RootPublished};
 pub use maintenance::{MaintenanceConfig, RateLimiter};
 
 /// Everything a node sends to another: the daemon's one wire type. Append-only.
@@ -97,6 +97,9 @@ pub struct NodeConfig {
     pub past: PastConfig,
     /// How long a locate (a route to a key and the answer) may take, per attempt.
     pub locate_timeout: Duration,
+    /// How long a node keeps trying its bootstrap addresses before it gives up (each is
+    /// tried at least twice however short this is).
+    pub join_patience: Duration,
     /// The erasure parameters of a put through this node's API that names none.
     pub default_params: ErasureParams,
     /// Repair and scrub: periods, rates, timeouts.
@@ -120,6 +123,7 @@ impl NodeConfig {
             net: NetConfig::default(),
             past: PastConfig::default(),
             locate_timeout: Duration::from_secs(5),
+            join_patience: Duration::from_secs(30),
             default_params: ErasureParams::DEFAULT,
             maintenance: MaintenanceConfig::default(),
         }
@@ -206,6 +210,9 @@ pub struct Counters {
     pub files_got: AtomicU64,
     /// Certificates this node gave to a keeper that lacked one (maintenance).
     pub certificates_replicated: AtomicU64,
+    /// Root records this node gave to a keeper that lacked them or held an older
+    /// sequence (maintenance).
+    pub roots_replicated: AtomicU64,
     /// Blocks whose fragments could not all be placed at a key (each one leads to a
     /// file diversion, or to the put's failure).
     pub placements_failed: AtomicU64,
@@ -388,13 +395,22 @@ impl Node {
         }
         let mut last = String::from("no attempt");
         let join_wait = self.inner.config.overlay.join_timeout + Duration::from_secs(2);
-        // Each address twice: a bootstrap that is itself still starting gets a second chance.
-        for addr in bootstrap.iter().chain(bootstrap.iter()) {
+        // Each address at least twice (a bootstrap that is itself still starting gets a
+        // second chance), and more rounds while `join_patience` lasts: a busy bootstrap
+        // node (a loaded machine, a handshake that timed out) is not a reason to give up.
+        let patience = tokio::time::Instant::now() + self.inner.config.join_patience;
+        let mut backoff = Duration::from_millis(200);
+        let rounds = bootstrap.len() * JOIN_ROUNDS_MAX;
+        for (attempt, addr) in bootstrap.iter().cycle().take(rounds).enumerate() {
+            if attempt >= 2 * bootstrap.len() && tokio::time::Instant::now() >= patience {
+                break;
+            }
             let peer = match self.inner.transport.identify(*addr).await {
                 Ok(peer) => peer,
                 Err(e) => {
                     last = format!("{addr}: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             };
@@ -732,6 +748,14 @@ impl Node {
                 Ok(certificate) => PastResponse::Certificate { certificate },
                 Err(refusal) => PastResponse::Refused(refusal),
             },
+            PastRequest::PutRoot { record } => match holder.put_root(&record) {
+                Ok(_) => PastResponse::Done,
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::GetRoot { volume } => match holder.get_root(&volume) {
+                Ok(record) => PastResponse::Root { record },
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
             PastRequest::RepairStore(request) => self.handle_repair_store(&request),
             PastRequest::FileStatus { file } => match holder.file_status(&file) {
                 Ok(status) => status,
@@ -945,6 +969,10 @@ fn ids_in(msg: &OverlayMessage) -> Vec<NodeId> {
 /// How often a node checks that its bootstrap nodes are still in its overlay, in
 /// overlay ticks.
 const HEAL_EVERY_TICKS: u32 = 10;
+
+/// The most rounds over the bootstrap addresses a join makes (with
+/// [`NodeConfig::join_patience`], a bound in count as well as in time).
+const JOIN_ROUNDS_MAX: usize = 20;
 
 /// Partition healing: every [`HEAL_EVERY_TICKS`] ticks, each bootstrap node that is
 /// reachable but missing from this node's leaf set is suggested to the overlay, which

@@ -2,7 +2,7 @@
 //! pointers it is asked to keep, and the rules of placement.
 //!
 //! Owns: the PAST wire requests and answers ([`PastRequest`], [`PastResponse`],
-//! [`Refusal`]), placement arithmetic ([`closest`], [`certificate_key`], the replica
+//! [`Refusal`]), placement arithmetic ([`closest`], [`certificate_key`], [`root_key`], the replica
 //! diversion thresholds in [`PastConfig`]), and [`Holder`], which answers one request
 //! against the local store. Sans-IO: no sockets, no clock (`now` is passed in), no
 //! tasks; the daemon ([`crate::daemon`]) moves the messages and decides whom to ask.
@@ -18,6 +18,11 @@
 //! - A certificate is stored only if its signature, owner and file id check out.
 //! - A reclaim is obeyed only if it is signed by the owner of the certificate it
 //!   comes with; a reclaimed file id is remembered (a tombstone) and never stored again.
+//! - A volume's root record is stored only if it is signed by the volume's key and its
+//!   sequence is higher than the one held; the same record again is accepted
+//!   (idempotent), and a lower sequence, or the same sequence with other bytes, is
+//!   refused with [`Refusal::StaleRoot`], which names the sequence held. That refusal
+//!   is how a writer learns that its update lost.
 //!
 //! # Replica diversion (PAST §3.3, per fragment)
 //! A node asked to store a fragment of `size` bytes with `free` bytes free accepts it if
@@ -40,10 +45,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Mutex;
+
 use crate::crypto::{
-    FileCertificate, KeyPair, ReclaimCertificate, Signed, StoreReceipt, UploadGrant,
+    FileCertificate, KeyPair, ReclaimCertificate, RootRecord, Signed, StoreReceipt, UploadGrant,
 };
-use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey};
+use crate::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 use crate::store::{FragmentStorage, StoreError};
 
 /// PAST's thresholds and the number of certificate replicas.
@@ -55,7 +62,8 @@ pub struct PastConfig {
     /// A node accepts a diverted fragment only if `size / free <= t_div` (0.05 in PAST:
     /// stricter, so that diversion does not fill the nodes that still have room).
     pub t_div: f64,
-    /// How many of the nodes closest to [`certificate_key`] keep a file's certificate.
+    /// How many of the nodes closest to [`certificate_key`] keep a file's certificate
+    /// (and how many of those closest to [`root_key`] keep a volume's root record).
     pub certificate_replicas: usize,
     /// The longest grant lifetime a node accepts (seconds); longer ones are refused so
     /// that a leaked grant stops working soon.
@@ -213,6 +221,17 @@ pub enum PastRequest {
         /// The list, when the summary is not known.
         list: Option<Vec<(PlacementKey, u64)>>,
     },
+    /// Keep this signed [`RootRecord`] ([`Signed::to_bytes`] form) if its sequence is
+    /// higher than the one you hold ([`Holder::put_root`]).
+    PutRoot {
+        /// The signed root record.
+        record: Vec<u8>,
+    },
+    /// Send the root record of `volume`, if you keep one.
+    GetRoot {
+        /// The volume.
+        volume: VolumeKey,
+    },
 }
 
 /// What authorises a repair store: a referencing file's certificate and the key's
@@ -281,6 +300,18 @@ pub enum Refusal {
     /// The local store failed.
     #[error("the node's store failed: {0}")]
     Store(String),
+    /// A root record whose signature does not check out, or that is not signed by its
+    /// volume's key.
+    #[error("root record refused: {0}")]
+    RootRecord(String),
+    /// This node holds a root record of the volume with sequence `held_sequence`, which
+    /// is higher than the one offered, or equal with other bytes: the offered record is
+    /// stale or a replay (a lost update, for its writer).
+    #[error("this node holds sequence {held_sequence} of the volume; the record offered is stale")]
+    StaleRoot {
+        /// The sequence held here.
+        held_sequence: u64,
+    },
 }
 
 /// What a node answers. Append-only.
@@ -347,6 +378,12 @@ pub enum PastResponse {
         /// Known and unchanged.
         known: bool,
     },
+    /// The root record of a volume, if kept ([`Signed::to_bytes`] form, as stored: the
+    /// asker verifies it).
+    Root {
+        /// The signed record.
+        record: Option<Vec<u8>>,
+    },
 }
 
 /// What is routed to a placement key ([`crate::overlay::Routed::Lookup`]'s payload).
@@ -379,6 +416,12 @@ pub fn certificate_key(file: &FileId) -> PlacementKey {
     PlacementKey(Id::hash_parts(&[b"cairn/certificate", file.0.as_bytes()]))
 }
 
+/// Where a volume's root record lives: the nodes closest to
+/// `SHA-256("root" ‖ volume key bytes)`.
+pub fn root_key(volume: &VolumeKey) -> PlacementKey {
+    PlacementKey(Id::hash_parts(&[b"root", volume.0.as_bytes()]))
+}
+
 /// Whether `size` bytes fit under threshold `t` with `free` bytes free (`size/free <= t`).
 pub fn admits(size: u64, free: u64, t: f64) -> bool {
     free > 0 && size <= free && (size as f64) <= t * free as f64
@@ -393,6 +436,10 @@ pub struct Holder<S> {
     store: S,
     identity: Arc<KeyPair>,
     config: PastConfig,
+    /// Serialises root-record updates: the compare (sequence held) and the swap must
+    /// not interleave with another update, or two records of one sequence could both
+    /// be accepted.
+    root_updates: Mutex<()>,
 }
 
 impl<S: FragmentStorage> Holder<S> {
@@ -402,6 +449,7 @@ impl<S: FragmentStorage> Holder<S> {
             store,
             identity,
             config,
+            root_updates: Mutex::new(()),
         }
     }
 
@@ -756,6 +804,70 @@ impl<S: FragmentStorage> Holder<S> {
             .map_err(store_refusal)?;
         Ok(done)
     }
+}
+
+/// What [`Holder::put_root`] did with an acceptable record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootStored {
+    /// The record was newer than anything held and is now kept.
+    Stored,
+    /// The very same record was already kept (a retried publish).
+    AlreadyHeld,
+}
+
+impl<S: FragmentStorage> Holder<S> {
+    /// Verifies a signed root record (signature by the volume's key) and keeps it if
+    /// its sequence is higher than the one held. The same record again is
+    /// [`RootStored::AlreadyHeld`]; a lower sequence, or the same sequence with other
+    /// bytes, is refused with [`Refusal::StaleRoot`]. An unverified record is never
+    /// stored. A held record that no longer decodes or verifies (damaged on disk)
+    /// counts as nothing held.
+    pub fn put_root(&self, bytes: &[u8]) -> Result<RootStored, Refusal> {
+        let offered = check_root(bytes)?;
+        let volume = offered.body.volume;
+        let _update = self
+            .root_updates
+            .lock()
+            .map_err(|_| Refusal::Store("the root-update lock is poisoned".into()))?;
+        let held = self.store.get_root(&volume).map_err(store_refusal)?;
+        if let Some(held_bytes) = held {
+            match check_root(&held_bytes) {
+                Ok(held) if held.body.sequence > offered.body.sequence => {
+                    return Err(Refusal::StaleRoot {
+                        held_sequence: held.body.sequence,
+                    });
+                }
+                Ok(held) if held.body.sequence == offered.body.sequence => {
+                    return if held_bytes == bytes {
+                        Ok(RootStored::AlreadyHeld)
+                    } else {
+                        Err(Refusal::StaleRoot {
+                            held_sequence: held.body.sequence,
+                        })
+                    };
+                }
+                Ok(_) => {}
+                Err(refusal) => {
+                    tracing::warn!(%volume, "the root record held here does not verify ({refusal}); replacing it");
+                }
+            }
+        }
+        self.store.put_root(&volume, bytes).map_err(store_refusal)?;
+        Ok(RootStored::Stored)
+    }
+
+    /// The root record of `volume` as stored here (the asker verifies it).
+    pub fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, Refusal> {
+        self.store.get_root(volume).map_err(store_refusal)
+    }
+}
+
+/// Parses and verifies a signed root record: the signature must be the volume key's.
+pub fn check_root(bytes: &[u8]) -> Result<Signed<RootRecord>, Refusal> {
+    let refuse = |e: String| Refusal::RootRecord(e);
+    let signed = Signed::<RootRecord>::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
+    signed.verify().map_err(|e| refuse(e.to_string()))?;
+    Ok(signed)
 }
 
 /// Parses and verifies a signed reclaim certificate (signature by the owner it names).
@@ -1189,5 +1301,131 @@ mod tests {
             tombstone: None,
         };
         assert_eq!(postcard::to_stdvec(&answer).unwrap(), vec![10, 0, 0]);
+    }
+
+    fn signed_root(key: &KeyPair, sequence: u64, root: &[u8]) -> Vec<u8> {
+        let record = RootRecord {
+            volume: key.public_key().volume_key(),
+            sequence,
+            root: FileId(Id::hash(root)),
+            time: NOW,
+        };
+        Signed::sign(key, record).unwrap().to_bytes().unwrap()
+    }
+
+    fn held_sequence(holder: &Holder<MemoryStore>, key: &KeyPair) -> Option<u64> {
+        let bytes = holder.get_root(&key.public_key().volume_key()).unwrap()?;
+        Some(check_root(&bytes).unwrap().body.sequence)
+    }
+
+    #[test]
+    fn root_key_is_the_hash_of_root_and_the_volume_key() {
+        let volume = key_pair(4).public_key().volume_key();
+        let mut bytes = b"root".to_vec();
+        bytes.extend_from_slice(volume.0.as_bytes());
+        assert_eq!(root_key(&volume).0, Id::hash(&bytes));
+        assert_ne!(root_key(&volume).0, certificate_key(&FileId(volume.0)).0);
+    }
+
+    #[test]
+    fn a_holder_keeps_only_the_highest_root_and_names_it_when_refusing() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(4);
+        assert_eq!(held_sequence(&holder, &owner), None);
+        let first = signed_root(&owner, 1, b"dir 1");
+        assert_eq!(holder.put_root(&first), Ok(RootStored::Stored));
+        assert_eq!(holder.put_root(&first), Ok(RootStored::AlreadyHeld));
+        let second = signed_root(&owner, 2, b"dir 2");
+        assert_eq!(holder.put_root(&second), Ok(RootStored::Stored));
+        assert_eq!(held_sequence(&holder, &owner), Some(2));
+        assert_eq!(
+            holder.get_root(&owner.public_key().volume_key()).unwrap(),
+            Some(second.clone())
+        );
+        // A replay of sequence 1, and another record claiming sequence 2.
+        assert_eq!(
+            holder.put_root(&first),
+            Err(Refusal::StaleRoot { held_sequence: 2 })
+        );
+        let rival = signed_root(&owner, 2, b"another dir 2");
+        assert_eq!(
+            holder.put_root(&rival),
+            Err(Refusal::StaleRoot { held_sequence: 2 })
+        );
+        assert_eq!(
+            holder.get_root(&owner.public_key().volume_key()).unwrap(),
+            Some(second),
+            "a refused record changes nothing"
+        );
+        // Volumes are independent.
+        let other = key_pair(5);
+        assert_eq!(
+            holder.put_root(&signed_root(&other, 1, b"x")),
+            Ok(RootStored::Stored)
+        );
+        assert_eq!(held_sequence(&holder, &owner), Some(2));
+    }
+
+    #[test]
+    fn a_root_record_not_signed_by_its_volume_key_is_never_stored() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(4);
+        let mallory = key_pair(9);
+        // Mallory signs a record naming the owner's volume.
+        let record = RootRecord {
+            volume: owner.public_key().volume_key(),
+            sequence: 99,
+            root: FileId(Id::hash(b"evil")),
+            time: NOW,
+        };
+        let by_mallory = Signed::sign(&mallory, record.clone()).unwrap();
+        let refused = holder.put_root(&by_mallory.to_bytes().unwrap());
+        assert!(
+            matches!(refused, Err(Refusal::RootRecord(_))),
+            "{refused:?}"
+        );
+        // ...or pastes her signature under the owner's name.
+        let mut pasted = by_mallory;
+        pasted.signer = owner.public_key();
+        let refused = holder.put_root(&pasted.to_bytes().unwrap());
+        assert!(
+            matches!(refused, Err(Refusal::RootRecord(_))),
+            "{refused:?}"
+        );
+        // ...or sends garbage.
+        let refused = holder.put_root(&[1, 4, 0]);
+        assert!(
+            matches!(refused, Err(Refusal::RootRecord(_))),
+            "{refused:?}"
+        );
+        assert_eq!(held_sequence(&holder, &owner), None);
+    }
+
+    #[test]
+    fn a_damaged_root_record_on_disk_is_replaced_by_a_valid_one() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(4);
+        let volume = owner.public_key().volume_key();
+        let mut damaged = signed_root(&owner, 50, b"dir");
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        holder.store().put_root(&volume, &damaged).unwrap();
+        assert_eq!(
+            holder.put_root(&signed_root(&owner, 3, b"dir 3")),
+            Ok(RootStored::Stored)
+        );
+        assert_eq!(held_sequence(&holder, &owner), Some(3));
+    }
+
+    #[test]
+    fn root_messages_are_appended_after_the_others() {
+        let tag = |request: &PastRequest| postcard::to_stdvec(request).unwrap()[0];
+        assert_eq!(tag(&PastRequest::PutRoot { record: vec![] }), 16);
+        let volume = VolumeKey(Id::ZERO);
+        assert_eq!(tag(&PastRequest::GetRoot { volume }), 17);
+        let answer = PastResponse::Root { record: None };
+        assert_eq!(postcard::to_stdvec(&answer).unwrap(), vec![12, 0]);
+        let refusal = PastResponse::Refused(Refusal::StaleRoot { held_sequence: 7 });
+        assert_eq!(postcard::to_stdvec(&refusal).unwrap(), vec![1, 10, 7]);
     }
 }

@@ -962,6 +962,29 @@ impl FragmentStorage for DiskStore {
         self.get_small(&self.roots, ROOTS_TREE, volume.as_bytes())
     }
 
+    fn root_volumes(
+        &self,
+        after: Option<&VolumeKey>,
+        limit: usize,
+    ) -> Result<Vec<VolumeKey>, StoreError> {
+        let start: Vec<u8> = after.map_or_else(Vec::new, |v| v.as_bytes().to_vec());
+        let mut volumes = Vec::new();
+        for entry in self.roots.range(start..) {
+            if volumes.len() >= limit {
+                break;
+            }
+            let (key, _) = entry.map_err(|e| StoreError::index("listing root records", e))?;
+            let Ok(bytes) = <[u8; 32]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            let volume = VolumeKey(Id(bytes));
+            if Some(&volume) != after {
+                volumes.push(volume);
+            }
+        }
+        Ok(volumes)
+    }
+
     fn used(&self) -> u64 {
         *self.used_lock()
     }

@@ -315,6 +315,22 @@ impl FragmentStorage for MemoryStore {
         Ok(self.lock().roots.get(volume).cloned())
     }
 
+    fn root_volumes(
+        &self,
+        after: Option<&VolumeKey>,
+        limit: usize,
+    ) -> Result<Vec<VolumeKey>, StoreError> {
+        let inner = self.lock();
+        let range = match after {
+            Some(after) => inner.roots.range((
+                std::ops::Bound::Excluded(*after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => inner.roots.range(..),
+        };
+        Ok(range.map(|(volume, _)| *volume).take(limit).collect())
+    }
+
     fn used(&self) -> u64 {
         self.lock().used
     }

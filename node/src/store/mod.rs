@@ -375,6 +375,13 @@ pub trait FragmentStorage: Send + Sync {
     fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError>;
     /// The root record of `volume`, if stored.
     fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The volumes whose root records are kept here, at most `limit`, in key order from
+    /// `after` (exclusive; `None`: from the start), for maintenance passes.
+    fn root_volumes(
+        &self,
+        after: Option<&VolumeKey>,
+        limit: usize,
+    ) -> Result<Vec<VolumeKey>, StoreError>;
 
     /// Bytes of fragment bodies stored.
     fn used(&self) -> u64;
@@ -554,5 +561,40 @@ mod tests {
             ring_intervals(&key(7), &key(7)),
             vec![(key(7), None), (key(0), Some(key(7)))]
         );
+    }
+
+    fn check_root_listing(store: &dyn FragmentStorage) {
+        #![allow(clippy::unwrap_used)]
+        let volume = |b: u8| VolumeKey(Id([b; 32]));
+        assert_eq!(store.root_volumes(None, 10).unwrap(), Vec::new());
+        for b in [9, 3, 7] {
+            store.put_root(&volume(b), &[b]).unwrap();
+        }
+        store.put_root(&volume(3), b"replaced").unwrap();
+        assert_eq!(
+            store.root_volumes(None, 10).unwrap(),
+            vec![volume(3), volume(7), volume(9)]
+        );
+        assert_eq!(
+            store.root_volumes(None, 2).unwrap(),
+            vec![volume(3), volume(7)]
+        );
+        assert_eq!(
+            store.root_volumes(Some(&volume(3)), 10).unwrap(),
+            vec![volume(7), volume(9)]
+        );
+        assert_eq!(
+            store.root_volumes(Some(&volume(9)), 10).unwrap(),
+            Vec::new()
+        );
+        assert_eq!(store.root_volumes(None, 0).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn both_stores_list_their_root_records_in_order_from_a_cursor() {
+        #![allow(clippy::unwrap_used)]
+        check_root_listing(&MemoryStore::new(1 << 20));
+        let dir = tempfile::tempdir().unwrap();
+        check_root_listing(&DiskStore::open(dir.path(), 1 << 20).unwrap());
     }
 }

@@ -7,11 +7,9 @@
 //! other nodes). Every node serves its own API on an ephemeral loopback port, which is
 //! how its counters (repair bytes) are read.
 
-use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,22 +21,9 @@ use cairn_node::sim::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::{HashingWriter, NodeOptions, NodeProcess, spawn_node};
 use crate::chart::{Axis, LineChart};
 use crate::files::{parse_size, unix_now};
-
-/// `cairn bench ...`.
-#[derive(clap::Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    command: BenchCommand,
-}
-
-#[derive(clap::Subcommand)]
-enum BenchCommand {
-    /// Churn: store files on N node processes, kill and start nodes at random while
-    /// readers verify files, then wait for repair and read everything once more.
-    Churn(ChurnArgs),
-}
 
 /// How departed nodes come back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -53,7 +38,7 @@ enum Mode {
 
 /// Arguments of `cairn bench churn`.
 #[derive(clap::Args)]
-pub struct ChurnArgs {
+pub(super) struct ChurnArgs {
     /// Node processes (node 0, the API gateway, is never killed).
     #[arg(long, default_value_t = 16)]
     nodes: usize,
@@ -101,108 +86,6 @@ pub struct ChurnArgs {
     out: Option<PathBuf>,
 }
 
-/// `cairn bench`.
-pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
-    let BenchCommand::Churn(args) = args.command;
-    churn(args)
-}
-
-/// A node process, killed (SIGKILL) and reaped on drop.
-struct NodeProcess {
-    child: Child,
-    data: PathBuf,
-    listen: String,
-    api: ApiClient,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `cairn node run` and waits (bounded) for its address and API lines.
-fn spawn_node(
-    exe: &Path,
-    data: &Path,
-    listen: &str,
-    bootstrap: Option<&str>,
-    args: &ChurnArgs,
-) -> anyhow::Result<NodeProcess> {
-    let mut command = Command::new(exe);
-    command
-        .args(["node", "run", "--data"])
-        .arg(data)
-        .args(["--listen", listen, "--api", "127.0.0.1:0"])
-        .args(["--tick-ms", &args.tick_ms.to_string()])
-        .args(["-k", &args.k.to_string(), "-m", &args.m.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    if let Some(bootstrap) = bootstrap {
-        command.args(["--bootstrap", bootstrap]);
-    }
-    // The node's own errors go to a log beside its data (appended across restarts), so
-    // that a node that will not start says why.
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let log_path = data.with_extension("log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    command.stderr(log);
-    let mut child = command.spawn().context("starting a node process")?;
-    let stdout = child.stdout.take().context("the node's stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut process = NodeProcess {
-        child,
-        data: data.to_path_buf(),
-        listen: String::new(),
-        api: ApiClient::new("127.0.0.1:1", None),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut addr, mut api) = (None, None);
-    while addr.is_none() || api.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).map_err(|e| {
-            let why = match e {
-                mpsc::RecvTimeoutError::Timeout => "did not start within 60 s",
-                mpsc::RecvTimeoutError::Disconnected => "exited before it started",
-            };
-            anyhow::anyhow!(
-                "the node in {} {why}; the end of {}:\n{}",
-                data.display(),
-                log_path.display(),
-                log_tail(&log_path)
-            )
-        })?;
-        if let Some(rest) = line.strip_prefix("cairn node ") {
-            addr = rest.rsplit(' ').next().map(str::to_string);
-        } else if let Some(rest) = line.strip_prefix("api on http://") {
-            api = Some(rest.trim().to_string());
-        }
-    }
-    process.listen = addr.unwrap_or_default();
-    process.api = ApiClient::new(api.as_deref().unwrap_or_default(), None);
-    Ok(process)
-}
-
-/// The last lines of a node's log, for an error message.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
-}
-
 /// One read attempt by a reader.
 #[derive(Clone, Copy)]
 struct Read {
@@ -226,22 +109,9 @@ fn exponential(rng: &mut Rng, mean: f64) -> f64 {
     -mean * (1.0 - rng.unit()).max(1e-12).ln()
 }
 
-/// A writer that only hashes.
-struct HashWriter(Sha256);
-
-impl Write for HashWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 fn read_and_verify(client: &ApiClient, file: &FileId, digest: &[u8; 32]) -> bool {
-    let mut hasher = HashWriter(Sha256::new());
-    client.get(file, &mut hasher).is_ok() && hasher.0.finalize().as_slice() == digest
+    let mut hasher = HashingWriter::default();
+    client.get(file, &mut hasher).is_ok() && &hasher.finish() == digest
 }
 
 /// Live fragments per block of every file, via the gateway's stat (`None` if a stat
@@ -278,7 +148,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn churn(args: ChurnArgs) -> anyhow::Result<()> {
+pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes >= 2, "--nodes must be at least 2");
     let params = ErasureParams::new(args.k, args.m).context("invalid -k/-m")?;
     let n = usize::from(params.n());
@@ -308,7 +178,12 @@ fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     };
 
     say(format!("starting {} nodes", args.nodes));
-    let gateway = spawn_node(&exe, &fresh_dir(), "127.0.0.1:0", None, &args)?;
+    let options = NodeOptions {
+        tick_ms: args.tick_ms,
+        k: args.k,
+        m: args.m,
+    };
+    let gateway = spawn_node(&exe, &fresh_dir(), "127.0.0.1:0", None, &options)?;
     let seed_addr = gateway.listen.clone();
     let mut nodes: Vec<Option<NodeProcess>> = Vec::new();
     for _ in 1..args.nodes {
@@ -317,7 +192,7 @@ fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             &fresh_dir(),
             "127.0.0.1:0",
             Some(&seed_addr),
-            &args,
+            &options,
         )?));
     }
     // Let the leaf sets fill before storing (bounded).
@@ -417,7 +292,13 @@ fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             if let Some((back_at, data, listen)) = downtime[i].clone()
                 && now >= back_at
             {
-                nodes[i] = Some(spawn_node(&exe, &data, &listen, Some(&seed_addr), &args)?);
+                nodes[i] = Some(spawn_node(
+                    &exe,
+                    &data,
+                    &listen,
+                    Some(&seed_addr),
+                    &options,
+                )?);
                 downtime[i] = None;
                 death[i] = now + exponential(&mut rng, mean);
                 continue;
@@ -445,7 +326,7 @@ fn churn(args: ChurnArgs) -> anyhow::Result<()> {
                         &fresh_dir(),
                         "127.0.0.1:0",
                         Some(&seed_addr),
-                        &args,
+                        &options,
                     )?);
                     death[i] = now + exponential(&mut rng, mean);
                 }
@@ -472,7 +353,13 @@ fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     // Nodes still down come back (restart mode) so that the end state is complete.
     for i in 0..nodes.len() {
         if let Some((_, data, listen)) = downtime[i].take() {
-            nodes[i] = Some(spawn_node(&exe, &data, &listen, Some(&seed_addr), &args)?);
+            nodes[i] = Some(spawn_node(
+                &exe,
+                &data,
+                &listen,
+                Some(&seed_addr),
+                &options,
+            )?);
         }
     }
 
