@@ -9,6 +9,7 @@ mod daemon;
 mod demo;
 mod files;
 mod keys;
+mod mount;
 mod remote;
 mod sim;
 
@@ -56,6 +57,18 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks with real node processes (`cairn bench churn --help`).
     Bench(bench::BenchArgs),
+    /// Mount the network as a filesystem (root and /dev/fuse needed), in the foreground
+    /// until Ctrl-C, SIGTERM or `cairn umount DIR`.
+    ///
+    /// The top level of DIR lists your volumes (`cairn:v:<key>`), writable; any other
+    /// volume opens read-only at DIR/cairn:v:<key>, any stored file at
+    /// DIR/.refs/cairn:f:<id>, and earlier states of a volume at
+    /// DIR/<volume>/.versions/<sequence>/. A file is stored when closed (or fsync'd),
+    /// and a new signed root is published shortly after; fsync waits for it. See
+    /// docs/SEMANTICS.md.
+    Mount(mount::MountArgs),
+    /// Unmount a `cairn mount` (it publishes pending changes, then exits).
+    Umount(mount::UmountArgs),
     /// Run the deterministic simulator (Pastry routing at up to 100,000 nodes; durability
     /// under churn, erasure coding against replication).
     Sim(sim::SimArgs),
@@ -92,6 +105,8 @@ fn main() -> ExitCode {
         Command::Devnet(args) => daemon::devnet_command(args),
         Command::Demo(args) => demo::demo(args),
         Command::Sim(args) => sim::run(args),
+        Command::Mount(args) => mount::mount_command(args),
+        Command::Umount(args) => mount::umount_command(args),
         Command::Bench(args) => bench::bench_command(args),
     };
     match result {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_node::crypto::{KeyPair, RootRecord};
-use cairn_node::id::{BlockHash, FileId, Id, VolumeKey};
+use cairn_node::id::{FileId, Id, VolumeKey};
 
 /// Network capacity and use, as statfs reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub enum BackendError {
 /// The one place that knows how [`RootRecord::root`] is typed, so a change of that
 /// field's type is a one-line change here.
 pub fn root_file(record: &RootRecord) -> FileId {
-    FileId(record.root.0)
+    record.root
 }
 
 /// A root record pointing at `root`.
@@ -57,7 +57,7 @@ pub fn make_root_record(volume: VolumeKey, sequence: u64, root: FileId, time: u6
     RootRecord {
         volume,
         sequence,
-        root: BlockHash(root.0),
+        root,
         time,
     }
 }

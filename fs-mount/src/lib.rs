@@ -9,6 +9,7 @@
 //! (the kernel adapter) and [`mount`](mod@mount) (mount, unmount, the publisher thread).
 //! Semantics are written down in `docs/SEMANTICS.md`.
 
+pub mod api;
 pub mod backend;
 pub mod buffer;
 mod fuse;
@@ -16,6 +17,7 @@ pub mod mount;
 pub mod tree;
 pub mod volume;
 
+pub use api::ApiBackend;
 pub use backend::{Backend, BackendError, Capacity, MemoryBackend};
 pub use mount::{MountError, MountHandle, UnmountError, detach_stale, mount, unmount_path};
 pub use tree::{FsError, MountConfig};
