@@ -50,7 +50,9 @@ fn default_keys() -> anyhow::Result<Vec<PathBuf>> {
     };
     let mut keys = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
         if path.extension().is_some_and(|e| e == "key") {
             keys.push(path);
         }
@@ -62,7 +64,9 @@ fn default_keys() -> anyhow::Result<Vec<PathBuf>> {
 fn load_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<KeyPair>> {
     paths
         .iter()
-        .map(|p| KeyPair::load(p).with_context(|| format!("loading the volume key {}", p.display())))
+        .map(|p| {
+            KeyPair::load(p).with_context(|| format!("loading the volume key {}", p.display()))
+        })
         .collect()
 }
 
@@ -120,7 +124,10 @@ pub fn mount_command(args: MountArgs) -> anyhow::Result<()> {
     )?;
     stdout.flush()?;
     wait_for_stop(|| handle.session_ended())?;
-    eprintln!("unmounting {} and publishing what is pending", args.dir.display());
+    eprintln!(
+        "unmounting {} and publishing what is pending",
+        args.dir.display()
+    );
     handle.unmount();
     Ok(())
 }

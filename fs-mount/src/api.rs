@@ -59,7 +59,14 @@ impl Backend for ApiBackend {
     fn put_file(&self, owner: &KeyPair, reader: &mut dyn Read) -> Result<FileId, BackendError> {
         let outcome = self
             .client
-            .put(reader, STORED_NAME, self.next_salt(), owner, None, unix_now())
+            .put(
+                reader,
+                STORED_NAME,
+                self.next_salt(),
+                owner,
+                None,
+                unix_now(),
+            )
             .map_err(backend_error)?;
         match outcome.reference {
             Reference::File(id) => Ok(id),

@@ -78,8 +78,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The highest valid root record of a volume (`None`: never published).
     fn get_root(&self, volume: &VolumeKey) -> Result<Option<RootRecord>, BackendError>;
     /// Publishes `sequence` → `root` for the volume of `owner`.
-    fn publish_root(&self, owner: &KeyPair, sequence: u64, root: FileId)
-    -> Result<(), BackendError>;
+    fn publish_root(
+        &self,
+        owner: &KeyPair,
+        sequence: u64,
+        root: FileId,
+    ) -> Result<(), BackendError>;
     /// Network capacity and use, for statfs.
     fn capacity(&self) -> Result<Capacity, BackendError>;
 }
@@ -126,7 +130,9 @@ impl MemoryBackend {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         // A panic elsewhere cannot leave the maps half-updated: every change is one insert.
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -155,7 +161,9 @@ impl Backend for MemoryBackend {
     ) -> Result<Box<dyn Read + Send>, BackendError> {
         let state = self.lock();
         if state.unavailable {
-            return Err(BackendError::Unavailable("memory backend told to fail".into()));
+            return Err(BackendError::Unavailable(
+                "memory backend told to fail".into(),
+            ));
         }
         let bytes = state.files.get(file).ok_or(BackendError::NotFound)?.clone();
         let len = bytes.len() as u64;
@@ -169,7 +177,9 @@ impl Backend for MemoryBackend {
     fn file_size(&self, file: &FileId) -> Result<u64, BackendError> {
         let state = self.lock();
         if state.unavailable {
-            return Err(BackendError::Unavailable("memory backend told to fail".into()));
+            return Err(BackendError::Unavailable(
+                "memory backend told to fail".into(),
+            ));
         }
         Ok(state.files.get(file).ok_or(BackendError::NotFound)?.len() as u64)
     }
@@ -193,10 +203,9 @@ impl Backend for MemoryBackend {
                 });
             }
         }
-        state.roots.insert(
-            volume,
-            make_root_record(volume, sequence, root, unix_now()),
-        );
+        state
+            .roots
+            .insert(volume, make_root_record(volume, sequence, root, unix_now()));
         Ok(())
     }
 

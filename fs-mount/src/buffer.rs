@@ -17,10 +17,10 @@ use crate::backend::{Backend, BackendError};
 pub const SPILL_AT: u64 = 1 << 20;
 
 /// The unit of fetching and caching stored files.
-pub const BLOCK: u64 = 1 << 20;
+pub const BLOCK: u64 = 4 << 20;
 
 /// Blocks fetched ahead of a sequential reader.
-pub const READ_AHEAD_BLOCKS: u64 = 4;
+pub const READ_AHEAD_BLOCKS: u64 = 3;
 
 enum Bytes {
     Memory(Vec<u8>),
@@ -240,7 +240,12 @@ impl BlockCache {
         });
     }
 
-    fn block(&self, file: FileId, file_size: u64, index: u64) -> Result<Arc<Vec<u8>>, BackendError> {
+    fn block(
+        &self,
+        file: FileId,
+        file_size: u64,
+        index: u64,
+    ) -> Result<Arc<Vec<u8>>, BackendError> {
         let key = (file, index);
         let (fetch, mine) = {
             let mut state = self.lock();

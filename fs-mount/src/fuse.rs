@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::tree::{FsError, Shared};
@@ -78,10 +78,7 @@ impl Filesystem for CairnFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self
-            .shared
-            .setattr(ino.0, mode, size, mtime.map(mode_time))
-        {
+        match self.shared.setattr(ino.0, mode, size, mtime.map(mode_time)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e.errno()),
         }
@@ -160,7 +157,8 @@ impl Filesystem for CairnFuse {
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let result = name_str(name).and_then(|n| {
             let new = name_str(newname)?;
-            self.shared.rename(parent.0, n, newparent.0, new, no_replace)
+            self.shared
+                .rename(parent.0, n, newparent.0, new, no_replace)
         });
         match result {
             Ok(()) => reply.ok(),
@@ -274,8 +272,11 @@ impl Filesystem for CairnFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        for (index, (ino, kind, name)) in
-            self.shared.readdir_from(fh.0, offset).into_iter().enumerate()
+        for (index, (ino, kind, name)) in self
+            .shared
+            .readdir_from(fh.0, offset)
+            .into_iter()
+            .enumerate()
         {
             if reply.add(INodeNo(ino), offset + index as u64 + 1, kind, name) {
                 break;
@@ -308,6 +309,22 @@ impl Filesystem for CairnFuse {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.errno()),
         }
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        // No extended attributes; ENOSYS tells the kernel not to ask again.
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

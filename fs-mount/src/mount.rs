@@ -84,7 +84,8 @@ fn cairn_mounts() -> Vec<PathBuf> {
             let fs_type = right.split_whitespace().next()?;
             let point = left.split_whitespace().nth(4)?;
             let is_cairn = fs_type == format!("fuse.{FS_NAME}")
-                || (fs_type.starts_with("fuse") && right.split_whitespace().nth(1) == Some(FS_NAME));
+                || (fs_type.starts_with("fuse")
+                    && right.split_whitespace().nth(1) == Some(FS_NAME));
             // mountinfo escapes spaces and the like as octal.
             is_cairn.then(|| PathBuf::from(point.replace("\\040", " ")))
         })
@@ -94,7 +95,7 @@ fn cairn_mounts() -> Vec<PathBuf> {
 /// Whether `path` is a cairn mount point now.
 pub fn is_cairn_mount(path: &Path) -> bool {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    cairn_mounts().iter().any(|p| *p == path)
+    cairn_mounts().contains(&path)
 }
 
 /// Detaches a stale mount at `path` (left by a crashed mount process): one whose
@@ -255,10 +256,8 @@ impl MountHandle {
                 // Busy (a file still open): detach; the kernel ends the session when
                 // the last file closes.
                 warn!(error = %e, path = %self.mountpoint.display(), "unmount failed; detaching");
-                let _ = rustix::mount::unmount(
-                    &self.mountpoint,
-                    rustix::mount::UnmountFlags::DETACH,
-                );
+                let _ =
+                    rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
             }
         }
         self.flush();

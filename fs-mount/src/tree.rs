@@ -40,6 +40,9 @@ pub const VERSIONS_NAME: &str = ".versions";
 /// How many roots back `.versions/` walks the chain of previous roots (each step is
 /// one directory fetch).
 pub const MAX_VERSION_WALK: usize = 256;
+/// How far from the end of the last read a read may start and still count as
+/// sequential (for read-ahead).
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
 /// How long fsync waits for its publish before failing with EIO.
 const PUBLISH_WAIT: Duration = Duration::from_secs(300);
 
@@ -245,7 +248,9 @@ fn read_all(backend: &dyn Backend, file: &FileId, limit: u64) -> Result<Vec<u8>>
     let mut bytes = Vec::new();
     reader.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
-        return Err(FsError::Io(format!("{file:?} is larger than {limit} bytes")));
+        return Err(FsError::Io(format!(
+            "{file:?} is larger than {limit} bytes"
+        )));
     }
     Ok(bytes)
 }
@@ -282,7 +287,13 @@ impl Shared {
         for key in keys {
             let volume = key.public_key().volume_key();
             let record = backend.get_root(&volume)?;
-            add_view(&mut state, volume, Some(Arc::new(key)), None, record.as_ref());
+            add_view(
+                &mut state,
+                volume,
+                Some(Arc::new(key)),
+                None,
+                record.as_ref(),
+            );
         }
         Ok(Shared {
             backend,
@@ -377,7 +388,10 @@ impl Shared {
         for entry in directory.entries {
             let child = new_ino(&mut state);
             let mtime = UNIX_EPOCH
-                + Duration::new(entry.mtime_secs.max(0) as u64, entry.mtime_nanos.min(999_999_999));
+                + Duration::new(
+                    entry.mtime_secs.max(0) as u64,
+                    entry.mtime_nanos.min(999_999_999),
+                );
             let node = match entry.kind {
                 EntryKind::File(content) => Node::File(FileNode {
                     size: content.size(),
@@ -518,10 +532,7 @@ impl Shared {
         let (mut at, key) = {
             let state = self.lock();
             let v = &state.views[view];
-            (
-                v.root_file.map(|f| (v.sequence, f, v.root_time)),
-                v.key,
-            )
+            (v.root_file.map(|f| (v.sequence, f, v.root_time)), v.key)
         };
         let _ = key;
         let mut chain = Vec::new();
@@ -816,7 +827,10 @@ impl Shared {
         {
             return Err(FsError::Io("concurrent change during rename".into()));
         }
-        let source_is_dir = matches!(state.inodes.get(&source).map(|i| &i.node), Some(Node::Dir(_)));
+        let source_is_dir = matches!(
+            state.inodes.get(&source).map(|i| &i.node),
+            Some(Node::Dir(_))
+        );
         if source_is_dir {
             // Not into itself or below itself.
             let mut at = new_parent;
@@ -837,8 +851,16 @@ impl Shared {
             if no_replace {
                 return Err(FsError::Exists);
             }
-            match (source_is_dir, state.inodes.get_mut(&target).map(|i| &mut i.node)) {
-                (true, Some(Node::Dir(DirNode { children: Some(c), .. }))) => {
+            match (
+                source_is_dir,
+                state.inodes.get_mut(&target).map(|i| &mut i.node),
+            ) {
+                (
+                    true,
+                    Some(Node::Dir(DirNode {
+                        children: Some(c), ..
+                    })),
+                ) => {
                     if !c.is_empty() {
                         return Err(FsError::NotEmpty);
                     }
@@ -1047,8 +1069,13 @@ impl Shared {
         let (source, sequential) = {
             let mut state = self.lock();
             let open = state.files.get_mut(&handle).ok_or(FsError::Invalid)?;
-            let sequential = open.last_end == offset;
-            open.last_end = offset + u64::from(size);
+            // Sequential: starting near where the last read ended. The kernel's
+            // read-ahead sends reads on several workers, so not exactly there.
+            let sequential = offset.abs_diff(open.last_end) <= SEQUENTIAL_SLACK;
+            open.last_end = open.last_end.max(offset + u64::from(size));
+            if !sequential {
+                open.last_end = offset + u64::from(size);
+            }
             let ino = open.ino;
             let source = match &state.inodes.get(&ino).ok_or(FsError::NotFound)?.node {
                 Node::File(file) => match &file.buffer {
@@ -1070,8 +1097,9 @@ impl Shared {
                 let end = (offset.saturating_add(size) as usize).min(bytes.len());
                 Ok(bytes[start..end].to_vec())
             }
-            Source::Bytes(FileContent::Stored { file, size: total })
-            | Source::Ref(file, total) => Ok(self.cache.read(file, total, offset, size, ahead)?),
+            Source::Bytes(FileContent::Stored { file, size: total }) | Source::Ref(file, total) => {
+                Ok(self.cache.read(file, total, offset, size, ahead)?)
+            }
         }
     }
 
@@ -1184,7 +1212,10 @@ impl Shared {
         let deadline = Instant::now() + PUBLISH_WAIT;
         loop {
             let v = &state.views[view];
-            if v.lost.iter().any(|(after, through)| *after < target && target <= *through) {
+            if v.lost
+                .iter()
+                .any(|(after, through)| *after < target && target <= *through)
+            {
                 return Err(FsError::Lost);
             }
             if v.published_gen >= target {
@@ -1331,10 +1362,9 @@ impl Shared {
     pub fn wait_for_work(&self, timeout: Duration) {
         let state = self.lock();
         if self.stop.load(Ordering::SeqCst)
-            || state
-                .views
-                .iter()
-                .any(|v| v.writable() && v.change_gen > v.published_gen && v.failed_gen < v.change_gen)
+            || state.views.iter().any(|v| {
+                v.writable() && v.change_gen > v.published_gen && v.failed_gen < v.change_gen
+            })
         {
             return;
         }
@@ -1472,14 +1502,19 @@ fn add_view(
             parent: TOP,
             view: Some(index),
             node: Node::Dir(node),
-            mode: if owner.is_some() && history.is_none() { 0o755 } else { 0o555 },
+            mode: if owner.is_some() && history.is_none() {
+                0o755
+            } else {
+                0o555
+            },
             mtime,
             ctime: mtime,
         },
     );
-    state
-        .inodes
-        .insert(versions, special_inode(Node::Versions { view: index }, root));
+    state.inodes.insert(
+        versions,
+        special_inode(Node::Versions { view: index }, root),
+    );
     state.views.push(View {
         key,
         owner,

@@ -37,7 +37,10 @@ fn require_fuse() {
         "these tests mount FUSE: /dev/fuse is missing"
     );
     let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1);
-    assert_eq!(uid, 0, "these tests mount FUSE without fusermount: run them as root");
+    assert_eq!(
+        uid, 0,
+        "these tests mount FUSE without fusermount: run them as root"
+    );
 }
 
 fn key(n: u8) -> KeyPair {
@@ -113,7 +116,12 @@ fn top_level_lists_volumes_and_copies_round_trip() {
         .collect();
     assert!(names.contains(&volume_name(1)), "{names:?}");
     let volume = m.volume(1);
-    for (name, len) in [("empty", 0), ("one", 1), ("inline", 4096), ("big", (3 << 20) + 17)] {
+    for (name, len) in [
+        ("empty", 0),
+        ("one", 1),
+        ("inline", 4096),
+        ("big", (3 << 20) + 17),
+    ] {
         let bytes = pattern(len, len as u64 + 7);
         let source = m._dir.path().join(format!("src-{name}"));
         fs::write(&source, &bytes).unwrap();
@@ -141,7 +149,11 @@ fn posix_tree_operations_and_stat_fields() {
 
     fs::create_dir_all(v.join("a/b/c")).unwrap();
     assert!(fs::metadata(v.join("a/b/c")).unwrap().is_dir());
-    assert_eq!(fs::metadata(v.join("a")).unwrap().nlink(), 3, "a holds one subdirectory");
+    assert_eq!(
+        fs::metadata(v.join("a")).unwrap().nlink(),
+        3,
+        "a holds one subdirectory"
+    );
     assert_eq!(fs::metadata(v.join("a/b/c")).unwrap().nlink(), 2);
 
     // rename a file, replacing a target
@@ -151,8 +163,15 @@ fn posix_tree_operations_and_stat_fields() {
     std::thread::sleep(Duration::from_millis(20));
     fs::rename(v.join("a/x"), v.join("a/y")).unwrap();
     assert_eq!(fs::read(v.join("a/y")).unwrap(), b"xx");
-    assert_eq!(fs::metadata(v.join("a/x")).unwrap_err().kind(), ErrorKind::NotFound);
-    assert_ne!(fs::metadata(v.join("a/y")).unwrap().ctime_nsec(), before, "rename sets ctime");
+    assert_eq!(
+        fs::metadata(v.join("a/x")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_ne!(
+        fs::metadata(v.join("a/y")).unwrap().ctime_nsec(),
+        before,
+        "rename sets ctime"
+    );
 
     // rename a directory over an empty one, and refuse a non-empty one
     fs::create_dir(v.join("empty")).unwrap();
@@ -203,7 +222,12 @@ fn posix_tree_operations_and_stat_fields() {
     std::os::unix::fs::symlink("a/y", v.join("link")).unwrap();
     assert_eq!(fs::read_link(v.join("link")).unwrap(), Path::new("a/y"));
     assert_eq!(fs::read(v.join("link")).unwrap(), b"x");
-    assert!(fs::symlink_metadata(v.join("link")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(v.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 
     // chmod, seen at once
     fs::set_permissions(v.join("a/y"), fs::Permissions::from_mode(0o600)).unwrap();
@@ -252,7 +276,11 @@ fn other_volumes_are_read_only_and_refs_read_stored_files() {
     fsync_path(&writer.volume(3).join("f")).unwrap();
 
     let reader = mount_with(&backend, &[], Duration::from_secs(60));
-    assert_eq!(fs::read_dir(&reader.path).unwrap().count(), 1, "only .refs is listed");
+    assert_eq!(
+        fs::read_dir(&reader.path).unwrap().count(),
+        1,
+        "only .refs is listed"
+    );
     let v = reader.volume(3);
     assert_eq!(fs::read(v.join("f")).unwrap(), b"hello");
     let erofs = |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(EROFS));
@@ -260,13 +288,19 @@ fn other_volumes_are_read_only_and_refs_read_stored_files() {
     erofs(fs::write(v.join("f"), b"x"));
     erofs(fs::create_dir(v.join("d")));
     erofs(fs::remove_file(v.join("f")));
-    erofs(fs::set_permissions(v.join("f"), fs::Permissions::from_mode(0o600)));
+    erofs(fs::set_permissions(
+        v.join("f"),
+        fs::Permissions::from_mode(0o600),
+    ));
     erofs(fs::create_dir(reader.path.join("d")));
 
     // .refs/<file ref>
     let stored = pattern(300_000, 9);
     let id = backend.put_file(&key(3), &mut &stored[..]).unwrap();
-    let path = reader.path.join(".refs").join(Reference::File(id).to_string());
+    let path = reader
+        .path
+        .join(".refs")
+        .join(Reference::File(id).to_string());
     assert_eq!(fs::read(&path).unwrap(), stored);
     erofs(fs::write(&path, b"x"));
     let unknown = Reference::File(cairn_node::id::FileId(cairn_node::id::Id::hash(b"no")));
@@ -280,7 +314,10 @@ fn other_volumes_are_read_only_and_refs_read_stored_files() {
     // bytes the network cannot supply: EIO, never wrong bytes
     let other = pattern(200_000, 10);
     let id = backend.put_file(&key(3), &mut &other[..]).unwrap();
-    let path = reader.path.join(".refs").join(Reference::File(id).to_string());
+    let path = reader
+        .path
+        .join(".refs")
+        .join(Reference::File(id).to_string());
     let mut file = File::open(&path).unwrap();
     backend.set_unavailable(true);
     let mut out = Vec::new();
@@ -337,11 +374,17 @@ fn versions_show_earlier_roots_read_only() {
         Some(EROFS)
     );
     assert_eq!(
-        fs::create_dir(v.join(".versions").join("x")).unwrap_err().raw_os_error(),
+        fs::create_dir(v.join(".versions").join("x"))
+            .unwrap_err()
+            .raw_os_error(),
         Some(EROFS)
     );
     // .versions is not listed in the volume root, so `rm -r` and `ls` never meet it
-    assert!(fs::read_dir(&v).unwrap().all(|e| e.unwrap().file_name() != ".versions"));
+    assert!(
+        fs::read_dir(&v)
+            .unwrap()
+            .all(|e| e.unwrap().file_name() != ".versions")
+    );
 }
 
 #[test]
@@ -414,24 +457,35 @@ fn apply(root: &Path, op: u64, a: &str, b: &str, offset: u64, data: &[u8]) -> St
             f.write_all(data)
         })())
         .map(|_| String::new()),
-        2 => outcome(OpenOptions::new().write(true).open(&pa).and_then(|f| f.set_len(offset)))
-            .map(|_| String::new()),
+        2 => outcome(
+            OpenOptions::new()
+                .write(true)
+                .open(&pa)
+                .and_then(|f| f.set_len(offset)),
+        )
+        .map(|_| String::new()),
         3 => outcome(fs::rename(&pa, &pb)).map(|_| String::new()),
         4 => outcome(fs::remove_file(&pa)).map(|_| String::new()),
         5 => outcome(fs::create_dir(&pa)).map(|_| String::new()),
         6 => outcome(fs::remove_dir(&pa)).map(|_| String::new()),
-        7 => outcome(fs::read(&pa)).map(|bytes| format!("{} bytes {:x}", bytes.len(), checksum(&bytes))),
-        8 => outcome(OpenOptions::new().append(true).open(&pa).and_then(|mut f| f.write_all(data)))
-            .map(|_| String::new()),
+        7 => outcome(fs::read(&pa))
+            .map(|bytes| format!("{} bytes {:x}", bytes.len(), checksum(&bytes))),
+        8 => outcome(
+            OpenOptions::new()
+                .append(true)
+                .open(&pa)
+                .and_then(|mut f| f.write_all(data)),
+        )
+        .map(|_| String::new()),
         _ => outcome(File::open(&pa).and_then(|f| f.sync_all())).map(|_| String::new()),
     };
     format!("{r:?}")
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Every path under `root` with its kind and content checksum, sorted.
@@ -448,7 +502,12 @@ fn snapshot(root: &Path) -> Vec<String> {
                 stack.push(path);
             } else {
                 let bytes = fs::read(root.join(&path)).unwrap();
-                out.push(format!("{} {} {:x}", path.display(), meta.len(), checksum(&bytes)));
+                out.push(format!(
+                    "{} {} {:x}",
+                    path.display(),
+                    meta.len(),
+                    checksum(&bytes)
+                ));
             }
         }
     }
@@ -502,11 +561,18 @@ fn random_operations_match_a_plain_directory() {
         );
         ops += 1;
     }
-    assert!(ops >= 2000, "only {ops} operations in the time allowed (seed {seed})");
+    assert!(
+        ops >= 2000,
+        "only {ops} operations in the time allowed (seed {seed})"
+    );
     // and the published state equals the plain directory after a remount
     fsync_path(&mounted).unwrap();
     let expected = snapshot(plain.path());
     drop(m);
     let again = mount_with(&backend, &[8], Duration::from_secs(60));
-    assert_eq!(snapshot(&again.volume(8)), expected, "seed {seed}: after remount");
+    assert_eq!(
+        snapshot(&again.volume(8)),
+        expected,
+        "seed {seed}: after remount"
+    );
 }
