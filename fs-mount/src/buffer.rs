@@ -343,4 +343,27 @@ mod tests {
         buffer.reader().read_to_end(&mut all).unwrap();
         assert_eq!(all, vec![7u8; 3]);
     }
+
+    #[test]
+    fn cache_stays_within_its_bound_and_reads_right_bytes() {
+        use crate::backend::MemoryBackend;
+        use cairn_node::crypto::KeyPair;
+        let backend = Arc::new(MemoryBackend::new());
+        let bytes: Vec<u8> = (0..(10 * BLOCK + 123)).map(|i| (i % 251) as u8).collect();
+        let file = backend
+            .put_file(&KeyPair::from_secret_bytes(&[1; 32]), &mut &bytes[..])
+            .unwrap();
+        let cache = Arc::new(BlockCache::new(backend, 2 * BLOCK));
+        let size = bytes.len() as u64;
+        let mut at = 0;
+        while at < size {
+            let chunk = cache.read(file, size, at, 128 << 10, READ_AHEAD_BLOCKS).unwrap();
+            assert_eq!(chunk, bytes[at as usize..(at as usize + chunk.len())]);
+            assert!(cache.held_bytes() <= 2 * BLOCK, "{}", cache.held_bytes());
+            at += chunk.len() as u64;
+        }
+        // a read across a block boundary
+        let across = cache.read(file, size, BLOCK - 5, 10, 0).unwrap();
+        assert_eq!(across, bytes[(BLOCK - 5) as usize..(BLOCK + 5) as usize]);
+    }
 }

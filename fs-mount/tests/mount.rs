@@ -185,9 +185,10 @@ fn posix_tree_operations_and_stat_fields() {
     let err = fs::rename(v.join("empty"), v.join("empty/c/inside")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 
-    // append
+    // append; size is right at once, while the file is still open
     let mut f = OpenOptions::new().append(true).open(v.join("a/y")).unwrap();
     f.write_all(b"++").unwrap();
+    assert_eq!(fs::metadata(v.join("a/y")).unwrap().len(), 4);
     drop(f);
     assert_eq!(fs::read(v.join("a/y")).unwrap(), b"xx++");
 
@@ -574,5 +575,62 @@ fn random_operations_match_a_plain_directory() {
         snapshot(&again.volume(8)),
         expected,
         "seed {seed}: after remount"
+    );
+}
+
+/// Set in a child process of `a_crashed_mount_leaves_nothing_behind`: mount there,
+/// say so, and die without unmounting.
+const CRASH_CHILD_ENV: &str = "CAIRN_FS_CRASH_CHILD_AT";
+
+/// Not a test of its own: the crashing child process of the test below.
+#[test]
+#[ignore = "run only as the child of a_crashed_mount_leaves_nothing_behind"]
+fn crash_child() {
+    let point = std::env::var_os(CRASH_CHILD_ENV).expect("run as a child, with its env var");
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let handle = mount(backend, vec![key(9)], Path::new(&point), MountConfig::default()).unwrap();
+    fs::write(Path::new(&point).join(volume_name(9)).join("f"), b"x").unwrap();
+    println!("CHILD-MOUNTED");
+    std::mem::forget(handle);
+    std::process::abort();
+}
+
+#[test]
+fn a_crashed_mount_leaves_nothing_behind() {
+    require_fuse();
+    let dir = tempfile::tempdir().unwrap();
+    let point = dir.path().join("mnt");
+    fs::create_dir(&point).unwrap();
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_ENV, &point)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("CHILD-MOUNTED"),
+        "the child did not mount: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The server died: the mount point is stale.
+    let stale = fs::metadata(&point);
+    assert!(stale.is_err(), "expected a stale mount point, got {stale:?}");
+    // The next mount detaches it and works.
+    let backend = Arc::new(MemoryBackend::new());
+    let backend_dyn: Arc<dyn Backend> = backend.clone();
+    let handle = mount(backend_dyn, vec![key(9)], &point, MountConfig::default()).unwrap();
+    let m = Mounted {
+        handle: Some(handle),
+        path: point.clone(),
+        _dir: dir,
+    };
+    fs::write(m.volume(9).join("g"), b"fine").unwrap();
+    assert_eq!(fs::read(m.volume(9).join("g")).unwrap(), b"fine");
+    drop(m);
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(point.to_str().unwrap()),
+        "nothing is left mounted at {}",
+        point.display()
     );
 }
