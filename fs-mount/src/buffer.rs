@@ -166,23 +166,66 @@ struct CacheState {
     order: VecDeque<BlockKey>,
     bytes: u64,
     in_flight: HashMap<BlockKey, Fetch>,
+    /// Blocks ordered from the read-ahead threads and not yet started.
+    queued: HashSet<BlockKey>,
 }
+
+/// Threads that fetch blocks ahead of sequential readers. A fixed few, rather than a
+/// thread per block: fewer threads also means fewer allocator arenas holding freed
+/// blocks, which keeps the mount's resident memory near the cache bound.
+const READ_AHEAD_THREADS: usize = 3;
+
+type PrefetchOrder = (FileId, u64, u64);
 
 /// Verified blocks of stored files, bounded in bytes, least recently used evicted.
 pub struct BlockCache {
     backend: Arc<dyn Backend>,
     capacity: u64,
     state: Mutex<CacheState>,
+    prefetch: Mutex<Option<std::sync::mpsc::Sender<PrefetchOrder>>>,
 }
 
 impl BlockCache {
     /// A cache holding at most `capacity` bytes of blocks (at least one block).
-    pub fn new(backend: Arc<dyn Backend>, capacity: u64) -> BlockCache {
-        BlockCache {
+    pub fn new(backend: Arc<dyn Backend>, capacity: u64) -> Arc<BlockCache> {
+        let (orders, receiver) = std::sync::mpsc::channel::<PrefetchOrder>();
+        let cache = Arc::new(BlockCache {
             backend,
             capacity: capacity.max(BLOCK),
             state: Mutex::new(CacheState::default()),
+            prefetch: Mutex::new(Some(orders)),
+        });
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..READ_AHEAD_THREADS {
+            let receiver = Arc::clone(&receiver);
+            // Weak: the workers end when the cache is dropped (the sender with it).
+            let cache = Arc::downgrade(&cache);
+            let _ = std::thread::Builder::new()
+                .name("cairn-read-ahead".into())
+                .spawn(move || {
+                    loop {
+                        let order = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((file, file_size, index)) = order else {
+                            return;
+                        };
+                        let Some(cache) = cache.upgrade() else {
+                            return;
+                        };
+                        cache.lock().queued.remove(&(file, index));
+                        // Errors surface to the reader that later asks for this block.
+                        let _ = cache.block(file, file_size, index);
+                    }
+                });
         }
+        cache
+    }
+
+    /// Stops the read-ahead threads.
+    pub fn shutdown(&self) {
+        self.prefetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -228,16 +271,17 @@ impl BlockCache {
     fn prefetch(self: &Arc<Self>, file: FileId, file_size: u64, index: u64) {
         let key = (file, index);
         {
-            let state = self.lock();
-            if state.blocks.contains_key(&key) || state.in_flight.contains_key(&key) {
+            let mut state = self.lock();
+            if state.blocks.contains_key(&key)
+                || state.in_flight.contains_key(&key)
+                || !state.queued.insert(key)
+            {
                 return;
             }
         }
-        let cache = Arc::clone(self);
-        std::thread::spawn(move || {
-            // Errors surface to the reader that later asks for this block.
-            let _ = cache.block(file, file_size, index);
-        });
+        if let Some(orders) = &*self.prefetch.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = orders.send((file, file_size, index));
+        }
     }
 
     fn block(
@@ -353,11 +397,13 @@ mod tests {
         let file = backend
             .put_file(&KeyPair::from_secret_bytes(&[1; 32]), &mut &bytes[..])
             .unwrap();
-        let cache = Arc::new(BlockCache::new(backend, 2 * BLOCK));
+        let cache = BlockCache::new(backend, 2 * BLOCK);
         let size = bytes.len() as u64;
         let mut at = 0;
         while at < size {
-            let chunk = cache.read(file, size, at, 128 << 10, READ_AHEAD_BLOCKS).unwrap();
+            let chunk = cache
+                .read(file, size, at, 128 << 10, READ_AHEAD_BLOCKS)
+                .unwrap();
             assert_eq!(chunk, bytes[at as usize..(at as usize + chunk.len())]);
             assert!(cache.held_bytes() <= 2 * BLOCK, "{}", cache.held_bytes());
             at += chunk.len() as u64;

@@ -266,6 +266,7 @@ impl MountHandle {
         if let Some(publisher) = self.publisher.take() {
             let _ = publisher.join();
         }
+        self.shared.shutdown_cache();
     }
 }
 

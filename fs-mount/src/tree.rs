@@ -269,7 +269,7 @@ impl Shared {
         uid: u32,
         gid: u32,
     ) -> Result<Shared> {
-        let cache = Arc::new(BlockCache::new(Arc::clone(&backend), config.cache_bytes));
+        let cache = BlockCache::new(Arc::clone(&backend), config.cache_bytes);
         let mut state = State {
             inodes: HashMap::new(),
             next_ino: REFS + 1,
@@ -1374,6 +1374,11 @@ impl Shared {
     /// Wakes the publisher.
     pub fn wake_publisher(&self) {
         self.wake.notify_all();
+    }
+
+    /// Stops the background threads of the block cache.
+    pub fn shutdown_cache(&self) {
+        self.cache.shutdown();
     }
 
     /// Network capacity for statfs.

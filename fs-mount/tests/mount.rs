@@ -588,7 +588,13 @@ const CRASH_CHILD_ENV: &str = "CAIRN_FS_CRASH_CHILD_AT";
 fn crash_child() {
     let point = std::env::var_os(CRASH_CHILD_ENV).expect("run as a child, with its env var");
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let handle = mount(backend, vec![key(9)], Path::new(&point), MountConfig::default()).unwrap();
+    let handle = mount(
+        backend,
+        vec![key(9)],
+        Path::new(&point),
+        MountConfig::default(),
+    )
+    .unwrap();
     fs::write(Path::new(&point).join(volume_name(9)).join("f"), b"x").unwrap();
     println!("CHILD-MOUNTED");
     std::mem::forget(handle);
@@ -602,7 +608,13 @@ fn a_crashed_mount_leaves_nothing_behind() {
     let point = dir.path().join("mnt");
     fs::create_dir(&point).unwrap();
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_CHILD_ENV, &point)
         .output()
         .unwrap();
@@ -613,7 +625,10 @@ fn a_crashed_mount_leaves_nothing_behind() {
     );
     // The server died: the mount point is stale.
     let stale = fs::metadata(&point);
-    assert!(stale.is_err(), "expected a stale mount point, got {stale:?}");
+    assert!(
+        stale.is_err(),
+        "expected a stale mount point, got {stale:?}"
+    );
     // The next mount detaches it and works.
     let backend = Arc::new(MemoryBackend::new());
     let backend_dyn: Arc<dyn Backend> = backend.clone();
