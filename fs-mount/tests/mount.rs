@@ -252,6 +252,10 @@ fn posix_tree_operations_and_stat_fields() {
         ErrorKind::NotADirectory
     );
 
+    // statfs answers the network's capacity (df works)
+    let stat = rustix::fs::statvfs(&v).unwrap();
+    assert!(stat.f_blocks > 0 && stat.f_bfree <= stat.f_blocks);
+
     // rm -r
     fs::remove_dir_all(v.join("empty")).unwrap();
     assert!(!v.join("empty").exists());
