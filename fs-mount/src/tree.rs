@@ -128,6 +128,8 @@ struct DirNode {
     children: Option<BTreeMap<String, Ino>>,
     /// Changed since stored.
     dirty: bool,
+    /// Counts changes, so a publish knows which directories changed while it stored.
+    version: u64,
 }
 
 struct FileNode {
@@ -404,6 +406,7 @@ impl Shared {
                     stored: Some(file),
                     children: None,
                     dirty: false,
+                    version: 0,
                 }),
                 EntryKind::Symlink(target) => Node::Symlink(target),
             };
@@ -738,6 +741,7 @@ impl Shared {
             stored: None,
             children: Some(BTreeMap::new()),
             dirty: true,
+            version: 0,
         });
         self.insert_new(parent, name, node, mode)
     }
@@ -1246,60 +1250,95 @@ impl Shared {
 
     /// Publishes every volume with unpublished changes (run by the publisher).
     pub fn publish_pending(&self) {
-        let mut state = self.lock();
-        for view in 0..state.views.len() {
-            let v = &state.views[view];
-            if !v.writable() || v.change_gen <= v.published_gen {
-                continue;
-            }
-            self.publish_view(&mut state, view);
+        let pending: Vec<usize> = {
+            let state = self.lock();
+            (0..state.views.len())
+                .filter(|&v| {
+                    let view = &state.views[v];
+                    view.writable() && view.change_gen > view.published_gen
+                })
+                .collect()
+        };
+        for view in pending {
+            self.publish_view(view);
         }
-        drop(state);
         self.published.notify_all();
     }
 
-    fn publish_view(&self, state: &mut State, view: usize) {
-        let (generation, owner, root_ino, previous, sequence, old_root) = {
+    /// One publish of one volume, in three steps so that no network call holds the
+    /// state lock: snapshot the dirty directories (locked), store them bottom-up and
+    /// publish the root (unlocked), then record the stored ids of the directories
+    /// that did not change meanwhile (locked). A directory changed meanwhile stays
+    /// dirty, and its change generation is above the one published, so the next
+    /// round stores it again.
+    fn publish_view(&self, view: usize) {
+        let (generation, owner, key, sequence, old_root, plan, root_seal) = {
+            let mut state = self.lock();
             let v = &state.views[view];
             let Some(owner) = v.owner.clone() else {
                 return;
             };
-            (
-                v.change_gen,
-                owner,
-                v.root,
-                v.root_file.map(|root| PreviousRoot {
-                    sequence: v.sequence,
-                    root,
-                    time: v.root_time,
-                }),
-                v.sequence,
-                v.root_file,
-            )
+            let previous = v.root_file.map(|root| PreviousRoot {
+                sequence: v.sequence,
+                root,
+                time: v.root_time,
+            });
+            let (generation, key, sequence, old_root, root_ino) =
+                (v.change_gen, v.key, v.sequence, v.root_file, v.root);
+            let mut plan = Vec::new();
+            match snapshot(&mut state, root_ino, previous, &mut plan) {
+                Ok(root_seal) => (generation, owner, key, sequence, old_root, plan, root_seal),
+                Err(e) => {
+                    error!(volume = %Reference::Volume(key), error = %e, "snapshotting the volume failed");
+                    state.views[view].failed_gen = generation;
+                    return;
+                }
+            }
         };
-        let root = match seal(state, &*self.backend, &owner, root_ino, previous) {
-            Ok(root) => root,
+        let stored = match store_plan(&*self.backend, &owner, &plan) {
+            Ok(stored) => stored,
             Err(e) => {
-                error!(volume = %Reference::Volume(state.views[view].key), error = %e, "storing the volume's directories failed; will retry");
-                state.views[view].failed_gen = generation;
+                error!(volume = %Reference::Volume(key), error = %e, "storing the volume's directories failed; will retry");
+                self.lock().views[view].failed_gen = generation;
                 return;
             }
         };
+        let root = match root_seal {
+            Sealed::Stored(file) => file,
+            Sealed::Planned(index) => stored[index],
+        };
+        let commit = |state: &mut State| {
+            for (dir, file) in plan.iter().zip(&stored) {
+                if let Some(Inode {
+                    node: Node::Dir(node),
+                    ..
+                }) = state.inodes.get_mut(&dir.ino)
+                {
+                    if node.version == dir.version {
+                        node.stored = Some(*file);
+                        node.dirty = false;
+                    }
+                }
+            }
+        };
         if Some(root) == old_root {
+            let mut state = self.lock();
+            commit(&mut state);
             state.views[view].published_gen = generation;
             return;
         }
         match self.backend.publish_root(&owner, sequence + 1, root) {
             Ok(()) => {
+                let mut state = self.lock();
+                commit(&mut state);
                 let v = &mut state.views[view];
                 v.sequence = sequence + 1;
                 v.root_file = Some(root);
                 v.root_time = unix_now();
                 v.published_gen = generation;
-                info!(volume = %Reference::Volume(v.key), sequence = v.sequence, root = %Reference::File(root), "published");
+                info!(volume = %Reference::Volume(key), sequence = v.sequence, root = %Reference::File(root), "published");
             }
             Err(BackendError::Conflict { held_sequence }) => {
-                let key = state.views[view].key;
                 error!(
                     volume = %Reference::Volume(key),
                     unpublished_root = %Reference::File(root),
@@ -1308,20 +1347,24 @@ impl Shared {
                      changes are kept only in the unpublished root named here, and the mount \
                      now shows the other writer's state"
                 );
+                let winner = self.backend.get_root(&key);
+                let mut state = self.lock();
                 let v = &mut state.views[view];
                 v.lost.push((v.published_gen, generation));
                 if v.lost.len() > 16 {
                     v.lost.remove(0);
                 }
                 v.published_gen = generation;
-                match self.backend.get_root(&key) {
-                    Ok(Some(record)) => reset_view(state, view, &record),
+                match winner {
+                    Ok(Some(record)) => reset_view(&mut state, view, &record),
                     Ok(None) => warn!("conflict but no root record found"),
                     Err(e) => warn!(error = %e, "reading the winning root failed"),
                 }
             }
             Err(e) => {
-                error!(volume = %Reference::Volume(state.views[view].key), error = %e, "publishing the root failed; will retry");
+                error!(volume = %Reference::Volume(key), error = %e, "publishing the root failed; will retry");
+                let mut state = self.lock();
+                commit(&mut state);
                 state.views[view].failed_gen = generation;
             }
         }
@@ -1469,6 +1512,7 @@ fn touch_dir(state: &mut State, dir: Ino, at: SystemTime) {
         };
         if let Node::Dir(d) = &mut inode.node {
             d.dirty = true;
+            d.version += 1;
         }
         if at_ino == root {
             break;
@@ -1493,11 +1537,13 @@ fn add_view(
             stored: Some(root_file(record)),
             children: None,
             dirty: false,
+            version: 0,
         },
         None => DirNode {
             stored: None,
             children: Some(BTreeMap::new()),
             dirty: false,
+            version: 0,
         },
     };
     let mtime = record.map_or(UNIX_EPOCH, |r| UNIX_EPOCH + Duration::from_secs(r.time));
@@ -1553,65 +1599,121 @@ fn reset_view(state: &mut State, view: usize, record: &RootRecord) {
             stored: Some(root_file(record)),
             children: None,
             dirty: false,
+            version: 0,
         });
         inode.mtime = UNIX_EPOCH + Duration::from_secs(record.time);
         inode.ctime = inode.mtime;
     }
 }
 
-/// Stores the directory `ino` (and its dirty descendants) bottom-up; returns its file.
-fn seal(
+/// A directory of a publish: stored already, or the index of its plan entry.
+enum Sealed {
+    Stored(FileId),
+    Planned(usize),
+}
+
+/// An entry of a planned directory: ready, or a subdirectory planned earlier.
+enum PlannedKind {
+    Ready(EntryKind),
+    Subdirectory(usize),
+}
+
+/// A dirty directory to store, as it was when the publish began.
+struct PlannedDir {
+    ino: Ino,
+    version: u64,
+    previous: Option<PreviousRoot>,
+    entries: Vec<(String, PlannedKind, u32, i64, u32)>,
+}
+
+/// Plans the directory `ino` and its dirty descendants, children before parents.
+fn snapshot(
     state: &mut State,
-    backend: &dyn Backend,
-    owner: &KeyPair,
     ino: Ino,
     previous: Option<PreviousRoot>,
-) -> std::result::Result<FileId, BackendError> {
-    let children: Vec<(String, Ino)> = match state.inodes.get(&ino).map(|i| &i.node) {
+    plan: &mut Vec<PlannedDir>,
+) -> Result<Sealed> {
+    let (children, version) = match state.inodes.get(&ino).map(|i| &i.node) {
         Some(Node::Dir(dir)) => {
             if let (false, Some(stored)) = (dir.dirty, dir.stored) {
-                return Ok(stored);
+                return Ok(Sealed::Stored(stored));
             }
             match &dir.children {
-                Some(c) => c.iter().map(|(n, i)| (n.clone(), *i)).collect(),
+                Some(c) => (
+                    c.iter().map(|(n, i)| (n.clone(), *i)).collect::<Vec<_>>(),
+                    dir.version,
+                ),
                 None => {
                     return dir
                         .stored
-                        .ok_or_else(|| BackendError::Unavailable("unloaded directory".into()));
+                        .map(Sealed::Stored)
+                        .ok_or_else(|| FsError::Io("unloaded directory".into()));
                 }
             }
         }
-        _ => return Err(BackendError::Unavailable("not a directory".into())),
+        _ => return Err(FsError::Io("not a directory".into())),
     };
     let mut entries = Vec::with_capacity(children.len());
     for (name, child) in children {
         let kind = match state.inodes.get(&child).map(|i| &i.node) {
-            Some(Node::File(file)) => EntryKind::File(file.content.clone()),
-            Some(Node::Symlink(target)) => EntryKind::Symlink(target.clone()),
-            Some(Node::Dir(_)) => EntryKind::Dir(seal(state, backend, owner, child, None)?),
+            Some(Node::File(file)) => PlannedKind::Ready(EntryKind::File(file.content.clone())),
+            Some(Node::Symlink(target)) => PlannedKind::Ready(EntryKind::Symlink(target.clone())),
+            Some(Node::Dir(_)) => match snapshot(state, child, None, plan)? {
+                Sealed::Stored(file) => PlannedKind::Ready(EntryKind::Dir(file)),
+                Sealed::Planned(index) => PlannedKind::Subdirectory(index),
+            },
             _ => continue,
         };
         let Some(inode) = state.inodes.get(&child) else {
             continue;
         };
         let since = inode.mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
-        entries.push(DirEntry {
+        entries.push((
             name,
             kind,
-            mode: inode.mode,
-            mtime_secs: since.as_secs() as i64,
-            mtime_nanos: since.subsec_nanos(),
-        });
+            inode.mode,
+            since.as_secs() as i64,
+            since.subsec_nanos(),
+        ));
     }
-    let bytes = Directory { previous, entries }.encode();
-    let file = backend.put_file(owner, &mut &bytes[..])?;
-    if let Some(Inode {
-        node: Node::Dir(dir),
-        ..
-    }) = state.inodes.get_mut(&ino)
-    {
-        dir.stored = Some(file);
-        dir.dirty = false;
+    plan.push(PlannedDir {
+        ino,
+        version,
+        previous,
+        entries,
+    });
+    Ok(Sealed::Planned(plan.len() - 1))
+}
+
+/// Stores a plan's directories in order; returns their files.
+fn store_plan(
+    backend: &dyn Backend,
+    owner: &KeyPair,
+    plan: &[PlannedDir],
+) -> std::result::Result<Vec<FileId>, BackendError> {
+    let mut stored: Vec<FileId> = Vec::with_capacity(plan.len());
+    for dir in plan {
+        let entries = dir
+            .entries
+            .iter()
+            .map(|(name, kind, mode, secs, nanos)| DirEntry {
+                name: name.clone(),
+                kind: match kind {
+                    PlannedKind::Ready(kind) => kind.clone(),
+                    // Children are planned before their parents.
+                    PlannedKind::Subdirectory(index) => EntryKind::Dir(stored[*index]),
+                },
+                mode: *mode,
+                mtime_secs: *secs,
+                mtime_nanos: *nanos,
+            })
+            .collect();
+        let bytes = Directory {
+            previous: dir.previous,
+            entries,
+        }
+        .encode();
+        stored.push(backend.put_file(owner, &mut &bytes[..])?);
     }
-    Ok(file)
+    Ok(stored)
 }

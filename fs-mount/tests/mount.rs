@@ -653,3 +653,40 @@ fn a_crashed_mount_leaves_nothing_behind() {
         point.display()
     );
 }
+
+#[test]
+fn concurrent_writers_in_one_mount_lose_nothing() {
+    let backend = Arc::new(MemoryBackend::new());
+    let m = mount_with(&backend, &[10], Duration::from_secs(60));
+    let v = m.volume(10);
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let dir = v.join(format!("t{t}"));
+            scope.spawn(move || {
+                fs::create_dir(&dir).unwrap();
+                for i in 0..60 {
+                    let path = dir.join(format!("f{i}"));
+                    fs::write(&path, pattern(100 + i * 97, (t * 1000 + i) as u64)).unwrap();
+                    if i % 10 == 0 {
+                        // publishes run while the other threads keep changing the tree
+                        fsync_path(&path).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    fsync_path(&v).unwrap();
+    drop(m);
+    let again = mount_with(&backend, &[10], Duration::from_secs(60));
+    for t in 0..4 {
+        for i in 0..60 {
+            let path = again.volume(10).join(format!("t{t}/f{i}"));
+            assert_eq!(
+                fs::read(&path).unwrap(),
+                pattern(100 + i * 97, (t * 1000 + i) as u64),
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
