@@ -12,6 +12,7 @@ mod keys;
 mod mount;
 mod remote;
 mod sim;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks with real node processes (`cairn bench churn --help`).
     Bench(bench::BenchArgs),
+    /// Volumes: named, signed trees of files that `cairn mount` shows
+    /// (`cairn volume create`, `cairn volume ls`).
+    Volume(volume::VolumeArgs),
     /// Mount the network as a filesystem (root and /dev/fuse needed), in the foreground
     /// until Ctrl-C, SIGTERM or `cairn umount DIR`.
     ///
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         Command::Devnet(args) => daemon::devnet_command(args),
         Command::Demo(args) => demo::demo(args),
         Command::Sim(args) => sim::run(args),
+        Command::Volume(args) => volume::volume_command(args),
         Command::Mount(args) => mount::mount_command(args),
         Command::Umount(args) => mount::umount_command(args),
         Command::Bench(args) => bench::bench_command(args),

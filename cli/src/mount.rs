@@ -43,24 +43,6 @@ pub struct UmountArgs {
     dir: PathBuf,
 }
 
-fn default_keys() -> anyhow::Result<Vec<PathBuf>> {
-    let dir = crate::cairn_home().join("volumes");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
-    };
-    let mut keys = Vec::new();
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("listing {}", dir.display()))?
-            .path();
-        if path.extension().is_some_and(|e| e == "key") {
-            keys.push(path);
-        }
-    }
-    keys.sort();
-    Ok(keys)
-}
-
 fn load_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<KeyPair>> {
     paths
         .iter()
@@ -94,7 +76,7 @@ fn wait_for_stop(ended: impl Fn() -> bool) -> anyhow::Result<()> {
 /// `cairn mount DIR`.
 pub fn mount_command(args: MountArgs) -> anyhow::Result<()> {
     let key_paths = if args.key.is_empty() {
-        default_keys()?
+        crate::volume::volume_key_paths()?
     } else {
         args.key.clone()
     };
