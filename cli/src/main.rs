@@ -93,7 +93,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // fuser warns that its own unmount failed after `cairn umount` has
+                // already unmounted (EINVAL): noise, and our code reports real failures.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::mnt=error")),
         )
         .with_writer(std::io::stderr)
         .init();

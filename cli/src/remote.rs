@@ -346,6 +346,10 @@ pub fn status_command(args: StatusArgs) -> anyhow::Result<()> {
         status.known_nodes
     );
     println!(
+        "network:    about {:.0} nodes (estimated from the leaf set's spread)",
+        status.network_nodes_estimate
+    );
+    println!(
         "storage:    {} used of {} ({} free)",
         human_bytes(status.used),
         human_bytes(status.capacity),

@@ -141,7 +141,10 @@ fn a_newcomer_creates_a_volume_mounts_it_and_copies_a_tree_in_and_out() {
         .unwrap_or_else(|| panic!("`cairn volume create` printed no reference: {created}"))
         .to_string();
     let listed = ok(&home, &[&["volume", "ls"][..], &api_args].concat());
-    assert!(listed.contains(&volume), "`cairn volume ls` does not list {volume}: {listed}");
+    assert!(
+        listed.contains(&volume),
+        "`cairn volume ls` does not list {volume}: {listed}"
+    );
 
     // A tree on local disk: empty, one byte, several blocks, a nested directory.
     let source = tmp.path().join("source");
@@ -165,8 +168,29 @@ fn a_newcomer_creates_a_volume_mounts_it_and_copies_a_tree_in_and_out() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(top.contains(&volume), "the mount's top level {top:?} lacks {volume}");
+    assert!(
+        top.contains(&volume),
+        "the mount's top level {top:?} lacks {volume}"
+    );
     let root = point.join(&volume);
+    // statfs (`df`) shows the network's capacity: six equal nodes, all in the API
+    // node's leaf set, so the estimate is exact.
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&home, &[&["status", "--json"][..], &api_args].concat()))
+            .unwrap();
+    let node_capacity = status["capacity"].as_u64().unwrap();
+    let df = Command::new("stat")
+        .args(["-f", "-c", "%b %S"])
+        .arg(&point)
+        .output()
+        .unwrap();
+    let df = String::from_utf8_lossy(&df.stdout);
+    let fields: Vec<u64> = df.split_whitespace().map(|f| f.parse().unwrap()).collect();
+    let total = fields[0] * fields[1];
+    assert!(
+        total <= 6 * node_capacity && total + fields[1] > 6 * node_capacity,
+        "statfs says {total} bytes; six nodes of {node_capacity}"
+    );
     let copy = Command::new("cp")
         .arg("-r")
         .arg(&source)
@@ -174,10 +198,17 @@ fn a_newcomer_creates_a_volume_mounts_it_and_copies_a_tree_in_and_out() {
         .status()
         .unwrap();
     assert!(copy.success(), "cp -r into the mount failed");
-    let listing = Command::new("ls").arg("-lR").arg(root.join("tree")).output().unwrap();
+    let listing = Command::new("ls")
+        .arg("-lR")
+        .arg(root.join("tree"))
+        .output()
+        .unwrap();
     assert!(listing.status.success());
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.contains("big.bin") && listing.contains("note.txt"), "{listing}");
+    assert!(
+        listing.contains("big.bin") && listing.contains("note.txt"),
+        "{listing}"
+    );
     std::fs::rename(root.join("tree/a/note.txt"), root.join("tree/note.txt")).unwrap();
     std::fs::set_permissions(
         root.join("tree/note.txt"),
@@ -198,15 +229,27 @@ fn a_newcomer_creates_a_volume_mounts_it_and_copies_a_tree_in_and_out() {
     assert_eq!(std::fs::read(tree.join("empty")).unwrap(), b"");
     assert_eq!(std::fs::read(tree.join("one")).unwrap(), b"x");
     assert_eq!(std::fs::read(tree.join("a/b/c/big.bin")).unwrap(), big);
-    assert_eq!(std::fs::read(tree.join("note.txt")).unwrap(), b"hello, cairn\n");
+    assert_eq!(
+        std::fs::read(tree.join("note.txt")).unwrap(),
+        b"hello, cairn\n"
+    );
     assert!(!tree.join("a/note.txt").exists());
     let meta = std::fs::metadata(tree.join("note.txt")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
     let out = tmp.path().join("out");
-    let copy = Command::new("cp").arg("-r").arg(&tree).arg(&out).status().unwrap();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(&tree)
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(copy.success(), "cp -r out of the mount failed");
     assert_eq!(std::fs::read(out.join("a/b/c/big.bin")).unwrap(), big);
-    let removed = Command::new("rm").arg("-r").arg(tree.join("a")).status().unwrap();
+    let removed = Command::new("rm")
+        .arg("-r")
+        .arg(tree.join("a"))
+        .status()
+        .unwrap();
     assert!(removed.success());
     assert!(!tree.join("a").exists());
     ok(&home, &["umount", point_arg]);
@@ -219,7 +262,10 @@ fn another_users_volume_is_read_only_and_a_killed_mount_is_recovered() {
     let reader_home = tmp.path().join("reader");
     let (_devnet, api) = devnet(&owner_home, &tmp.path().join("devnet"));
     let api_args = ["--api", api.as_str()];
-    let created = ok(&owner_home, &[&["volume", "create"][..], &api_args].concat());
+    let created = ok(
+        &owner_home,
+        &[&["volume", "create"][..], &api_args].concat(),
+    );
     let volume = created
         .split_whitespace()
         .find(|w| w.starts_with("cairn:v:"))
@@ -255,13 +301,21 @@ fn another_users_volume_is_read_only_and_a_killed_mount_is_recovered() {
     let theirs = reader_point.join(&volume);
     assert_eq!(std::fs::read(theirs.join("shared.bin")).unwrap(), data);
     let refused = std::fs::write(theirs.join("mine.txt"), b"no").unwrap_err();
-    assert_eq!(refused.raw_os_error(), Some(30), "EROFS expected: {refused}");
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(30),
+        "EROFS expected: {refused}"
+    );
 
     // The owner's mount process dies without unmounting.
     owner_mount.0.kill().unwrap();
     owner_mount.0.wait().unwrap();
     let stale = std::fs::metadata(owner_point.join(&volume)).unwrap_err();
-    assert_eq!(stale.raw_os_error(), Some(107), "ENOTCONN expected: {stale}");
+    assert_eq!(
+        stale.raw_os_error(),
+        Some(107),
+        "ENOTCONN expected: {stale}"
+    );
     let (_owner_again, _) = start(
         &owner_home,
         &[&["mount", owner_arg][..], &api_args].concat(),
@@ -274,7 +328,10 @@ fn another_users_volume_is_read_only_and_a_killed_mount_is_recovered() {
     );
     // A change by the owner reaches the reader's mount after its refresh.
     std::fs::write(owner_point.join(&volume).join("later.txt"), b"later").unwrap();
-    std::fs::File::open(owner_point.join(&volume)).unwrap().sync_all().unwrap();
+    std::fs::File::open(owner_point.join(&volume))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match std::fs::read(theirs.join("later.txt")) {

@@ -109,12 +109,16 @@ impl Backend for ApiBackend {
             .map_err(backend_error)
     }
 
-    /// The node behind the API's own storage: the one figure the API gives.
+    /// The network's storage, estimated: the API node's own capacity and use times the
+    /// number of nodes it estimates from its leaf set (nodes of similar size assumed;
+    /// no node knows every other's figures).
     fn capacity(&self) -> Result<Capacity, BackendError> {
         let status = self.client.status().map_err(backend_error)?;
+        let nodes = status.network_nodes_estimate.max(1.0);
+        let scale = |bytes: u64| (bytes as f64 * nodes).min(u64::MAX as f64) as u64;
         Ok(Capacity {
-            total_bytes: status.capacity,
-            used_bytes: status.used,
+            total_bytes: scale(status.capacity),
+            used_bytes: scale(status.used),
         })
     }
 }

@@ -89,7 +89,11 @@ fn files_from_empty_to_256_mib_go_through_a_mount_and_come_back_byte_equal() {
     for (i, size) in sizes.iter().enumerate() {
         let path = volume.join(format!("f{i}"));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), *size);
-        assert_eq!(hash_file(&path).unwrap(), (*size, digests[i]), "file {i} of {size} bytes");
+        assert_eq!(
+            hash_file(&path).unwrap(),
+            (*size, digests[i]),
+            "file {i} of {size} bytes"
+        );
     }
     mount.unmount();
 }

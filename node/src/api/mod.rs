@@ -781,6 +781,10 @@ pub struct StatusAnswer {
     pub capacity: u64,
     /// Free bytes.
     pub free: u64,
+    /// How many nodes the whole network has, estimated from this node's leaf set
+    /// ([`crate::overlay::estimate_network_size`]).
+    #[serde(default)]
+    pub network_nodes_estimate: f64,
 }
 
 async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
@@ -798,6 +802,12 @@ async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
         used: store.used(),
         capacity: store.capacity(),
         free: store.free(),
+        network_nodes_estimate: crate::overlay::estimate_network_size(
+            &node.id().0,
+            &view.left.iter().map(|id| id.0).collect::<Vec<_>>(),
+            &view.right.iter().map(|id| id.0).collect::<Vec<_>>(),
+            node.config().overlay.leaf_set_size / 2,
+        ),
     })
 }
 

@@ -1484,10 +1484,68 @@ fn tag_of(body: &Routed) -> u64 {
     }
 }
 
+/// An estimate of how many nodes the whole overlay has, from one node's leaf set (left
+/// and right sides, each closest first; `half` = L/2). When a side is not full the
+/// leaf set already holds every node. Otherwise the `L` gaps between the farthest left
+/// and the farthest right member span a fraction `f` of the ring, and with ids spread
+/// uniformly each gap is about `1/N`, so `N ≈ L / f` (Pastry's own size estimate).
+pub fn estimate_network_size(me: &Id, left: &[Id], right: &[Id], half: usize) -> f64 {
+    let mut members: Vec<&Id> = left.iter().chain(right).filter(|id| *id != me).collect();
+    members.sort_unstable();
+    members.dedup();
+    if left.len() < half || right.len() < half {
+        return (members.len() + 1) as f64;
+    }
+    // The top 64 bits of a distance, as a fraction of the ring.
+    let fraction = |id: Id| {
+        let mut top = [0u8; 8];
+        top.copy_from_slice(&id.0[..8]);
+        u64::from_be_bytes(top) as f64 / 2f64.powi(64)
+    };
+    let far_left = left
+        .iter()
+        .map(|l| fraction(l.clockwise_to(me)))
+        .fold(0.0, f64::max);
+    let far_right = right
+        .iter()
+        .map(|r| fraction(me.clockwise_to(r)))
+        .fold(0.0, f64::max);
+    let span = far_left + far_right;
+    if span <= 0.0 {
+        return (members.len() + 1) as f64;
+    }
+    ((left.len() + right.len()) as f64 / span).max((members.len() + 1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn network_size_is_counted_when_small_and_estimated_from_leaf_spread_when_large() {
+        // A small network: the leaf set holds everyone.
+        let ids: Vec<Id> = (0..5u8).map(|i| Id::hash(&[i])).collect();
+        assert_eq!(
+            estimate_network_size(&ids[0], &ids[1..3], &ids[3..5], 8),
+            5.0
+        );
+        // 4,096 evenly spaced ids: the estimate from one node's 16 neighbours is exact.
+        let n = 4096u64;
+        let at = |i: u64| {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&(i.wrapping_mul(u64::MAX / n)).to_be_bytes());
+            Id(bytes)
+        };
+        let me = at(100);
+        let left: Vec<Id> = (92..100).rev().map(at).collect();
+        let right: Vec<Id> = (101..109).map(at).collect();
+        let estimate = estimate_network_size(&me, &left, &right, 8);
+        assert!(
+            (estimate - n as f64).abs() / (n as f64) < 0.01,
+            "{estimate}"
+        );
+    }
 
     fn node(n: u8) -> NodeId {
         NodeId(Id::hash(&[n]))
