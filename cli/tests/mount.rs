@@ -176,8 +176,7 @@ fn a_newcomer_creates_a_volume_mounts_it_and_copies_a_tree_in_and_out() {
     // statfs (`df`) shows the network's capacity: six equal nodes, all in the API
     // node's leaf set, so the estimate is exact.
     let status: serde_json::Value =
-        serde_json::from_str(&ok(&home, &[&["status", "--json"][..], &api_args].concat()))
-            .unwrap();
+        serde_json::from_str(&ok(&home, &[&["status", "--json"][..], &api_args].concat())).unwrap();
     let node_capacity = status["capacity"].as_u64().unwrap();
     let df = Command::new("stat")
         .args(["-f", "-c", "%b %S"])
