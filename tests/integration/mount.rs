@@ -1,5 +1,7 @@
 //! The FUSE mount over a real network of nodes on loopback (in this process): big and
-//! tiny files through the mount and back, and nodes that serve tampered fragments.
+//! tiny files through the mount and back, nodes that serve tampered fragments, and a
+//! seeded random workload checked against a plain directory, over the network and over
+//! the in-memory backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,23 +11,28 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_fs_mount::{ApiBackend, MountConfig, MountHandle, mount};
+use cairn_fs_mount::{ApiBackend, Backend, MemoryBackend, MountConfig, MountHandle, mount};
 use cairn_node::crypto::KeyPair;
 use cairn_node::id::Reference;
 use cairn_node::sim::Rng;
 use cairn_tests::cluster::{Cluster, owner};
+use cairn_tests::fs_workload;
 use sha2::{Digest, Sha256};
 
 const GIB: u64 = 1 << 30;
 
-/// Mounts the network through node 0's API, the volume of `owner(key_seed)` writable.
-fn mount_network(cluster: &mut Cluster, key_seed: u8, point: &Path) -> MountHandle {
-    let backend = Arc::new(ApiBackend::new(cluster.api(0)));
+/// Mounts `backend` at `point`, the volume of `owner(key_seed)` writable.
+fn mount_backend(backend: Arc<dyn Backend>, key_seed: u8, point: &Path) -> MountHandle {
     let config = MountConfig {
         refresh: Duration::from_secs(1),
         ..MountConfig::default()
     };
     mount(backend, vec![owner(key_seed)], point, config).unwrap()
+}
+
+/// Mounts the network through node 0's API, the volume of `owner(key_seed)` writable.
+fn mount_network(cluster: &mut Cluster, key_seed: u8, point: &Path) -> MountHandle {
+    mount_backend(Arc::new(ApiBackend::new(cluster.api(0))), key_seed, point)
 }
 
 fn volume_name(key: &KeyPair) -> String {
@@ -129,4 +136,42 @@ fn nodes_serving_tampered_fragments_give_other_holders_bytes_or_eio_never_wrong_
     let error = hash_file(&volume.join("unread")).unwrap_err();
     assert_eq!(error.raw_os_error(), Some(5), "EIO expected, got {error}");
     mount.unmount();
+}
+
+/// The workload on a mount of `backend`, then a fresh mount must hold what the plain
+/// directory holds (everything was published).
+fn random_operations_match_a_plain_directory(backend: Arc<dyn Backend>, seed: u64, ops: usize) {
+    const KEY: u8 = 23;
+    let tmp = tempfile::tempdir().unwrap();
+    let point = tmp.path().join("mnt");
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir(&point).unwrap();
+    std::fs::create_dir(&plain).unwrap();
+    let volume = point.join(volume_name(&owner(KEY)));
+    {
+        let mount = mount_backend(Arc::clone(&backend), KEY, &point);
+        fs_workload::run(&volume, &plain, seed, ops);
+        mount.unmount();
+    }
+    let mount = mount_backend(backend, KEY, &point);
+    assert_eq!(
+        fs_workload::snapshot(&volume),
+        fs_workload::snapshot(&plain),
+        "seed {seed}: a fresh mount differs from the plain directory"
+    );
+    mount.unmount();
+}
+
+#[test]
+fn random_operations_over_memory_match_a_plain_directory() {
+    let seed = fs_workload::seed(1);
+    random_operations_match_a_plain_directory(Arc::new(MemoryBackend::new()), seed, 2500);
+}
+
+#[test]
+fn random_operations_over_the_network_match_a_plain_directory() {
+    let mut cluster = Cluster::start(6, GIB);
+    let seed = fs_workload::seed(2);
+    let backend = Arc::new(ApiBackend::new(cluster.api(0)));
+    random_operations_match_a_plain_directory(backend, seed, 400);
 }
