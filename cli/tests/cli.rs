@@ -3,98 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+use std::process::Command;
 
-/// A child process killed (and reaped) on drop, on every path.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `cairn ARGS` and waits (bounded) for a stdout line starting with `prefix`;
-/// returns the process and the rest of that line.
-fn start(home: &Path, args: &[&str], prefix: &str) -> (Guard, String) {
-    let mut child = Command::new(CAIRN)
-        .args(args)
-        .env("CAIRN_HOME", home)
-        .env_remove("CAIRN_API")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let (tx, rx) = mpsc::channel();
-    let wanted = prefix.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix(&wanted) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let rest = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("`cairn {}` did not print {prefix:?}", args.join(" ")));
-    (guard, rest)
-}
-
-fn cairn(home: &Path, args: &[&str]) -> Output {
-    Command::new(CAIRN)
-        .args(args)
-        .env("CAIRN_HOME", home)
-        .env_remove("CAIRN_API")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = cairn(home, args);
-    assert!(
-        out.status.success(),
-        "`cairn {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(home: &Path, args: &[&str]) -> String {
-    let out = cairn(home, args);
-    assert!(
-        !out.status.success(),
-        "`cairn {}` should fail",
-        args.join(" ")
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    std::fs::write(path, &bytes).unwrap();
-    bytes
-}
+use common::{Guard, fails, ok, random_file, start};
 
 #[test]
 fn devnet_put_get_stat_rm_and_clear_errors() {

@@ -4,24 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+mod common;
+
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-
-/// A child process killed (and reaped) on drop, on every path.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Guard, bytes, cairn, ok, start};
 
 /// A mount point detached on drop, whatever the test did (a killed mount process
 /// leaves its mount behind; this never does).
@@ -35,68 +26,6 @@ impl Drop for MountPoint {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-fn command(home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(CAIRN);
-    command
-        .args(args)
-        .env("CAIRN_HOME", home)
-        .env_remove("CAIRN_API")
-        .stdin(Stdio::null());
-    command
-}
-
-/// Starts `cairn ARGS` and waits (bounded) for a stdout line starting with `prefix`.
-fn start(home: &Path, args: &[&str], prefix: &str) -> (Guard, String) {
-    let mut child = command(home, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = Guard(child);
-    let (tx, rx) = mpsc::channel();
-    let wanted = prefix.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix(&wanted) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let rest = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("`cairn {}` did not print {prefix:?}", args.join(" ")));
-    (guard, rest)
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    command(home, args).output().unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = run(home, args);
-    assert!(
-        out.status.success(),
-        "`cairn {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// Waits (bounded) for a mount process to exit on its own; its exit status.
@@ -344,7 +273,7 @@ fn another_users_volume_is_read_only_and_a_killed_mount_is_recovered() {
             Err(e) => panic!("the reader's mount never saw later.txt: {e}"),
         }
     }
-    let not_mounted = run(&owner_home, &["umount", tmp.path().to_str().unwrap()]);
+    let not_mounted = cairn(&owner_home, &["umount", tmp.path().to_str().unwrap()]);
     assert!(!not_mounted.status.success());
     assert!(
         String::from_utf8_lossy(&not_mounted.stderr).contains("not a cairn mount"),
