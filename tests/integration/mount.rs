@@ -15,7 +15,7 @@ use cairn_fs_mount::{ApiBackend, Backend, MemoryBackend, MountConfig, MountHandl
 use cairn_node::crypto::KeyPair;
 use cairn_node::id::Reference;
 use cairn_node::sim::Rng;
-use cairn_tests::cluster::{Cluster, owner};
+use cairn_tests::cluster::{Cluster, owner, put};
 use cairn_tests::fs_workload;
 use sha2::{Digest, Sha256};
 
@@ -73,7 +73,7 @@ fn hash_file(path: &Path) -> std::io::Result<(u64, [u8; 32])> {
 }
 
 #[test]
-fn files_from_empty_to_256_mib_go_through_a_mount_and_come_back_byte_equal() {
+fn files_from_empty_to_256_mib_go_through_a_mount_and_come_back_byte_equal_and_refs_read_a_put() {
     let mut cluster = Cluster::start(6, 4 * GIB);
     const KEY: u8 = 21;
     let key = owner(KEY);
@@ -90,8 +90,17 @@ fn files_from_empty_to_256_mib_go_through_a_mount_and_come_back_byte_equal() {
         }
         mount.unmount();
     }
+    // A file stored with a plain put, to be read by reference.
+    let stored = Rng::new(30).bytes((1 << 20) + 3);
+    let reference = Reference::File(put(&cluster.api(0), &owner(31), &stored, 1)).to_string();
     // A fresh mount: nothing comes from the first one's memory.
     let mount = mount_network(&mut cluster, KEY, &point);
+    let by_reference = point.join(".refs").join(&reference);
+    assert_eq!(
+        std::fs::metadata(&by_reference).unwrap().len(),
+        stored.len() as u64
+    );
+    assert_eq!(std::fs::read(&by_reference).unwrap(), stored);
     let volume = point.join(volume_name(&key));
     for (i, size) in sizes.iter().enumerate() {
         let path = volume.join(format!("f{i}"));
