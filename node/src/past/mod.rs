@@ -606,6 +606,28 @@ impl<S: FragmentStorage> Holder<S> {
         self.store.get_certificate(file).map_err(store_refusal)
     }
 
+    /// Deletes every fragment and pointer under `key` (a block no live file references
+    /// any more), counting what was freed and whom diverted copies went to.
+    fn free_block(&self, key: &PlacementKey, done: &mut Reclaimed) -> Result<(), Refusal> {
+        for info in self.store.fragments_under(key).map_err(store_refusal)? {
+            if let Some(freed) = self
+                .store
+                .delete_fragment(key, info.index)
+                .map_err(store_refusal)?
+            {
+                done.fragments += 1;
+                done.bytes += freed;
+            }
+        }
+        for (index, holder) in self.store.pointers_under(key).map_err(store_refusal)? {
+            self.store
+                .delete_pointer(key, index)
+                .map_err(store_refusal)?;
+            done.diverted_to.push((*key, holder));
+        }
+        Ok(())
+    }
+
     /// Carries out an owner's reclaim: drops `file`'s reference from each key, deletes
     /// the fragments (and pointers) of blocks no other file references, forgets the
     /// certificate and remembers the file id as reclaimed. Returns fragments and
@@ -652,22 +674,7 @@ impl<S: FragmentStorage> Holder<S> {
             {
                 continue; // another live file uses this block
             }
-            for info in self.store.fragments_under(key).map_err(store_refusal)? {
-                if let Some(freed) = self
-                    .store
-                    .delete_fragment(key, info.index)
-                    .map_err(store_refusal)?
-                {
-                    done.fragments += 1;
-                    done.bytes += freed;
-                }
-            }
-            for (index, holder) in self.store.pointers_under(key).map_err(store_refusal)? {
-                self.store
-                    .delete_pointer(key, index)
-                    .map_err(store_refusal)?;
-                done.diverted_to.push((*key, holder));
-            }
+            self.free_block(key, &mut done)?;
         }
         self.store
             .delete_certificate(&file)
@@ -782,22 +789,7 @@ impl<S: FragmentStorage> Holder<S> {
             if left > 0 {
                 continue;
             }
-            for info in self.store.fragments_under(key).map_err(store_refusal)? {
-                if let Some(freed) = self
-                    .store
-                    .delete_fragment(key, info.index)
-                    .map_err(store_refusal)?
-                {
-                    done.fragments += 1;
-                    done.bytes += freed;
-                }
-            }
-            for (index, holder) in self.store.pointers_under(key).map_err(store_refusal)? {
-                self.store
-                    .delete_pointer(key, index)
-                    .map_err(store_refusal)?;
-                done.diverted_to.push((*key, holder));
-            }
+            self.free_block(key, &mut done)?;
         }
         self.store
             .delete_certificate(&file)
