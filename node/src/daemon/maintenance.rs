@@ -237,6 +237,21 @@ impl Node {
         }
     }
 
+    /// The addresses of the `replicas` members closest to `key`, but this node: where a
+    /// keeper makes sure a certificate or root record also is.
+    fn other_keepers(
+        &self,
+        key: &PlacementKey,
+        members: &[NodeId],
+        replicas: usize,
+    ) -> Vec<NodeAddress> {
+        closest(&key.0, members.iter().copied(), replicas)
+            .into_iter()
+            .filter(|keeper| *keeper != self.id())
+            .filter_map(|keeper| self.address_of(&keeper))
+            .collect()
+    }
+
     /// Keeps every certificate this node holds on the `certificate_replicas` nodes
     /// closest to its key: a keeper asks each of them whether it has the certificate
     /// and gives it to those that do not. Run after leaf-set changes and on the slow
@@ -255,18 +270,13 @@ impl Node {
             if self.is_stopped() {
                 return;
             }
-            let key = certificate_key(&file);
-            let keepers = closest(&key.0, members.iter().copied(), replicas);
             let Ok(Ok(Some(certificate))) = self
                 .blocking(move |node| node.store().get_certificate(&file))
                 .await
             else {
                 continue;
             };
-            for keeper in keepers.into_iter().filter(|k| *k != self.id()) {
-                let Some(target) = self.address_of(&keeper) else {
-                    continue;
-                };
+            for target in self.other_keepers(&certificate_key(&file), members, replicas) {
                 let asked = self
                     .ask_bounded(&target, PastRequest::GetCertificate { file })
                     .await;
@@ -312,11 +322,7 @@ impl Node {
             let Ok(mine) = check_root(&record) else {
                 continue; // damaged here: never spread it
             };
-            let keepers = closest(&root_key(&volume).0, members.iter().copied(), replicas);
-            for keeper in keepers.into_iter().filter(|k| *k != self.id()) {
-                let Some(target) = self.address_of(&keeper) else {
-                    continue;
-                };
+            for target in self.other_keepers(&root_key(&volume), members, replicas) {
                 let asked = self
                     .ask_bounded(&target, PastRequest::GetRoot { volume })
                     .await;
