@@ -27,6 +27,22 @@ pub struct CairnFuse {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// Answers an operation that returns nothing: done, or its errno.
+fn answer_empty(reply: ReplyEmpty, result: Result<(), FsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.errno()),
+    }
+}
+
+/// Answers an operation that names an inode (lookup, mkdir, symlink).
+fn answer_entry(reply: ReplyEntry, result: Result<fuser::FileAttr, FsError>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e.errno()),
+    }
+}
+
 fn name_str(name: &OsStr) -> Result<&str, FsError> {
     name.to_str().ok_or(FsError::Invalid)
 }
@@ -47,10 +63,10 @@ impl Filesystem for CairnFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match name_str(name).and_then(|n| self.shared.lookup(parent.0, n)) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_entry(
+            reply,
+            name_str(name).and_then(|n| self.shared.lookup(parent.0, n)),
+        )
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -100,24 +116,24 @@ impl Filesystem for CairnFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match name_str(name).and_then(|n| self.shared.mkdir(parent.0, n, mode & !umask)) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_entry(
+            reply,
+            name_str(name).and_then(|n| self.shared.mkdir(parent.0, n, mode & !umask)),
+        )
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name).and_then(|n| self.shared.unlink(parent.0, n)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_empty(
+            reply,
+            name_str(name).and_then(|n| self.shared.unlink(parent.0, n)),
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match name_str(name).and_then(|n| self.shared.rmdir(parent.0, n)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_empty(
+            reply,
+            name_str(name).and_then(|n| self.shared.rmdir(parent.0, n)),
+        )
     }
 
     fn symlink(
@@ -132,10 +148,7 @@ impl Filesystem for CairnFuse {
             let target = target.to_str().ok_or(FsError::Invalid)?;
             self.shared.symlink(parent.0, n, target)
         });
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_entry(reply, result)
     }
 
     fn rename(
@@ -160,10 +173,7 @@ impl Filesystem for CairnFuse {
             self.shared
                 .rename(parent.0, n, newparent.0, new, no_replace)
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_empty(reply, result)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -218,10 +228,7 @@ impl Filesystem for CairnFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.shared.flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_empty(reply, self.shared.flush(fh.0))
     }
 
     fn release(
@@ -251,10 +258,7 @@ impl Filesystem for CairnFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.shared.fsync(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_empty(reply, self.shared.fsync(ino.0))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -305,10 +309,7 @@ impl Filesystem for CairnFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.shared.wait_published(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.errno()),
-        }
+        answer_empty(reply, self.shared.wait_published(ino.0))
     }
 
     fn getxattr(

@@ -908,20 +908,7 @@ impl Shared {
             let buffer = self.ensure_buffer(ino, Some(size))?;
             let mut buffer = lock_buffer(&buffer);
             buffer.set_len(size)?;
-            let mut state = self.lock();
-            if let Some(Inode {
-                node: Node::File(file),
-                mtime,
-                ctime,
-                ..
-            }) = state.inodes.get_mut(&ino)
-            {
-                file.size = size;
-                let at = now();
-                *mtime = at;
-                *ctime = at;
-            }
-            drop(state);
+            file_resized(&mut self.lock(), ino, size);
             drop(buffer);
             let open = matches!(self.lock().inodes.get(&ino).map(|i| &i.node), Some(Node::File(f)) if f.open > 0);
             if !open {
@@ -1039,19 +1026,7 @@ impl Shared {
         let mut buffer = lock_buffer(&buffer);
         buffer.write_at(offset, data)?;
         let len = buffer.len();
-        let mut state = self.lock();
-        if let Some(Inode {
-            node: Node::File(file),
-            mtime,
-            ctime,
-            ..
-        }) = state.inodes.get_mut(&ino)
-        {
-            file.size = len;
-            let at = now();
-            *mtime = at;
-            *ctime = at;
-        }
+        file_resized(&mut self.lock(), ino, len);
         Ok(data.len() as u32)
     }
 
@@ -1491,6 +1466,22 @@ fn is_view_root(state: &State, ino: Ino) -> bool {
         .get(&ino)
         .and_then(|i| i.view)
         .is_some_and(|v| state.views[v].root == ino)
+}
+
+/// A file's content changed to `size` bytes: its size, mtime and ctime follow.
+fn file_resized(state: &mut State, ino: Ino, size: u64) {
+    if let Some(Inode {
+        node: Node::File(file),
+        mtime,
+        ctime,
+        ..
+    }) = state.inodes.get_mut(&ino)
+    {
+        file.size = size;
+        let at = now();
+        *mtime = at;
+        *ctime = at;
+    }
 }
 
 /// Marks `dir` and its ancestors dirty, stamps `dir`'s times, and counts a change of
