@@ -21,7 +21,7 @@ use cairn_node::sim::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{HashingWriter, NodeOptions, NodeProcess, spawn_node};
+use super::{HashingWriter, NodeOptions, NodeProcess, settle, spawn_node};
 use crate::chart::{Axis, LineChart};
 use crate::files::{parse_size, unix_now};
 
@@ -195,14 +195,7 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             &options,
         )?));
     }
-    // Let the leaf sets fill before storing (bounded).
-    let settle = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < settle {
-        match gateway.api.status() {
-            Ok(status) if status.known_nodes + 1 >= args.nodes => break,
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+    settle(&gateway, args.nodes);
 
     say(format!(
         "storing {} files of {} bytes",

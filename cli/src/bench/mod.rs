@@ -151,6 +151,18 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
+/// Waits (at most 30 s) until the gateway knows the other `nodes - 1` nodes, so that
+/// the leaf sets are full before anything is stored.
+pub(crate) fn settle(gateway: &NodeProcess, nodes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match gateway.api.status() {
+            Ok(status) if status.known_nodes + 1 >= nodes => return,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// A writer that counts and hashes what it is given (a get verified without keeping it).
 #[derive(Default)]
 pub(crate) struct HashingWriter {

@@ -20,7 +20,7 @@ use cairn_node::sim::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{HashingWriter, NodeOptions, NodeProcess, spawn_node};
+use super::{HashingWriter, NodeOptions, NodeProcess, settle, spawn_node};
 use crate::files::{parse_size, unix_now};
 
 /// Arguments of `cairn bench mount`.
@@ -190,7 +190,7 @@ pub(super) fn mount_bench(args: MountBenchArgs) -> anyhow::Result<()> {
         let bootstrap = Some(gateway.listen.as_str());
         nodes.push(spawn_node(&exe, &data, "127.0.0.1:0", bootstrap, &options)?);
     }
-    std::thread::sleep(Duration::from_secs(3));
+    settle(&gateway, args.nodes);
     let api = gateway.api.base().trim_start_matches("http://").to_string();
 
     // The test file, on local disk.
