@@ -397,6 +397,10 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         "p99_ms": percentile(&latencies, 99.0),
         "repair_bytes_per_stored_byte": repair_total as f64 / stored_bytes.max(1.0),
         "time_to_full_redundancy_s": time_to_full,
+        // The last redundancy sample: when full redundancy never came back, how far
+        // it was (or null: no stat of every file succeeded at the end).
+        "final_min_live": samples.last().map(|s| s.min_live),
+        "final_mean_live": samples.last().map(|s| s.mean_live),
         "reads": reads.len(),
         "failed_reads": reads.len() - ok,
         "kills": kills,
