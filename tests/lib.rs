@@ -3,9 +3,9 @@
 
 /// Helpers for the store tests (`integration/store*.rs`).
 pub mod store {
-    use cairn_node::id::{FragmentHash, Id, PlacementKey};
-    use cairn_node::sim::Rng;
-    use cairn_node::store::fragment_hash;
+    use cairn_core::id::{FragmentHash, Id, PlacementKey};
+    use cairn_core::rng::Rng;
+    use cairn_store::fragment_hash;
 
     /// A placement key whose first byte is `top` (so its ring position is known) and
     /// whose other bytes derive from `n`.
@@ -38,13 +38,13 @@ pub mod cluster {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    use cairn_node::api::client::ApiClient;
-    use cairn_node::api::{self, ApiConfig, ApiServer};
-    use cairn_node::crypto::KeyPair;
-    use cairn_node::daemon::unix_now;
-    use cairn_node::daemon::{Node, NodeConfig};
-    use cairn_node::erasure::ErasureParams;
-    use cairn_node::id::{FileId, NodeId, Reference};
+    use cairn_api::client::ApiClient;
+    use cairn_core::crypto::KeyPair;
+    use cairn_core::erasure::ErasureParams;
+    use cairn_core::id::{FileId, NodeId, Reference};
+    use cairn_daemon::http::{self as api, ApiConfig, ApiServer};
+    use cairn_daemon::unix_now;
+    use cairn_daemon::{Node, NodeConfig};
 
     /// The deterministic node key of node `i` (so placements are the same every run).
     pub fn node_key(i: usize) -> KeyPair {
@@ -306,7 +306,7 @@ pub mod fs_workload {
     use std::io::{ErrorKind, Seek, SeekFrom, Write};
     use std::path::{Path, PathBuf};
 
-    use cairn_node::sim::Rng;
+    use cairn_core::rng::Rng;
 
     /// Names the workload uses: files and directories, nested, overlapping.
     const NAMES: [&str; 10] = ["a", "b", "c", "d/a", "d/b", "d", "e", "e/x", "d/e", "d/e/f"];

@@ -11,8 +11,8 @@
 use std::hint::black_box;
 
 use cairn_benches::{machine_note, measure, quick, test_bytes};
-use cairn_node::crypto::{FileCertificate, KeyPair, Signed};
-use cairn_node::id::{FileId, FragmentHash, Id, ManifestHash};
+use cairn_core::crypto::{FileCertificate, KeyPair, Signed};
+use cairn_core::id::{FileId, FragmentHash, Id, ManifestHash};
 use ed25519_dalek::{Signer, SigningKey, Verifier};
 use sha2::{Digest, Sha256};
 

@@ -38,13 +38,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cairn_api::client::ApiClient;
+use cairn_api::{GRANT_HEADER, PutAnswer, decode_hex, encode_hex};
 use cairn_benches::{Measurement, ceilings, machine_note, peak_rss_mib, quick, reset_peak_rss};
-use cairn_node::api::client::ApiClient;
-use cairn_node::api::{GRANT_HEADER, PutAnswer, decode_hex, encode_hex};
-use cairn_node::crypto::{FileCertificate, KeyPair, Signed, UploadGrant};
-use cairn_node::erasure::ErasureParams;
-use cairn_node::id::{FileId, Reference};
-use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
+use cairn_core::crypto::{FileCertificate, KeyPair, Signed, UploadGrant};
+use cairn_core::erasure::ErasureParams;
+use cairn_core::id::{FileId, Reference};
+use cairn_core::manifest::DEFAULT_SEGMENT_SIZE;
 use sha2::{Digest, Sha256};
 
 const NODES: usize = 8;

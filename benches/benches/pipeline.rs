@@ -34,15 +34,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cairn_benches::{
     Ceiling, ceilings, machine_note, measure, peak_rss_mib, quick, reset_peak_rss, test_bytes,
 };
-use cairn_node::client::{
-    FragmentStore, GetOptions, GetTarget, MemoryFragments, PutOptions, get, put,
-};
-use cairn_node::crypto::KeyPair;
-use cairn_node::crypto::{FileCertificate, Signed};
-use cairn_node::erasure::ErasureParams;
-use cairn_node::erasure::{Fragment, FragmentRef};
-use cairn_node::id::{FileId, FragmentHash, PlacementKey};
-use cairn_node::manifest::DEFAULT_SEGMENT_SIZE;
+use cairn_core::crypto::KeyPair;
+use cairn_core::crypto::{FileCertificate, Signed};
+use cairn_core::erasure::ErasureParams;
+use cairn_core::erasure::{Fragment, FragmentRef};
+use cairn_core::id::{FileId, FragmentHash, PlacementKey};
+use cairn_core::manifest::DEFAULT_SEGMENT_SIZE;
+use cairn_pipeline::{FragmentStore, GetOptions, GetTarget, MemoryFragments, PutOptions, get, put};
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use sha2::{Digest, Sha256};
 

@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cairn_benches::{Measurement, machine_note, quick, test_bytes};
-use cairn_node::id::{FragmentHash, Id, PlacementKey};
-use cairn_node::store::{
+use cairn_core::id::{FragmentHash, Id, PlacementKey};
+use cairn_store::{
     DEFAULT_SYNC_THREADS, DiskStore, FragmentStorage, OfferedFragment, fragment_hash,
 };
 

@@ -121,7 +121,7 @@ pub fn measure<R>(
 
 /// Deterministic pseudo-random bytes, so runs hash the same input.
 pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    cairn_node::sim::Rng::new(seed).bytes(len)
+    cairn_core::rng::Rng::new(seed).bytes(len)
 }
 
 /// A one-line note of the machine, printed at the top of every bench run.
@@ -161,11 +161,11 @@ pub struct Ceiling {
 /// Measures the [`Ceiling`]s of `params` on one `segment`, `reps` times each. The get
 /// ceilings include one copy of each fragment used, as fetching from a store does.
 pub fn ceilings(
-    params: cairn_node::erasure::ErasureParams,
+    params: cairn_core::erasure::ErasureParams,
     segment: usize,
     reps: usize,
 ) -> Ceiling {
-    use cairn_node::erasure::{BlockSpec, Codec, Offer};
+    use cairn_core::erasure::{BlockSpec, Codec, Offer};
     let Ok(codec) = Codec::new(params) else {
         panic!("the codec refuses {params}");
     };

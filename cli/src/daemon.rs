@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cairn_node::api::{self, ApiConfig, DEFAULT_API_ADDR};
-use cairn_node::daemon::{Node, NodeConfig};
-use cairn_node::erasure::ErasureParams;
+use cairn_api::DEFAULT_API_ADDR;
+use cairn_core::erasure::ErasureParams;
+use cairn_daemon::http::{self as api, ApiConfig};
+use cairn_daemon::{Node, NodeConfig};
 
 use crate::files::parse_size;
 

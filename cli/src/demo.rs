@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use cairn_node::client::{FragmentStore, LocalFragments, PutOptions, put};
-use cairn_node::crypto::KeyPair;
-use cairn_node::erasure::ErasureParams;
-use cairn_node::id::{PlacementKey, Reference};
-use cairn_node::store::{DiskStore, FragmentStorage};
+use cairn_core::crypto::KeyPair;
+use cairn_core::erasure::ErasureParams;
+use cairn_core::id::{PlacementKey, Reference};
+use cairn_pipeline::{FragmentStore, LocalFragments, PutOptions, put};
+use cairn_store::{DiskStore, FragmentStorage};
 
 use crate::files::{get_to_file, human_bytes, parse_size, rate, unix_now};
 
@@ -158,7 +158,7 @@ fn write_generated_file(path: &std::path::Path, size: u64) -> anyhow::Result<()>
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
     );
-    let mut rng = cairn_node::sim::Rng::new(0x243f_6a88_85a3_08d3);
+    let mut rng = cairn_core::rng::Rng::new(0x243f_6a88_85a3_08d3);
     let mut chunk = vec![0u8; 1 << 20];
     let mut written = 0u64;
     while written < size {

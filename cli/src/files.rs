@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use cairn_node::client::{GetOptions, GetStats, GetTarget, LocalFragments, get};
-use cairn_node::id::{FileId, Reference};
-use cairn_node::store::DiskStore;
+use cairn_core::id::{FileId, Reference};
+use cairn_pipeline::{GetOptions, GetStats, GetTarget, LocalFragments, get};
+use cairn_store::DiskStore;
 
 /// Seconds since the Unix epoch, for certificates.
 pub fn unix_now() -> u64 {
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn volume_references_are_not_files() {
-        let text = format!("cairn:v:{}", cairn_node::id::Id::hash(b"v"));
+        let text = format!("cairn:v:{}", cairn_core::id::Id::hash(b"v"));
         assert!(
             parse_file_reference(&text)
                 .unwrap_err()

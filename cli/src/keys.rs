@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cairn_node::crypto::KeyPair;
+use cairn_core::crypto::KeyPair;
 
 /// Arguments of `cairn keygen`.
 #[derive(clap::Args)]

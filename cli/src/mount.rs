@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_core::crypto::KeyPair;
 use cairn_fs_mount::{ApiBackend, MountConfig};
-use cairn_node::crypto::KeyPair;
 
 use crate::remote::ApiArgs;
 

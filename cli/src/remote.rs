@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use cairn_node::api::DEFAULT_API_ADDR;
-use cairn_node::api::client::ApiClient;
-use cairn_node::erasure::ErasureParams;
-use cairn_node::id::{FileId, Id, Reference};
+use cairn_api::DEFAULT_API_ADDR;
+use cairn_api::client::ApiClient;
+use cairn_core::erasure::ErasureParams;
+use cairn_core::id::{FileId, Id, Reference};
 
 use crate::files::{
     Progress, ProgressReader, human_bytes, parse_file_reference, rate, unix_now,

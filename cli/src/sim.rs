@@ -1,8 +1,8 @@
-//! `cairn sim ...`: experiments in the deterministic simulator (`cairn_node::sim`).
+//! `cairn sim ...`: experiments in the deterministic simulator (`cairn_sim`).
 //!
 //! Owns: argument parsing and report printing for `cairn sim routing` and
-//! `cairn sim durability`. The experiments themselves are `cairn_node::sim::run_routing`
-//! and `cairn_node::durability::run_durability`, so tests and the CLI run the same code.
+//! `cairn sim durability`. The experiments themselves are `cairn_sim::run_routing`
+//! and `cairn_sim::durability::run_durability`, so tests and the CLI run the same code.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cairn_node::durability::{DurabilityParams, DurabilityReport, Scheme, run_durability};
-use cairn_node::sim::{LookupSummary, RoutingParams, RoutingReport, run_routing};
+use cairn_sim::durability::{DurabilityParams, DurabilityReport, Scheme, run_durability};
+use cairn_sim::{LookupSummary, RoutingParams, RoutingReport, run_routing};
 use serde_json::json;
 
 use crate::chart::{Axis, LineChart};

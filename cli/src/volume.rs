@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use cairn_core::crypto::KeyPair;
+use cairn_core::id::Reference;
 use cairn_fs_mount::volume::Directory;
 use cairn_fs_mount::{ApiBackend, Backend};
-use cairn_node::crypto::KeyPair;
-use cairn_node::id::Reference;
 
 use crate::remote::ApiArgs;
 

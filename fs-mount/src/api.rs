@@ -1,4 +1,4 @@
-//! [`ApiBackend`]: the [`Backend`] over a node's HTTP API (`cairn_node::api::client`).
+//! [`ApiBackend`]: the [`Backend`] over a node's HTTP API (`cairn_api::client`).
 //! Files are stored with `put` (every put a fresh name salt, so a new file), read
 //! with ranged gets the node verifies, and roots read and published through the
 //! node's root endpoints.
@@ -6,9 +6,9 @@
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cairn_node::api::client::{ApiClient, ClientError};
-use cairn_node::crypto::{KeyPair, RootRecord};
-use cairn_node::id::{FileId, Id, Reference, VolumeKey};
+use cairn_api::client::{ApiClient, ClientError};
+use cairn_core::crypto::{KeyPair, RootRecord};
+use cairn_core::id::{FileId, Id, Reference, VolumeKey};
 
 use crate::backend::{Backend, BackendError, Capacity, unix_now};
 

@@ -2,15 +2,15 @@
 //! verified byte range of one, and read or publish a volume's root record.
 //!
 //! [`MemoryBackend`] is the in-process twin the filesystem is tested on; the network
-//! implementation wraps the node's HTTP API client. Uses only `cairn_node::{id, crypto}`.
+//! implementation wraps the node's HTTP API client. Uses only `cairn_core::{id, crypto}`.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cairn_node::crypto::{KeyPair, RootRecord};
-use cairn_node::id::{FileId, Id, VolumeKey};
+use cairn_core::crypto::{KeyPair, RootRecord};
+use cairn_core::id::{FileId, Id, VolumeKey};
 
 /// Network capacity and use, as statfs reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

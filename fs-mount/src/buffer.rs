@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 
-use cairn_node::id::FileId;
+use cairn_core::id::FileId;
 
 use crate::backend::{Backend, BackendError};
 
@@ -391,7 +391,7 @@ mod tests {
     #[test]
     fn cache_stays_within_its_bound_and_reads_right_bytes() {
         use crate::backend::MemoryBackend;
-        use cairn_node::crypto::KeyPair;
+        use cairn_core::crypto::KeyPair;
         let backend = Arc::new(MemoryBackend::new());
         let bytes: Vec<u8> = (0..(10 * BLOCK + 123)).map(|i| (i % 251) as u8).collect();
         let file = backend

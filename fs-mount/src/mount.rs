@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cairn_node::crypto::KeyPair;
+use cairn_core::crypto::KeyPair;
 use fuser::{BackgroundSession, Config, MountOption};
 use tracing::{info, warn};
 

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_node::crypto::{KeyPair, RootRecord};
-use cairn_node::id::{FileId, Reference, VolumeKey};
+use cairn_core::crypto::{KeyPair, RootRecord};
+use cairn_core::id::{FileId, Reference, VolumeKey};
 use fuser::{FileAttr, FileType, INodeNo};
 use tracing::{error, info, warn};
 

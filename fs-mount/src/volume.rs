@@ -4,9 +4,9 @@
 //!
 //! Small files (at most [`INLINE_MAX`] bytes) live inside their directory entry, so
 //! they cost no put of their own; larger ones are separate stored files.
-//! Uses only `cairn_node::id` and serde/postcard.
+//! Uses only `cairn_core::id` and serde/postcard.
 
-use cairn_node::id::FileId;
+use cairn_core::id::FileId;
 use serde::{Deserialize, Serialize};
 
 /// Files up to this many bytes are stored inline in their directory entry.
@@ -144,7 +144,7 @@ impl Directory {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use cairn_node::id::Id;
+    use cairn_core::id::Id;
 
     #[test]
     fn round_trip_and_order_checked() {

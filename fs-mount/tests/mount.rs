@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_core::crypto::KeyPair;
+use cairn_core::id::Reference;
 use cairn_fs_mount::backend::Backend;
 use cairn_fs_mount::{MemoryBackend, MountConfig, MountHandle, mount};
-use cairn_node::crypto::KeyPair;
-use cairn_node::id::Reference;
 
 const EROFS: i32 = 30;
 const EIO: i32 = 5;
@@ -308,7 +308,7 @@ fn other_volumes_are_read_only_and_refs_read_stored_files() {
         .join(Reference::File(id).to_string());
     assert_eq!(fs::read(&path).unwrap(), stored);
     erofs(fs::write(&path, b"x"));
-    let unknown = Reference::File(cairn_node::id::FileId(cairn_node::id::Id::hash(b"no")));
+    let unknown = Reference::File(cairn_core::id::FileId(cairn_core::id::Id::hash(b"no")));
     assert_eq!(
         fs::metadata(reader.path.join(".refs").join(unknown.to_string()))
             .unwrap_err()

@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_core::crypto::KeyPair;
+use cairn_core::id::Reference;
+use cairn_core::rng::Rng;
 use cairn_fs_mount::{ApiBackend, Backend, MemoryBackend, MountConfig, MountHandle, mount};
-use cairn_node::crypto::KeyPair;
-use cairn_node::id::Reference;
-use cairn_node::sim::Rng;
 use cairn_tests::cluster::{Cluster, owner, put};
 use cairn_tests::fs_workload;
 use sha2::{Digest, Sha256};

@@ -8,14 +8,14 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cairn_node::api::client::{ApiClient, ClientError};
-use cairn_node::crypto::{FileCertificate, KeyPair, ReclaimCertificate, Signed, UploadGrant};
-use cairn_node::daemon::unix_now;
-use cairn_node::erasure::{ErasureParams, fragment_hash};
-use cairn_node::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
-use cairn_node::past::{PastRequest, PastResponse, Refusal, StoreRequest, closest};
-use cairn_node::sim::Rng;
-use cairn_node::store::FragmentStorage;
+use cairn_api::client::{ApiClient, ClientError};
+use cairn_core::crypto::{FileCertificate, KeyPair, ReclaimCertificate, Signed, UploadGrant};
+use cairn_core::erasure::{ErasureParams, fragment_hash};
+use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
+use cairn_core::rng::Rng;
+use cairn_daemon::unix_now;
+use cairn_past::{PastRequest, PastResponse, Refusal, StoreRequest, closest};
+use cairn_store::FragmentStorage;
 use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
 
 const GIB: u64 = 1 << 30;
@@ -465,18 +465,18 @@ fn malformed_frames_close_one_connection_and_the_api_explains_mistakes() {
 fn an_api_with_a_token_refuses_requests_without_it_and_never_listens_openly_without_one() {
     let cluster = Cluster::start(1, GIB);
     let node = cluster.node(0).clone();
-    let open = cluster.block_on(cairn_node::api::serve(
+    let open = cluster.block_on(cairn_daemon::http::serve(
         node.clone(),
-        cairn_node::api::ApiConfig {
+        cairn_daemon::http::ApiConfig {
             listen: ([0, 0, 0, 0], 0).into(),
             token: None,
         },
     ));
     assert!(open.is_err(), "an API on 0.0.0.0 needs a token");
     let server = cluster
-        .block_on(cairn_node::api::serve(
+        .block_on(cairn_daemon::http::serve(
             node,
-            cairn_node::api::ApiConfig {
+            cairn_daemon::http::ApiConfig {
                 listen: ([127, 0, 0, 1], 0).into(),
                 token: Some("s3cret".into()),
             },
@@ -514,11 +514,10 @@ fn a_node_whose_bootstrap_never_answers_gives_up_with_the_reason() {
         .enable_all()
         .build()
         .unwrap();
-    let mut config =
-        cairn_node::daemon::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap(), GIB);
+    let mut config = cairn_daemon::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap(), GIB);
     config.bootstrap = vec![dead_addr];
     config.join_patience = Duration::from_secs(1);
-    let started = runtime.block_on(cairn_node::daemon::Node::start(config));
+    let started = runtime.block_on(cairn_daemon::Node::start(config));
     let Err(error) = started else {
         panic!("a node joined through an address where nothing listens");
     };

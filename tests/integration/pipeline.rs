@@ -1,4 +1,4 @@
-//! End-to-end tests of the client pipeline (`cairn_node::client`) over the in-memory
+//! End-to-end tests of the client pipeline (`cairn_pipeline`) over the in-memory
 //! store: round trips at boundary sizes, lost and damaged fragments worked around and
 //! reported, too many lost fragments reported clearly, forged certificates refused;
 //! and the split put under an upload grant, over the disk store, as a node runs it.
@@ -7,14 +7,14 @@
 
 use std::io::{self, Write};
 
-use cairn_node::client::{
+use cairn_core::crypto::{KeyPair, Signed, VerifyError};
+use cairn_core::erasure::{DecodeError, ErasureParams, SkipReason};
+use cairn_core::id::{FileId, Id, PlacementKey};
+use cairn_core::manifest::{DEFAULT_SEGMENT_SIZE, manifest_placement_key};
+use cairn_pipeline::{
     FragmentStore, GetError, GetOptions, GetStats, GetTarget, MemoryFragments, PutOptions,
     PutReceipt, get, put,
 };
-use cairn_node::crypto::{KeyPair, Signed, VerifyError};
-use cairn_node::erasure::{DecodeError, ErasureParams, SkipReason};
-use cairn_node::id::{FileId, Id, PlacementKey};
-use cairn_node::manifest::{DEFAULT_SEGMENT_SIZE, manifest_placement_key};
 
 const SEGMENT: usize = DEFAULT_SEGMENT_SIZE as usize;
 
@@ -36,7 +36,7 @@ fn params() -> ErasureParams {
 
 /// Deterministic pseudo-random bytes.
 fn file_bytes(len: usize, seed: u64) -> Vec<u8> {
-    cairn_node::sim::Rng::new(seed).bytes(len)
+    cairn_core::rng::Rng::new(seed).bytes(len)
 }
 
 /// A writer that checks what it is given against the expected bytes as they come, so
@@ -458,9 +458,9 @@ fn other_parameters_round_trip() {
 /// after a reopen; then a reclaimed file id is refused.
 #[test]
 fn a_split_put_under_an_upload_grant_round_trips_through_the_disk_store() {
-    use cairn_node::client::{FileIdentity, LocalFragments, finish_put, put_unsigned};
-    use cairn_node::crypto::UploadGrant;
-    use cairn_node::store::{DiskStore, FragmentStorage, StoreError};
+    use cairn_core::crypto::UploadGrant;
+    use cairn_pipeline::{FileIdentity, LocalFragments, finish_put, put_unsigned};
+    use cairn_store::{DiskStore, FragmentStorage, StoreError};
 
     let dir = tempfile::tempdir().unwrap();
     let owner = KeyPair::from_secret_bytes(&[21; 32]);

@@ -8,13 +8,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use cairn_node::api::client::{ApiClient, ClientError};
-use cairn_node::daemon::{NodeConfig, unix_now};
-use cairn_node::erasure::fragment_hash;
-use cairn_node::id::{FileId, NodeId, PlacementKey};
-use cairn_node::past::{PastRequest, PastResponse, closest};
-use cairn_node::sim::Rng;
-use cairn_node::store::FragmentStorage;
+use cairn_api::client::{ApiClient, ClientError};
+use cairn_core::erasure::fragment_hash;
+use cairn_core::id::{FileId, NodeId, PlacementKey};
+use cairn_core::rng::Rng;
+use cairn_daemon::{NodeConfig, unix_now};
+use cairn_past::{PastRequest, PastResponse, closest};
+use cairn_store::FragmentStorage;
 use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
 
 const GIB: u64 = 1 << 30;
@@ -81,7 +81,7 @@ fn fully_redundant(client: &ApiClient, file: &FileId) -> bool {
 
 fn counter_sum(
     cluster: &Cluster,
-    counter: impl Fn(&cairn_node::daemon::Counters) -> &std::sync::atomic::AtomicU64,
+    counter: impl Fn(&cairn_daemon::Counters) -> &std::sync::atomic::AtomicU64,
 ) -> u64 {
     cluster
         .live()
@@ -269,7 +269,7 @@ fn a_holder_restarted_with_fragments_of_a_file_reclaimed_meanwhile_does_not_revi
     // The node is down: its store still holds the file's fragments and reference.
     {
         let store =
-            cairn_node::store::DiskStore::open(cluster.data_dir(stale).join("store"), GIB).unwrap();
+            cairn_store::DiskStore::open(cluster.data_dir(stale).join("store"), GIB).unwrap();
         assert!(!store.fragments_under(&keys[1]).unwrap().is_empty());
         assert_eq!(store.references(&keys[1]).unwrap(), vec![file]);
     }
@@ -372,9 +372,9 @@ fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated(
         .get_fragment(&key, index)
         .unwrap()
         .unwrap();
-    let grant = cairn_node::crypto::Signed::sign(
+    let grant = cairn_core::crypto::Signed::sign(
         &me,
-        cairn_node::crypto::UploadGrant::new(
+        cairn_core::crypto::UploadGrant::new(
             cairn_tests::cluster::TEST_FILE_NAME.as_bytes(),
             salt,
             me.public_key(),
@@ -386,7 +386,7 @@ fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated(
     .to_bytes()
     .unwrap();
     let to = cluster.node(diverted).address();
-    let request = PastRequest::StoreDiverted(cairn_node::past::StoreRequest {
+    let request = PastRequest::StoreDiverted(cairn_past::StoreRequest {
         grant,
         key,
         index,

@@ -7,12 +7,12 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use cairn_node::api::client::{ApiClient, ClientError};
-use cairn_node::crypto::{KeyPair, RootRecord, Signed};
-use cairn_node::daemon::{NodeConfig, unix_now};
-use cairn_node::id::{FileId, Id, NodeId, Reference, VolumeKey};
-use cairn_node::past::{PastRequest, PastResponse, Refusal, closest, root_key};
-use cairn_node::store::FragmentStorage;
+use cairn_api::client::{ApiClient, ClientError};
+use cairn_core::crypto::{KeyPair, RootRecord, Signed};
+use cairn_core::id::{FileId, Id, NodeId, Reference, VolumeKey};
+use cairn_daemon::{NodeConfig, unix_now};
+use cairn_past::{PastRequest, PastResponse, Refusal, closest, root_key};
+use cairn_store::FragmentStorage;
 use cairn_tests::cluster::{Cluster, owner, put};
 
 const GIB: u64 = 1 << 30;

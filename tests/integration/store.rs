@@ -7,8 +7,8 @@
 use std::fs;
 use std::path::Path;
 
-use cairn_node::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
-use cairn_node::store::{
+use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+use cairn_store::{
     DiskStore, FragmentStorage, MemoryStore, OfferedFragment, PutOutcome, StoreError,
 };
 use cairn_tests::store::{fragment, key, key_at};

@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_node::id::{Id, PlacementKey};
-use cairn_node::store::{DiskStore, FragmentStorage, OfferedFragment, StoreError};
+use cairn_core::id::{Id, PlacementKey};
+use cairn_store::{DiskStore, FragmentStorage, OfferedFragment, StoreError};
 use cairn_tests::store::{fragment, key};
 
 const CHILD_DIR_ENV: &str = "CAIRN_STORE_CRASH_CHILD_DIR";

@@ -16,8 +16,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use cairn_node::id::{FileId, FragmentHash, Id, PlacementKey};
-use cairn_node::store::{DiskStore, FragmentStorage, OfferedFragment, StoreError};
+use cairn_core::id::{FileId, FragmentHash, Id, PlacementKey};
+use cairn_store::{DiskStore, FragmentStorage, OfferedFragment, StoreError};
 use cairn_tests::store::{fragment, key};
 use tempfile::TempDir;
 

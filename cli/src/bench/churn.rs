@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cairn_node::api::client::ApiClient;
-use cairn_node::crypto::KeyPair;
-use cairn_node::erasure::ErasureParams;
-use cairn_node::id::FileId;
-use cairn_node::sim::Rng;
+use cairn_api::client::ApiClient;
+use cairn_core::crypto::KeyPair;
+use cairn_core::erasure::ErasureParams;
+use cairn_core::id::FileId;
+use cairn_core::rng::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -217,7 +217,7 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
                 unix_now(),
             )
             .with_context(|| format!("storing file {i}"))?;
-        let cairn_node::id::Reference::File(file) = outcome.reference else {
+        let cairn_core::id::Reference::File(file) = outcome.reference else {
             bail!("a put returned a volume reference");
         };
         files.push((file, digest));

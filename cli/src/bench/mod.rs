@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cairn_node::api::client::ApiClient;
+use cairn_api::client::ApiClient;
 use sha2::{Digest, Sha256};
 
 /// `cairn bench ...`.

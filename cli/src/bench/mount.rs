@@ -14,9 +14,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cairn_node::crypto::KeyPair;
-use cairn_node::id::{Id, Reference, VolumeKey};
-use cairn_node::sim::Rng;
+use cairn_core::crypto::KeyPair;
+use cairn_core::id::{Id, Reference, VolumeKey};
+use cairn_core::rng::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,1256 @@
+//! The gateway: what a node does for its local API. It puts, gets, describes and
+//! reclaims whole files over the network, running the client pipeline
+//! ([`cairn_pipeline`]) with [`NetworkFragments`] as its fragment store.
+//!
+//! Owns: [`NetworkFragments`] (with its put window of blocks in flight and its get
+//! read-ahead, both tasks on the node's runtime), [`GatewayError`] and [`PlacementFailure`] (why a block
+//! could not be placed: the message a user sees behind HTTP 507), and the file-level
+//! operations [`Node::publish_certificate`], [`Node::find_certificate`],
+//! [`Node::reclaim_file`] and [`Node::stat_file`], and the volume operations
+//! [`Node::publish_root`] and [`Node::find_root`].
+//!
+//! Every receipt is checked here (signature, node, key, index, hash, file): a put
+//! succeeds only with `n` valid receipts per block.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::{Node, unix_now};
+use cairn_api::ReclaimReport;
+use cairn_core::crypto::{FileCertificate, ReclaimCertificate, RootRecord, Signed, StoreReceipt};
+use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef, Offer};
+use cairn_core::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+use cairn_core::manifest::{Manifest, manifest_placement_key};
+use cairn_net::NetError;
+use cairn_past::{
+    NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest, certificate_key, check_root,
+    root_key,
+};
+use cairn_pipeline::{FragmentStore, PendingBlock};
+
+/// How many extra nodes beyond the `n` closest a lookup asks when a fragment is not
+/// where it should be (membership changed, or the fragment was diverted).
+const LOOKUP_SPARES: usize = 4;
+
+/// A reclaim visits at most this many salts per block (a put tries at most
+/// `max_file_diversions + 1`; the cap keeps a strange manifest from costing more).
+const MAX_SALTS_RECLAIMED: u64 = 16;
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The node is stopping.
+    #[error("the node is stopping")]
+    Stopped,
+    /// Routing to a key found nobody (after retries).
+    #[error("no node answered for key {key} after {attempts} attempts")]
+    Locate {
+        /// The key.
+        key: Id,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A node could not be reached.
+    #[error("node {node} is unreachable")]
+    Unreachable {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
+    /// A node answered something that makes no sense here.
+    #[error("node {node} {what}")]
+    Protocol {
+        /// The node.
+        node: NodeId,
+        /// What it did.
+        what: String,
+    },
+    /// A node refused.
+    #[error("node {node} refused: {refusal}")]
+    Refused {
+        /// The node.
+        node: NodeId,
+        /// Its reason.
+        refusal: Refusal,
+    },
+    /// A block could not be placed on `n` nodes.
+    #[error(transparent)]
+    Placement(#[from] PlacementFailure),
+    /// A store receipt did not check out.
+    #[error("node {node} sent a bad store receipt: {reason}")]
+    BadReceipt {
+        /// The node.
+        node: NodeId,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A holder reported that its copy no longer matches its hash.
+    #[error("node {node} reports its copy of fragment {index} is corrupt")]
+    Corrupt {
+        /// The node.
+        node: NodeId,
+        /// The fragment.
+        index: u16,
+    },
+    /// No node keeps a certificate for the file.
+    #[error("no node has a certificate for file {file}")]
+    NotFound {
+        /// The file.
+        file: FileId,
+    },
+    /// The reclaim is not valid for this file.
+    #[error("reclaim refused: {0}")]
+    BadReclaim(String),
+    /// Reading the file's manifest failed.
+    #[error("reading the manifest of file {file}: {reason}")]
+    Manifest {
+        /// The file.
+        file: FileId,
+        /// Why.
+        reason: String,
+    },
+    /// A task of the gateway failed.
+    #[error("a gateway task failed: {0}")]
+    Task(String),
+    /// A replica of the volume's root holds sequence `held_sequence`, at least the one
+    /// published (or equal with another record): this update lost to another writer's
+    /// or is a replay.
+    #[error(
+        "a replica of volume {volume} holds sequence {held_sequence}, so sequence {offered} was not applied (another writer published first, or this is a replay)"
+    )]
+    RootConflict {
+        /// The volume.
+        volume: VolumeKey,
+        /// The highest sequence a replica said it holds.
+        held_sequence: u64,
+        /// The sequence that was published.
+        offered: u64,
+    },
+    /// Too few of the volume's replicas stored a new root record.
+    #[error(
+        "only {stored} of the {reached} replicas of volume {volume} that answered stored its root record (a majority is needed)"
+    )]
+    RootNotStored {
+        /// The volume.
+        volume: VolumeKey,
+        /// Replicas that stored it (or already held it).
+        stored: usize,
+        /// Replicas that answered.
+        reached: usize,
+    },
+}
+
+/// What [`Node::publish_root`] achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RootPublished {
+    /// Replicas that now hold the record (stored it, or already held the same one).
+    pub replicas: usize,
+    /// Replicas asked (the volume's `certificate_replicas` closest nodes).
+    pub asked: usize,
+    /// The sequence published.
+    pub sequence: u64,
+}
+
+/// Why a block's `n` fragments could not all be placed at one key: the evidence behind
+/// a file diversion, and behind HTTP 507 when every salt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct PlacementFailure {
+    /// The key tried.
+    pub key: PlacementKey,
+    /// Fragments to place.
+    pub needed: usize,
+    /// Fragments placed.
+    pub placed: usize,
+    /// Nodes near the key (fewer than `needed` means the network is too small).
+    pub nodes_found: usize,
+    /// What went wrong, per fragment: index, node and reason.
+    pub failures: Vec<(u16, NodeId, String)>,
+}
+
+impl fmt::Display for PlacementFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nodes_found < self.needed {
+            return write!(
+                f,
+                "only {} node(s) near key {}, {} needed for {} fragments",
+                self.nodes_found, self.key, self.needed, self.needed
+            );
+        }
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, _, reason) in &self.failures {
+            *reasons.entry(reason.as_str()).or_default() += 1;
+        }
+        let reasons: Vec<String> = reasons
+            .iter()
+            .map(|(reason, count)| format!("{count}× {reason}"))
+            .collect();
+        write!(
+            f,
+            "{} of {} fragments placed at key {}; {} node(s) refused or failed: {}",
+            self.placed,
+            self.needed,
+            self.key,
+            self.failures.len(),
+            reasons.join("; ")
+        )
+    }
+}
+
+/// The upload a [`NetworkFragments`] stores fragments for.
+#[derive(Clone, Debug)]
+pub struct Upload {
+    /// The owner's signed [`cairn_core::crypto::UploadGrant`] bytes.
+    pub grant: Arc<Vec<u8>>,
+    /// The file it grants.
+    pub file: FileId,
+}
+
+/// How many blocks a put keeps in flight over the network by default
+/// ([`FragmentStore::blocks_in_flight`]): while they wait for their `n` receipts (each
+/// holder syncs), the pipeline reads and encodes the next. Measured on the 8-node
+/// devnet (256 MiB puts): 4 beat 1, 2 and 8 (8 adds memory and contention on the
+/// holders' disks without more throughput).
+pub const DEFAULT_PUT_WINDOW: usize = 4;
+
+/// The most prefetched blocks a [`NetworkFragments`] keeps waiting to be asked for;
+/// an older one is dropped (its fetch aborted). `get` prefetches one block ahead.
+const MAX_PREFETCHED_BLOCKS: usize = 4;
+
+/// The fragments of one block, owned, as they go out in store requests: index, hash,
+/// bytes.
+type OwnedFragments = Arc<Vec<(u16, FragmentHash, Vec<u8>)>>;
+
+/// What one fetch of a block's fragments returns.
+type FetchedFragments = Vec<Result<Option<Fragment>, GatewayError>>;
+
+/// A block a [`NetworkFragments`] started storing and has not confirmed.
+struct BlockInFlight {
+    /// Its own copy of the fragments, kept until the block is confirmed so that a late
+    /// placement refusal can be stored again at another key.
+    fragments: OwnedFragments,
+    /// The running store (`None` after a refusal, until a restart).
+    task: Option<JoinHandle<Result<(), GatewayError>>>,
+}
+
+/// A fetch started by [`FragmentStore::prefetch`], waiting to be asked for.
+struct Prefetched {
+    key: PlacementKey,
+    indexes: Vec<u16>,
+    task: JoinHandle<FetchedFragments>,
+}
+
+/// The work a [`NetworkFragments`] (and its clones) runs in the background. Dropped
+/// with the last clone: whatever is still running is aborted (a put or get that
+/// failed half-way leaves nothing behind but fragments already stored).
+#[derive(Default)]
+struct Background {
+    next_block: u64,
+    blocks: HashMap<u64, BlockInFlight>,
+    prefetched: VecDeque<Prefetched>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for block in self.blocks.values() {
+            if let Some(task) = &block.task {
+                task.abort();
+            }
+        }
+        for prefetched in &self.prefetched {
+            prefetched.task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Background {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Background")
+            .field("blocks_in_flight", &self.blocks.len())
+            .field("prefetched", &self.prefetched.len())
+            .finish()
+    }
+}
+
+/// The client pipeline's view of the network: a blocking [`FragmentStore`] over a
+/// running [`Node`]. Call it from a blocking thread (`spawn_blocking`), never from a
+/// runtime thread.
+///
+/// A put keeps up to its window of blocks in flight (tasks on the runtime, each
+/// holding its own copy of the block's `n` fragments: peak memory is the window's
+/// fragments, `window × segment × n / k`, 6 MiB at 4 × 1 MiB, 4+2); a get's
+/// [`FragmentStore::prefetch`] starts fetching the next block while the pipeline
+/// decodes the current one.
+#[derive(Clone, Debug)]
+pub struct NetworkFragments {
+    node: Node,
+    runtime: Handle,
+    upload: Option<Upload>,
+    window: usize,
+    background: Arc<Mutex<Background>>,
+}
+
+impl NetworkFragments {
+    /// A store that reads through `node`; `upload` is needed to store fragments. A put
+    /// through it keeps [`DEFAULT_PUT_WINDOW`] blocks in flight.
+    pub fn new(node: Node, runtime: Handle, upload: Option<Upload>) -> NetworkFragments {
+        NetworkFragments {
+            node,
+            runtime,
+            upload,
+            window: DEFAULT_PUT_WINDOW,
+            background: Arc::default(),
+        }
+    }
+
+    /// The same store with a put window of `window` blocks (at least 1: one block at a
+    /// time, each confirmed before the next is read).
+    pub fn with_window(mut self, window: usize) -> NetworkFragments {
+        self.window = window.max(1);
+        self
+    }
+
+    fn upload(&self) -> Result<&Upload, GatewayError> {
+        self.upload.as_ref().ok_or_else(|| {
+            GatewayError::BadReclaim("this store was opened for reading only".into())
+        })
+    }
+
+    fn background(&self) -> MutexGuard<'_, Background> {
+        // A panic elsewhere while holding the lock leaves plain maps, still usable.
+        self.background
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores `fragments` at `key` in a task on the runtime.
+    fn spawn_store(
+        &self,
+        key: PlacementKey,
+        fragments: &OwnedFragments,
+    ) -> Result<JoinHandle<Result<(), GatewayError>>, GatewayError> {
+        let upload = self.upload()?.clone();
+        let node = self.node.clone();
+        let fragments = Arc::clone(fragments);
+        Ok(self
+            .runtime
+            .spawn(async move { node.store_block(&upload, key, &fragments).await }))
+    }
+}
+
+impl FragmentStore for NetworkFragments {
+    type Error = GatewayError;
+
+    fn put_fragment(
+        &self,
+        key: &PlacementKey,
+        fragment: FragmentRef<'_>,
+        hash: &FragmentHash,
+    ) -> Result<(), GatewayError> {
+        self.put_block_fragments(key, &[(fragment, *hash)])
+    }
+
+    fn put_block_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<(), GatewayError> {
+        let upload = self.upload()?;
+        let owned = owned_fragments(fragments);
+        self.runtime
+            .block_on(self.node.store_block(upload, *key, &owned))
+    }
+
+    fn blocks_in_flight(&self) -> usize {
+        self.window
+    }
+
+    /// Copies the fragments (the pipeline reuses its buffer) and stores them in a task
+    /// on the runtime; returns at once.
+    fn start_block(
+        &self,
+        key: &PlacementKey,
+        fragments: &[(FragmentRef<'_>, FragmentHash)],
+    ) -> Result<PendingBlock, GatewayError> {
+        let fragments = owned_fragments(fragments);
+        let task = self.spawn_store(*key, &fragments)?;
+        let mut background = self.background();
+        let id = background.next_block;
+        background.next_block += 1;
+        background.blocks.insert(
+            id,
+            BlockInFlight {
+                fragments,
+                task: Some(task),
+            },
+        );
+        Ok(PendingBlock(id))
+    }
+
+    fn finish_block(&self, pending: PendingBlock) -> Result<(), GatewayError> {
+        let task = self
+            .background()
+            .blocks
+            .get_mut(&pending.0)
+            .and_then(|block| block.task.take());
+        let Some(task) = task else {
+            return Err(GatewayError::Task(format!(
+                "block {} is not being stored",
+                pending.0
+            )));
+        };
+        let result = self
+            .runtime
+            .block_on(task)
+            .unwrap_or_else(|e| Err(GatewayError::Task(e.to_string())));
+        match &result {
+            // The copy stays for a restart at another key.
+            Err(error) if self.is_placement_refusal(error) => {}
+            _ => {
+                self.background().blocks.remove(&pending.0);
+            }
+        }
+        result
+    }
+
+    fn restart_block(
+        &self,
+        pending: PendingBlock,
+        new_key: &PlacementKey,
+    ) -> Option<Result<PendingBlock, GatewayError>> {
+        let fragments = self
+            .background()
+            .blocks
+            .get(&pending.0)
+            .map(|block| Arc::clone(&block.fragments));
+        let Some(fragments) = fragments else {
+            return Some(Err(GatewayError::Task(format!(
+                "block {} has no copy to restart",
+                pending.0
+            ))));
+        };
+        let task = match self.spawn_store(*new_key, &fragments) {
+            Ok(task) => task,
+            Err(error) => return Some(Err(error)),
+        };
+        if let Some(block) = self.background().blocks.get_mut(&pending.0) {
+            block.task = Some(task);
+        }
+        Some(Ok(pending))
+    }
+
+    /// Fetches in a task on the runtime; [`FragmentStore::get_block_fragments`] with
+    /// the same arguments takes the result.
+    fn prefetch(&self, key: &PlacementKey, indexes: &[u16]) {
+        let node = self.node.clone();
+        let (key, indexes) = (*key, indexes.to_vec());
+        let wanted = indexes.clone();
+        let task = self
+            .runtime
+            .spawn(async move { node.fetch_fragments(key, &wanted).await });
+        let mut background = self.background();
+        // Bounded: a prefetch never asked for is dropped, oldest first.
+        while background.prefetched.len() >= MAX_PREFETCHED_BLOCKS {
+            if let Some(stale) = background.prefetched.pop_front() {
+                stale.task.abort();
+            }
+        }
+        background
+            .prefetched
+            .push_back(Prefetched { key, indexes, task });
+    }
+
+    fn get_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<Fragment>, GatewayError> {
+        self.get_block_fragments(key, &[index])
+            .pop()
+            .unwrap_or(Ok(None))
+    }
+
+    fn get_block_fragments(
+        &self,
+        key: &PlacementKey,
+        indexes: &[u16],
+    ) -> Vec<Result<Option<Fragment>, GatewayError>> {
+        let prefetched = {
+            let mut background = self.background();
+            let found = background
+                .prefetched
+                .iter()
+                .position(|p| p.key == *key && p.indexes == indexes);
+            found.and_then(|position| background.prefetched.remove(position))
+        };
+        if let Some(prefetched) = prefetched {
+            match self.runtime.block_on(prefetched.task) {
+                Ok(fetched) => return fetched,
+                // Fetched again below.
+                Err(e) => tracing::warn!(%key, "a prefetch task failed: {e}"),
+            }
+        }
+        self.runtime
+            .block_on(self.node.fetch_fragments(*key, indexes))
+    }
+
+    fn put_certificate(&self, certificate: &Signed<FileCertificate>) -> Result<(), GatewayError> {
+        let bytes = certificate
+            .to_bytes()
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        self.runtime
+            .block_on(self.node.publish_certificate(bytes))
+            .map(|_| ())
+    }
+
+    fn get_certificate(
+        &self,
+        file: &FileId,
+    ) -> Result<Option<Signed<FileCertificate>>, GatewayError> {
+        self.runtime.block_on(self.node.find_certificate(*file))
+    }
+
+    fn is_corruption(&self, error: &GatewayError) -> bool {
+        matches!(error, GatewayError::Corrupt { .. })
+    }
+
+    fn is_placement_refusal(&self, error: &GatewayError) -> bool {
+        matches!(error, GatewayError::Placement(_))
+    }
+}
+
+/// Where one fragment of a block is, as seen by `cairn stat`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FragmentHolders {
+    /// The fragment's index.
+    pub index: u16,
+    /// Nodes holding a copy that matches the manifest's hash.
+    pub holders: Vec<NodeId>,
+    /// Nodes holding a pointer to a diverted copy.
+    pub pointers: Vec<NodeId>,
+}
+
+/// One block of a file, as seen by `cairn stat`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockStat {
+    /// `"manifest"` or the block's position in the file.
+    pub block: String,
+    /// The block's placement key.
+    pub key: PlacementKey,
+    /// The placement salt (non-zero after file diversion).
+    pub salt: u64,
+    /// Where each fragment is.
+    pub fragments: Vec<FragmentHolders>,
+    /// How many of the `n` fragments have at least one live holder.
+    pub live: usize,
+}
+
+/// What `cairn stat REF` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileStat {
+    /// The certificate's fields.
+    pub certificate: FileCertificate,
+    /// Every block, the manifest block first.
+    pub blocks: Vec<BlockStat>,
+    /// `n` for every block.
+    pub n: usize,
+    /// Blocks with fewer than `k` live fragments (unreadable now).
+    pub unreadable_blocks: usize,
+    /// Blocks with fewer than `n` live fragments (degraded).
+    pub degraded_blocks: usize,
+}
+
+impl Node {
+    /// Stores one block's fragments: fragment `i` at the `i`-th closest node to `key`,
+    /// each answering with a receipt that is checked here.
+    pub(crate) async fn store_block(
+        &self,
+        upload: &Upload,
+        key: PlacementKey,
+        fragments: &[(u16, FragmentHash, Vec<u8>)],
+    ) -> Result<(), GatewayError> {
+        let needed = fragments.len();
+        let replicas = u16::try_from(needed).unwrap_or(u16::MAX);
+        let nodes = self.locate(key.0, replicas.saturating_add(1)).await?;
+        let failure = |placed, failures| PlacementFailure {
+            key,
+            needed,
+            placed,
+            nodes_found: nodes.len(),
+            failures,
+        };
+        if nodes.len() < needed {
+            return Err(failure(0, Vec::new()).into());
+        }
+        let mut tasks = JoinSet::new();
+        for ((index, hash, bytes), target) in fragments.iter().zip(nodes.iter().copied()) {
+            let (index, hash) = (*index, *hash);
+            let node = self.clone();
+            // A copy per request: the caller keeps its own to store again elsewhere.
+            let request = PastRequest::Store(StoreRequest {
+                grant: upload.grant.as_ref().clone(),
+                key,
+                index,
+                hash,
+                bytes: bytes.clone(),
+                replicas,
+            });
+            let file = upload.file;
+            tasks.spawn(async move {
+                let result = match node.ask(&target, request).await {
+                    Ok(PastResponse::Stored {
+                        receipt,
+                        diverted_to,
+                    }) => {
+                        let holder = diverted_to.map_or(target.id, |d| d.id);
+                        check_receipt(&receipt, holder, file, key, index, hash)
+                    }
+                    Ok(PastResponse::Refused(refusal)) => Err(refusal.to_string()),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                (index, target.id, result)
+            });
+        }
+        let mut failures = Vec::new();
+        let mut placed = 0;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, _, Ok(()))) => placed += 1,
+                Ok((index, node, Err(reason))) => failures.push((index, node, reason)),
+                Err(e) => return Err(GatewayError::Task(e.to_string())),
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            failures.sort_by_key(|(index, _, _)| *index);
+            tracing::debug!(%key, placed, "block not placed: {:?}", failures);
+            self.counters()
+                .placements_failed
+                .fetch_add(1, Ordering::Relaxed);
+            Err(failure(placed, failures).into())
+        }
+    }
+
+    /// Fetches fragments `indexes` of the block at `key`, in parallel: fragment `i`
+    /// from the `i`-th closest node, following a pointer if it was diverted; a fragment
+    /// not found there is asked of the other nodes near the key.
+    pub(crate) async fn fetch_fragments(
+        &self,
+        key: PlacementKey,
+        indexes: &[u16],
+    ) -> Vec<Result<Option<Fragment>, GatewayError>> {
+        let highest = indexes.iter().copied().max().map_or(0, usize::from);
+        let count = u16::try_from(highest + 1 + LOOKUP_SPARES).unwrap_or(u16::MAX);
+        let nodes = match self.locate(key.0, count).await {
+            Ok(nodes) => Arc::new(nodes),
+            Err(GatewayError::Locate { key, attempts }) => {
+                return indexes
+                    .iter()
+                    .map(|_| Err(GatewayError::Locate { key, attempts }))
+                    .collect();
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                return indexes
+                    .iter()
+                    .map(|_| Err(GatewayError::Task(reason.clone())))
+                    .collect();
+            }
+        };
+        let mut tasks = JoinSet::new();
+        for (position, index) in indexes.iter().copied().enumerate() {
+            let node = self.clone();
+            let nodes = Arc::clone(&nodes);
+            tasks.spawn(async move { (position, node.fetch_one(key, index, &nodes).await) });
+        }
+        let mut results: Vec<Result<Option<Fragment>, GatewayError>> =
+            indexes.iter().map(|_| Ok(None)).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((position, result)) => {
+                    if let Some(slot) = results.get_mut(position) {
+                        *slot = result;
+                    }
+                }
+                Err(e) => tracing::warn!("a fetch task failed: {e}"),
+            }
+        }
+        results
+    }
+
+    async fn fetch_one(
+        &self,
+        key: PlacementKey,
+        index: u16,
+        nodes: &[NodeAddress],
+    ) -> Result<Option<Fragment>, GatewayError> {
+        // The designated holder first, then the others in order of closeness.
+        let designated = nodes.get(usize::from(index)).copied();
+        let order = designated
+            .into_iter()
+            .chain(nodes.iter().copied().filter(|n| Some(*n) != designated));
+        let mut first_error = None;
+        for target in order {
+            let mut asked = target;
+            // At most one pointer is followed (a diverted fragment is never re-diverted).
+            for _ in 0..2 {
+                match self.ask(&asked, PastRequest::Fetch { key, index }).await {
+                    Ok(PastResponse::Fragment { bytes }) => {
+                        return Ok(Some(Fragment { index, bytes }));
+                    }
+                    Ok(PastResponse::Pointer { holder }) if holder != asked => {
+                        asked = holder;
+                        continue;
+                    }
+                    Ok(PastResponse::Corrupt) => {
+                        first_error.get_or_insert(GatewayError::Corrupt {
+                            node: asked.id,
+                            index,
+                        });
+                    }
+                    Ok(PastResponse::NotFound | PastResponse::Pointer { .. }) => {}
+                    Ok(PastResponse::Refused(refusal)) => {
+                        first_error.get_or_insert(GatewayError::Refused {
+                            node: asked.id,
+                            refusal,
+                        });
+                    }
+                    Ok(other) => {
+                        first_error.get_or_insert(GatewayError::Protocol {
+                            node: asked.id,
+                            what: format!("answered a fetch with {other:?}"),
+                        });
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                break;
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a signed certificate on the nodes closest to its certificate key;
+    /// returns how many kept it (at least one, or an error).
+    pub async fn publish_certificate(&self, certificate: Vec<u8>) -> Result<usize, GatewayError> {
+        let body = cairn_past::check_certificate(&certificate, unix_now()).map_err(|refusal| {
+            GatewayError::Refused {
+                node: self.id(),
+                refusal,
+            }
+        })?;
+        let replicas = self.config().past.certificate_replicas;
+        let key = certificate_key(&body.file_id);
+        let nodes = self
+            .locate(key.0, u16::try_from(replicas).unwrap_or(u16::MAX))
+            .await?;
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            let request = PastRequest::PutCertificate {
+                certificate: certificate.clone(),
+            };
+            tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
+        }
+        let mut kept = 0;
+        let mut last_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(PastResponse::Done))) => kept += 1,
+                Ok((node, Ok(PastResponse::Refused(refusal)))) => {
+                    last_error = Some(GatewayError::Refused { node, refusal });
+                }
+                Ok((node, Ok(other))) => {
+                    last_error = Some(GatewayError::Protocol {
+                        node,
+                        what: format!("answered a certificate with {other:?}"),
+                    });
+                }
+                Ok((_, Err(e))) => last_error = Some(e),
+                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
+            }
+        }
+        match (kept, last_error) {
+            (0, Some(error)) => Err(error),
+            (0, None) => Err(GatewayError::NotFound { file: body.file_id }),
+            (kept, _) => Ok(kept),
+        }
+    }
+
+    /// The certificate of `file`, from the first node near its certificate key that
+    /// has one whose signature checks out (`None` if none has).
+    pub async fn find_certificate(
+        &self,
+        file: FileId,
+    ) -> Result<Option<Signed<FileCertificate>>, GatewayError> {
+        let replicas = self.config().past.certificate_replicas + 2;
+        let key = certificate_key(&file);
+        let nodes = self
+            .locate(key.0, u16::try_from(replicas).unwrap_or(u16::MAX))
+            .await?;
+        let mut answered = false;
+        let mut last_error = None;
+        for target in &nodes {
+            match self.ask(target, PastRequest::GetCertificate { file }).await {
+                Ok(PastResponse::Certificate {
+                    certificate: Some(bytes),
+                }) => {
+                    answered = true;
+                    match Signed::<FileCertificate>::from_bytes(&bytes) {
+                        Ok(signed) if signed.verify().is_ok() && signed.body.file_id == file => {
+                            return Ok(Some(signed));
+                        }
+                        _ => {
+                            tracing::warn!(node = %target.id, %file, "a certificate that does not verify was served; skipped")
+                        }
+                    }
+                }
+                Ok(PastResponse::Certificate { certificate: None }) => answered = true,
+                Ok(_) => {}
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (answered, last_error) {
+            (false, Some(error)) => Err(error),
+            _ => Ok(None),
+        }
+    }
+
+    /// Publishes a signed root record to the `certificate_replicas` nodes closest to
+    /// its volume's [`root_key`], in parallel.
+    ///
+    /// A lost update is never silent: if any replica refuses because it holds a
+    /// higher sequence (or the same sequence with another record), the publish fails
+    /// with [`GatewayError::RootConflict`] carrying the highest sequence held, even if
+    /// other replicas took the record. Otherwise it succeeds when a majority of the
+    /// replicas that answered (and at least one) hold the record afterwards, so a
+    /// reader asking all of them meets it; unreachable replicas are caught up by
+    /// maintenance ([`super::maintenance`]'s root replication).
+    pub async fn publish_root(&self, record: Vec<u8>) -> Result<RootPublished, GatewayError> {
+        let signed = check_root(&record).map_err(|refusal| GatewayError::Refused {
+            node: self.id(),
+            refusal,
+        })?;
+        let volume = signed.body.volume;
+        let sequence = signed.body.sequence;
+        let replicas = self.config().past.certificate_replicas;
+        let nodes = self
+            .locate(
+                root_key(&volume).0,
+                u16::try_from(replicas).unwrap_or(u16::MAX),
+            )
+            .await?;
+        let asked = nodes.len();
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            let request = PastRequest::PutRoot {
+                record: record.clone(),
+            };
+            tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
+        }
+        let (mut stored, mut reached) = (0, 0);
+        let mut held_higher: Option<u64> = None;
+        let mut last_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Ok(PastResponse::Done))) => {
+                    stored += 1;
+                    reached += 1;
+                }
+                Ok((_, Ok(PastResponse::Refused(Refusal::StaleRoot { held_sequence })))) => {
+                    reached += 1;
+                    held_higher = Some(held_higher.map_or(held_sequence, |h| h.max(held_sequence)));
+                }
+                Ok((node, Ok(PastResponse::Refused(refusal)))) => {
+                    reached += 1;
+                    last_error = Some(GatewayError::Refused { node, refusal });
+                }
+                Ok((node, Ok(other))) => {
+                    reached += 1;
+                    last_error = Some(GatewayError::Protocol {
+                        node,
+                        what: format!("answered a root record with {other:?}"),
+                    });
+                }
+                Ok((_, Err(e))) => last_error = Some(e),
+                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
+            }
+        }
+        if let Some(held_sequence) = held_higher {
+            return Err(GatewayError::RootConflict {
+                volume,
+                held_sequence,
+                offered: sequence,
+            });
+        }
+        if stored > 0 && stored * 2 > reached {
+            return Ok(RootPublished {
+                replicas: stored,
+                asked,
+                sequence,
+            });
+        }
+        match (reached, last_error) {
+            (0, Some(error)) => Err(error),
+            _ => Err(GatewayError::RootNotStored {
+                volume,
+                stored,
+                reached,
+            }),
+        }
+    }
+
+    /// The highest valid root record of `volume` that the nodes closest to its
+    /// [`root_key`] hold (`None` if none holds one). Every replica is asked, in
+    /// parallel, and every answer verified: a replica that is behind or serves a
+    /// forged record never wins. Fails only if no replica answered at all.
+    pub async fn find_root(
+        &self,
+        volume: VolumeKey,
+    ) -> Result<Option<Signed<RootRecord>>, GatewayError> {
+        // Two more than the keepers: after a join, a new closest node may not have the
+        // record yet while the old keepers still do.
+        let replicas = self.config().past.certificate_replicas + 2;
+        let nodes = self
+            .locate(
+                root_key(&volume).0,
+                u16::try_from(replicas).unwrap_or(u16::MAX),
+            )
+            .await?;
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            tasks.spawn(async move {
+                let answer = node.ask(&target, PastRequest::GetRoot { volume }).await;
+                (target.id, answer)
+            });
+        }
+        let mut best: Option<Signed<RootRecord>> = None;
+        let mut answered = false;
+        let mut last_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((node, Ok(PastResponse::Root { record }))) => {
+                    answered = true;
+                    let Some(bytes) = record else { continue };
+                    match check_root(&bytes) {
+                        Ok(signed) if signed.body.volume == volume => {
+                            if best
+                                .as_ref()
+                                .is_none_or(|b| signed.body.sequence > b.body.sequence)
+                            {
+                                best = Some(signed);
+                            }
+                        }
+                        _ => {
+                            tracing::warn!(%node, %volume, "a root record that does not verify was served; skipped");
+                        }
+                    }
+                }
+                Ok((node, Ok(other))) => {
+                    last_error = Some(GatewayError::Protocol {
+                        node,
+                        what: format!("answered a root request with {other:?}"),
+                    });
+                }
+                Ok((_, Err(e))) => last_error = Some(e),
+                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
+            }
+        }
+        match (answered, last_error) {
+            (false, Some(error)) => Err(error),
+            _ => Ok(best),
+        }
+    }
+
+    /// The manifest of a certified file, fetched and checked through the network
+    /// (fragments against the certified hashes, the manifest against its hash).
+    async fn manifest_of(
+        &self,
+        certificate: &Signed<FileCertificate>,
+    ) -> Result<cairn_core::manifest::Manifest, GatewayError> {
+        let body = &certificate.body;
+        let file = body.file_id;
+        let failed = |reason: String| GatewayError::Manifest { file, reason };
+        let params = ErasureParams::new(body.k, body.m).map_err(|e| failed(e.to_string()))?;
+        let codec = Codec::new(params).map_err(|e| failed(e.to_string()))?;
+        let key = manifest_placement_key(&body.manifest_hash, body.manifest_salt);
+        let indexes: Vec<u16> = codec.fetch_order().collect();
+        let fetched = self.fetch_fragments(key, &indexes).await;
+        let offers = indexes.iter().zip(fetched).map(|(index, result)| {
+            let offer = match result {
+                Ok(Some(fragment)) => Offer::Fragment(fragment),
+                Ok(None) => Offer::Missing,
+                Err(e) => Offer::Unavailable(e.to_string()),
+            };
+            (*index, offer)
+        });
+        let spec = BlockSpec {
+            hash: BlockHash(body.manifest_hash.0),
+            len: None,
+            fragment_hashes: &body.manifest_fragments,
+        };
+        let (decoded, _) = codec
+            .decode(&spec, offers)
+            .map_err(|e| failed(e.to_string()))?;
+        Manifest::from_block(&decoded.to_vec(), &body.manifest_hash, params)
+            .map_err(|e| failed(e.to_string()))
+    }
+
+    /// Frees a file everywhere: every holder of every block (blocks another live file
+    /// references are kept by their holders) and the certificate's keepers. The
+    /// reclaim must be signed by the file's owner.
+    pub async fn reclaim_file(&self, reclaim: Vec<u8>) -> Result<ReclaimReport, GatewayError> {
+        let order = Signed::<ReclaimCertificate>::from_bytes(&reclaim)
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        order
+            .verify()
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        let file = order.body.file_id;
+        let certificate = self
+            .find_certificate(file)
+            .await?
+            .ok_or(GatewayError::NotFound { file })?;
+        if certificate.body.owner != order.body.owner {
+            return Err(GatewayError::BadReclaim(format!(
+                "file {file} belongs to another owner than the reclaim's signer"
+            )));
+        }
+        let certificate_bytes = certificate
+            .to_bytes()
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        let manifest = self.manifest_of(&certificate).await?;
+        let n = usize::from(manifest.params.n());
+        // Every salt up to the one each block landed at: a block that was diverted to a
+        // new key may have left fragments under the earlier ones (placed before the
+        // refusal), referenced by this file and by nothing else.
+        let body = &certificate.body;
+        let mut keys: Vec<(PlacementKey, usize)> = manifest
+            .blocks
+            .iter()
+            .flat_map(|b| {
+                (0..=b.salt.min(MAX_SALTS_RECLAIMED))
+                    .map(|salt| PlacementKey::for_block(&b.hash, salt))
+            })
+            .chain(
+                (0..=body.manifest_salt.min(MAX_SALTS_RECLAIMED))
+                    .map(|salt| manifest_placement_key(&body.manifest_hash, salt)),
+            )
+            .map(|key| (key, n + LOOKUP_SPARES))
+            .collect();
+        keys.sort_by_key(|(key, _)| *key);
+        keys.dedup();
+        let replicas = self.config().past.certificate_replicas + 2;
+        let mut report = ReclaimReport::default();
+        let mut targets: Vec<(PlacementKey, Vec<PlacementKey>, usize)> = keys
+            .into_iter()
+            .map(|(key, count)| (key, vec![key], count))
+            .collect();
+        // Last: the certificate's keepers, which then remember the file as reclaimed.
+        targets.push((certificate_key(&file), Vec::new(), replicas));
+        for (locate_key, block_keys, count) in targets {
+            let nodes = match self
+                .locate(locate_key.0, u16::try_from(count).unwrap_or(u16::MAX))
+                .await
+            {
+                Ok(nodes) => nodes,
+                Err(e) => {
+                    report.failures.push(e.to_string());
+                    continue;
+                }
+            };
+            let mut tasks = JoinSet::new();
+            for target in nodes {
+                let node = self.clone();
+                let request = PastRequest::Reclaim {
+                    reclaim: reclaim.clone(),
+                    certificate: certificate_bytes.clone(),
+                    keys: block_keys.clone(),
+                };
+                tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((_, Ok(PastResponse::Reclaimed { fragments, bytes }))) => {
+                        report.fragments_freed += fragments;
+                        report.bytes_freed += bytes;
+                    }
+                    Ok((node, Ok(other))) => report.failures.push(format!("{node}: {other:?}")),
+                    Ok((_, Err(e))) => report.failures.push(e.to_string()),
+                    Err(e) => report.failures.push(e.to_string()),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Describes a file: its certificate, and for every block which node holds which
+    /// fragment (checked against the manifest's hashes), and how many are live.
+    pub async fn stat_file(&self, file: FileId) -> Result<FileStat, GatewayError> {
+        let certificate = self
+            .find_certificate(file)
+            .await?
+            .ok_or(GatewayError::NotFound { file })?;
+        let manifest = self.manifest_of(&certificate).await?;
+        let body = certificate.body.clone();
+        let n = usize::from(manifest.params.n());
+        let k = usize::from(manifest.params.k());
+        let mut wanted: Vec<(String, PlacementKey, u64, Vec<FragmentHash>)> = vec![(
+            "manifest".into(),
+            manifest_placement_key(&body.manifest_hash, body.manifest_salt),
+            body.manifest_salt,
+            body.manifest_fragments.clone(),
+        )];
+        for (position, block) in manifest.blocks.iter().enumerate() {
+            wanted.push((
+                position.to_string(),
+                block.placement_key(),
+                block.salt,
+                block.fragments.clone(),
+            ));
+        }
+        let mut blocks = Vec::with_capacity(wanted.len());
+        for (name, key, salt, hashes) in wanted {
+            blocks.push(self.block_stat(name, key, salt, &hashes).await);
+        }
+        let unreadable_blocks = blocks.iter().filter(|b| b.live < k).count();
+        let degraded_blocks = blocks.iter().filter(|b| b.live < n).count();
+        Ok(FileStat {
+            certificate: body,
+            blocks,
+            n,
+            unreadable_blocks,
+            degraded_blocks,
+        })
+    }
+
+    async fn block_stat(
+        &self,
+        block: String,
+        key: PlacementKey,
+        salt: u64,
+        hashes: &[FragmentHash],
+    ) -> BlockStat {
+        let mut fragments: Vec<FragmentHolders> = (0..hashes.len())
+            .map(|index| FragmentHolders {
+                index: u16::try_from(index).unwrap_or(u16::MAX),
+                holders: Vec::new(),
+                pointers: Vec::new(),
+            })
+            .collect();
+        let count = u16::try_from(hashes.len() + LOOKUP_SPARES).unwrap_or(u16::MAX);
+        let nodes = self.locate(key.0, count).await.unwrap_or_default();
+        let mut tasks = JoinSet::new();
+        for target in nodes {
+            let node = self.clone();
+            tasks.spawn(async move {
+                (
+                    target.id,
+                    node.ask(&target, PastRequest::Holdings { key }).await,
+                )
+            });
+        }
+        let mut pointed: Vec<(u16, NodeAddress)> = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((
+                node,
+                Ok(PastResponse::Holdings {
+                    fragments: held,
+                    pointers,
+                    ..
+                }),
+            )) = joined
+            else {
+                continue;
+            };
+            for (index, hash) in held {
+                if let Some(slot) = fragments.get_mut(usize::from(index))
+                    && hashes.get(usize::from(index)) == Some(&hash)
+                    && !slot.holders.contains(&node)
+                {
+                    slot.holders.push(node);
+                }
+            }
+            for (index, holder) in pointers {
+                if let Some(slot) = fragments.get_mut(usize::from(index)) {
+                    slot.pointers.push(node);
+                }
+                pointed.push((index, holder));
+            }
+        }
+        // Diverted copies live outside the located set: ask their holders directly.
+        for (index, holder) in pointed {
+            if let Ok(PastResponse::Holdings {
+                fragments: held, ..
+            }) = self.ask(&holder, PastRequest::Holdings { key }).await
+                && held
+                    .iter()
+                    .any(|(i, h)| *i == index && hashes.get(usize::from(index)) == Some(h))
+                && let Some(slot) = fragments.get_mut(usize::from(index))
+                && !slot.holders.contains(&holder.id)
+            {
+                slot.holders.push(holder.id);
+            }
+        }
+        let live = fragments.iter().filter(|f| !f.holders.is_empty()).count();
+        BlockStat {
+            block,
+            key,
+            salt,
+            fragments,
+            live,
+        }
+    }
+}
+
+/// An owned copy of a block's fragments, for requests that outlive the caller's buffer.
+fn owned_fragments(fragments: &[(FragmentRef<'_>, FragmentHash)]) -> OwnedFragments {
+    Arc::new(
+        fragments
+            .iter()
+            .map(|(f, hash)| (f.index, *hash, f.bytes.to_vec()))
+            .collect(),
+    )
+}
+
+/// Checks a store receipt against what was asked.
+fn check_receipt(
+    bytes: &[u8],
+    holder: NodeId,
+    file: FileId,
+    key: PlacementKey,
+    index: u16,
+    hash: FragmentHash,
+) -> Result<(), String> {
+    let signed =
+        Signed::<StoreReceipt>::from_bytes(bytes).map_err(|e| format!("bad receipt: {e}"))?;
+    let receipt = signed.verify().map_err(|e| format!("bad receipt: {e}"))?;
+    if receipt.node != holder {
+        return Err(format!(
+            "receipt signed by {} instead of {holder}",
+            receipt.node
+        ));
+    }
+    if receipt.file_id != file
+        || receipt.placement_key != key
+        || receipt.index != index
+        || receipt.fragment_hash != hash
+    {
+        return Err("receipt for another fragment".into());
+    }
+    Ok(())
+}

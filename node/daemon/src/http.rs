@@ -1,0 +1,697 @@
+//! The HTTP server of a node's local API: what the `cairn` CLI and the FUSE mount talk
+//! to (through [`cairn_api::client`]). It runs the client pipeline on the node's
+//! behalf, over the network.
+//!
+//! Owns: the routes, their errors ([`ApiError`]), [`ApiServer`] and [`serve`]. The JSON
+//! shapes, the header names and the hex form signed values travel in are
+//! [`cairn_api`]'s.
+//!
+//! May use: the node ([`crate::Node`], its gateway), [`cairn_pipeline`], [`cairn_api`],
+//! [`cairn_core`], `axum`, `tokio`.
+//!
+//! # Keys stay with the user
+//! The node holds no owner key. A put is two requests: `PUT /v1/files` carries the
+//! owner's signed upload grant (header `x-cairn-grant`, hex) and streams the bytes;
+//! the node stores every block and answers with the unsigned certificate body; the
+//! client checks and signs it and sends it to `POST /v1/certificates`, which makes the
+//! file readable. `DELETE` carries an owner-signed reclaim (`x-cairn-reclaim`).
+//!
+//! | route | what |
+//! |---|---|
+//! | `PUT /v1/files?k=&m=&segment_size=` | store a stream; answers the certificate to sign |
+//! | `POST /v1/certificates` | publish a signed certificate; answers the reference |
+//! | `GET /v1/files/{ref}?offset=&length=` | the file's bytes, every block verified (Content-Length set); with `offset` (and optional `length`, default to the end) only that range, clamped to the file (an offset at or past the end answers an empty body); header `x-cairn-file-size` is the whole file's size |
+//! | `GET /v1/files/{ref}/stat` | certificate, blocks, who holds which fragment |
+//! | `DELETE /v1/files/{ref}` | reclaim (owner-signed) |
+//! | `PUT /v1/roots` | publish a signed root record (body: `Signed<RootRecord>::to_bytes()`); answers `{"replicas", "sequence"}`; 409 `{"error", "held_sequence"}` when a replica holds that sequence or a higher one (a lost update) |
+//! | `GET /v1/roots/{cairn:v:...}` | the highest valid root record the volume's replicas hold: `{"record": hex of the signed bytes, "sequence", "root": file id, "time"}`; 404 if none |
+//! | `GET /v1/status` | node id, leaf set, storage |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Errors are JSON `{"error": "..."}`: 400 malformed input, 401 missing token, 403
+//! a signature that is not the owner's (or the volume key's), 404 unknown file or
+//! volume, 409 a root record that lost to a higher (or rival) sequence, 502 the
+//! network could not supply verified bytes, 507 the network cannot place the file
+//! (with the reason).
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tokio::runtime::Handle;
+
+use crate::gateway::Upload;
+use crate::{GatewayError, NetworkFragments, Node, unix_now};
+use cairn_api::{
+    BlockAnswer, ErrorBody, FILE_SIZE_HEADER, FileStatAnswer, GRANT_HEADER, PublishAnswer,
+    PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody, RootPublished, StatusAnswer,
+    decode_hex, encode_hex,
+};
+use cairn_core::crypto::{FileCertificate, RootRecord, Signed, UploadGrant};
+use cairn_core::erasure::ErasureParams;
+use cairn_core::id::{FileId, Reference, VolumeKey};
+use cairn_core::manifest::DEFAULT_SEGMENT_SIZE;
+use cairn_pipeline::{
+    ByteRange, FileIdentity, GetOptions, GetTarget, PutError, PutOptions, put_unsigned,
+};
+
+/// An API error: an HTTP status and a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: u16,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: status.as_u16(),
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            axum::Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+impl From<GatewayError> for ApiError {
+    fn from(error: GatewayError) -> ApiError {
+        let status = match &error {
+            GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
+            GatewayError::Placement(_) => StatusCode::INSUFFICIENT_STORAGE,
+            GatewayError::BadReclaim(_) => StatusCode::FORBIDDEN,
+            GatewayError::RootConflict { .. } => StatusCode::CONFLICT,
+            GatewayError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, chain(&error))
+    }
+}
+
+/// How to serve the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Where to listen (127.0.0.1 by default).
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer <token>` when set; must be set to listen on
+    /// anything but loopback.
+    pub token: Option<String>,
+}
+
+/// A running API server.
+#[derive(Debug)]
+pub struct ApiServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Stops serving.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    /// Listening elsewhere than loopback needs a token.
+    #[error(
+        "the API may listen on {0} (not loopback) only with a token (--api-token or CAIRN_API_TOKEN)"
+    )]
+    NeedToken(SocketAddr),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: Node,
+    token: Option<Arc<str>>,
+}
+
+/// Starts serving the API of `node`.
+pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartError> {
+    if !config.listen.ip().is_loopback() && config.token.is_none() {
+        return Err(ApiStartError::NeedToken(config.listen));
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ApiStartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ApiStartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let state = AppState {
+        node,
+        token: config.token.map(Arc::from),
+    };
+    let app = Router::new()
+        .route("/v1/files", put(put_file))
+        .route("/v1/certificates", post(post_certificate))
+        .route("/v1/files/{reference}", get(get_file).delete(delete_file))
+        .route("/v1/files/{reference}/stat", get(stat_file))
+        .route("/v1/roots", put(put_root))
+        .route("/v1/roots/{reference}", get(get_root))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the API server stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "API listening");
+    Ok(ApiServer { addr, task })
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_ref()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this API needs `Authorization: Bearer <token>` (set CAIRN_API_TOKEN)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn parse_file_reference(text: &str) -> Result<FileId, ApiError> {
+    match Reference::from_str(text) {
+        Ok(Reference::File(file)) => Ok(file),
+        Ok(other) => Err(ApiError::bad_request(format!(
+            "{text} is not a file reference ({other:?}); files are cairn:f:..."
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "{text:?} is not a cairn reference: {e}"
+        ))),
+    }
+}
+
+fn signed_header<T: cairn_core::crypto::Certificate>(
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<(Signed<T>, Vec<u8>), ApiError> {
+    let text = headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request(format!("the {name} header is missing")))?;
+    let bytes = decode_hex(text)
+        .ok_or_else(|| ApiError::bad_request(format!("the {name} header is not hex")))?;
+    let signed = Signed::<T>::from_bytes(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the {name} header: {e}")))?;
+    signed
+        .verify()
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the {name} header: {e}")))?;
+    Ok((signed, bytes))
+}
+
+/// Query of `PUT /v1/files`.
+#[derive(Debug, Deserialize)]
+pub struct PutQuery {
+    /// Data fragments per block.
+    pub k: Option<u16>,
+    /// Parity fragments per block.
+    pub m: Option<u16>,
+    /// Bytes per block.
+    pub segment_size: Option<u32>,
+}
+
+/// A blocking reader over the chunks of a request body, fed by an async task.
+struct BodyReader {
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Bounded: each pass takes a chunk or ends; empty chunks are skipped.
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Feeds `body` into a bounded channel read by a [`BodyReader`] on a blocking thread (a
+/// few chunks in flight: the upload waits for the pipeline, never buffers the file).
+fn body_reader(mut body: Body) -> BodyReader {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let item = match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Ok(data),
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => Err(format!("the upload broke off: {e}")),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    BodyReader {
+        chunks: rx,
+        current: Bytes::new(),
+    }
+}
+
+async fn put_file(
+    State(state): State<AppState>,
+    Query(query): Query<PutQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<axum::Json<PutAnswer>, ApiError> {
+    let (grant, grant_bytes) = signed_header::<UploadGrant>(&headers, GRANT_HEADER)?;
+    let now = unix_now();
+    grant
+        .body
+        .check_time(now)
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the upload grant: {e}")))?;
+    let default = state.node.config().default_params;
+    let k = query.k.unwrap_or(default.k());
+    let m = query.m.unwrap_or(default.m());
+    let params = ErasureParams::new(k, m)
+        .map_err(|e| ApiError::bad_request(format!("erasure parameters k={k} m={m}: {e}")))?;
+    let mut options = PutOptions::new(params, now);
+    options.segment_size = query.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
+    options.name_salt = grant.body.name_salt;
+    let identity = FileIdentity::from(&grant.body);
+    let upload = Upload {
+        grant: Arc::new(grant_bytes),
+        file: grant.body.file_id,
+    };
+    let store = NetworkFragments::new(state.node.clone(), Handle::current(), Some(upload));
+    let reader = body_reader(body);
+    let unsigned =
+        tokio::task::spawn_blocking(move || put_unsigned(reader, &identity, &options, &store))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(put_error)?;
+    state
+        .node
+        .counters()
+        .files_put
+        .fetch_add(1, Ordering::Relaxed);
+    let certificate = postcard::to_stdvec(&unsigned.certificate)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(PutAnswer {
+        certificate: encode_hex(&certificate),
+        file_id: unsigned.certificate.file_id.to_string(),
+        size: unsigned.certificate.size,
+        blocks: unsigned.manifest.blocks.len() as u64,
+        k: unsigned.certificate.k,
+        m: unsigned.certificate.m,
+        fragments_stored: unsigned.fragments_stored,
+        diverted_blocks: unsigned.diverted_blocks,
+    }))
+}
+
+fn put_error(error: PutError) -> ApiError {
+    let status = match &error {
+        PutError::CannotPlace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        PutError::SegmentSize { .. } | PutError::Params(_) | PutError::FileTooLarge { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        PutError::Read { .. } => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, chain(&error))
+}
+
+async fn post_certificate(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<axum::Json<PublishAnswer>, ApiError> {
+    let signed = Signed::<FileCertificate>::from_bytes(&body)
+        .map_err(|e| ApiError::bad_request(format!("the certificate: {e}")))?;
+    signed
+        .verify()
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the certificate: {e}")))?;
+    let replicas = state.node.publish_certificate(body.to_vec()).await?;
+    Ok(axum::Json(PublishAnswer {
+        reference: Reference::File(signed.body.file_id).to_string(),
+        replicas,
+    }))
+}
+
+/// A blocking writer into a response body channel.
+struct BodyWriter {
+    sender: Option<http_body_util::channel::Sender<Bytes, io::Error>>,
+    runtime: Handle,
+}
+
+impl Write for BodyWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(sender) = self.sender.as_mut() else {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "response closed"));
+        };
+        self.runtime
+            .block_on(sender.send_data(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Query of `GET /v1/files/{ref}`: an optional byte range.
+#[derive(Debug, Default, Deserialize)]
+pub struct RangeQuery {
+    /// The first byte wanted (default 0).
+    pub offset: Option<u64>,
+    /// How many bytes (default: to the end).
+    pub length: Option<u64>,
+}
+
+async fn get_file(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    Query(range): Query<RangeQuery>,
+) -> Result<Response, ApiError> {
+    let file = parse_file_reference(&reference)?;
+    let node = state.node.clone();
+    let certificate = node.find_certificate(file).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no file {reference} is stored in this network (no node has its certificate)"),
+        )
+    })?;
+    let now = unix_now();
+    certificate
+        .body
+        .check_time(now)
+        .map_err(|e| ApiError::new(StatusCode::GONE, format!("{reference}: {e}")))?;
+    let size = certificate.body.size;
+    let range = ByteRange {
+        offset: range.offset.unwrap_or(0),
+        length: range.length,
+    };
+    let (start, end) = range.clamp(size);
+    let response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(FILE_SIZE_HEADER, size);
+    if start == end {
+        return response
+            .body(Body::empty())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    }
+    let options = GetOptions::new(now).with_range(range);
+    let (sender, channel) = http_body_util::channel::Channel::<Bytes, io::Error>::new(2);
+    let runtime = Handle::current();
+    let store = NetworkFragments::new(node.clone(), runtime.clone(), None);
+    tokio::task::spawn_blocking(move || {
+        let mut writer = BodyWriter {
+            sender: Some(sender),
+            runtime,
+        };
+        let result = cairn_pipeline::get(
+            GetTarget::Certificate(&certificate),
+            &mut writer,
+            &store,
+            &options,
+        );
+        match result {
+            Ok(_) => {
+                node.counters().files_got.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::warn!(%file, "get failed mid-stream: {}", chain(&error));
+                if let Some(sender) = writer.sender.take() {
+                    // Aborts the response: the client sees a short body, never wrong bytes.
+                    sender.abort(io::Error::other(chain(&error)));
+                }
+            }
+        }
+    });
+    response
+        .body(Body::new(channel))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn put_root(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let signed = Signed::<RootRecord>::from_bytes(&body)
+        .map_err(|e| ApiError::bad_request(format!("the root record: {e}")))?;
+    signed
+        .verify()
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the root record: {e}")))?;
+    match state.node.publish_root(body.to_vec()).await {
+        Ok(published) => Ok(axum::Json(RootPublished {
+            replicas: published.replicas,
+            sequence: published.sequence,
+        })
+        .into_response()),
+        Err(error @ GatewayError::RootConflict { held_sequence, .. }) => Ok((
+            StatusCode::CONFLICT,
+            axum::Json(RootConflictBody {
+                error: chain(&error),
+                held_sequence,
+            }),
+        )
+            .into_response()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn parse_volume_reference(text: &str) -> Result<VolumeKey, ApiError> {
+    match Reference::from_str(text) {
+        Ok(Reference::Volume(volume)) => Ok(volume),
+        Ok(other) => Err(ApiError::bad_request(format!(
+            "{text} is not a volume reference ({other:?}); volumes are cairn:v:..."
+        ))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "{text:?} is not a cairn reference: {e}"
+        ))),
+    }
+}
+
+async fn get_root(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<axum::Json<RootAnswer>, ApiError> {
+    let volume = parse_volume_reference(&reference)?;
+    let signed = state.node.find_root(volume).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no replica holds a root record of volume {reference}"),
+        )
+    })?;
+    let bytes = signed
+        .to_bytes()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(RootAnswer {
+        record: encode_hex(&bytes),
+        sequence: signed.body.sequence,
+        root: signed.body.root.to_string(),
+        time: signed.body.time,
+    }))
+}
+
+async fn stat_file(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let file = parse_file_reference(&reference)?;
+    let stat = state.node.stat_file(file).await?;
+    Ok(axum::Json(FileStatAnswer::from(stat)).into_response())
+}
+
+async fn delete_file(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let file = parse_file_reference(&reference)?;
+    let (reclaim, bytes) =
+        signed_header::<cairn_core::crypto::ReclaimCertificate>(&headers, RECLAIM_HEADER)?;
+    if reclaim.body.file_id != file {
+        return Err(ApiError::bad_request(format!(
+            "the reclaim is for file {}, not {reference}",
+            reclaim.body.file_id
+        )));
+    }
+    let report = state.node.reclaim_file(bytes).await?;
+    Ok(axum::Json(report).into_response())
+}
+
+impl From<crate::gateway::FileStat> for FileStatAnswer {
+    fn from(stat: crate::gateway::FileStat) -> FileStatAnswer {
+        let ids = |ids: &[cairn_core::id::NodeId]| ids.iter().map(ToString::to_string).collect();
+        FileStatAnswer {
+            reference: Reference::File(stat.certificate.file_id).to_string(),
+            size: stat.certificate.size,
+            k: stat.certificate.k,
+            m: stat.certificate.m,
+            owner: stat.certificate.owner.to_string(),
+            created_at: stat.certificate.created_at,
+            expires_at: stat.certificate.expires_at,
+            blocks: stat
+                .blocks
+                .iter()
+                .map(|b| BlockAnswer {
+                    block: b.block.clone(),
+                    key: b.key.to_string(),
+                    salt: b.salt,
+                    live: b.live,
+                    holders: b.fragments.iter().map(|f| ids(&f.holders)).collect(),
+                    pointers: b.fragments.iter().map(|f| ids(&f.pointers)).collect(),
+                })
+                .collect(),
+            unreadable_blocks: stat.unreadable_blocks,
+            degraded_blocks: stat.degraded_blocks,
+        }
+    }
+}
+
+async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
+    let node = &state.node;
+    let view = node.overlay_view();
+    let store = node.store();
+    use cairn_store::FragmentStorage;
+    axum::Json(StatusAnswer {
+        id: node.id().to_string(),
+        address: node.advertised().to_string(),
+        joined: view.joined,
+        leaf_left: view.left.iter().map(ToString::to_string).collect(),
+        leaf_right: view.right.iter().map(ToString::to_string).collect(),
+        known_nodes: node.known_addresses(),
+        used: store.used(),
+        capacity: store.capacity(),
+        free: store.free(),
+        network_nodes_estimate: cairn_overlay::estimate_network_size(
+            &node.id().0,
+            &view.left.iter().map(|id| id.0).collect::<Vec<_>>(),
+            &view.right.iter().map(|id| id.0).collect::<Vec<_>>(),
+            node.config().overlay.leaf_set_size / 2,
+        ),
+    })
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    use cairn_store::FragmentStorage;
+    let node = &state.node;
+    let c = node.counters();
+    let net = node.net_stats();
+    let store = node.store();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let (gauge, counter) = ("gauge", "counter");
+    // One metric a line: name, kind, help, value.
+    #[rustfmt::skip]
+    let rows = [
+        ("store_used_bytes", gauge, "Bytes of fragments stored.", store.used()),
+        ("store_capacity_bytes", gauge, "Configured capacity.", store.capacity()),
+        ("fragments_stored_total", counter, "Fragments stored here.", load(&c.fragments_stored)),
+        ("fragments_diverted_total", counter, "Fragments diverted elsewhere.", load(&c.fragments_diverted)),
+        ("fragments_served_total", counter, "Fragments served.", load(&c.fragments_served)),
+        ("requests_refused_total", counter, "PAST requests refused.", load(&c.requests_refused)),
+        ("locates_routed_total", counter, "Locates routed through the overlay.", load(&c.locates)),
+        ("locates_local_total", counter, "Locates answered from the leaf set.", load(&c.locates_local)),
+        ("locates_failed_total", counter, "Locates that failed.", load(&c.locates_failed)),
+        ("files_put_total", counter, "Files put through this API.", load(&c.files_put)),
+        ("files_got_total", counter, "Files read through this API.", load(&c.files_got)),
+        ("certificates_replicated_total", counter, "Certificates given to keepers that lacked them.", load(&c.certificates_replicated)),
+        ("roots_replicated_total", counter, "Root records given to keepers that lacked them or held an older one.", load(&c.roots_replicated)),
+        ("placements_failed_total", counter, "Blocks not placed at a key.", load(&c.placements_failed)),
+        ("repair_bytes_total", counter, "Bytes of repair traffic (fetched, regenerated, handed off).", load(&c.repair_bytes)),
+        ("fragments_regenerated_total", counter, "Fragments regenerated as coordinator.", load(&c.fragments_regenerated)),
+        ("fragments_handed_off_total", counter, "Handoffs coordinated that completed.", load(&c.fragments_handed_off)),
+        ("fragments_released_total", counter, "Surplus copies dropped.", load(&c.fragments_released)),
+        ("fragments_forgotten_total", counter, "Fragments of reclaimed files deleted by maintenance.", load(&c.fragments_forgotten)),
+        ("keys_reconciled_total", counter, "Keys reconciled as coordinator.", load(&c.keys_reconciled)),
+        ("scrub_bytes_total", counter, "Bytes re-read by the scrub.", load(&c.scrub_bytes)),
+        ("scrub_corrupt_total", counter, "Corrupt fragments found by the scrub.", load(&c.scrub_corrupt)),
+        ("net_bytes_sent_total", counter, "Bytes sent.", net.bytes_sent),
+        ("net_bytes_received_total", counter, "Bytes received.", net.bytes_received),
+        ("net_connections_opened_total", counter, "Connections opened.", net.connections_opened),
+        ("net_connections_accepted_total", counter, "Connections accepted.", net.connections_accepted),
+        ("net_handshakes_failed_total", counter, "Handshakes refused.", net.handshakes_failed),
+        ("net_frames_refused_total", counter, "Malformed or oversized frames.", net.frames_refused),
+        ("net_requests_timed_out_total", counter, "Requests that timed out.", net.requests_timed_out),
+    ];
+    let mut text = String::new();
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            text,
+            "# HELP cairn_{name} {help}\n# TYPE cairn_{name} {kind}\ncairn_{name} {value}"
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,1204 @@
+//! The node daemon: one storage node running. It wires the sans-IO state machines (the
+//! [`Overlay`] and the PAST [`Holder`]) to the transport ([`cairn_net`]), the disk
+//! store and a clock.
+//!
+//! Owns: [`Node`] (start, stop, status), [`NodeConfig`], the daemon's wire enum
+//! [`Wire`], the address book (which node listens where), the gateway operations in
+//! [`gateway`] that the local API calls to put, get, stat and reclaim files over the
+//! network ([`NetworkFragments`] is the client pipeline's view of the network), and the
+//! HTTP server of that API ([`http`]).
+//!
+//! May use: every crate below it: [`cairn_core`], [`cairn_store`], [`cairn_overlay`],
+//! [`cairn_pipeline`] (the pipeline, generic over where fragments go), [`cairn_past`],
+//! [`cairn_net`] and [`cairn_api`] (the API's request and response types), plus `tokio`
+//! and `axum`.
+//!
+//! # Tasks
+//! - The **overlay task** owns the [`Overlay`] and is the only code that touches it:
+//!   it is fed [`Input`]s (messages, timers, route requests) through a bounded channel
+//!   and carries out the actions (sends, timers, deliveries). After each event it
+//!   refreshes a small [`OverlayView`] (joined, leaf set) that other tasks read.
+//! - The **dispatcher** reads the transport's incoming queue: overlay messages go to
+//!   the overlay task, PAST requests each get a task of their own (store work runs on
+//!   tokio's blocking pool: every fragment write waits for its fsync).
+//!
+//! # Addresses
+//! Overlay messages name nodes by id only, so every overlay message a node sends
+//! carries the addresses it knows of the ids inside it ([`Wire::Overlay`]); the
+//! receiver learns them. An address learnt that way is only a hint: the transport's
+//! handshake proves the id of whoever answers there.
+
+pub mod gateway;
+pub mod http;
+pub mod maintenance;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use cairn_core::crypto::{KeyFileError, KeyPair};
+use cairn_core::erasure::ErasureParams;
+use cairn_core::id::{Id, NodeId};
+use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
+use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
+use cairn_past::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, closest};
+use cairn_store::{DiskStore, StoreError};
+
+pub use gateway::{GatewayError, NetworkFragments, PlacementFailure, RootPublished};
+pub use maintenance::{MaintenanceConfig, RateLimiter};
+
+/// Everything a node sends to another: the daemon's one wire type. Append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Wire {
+    /// One overlay hop, with the addresses the sender knows of the ids inside it.
+    Overlay {
+        /// The overlay's message.
+        msg: OverlayMessage,
+        /// Addresses of the nodes the message names.
+        addresses: Vec<NodeAddress>,
+    },
+    /// The answer to a routed [`PastRouted::Locate`]: the nodes closest to the key,
+    /// closest first, sent by the node responsible straight to the origin.
+    Located {
+        /// The origin's tag.
+        tag: u64,
+        /// The nodes.
+        nodes: Vec<NodeAddress>,
+    },
+    /// A PAST request (sent with [`Transport::request`]).
+    Past(PastRequest),
+    /// A PAST answer.
+    PastReply(PastResponse),
+}
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the node keeps its key (`node.key`) and its store (`store/`).
+    pub data_dir: PathBuf,
+    /// The address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The address other nodes should use (default: the listening address).
+    pub advertise: Option<SocketAddr>,
+    /// Members of the network to join through; empty starts a new network.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Most bytes of fragments this node stores.
+    pub capacity: u64,
+    /// Pastry's parameters and timers.
+    pub overlay: overlay::Config,
+    /// The transport's limits and timeouts.
+    pub net: NetConfig,
+    /// PAST's thresholds.
+    pub past: PastConfig,
+    /// How long a locate (a route to a key and the answer) may take, per attempt.
+    pub locate_timeout: Duration,
+    /// How long a node keeps trying its bootstrap addresses before it gives up (each is
+    /// tried at least twice however short this is).
+    pub join_patience: Duration,
+    /// The erasure parameters of a put through this node's API that names none.
+    pub default_params: ErasureParams,
+    /// Repair and scrub: periods, rates, timeouts.
+    pub maintenance: MaintenanceConfig,
+}
+
+impl NodeConfig {
+    /// A node in `data_dir` listening on `listen`, with default parameters and a 1 s
+    /// overlay tick (failure detection within a few seconds, as a devnet wants).
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr, capacity: u64) -> NodeConfig {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            advertise: None,
+            bootstrap: Vec::new(),
+            capacity,
+            overlay: overlay::Config {
+                tick: Duration::from_secs(1),
+                ..overlay::Config::default()
+            },
+            net: NetConfig::default(),
+            past: PastConfig::default(),
+            locate_timeout: Duration::from_secs(5),
+            join_patience: Duration::from_secs(30),
+            default_params: ErasureParams::DEFAULT,
+            maintenance: MaintenanceConfig::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node key could not be read or written.
+    #[error("the node key")]
+    Key(#[source] KeyFileError),
+    /// The store could not be opened.
+    #[error("opening the store")]
+    Store(#[source] StoreError),
+    /// The transport could not listen.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
+    /// No bootstrap node let this node join.
+    #[error("could not join through any of {tried} bootstrap address(es): {last}")]
+    Join {
+        /// How many were tried.
+        tried: usize,
+        /// The last failure.
+        last: String,
+    },
+    /// The overlay configuration is invalid.
+    #[error("invalid overlay configuration: {0}")]
+    Overlay(String),
+}
+
+/// What other tasks may read of the overlay's state.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OverlayView {
+    /// Whether the node has joined.
+    pub joined: bool,
+    /// Leaf set, counter-clockwise side, closest first.
+    pub left: Vec<NodeId>,
+    /// Leaf set, clockwise side, closest first.
+    pub right: Vec<NodeId>,
+}
+
+impl OverlayView {
+    fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.left.iter().chain(self.right.iter()).copied()
+    }
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Fragments stored here (as primary or diverted).
+    pub fragments_stored: AtomicU64,
+    /// Fragments this node diverted elsewhere.
+    pub fragments_diverted: AtomicU64,
+    /// Fragments served.
+    pub fragments_served: AtomicU64,
+    /// Requests refused (any reason).
+    pub requests_refused: AtomicU64,
+    /// Locates started by this node that were routed through the overlay.
+    pub locates: AtomicU64,
+    /// Locates answered from this node's own leaf set (no route needed).
+    pub locates_local: AtomicU64,
+    /// Locates that failed (route failure or timeout).
+    pub locates_failed: AtomicU64,
+    /// Files put through this node's API.
+    pub files_put: AtomicU64,
+    /// Files got through this node's API.
+    pub files_got: AtomicU64,
+    /// Certificates this node gave to a keeper that lacked one (maintenance).
+    pub certificates_replicated: AtomicU64,
+    /// Root records this node gave to a keeper that lacked them or held an older
+    /// sequence (maintenance).
+    pub roots_replicated: AtomicU64,
+    /// Blocks whose fragments could not all be placed at a key (each one leads to a
+    /// file diversion, or to the put's failure).
+    pub placements_failed: AtomicU64,
+    /// Bytes of repair traffic this node moved: fragments fetched to regenerate,
+    /// regenerated fragments stored, fragments handed off.
+    pub repair_bytes: AtomicU64,
+    /// Fragments this node regenerated (as a key's coordinator).
+    pub fragments_regenerated: AtomicU64,
+    /// Handoffs this node coordinated that completed.
+    pub fragments_handed_off: AtomicU64,
+    /// Surplus copies this node dropped because a responsible node holds them.
+    pub fragments_released: AtomicU64,
+    /// Fragments deleted because every file referencing them was reclaimed.
+    pub fragments_forgotten: AtomicU64,
+    /// Keys this node reconciled as their coordinator.
+    pub keys_reconciled: AtomicU64,
+    /// Bytes the scrub re-read and re-hashed.
+    pub scrub_bytes: AtomicU64,
+    /// Fragments the scrub found corrupt (and dropped).
+    pub scrub_corrupt: AtomicU64,
+}
+
+enum Input {
+    Event(Event),
+    Locate {
+        key: Id,
+        count: u16,
+        reply: oneshot::Sender<Vec<NodeAddress>>,
+    },
+    Located {
+        tag: u64,
+        nodes: Vec<NodeAddress>,
+    },
+}
+
+struct Inner {
+    id: NodeId,
+    transport: Transport<Wire>,
+    holder: Holder<DiskStore>,
+    addresses: RwLock<HashMap<NodeId, SocketAddr>>,
+    view: RwLock<OverlayView>,
+    overlay_tx: mpsc::Sender<Input>,
+    config: NodeConfig,
+    counters: Counters,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// Test hook: serve every fragment with one bit flipped (a Byzantine holder).
+    tamper: std::sync::atomic::AtomicBool,
+    /// Signalled whenever the overlay view changes (maintenance debounces it).
+    view_changed: tokio::sync::Notify,
+    /// The maintenance task's queue.
+    maintenance_tx: mpsc::Sender<maintenance::Job>,
+    /// The budget of the repair bytes this node sends.
+    repair_limiter: Arc<RateLimiter>,
+    /// As a coordinator: the last slow-pass summary each holder sent.
+    known_summaries: std::sync::Mutex<HashMap<NodeId, u64>>,
+}
+
+/// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
+/// (or the process ends).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("addr", &self.inner.transport.advertised())
+            .finish()
+    }
+}
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Loads the node key from `dir/node.key`, creating it on first start.
+fn node_identity(dir: &std::path::Path) -> Result<KeyPair, StartError> {
+    let path = dir.join("node.key");
+    if path.exists() {
+        KeyPair::load(&path).map_err(StartError::Key)
+    } else {
+        let key = KeyPair::generate();
+        key.save(&path).map_err(StartError::Key)?;
+        Ok(key)
+    }
+}
+
+impl Node {
+    /// Starts a node: its identity (created on first start, kept after), its store,
+    /// its transport, and its join (through the first bootstrap address that works,
+    /// or a new network). Returns once the node has joined.
+    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let identity = Arc::new(node_identity(&config.data_dir)?);
+        let id = identity.public_key().node_id();
+        let store_dir = config.data_dir.join("store");
+        let capacity = config.capacity;
+        let store = tokio::task::spawn_blocking(move || DiskStore::open(store_dir, capacity))
+            .await
+            .map_err(|e| {
+                StartError::Store(StoreError::Io {
+                    operation: "open (task)",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
+            .map_err(StartError::Store)?;
+        let overlay = Overlay::new(config.overlay.clone(), id)
+            .map_err(|e| StartError::Overlay(e.to_string()))?;
+        let (transport, incoming) = Transport::bind(
+            Arc::clone(&identity),
+            config.listen,
+            config.advertise,
+            config.net.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let (overlay_tx, overlay_rx) = mpsc::channel(4096);
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let (maintenance_tx, maintenance_rx) = mpsc::channel(1024);
+        let repair_limiter = Arc::new(RateLimiter::new(config.maintenance.repair_bytes_per_sec));
+        let inner = Arc::new(Inner {
+            id,
+            holder: Holder::new(store, identity, config.past),
+            transport,
+            addresses: RwLock::new(HashMap::new()),
+            view: RwLock::new(OverlayView::default()),
+            overlay_tx,
+            config,
+            counters: Counters::default(),
+            shutdown,
+            tamper: std::sync::atomic::AtomicBool::new(false),
+            view_changed: tokio::sync::Notify::new(),
+            maintenance_tx,
+            repair_limiter,
+            known_summaries: std::sync::Mutex::new(HashMap::new()),
+        });
+        let node = Node { inner };
+        let (joined_tx, joined_rx) = mpsc::channel(4);
+        tokio::spawn(overlay_task(node.clone(), overlay, overlay_rx, joined_tx));
+        tokio::spawn(dispatch_task(node.clone(), incoming));
+        node.join(joined_rx).await?;
+        node.start_maintenance(maintenance_rx);
+        tokio::spawn(heal_task(node.clone()));
+        tracing::info!(id = %node.id(), addr = %node.advertised(), "node joined");
+        Ok(node)
+    }
+
+    async fn join(&self, mut joined: mpsc::Receiver<bool>) -> Result<(), StartError> {
+        let bootstrap = self.inner.config.bootstrap.clone();
+        if bootstrap.is_empty() {
+            self.input(Event::Join { bootstrap: None }).await;
+            return match tokio::time::timeout(Duration::from_secs(5), joined.recv()).await {
+                Ok(Some(true)) => Ok(()),
+                _ => Err(StartError::Join {
+                    tried: 0,
+                    last: "a new network did not start".into(),
+                }),
+            };
+        }
+        let mut last = String::from("no attempt");
+        let join_wait = self.inner.config.overlay.join_timeout + Duration::from_secs(2);
+        // Each address at least twice (a bootstrap that is itself still starting gets a
+        // second chance), and more rounds while `join_patience` lasts: a busy bootstrap
+        // node (a loaded machine, a handshake that timed out) is not a reason to give up.
+        let patience = tokio::time::Instant::now() + self.inner.config.join_patience;
+        let mut backoff = Duration::from_millis(200);
+        let rounds = bootstrap.len() * JOIN_ROUNDS_MAX;
+        for (attempt, addr) in bootstrap.iter().cycle().take(rounds).enumerate() {
+            if attempt >= 2 * bootstrap.len() && tokio::time::Instant::now() >= patience {
+                break;
+            }
+            let peer = match self.inner.transport.identify(*addr).await {
+                Ok(peer) => peer,
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            self.learn(peer.id, peer.addr);
+            self.input(Event::Join {
+                bootstrap: Some(peer.id),
+            })
+            .await;
+            match tokio::time::timeout(join_wait, joined.recv()).await {
+                Ok(Some(true)) => return Ok(()),
+                Ok(Some(false)) => last = format!("{addr}: the join timed out in the overlay"),
+                Ok(None) => last = "the node stopped".into(),
+                Err(_) => last = format!("{addr}: no answer within {join_wait:?}"),
+            }
+        }
+        Err(StartError::Join {
+            tried: bootstrap.len(),
+            last,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The address this node advertises.
+    pub fn advertised(&self) -> SocketAddr {
+        self.inner.transport.advertised()
+    }
+
+    /// This node with its address.
+    pub fn address(&self) -> NodeAddress {
+        NodeAddress {
+            id: self.id(),
+            addr: self.advertised(),
+        }
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &DiskStore {
+        self.inner.holder.store()
+    }
+
+    /// Counters for metrics.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// The transport's counters.
+    pub fn net_stats(&self) -> cairn_net::NetStats {
+        self.inner.transport.stats()
+    }
+
+    /// A copy of the overlay's state as last seen.
+    pub fn overlay_view(&self) -> OverlayView {
+        read(&self.inner.view).clone()
+    }
+
+    /// The known address of `id`.
+    pub fn address_of(&self, id: &NodeId) -> Option<NodeAddress> {
+        if *id == self.id() {
+            return Some(self.address());
+        }
+        read(&self.inner.addresses).get(id).map(|addr| NodeAddress {
+            id: *id,
+            addr: *addr,
+        })
+    }
+
+    /// Test hook: from now on serve every fragment with a bit flipped, as a Byzantine
+    /// holder would (readers must detect and bypass it).
+    pub fn tamper_with_served_fragments(&self, on: bool) {
+        self.inner.tamper.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether this is the last handle on the node (its tasks have ended), so that its
+    /// store is closed when it is dropped. For restarts in one process.
+    pub fn is_last_handle(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
+    /// How many nodes this node knows an address for.
+    pub fn known_addresses(&self) -> usize {
+        read(&self.inner.addresses).len()
+    }
+
+    /// Stops the node: leaves the overlay, closes every connection. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.is_stopped() {
+            return;
+        }
+        self.input(Event::Leave).await;
+        // Give the leave messages a moment to go out before the connections close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.inner.shutdown.send_replace(true);
+        self.inner.transport.shutdown();
+    }
+
+    /// Stops the node at once, as a crash would (no leave message). For tests.
+    pub fn kill(&self) {
+        self.inner.shutdown.send_replace(true);
+        self.inner.transport.shutdown();
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    async fn input(&self, event: Event) {
+        // Only fails once the overlay task has ended, i.e. the node is stopping.
+        let _ = self.inner.overlay_tx.send(Input::Event(event)).await;
+    }
+
+    fn learn(&self, id: NodeId, addr: SocketAddr) {
+        if id != self.id() {
+            write(&self.inner.addresses).insert(id, addr);
+        }
+    }
+
+    /// Learns gossiped addresses of nodes not yet known (a proven address is kept).
+    fn learn_hints(&self, addresses: &[NodeAddress]) {
+        let mut book = write(&self.inner.addresses);
+        for a in addresses {
+            if a.id != self.inner.id {
+                book.entry(a.id).or_insert(a.addr);
+            }
+        }
+    }
+
+    fn peer(&self, address: &NodeAddress) -> Peer {
+        Peer {
+            id: address.id,
+            addr: address.addr,
+        }
+    }
+
+    /// The `count` live nodes closest to `key`, closest first, as the node responsible
+    /// for `key` sees them (a route through the overlay; retried, bounded).
+    pub async fn locate(&self, key: Id, count: u16) -> Result<Vec<NodeAddress>, GatewayError> {
+        if let Some(nodes) = self.locate_in_leaf_set(&key, count) {
+            self.inner
+                .counters
+                .locates_local
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(nodes);
+        }
+        let attempts = 3;
+        for attempt in 1..=attempts {
+            self.inner.counters.locates.fetch_add(1, Ordering::Relaxed);
+            let (reply, answer) = oneshot::channel();
+            if self
+                .inner
+                .overlay_tx
+                .send(Input::Locate { key, count, reply })
+                .await
+                .is_err()
+            {
+                return Err(GatewayError::Stopped);
+            }
+            match tokio::time::timeout(self.inner.config.locate_timeout, answer).await {
+                Ok(Ok(nodes)) if !nodes.is_empty() => return Ok(nodes),
+                _ => {
+                    self.inner
+                        .counters
+                        .locates_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%key, attempt, "locate failed");
+                }
+            }
+        }
+        Err(GatewayError::Locate { key, attempts })
+    }
+
+    /// The `count` closest nodes to `key` from this node's own leaf set, when the leaf
+    /// set is sure to contain them: Pastry's first routing step, which would deliver
+    /// the locate to a leaf-set member that answers from the same knowledge. Sure when
+    /// the leaf set is not full (the whole network is in it), or when none of the
+    /// `count` closest is at an edge of the leaf set (any closer node would lie inside
+    /// its range, hence in it).
+    fn locate_in_leaf_set(&self, key: &Id, count: u16) -> Option<Vec<NodeAddress>> {
+        let view = read(&self.inner.view);
+        if !view.joined {
+            return None;
+        }
+        let half = self.inner.config.overlay.leaf_set_size / 2;
+        let whole_ring = view.left.len() < half || view.right.len() < half;
+        let ranked = closest(
+            key,
+            view.members().chain(std::iter::once(self.id())),
+            usize::from(count),
+        );
+        if !whole_ring {
+            let edges = [view.left.last(), view.right.last()];
+            if ranked.iter().any(|id| edges.contains(&Some(id))) {
+                return None;
+            }
+        }
+        drop(view);
+        ranked.iter().map(|id| self.address_of(id)).collect()
+    }
+
+    /// Sends a PAST request to `to` and returns its answer.
+    pub async fn ask(
+        &self,
+        to: &NodeAddress,
+        request: PastRequest,
+    ) -> Result<PastResponse, GatewayError> {
+        if to.id == self.id() {
+            // Boxed: a store asked of oneself may divert, which asks again.
+            return Ok(Box::pin(self.handle_past(request)).await);
+        }
+        match self
+            .inner
+            .transport
+            .request(&self.peer(to), Wire::Past(request))
+            .await
+        {
+            Ok(Wire::PastReply(response)) => Ok(response),
+            Ok(other) => Err(GatewayError::Protocol {
+                node: to.id,
+                what: format!("answered a PAST request with {}", wire_name(&other)),
+            }),
+            Err(source) => Err(GatewayError::Unreachable {
+                node: to.id,
+                source,
+            }),
+        }
+    }
+
+    /// Answers one PAST request (from another node, or from this node's gateway).
+    async fn handle_past(&self, request: PastRequest) -> PastResponse {
+        let response = match request {
+            PastRequest::Store(store) => self.handle_store(store).await,
+            PastRequest::Reclaim {
+                reclaim,
+                certificate,
+                keys,
+            } => self.handle_reclaim(reclaim, certificate, keys).await,
+            PastRequest::Handoff {
+                key,
+                index,
+                to,
+                authority,
+            } => self.handle_handoff(key, index, to, authority).await,
+            PastRequest::Release {
+                key,
+                index,
+                kept_by,
+            } => self.handle_release(key, index, kept_by).await,
+            PastRequest::DropPointer { key, index } => self.handle_drop_pointer(key, index).await,
+            PastRequest::Forget { reclaim, keys } => self.handle_forget(reclaim, keys).await,
+            PastRequest::Reconcile { keys, .. } => self.handle_reconcile(keys),
+            PastRequest::Summary {
+                from,
+                summary,
+                list,
+            } => self.handle_summary(from, summary, list),
+            other => {
+                let node = self.clone();
+                tokio::task::spawn_blocking(move || node.handle_past_blocking(other))
+                    .await
+                    .unwrap_or_else(|e| {
+                        PastResponse::Refused(cairn_past::Refusal::Store(format!(
+                            "the request's task failed: {e}"
+                        )))
+                    })
+            }
+        };
+        if matches!(response, PastResponse::Refused(_)) {
+            self.inner
+                .counters
+                .requests_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        response
+    }
+
+    fn handle_past_blocking(&self, request: PastRequest) -> PastResponse {
+        let holder = &self.inner.holder;
+        let now = unix_now();
+        match request {
+            PastRequest::Store(store) => self.store_here(&store, false, now),
+            PastRequest::StoreDiverted(store) => self.store_here(&store, true, now),
+            PastRequest::Fetch { key, index } => match holder.fetch(&key, index) {
+                Ok(PastResponse::Fragment { mut bytes }) => {
+                    self.inner
+                        .counters
+                        .fragments_served
+                        .fetch_add(1, Ordering::Relaxed);
+                    if self.inner.tamper.load(Ordering::Relaxed)
+                        && let Some(first) = bytes.first_mut()
+                    {
+                        *first ^= 1;
+                    }
+                    PastResponse::Fragment { bytes }
+                }
+                Ok(response) => response,
+                Err(pointed) => match self.address_of(&pointed) {
+                    Some(holder) => PastResponse::Pointer { holder },
+                    None => PastResponse::NotFound,
+                },
+            },
+            PastRequest::Holdings { key } => match holder.holdings(&key) {
+                Ok((fragments, pointers, references)) => PastResponse::Holdings {
+                    fragments,
+                    pointers: pointers
+                        .into_iter()
+                        .filter_map(|(index, id)| self.address_of(&id).map(|a| (index, a)))
+                        .collect(),
+                    references,
+                },
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::PutPointer {
+                key,
+                index,
+                holder: to,
+            } => {
+                self.learn_hints(&[to]);
+                holder.put_pointer(&key, index, &to.id)
+            }
+            PastRequest::PutCertificate { certificate } => {
+                match holder.put_certificate(&certificate, now) {
+                    Ok(()) => PastResponse::Done,
+                    Err(refusal) => PastResponse::Refused(refusal),
+                }
+            }
+            PastRequest::GetCertificate { file } => match holder.get_certificate(&file) {
+                Ok(certificate) => PastResponse::Certificate { certificate },
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::PutRoot { record } => match holder.put_root(&record) {
+                Ok(_) => PastResponse::Done,
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::GetRoot { volume } => match holder.get_root(&volume) {
+                Ok(record) => PastResponse::Root { record },
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::RepairStore(request) => self.handle_repair_store(&request),
+            PastRequest::FileStatus { file } => match holder.file_status(&file) {
+                Ok(status) => status,
+                Err(refusal) => PastResponse::Refused(refusal),
+            },
+            PastRequest::Reclaim { .. }
+            | PastRequest::Handoff { .. }
+            | PastRequest::Release { .. }
+            | PastRequest::DropPointer { .. }
+            | PastRequest::Forget { .. }
+            | PastRequest::Reconcile { .. }
+            | PastRequest::Summary { .. } => PastResponse::Refused(cairn_past::Refusal::Store(
+                "this request is handled by handle_past".into(),
+            )),
+        }
+    }
+
+    /// Carries out a reclaim here, then passes it on to the holders of copies this
+    /// node had diverted (one level: a diverted copy is never diverted again).
+    async fn handle_reclaim(
+        &self,
+        reclaim: Vec<u8>,
+        certificate: Vec<u8>,
+        keys: Vec<cairn_core::id::PlacementKey>,
+    ) -> PastResponse {
+        let node = self.clone();
+        let (order, cert) = (reclaim.clone(), certificate.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            node.inner.holder.reclaim(&order, &cert, &keys, unix_now())
+        })
+        .await;
+        let mut done = match done {
+            Ok(Ok(done)) => done,
+            Ok(Err(refusal)) => return PastResponse::Refused(refusal),
+            Err(e) => {
+                return PastResponse::Refused(cairn_past::Refusal::Store(format!(
+                    "the reclaim task failed: {e}"
+                )));
+            }
+        };
+        for (key, holder) in std::mem::take(&mut done.diverted_to) {
+            let Some(target) = self.address_of(&holder) else {
+                continue;
+            };
+            let request = PastRequest::Reclaim {
+                reclaim: reclaim.clone(),
+                certificate: certificate.clone(),
+                keys: vec![key],
+            };
+            match Box::pin(self.ask(&target, request)).await {
+                Ok(PastResponse::Reclaimed { fragments, bytes }) => {
+                    done.fragments += fragments;
+                    done.bytes += bytes;
+                }
+                other => {
+                    tracing::warn!(%key, %holder, "a diverted copy was not reclaimed: {other:?}")
+                }
+            }
+        }
+        PastResponse::Reclaimed {
+            fragments: done.fragments,
+            bytes: done.bytes,
+        }
+    }
+
+    fn store_here(
+        &self,
+        store: &cairn_past::StoreRequest,
+        diverted: bool,
+        now: u64,
+    ) -> PastResponse {
+        self.stored_answer(self.inner.holder.store_fragment(store, diverted, now))
+    }
+
+    /// The answer to a store (primary, diverted or repair): a receipt, counted, or
+    /// the refusal.
+    pub(crate) fn stored_answer(
+        &self,
+        result: Result<Vec<u8>, cairn_past::Refusal>,
+    ) -> PastResponse {
+        match result {
+            Ok(receipt) => {
+                self.inner
+                    .counters
+                    .fragments_stored
+                    .fetch_add(1, Ordering::Relaxed);
+                PastResponse::Stored {
+                    receipt,
+                    diverted_to: None,
+                }
+            }
+            Err(refusal) => PastResponse::Refused(refusal),
+        }
+    }
+
+    /// A primary store: here if there is room, else diverted to a leaf-set node
+    /// outside the `n` closest that accepts it (PAST's replica diversion).
+    async fn handle_store(&self, store: cairn_past::StoreRequest) -> PastResponse {
+        let node = self.clone();
+        // The request comes back from the blocking task, for a diversion to send on.
+        let stored = tokio::task::spawn_blocking(move || {
+            let response = node.store_here(&store, false, unix_now());
+            (response, store)
+        })
+        .await;
+        match stored {
+            Ok((PastResponse::Refused(cairn_past::Refusal::NoRoom { size, free }), store)) => {
+                self.divert(store, size, free).await
+            }
+            Ok((response, _)) => response,
+            Err(e) => PastResponse::Refused(cairn_past::Refusal::Store(format!(
+                "the store task failed: {e}"
+            ))),
+        }
+    }
+
+    async fn divert(&self, store: cairn_past::StoreRequest, size: u64, free: u64) -> PastResponse {
+        let n = usize::from(store.replicas);
+        let view = self.overlay_view();
+        let ranked = closest(
+            &store.key.0,
+            view.members().chain(std::iter::once(self.id())),
+            usize::MAX,
+        );
+        let backup = ranked.get(n).copied();
+        let (key, index) = (store.key, store.index);
+        let request = PastRequest::StoreDiverted(store);
+        for candidate in ranked.iter().skip(n) {
+            let Some(target) = self.address_of(candidate) else {
+                continue;
+            };
+            match self.ask(&target, request.clone()).await {
+                Ok(PastResponse::Stored { receipt, .. }) => {
+                    let node = self.clone();
+                    let holder_id = target.id;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        node.inner.holder.put_pointer(&key, index, &holder_id)
+                    })
+                    .await;
+                    if let Some(backup) = backup.filter(|b| *b != target.id && *b != self.id())
+                        && let Some(backup) = self.address_of(&backup)
+                    {
+                        let pointer = PastRequest::PutPointer {
+                            key,
+                            index,
+                            holder: target,
+                        };
+                        if let Err(e) = self.ask(&backup, pointer).await {
+                            tracing::warn!(%key, index, "backup pointer not kept: {e}");
+                        }
+                    }
+                    self.inner
+                        .counters
+                        .fragments_diverted
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%key, index, to = %target.id, "fragment diverted");
+                    return PastResponse::Stored {
+                        receipt,
+                        diverted_to: Some(target),
+                    };
+                }
+                Ok(other) => {
+                    tracing::debug!(%key, index, to = %target.id, "diversion refused: {other:?}")
+                }
+                Err(e) => tracing::debug!(%key, index, to = %target.id, "diversion failed: {e}"),
+            }
+        }
+        PastResponse::Refused(cairn_past::Refusal::Full { size, free })
+    }
+}
+
+fn wire_name(wire: &Wire) -> &'static str {
+    match wire {
+        Wire::Overlay { .. } => "an overlay message",
+        Wire::Located { .. } => "a locate answer",
+        Wire::Past(_) => "a request",
+        Wire::PastReply(_) => "an answer",
+    }
+}
+
+/// The ids an overlay message names (whose addresses travel with it).
+fn ids_in(msg: &OverlayMessage) -> Vec<NodeId> {
+    match msg {
+        OverlayMessage::Route { body, .. } => match body {
+            Routed::Join { joiner } => vec![*joiner],
+            Routed::Lookup { origin, .. } => vec![*origin],
+            Routed::Locate { requester } => vec![*requester],
+        },
+        OverlayMessage::JoinReply {
+            entries,
+            neighbours,
+            leaf_set,
+        } => entries
+            .iter()
+            .chain(neighbours)
+            .chain(leaf_set.iter().flatten())
+            .copied()
+            .collect(),
+        OverlayMessage::LeafSet { left, right } => left.iter().chain(right).copied().collect(),
+        OverlayMessage::Row { entries, .. } => entries.clone(),
+        OverlayMessage::RouteAck { .. }
+        | OverlayMessage::Ping { .. }
+        | OverlayMessage::Pong { .. }
+        | OverlayMessage::Announce { .. }
+        | OverlayMessage::LeafSetRequest
+        | OverlayMessage::RowRequest { .. }
+        | OverlayMessage::Leave => Vec::new(),
+    }
+}
+
+/// How often a node checks that its bootstrap nodes are still in its overlay, in
+/// overlay ticks.
+const HEAL_EVERY_TICKS: u32 = 10;
+
+/// The most rounds over the bootstrap addresses a join makes (with
+/// [`NodeConfig::join_patience`], a bound in count as well as in time).
+const JOIN_ROUNDS_MAX: usize = 20;
+
+/// Partition healing: every [`HEAL_EVERY_TICKS`] ticks, each bootstrap node that is
+/// reachable but missing from this node's leaf set is suggested to the overlay, which
+/// probes and readmits it. After a partition, the halves' leaf sets have declared each
+/// other dead and no gossip crosses; a bootstrap address on the other side is the
+/// thread that ties them back together (the leaf-set exchanges do the rest).
+async fn heal_task(node: Node) {
+    let period = node.inner.config.overlay.tick * HEAL_EVERY_TICKS;
+    let mut stop = node.inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+        for addr in node.inner.config.bootstrap.clone() {
+            let known: Vec<NodeId> = node.overlay_view().members().collect();
+            // Bounded by the transport's connect and handshake timeouts.
+            let Ok(peer) = node.inner.transport.identify(addr).await else {
+                continue;
+            };
+            if peer.id != node.id() && !known.contains(&peer.id) {
+                tracing::info!(bootstrap = %peer.id, "a bootstrap node is back in reach; suggesting it");
+                node.learn(peer.id, peer.addr);
+                node.input(Event::Suggest { node: peer.id }).await;
+            }
+        }
+    }
+}
+
+/// The overlay task: the only owner of the [`Overlay`].
+async fn overlay_task(
+    node: Node,
+    mut overlay: Overlay,
+    mut inputs: mpsc::Receiver<Input>,
+    joined: mpsc::Sender<bool>,
+) {
+    let started = Instant::now();
+    let now = || Time(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let mut pending: HashMap<u64, oneshot::Sender<Vec<NodeAddress>>> = HashMap::new();
+    let mut next_tag = 1u64;
+    let mut stop = node.inner.shutdown.subscribe();
+    let mut actions = Vec::new();
+    loop {
+        let input = tokio::select! {
+            input = inputs.recv() => match input {
+                Some(input) => input,
+                None => break,
+            },
+            _ = stop.changed() => break,
+        };
+        let event = match input {
+            Input::Event(event) => event,
+            Input::Locate { key, count, reply } => {
+                let tag = next_tag;
+                next_tag += 1;
+                pending.retain(|_, sender| !sender.is_closed());
+                pending.insert(tag, reply);
+                let payload =
+                    postcard::to_stdvec(&PastRouted::Locate { count }).unwrap_or_default();
+                Event::Route { key, tag, payload }
+            }
+            Input::Located { tag, nodes } => {
+                if let Some(reply) = pending.remove(&tag) {
+                    let _ = reply.send(nodes);
+                }
+                continue;
+            }
+        };
+        let time = now();
+        overlay.handle_into(time, event, &mut actions);
+        run_actions(&node, &overlay, &mut actions, &mut pending, &joined, time).await;
+    }
+}
+
+async fn run_actions(
+    node: &Node,
+    overlay: &Overlay,
+    actions: &mut Vec<Action>,
+    pending: &mut HashMap<u64, oneshot::Sender<Vec<NodeAddress>>>,
+    joined: &mpsc::Sender<bool>,
+    time: Time,
+) {
+    let mut view_changed = false;
+    for action in actions.drain(..) {
+        match action {
+            Action::Send { to, msg } => {
+                let Some(target) = node.address_of(&to) else {
+                    tracing::debug!(%to, "no address for an overlay message; dropped");
+                    continue;
+                };
+                let addresses = ids_in(&msg)
+                    .iter()
+                    .filter_map(|id| node.address_of(id))
+                    .collect();
+                let transport = node.inner.transport.clone();
+                let peer = node.peer(&target);
+                tokio::spawn(async move {
+                    if let Err(e) = transport
+                        .send(&peer, Wire::Overlay { msg, addresses })
+                        .await
+                    {
+                        tracing::debug!(to = %peer.id, "overlay send failed: {e}");
+                    }
+                });
+            }
+            Action::SetTimer { at, kind } => {
+                let delay = Duration::from_micros(at.micros_since(time));
+                let tx = node.inner.overlay_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(Input::Event(Event::Timer(kind))).await;
+                });
+            }
+            Action::Deliver {
+                key,
+                origin,
+                tag,
+                payload,
+                ..
+            } => {
+                let Ok(PastRouted::Locate { count }) = postcard::from_bytes(&payload) else {
+                    tracing::debug!(%origin, "undecodable routed payload dropped");
+                    continue;
+                };
+                let (left, right) = overlay.leaf_set();
+                let nodes: Vec<NodeAddress> = closest(
+                    &key,
+                    left.into_iter()
+                        .chain(right)
+                        .chain(std::iter::once(node.id())),
+                    usize::from(count),
+                )
+                .iter()
+                .filter_map(|id| node.address_of(id))
+                .collect();
+                if origin == node.id() {
+                    if let Some(reply) = pending.remove(&tag) {
+                        let _ = reply.send(nodes);
+                    }
+                } else if let Some(target) = node.address_of(&origin) {
+                    let transport = node.inner.transport.clone();
+                    let peer = node.peer(&target);
+                    tokio::spawn(async move {
+                        if let Err(e) = transport.send(&peer, Wire::Located { tag, nodes }).await {
+                            tracing::debug!(to = %peer.id, "locate answer not sent: {e}");
+                        }
+                    });
+                }
+            }
+            Action::RouteFailed { key, tag } => {
+                tracing::debug!(%key, tag, "route failed");
+                pending.remove(&tag);
+            }
+            Action::Joined => {
+                view_changed = true;
+                let _ = joined.try_send(true);
+            }
+            Action::JoinFailed => {
+                let _ = joined.try_send(false);
+            }
+            Action::NodeDead(id) => {
+                tracing::info!(%id, "node declared dead");
+                view_changed = true;
+            }
+            Action::LeafSetChanged => view_changed = true,
+        }
+    }
+    if view_changed {
+        node.inner.view_changed.notify_one();
+        let (left, right) = overlay.leaf_set();
+        *write(&node.inner.view) = OverlayView {
+            joined: overlay.is_joined(),
+            left,
+            right,
+        };
+    }
+}
+
+/// The dispatcher: everything the transport receives.
+async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>) {
+    let mut stop = node.inner.shutdown.subscribe();
+    loop {
+        let item = tokio::select! {
+            item = incoming.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            _ = stop.changed() => break,
+        };
+        if node.is_stopped() {
+            break;
+        }
+        match item {
+            Incoming::Message { from, msg } => match msg {
+                Wire::Overlay { msg, addresses } => {
+                    node.learn(from.id, from.addr);
+                    node.learn_hints(&addresses);
+                    node.input(Event::Message { from: from.id, msg }).await;
+                }
+                Wire::Located { tag, nodes } => {
+                    node.learn_hints(&nodes);
+                    // The overlay task owns the pending locates.
+                    let _ = node
+                        .inner
+                        .overlay_tx
+                        .send(Input::Located { tag, nodes })
+                        .await;
+                }
+                other => {
+                    tracing::debug!(from = %from.id, "unexpected one-way {}", wire_name(&other))
+                }
+            },
+            Incoming::Request { from, msg, reply } => match msg {
+                Wire::Past(request) => {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        let response = node.handle_past(request).await;
+                        reply.reply(Wire::PastReply(response));
+                    });
+                }
+                other => {
+                    tracing::debug!(from = %from.id, "unexpected request {}", wire_name(&other));
+                    drop(reply);
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,1444 @@
+//! The node's maintenance and scrub workers: they keep the redundancy of the keys this
+//! node holds (reconciliation, regeneration, handoff) and re-check its fragments on
+//! disk. The decisions are `past::maintenance`'s (sans-IO); this module asks the nodes,
+//! moves the bytes, rate-limits and counts them. See `docs/repair.md`.
+//!
+//! Owns: [`MaintenanceConfig`], the maintenance task (one per node: debounced runs after
+//! leaf-set changes, a slow pass, nudges from other holders), the scrub task, the
+//! handlers of the repair requests (`RepairStore`, `Handoff`, `Release`, `DropPointer`,
+//! `Forget`, `Reconcile`), the replication of certificates and of volume root records
+//! to their current keepers, and [`RateLimiter`].
+//!
+//! May use: [`super`] (the node, `ask`, `locate`, `find_certificate`), [`cairn_past`],
+//! [`cairn_core::erasure`], [`cairn_store`], [`cairn_core::crypto`], [`cairn_core::id`].
+//!
+//! # Who does what
+//! The live node closest to a key (in its own leaf-set view) **coordinates** it: it asks
+//! the `n + spares` closest for their holdings, the certificate keepers of the
+//! referencing files for their status, plans, and carries out the plan. Every other
+//! holder of a key only tells the coordinator (`Reconcile`, batched per coordinator)
+//! when the key's neighbourhood changed, a scrub dropped a fragment, or (on the slow
+//! pass) with a digest of what it holds, which the coordinator compares with what it
+//! saw at its last reconcile.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::{Node, unix_now};
+use cairn_core::crypto::{Signed, StoreReceipt};
+use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, Offer, fragment_hash};
+use cairn_core::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey};
+use cairn_past::maintenance::{
+    Authority, FileStatus, Observed, Step, affected_ranges, decide_authority, holdings_digest,
+    plan, summary_digest,
+};
+use cairn_past::{
+    NodeAddress, PastRequest, PastResponse, Refusal, RepairAuthority, RepairRequest,
+    certificate_key, check_root, closest, root_key,
+};
+use cairn_store::{FragmentStorage, StoreError};
+
+/// How maintenance and scrubbing run.
+#[derive(Clone, Debug)]
+pub struct MaintenanceConfig {
+    /// Whether the workers run at all.
+    pub enabled: bool,
+    /// Wait this long after the last leaf-set change before looking (changes come in
+    /// bursts: a death is seen by several neighbours, a join moves several leaf sets).
+    pub debounce: Duration,
+    /// The slow pass: every key held is summarised to its coordinator this often.
+    pub period: Duration,
+    /// Nodes asked beyond the `n` closest (they may hold copies a join displaced).
+    pub spares: usize,
+    /// How many nodes on each side of a node that came or went have keys affected
+    /// (at least the largest `n` in use; a larger `n` is caught by the slow pass).
+    pub span: usize,
+    /// Most bytes of repair traffic (fragments fetched, regenerated, handed off) per
+    /// second that this node starts.
+    pub repair_bytes_per_sec: u64,
+    /// How often the scrub re-reads every fragment (0: never).
+    pub scrub_period: Duration,
+    /// Most bytes the scrub reads per second.
+    pub scrub_bytes_per_sec: u64,
+    /// Every network call of maintenance gives up after this long.
+    pub call_timeout: Duration,
+    /// Most keys a node coordinates before it looks at new events again.
+    pub batch: usize,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> MaintenanceConfig {
+        MaintenanceConfig {
+            enabled: true,
+            debounce: Duration::from_secs(2),
+            period: Duration::from_secs(30),
+            spares: 4,
+            span: 8,
+            repair_bytes_per_sec: 50 << 20,
+            scrub_period: Duration::from_secs(3600),
+            scrub_bytes_per_sec: 20 << 20,
+            call_timeout: Duration::from_secs(10),
+            batch: 64,
+        }
+    }
+}
+
+/// A token bucket over bytes: `take(n)` waits until `n` bytes fit in the rate. One
+/// burst of a second's worth is allowed.
+#[derive(Debug)]
+pub struct RateLimiter {
+    bytes_per_sec: u64,
+    next_free: tokio::sync::Mutex<Instant>,
+}
+
+impl RateLimiter {
+    /// A limiter of `bytes_per_sec` (0: unlimited).
+    pub fn new(bytes_per_sec: u64) -> RateLimiter {
+        RateLimiter {
+            bytes_per_sec,
+            next_free: tokio::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `bytes` more may go.
+    pub async fn take(&self, bytes: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        // Capped at an hour: a nonsense size must not stall (or overflow) the clock.
+        let cost = Duration::try_from_secs_f64(bytes as f64 / self.bytes_per_sec as f64)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(3600));
+        let wait_until = {
+            let mut next = self.next_free.lock().await;
+            let now = Instant::now();
+            // Allow a burst of one second's worth.
+            let start = (*next).max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
+            *next = start.checked_add(cost).unwrap_or(start);
+            *next
+        };
+        let now = Instant::now();
+        if wait_until > now + Duration::from_secs(1) {
+            tokio::time::sleep(wait_until - now - Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// What the maintenance task is told.
+pub(crate) enum Job {
+    /// Keys a holder asks this node to look at (something changed).
+    Nudged(Vec<PlacementKey>),
+    /// A holder's whole list for this coordinator (the slow pass), and its summary.
+    Listed {
+        from: NodeId,
+        list: Vec<(PlacementKey, u64)>,
+        summary: u64,
+    },
+    /// A key whose local holdings changed (the scrub dropped a fragment).
+    Changed(PlacementKey),
+}
+
+/// Why a key's reconcile did not finish.
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("locating the key's nodes failed: {0}")]
+    Locate(String),
+    #[error("{0}")]
+    Step(String),
+}
+
+/// The memory of the coordinator: what each holder's digest of a key was when the
+/// key was last reconciled to a settled state (and whether it held anything there),
+/// and the neighbourhood then.
+#[derive(Default)]
+struct Memory {
+    digests: BTreeMap<(NodeId, PlacementKey), (u64, bool)>,
+    responsible: HashMap<PlacementKey, u64>,
+    /// What the keepers said of a file, kept for [`Memory::STATUS_TTL`] so that the
+    /// blocks of one file do not each ask again (only answers with a certificate and no
+    /// tombstone are kept: a reclaim is always seen at once).
+    statuses: HashMap<FileId, (Instant, Vec<FileStatus>)>,
+}
+
+impl Memory {
+    /// Bounds the memory: cleared when it grows past this many entries (it is only an
+    /// optimisation; forgetting costs a reconcile).
+    const MAX_ENTRIES: usize = 200_000;
+    /// How long a keeper's "live certificate" answer is reused.
+    const STATUS_TTL: Duration = Duration::from_secs(5);
+
+    fn trim(&mut self) {
+        if self.digests.len() > Self::MAX_ENTRIES {
+            self.digests.clear();
+        }
+        if self.responsible.len() > Self::MAX_ENTRIES {
+            self.responsible.clear();
+        }
+        self.statuses
+            .retain(|_, (at, _)| at.elapsed() < Self::STATUS_TTL);
+    }
+}
+
+fn members_with_self(node: &Node) -> Vec<NodeId> {
+    let view = node.overlay_view();
+    let mut ids: Vec<NodeId> = view.members().chain(std::iter::once(node.id())).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn ids_digest(ids: &[NodeId]) -> u64 {
+    let parts: Vec<&[u8]> = ids.iter().map(|id| id.0.as_bytes().as_slice()).collect();
+    let id = Id::hash_parts(&parts);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id.as_bytes()[..8]);
+    u64::from_be_bytes(first)
+}
+
+impl Node {
+    /// Starts the maintenance and scrub tasks (if enabled).
+    pub(crate) fn start_maintenance(&self, jobs: mpsc::Receiver<Job>) {
+        let config = &self.inner.config.maintenance;
+        if !config.enabled {
+            return;
+        }
+        tokio::spawn(maintenance_task(self.clone(), jobs));
+        if !config.scrub_period.is_zero() {
+            tokio::spawn(scrub_task(self.clone()));
+        }
+    }
+
+    fn maintenance_config(&self) -> &MaintenanceConfig {
+        &self.inner.config.maintenance
+    }
+
+    /// `ask` bounded by the maintenance call timeout.
+    async fn ask_bounded(
+        &self,
+        to: &NodeAddress,
+        request: PastRequest,
+    ) -> Result<PastResponse, String> {
+        match tokio::time::timeout(
+            self.maintenance_config().call_timeout,
+            self.ask(to, request),
+        )
+        .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("node {} did not answer in time", to.id)),
+        }
+    }
+
+    /// The addresses of the `replicas` members closest to `key`, but this node: where a
+    /// keeper makes sure a certificate or root record also is.
+    fn other_keepers(
+        &self,
+        key: &PlacementKey,
+        members: &[NodeId],
+        replicas: usize,
+    ) -> Vec<NodeAddress> {
+        closest(&key.0, members.iter().copied(), replicas)
+            .into_iter()
+            .filter(|keeper| *keeper != self.id())
+            .filter_map(|keeper| self.address_of(&keeper))
+            .collect()
+    }
+
+    /// Keeps every certificate this node holds on the `certificate_replicas` nodes
+    /// closest to its key: a keeper asks each of them whether it has the certificate
+    /// and gives it to those that do not. Run after leaf-set changes and on the slow
+    /// pass, so that a file's certificate outlives its first keepers (without it, its
+    /// blocks can be neither read nor repaired). Bounded per pass.
+    async fn replicate_certificates(&self, members: &[NodeId]) {
+        const MAX_PER_PASS: usize = 4096;
+        let Ok(Ok(files)) = self
+            .blocking(|node| node.store().certificate_files(None, MAX_PER_PASS))
+            .await
+        else {
+            return;
+        };
+        let replicas = self.config().past.certificate_replicas;
+        for file in files {
+            if self.is_stopped() {
+                return;
+            }
+            let Ok(Ok(Some(certificate))) = self
+                .blocking(move |node| node.store().get_certificate(&file))
+                .await
+            else {
+                continue;
+            };
+            for target in self.other_keepers(&certificate_key(&file), members, replicas) {
+                let asked = self
+                    .ask_bounded(&target, PastRequest::GetCertificate { file })
+                    .await;
+                if let Ok(PastResponse::Certificate { certificate: None }) = asked {
+                    let put = PastRequest::PutCertificate {
+                        certificate: certificate.clone(),
+                    };
+                    if let Ok(PastResponse::Done) = self.ask_bounded(&target, put).await {
+                        self.inner
+                            .counters
+                            .certificates_replicated
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps every root record this node holds on the `certificate_replicas` nodes
+    /// closest to its volume's [`root_key`], as [`Self::replicate_certificates`] does
+    /// for certificates: a keeper asks each of them for its record and gives its own to
+    /// those that hold none or a lower sequence (a holder refuses anything older than
+    /// what it has, so a stale keeper can never roll a volume back). Bounded per pass.
+    async fn replicate_roots(&self, members: &[NodeId]) {
+        const MAX_PER_PASS: usize = 4096;
+        let Ok(Ok(volumes)) = self
+            .blocking(|node| node.store().root_volumes(None, MAX_PER_PASS))
+            .await
+        else {
+            return;
+        };
+        let replicas = self.config().past.certificate_replicas;
+        for volume in volumes {
+            if self.is_stopped() {
+                return;
+            }
+            let Ok(Ok(Some(record))) = self
+                .blocking(move |node| node.store().get_root(&volume))
+                .await
+            else {
+                continue;
+            };
+            let Ok(mine) = check_root(&record) else {
+                continue; // damaged here: never spread it
+            };
+            for target in self.other_keepers(&root_key(&volume), members, replicas) {
+                let asked = self
+                    .ask_bounded(&target, PastRequest::GetRoot { volume })
+                    .await;
+                let behind = match asked {
+                    Ok(PastResponse::Root { record: None }) => true,
+                    Ok(PastResponse::Root {
+                        record: Some(theirs),
+                    }) => {
+                        check_root(&theirs).map_or(true, |t| t.body.sequence < mine.body.sequence)
+                    }
+                    _ => false,
+                };
+                if !behind {
+                    continue;
+                }
+                let put = PastRequest::PutRoot {
+                    record: record.clone(),
+                };
+                if let Ok(PastResponse::Done) = self.ask_bounded(&target, put).await {
+                    self.inner
+                        .counters
+                        .roots_replicated
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Node) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || work(&node))
+            .await
+            .map_err(|e| format!("a store task failed: {e}"))
+    }
+
+    /// The coordinator of `key` in this node's view: the closest live node.
+    fn coordinator_of(&self, key: &PlacementKey, members: &[NodeId]) -> NodeId {
+        closest(&key.0, members.iter().copied(), 1)
+            .first()
+            .copied()
+            .unwrap_or(self.id())
+    }
+
+    /// Groups `items` by the coordinator of their key; this node's own go to `mine`.
+    fn by_coordinator<T>(
+        &self,
+        items: impl IntoIterator<Item = (PlacementKey, T)>,
+        members: &[NodeId],
+        mine: &mut Vec<(PlacementKey, T)>,
+    ) -> BTreeMap<NodeId, Vec<(PlacementKey, T)>> {
+        let mut grouped: BTreeMap<NodeId, Vec<(PlacementKey, T)>> = BTreeMap::new();
+        for (key, item) in items {
+            let coordinator = self.coordinator_of(&key, members);
+            if coordinator == self.id() {
+                mine.push((key, item));
+            } else {
+                grouped.entry(coordinator).or_default().push((key, item));
+            }
+        }
+        grouped
+    }
+
+    /// Asks each key's coordinator to look at it (one request per coordinator); keys
+    /// this node coordinates itself are returned.
+    async fn nudge(&self, keys: Vec<PlacementKey>, members: &[NodeId]) -> Vec<PlacementKey> {
+        let mut mine = Vec::new();
+        let grouped = self.by_coordinator(keys.into_iter().map(|k| (k, ())), members, &mut mine);
+        let mut tasks = JoinSet::new();
+        for (coordinator, keys) in grouped {
+            let Some(target) = self.address_of(&coordinator) else {
+                continue;
+            };
+            let node = self.clone();
+            let from = self.id();
+            tasks.spawn(async move {
+                // Chunked so that one request stays small.
+                let keys: Vec<PlacementKey> = keys.into_iter().map(|(k, ())| k).collect();
+                for chunk in keys.chunks(8192) {
+                    let request = PastRequest::Reconcile {
+                        from,
+                        keys: chunk.to_vec(),
+                    };
+                    if let Err(e) = node.ask_bounded(&target, request).await {
+                        tracing::debug!(to = %target.id, "reconcile nudge not delivered: {e}");
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        mine.into_iter().map(|(k, ())| k).collect()
+    }
+
+    /// The slow pass's summaries: for each coordinator, the digest of this node's list
+    /// of keys it coordinates, and the list itself only when the coordinator does not
+    /// know that digest. `sent` remembers what each coordinator acknowledged; a
+    /// coordinator whose range this node no longer holds anything in gets the empty
+    /// list once. Returns this node's own list.
+    async fn send_summaries(
+        &self,
+        list: Vec<(PlacementKey, u64)>,
+        members: &[NodeId],
+        sent: &mut HashMap<NodeId, u64>,
+    ) -> Vec<(PlacementKey, u64)> {
+        let mut mine = Vec::new();
+        let mut grouped = self.by_coordinator(list, members, &mut mine);
+        for gone in sent.keys() {
+            grouped.entry(*gone).or_default();
+        }
+        let mut tasks = JoinSet::new();
+        for (coordinator, list) in grouped {
+            let Some(target) = self.address_of(&coordinator) else {
+                continue;
+            };
+            let summary = summary_digest(&list);
+            let known_before = sent.get(&coordinator) == Some(&summary);
+            let node = self.clone();
+            let from = self.id();
+            tasks.spawn(async move {
+                if known_before {
+                    let ask = PastRequest::Summary {
+                        from,
+                        summary,
+                        list: None,
+                    };
+                    if let Ok(PastResponse::SummaryKnown { known: true }) =
+                        node.ask_bounded(&target, ask).await
+                    {
+                        return (coordinator, Some(summary), list.is_empty());
+                    }
+                }
+                let send = PastRequest::Summary {
+                    from,
+                    summary,
+                    list: Some(list.clone()),
+                };
+                let acknowledged = matches!(
+                    node.ask_bounded(&target, send).await,
+                    Ok(PastResponse::Done)
+                );
+                (
+                    coordinator,
+                    acknowledged.then_some(summary),
+                    list.is_empty(),
+                )
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((coordinator, Some(_), true)) => {
+                    sent.remove(&coordinator);
+                }
+                Ok((coordinator, Some(summary), false)) => {
+                    sent.insert(coordinator, summary);
+                }
+                Ok((coordinator, None, _)) => {
+                    sent.remove(&coordinator);
+                }
+                Err(e) => tracing::debug!("a summary task failed: {e}"),
+            }
+        }
+        mine
+    }
+
+    /// Digests of what this node holds under `keys`.
+    async fn own_digests(&self, keys: Vec<PlacementKey>) -> Vec<(PlacementKey, u64)> {
+        self.blocking(move |node| {
+            keys.into_iter()
+                .filter_map(|key| {
+                    let (fragments, pointers, references) =
+                        node.inner.holder.holdings(&key).ok()?;
+                    Some((key, holdings_digest(&fragments, &pointers, &references)))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Keys held here (fragments) in the given ring ranges.
+    async fn keys_in(&self, ranges: Vec<(PlacementKey, PlacementKey)>) -> Vec<PlacementKey> {
+        self.blocking(move |node| {
+            let mut keys = BTreeSet::new();
+            for (start, end) in ranges {
+                match node.store().placement_keys_in(&start, &end) {
+                    Ok(found) => keys.extend(found),
+                    Err(e) => tracing::warn!("listing keys for maintenance failed: {e}"),
+                }
+            }
+            keys.into_iter().collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Reconciles one key as its coordinator. Returns whether it ended settled (the
+    /// plan had nothing left to do, or every step succeeded).
+    async fn reconcile(
+        &self,
+        key: PlacementKey,
+        memory: &mut Memory,
+        limiter: &RateLimiter,
+    ) -> Result<bool, ReconcileError> {
+        let config = self.maintenance_config().clone();
+        self.inner
+            .counters
+            .keys_reconciled
+            .fetch_add(1, Ordering::Relaxed);
+        // Ask wide first: `n` is only known from a certificate.
+        let wide = u16::try_from(config.span * 2 + config.spares).unwrap_or(u16::MAX);
+        let located = self
+            .locate(key.0, wide)
+            .await
+            .map_err(|e| ReconcileError::Locate(e.to_string()))?;
+        let mut answers: Vec<(NodeAddress, Observed, Vec<FileId>, u64)> = Vec::new();
+        let mut tasks = JoinSet::new();
+        for target in located.iter().copied() {
+            let node = self.clone();
+            tasks.spawn(async move {
+                let answer = node
+                    .ask_bounded(&target, PastRequest::Holdings { key })
+                    .await;
+                (target, answer)
+            });
+        }
+        let mut pointed: Vec<NodeAddress> = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((
+                target,
+                Ok(PastResponse::Holdings {
+                    fragments,
+                    pointers,
+                    references,
+                }),
+            )) = joined
+            else {
+                continue;
+            };
+            let pointer_ids: Vec<(u16, NodeId)> =
+                pointers.iter().map(|(i, a)| (*i, a.id)).collect();
+            let digest = holdings_digest(&fragments, &pointer_ids, &references);
+            pointed.extend(pointers.iter().map(|(_, a)| *a));
+            answers.push((
+                target,
+                Observed {
+                    node: target.id,
+                    fragments,
+                    pointers: pointer_ids,
+                },
+                references,
+                digest,
+            ));
+        }
+        // Diverted holders live outside the located set: ask them too.
+        pointed.sort_by_key(|a| a.id);
+        pointed.dedup();
+        for target in pointed {
+            if answers.iter().any(|(a, ..)| a.id == target.id) {
+                continue;
+            }
+            if let Ok(PastResponse::Holdings {
+                fragments,
+                pointers,
+                references,
+            }) = self
+                .ask_bounded(&target, PastRequest::Holdings { key })
+                .await
+            {
+                let pointer_ids: Vec<(u16, NodeId)> =
+                    pointers.iter().map(|(i, a)| (*i, a.id)).collect();
+                let digest = holdings_digest(&fragments, &pointer_ids, &references);
+                answers.push((
+                    target,
+                    Observed {
+                        node: target.id,
+                        fragments,
+                        pointers: pointer_ids,
+                    },
+                    references,
+                    digest,
+                ));
+            }
+        }
+        let mut references: Vec<FileId> = answers
+            .iter()
+            .flat_map(|(_, _, refs, _)| refs.iter().copied())
+            .collect();
+        references.sort();
+        references.dedup();
+        if references.is_empty() {
+            // Fragments without a reference: a put that crashed between the fragment
+            // and its reference. Nothing authorises a repair; left alone.
+            return Ok(true);
+        }
+        let authority = self.authority_of(&references, memory).await;
+        let addresses: HashMap<NodeId, NodeAddress> =
+            answers.iter().map(|(a, ..)| (a.id, *a)).collect();
+        match authority {
+            Authority::Unknown => Ok(false),
+            Authority::Reclaimed { reclaimed } => {
+                for (_, reclaim) in reclaimed {
+                    for (target, observed, refs, _) in &answers {
+                        if observed.fragments.is_empty()
+                            && observed.pointers.is_empty()
+                            && refs.is_empty()
+                        {
+                            continue;
+                        }
+                        let request = PastRequest::Forget {
+                            reclaim: reclaim.clone(),
+                            keys: vec![key],
+                        };
+                        match self.ask_bounded(target, request).await {
+                            Ok(PastResponse::Reclaimed { fragments, .. }) => {
+                                self.inner
+                                    .counters
+                                    .fragments_forgotten
+                                    .fetch_add(fragments, Ordering::Relaxed);
+                            }
+                            other => {
+                                tracing::debug!(%key, node = %target.id, "forget: {other:?}")
+                            }
+                        }
+                    }
+                }
+                tracing::info!(%key, "every file referencing the key was reclaimed: deleted");
+                Ok(true)
+            }
+            Authority::Live {
+                certificate,
+                body,
+                reclaimed,
+            } => {
+                for (file, reclaim) in reclaimed {
+                    for (target, _, refs, _) in &answers {
+                        if refs.contains(&file) {
+                            let request = PastRequest::Forget {
+                                reclaim: reclaim.clone(),
+                                keys: vec![key],
+                            };
+                            let _ = self.ask_bounded(target, request).await;
+                        }
+                    }
+                }
+                let Ok(params) = ErasureParams::new(body.k, body.m) else {
+                    return Ok(false);
+                };
+                let n = params.n();
+                // Responsible: the n closest that answered, closest first.
+                let answered: Vec<NodeId> = answers.iter().map(|(a, ..)| a.id).collect();
+                let responsible: Vec<NodeId> = located
+                    .iter()
+                    .map(|a| a.id)
+                    .filter(|id| answered.contains(id))
+                    .take(usize::from(n))
+                    .collect();
+                let observed: Vec<Observed> = answers.iter().map(|(_, o, ..)| o.clone()).collect();
+                let the_plan = plan(params.k(), n, &responsible, &observed);
+                if !the_plan.conflicting.is_empty() {
+                    tracing::warn!(%key, "copies that disagree with the others: {:?}", the_plan.conflicting);
+                }
+                if !the_plan.stuck.is_empty() {
+                    tracing::warn!(%key, live = the_plan.live, "indexes that cannot be repaired now: {:?}", the_plan.stuck);
+                }
+                let authority = RepairAuthority {
+                    certificate,
+                    references,
+                };
+                let settled = self
+                    .carry_out(key, params, &the_plan, &authority, &addresses, limiter)
+                    .await?
+                    && the_plan.stuck.is_empty();
+                if settled && the_plan.steps.is_empty() {
+                    for (target, observed, _, digest) in &answers {
+                        let held = !observed.fragments.is_empty() || !observed.pointers.is_empty();
+                        memory.digests.insert((target.id, key), (*digest, held));
+                    }
+                    let members = members_with_self(self);
+                    memory
+                        .responsible
+                        .insert(key, neighbourhood_digest(&key, &members, &config));
+                    memory.trim();
+                }
+                Ok(settled)
+            }
+        }
+    }
+
+    /// Asks the certificate keepers of (at most 4 of) the referencing files what they
+    /// know, and decides.
+    async fn authority_of(&self, references: &[FileId], memory: &mut Memory) -> Authority {
+        let replicas = self.inner.config.past.certificate_replicas + 2;
+        let mut answers = Vec::new();
+        for file in references.iter().take(4) {
+            if let Some((at, statuses)) = memory.statuses.get(file)
+                && at.elapsed() < Memory::STATUS_TTL
+            {
+                answers.push((*file, statuses.clone()));
+                continue;
+            }
+            let keepers = match self
+                .locate(
+                    certificate_key(file).0,
+                    u16::try_from(replicas).unwrap_or(u16::MAX),
+                )
+                .await
+            {
+                Ok(keepers) => keepers,
+                Err(_) => return Authority::Unknown,
+            };
+            let mut statuses = Vec::new();
+            for keeper in keepers {
+                if let Ok(PastResponse::FileStatus {
+                    certificate,
+                    tombstone,
+                }) = self
+                    .ask_bounded(&keeper, PastRequest::FileStatus { file: *file })
+                    .await
+                {
+                    statuses.push(FileStatus {
+                        certificate,
+                        tombstone,
+                    });
+                }
+            }
+            let live_only = statuses.iter().any(|s| s.certificate.is_some())
+                && statuses.iter().all(|s| s.tombstone.is_none());
+            if live_only {
+                memory
+                    .statuses
+                    .insert(*file, (Instant::now(), statuses.clone()));
+            }
+            answers.push((*file, statuses));
+        }
+        decide_authority(&answers, unix_now())
+    }
+
+    /// Carries out a plan's steps. Returns whether every step succeeded.
+    async fn carry_out(
+        &self,
+        key: PlacementKey,
+        params: ErasureParams,
+        the_plan: &cairn_past::maintenance::Plan,
+        authority: &RepairAuthority,
+        addresses: &HashMap<NodeId, NodeAddress>,
+        limiter: &RateLimiter,
+    ) -> Result<bool, ReconcileError> {
+        let mut all_done = true;
+        let regenerate: Vec<(u16, NodeId)> = the_plan
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Regenerate { index, to } => Some((*index, *to)),
+                _ => None,
+            })
+            .collect();
+        if !regenerate.is_empty() {
+            match self
+                .regenerate(
+                    key,
+                    params,
+                    the_plan,
+                    &regenerate,
+                    authority,
+                    addresses,
+                    limiter,
+                )
+                .await
+            {
+                Ok(done) => all_done &= done,
+                Err(e) => {
+                    tracing::warn!(%key, "regeneration failed: {e}");
+                    all_done = false;
+                }
+            }
+        }
+        for step in &the_plan.steps {
+            let outcome = match step {
+                Step::Regenerate { .. } => continue,
+                Step::Handoff { index, from, to } => {
+                    let (Some(from), Some(to)) = (addresses.get(from), addresses.get(to)) else {
+                        all_done = false;
+                        continue;
+                    };
+                    let request = PastRequest::Handoff {
+                        key,
+                        index: *index,
+                        to: *to,
+                        authority: authority.clone(),
+                    };
+                    let outcome = self.ask_bounded(from, request).await;
+                    if matches!(outcome, Ok(PastResponse::Done)) {
+                        self.inner
+                            .counters
+                            .fragments_handed_off
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    outcome
+                }
+                Step::Release {
+                    index,
+                    node,
+                    kept_by,
+                } => {
+                    let (Some(node), Some(kept_by)) = (addresses.get(node), addresses.get(kept_by))
+                    else {
+                        all_done = false;
+                        continue;
+                    };
+                    let request = PastRequest::Release {
+                        key,
+                        index: *index,
+                        kept_by: *kept_by,
+                    };
+                    self.ask_bounded(node, request).await
+                }
+                Step::DropPointer { index, keeper } => {
+                    let Some(keeper) = addresses.get(keeper) else {
+                        all_done = false;
+                        continue;
+                    };
+                    self.ask_bounded(keeper, PastRequest::DropPointer { key, index: *index })
+                        .await
+                }
+            };
+            if !matches!(outcome, Ok(PastResponse::Done)) {
+                tracing::debug!(%key, ?step, "maintenance step failed: {outcome:?}");
+                all_done = false;
+            }
+        }
+        Ok(all_done)
+    }
+
+    /// Fetches `k` good fragments, rebuilds the block, re-encodes it, checks that every
+    /// index a holder reported hashes as the re-encoding says, and stores each missing
+    /// index on its target.
+    #[allow(clippy::too_many_arguments)]
+    async fn regenerate(
+        &self,
+        key: PlacementKey,
+        params: ErasureParams,
+        the_plan: &cairn_past::maintenance::Plan,
+        targets: &[(u16, NodeId)],
+        authority: &RepairAuthority,
+        addresses: &HashMap<NodeId, NodeAddress>,
+        limiter: &RateLimiter,
+    ) -> Result<bool, ReconcileError> {
+        let k = usize::from(params.k());
+        let fail = |what: String| ReconcileError::Step(what);
+        let mut fetched: Vec<Fragment> = Vec::new();
+        // Indexes with a good copy, each with its holders, fetched one index at a time
+        // (k of them); a holder that fails is skipped for the next.
+        for (index, holders) in the_plan.sources.iter().enumerate() {
+            if fetched.len() >= k {
+                break;
+            }
+            let (Ok(index), Some(Some(expected))) =
+                (u16::try_from(index), the_plan.hashes.get(index))
+            else {
+                continue;
+            };
+            for holder in holders {
+                let Some(address) = addresses.get(holder) else {
+                    continue;
+                };
+                match self
+                    .ask_bounded(address, PastRequest::Fetch { key, index })
+                    .await
+                {
+                    Ok(PastResponse::Fragment { bytes })
+                        if fragment_hash(index, &bytes) == *expected =>
+                    {
+                        limiter.take(bytes.len() as u64).await;
+                        self.inner
+                            .counters
+                            .repair_bytes
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        fetched.push(Fragment { index, bytes });
+                        break;
+                    }
+                    other => {
+                        tracing::debug!(%key, index, %holder, "repair fetch: {other:?}");
+                    }
+                }
+            }
+        }
+        if fetched.len() < k {
+            return Err(fail(format!(
+                "only {} of the {k} fragments needed could be fetched",
+                fetched.len()
+            )));
+        }
+        let n = usize::from(params.n());
+        let unknown = FragmentHash(Id::ZERO);
+        let hashes: Vec<FragmentHash> = (0..n)
+            .map(|i| the_plan.hashes.get(i).copied().flatten().unwrap_or(unknown))
+            .collect();
+        let encoded = self
+            .blocking(move |_| {
+                let codec = Codec::new(params).map_err(|e| e.to_string())?;
+                let spec = BlockSpec {
+                    hash: BlockHash(Id::ZERO),
+                    len: None,
+                    fragment_hashes: &hashes,
+                };
+                let offers = fetched
+                    .into_iter()
+                    .map(|fragment| (fragment.index, Offer::Fragment(fragment)));
+                let (decoded, _) = codec.decode(&spec, offers).map_err(|e| e.to_string())?;
+                let encoded = codec.encode(&decoded.to_vec()).map_err(|e| e.to_string())?;
+                // Every index a holder reported must be what this re-encoding gives:
+                // a bad fragment among the k would show here (with more than k known).
+                for (i, expected) in hashes.iter().enumerate() {
+                    if *expected != unknown && encoded.fragment_hashes().get(i) != Some(expected) {
+                        return Err(format!(
+                            "the re-encoding disagrees with the holders at index {i}"
+                        ));
+                    }
+                }
+                Ok(encoded)
+            })
+            .await
+            .map_err(fail)?
+            .map_err(fail)?;
+        let mut all_done = true;
+        for (index, to) in targets {
+            let (Some(fragment), Some(target)) = (encoded.fragment(*index), addresses.get(to))
+            else {
+                all_done = false;
+                continue;
+            };
+            let bytes = fragment.bytes.to_vec();
+            let hash = fragment_hash(*index, &bytes);
+            limiter.take(bytes.len() as u64).await;
+            let sent = bytes.len() as u64;
+            let request = PastRequest::RepairStore(RepairRequest {
+                authority: authority.clone(),
+                key,
+                index: *index,
+                hash,
+                bytes,
+            });
+            match self.ask_bounded(target, request).await {
+                Ok(PastResponse::Stored { receipt, .. })
+                    if receipt_names(&receipt, target.id, key, *index, hash) =>
+                {
+                    self.inner
+                        .counters
+                        .repair_bytes
+                        .fetch_add(sent, Ordering::Relaxed);
+                    self.inner
+                        .counters
+                        .fragments_regenerated
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%key, index, to = %target.id, "fragment regenerated");
+                }
+                other => {
+                    tracing::warn!(%key, index, to = %target.id, "regenerated fragment not stored: {other:?}");
+                    all_done = false;
+                }
+            }
+        }
+        Ok(all_done)
+    }
+
+    /// `RepairStore`: checked and stored by the holder (no diversion).
+    pub(crate) fn handle_repair_store(&self, request: &RepairRequest) -> PastResponse {
+        self.stored_answer(self.inner.holder.repair_fragment(request, unix_now()))
+    }
+
+    /// `Handoff`: push the copy to `to`, and delete it here only once `to`'s receipt
+    /// for exactly this fragment checks out.
+    pub(crate) async fn handle_handoff(
+        &self,
+        key: PlacementKey,
+        index: u16,
+        to: NodeAddress,
+        authority: RepairAuthority,
+    ) -> PastResponse {
+        if to.id == self.id() {
+            return PastResponse::Refused(Refusal::Store("a handoff to oneself".into()));
+        }
+        let read = self
+            .blocking(move |node| node.store().get_fragment(&key, index))
+            .await;
+        let bytes = match read {
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) => return PastResponse::NotFound,
+            Ok(Err(StoreError::Corrupt { .. })) => return PastResponse::Corrupt,
+            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
+            Err(e) => return PastResponse::Refused(Refusal::Store(e)),
+        };
+        let hash = fragment_hash(index, &bytes);
+        let size = bytes.len() as u64;
+        self.inner.repair_limiter.take(size).await;
+        let request = PastRequest::RepairStore(RepairRequest {
+            authority,
+            key,
+            index,
+            hash,
+            bytes,
+        });
+        match self.ask_bounded(&to, request).await {
+            Ok(PastResponse::Stored { receipt, .. })
+                if receipt_names(&receipt, to.id, key, index, hash) =>
+            {
+                self.inner
+                    .counters
+                    .repair_bytes
+                    .fetch_add(size, Ordering::Relaxed);
+                let deleted = self
+                    .blocking(move |node| node.store().delete_fragment(&key, index))
+                    .await;
+                tracing::info!(%key, index, to = %to.id, "fragment handed off");
+                match deleted {
+                    Ok(Ok(_)) => PastResponse::Done,
+                    Ok(Err(e)) => PastResponse::Refused(Refusal::Store(e.to_string())),
+                    Err(e) => PastResponse::Refused(Refusal::Store(e)),
+                }
+            }
+            Ok(PastResponse::Refused(refusal)) => PastResponse::Refused(refusal),
+            other => PastResponse::Refused(Refusal::Store(format!(
+                "the handoff target did not confirm: {other:?}"
+            ))),
+        }
+    }
+
+    /// `Release`: drop this copy if `kept_by` holds the same fragment (asked here).
+    pub(crate) async fn handle_release(
+        &self,
+        key: PlacementKey,
+        index: u16,
+        kept_by: NodeAddress,
+    ) -> PastResponse {
+        if kept_by.id == self.id() {
+            return PastResponse::Refused(Refusal::Store("kept by this very node".into()));
+        }
+        let info = self
+            .blocking(move |node| node.store().fragment_info(&key, index))
+            .await;
+        let hash = match info {
+            Ok(Ok(Some(info))) => info.hash,
+            Ok(Ok(None)) => return PastResponse::Done,
+            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
+            Err(e) => return PastResponse::Refused(Refusal::Store(e)),
+        };
+        match self
+            .ask_bounded(&kept_by, PastRequest::Holdings { key })
+            .await
+        {
+            Ok(PastResponse::Holdings { fragments, .. }) if fragments.contains(&(index, hash)) => {
+                match self
+                    .blocking(move |node| node.store().delete_fragment(&key, index))
+                    .await
+                {
+                    Ok(Ok(_)) => {
+                        self.inner
+                            .counters
+                            .fragments_released
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%key, index, kept_by = %kept_by.id, "surplus copy released");
+                        PastResponse::Done
+                    }
+                    Ok(Err(e)) => PastResponse::Refused(Refusal::Store(e.to_string())),
+                    Err(e) => PastResponse::Refused(Refusal::Store(e)),
+                }
+            }
+            other => PastResponse::Refused(Refusal::Store(format!(
+                "{} does not hold the fragment: {other:?}",
+                kept_by.id
+            ))),
+        }
+    }
+
+    /// `DropPointer`: forget a pointer whose holder no longer holds the fragment.
+    pub(crate) async fn handle_drop_pointer(&self, key: PlacementKey, index: u16) -> PastResponse {
+        let pointer = self
+            .blocking(move |node| node.store().get_pointer(&key, index))
+            .await;
+        let holder = match pointer {
+            Ok(Ok(Some(holder))) => holder,
+            Ok(Ok(None)) => return PastResponse::Done,
+            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
+            Err(e) => return PastResponse::Refused(Refusal::Store(e)),
+        };
+        if let Some(address) = self.address_of(&holder)
+            && let Ok(PastResponse::Holdings { fragments, .. }) = self
+                .ask_bounded(&address, PastRequest::Holdings { key })
+                .await
+            && fragments.iter().any(|(i, _)| *i == index)
+        {
+            return PastResponse::Refused(Refusal::Store(format!(
+                "{holder} still holds the fragment"
+            )));
+        }
+        match self
+            .blocking(move |node| node.store().delete_pointer(&key, index))
+            .await
+        {
+            Ok(Ok(_)) => PastResponse::Done,
+            Ok(Err(e)) => PastResponse::Refused(Refusal::Store(e.to_string())),
+            Err(e) => PastResponse::Refused(Refusal::Store(e)),
+        }
+    }
+
+    /// `Forget`: a reclaim this node missed. Obeyed only if no keeper has a
+    /// certificate of the file by another owner than the reclaim's signer.
+    pub(crate) async fn handle_forget(
+        &self,
+        reclaim: Vec<u8>,
+        keys: Vec<PlacementKey>,
+    ) -> PastResponse {
+        let order = match cairn_past::check_reclaim(&reclaim) {
+            Ok(order) => order,
+            Err(refusal) => return PastResponse::Refused(refusal),
+        };
+        match tokio::time::timeout(
+            self.maintenance_config().call_timeout,
+            self.find_certificate(order.file_id),
+        )
+        .await
+        {
+            Ok(Ok(Some(certificate))) if certificate.body.owner != order.owner => {
+                return PastResponse::Refused(Refusal::Certificate(format!(
+                    "file {} belongs to another owner than the reclaim's signer",
+                    order.file_id
+                )));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
+            Err(_) => {
+                return PastResponse::Refused(Refusal::Store(
+                    "the certificate keepers did not answer in time".into(),
+                ));
+            }
+        }
+        match self
+            .blocking(move |node| node.inner.holder.forget(&reclaim, &keys))
+            .await
+        {
+            Ok(Ok(done)) => {
+                tracing::info!(file = %order.file_id, fragments = done.fragments, "a missed reclaim carried out");
+                PastResponse::Reclaimed {
+                    fragments: done.fragments,
+                    bytes: done.bytes,
+                }
+            }
+            Ok(Err(refusal)) => PastResponse::Refused(refusal),
+            Err(e) => PastResponse::Refused(Refusal::Store(e)),
+        }
+    }
+
+    /// `Reconcile`: queued for the maintenance task (dropped if its queue is full; the
+    /// slow pass finds the key again).
+    pub(crate) fn handle_reconcile(&self, keys: Vec<PlacementKey>) -> PastResponse {
+        let _ = self.inner.maintenance_tx.try_send(Job::Nudged(keys));
+        PastResponse::Done
+    }
+
+    /// `Summary`: known or not; a list is queued for the maintenance task, which
+    /// remembers the summary once it has looked at the list.
+    pub(crate) fn handle_summary(
+        &self,
+        from: NodeId,
+        summary: u64,
+        list: Option<Vec<(PlacementKey, u64)>>,
+    ) -> PastResponse {
+        match list {
+            None => {
+                let known = self
+                    .inner
+                    .known_summaries
+                    .lock()
+                    .map(|map| map.get(&from) == Some(&summary))
+                    .unwrap_or(false);
+                PastResponse::SummaryKnown { known }
+            }
+            Some(list) => match self.inner.maintenance_tx.try_send(Job::Listed {
+                from,
+                list,
+                summary,
+            }) {
+                Ok(()) => PastResponse::Done,
+                Err(_) => PastResponse::Refused(Refusal::Store(
+                    "maintenance is busy; send the list again later".into(),
+                )),
+            },
+        }
+    }
+}
+
+/// Whether `bytes` is a valid receipt by `node` for exactly this fragment.
+fn receipt_names(
+    bytes: &[u8],
+    node: NodeId,
+    key: PlacementKey,
+    index: u16,
+    hash: FragmentHash,
+) -> bool {
+    Signed::<StoreReceipt>::from_bytes(bytes)
+        .ok()
+        .and_then(|signed| signed.verify().ok().cloned())
+        .is_some_and(|r| {
+            r.node == node && r.placement_key == key && r.index == index && r.fragment_hash == hash
+        })
+}
+
+/// The keys of `from`'s list (or of this node's own, `from` being itself) that need
+/// a look: a digest that differs from the one seen at the last settled reconcile, a
+/// neighbourhood that changed since, or a key `from` held then and lists no more.
+fn changed_keys(
+    memory: &Memory,
+    from: NodeId,
+    list: &[(PlacementKey, u64)],
+    members: &[NodeId],
+    config: &MaintenanceConfig,
+) -> Vec<PlacementKey> {
+    let listed: BTreeMap<PlacementKey, u64> = list.iter().copied().collect();
+    let mut changed: Vec<PlacementKey> = listed
+        .iter()
+        .filter(|(key, digest)| {
+            memory.digests.get(&(from, **key)).map(|(d, _)| d) != Some(*digest)
+                || memory.responsible.get(*key) != Some(&neighbourhood_digest(key, members, config))
+        })
+        .map(|(key, _)| *key)
+        .collect();
+    let low = (from, PlacementKey(Id([0; 32])));
+    let high = (from, PlacementKey(Id([0xff; 32])));
+    changed.extend(
+        memory
+            .digests
+            .range(low..=high)
+            .filter(|((_, key), (_, held))| *held && !listed.contains_key(key))
+            .map(|((_, key), _)| *key),
+    );
+    changed
+}
+
+/// The maintenance task: debounced runs after leaf-set changes, the slow pass, nudges.
+async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
+    /// A key whose reconcile did not settle is tried again on this many slow passes.
+    const RETRIES: u8 = 5;
+    let config = node.maintenance_config().clone();
+    let limiter = Arc::clone(&node.inner.repair_limiter);
+    let mut stop = node.inner.shutdown.subscribe();
+    let mut memory = Memory::default();
+    let mut sent: HashMap<NodeId, u64> = HashMap::new();
+    let mut retry: BTreeMap<PlacementKey, u8> = BTreeMap::new();
+    let mut seen_members = members_with_self(&node);
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut slow = tokio::time::interval(config.period);
+    slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    slow.tick().await;
+    // Keys to coordinate now.
+    let mut pending: BTreeSet<PlacementKey> = BTreeSet::new();
+    loop {
+        let wake_at = due.unwrap_or_else(|| tokio::time::Instant::now() + config.period);
+        let work = !pending.is_empty();
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = node.inner.view_changed.notified() => {
+                due = Some(tokio::time::Instant::now() + config.debounce);
+            }
+            _ = tokio::time::sleep_until(wake_at), if due.is_some() => {
+                due = None;
+                let members = members_with_self(&node);
+                let ranges = affected_ranges(&seen_members, &members, config.span);
+                seen_members = members.clone();
+                if !ranges.is_empty() {
+                    node.replicate_certificates(&members).await;
+                    node.replicate_roots(&members).await;
+                    let keys = node.keys_in(ranges).await;
+                    tracing::debug!(keys = keys.len(), "leaf set changed: keys to look at");
+                    pending.extend(node.nudge(keys, &members).await);
+                }
+            }
+            _ = slow.tick() => {
+                memory.trim();
+                let members = members_with_self(&node);
+                node.replicate_certificates(&members).await;
+                node.replicate_roots(&members).await;
+                let zero = PlacementKey(Id::ZERO);
+                let keys = node.keys_in(vec![(zero, zero)]).await;
+                let list = node.own_digests(keys).await;
+                let mine = node.send_summaries(list, &members, &mut sent).await;
+                pending.extend(changed_keys(&memory, node.id(), &mine, &members, &config));
+                pending.extend(retry.keys().copied());
+            }
+            job = jobs.recv() => match job {
+                None => break,
+                Some(Job::Nudged(keys)) => pending.extend(keys),
+                Some(Job::Listed { from, list, summary }) => {
+                    let members = members_with_self(&node);
+                    pending.extend(changed_keys(&memory, from, &list, &members, &config));
+                    if let Ok(mut known) = node.inner.known_summaries.lock() {
+                        if known.len() > Memory::MAX_ENTRIES {
+                            known.clear();
+                        }
+                        known.insert(from, summary);
+                    }
+                }
+                Some(Job::Changed(key)) => {
+                    let members = members_with_self(&node);
+                    pending.extend(node.nudge(vec![key], &members).await);
+                }
+            },
+            _ = std::future::ready(()), if work => {
+                for _ in 0..config.batch {
+                    let Some(key) = pending.pop_first() else { break };
+                    if node.is_stopped() {
+                        break;
+                    }
+                    let settled = match node.reconcile(key, &mut memory, &limiter).await {
+                        Ok(settled) => settled,
+                        Err(e) => {
+                            tracing::debug!(%key, "reconcile failed: {e}");
+                            false
+                        }
+                    };
+                    if settled {
+                        retry.remove(&key);
+                    } else {
+                        let tries = retry.entry(key).or_insert(0);
+                        *tries += 1;
+                        if *tries > RETRIES {
+                            tracing::debug!(%key, "reconcile given up until something changes");
+                            retry.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A digest of the nodes a reconcile of `key` asks, as this node's view has them.
+fn neighbourhood_digest(key: &PlacementKey, members: &[NodeId], config: &MaintenanceConfig) -> u64 {
+    ids_digest(&closest(
+        &key.0,
+        members.iter().copied(),
+        config.span * 2 + config.spares,
+    ))
+}
+
+/// The scrub: re-reads every fragment on a slow period at a bounded rate; a corrupt
+/// one is deleted and its key handed to maintenance.
+async fn scrub_task(node: Node) {
+    let config = node.maintenance_config().clone();
+    let limiter = RateLimiter::new(config.scrub_bytes_per_sec);
+    let mut stop = node.inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(config.scrub_period) => {}
+        }
+        let zero = PlacementKey(Id::ZERO);
+        let keys = node.keys_in(vec![(zero, zero)]).await;
+        for key in keys {
+            if node.is_stopped() {
+                return;
+            }
+            let infos = node
+                .blocking(move |node| node.store().fragments_under(&key))
+                .await;
+            let Ok(Ok(infos)) = infos else { continue };
+            for info in infos {
+                limiter.take(info.len).await;
+                let index = info.index;
+                let read = node
+                    .blocking(move |node| node.store().get_fragment(&key, index))
+                    .await;
+                node.inner
+                    .counters
+                    .scrub_bytes
+                    .fetch_add(info.len, Ordering::Relaxed);
+                if let Ok(Err(StoreError::Corrupt { detail, .. })) = read {
+                    tracing::warn!(%key, index, "scrub: corrupt fragment dropped: {detail}");
+                    let _ = node
+                        .blocking(move |node| node.store().delete_fragment(&key, index))
+                        .await;
+                    node.inner
+                        .counters
+                        .scrub_corrupt
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = node.inner.maintenance_tx.try_send(Job::Changed(key));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn the_rate_limiter_lets_a_second_of_burst_through_then_waits() {
+        let limiter = RateLimiter::new(2000);
+        let started = Instant::now();
+        limiter.take(1000).await;
+        limiter.take(1000).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "the burst waits"
+        );
+        limiter.take(1000).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "3000 bytes at 2000 B/s with a 1 s burst take half a second"
+        );
+        let unlimited = RateLimiter::new(0);
+        let started = Instant::now();
+        unlimited.take(u64::MAX).await;
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+}

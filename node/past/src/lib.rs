@@ -1,0 +1,1424 @@
+//! PAST over fragments: what a storage node does with the fragments, certificates and
+//! pointers it is asked to keep, and the rules of placement.
+//!
+//! Owns: the PAST wire requests and answers ([`PastRequest`], [`PastResponse`],
+//! [`Refusal`]), placement arithmetic ([`closest`], [`certificate_key`], [`root_key`], the replica
+//! diversion thresholds in [`PastConfig`]), and [`Holder`], which answers one request
+//! against the local store. Sans-IO: no sockets, no clock (`now` is passed in), no
+//! tasks; the daemon (`cairn-daemon`) moves the messages and decides whom to ask.
+//!
+//! May use: [`cairn_core::id`], [`cairn_core::crypto`], [`cairn_core::erasure`],
+//! [`cairn_core::codec::bytes`] (the fast serde form of payloads) and [`cairn_store`].
+//! No tokio, no network: the daemon and the simulator drive it.
+//!
+//! # The rules every node enforces
+//! - A fragment is stored only under a valid, unexpired [`UploadGrant`] signed by the
+//!   owner of the file id it names, and only if its bytes hash to the hash offered.
+//!   The grant comes first because a put streams: the file certificate, which covers
+//!   the manifest hash, can only be signed at the end.
+//! - A certificate is stored only if its signature, owner and file id check out.
+//! - A reclaim is obeyed only if it is signed by the owner of the certificate it
+//!   comes with; a reclaimed file id is remembered (a tombstone) and never stored again.
+//! - A volume's root record is stored only if it is signed by the volume's key and its
+//!   sequence is higher than the one held; the same record again is accepted
+//!   (idempotent), and a lower sequence, or the same sequence with other bytes, is
+//!   refused with [`Refusal::StaleRoot`], which names the sequence held. That refusal
+//!   is how a writer learns that its update lost.
+//!
+//! # Replica diversion (PAST §3.3, per fragment)
+//! A node asked to store a fragment of `size` bytes with `free` bytes free accepts it if
+//! `size / free <= t_pri`; otherwise it answers [`Refusal::NoRoom`] and the daemon
+//! diverts the fragment to a leaf-set node outside the `n` closest, which accepts only
+//! if `size / free <= t_div` ([`PastRequest::StoreDiverted`]). The diverting node keeps
+//! a pointer, and the `(n+1)`-th closest node keeps a backup pointer, so a lookup that
+//! reaches either finds the diverted holder.
+//!
+//! # Repair (see `docs/repair.md` and [`maintenance`])
+//! A repair store ([`PastRequest::RepairStore`]) has no owner's grant behind it: it
+//! carries a valid file certificate of one of the files that reference the key, and the
+//! holder refuses it for a file it knows was reclaimed, and when it already holds
+//! another index of the key (one index per node).
+
+pub mod maintenance;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use std::sync::Mutex;
+
+use cairn_core::crypto::{
+    FileCertificate, KeyPair, ReclaimCertificate, RootRecord, Signed, StoreReceipt, UploadGrant,
+};
+use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+use cairn_store::{FragmentStorage, StoreError};
+
+/// PAST's thresholds and the number of certificate replicas.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PastConfig {
+    /// A node accepts a fragment as one of the `n` closest if `size / free <= t_pri`.
+    /// PAST's default 0.1: a node keeps room for fragments whose owners have no choice.
+    pub t_pri: f64,
+    /// A node accepts a diverted fragment only if `size / free <= t_div` (0.05 in PAST:
+    /// stricter, so that diversion does not fill the nodes that still have room).
+    pub t_div: f64,
+    /// How many of the nodes closest to [`certificate_key`] keep a file's certificate
+    /// (and how many of those closest to [`root_key`] keep a volume's root record).
+    pub certificate_replicas: usize,
+    /// The longest grant lifetime a node accepts (seconds); longer ones are refused so
+    /// that a leaked grant stops working soon.
+    pub max_grant_lifetime: u64,
+}
+
+impl Default for PastConfig {
+    fn default() -> PastConfig {
+        PastConfig {
+            t_pri: 0.1,
+            t_div: 0.05,
+            certificate_replicas: 4,
+            max_grant_lifetime: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// A node and the address it can be reached at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeAddress {
+    /// The node's id (proven by the transport's handshake when it is contacted).
+    pub id: NodeId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// One fragment offered for storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRequest {
+    /// The owner's [`UploadGrant`], in [`Signed::to_bytes`] form.
+    pub grant: Vec<u8>,
+    /// The block's placement key.
+    pub key: PlacementKey,
+    /// The fragment's index in its block.
+    pub index: u16,
+    /// `fragment_hash(index, bytes)`, checked by the receiver.
+    pub hash: FragmentHash,
+    /// The fragment.
+    #[serde(with = "cairn_core::codec::bytes")]
+    pub bytes: Vec<u8>,
+    /// `n`, the block's fragment count: a full node diverts outside the `n` closest.
+    pub replicas: u16,
+}
+
+/// What one node asks another, directly (not routed). Append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PastRequest {
+    /// Store a fragment as one of the `n` closest nodes to its key.
+    Store(StoreRequest),
+    /// Store a fragment that a full node diverts to you (stricter threshold `t_div`).
+    StoreDiverted(StoreRequest),
+    /// Send fragment `index` of the block at `key` (or a pointer to whoever has it).
+    Fetch {
+        /// The block's placement key.
+        key: PlacementKey,
+        /// The fragment wanted.
+        index: u16,
+    },
+    /// List what you hold under `key`: fragments, pointers, referencing files.
+    Holdings {
+        /// The placement key.
+        key: PlacementKey,
+    },
+    /// Keep a backup pointer: fragment `index` of `key` was diverted to `holder`.
+    PutPointer {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// Who holds it.
+        holder: NodeAddress,
+    },
+    /// Keep this file certificate ([`Signed::to_bytes`] form).
+    PutCertificate {
+        /// The signed certificate.
+        certificate: Vec<u8>,
+    },
+    /// Send the certificate of `file`, if you keep it.
+    GetCertificate {
+        /// The file.
+        file: FileId,
+    },
+    /// Free what `file` stored under `keys`, and forget its certificate.
+    Reclaim {
+        /// The owner's [`ReclaimCertificate`], signed.
+        reclaim: Vec<u8>,
+        /// The file's certificate, signed: proves who the owner is.
+        certificate: Vec<u8>,
+        /// The placement keys of the file's blocks that this node may hold.
+        keys: Vec<PlacementKey>,
+    },
+    /// Store a fragment regenerated or handed off by maintenance (no grant: a file
+    /// certificate of a referencing file authorises it).
+    RepairStore(RepairRequest),
+    /// Push your copy of fragment `index` of `key` to `to` (under `authority`), and
+    /// delete it once `to` has signed a receipt for it.
+    Handoff {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// The responsible node that should hold it.
+        to: NodeAddress,
+        /// The certificate and references a repair store carries.
+        authority: RepairAuthority,
+    },
+    /// Drop your copy of fragment `index` of `key`: `kept_by` holds it (check first).
+    Release {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// The responsible node holding the same fragment.
+        kept_by: NodeAddress,
+    },
+    /// Drop your pointer for fragment `index` of `key` if its holder no longer has it.
+    DropPointer {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+    },
+    /// What you know of `file`: its certificate, or its tombstone.
+    FileStatus {
+        /// The file.
+        file: FileId,
+    },
+    /// `file` was reclaimed (the owner's signed [`ReclaimCertificate`]) while you were
+    /// away: forget its references under `keys`, its certificate, and the fragments no
+    /// other file references.
+    Forget {
+        /// The owner's reclaim certificate, signed.
+        reclaim: Vec<u8>,
+        /// The keys to forget the file's references under.
+        keys: Vec<PlacementKey>,
+    },
+    /// "You coordinate these keys; something changed under each (a leaf-set change,
+    /// a fragment the scrub dropped): look."
+    Reconcile {
+        /// The sender (not trusted for anything).
+        from: NodeId,
+        /// The keys.
+        keys: Vec<PlacementKey>,
+    },
+    /// The slow pass's compact summary: `summary` digests the whole list of what the
+    /// sender holds among the keys you coordinate ([`maintenance::summary_digest`]).
+    /// Without `list`, it asks whether you still know that summary
+    /// ([`PastResponse::SummaryKnown`]); with it, `list` is that whole list (key and
+    /// [`maintenance::holdings_digest`], possibly empty) and you look at what changed.
+    Summary {
+        /// The sender (only used to remember digests; not trusted for anything else).
+        from: NodeId,
+        /// The digest of the list.
+        summary: u64,
+        /// The list, when the summary is not known.
+        list: Option<Vec<(PlacementKey, u64)>>,
+    },
+    /// Keep this signed [`RootRecord`] ([`Signed::to_bytes`] form) if its sequence is
+    /// higher than the one you hold ([`Holder::put_root`]).
+    PutRoot {
+        /// The signed root record.
+        record: Vec<u8>,
+    },
+    /// Send the root record of `volume`, if you keep one.
+    GetRoot {
+        /// The volume.
+        volume: VolumeKey,
+    },
+}
+
+/// What authorises a repair store: a referencing file's certificate and the key's
+/// references (recorded by the receiver).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairAuthority {
+    /// A signed [`FileCertificate`] of one of `references`.
+    pub certificate: Vec<u8>,
+    /// The files that reference the key.
+    pub references: Vec<FileId>,
+}
+
+/// One fragment stored by maintenance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRequest {
+    /// Why the receiver may store it.
+    pub authority: RepairAuthority,
+    /// The block's placement key.
+    pub key: PlacementKey,
+    /// The fragment's index.
+    pub index: u16,
+    /// `fragment_hash(index, bytes)`, checked by the receiver.
+    pub hash: FragmentHash,
+    /// The fragment.
+    #[serde(with = "cairn_core::codec::bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Why a node refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// The upload grant is malformed, forged, expired or too long-lived.
+    #[error("upload grant refused: {0}")]
+    Grant(String),
+    /// The certificate (or reclaim) is malformed, forged, or not the owner's.
+    #[error("certificate refused: {0}")]
+    Certificate(String),
+    /// The fragment's bytes do not hash to the hash offered.
+    #[error("the fragment's bytes do not match its hash")]
+    HashMismatch,
+    /// Another fragment is already stored under this key and index.
+    #[error("another fragment is stored under this key and index")]
+    Conflict,
+    /// Too little room for a primary replica (`size / free > t_pri`): divert it.
+    #[error("no room: {size} bytes offered, {free} free (over the primary threshold)")]
+    NoRoom {
+        /// Bytes offered.
+        size: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// Too little room even for a diverted replica, or no diversion target took it.
+    #[error("full: {size} bytes offered, {free} free")]
+    Full {
+        /// Bytes offered.
+        size: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// The node's disk is full (whatever its configured capacity says).
+    #[error("the node's disk is full")]
+    DiskFull,
+    /// The file was reclaimed; its id is not stored again.
+    #[error("file {0} was reclaimed")]
+    Reclaimed(FileId),
+    /// The local store failed.
+    #[error("the node's store failed: {0}")]
+    Store(String),
+    /// A root record whose signature does not check out, or that is not signed by its
+    /// volume's key.
+    #[error("root record refused: {0}")]
+    RootRecord(String),
+    /// This node holds a root record of the volume with sequence `held_sequence`, which
+    /// is higher than the one offered, or equal with other bytes: the offered record is
+    /// stale or a replay (a lost update, for its writer).
+    #[error("this node holds sequence {held_sequence} of the volume; the record offered is stale")]
+    StaleRoot {
+        /// The sequence held here.
+        held_sequence: u64,
+    },
+}
+
+/// What a node answers. Append-only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PastResponse {
+    /// Stored; the signed [`StoreReceipt`] of the node that holds it, and where it
+    /// went if it was diverted.
+    Stored {
+        /// The receipt, [`Signed::to_bytes`] form.
+        receipt: Vec<u8>,
+        /// The node the fragment was diverted to, if it was.
+        diverted_to: Option<NodeAddress>,
+    },
+    /// The request was refused.
+    Refused(Refusal),
+    /// The fragment's bytes (checked against the store's hash as they were read).
+    Fragment {
+        /// The bytes.
+        #[serde(with = "cairn_core::codec::bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Not here; the fragment was diverted to `holder`.
+    Pointer {
+        /// Who holds it.
+        holder: NodeAddress,
+    },
+    /// Not here and no pointer.
+    NotFound,
+    /// Here, but it no longer matches its hash (the holder will not serve it).
+    Corrupt,
+    /// What the node holds under a key.
+    Holdings {
+        /// Fragments: index and hash.
+        fragments: Vec<(u16, FragmentHash)>,
+        /// Pointers to diverted fragments: index and holder.
+        pointers: Vec<(u16, NodeAddress)>,
+        /// Files that reference the block.
+        references: Vec<FileId>,
+    },
+    /// A certificate, if kept.
+    Certificate {
+        /// [`Signed::to_bytes`] form.
+        certificate: Option<Vec<u8>>,
+    },
+    /// Done (pointers and certificates).
+    Done,
+    /// A reclaim was carried out.
+    Reclaimed {
+        /// Fragments deleted.
+        fragments: u64,
+        /// Bytes freed.
+        bytes: u64,
+    },
+    /// What a node knows of a file.
+    FileStatus {
+        /// Its certificate, if kept ([`Signed::to_bytes`] form).
+        certificate: Option<Vec<u8>>,
+        /// Its reclaim certificate, if the file was reclaimed.
+        tombstone: Option<Vec<u8>>,
+    },
+    /// Whether the coordinator still knows a holder's summary
+    /// ([`PastRequest::Summary`]; if not, the holder sends its list).
+    SummaryKnown {
+        /// Known and unchanged.
+        known: bool,
+    },
+    /// The root record of a volume, if kept ([`Signed::to_bytes`] form, as stored: the
+    /// asker verifies it).
+    Root {
+        /// The signed record.
+        record: Option<Vec<u8>>,
+    },
+}
+
+/// What is routed to a placement key (`cairn_overlay::Routed::Lookup`'s payload).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PastRouted {
+    /// "Who are the `count` live nodes closest to this key?" The node responsible
+    /// answers the origin directly with that list, closest first.
+    Locate {
+        /// How many.
+        count: u16,
+    },
+}
+
+/// The `count` ids closest to `key` among `candidates`, closest first (ties cannot
+/// happen between distinct ids; duplicates are dropped).
+pub fn closest(
+    key: &Id,
+    candidates: impl IntoIterator<Item = NodeId>,
+    count: usize,
+) -> Vec<NodeId> {
+    let mut ids: Vec<NodeId> = candidates.into_iter().collect();
+    ids.sort_by(|a, b| key.cmp_closeness(&a.0, &b.0));
+    ids.dedup();
+    ids.truncate(count);
+    ids
+}
+
+/// Where a file's certificate lives: the nodes closest to this key.
+pub fn certificate_key(file: &FileId) -> PlacementKey {
+    PlacementKey(Id::hash_parts(&[b"cairn/certificate", file.0.as_bytes()]))
+}
+
+/// Where a volume's root record lives: the nodes closest to
+/// `SHA-256("root" ‖ volume key bytes)`.
+pub fn root_key(volume: &VolumeKey) -> PlacementKey {
+    PlacementKey(Id::hash_parts(&[b"root", volume.0.as_bytes()]))
+}
+
+/// Whether `size` bytes fit under threshold `t` with `free` bytes free (`size/free <= t`).
+pub fn admits(size: u64, free: u64, t: f64) -> bool {
+    free > 0 && size <= free && (size as f64) <= t * free as f64
+}
+
+/// Unix seconds, for receipts: the caller passes the time in.
+pub type UnixSeconds = u64;
+
+/// Answers PAST requests from the local store. Holds no network state: pointers come
+/// back as node ids and the daemon adds addresses.
+pub struct Holder<S> {
+    store: S,
+    identity: Arc<KeyPair>,
+    config: PastConfig,
+    /// Serialises root-record updates: the compare (sequence held) and the swap must
+    /// not interleave with another update, or two records of one sequence could both
+    /// be accepted.
+    root_updates: Mutex<()>,
+}
+
+impl<S: FragmentStorage> Holder<S> {
+    /// A holder over `store`, signing receipts with `identity` (the node's key).
+    pub fn new(store: S, identity: Arc<KeyPair>, config: PastConfig) -> Holder<S> {
+        Holder {
+            store,
+            identity,
+            config,
+            root_updates: Mutex::new(()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The thresholds.
+    pub fn config(&self) -> &PastConfig {
+        &self.config
+    }
+
+    /// Checks `request`'s grant and bytes and stores the fragment; returns the signed
+    /// receipt bytes. `diverted` selects the threshold (`t_div` instead of `t_pri`).
+    /// A fragment already stored is answered with a fresh receipt (puts are retried).
+    pub fn store_fragment(
+        &self,
+        request: &StoreRequest,
+        diverted: bool,
+        now: UnixSeconds,
+    ) -> Result<Vec<u8>, Refusal> {
+        let grant = self.check_grant(&request.grant, now)?;
+        let file = grant.file_id;
+        if self.store.is_reclaimed(&file).map_err(store_refusal)? {
+            return Err(Refusal::Reclaimed(file));
+        }
+        let size = request.bytes.len() as u64;
+        let already = self
+            .store
+            .fragment_info(&request.key, request.index)
+            .map_err(store_refusal)?;
+        match already {
+            Some(info) if info.hash == request.hash => {}
+            Some(_) => return Err(Refusal::Conflict),
+            None => {
+                let free = self.store.free();
+                let threshold = if diverted {
+                    self.config.t_div
+                } else {
+                    self.config.t_pri
+                };
+                if !admits(size, free, threshold) {
+                    return Err(if diverted {
+                        Refusal::Full { size, free }
+                    } else {
+                        Refusal::NoRoom { size, free }
+                    });
+                }
+                self.store
+                    .put_fragment(&request.key, request.index, &request.hash, &request.bytes)
+                    .map_err(store_refusal)?;
+            }
+        }
+        self.store
+            .add_reference(&request.key, &file)
+            .map_err(store_refusal)?;
+        self.receipt(file, request, now)
+    }
+
+    fn receipt(
+        &self,
+        file: FileId,
+        request: &StoreRequest,
+        now: UnixSeconds,
+    ) -> Result<Vec<u8>, Refusal> {
+        let receipt = StoreReceipt {
+            node: self.identity.public_key().node_id(),
+            file_id: file,
+            placement_key: request.key,
+            index: request.index,
+            fragment_hash: request.hash,
+            stored_at: now,
+        };
+        Signed::sign(&self.identity, receipt)
+            .and_then(|signed| signed.to_bytes())
+            .map_err(|e| Refusal::Store(format!("signing the receipt failed: {e}")))
+    }
+
+    fn check_grant(&self, bytes: &[u8], now: UnixSeconds) -> Result<UploadGrant, Refusal> {
+        let refuse = |e: String| Refusal::Grant(e);
+        let signed = Signed::<UploadGrant>::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
+        let grant = signed.verify().map_err(|e| refuse(e.to_string()))?;
+        grant.check_time(now).map_err(|e| refuse(e.to_string()))?;
+        if grant.expires_at.saturating_sub(grant.issued_at) > self.config.max_grant_lifetime {
+            return Err(refuse(format!(
+                "it lives {} s, longer than the {} s this node accepts",
+                grant.expires_at.saturating_sub(grant.issued_at),
+                self.config.max_grant_lifetime
+            )));
+        }
+        Ok(grant.clone())
+    }
+
+    /// Records that fragment `index` of `key` was diverted to `holder`.
+    pub fn put_pointer(&self, key: &PlacementKey, index: u16, holder: &NodeId) -> PastResponse {
+        match self.store.put_pointer(key, index, holder) {
+            Ok(()) => PastResponse::Done,
+            Err(e) => PastResponse::Refused(store_refusal(e)),
+        }
+    }
+
+    /// Fragment `index` of `key`: its bytes, or the node it was diverted to
+    /// (`Err(holder)`), or nothing. The store re-hashes every read, so damaged bytes
+    /// are answered [`PastResponse::Corrupt`], never served.
+    pub fn fetch(&self, key: &PlacementKey, index: u16) -> Result<PastResponse, NodeId> {
+        match self.store.get_fragment(key, index) {
+            Ok(Some(bytes)) => Ok(PastResponse::Fragment { bytes }),
+            Ok(None) => match self.store.get_pointer(key, index) {
+                Ok(Some(holder)) => Err(holder),
+                Ok(None) => Ok(PastResponse::NotFound),
+                Err(e) => Ok(PastResponse::Refused(store_refusal(e))),
+            },
+            Err(StoreError::Corrupt { .. }) => Ok(PastResponse::Corrupt),
+            Err(e) => Ok(PastResponse::Refused(store_refusal(e))),
+        }
+    }
+
+    /// What is held under `key`: fragments, pointers (as ids), referencing files.
+    #[allow(clippy::type_complexity)]
+    pub fn holdings(
+        &self,
+        key: &PlacementKey,
+    ) -> Result<(Vec<(u16, FragmentHash)>, Vec<(u16, NodeId)>, Vec<FileId>), Refusal> {
+        let fragments = self
+            .store
+            .fragments_under(key)
+            .map_err(store_refusal)?
+            .into_iter()
+            .map(|info| (info.index, info.hash))
+            .collect();
+        let pointers = self.store.pointers_under(key).map_err(store_refusal)?;
+        let references = self.store.references(key).map_err(store_refusal)?;
+        Ok((fragments, pointers, references))
+    }
+
+    /// Verifies and keeps a file certificate.
+    pub fn put_certificate(&self, bytes: &[u8], now: UnixSeconds) -> Result<(), Refusal> {
+        let body = check_certificate(bytes, now)?;
+        if self
+            .store
+            .is_reclaimed(&body.file_id)
+            .map_err(store_refusal)?
+        {
+            return Err(Refusal::Reclaimed(body.file_id));
+        }
+        self.store
+            .put_certificate(&body.file_id, bytes)
+            .map_err(store_refusal)
+    }
+
+    /// The certificate of `file`, if kept.
+    pub fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, Refusal> {
+        self.store.get_certificate(file).map_err(store_refusal)
+    }
+
+    /// Deletes every fragment and pointer under `key` (a block no live file references
+    /// any more), counting what was freed and whom diverted copies went to.
+    fn free_block(&self, key: &PlacementKey, done: &mut Reclaimed) -> Result<(), Refusal> {
+        for info in self.store.fragments_under(key).map_err(store_refusal)? {
+            if let Some(freed) = self
+                .store
+                .delete_fragment(key, info.index)
+                .map_err(store_refusal)?
+            {
+                done.fragments += 1;
+                done.bytes += freed;
+            }
+        }
+        for (index, holder) in self.store.pointers_under(key).map_err(store_refusal)? {
+            self.store
+                .delete_pointer(key, index)
+                .map_err(store_refusal)?;
+            done.diverted_to.push((*key, holder));
+        }
+        Ok(())
+    }
+
+    /// Carries out an owner's reclaim: drops `file`'s reference from each key, deletes
+    /// the fragments (and pointers) of blocks no other file references, forgets the
+    /// certificate and remembers the file id as reclaimed. Returns fragments and
+    /// bytes freed, and the holders of diverted copies whose pointers were dropped (the
+    /// caller passes the reclaim on to them).
+    pub fn reclaim(
+        &self,
+        reclaim: &[u8],
+        certificate: &[u8],
+        keys: &[PlacementKey],
+        now: UnixSeconds,
+    ) -> Result<Reclaimed, Refusal> {
+        let certified = check_certificate(certificate, now)?;
+        let signed = Signed::<ReclaimCertificate>::from_bytes(reclaim)
+            .map_err(|e| Refusal::Certificate(e.to_string()))?;
+        let order = signed
+            .verify()
+            .map_err(|e| Refusal::Certificate(e.to_string()))?;
+        if order.file_id != certified.file_id || order.owner != certified.owner {
+            return Err(Refusal::Certificate(format!(
+                "the reclaim of file {} is not signed by that file's owner",
+                order.file_id
+            )));
+        }
+        let file = certified.file_id;
+        self.store
+            .put_tombstone(&file, reclaim)
+            .map_err(store_refusal)?;
+        let mut done = Reclaimed::default();
+        for key in keys {
+            if !self
+                .store
+                .references(key)
+                .map_err(store_refusal)?
+                .contains(&file)
+            {
+                continue;
+            }
+            if self
+                .store
+                .remove_reference(key, &file)
+                .map_err(store_refusal)?
+                > 0
+            {
+                continue; // another live file uses this block
+            }
+            self.free_block(key, &mut done)?;
+        }
+        self.store
+            .delete_certificate(&file)
+            .map_err(store_refusal)?;
+        Ok(done)
+    }
+}
+
+impl<S: FragmentStorage> Holder<S> {
+    /// Stores a fragment for maintenance: the certificate must check out and name one
+    /// of the references, the file must not be reclaimed here, the index must fit the
+    /// certificate's `n`, and this node must hold no other index of the key. Records
+    /// the references (those not reclaimed here) and signs a receipt for the
+    /// certificate's file.
+    pub fn repair_fragment(
+        &self,
+        request: &RepairRequest,
+        now: UnixSeconds,
+    ) -> Result<Vec<u8>, Refusal> {
+        let certified = check_certificate(&request.authority.certificate, now)?;
+        let file = certified.file_id;
+        if !request.authority.references.contains(&file) {
+            return Err(Refusal::Certificate(format!(
+                "file {file} is not among the key's references"
+            )));
+        }
+        if self.store.is_reclaimed(&file).map_err(store_refusal)? {
+            return Err(Refusal::Reclaimed(file));
+        }
+        if u32::from(request.index) >= u32::from(certified.k) + u32::from(certified.m) {
+            return Err(Refusal::Certificate(format!(
+                "index {} is beyond the certificate's n = {}",
+                request.index,
+                u32::from(certified.k) + u32::from(certified.m)
+            )));
+        }
+        let held = self
+            .store
+            .fragments_under(&request.key)
+            .map_err(store_refusal)?;
+        match held.iter().find(|info| info.index == request.index) {
+            Some(info) if info.hash == request.hash => {}
+            Some(_) => return Err(Refusal::Conflict),
+            None if !held.is_empty() => return Err(Refusal::Conflict),
+            None => {
+                let (size, free) = (request.bytes.len() as u64, self.store.free());
+                if !admits(size, free, self.config.t_pri) {
+                    return Err(Refusal::NoRoom { size, free });
+                }
+                self.store
+                    .put_fragment(&request.key, request.index, &request.hash, &request.bytes)
+                    .map_err(store_refusal)?;
+            }
+        }
+        for reference in &request.authority.references {
+            match self.store.add_reference(&request.key, reference) {
+                Ok(()) | Err(StoreError::Reclaimed { .. }) => {}
+                Err(e) => return Err(store_refusal(e)),
+            }
+        }
+        let receipt = StoreReceipt {
+            node: self.identity.public_key().node_id(),
+            file_id: file,
+            placement_key: request.key,
+            index: request.index,
+            fragment_hash: request.hash,
+            stored_at: now,
+        };
+        Signed::sign(&self.identity, receipt)
+            .and_then(|signed| signed.to_bytes())
+            .map_err(|e| Refusal::Store(format!("signing the receipt failed: {e}")))
+    }
+
+    /// What this node knows of `file`: its certificate and its tombstone.
+    pub fn file_status(&self, file: &FileId) -> Result<PastResponse, Refusal> {
+        Ok(PastResponse::FileStatus {
+            certificate: self.store.get_certificate(file).map_err(store_refusal)?,
+            tombstone: self.store.get_tombstone(file).map_err(store_refusal)?,
+        })
+    }
+
+    /// Carries out a reclaim this node missed: checks the reclaim's signature (the
+    /// caller has checked that no certificate of another owner exists), remembers the
+    /// file as reclaimed, forgets its certificate and its references under `keys`, and
+    /// deletes the fragments and pointers of keys no other file references.
+    pub fn forget(&self, reclaim: &[u8], keys: &[PlacementKey]) -> Result<Reclaimed, Refusal> {
+        let order = check_reclaim(reclaim)?;
+        let file = order.file_id;
+        if let Some(kept) = self.store.get_certificate(&file).map_err(store_refusal)? {
+            let owner = Signed::<FileCertificate>::from_bytes(&kept)
+                .ok()
+                .map(|c| c.body.owner);
+            if owner.is_some_and(|owner| owner != order.owner) {
+                return Err(Refusal::Certificate(format!(
+                    "the reclaim of file {file} is not signed by its owner"
+                )));
+            }
+        }
+        self.store
+            .put_tombstone(&file, reclaim)
+            .map_err(store_refusal)?;
+        let mut done = Reclaimed::default();
+        for key in keys {
+            let references = self.store.references(key).map_err(store_refusal)?;
+            let left = if references.contains(&file) {
+                self.store
+                    .remove_reference(key, &file)
+                    .map_err(store_refusal)?
+            } else {
+                references.len()
+            };
+            if left > 0 {
+                continue;
+            }
+            self.free_block(key, &mut done)?;
+        }
+        self.store
+            .delete_certificate(&file)
+            .map_err(store_refusal)?;
+        Ok(done)
+    }
+}
+
+/// What [`Holder::put_root`] did with an acceptable record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootStored {
+    /// The record was newer than anything held and is now kept.
+    Stored,
+    /// The very same record was already kept (a retried publish).
+    AlreadyHeld,
+}
+
+impl<S: FragmentStorage> Holder<S> {
+    /// Verifies a signed root record (signature by the volume's key) and keeps it if
+    /// its sequence is higher than the one held. The same record again is
+    /// [`RootStored::AlreadyHeld`]; a lower sequence, or the same sequence with other
+    /// bytes, is refused with [`Refusal::StaleRoot`]. An unverified record is never
+    /// stored. A held record that no longer decodes or verifies (damaged on disk)
+    /// counts as nothing held.
+    pub fn put_root(&self, bytes: &[u8]) -> Result<RootStored, Refusal> {
+        let offered = check_root(bytes)?;
+        let volume = offered.body.volume;
+        let _update = self
+            .root_updates
+            .lock()
+            .map_err(|_| Refusal::Store("the root-update lock is poisoned".into()))?;
+        let held = self.store.get_root(&volume).map_err(store_refusal)?;
+        if let Some(held_bytes) = held {
+            match check_root(&held_bytes) {
+                Ok(held) if held.body.sequence > offered.body.sequence => {
+                    return Err(Refusal::StaleRoot {
+                        held_sequence: held.body.sequence,
+                    });
+                }
+                Ok(held) if held.body.sequence == offered.body.sequence => {
+                    return if held_bytes == bytes {
+                        Ok(RootStored::AlreadyHeld)
+                    } else {
+                        Err(Refusal::StaleRoot {
+                            held_sequence: held.body.sequence,
+                        })
+                    };
+                }
+                Ok(_) => {}
+                Err(refusal) => {
+                    tracing::warn!(%volume, "the root record held here does not verify ({refusal}); replacing it");
+                }
+            }
+        }
+        self.store.put_root(&volume, bytes).map_err(store_refusal)?;
+        Ok(RootStored::Stored)
+    }
+
+    /// The root record of `volume` as stored here (the asker verifies it).
+    pub fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, Refusal> {
+        self.store.get_root(volume).map_err(store_refusal)
+    }
+}
+
+/// Parses and verifies a signed root record: the signature must be the volume key's.
+pub fn check_root(bytes: &[u8]) -> Result<Signed<RootRecord>, Refusal> {
+    let refuse = |e: String| Refusal::RootRecord(e);
+    let signed = Signed::<RootRecord>::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
+    signed.verify().map_err(|e| refuse(e.to_string()))?;
+    Ok(signed)
+}
+
+/// Parses and verifies a signed reclaim certificate (signature by the owner it names).
+pub fn check_reclaim(bytes: &[u8]) -> Result<ReclaimCertificate, Refusal> {
+    let signed = Signed::<ReclaimCertificate>::from_bytes(bytes)
+        .map_err(|e| Refusal::Certificate(e.to_string()))?;
+    let order = signed
+        .verify()
+        .map_err(|e| Refusal::Certificate(e.to_string()))?;
+    Ok(order.clone())
+}
+
+/// What [`Holder::reclaim`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Fragments deleted.
+    pub fragments: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Diverted copies whose pointers were dropped: the key and the holder, to which
+    /// the reclaim is passed on.
+    pub diverted_to: Vec<(PlacementKey, NodeId)>,
+}
+
+/// Parses and verifies a signed file certificate (signature, owner, file id, expiry).
+pub fn check_certificate(bytes: &[u8], now: UnixSeconds) -> Result<FileCertificate, Refusal> {
+    let refuse = |e: String| Refusal::Certificate(e);
+    let signed = Signed::<FileCertificate>::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
+    let body = signed.verify().map_err(|e| refuse(e.to_string()))?;
+    body.check_time(now).map_err(|e| refuse(e.to_string()))?;
+    Ok(body.clone())
+}
+
+fn store_refusal(error: StoreError) -> Refusal {
+    match error {
+        StoreError::HashMismatch { .. } => Refusal::HashMismatch,
+        StoreError::Conflict { .. } => Refusal::Conflict,
+        StoreError::Full { needed, free, .. } => Refusal::Full { size: needed, free },
+        StoreError::DiskFull { .. } => Refusal::DiskFull,
+        other => Refusal::Store(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use cairn_core::erasure::fragment_hash;
+    use cairn_store::MemoryStore;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key_pair(seed: u8) -> KeyPair {
+        KeyPair::from_secret_bytes(&[seed; 32])
+    }
+
+    fn holder(capacity: u64) -> Holder<MemoryStore> {
+        Holder::new(
+            MemoryStore::new(capacity),
+            Arc::new(key_pair(200)),
+            PastConfig::default(),
+        )
+    }
+
+    fn grant(owner: &KeyPair, name: &[u8], lifetime: u64) -> Vec<u8> {
+        let body = UploadGrant::new(name, 0, owner.public_key(), NOW - 1, lifetime);
+        Signed::sign(owner, body).unwrap().to_bytes().unwrap()
+    }
+
+    fn request(grant: Vec<u8>, key: PlacementKey, index: u16, len: usize) -> StoreRequest {
+        let bytes = vec![index as u8 ^ 0x5a; len];
+        StoreRequest {
+            grant,
+            key,
+            index,
+            hash: fragment_hash(index, &bytes),
+            bytes,
+            replicas: 6,
+        }
+    }
+
+    fn key(n: u8) -> PlacementKey {
+        PlacementKey(Id::hash(&[n]))
+    }
+
+    #[test]
+    fn thresholds_follow_size_over_free() {
+        assert!(admits(10, 100, 0.1));
+        assert!(!admits(11, 100, 0.1));
+        assert!(!admits(1, 0, 0.1), "nothing fits in no room");
+        assert!(!admits(200, 100, 10.0), "never more than is free");
+    }
+
+    #[test]
+    fn closest_orders_by_ring_distance_and_drops_duplicates() {
+        let ids: Vec<NodeId> = (0..20u8).map(|i| NodeId(Id::hash(&[i, 1]))).collect();
+        let target = Id::hash(b"target");
+        let mut doubled = ids.clone();
+        doubled.extend(ids.iter().copied());
+        let picked = closest(&target, doubled, 6);
+        assert_eq!(picked.len(), 6);
+        let mut all = ids.clone();
+        all.sort_by_key(|id| target.distance(&id.0));
+        assert_eq!(picked, all[..6].to_vec());
+    }
+
+    #[test]
+    fn a_fragment_is_stored_only_under_a_valid_grant_and_gets_a_receipt() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let good = request(grant(&owner, b"f", 3600), key(1), 0, 1000);
+        let receipt = holder.store_fragment(&good, false, NOW).unwrap();
+        let receipt = Signed::<StoreReceipt>::from_bytes(&receipt).unwrap();
+        let body = receipt.verify().unwrap();
+        assert_eq!(body.node, key_pair(200).public_key().node_id());
+        assert_eq!((body.placement_key, body.index), (key(1), 0));
+        assert_eq!(body.fragment_hash, good.hash);
+        // Stored again (a retried put): a fresh receipt, counted once.
+        holder.store_fragment(&good, false, NOW).unwrap();
+        assert_eq!(holder.store().used(), 1000);
+
+        // Another key's signature on my grant; an expired grant; a grant for a week+.
+        let mut forged = Signed::sign(
+            &key_pair(9),
+            UploadGrant::new(b"f", 0, owner.public_key(), NOW, 60),
+        )
+        .unwrap();
+        forged.signer = owner.public_key();
+        let cases = [
+            forged.to_bytes().unwrap(),
+            grant(&owner, b"f", 1),
+            grant(&owner, b"f", 30 * 24 * 3600),
+            vec![1, 2, 3],
+        ];
+        for bad in cases {
+            let refused = holder.store_fragment(&request(bad, key(2), 0, 10), false, NOW);
+            assert!(matches!(refused, Err(Refusal::Grant(_))), "{refused:?}");
+        }
+        // Bytes that are not what their hash says; another fragment at the same index.
+        let mut wrong = request(grant(&owner, b"f", 3600), key(3), 1, 100);
+        wrong.bytes[0] ^= 1;
+        assert_eq!(
+            holder.store_fragment(&wrong, false, NOW),
+            Err(Refusal::HashMismatch)
+        );
+        let other = request(grant(&owner, b"f", 3600), key(1), 0, 999);
+        assert_eq!(
+            holder.store_fragment(&other, false, NOW),
+            Err(Refusal::Conflict)
+        );
+        assert_eq!(holder.store().used(), 1000, "no refusal stored anything");
+    }
+
+    #[test]
+    fn a_full_node_asks_for_diversion_and_refuses_diverted_fragments_sooner() {
+        let holder = holder(100_000);
+        let owner = key_pair(1);
+        // 8 KB of 100 KB free: under t_pri (0.1), over t_div (0.05).
+        let fragment = request(grant(&owner, b"f", 3600), key(1), 0, 8_000);
+        assert_eq!(
+            holder.store_fragment(&fragment, true, NOW),
+            Err(Refusal::Full {
+                size: 8_000,
+                free: 100_000
+            })
+        );
+        assert!(holder.store_fragment(&fragment, false, NOW).is_ok());
+        let big = request(grant(&owner, b"f", 3600), key(2), 0, 20_000);
+        assert_eq!(
+            holder.store_fragment(&big, false, NOW),
+            Err(Refusal::NoRoom {
+                size: 20_000,
+                free: 92_000
+            })
+        );
+    }
+
+    #[test]
+    fn reclaim_needs_the_owner_keeps_shared_blocks_and_names_diverted_copies() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let certificate = |name: &[u8]| {
+            let body = FileCertificate {
+                file_id: FileId::derive(name, &owner.public_key().0, 0),
+                name_digest: Id::hash(name),
+                name_salt: 0,
+                manifest_hash: cairn_core::id::ManifestHash(Id::hash(name)),
+                manifest_salt: 0,
+                manifest_fragments: Vec::new(),
+                size: 1,
+                k: 4,
+                m: 2,
+                created_at: NOW,
+                expires_at: None,
+                owner: owner.public_key(),
+            };
+            Signed::sign(&owner, body).unwrap()
+        };
+        let (a, b) = (certificate(b"a"), certificate(b"b"));
+        // Both files use the block at key 1; only `a` uses key 2, where fragment 1
+        // was diverted to another node.
+        for name in [b"a", b"b"] {
+            holder
+                .store_fragment(
+                    &request(grant(&owner, name, 3600), key(1), 0, 500),
+                    false,
+                    NOW,
+                )
+                .unwrap();
+        }
+        holder
+            .store_fragment(
+                &request(grant(&owner, b"a", 3600), key(2), 0, 300),
+                false,
+                NOW,
+            )
+            .unwrap();
+        let elsewhere = NodeId(Id::hash(b"elsewhere"));
+        holder.put_pointer(&key(2), 1, &elsewhere);
+        let reclaim = |signer: &KeyPair, file: FileId| {
+            let body = ReclaimCertificate {
+                file_id: file,
+                owner: signer.public_key(),
+                issued_at: NOW,
+            };
+            Signed::sign(signer, body).unwrap().to_bytes().unwrap()
+        };
+        let a_bytes = a.to_bytes().unwrap();
+        let thief = key_pair(66);
+        let refused = holder.reclaim(&reclaim(&thief, a.body.file_id), &a_bytes, &[key(1)], NOW);
+        assert!(matches!(refused, Err(Refusal::Certificate(_))));
+
+        let done = holder
+            .reclaim(
+                &reclaim(&owner, a.body.file_id),
+                &a_bytes,
+                &[key(1), key(2)],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            (done.fragments, done.bytes),
+            (1, 300),
+            "only key 2 was a's alone"
+        );
+        assert_eq!(done.diverted_to, vec![(key(2), elsewhere)]);
+        assert!(holder.store().get_fragment(&key(1), 0).unwrap().is_some());
+        // The reclaimed file id is never stored again.
+        let again = holder.store_fragment(
+            &request(grant(&owner, b"a", 3600), key(4), 0, 10),
+            false,
+            NOW,
+        );
+        assert_eq!(again, Err(Refusal::Reclaimed(a.body.file_id)));
+        let b_bytes = b.to_bytes().unwrap();
+        let done = holder
+            .reclaim(&reclaim(&owner, b.body.file_id), &b_bytes, &[key(1)], NOW)
+            .unwrap();
+        assert_eq!(done.bytes, 500);
+        assert_eq!(holder.store().used(), 0);
+    }
+
+    fn certified(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
+        let body = FileCertificate {
+            file_id: FileId::derive(name, &owner.public_key().0, 0),
+            name_digest: Id::hash(name),
+            name_salt: 0,
+            manifest_hash: cairn_core::id::ManifestHash(Id::hash(name)),
+            manifest_salt: 0,
+            manifest_fragments: Vec::new(),
+            size: 1,
+            k: 4,
+            m: 2,
+            created_at: NOW,
+            expires_at: None,
+            owner: owner.public_key(),
+        };
+        let file = body.file_id;
+        (file, Signed::sign(owner, body).unwrap().to_bytes().unwrap())
+    }
+
+    fn repair(certificate: Vec<u8>, references: Vec<FileId>, index: u16) -> RepairRequest {
+        let bytes = vec![index as u8 ^ 0x33; 700];
+        RepairRequest {
+            authority: RepairAuthority {
+                certificate,
+                references,
+            },
+            key: key(9),
+            index,
+            hash: fragment_hash(index, &bytes),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_repair_store_needs_a_referencing_certificate_and_keeps_one_index_per_node() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let (file, cert) = certified(&owner, b"f");
+        let (other, other_cert) = certified(&owner, b"g");
+        // The certificate must be of a referencing file, and check out.
+        assert!(matches!(
+            holder.repair_fragment(&repair(other_cert.clone(), vec![file], 1), NOW),
+            Err(Refusal::Certificate(_))
+        ));
+        let mut forged = cert.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            holder.repair_fragment(&repair(forged, vec![file], 1), NOW),
+            Err(Refusal::Certificate(_))
+        ));
+        assert!(
+            matches!(
+                holder.repair_fragment(&repair(cert.clone(), vec![file], 6), NOW),
+                Err(Refusal::Certificate(_))
+            ),
+            "index 6 is beyond n = 6"
+        );
+        let receipt = holder
+            .repair_fragment(&repair(cert.clone(), vec![file, other], 1), NOW)
+            .unwrap();
+        let receipt = Signed::<StoreReceipt>::from_bytes(&receipt).unwrap();
+        assert_eq!(receipt.verify().unwrap().file_id, file);
+        assert_eq!(holder.store().references(&key(9)).unwrap(), {
+            let mut both = vec![file, other];
+            both.sort();
+            both
+        });
+        // Again: a fresh receipt; another index of the same key: refused.
+        assert!(
+            holder
+                .repair_fragment(&repair(cert.clone(), vec![file], 1), NOW)
+                .is_ok()
+        );
+        assert_eq!(
+            holder.repair_fragment(&repair(cert.clone(), vec![file], 2), NOW),
+            Err(Refusal::Conflict)
+        );
+        // A file reclaimed here is never repaired here.
+        let reclaim = Signed::sign(
+            &owner,
+            ReclaimCertificate {
+                file_id: other,
+                owner: owner.public_key(),
+                issued_at: NOW,
+            },
+        )
+        .unwrap()
+        .to_bytes()
+        .unwrap();
+        holder.store().put_tombstone(&other, &reclaim).unwrap();
+        let mut elsewhere = repair(other_cert, vec![other], 0);
+        elsewhere.key = key(10);
+        assert_eq!(
+            holder.repair_fragment(&elsewhere, NOW),
+            Err(Refusal::Reclaimed(other))
+        );
+    }
+
+    #[test]
+    fn forget_needs_the_owner_and_frees_blocks_no_other_file_uses() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let (file, cert) = certified(&owner, b"f");
+        holder.put_certificate(&cert, NOW).unwrap();
+        holder
+            .repair_fragment(&repair(cert.clone(), vec![file], 0), NOW)
+            .unwrap();
+        let order = |signer: &KeyPair| {
+            Signed::sign(
+                signer,
+                ReclaimCertificate {
+                    file_id: file,
+                    owner: signer.public_key(),
+                    issued_at: NOW,
+                },
+            )
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+        };
+        assert!(matches!(
+            holder.forget(&order(&key_pair(66)), &[key(9)]),
+            Err(Refusal::Certificate(_))
+        ));
+        let done = holder.forget(&order(&owner), &[key(9)]).unwrap();
+        assert_eq!((done.fragments, done.bytes), (1, 700));
+        assert!(holder.store().is_reclaimed(&file).unwrap());
+        assert_eq!(holder.get_certificate(&file).unwrap(), None);
+        match holder.file_status(&file).unwrap() {
+            PastResponse::FileStatus {
+                certificate: None,
+                tombstone: Some(_),
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn repair_messages_are_appended_after_the_first_ones() {
+        let file = FileId(Id::ZERO);
+        let tag = |request: &PastRequest| postcard::to_stdvec(request).unwrap()[0];
+        assert_eq!(tag(&PastRequest::GetCertificate { file }), 6);
+        assert_eq!(
+            tag(&PastRequest::DropPointer {
+                key: key(1),
+                index: 0
+            }),
+            11
+        );
+        assert_eq!(tag(&PastRequest::FileStatus { file }), 12);
+        assert_eq!(
+            tag(&PastRequest::Reconcile {
+                from: NodeId(Id::ZERO),
+                keys: Vec::new(),
+            }),
+            14
+        );
+        assert_eq!(
+            tag(&PastRequest::Summary {
+                from: NodeId(Id::ZERO),
+                summary: 0,
+                list: None,
+            }),
+            15
+        );
+        let answer = PastResponse::FileStatus {
+            certificate: None,
+            tombstone: None,
+        };
+        assert_eq!(postcard::to_stdvec(&answer).unwrap(), vec![10, 0, 0]);
+    }
+
+    fn signed_root(key: &KeyPair, sequence: u64, root: &[u8]) -> Vec<u8> {
+        let record = RootRecord {
+            volume: key.public_key().volume_key(),
+            sequence,
+            root: FileId(Id::hash(root)),
+            time: NOW,
+        };
+        Signed::sign(key, record).unwrap().to_bytes().unwrap()
+    }
+
+    fn held_sequence(holder: &Holder<MemoryStore>, key: &KeyPair) -> Option<u64> {
+        let bytes = holder.get_root(&key.public_key().volume_key()).unwrap()?;
+        Some(check_root(&bytes).unwrap().body.sequence)
+    }
+
+    #[test]
+    fn root_key_is_the_hash_of_root_and_the_volume_key() {
+        let volume = key_pair(4).public_key().volume_key();
+        let mut bytes = b"root".to_vec();
+        bytes.extend_from_slice(volume.0.as_bytes());
+        assert_eq!(root_key(&volume).0, Id::hash(&bytes));
+        assert_ne!(root_key(&volume).0, certificate_key(&FileId(volume.0)).0);
+    }
+
+    #[test]
+    fn a_holder_keeps_only_the_highest_root_and_names_it_when_refusing() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(4);
+        assert_eq!(held_sequence(&holder, &owner), None);
+        let first = signed_root(&owner, 1, b"dir 1");
+        assert_eq!(holder.put_root(&first), Ok(RootStored::Stored));
+        assert_eq!(holder.put_root(&first), Ok(RootStored::AlreadyHeld));
+        let second = signed_root(&owner, 2, b"dir 2");
+        assert_eq!(holder.put_root(&second), Ok(RootStored::Stored));
+        assert_eq!(held_sequence(&holder, &owner), Some(2));
+        assert_eq!(
+            holder.get_root(&owner.public_key().volume_key()).unwrap(),
+            Some(second.clone())
+        );
+        // A replay of sequence 1, and another record claiming sequence 2.
+        assert_eq!(
+            holder.put_root(&first),
+            Err(Refusal::StaleRoot { held_sequence: 2 })
+        );
+        let rival = signed_root(&owner, 2, b"another dir 2");
+        assert_eq!(
+            holder.put_root(&rival),
+            Err(Refusal::StaleRoot { held_sequence: 2 })
+        );
+        assert_eq!(
+            holder.get_root(&owner.public_key().volume_key()).unwrap(),
+            Some(second),
+            "a refused record changes nothing"
+        );
+        // Volumes are independent.
+        let other = key_pair(5);
+        assert_eq!(
+            holder.put_root(&signed_root(&other, 1, b"x")),
+            Ok(RootStored::Stored)
+        );
+        assert_eq!(held_sequence(&holder, &owner), Some(2));
+    }
+
+    #[test]
+    fn a_root_record_not_signed_by_its_volume_key_is_never_stored() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(4);
+        let mallory = key_pair(9);
+        // Mallory signs a record naming the owner's volume.
+        let record = RootRecord {
+            volume: owner.public_key().volume_key(),
+            sequence: 99,
+            root: FileId(Id::hash(b"evil")),
+            time: NOW,
+        };
+        let by_mallory = Signed::sign(&mallory, record.clone()).unwrap();
+        let refused = holder.put_root(&by_mallory.to_bytes().unwrap());
+        assert!(
+            matches!(refused, Err(Refusal::RootRecord(_))),
+            "{refused:?}"
+        );
+        // ...or pastes her signature under the owner's name.
+        let mut pasted = by_mallory;
+        pasted.signer = owner.public_key();
+        let refused = holder.put_root(&pasted.to_bytes().unwrap());
+        assert!(
+            matches!(refused, Err(Refusal::RootRecord(_))),
+            "{refused:?}"
+        );
+        // ...or sends garbage.
+        let refused = holder.put_root(&[1, 4, 0]);
+        assert!(
+            matches!(refused, Err(Refusal::RootRecord(_))),
+            "{refused:?}"
+        );
+        assert_eq!(held_sequence(&holder, &owner), None);
+    }
+
+    #[test]
+    fn a_damaged_root_record_on_disk_is_replaced_by_a_valid_one() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(4);
+        let volume = owner.public_key().volume_key();
+        let mut damaged = signed_root(&owner, 50, b"dir");
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        holder.store().put_root(&volume, &damaged).unwrap();
+        assert_eq!(
+            holder.put_root(&signed_root(&owner, 3, b"dir 3")),
+            Ok(RootStored::Stored)
+        );
+        assert_eq!(held_sequence(&holder, &owner), Some(3));
+    }
+
+    #[test]
+    fn root_messages_are_appended_after_the_others() {
+        let tag = |request: &PastRequest| postcard::to_stdvec(request).unwrap()[0];
+        assert_eq!(tag(&PastRequest::PutRoot { record: vec![] }), 16);
+        let volume = VolumeKey(Id::ZERO);
+        assert_eq!(tag(&PastRequest::GetRoot { volume }), 17);
+        let answer = PastResponse::Root { record: None };
+        assert_eq!(postcard::to_stdvec(&answer).unwrap(), vec![12, 0]);
+        let refusal = PastResponse::Refused(Refusal::StaleRoot { held_sequence: 7 });
+        assert_eq!(postcard::to_stdvec(&refusal).unwrap(), vec![1, 10, 7]);
+    }
+}

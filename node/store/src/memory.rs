@@ -1,0 +1,341 @@
+//! [`MemoryStore`]: the in-memory twin of [`super::DiskStore`], for the simulator and
+//! tests. Same semantics (hash checks, exact accounting, idempotent puts, corruption
+//! detected on read), nothing durable past the value's lifetime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{
+    FragmentInfo, FragmentStorage, OfferedFragment, PutOutcome, StoreError, check_offered,
+    check_offered_group, check_read, plan_group, ring_intervals,
+};
+use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+
+#[derive(Debug, Default)]
+struct Inner {
+    fragments: BTreeMap<(PlacementKey, u16), (FragmentInfo, Vec<u8>)>,
+    certificates: BTreeMap<FileId, Vec<u8>>,
+    pointers: BTreeMap<(PlacementKey, u16), NodeId>,
+    roots: BTreeMap<VolumeKey, Vec<u8>>,
+    references: BTreeSet<(PlacementKey, FileId)>,
+    tombstones: BTreeMap<FileId, Vec<u8>>,
+    used: u64,
+}
+
+impl Inner {
+    fn references_under(&self, key: &PlacementKey) -> impl Iterator<Item = FileId> + '_ {
+        self.references
+            .range((*key, FileId(Id::ZERO))..=(*key, FileId(Id::MAX)))
+            .map(|(_, file)| *file)
+    }
+}
+
+/// A [`FragmentStorage`] held in memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    capacity: u64,
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store that holds at most `capacity` bytes of fragment bodies.
+    pub fn new(capacity: u64) -> MemoryStore {
+        MemoryStore {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Flips the bits of `mask` in byte `offset` of a stored body, as disk rot would,
+    /// so the simulator and tests can check that corruption is detected. Returns false
+    /// if there is no such fragment or byte.
+    pub fn corrupt_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        offset: usize,
+        mask: u8,
+    ) -> bool {
+        let mut inner = self.lock();
+        match inner
+            .fragments
+            .get_mut(&(*key, index))
+            .and_then(|(_, body)| body.get_mut(offset))
+        {
+            Some(byte) => {
+                *byte ^= mask;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-updated (every
+        // update is a single map operation plus its counter), so poisoning is ignored.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl FragmentStorage for MemoryStore {
+    fn put_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        expected: &FragmentHash,
+        bytes: &[u8],
+    ) -> Result<PutOutcome, StoreError> {
+        check_offered(key, index, expected, bytes)?;
+        let mut inner = self.lock();
+        if let Some((stored, _)) = inner.fragments.get(&(*key, index)) {
+            if stored.hash == *expected {
+                return Ok(PutOutcome::AlreadyStored);
+            }
+            return Err(StoreError::Conflict {
+                key: *key,
+                index,
+                stored: stored.hash,
+                offered: *expected,
+            });
+        }
+        let needed = bytes.len() as u64;
+        let free = self.capacity.saturating_sub(inner.used);
+        if needed > free {
+            return Err(StoreError::Full {
+                needed,
+                free,
+                capacity: self.capacity,
+            });
+        }
+        let info = FragmentInfo {
+            index,
+            hash: *expected,
+            len: needed,
+        };
+        inner
+            .fragments
+            .insert((*key, index), (info, bytes.to_vec()));
+        inner.used += needed;
+        Ok(PutOutcome::Stored { bytes: needed })
+    }
+
+    /// Atomic: checked and inserted under one lock, so no other call sees half a group.
+    fn put_fragments(
+        &self,
+        key: &PlacementKey,
+        fragments: &[OfferedFragment<'_>],
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        check_offered_group(key, fragments)?;
+        let mut inner = self.lock();
+        let plan = plan_group(key, fragments, |index| {
+            Ok(inner
+                .fragments
+                .get(&(*key, index))
+                .map(|(info, _)| info.hash))
+        })?;
+        let free = self.capacity.saturating_sub(inner.used);
+        if plan.needed > free {
+            return Err(StoreError::Full {
+                needed: plan.needed,
+                free,
+                capacity: self.capacity,
+            });
+        }
+        for &position in &plan.new {
+            let f = &fragments[position];
+            let info = FragmentInfo {
+                index: f.index,
+                hash: f.hash,
+                len: f.bytes.len() as u64,
+            };
+            inner
+                .fragments
+                .insert((*key, f.index), (info, f.bytes.to_vec()));
+        }
+        inner.used += plan.needed;
+        Ok(plan.outcomes)
+    }
+
+    fn get_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<Vec<u8>>, StoreError> {
+        let inner = self.lock();
+        match inner.fragments.get(&(*key, index)) {
+            None => Ok(None),
+            Some((info, body)) => {
+                check_read(key, info, body)?;
+                Ok(Some(body.clone()))
+            }
+        }
+    }
+
+    fn fragment_info(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<FragmentInfo>, StoreError> {
+        Ok(self
+            .lock()
+            .fragments
+            .get(&(*key, index))
+            .map(|(info, _)| *info))
+    }
+
+    fn delete_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<u64>, StoreError> {
+        let mut inner = self.lock();
+        let removed = inner.fragments.remove(&(*key, index));
+        Ok(removed.map(|(info, _)| {
+            inner.used -= info.len;
+            info.len
+        }))
+    }
+
+    fn fragments_under(&self, key: &PlacementKey) -> Result<Vec<FragmentInfo>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .fragments
+            .range((*key, 0)..=(*key, u16::MAX))
+            .map(|(_, (info, _))| *info)
+            .collect())
+    }
+
+    fn placement_keys_in(
+        &self,
+        start: &PlacementKey,
+        end: &PlacementKey,
+    ) -> Result<Vec<PlacementKey>, StoreError> {
+        let inner = self.lock();
+        let mut keys: Vec<PlacementKey> = Vec::new();
+        for (low, high) in ring_intervals(start, end) {
+            let upper = high.unwrap_or(PlacementKey(Id::MAX));
+            for ((key, _), _) in inner.fragments.range((low, 0)..=(upper, u16::MAX)) {
+                let in_range = high.is_none_or(|high| *key < high);
+                if in_range && keys.last() != Some(key) {
+                    keys.push(*key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    fn put_certificate(&self, file: &FileId, signed: &[u8]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.tombstones.contains_key(file) {
+            return Err(StoreError::Reclaimed { file: *file });
+        }
+        inner.certificates.insert(*file, signed.to_vec());
+        Ok(())
+    }
+
+    fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().certificates.get(file).cloned())
+    }
+
+    fn delete_certificate(&self, file: &FileId) -> Result<bool, StoreError> {
+        Ok(self.lock().certificates.remove(file).is_some())
+    }
+
+    fn certificate_files(
+        &self,
+        after: Option<&FileId>,
+        limit: usize,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let inner = self.lock();
+        let range = match after {
+            Some(after) => inner.certificates.range((
+                std::ops::Bound::Excluded(*after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => inner.certificates.range(..),
+        };
+        Ok(range.map(|(file, _)| *file).take(limit).collect())
+    }
+
+    fn put_pointer(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        holder: &NodeId,
+    ) -> Result<(), StoreError> {
+        self.lock().pointers.insert((*key, index), *holder);
+        Ok(())
+    }
+
+    fn get_pointer(&self, key: &PlacementKey, index: u16) -> Result<Option<NodeId>, StoreError> {
+        Ok(self.lock().pointers.get(&(*key, index)).copied())
+    }
+
+    fn delete_pointer(&self, key: &PlacementKey, index: u16) -> Result<bool, StoreError> {
+        Ok(self.lock().pointers.remove(&(*key, index)).is_some())
+    }
+
+    fn pointers_under(&self, key: &PlacementKey) -> Result<Vec<(u16, NodeId)>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .pointers
+            .range((*key, 0)..=(*key, u16::MAX))
+            .map(|((_, index), holder)| (*index, *holder))
+            .collect())
+    }
+
+    fn add_reference(&self, key: &PlacementKey, file: &FileId) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.tombstones.contains_key(file) {
+            return Err(StoreError::Reclaimed { file: *file });
+        }
+        inner.references.insert((*key, *file));
+        Ok(())
+    }
+
+    fn remove_reference(&self, key: &PlacementKey, file: &FileId) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        inner.references.remove(&(*key, *file));
+        Ok(inner.references_under(key).count())
+    }
+
+    fn references(&self, key: &PlacementKey) -> Result<Vec<FileId>, StoreError> {
+        Ok(self.lock().references_under(key).collect())
+    }
+
+    fn put_tombstone(&self, file: &FileId, reclaim: &[u8]) -> Result<(), StoreError> {
+        self.lock().tombstones.insert(*file, reclaim.to_vec());
+        Ok(())
+    }
+
+    fn get_tombstone(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().tombstones.get(file).cloned())
+    }
+
+    fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError> {
+        self.lock().roots.insert(*volume, signed.to_vec());
+        Ok(())
+    }
+
+    fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().roots.get(volume).cloned())
+    }
+
+    fn root_volumes(
+        &self,
+        after: Option<&VolumeKey>,
+        limit: usize,
+    ) -> Result<Vec<VolumeKey>, StoreError> {
+        let inner = self.lock();
+        let range = match after {
+            Some(after) => inner.roots.range((
+                std::ops::Bound::Excluded(*after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => inner.roots.range(..),
+        };
+        Ok(range.map(|(volume, _)| *volume).take(limit).collect())
+    }
+
+    fn used(&self) -> u64 {
+        self.lock().used
+    }
+
+    fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
