@@ -12,7 +12,7 @@
 //! Every receipt is checked here (signature, node, key, index, hash, file): a put
 //! succeeds only with `n` valid receipts per block.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,20 +23,19 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Node, unix_now};
 use cairn_api::ReclaimReport;
-use cairn_core::crypto::{FileCertificate, ReclaimCertificate, RootRecord, Signed, StoreReceipt};
+use cairn_core::crypto::{FileCertificate, ReclaimCertificate, RootRecord, Signed};
 use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef, Offer};
 use cairn_core::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 use cairn_core::manifest::{Manifest, manifest_placement_key};
 use cairn_net::NetError;
-use cairn_past::{
-    NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest, certificate_key, check_root,
-    root_key,
+pub use cairn_past::insert::PlacementFailure;
+use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
+use cairn_past::lookup::{FetchFailure, FragmentLookup, LOOKUP_SPARES, LookupError};
+use cairn_past::records::{
+    FindError, PublishError, Record, RecordFind, RecordPublish, ReplicaFailure,
 };
+use cairn_past::{NodeAddress, PastRequest, PastResponse, Refusal, certificate_key};
 use cairn_pipeline::{FragmentStore, PendingBlock};
-
-/// How many extra nodes beyond the `n` closest a lookup asks when a fragment is not
-/// where it should be (membership changed, or the fragment was diverted).
-const LOOKUP_SPARES: usize = 4;
 
 /// A reclaim visits at most this many salts per block (a put tries at most
 /// `max_file_diversions + 1`; the cap keeps a strange manifest from costing more).
@@ -159,51 +158,6 @@ pub struct RootPublished {
     pub sequence: u64,
 }
 
-/// Why a block's `n` fragments could not all be placed at one key: the evidence behind
-/// a file diversion, and behind HTTP 507 when every salt failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct PlacementFailure {
-    /// The key tried.
-    pub key: PlacementKey,
-    /// Fragments to place.
-    pub needed: usize,
-    /// Fragments placed.
-    pub placed: usize,
-    /// Nodes near the key (fewer than `needed` means the network is too small).
-    pub nodes_found: usize,
-    /// What went wrong, per fragment: index, node and reason.
-    pub failures: Vec<(u16, NodeId, String)>,
-}
-
-impl fmt::Display for PlacementFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.nodes_found < self.needed {
-            return write!(
-                f,
-                "only {} node(s) near key {}, {} needed for {} fragments",
-                self.nodes_found, self.key, self.needed, self.needed
-            );
-        }
-        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, _, reason) in &self.failures {
-            *reasons.entry(reason.as_str()).or_default() += 1;
-        }
-        let reasons: Vec<String> = reasons
-            .iter()
-            .map(|(reason, count)| format!("{count}× {reason}"))
-            .collect();
-        write!(
-            f,
-            "{} of {} fragments placed at key {}; {} node(s) refused or failed: {}",
-            self.placed,
-            self.needed,
-            self.key,
-            self.failures.len(),
-            reasons.join("; ")
-        )
-    }
-}
-
 /// The upload a [`NetworkFragments`] stores fragments for.
 #[derive(Clone, Debug)]
 pub struct Upload {
@@ -223,10 +177,6 @@ pub const DEFAULT_PUT_WINDOW: usize = 4;
 /// The most prefetched blocks a [`NetworkFragments`] keeps waiting to be asked for;
 /// an older one is dropped (its fetch aborted). `get` prefetches one block ahead.
 const MAX_PREFETCHED_BLOCKS: usize = 4;
-
-/// The fragments of one block, owned, as they go out in store requests: index, hash,
-/// bytes.
-type OwnedFragments = Arc<Vec<(u16, FragmentHash, Vec<u8>)>>;
 
 /// What one fetch of a block's fragments returns.
 type FetchedFragments = Vec<Result<Option<Fragment>, GatewayError>>;
@@ -569,411 +519,204 @@ pub struct FileStat {
 
 impl Node {
     /// Stores one block's fragments: fragment `i` at the `i`-th closest node to `key`,
-    /// each answering with a receipt that is checked here.
+    /// each answering with a receipt that is checked ([`BlockInsert`]).
     pub(crate) async fn store_block(
         &self,
         upload: &Upload,
         key: PlacementKey,
-        fragments: &[(u16, FragmentHash, Vec<u8>)],
+        fragments: &OwnedFragments,
     ) -> Result<(), GatewayError> {
-        let needed = fragments.len();
-        let replicas = u16::try_from(needed).unwrap_or(u16::MAX);
-        let nodes = self.locate(key.0, replicas.saturating_add(1)).await?;
-        let failure = |placed, failures| PlacementFailure {
+        let insert = BlockInsert::new(
+            upload.file,
+            Arc::clone(&upload.grant),
             key,
-            needed,
-            placed,
-            nodes_found: nodes.len(),
-            failures,
-        };
-        if nodes.len() < needed {
-            return Err(failure(0, Vec::new()).into());
-        }
-        let mut tasks = JoinSet::new();
-        for ((index, hash, bytes), target) in fragments.iter().zip(nodes.iter().copied()) {
-            let (index, hash) = (*index, *hash);
-            let node = self.clone();
-            // A copy per request: the caller keeps its own to store again elsewhere.
-            let request = PastRequest::Store(StoreRequest {
-                grant: upload.grant.as_ref().clone(),
-                key,
-                index,
-                hash,
-                bytes: bytes.clone(),
-                replicas,
-            });
-            let file = upload.file;
-            tasks.spawn(async move {
-                let result = match node.ask(&target, request).await {
-                    Ok(PastResponse::Stored {
-                        receipt,
-                        diverted_to,
-                    }) => {
-                        let holder = diverted_to.map_or(target.id, |d| d.id);
-                        check_receipt(&receipt, holder, file, key, index, hash)
-                    }
-                    Ok(PastResponse::Refused(refusal)) => Err(refusal.to_string()),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                (index, target.id, result)
-            });
-        }
-        let mut failures = Vec::new();
-        let mut placed = 0;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((_, _, Ok(()))) => placed += 1,
-                Ok((index, node, Err(reason))) => failures.push((index, node, reason)),
-                Err(e) => return Err(GatewayError::Task(e.to_string())),
+            Arc::clone(fragments),
+        );
+        match self.drive(insert).await {
+            Ok(()) => Ok(()),
+            Err(InsertError::Locate(error)) => Err(error),
+            Err(InsertError::Placement(failure)) => {
+                self.counters()
+                    .placements_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(failure.into())
             }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            failures.sort_by_key(|(index, _, _)| *index);
-            tracing::debug!(%key, placed, "block not placed: {:?}", failures);
-            self.counters()
-                .placements_failed
-                .fetch_add(1, Ordering::Relaxed);
-            Err(failure(placed, failures).into())
+            Err(stalled @ InsertError::Stalled(_)) => Err(GatewayError::Task(stalled.to_string())),
         }
     }
 
-    /// Fetches fragments `indexes` of the block at `key`, in parallel: fragment `i`
-    /// from the `i`-th closest node, following a pointer if it was diverted; a fragment
-    /// not found there is asked of the other nodes near the key.
+    /// Fetches fragments `indexes` of the block at `key` ([`FragmentLookup`]): one
+    /// answer per index, in order.
     pub(crate) async fn fetch_fragments(
         &self,
         key: PlacementKey,
         indexes: &[u16],
     ) -> Vec<Result<Option<Fragment>, GatewayError>> {
-        let highest = indexes.iter().copied().max().map_or(0, usize::from);
-        let count = u16::try_from(highest + 1 + LOOKUP_SPARES).unwrap_or(u16::MAX);
-        let nodes = match self.locate(key.0, count).await {
-            Ok(nodes) => Arc::new(nodes),
-            Err(GatewayError::Locate { key, attempts }) => {
-                return indexes
-                    .iter()
-                    .map(|_| Err(GatewayError::Locate { key, attempts }))
-                    .collect();
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                return indexes
+        match self.drive(FragmentLookup::new(key, indexes)).await {
+            Ok(found) => found
+                .into_iter()
+                .map(|result| result.map_err(fetch_error))
+                .collect(),
+            Err(LookupError::Locate(GatewayError::Locate { key, attempts })) => indexes
+                .iter()
+                .map(|_| Err(GatewayError::Locate { key, attempts }))
+                .collect(),
+            Err(error) => {
+                let reason = error.to_string();
+                indexes
                     .iter()
                     .map(|_| Err(GatewayError::Task(reason.clone())))
-                    .collect();
+                    .collect()
             }
-        };
-        let mut tasks = JoinSet::new();
-        for (position, index) in indexes.iter().copied().enumerate() {
-            let node = self.clone();
-            let nodes = Arc::clone(&nodes);
-            tasks.spawn(async move { (position, node.fetch_one(key, index, &nodes).await) });
-        }
-        let mut results: Vec<Result<Option<Fragment>, GatewayError>> =
-            indexes.iter().map(|_| Ok(None)).collect();
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((position, result)) => {
-                    if let Some(slot) = results.get_mut(position) {
-                        *slot = result;
-                    }
-                }
-                Err(e) => tracing::warn!("a fetch task failed: {e}"),
-            }
-        }
-        results
-    }
-
-    async fn fetch_one(
-        &self,
-        key: PlacementKey,
-        index: u16,
-        nodes: &[NodeAddress],
-    ) -> Result<Option<Fragment>, GatewayError> {
-        // The designated holder first, then the others in order of closeness.
-        let designated = nodes.get(usize::from(index)).copied();
-        let order = designated
-            .into_iter()
-            .chain(nodes.iter().copied().filter(|n| Some(*n) != designated));
-        let mut first_error = None;
-        for target in order {
-            let mut asked = target;
-            // At most one pointer is followed (a diverted fragment is never re-diverted).
-            for _ in 0..2 {
-                match self.ask(&asked, PastRequest::Fetch { key, index }).await {
-                    Ok(PastResponse::Fragment { bytes }) => {
-                        return Ok(Some(Fragment { index, bytes }));
-                    }
-                    Ok(PastResponse::Pointer { holder }) if holder != asked => {
-                        asked = holder;
-                        continue;
-                    }
-                    Ok(PastResponse::Corrupt) => {
-                        first_error.get_or_insert(GatewayError::Corrupt {
-                            node: asked.id,
-                            index,
-                        });
-                    }
-                    Ok(PastResponse::NotFound | PastResponse::Pointer { .. }) => {}
-                    Ok(PastResponse::Refused(refusal)) => {
-                        first_error.get_or_insert(GatewayError::Refused {
-                            node: asked.id,
-                            refusal,
-                        });
-                    }
-                    Ok(other) => {
-                        first_error.get_or_insert(GatewayError::Protocol {
-                            node: asked.id,
-                            what: format!("answered a fetch with {other:?}"),
-                        });
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-                break;
-            }
-        }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(None),
         }
     }
 
-    /// Stores a signed certificate on the nodes closest to its certificate key;
-    /// returns how many kept it (at least one, or an error).
+    /// Stores a signed certificate on the nodes closest to its certificate key
+    /// ([`RecordPublish`]); returns how many keep it (a majority of those that
+    /// answered, or an error).
     pub async fn publish_certificate(&self, certificate: Vec<u8>) -> Result<usize, GatewayError> {
-        let body = cairn_past::check_certificate(&certificate, unix_now()).map_err(|refusal| {
-            GatewayError::Refused {
-                node: self.id(),
-                refusal,
-            }
-        })?;
         let replicas = self.config().past.certificate_replicas;
-        let key = certificate_key(&body.file_id);
-        let nodes = self
-            .locate(key.0, u16::try_from(replicas).unwrap_or(u16::MAX))
-            .await?;
-        let mut tasks = JoinSet::new();
-        for target in nodes {
-            let node = self.clone();
-            let request = PastRequest::PutCertificate {
-                certificate: certificate.clone(),
-            };
-            tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
-        }
-        let mut kept = 0;
-        let mut last_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((_, Ok(PastResponse::Done))) => kept += 1,
-                Ok((node, Ok(PastResponse::Refused(refusal)))) => {
-                    last_error = Some(GatewayError::Refused { node, refusal });
-                }
-                Ok((node, Ok(other))) => {
-                    last_error = Some(GatewayError::Protocol {
-                        node,
-                        what: format!("answered a certificate with {other:?}"),
-                    });
-                }
-                Ok((_, Err(e))) => last_error = Some(e),
-                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
-            }
-        }
-        match (kept, last_error) {
-            (0, Some(error)) => Err(error),
-            (0, None) => Err(GatewayError::NotFound { file: body.file_id }),
-            (kept, _) => Ok(kept),
+        let publish = RecordPublish::<FileCertificate, GatewayError>::new(
+            certificate,
+            u16::try_from(replicas).unwrap_or(u16::MAX),
+            unix_now(),
+        );
+        let file = publish.subject();
+        match self.drive(publish).await {
+            Ok(published) => Ok(published.replicas),
+            Err(error) => Err(self.publish_error(error, |_| match file {
+                Some(file) => GatewayError::NotFound { file },
+                None => GatewayError::Task("a certificate without a file".into()),
+            })),
         }
     }
 
-    /// The certificate of `file`, from the first node near its certificate key that
-    /// has one whose signature checks out (`None` if none has).
+    /// The certificate of `file`: the newest valid one its keepers hold
+    /// ([`RecordFind`]), `None` if none holds one.
     pub async fn find_certificate(
         &self,
         file: FileId,
     ) -> Result<Option<Signed<FileCertificate>>, GatewayError> {
-        let replicas = self.config().past.certificate_replicas + 2;
-        let key = certificate_key(&file);
-        let nodes = self
-            .locate(key.0, u16::try_from(replicas).unwrap_or(u16::MAX))
-            .await?;
-        let mut answered = false;
-        let mut last_error = None;
-        for target in &nodes {
-            match self.ask(target, PastRequest::GetCertificate { file }).await {
-                Ok(PastResponse::Certificate {
-                    certificate: Some(bytes),
-                }) => {
-                    answered = true;
-                    match Signed::<FileCertificate>::from_bytes(&bytes) {
-                        Ok(signed) if signed.verify().is_ok() && signed.body.file_id == file => {
-                            return Ok(Some(signed));
-                        }
-                        _ => {
-                            tracing::warn!(node = %target.id, %file, "a certificate that does not verify was served; skipped")
-                        }
-                    }
-                }
-                Ok(PastResponse::Certificate { certificate: None }) => answered = true,
-                Ok(_) => {}
-                Err(e) => last_error = Some(e),
-            }
-        }
-        match (answered, last_error) {
-            (false, Some(error)) => Err(error),
-            _ => Ok(None),
-        }
+        self.find_record::<FileCertificate>(file).await
     }
 
     /// Publishes a signed root record to the `certificate_replicas` nodes closest to
-    /// its volume's [`root_key`], in parallel.
+    /// its volume's [`cairn_past::root_key`] ([`RecordPublish`]).
     ///
-    /// A lost update is never silent: if any replica refuses because it holds a
-    /// higher sequence (or the same sequence with another record), the publish fails
-    /// with [`GatewayError::RootConflict`] carrying the highest sequence held, even if
-    /// other replicas took the record. Otherwise it succeeds when a majority of the
-    /// replicas that answered (and at least one) hold the record afterwards, so a
-    /// reader asking all of them meets it; unreachable replicas are caught up by
+    /// A lost update is never silent: if any replica holds a higher sequence (or the
+    /// same sequence with another record), the publish fails with
+    /// [`GatewayError::RootConflict`] even if other replicas took the record.
+    /// Otherwise it succeeds when a majority of the replicas that answered (and at
+    /// least one) hold the record afterwards; unreachable replicas are caught up by
     /// maintenance ([`super::maintenance`]'s root replication).
     pub async fn publish_root(&self, record: Vec<u8>) -> Result<RootPublished, GatewayError> {
-        let signed = check_root(&record).map_err(|refusal| GatewayError::Refused {
-            node: self.id(),
-            refusal,
-        })?;
-        let volume = signed.body.volume;
-        let sequence = signed.body.sequence;
         let replicas = self.config().past.certificate_replicas;
-        let nodes = self
-            .locate(
-                root_key(&volume).0,
-                u16::try_from(replicas).unwrap_or(u16::MAX),
-            )
-            .await?;
-        let asked = nodes.len();
-        let mut tasks = JoinSet::new();
-        for target in nodes {
-            let node = self.clone();
-            let request = PastRequest::PutRoot {
-                record: record.clone(),
-            };
-            tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
-        }
-        let (mut stored, mut reached) = (0, 0);
-        let mut held_higher: Option<u64> = None;
-        let mut last_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((_, Ok(PastResponse::Done))) => {
-                    stored += 1;
-                    reached += 1;
-                }
-                Ok((_, Ok(PastResponse::Refused(Refusal::StaleRoot { held_sequence })))) => {
-                    reached += 1;
-                    held_higher = Some(held_higher.map_or(held_sequence, |h| h.max(held_sequence)));
-                }
-                Ok((node, Ok(PastResponse::Refused(refusal)))) => {
-                    reached += 1;
-                    last_error = Some(GatewayError::Refused { node, refusal });
-                }
-                Ok((node, Ok(other))) => {
-                    reached += 1;
-                    last_error = Some(GatewayError::Protocol {
-                        node,
-                        what: format!("answered a root record with {other:?}"),
-                    });
-                }
-                Ok((_, Err(e))) => last_error = Some(e),
-                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
-            }
-        }
-        if let Some(held_sequence) = held_higher {
-            return Err(GatewayError::RootConflict {
-                volume,
-                held_sequence,
-                offered: sequence,
-            });
-        }
-        if stored > 0 && stored * 2 > reached {
-            return Ok(RootPublished {
-                replicas: stored,
-                asked,
-                sequence,
-            });
-        }
-        match (reached, last_error) {
-            (0, Some(error)) => Err(error),
-            _ => Err(GatewayError::RootNotStored {
-                volume,
-                stored,
-                reached,
+        let publish = RecordPublish::<RootRecord, GatewayError>::new(
+            record,
+            u16::try_from(replicas).unwrap_or(u16::MAX),
+            unix_now(),
+        );
+        let volume = publish.subject();
+        match (self.drive(publish).await, volume) {
+            (Ok(published), _) => Ok(RootPublished {
+                replicas: published.replicas,
+                asked: published.asked,
+                sequence: published.version,
             }),
+            (Err(PublishError::Conflict { held, offered }), Some(volume)) => {
+                Err(GatewayError::RootConflict {
+                    volume,
+                    held_sequence: held,
+                    offered,
+                })
+            }
+            (Err(error), Some(volume)) => {
+                Err(
+                    self.publish_error(error, |(stored, reached)| GatewayError::RootNotStored {
+                        volume,
+                        stored,
+                        reached,
+                    }),
+                )
+            }
+            (Err(error), None) => Err(self.publish_error(error, |_| {
+                GatewayError::Task("a root record that names no volume".into())
+            })),
         }
     }
 
     /// The highest valid root record of `volume` that the nodes closest to its
-    /// [`root_key`] hold (`None` if none holds one). Every replica is asked, in
-    /// parallel, and every answer verified: a replica that is behind or serves a
-    /// forged record never wins. Fails only if no replica answered at all.
+    /// [`cairn_past::root_key`] hold ([`RecordFind`]; `None` if none holds one). Fails only if no
+    /// replica answered at all.
     pub async fn find_root(
         &self,
         volume: VolumeKey,
     ) -> Result<Option<Signed<RootRecord>>, GatewayError> {
-        // Two more than the keepers: after a join, a new closest node may not have the
-        // record yet while the old keepers still do.
-        let replicas = self.config().past.certificate_replicas + 2;
-        let nodes = self
-            .locate(
-                root_key(&volume).0,
-                u16::try_from(replicas).unwrap_or(u16::MAX),
-            )
-            .await?;
-        let mut tasks = JoinSet::new();
-        for target in nodes {
-            let node = self.clone();
-            tasks.spawn(async move {
-                let answer = node.ask(&target, PastRequest::GetRoot { volume }).await;
-                (target.id, answer)
-            });
-        }
-        let mut best: Option<Signed<RootRecord>> = None;
-        let mut answered = false;
-        let mut last_error = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((node, Ok(PastResponse::Root { record }))) => {
-                    answered = true;
-                    let Some(bytes) = record else { continue };
-                    match check_root(&bytes) {
-                        Ok(signed) if signed.body.volume == volume => {
-                            if best
-                                .as_ref()
-                                .is_none_or(|b| signed.body.sequence > b.body.sequence)
-                            {
-                                best = Some(signed);
-                            }
-                        }
-                        _ => {
-                            tracing::warn!(%node, %volume, "a root record that does not verify was served; skipped");
-                        }
-                    }
+        self.find_record::<RootRecord>(volume).await
+    }
+
+    /// Finds the best record of `subject` among two more nodes than keep it: after a
+    /// join, a new closest node may not have the record yet while the old keepers do.
+    async fn find_record<R>(&self, subject: R::Subject) -> Result<Option<Signed<R>>, GatewayError>
+    where
+        R: Record + Send,
+        R::Subject: Send,
+    {
+        let count = self.config().past.certificate_replicas + 2;
+        let find = RecordFind::<R, GatewayError>::new(
+            subject,
+            u16::try_from(count).unwrap_or(u16::MAX),
+            unix_now(),
+        );
+        match self.drive(find).await {
+            Ok(found) => {
+                if !found.forged.is_empty() || !found.rivals.is_empty() {
+                    tracing::warn!(%subject, forged = ?found.forged, rivals = ?found.rivals, "replicas served a {} that lost", R::NAME);
                 }
-                Ok((node, Ok(other))) => {
-                    last_error = Some(GatewayError::Protocol {
-                        node,
-                        what: format!("answered a root request with {other:?}"),
-                    });
-                }
-                Ok((_, Err(e))) => last_error = Some(e),
-                Err(e) => last_error = Some(GatewayError::Task(e.to_string())),
+                Ok(found.record)
+            }
+            Err(FindError::Unreached(error)) => Err(error),
+            Err(FindError::NoReplicas) => Ok(None),
+            Err(FindError::Stalled) => {
+                Err(GatewayError::Task(format!("finding a {} stalled", R::NAME)))
             }
         }
-        match (answered, last_error) {
-            (false, Some(error)) => Err(error),
-            _ => Ok(best),
+    }
+
+    /// The gateway's error for a failed publish; `not_stored` makes the one for too few
+    /// replicas (stored, reached) that did not refuse outright.
+    fn publish_error(
+        &self,
+        error: PublishError<GatewayError>,
+        not_stored: impl FnOnce((usize, usize)) -> GatewayError,
+    ) -> GatewayError {
+        match error {
+            PublishError::Invalid(refusal) => GatewayError::Refused {
+                node: self.id(),
+                refusal,
+            },
+            PublishError::Unreached(error) => error,
+            PublishError::NotStored {
+                stored,
+                reached,
+                failures,
+            } => match failures.into_iter().next() {
+                Some((node, ReplicaFailure::Refused(refusal))) if stored == 0 => {
+                    GatewayError::Refused { node, refusal }
+                }
+                Some((node, ReplicaFailure::Unexpected(what))) if stored == 0 => {
+                    GatewayError::Protocol {
+                        node,
+                        what: format!("answered a record with {what}"),
+                    }
+                }
+                _ => not_stored((stored, reached)),
+            },
+            PublishError::NoReplicas => not_stored((0, 0)),
+            PublishError::Conflict { held, offered } => GatewayError::Task(format!(
+                "a replica holds version {held}, so version {offered} was not applied"
+            )),
+            PublishError::Stalled => GatewayError::Task("a publish stalled".into()),
         }
     }
 
@@ -1227,30 +970,12 @@ fn owned_fragments(fragments: &[(FragmentRef<'_>, FragmentHash)]) -> OwnedFragme
     )
 }
 
-/// Checks a store receipt against what was asked.
-fn check_receipt(
-    bytes: &[u8],
-    holder: NodeId,
-    file: FileId,
-    key: PlacementKey,
-    index: u16,
-    hash: FragmentHash,
-) -> Result<(), String> {
-    let signed =
-        Signed::<StoreReceipt>::from_bytes(bytes).map_err(|e| format!("bad receipt: {e}"))?;
-    let receipt = signed.verify().map_err(|e| format!("bad receipt: {e}"))?;
-    if receipt.node != holder {
-        return Err(format!(
-            "receipt signed by {} instead of {holder}",
-            receipt.node
-        ));
+/// The gateway's error for a fragment a lookup could not get.
+fn fetch_error(failure: FetchFailure<GatewayError>) -> GatewayError {
+    match failure {
+        FetchFailure::Corrupt { node, index } => GatewayError::Corrupt { node, index },
+        FetchFailure::Refused { node, refusal } => GatewayError::Refused { node, refusal },
+        FetchFailure::Protocol { node, what } => GatewayError::Protocol { node, what },
+        FetchFailure::Failed(error) => error,
     }
-    if receipt.file_id != file
-        || receipt.placement_key != key
-        || receipt.index != index
-        || receipt.fragment_hash != hash
-    {
-        return Err("receipt for another fragment".into());
-    }
-    Ok(())
 }

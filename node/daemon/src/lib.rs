@@ -28,6 +28,7 @@
 //! receiver learns them. An address learnt that way is only a hint: the transport's
 //! handshake proves the id of whoever answers there.
 
+mod drive;
 pub mod gateway;
 pub mod http;
 pub mod maintenance;
@@ -47,7 +48,12 @@ use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{Id, NodeId};
 use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
 use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
-use cairn_past::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, closest};
+use cairn_past::answer::Answer;
+use cairn_past::divert::{Diverted, ReplicaDiversion};
+use cairn_past::{
+    Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, StoreRequest,
+    closest,
+};
 use cairn_store::{DiskStore, StoreError};
 
 pub use gateway::{GatewayError, NetworkFragments, PlacementFailure, RootPublished};
@@ -650,7 +656,6 @@ impl Node {
     /// Answers one PAST request (from another node, or from this node's gateway).
     async fn handle_past(&self, request: PastRequest) -> PastResponse {
         let response = match request {
-            PastRequest::Store(store) => self.handle_store(store).await,
             PastRequest::Reclaim {
                 reclaim,
                 certificate,
@@ -677,13 +682,21 @@ impl Node {
             } => self.handle_summary(from, summary, list),
             other => {
                 let node = self.clone();
-                tokio::task::spawn_blocking(move || node.handle_past_blocking(other))
-                    .await
-                    .unwrap_or_else(|e| {
-                        PastResponse::Refused(cairn_past::Refusal::Store(format!(
-                            "the request's task failed: {e}"
-                        )))
-                    })
+                match tokio::task::spawn_blocking(move || node.answer_here(other)).await {
+                    Ok(Answer::Reply(response)) => response,
+                    Ok(Answer::Divert {
+                        request,
+                        size,
+                        free,
+                    }) => self.divert(request, size, free).await,
+                    // Every such request is matched above.
+                    Ok(Answer::Elsewhere(_)) => PastResponse::Refused(Refusal::Store(
+                        "this request is not answered from the store".into(),
+                    )),
+                    Err(e) => PastResponse::Refused(Refusal::Store(format!(
+                        "the request's task failed: {e}"
+                    ))),
+                }
             }
         };
         if matches!(response, PastResponse::Refused(_)) {
@@ -695,83 +708,32 @@ impl Node {
         response
     }
 
-    fn handle_past_blocking(&self, request: PastRequest) -> PastResponse {
-        let holder = &self.inner.holder;
-        let now = unix_now();
-        match request {
-            PastRequest::Store(store) => self.store_here(&store, false, now),
-            PastRequest::StoreDiverted(store) => self.store_here(&store, true, now),
-            PastRequest::Fetch { key, index } => match holder.fetch(&key, index) {
-                Ok(PastResponse::Fragment { mut bytes }) => {
-                    self.inner
-                        .counters
-                        .fragments_served
-                        .fetch_add(1, Ordering::Relaxed);
-                    if self.inner.tamper.load(Ordering::Relaxed)
-                        && let Some(first) = bytes.first_mut()
-                    {
-                        *first ^= 1;
-                    }
-                    PastResponse::Fragment { bytes }
-                }
-                Ok(response) => response,
-                Err(pointed) => match self.address_of(&pointed) {
-                    Some(holder) => PastResponse::Pointer { holder },
-                    None => PastResponse::NotFound,
-                },
-            },
-            PastRequest::Holdings { key } => match holder.holdings(&key) {
-                Ok((fragments, pointers, references)) => PastResponse::Holdings {
-                    fragments,
-                    pointers: pointers
-                        .into_iter()
-                        .filter_map(|(index, id)| self.address_of(&id).map(|a| (index, a)))
-                        .collect(),
-                    references,
-                },
-                Err(refusal) => PastResponse::Refused(refusal),
-            },
-            PastRequest::PutPointer {
-                key,
-                index,
-                holder: to,
-            } => {
-                self.learn_hints(&[to]);
-                holder.put_pointer(&key, index, &to.id)
-            }
-            PastRequest::PutCertificate { certificate } => {
-                match holder.put_certificate(&certificate, now) {
-                    Ok(()) => PastResponse::Done,
-                    Err(refusal) => PastResponse::Refused(refusal),
-                }
-            }
-            PastRequest::GetCertificate { file } => match holder.get_certificate(&file) {
-                Ok(certificate) => PastResponse::Certificate { certificate },
-                Err(refusal) => PastResponse::Refused(refusal),
-            },
-            PastRequest::PutRoot { record } => match holder.put_root(&record) {
-                Ok(_) => PastResponse::Done,
-                Err(refusal) => PastResponse::Refused(refusal),
-            },
-            PastRequest::GetRoot { volume } => match holder.get_root(&volume) {
-                Ok(record) => PastResponse::Root { record },
-                Err(refusal) => PastResponse::Refused(refusal),
-            },
-            PastRequest::RepairStore(request) => self.handle_repair_store(&request),
-            PastRequest::FileStatus { file } => match holder.file_status(&file) {
-                Ok(status) => status,
-                Err(refusal) => PastResponse::Refused(refusal),
-            },
-            PastRequest::Reclaim { .. }
-            | PastRequest::Handoff { .. }
-            | PastRequest::Release { .. }
-            | PastRequest::DropPointer { .. }
-            | PastRequest::Forget { .. }
-            | PastRequest::Reconcile { .. }
-            | PastRequest::Summary { .. } => PastResponse::Refused(cairn_past::Refusal::Store(
-                "this request is handled by handle_past".into(),
-            )),
+    /// Answers a request from the local store ([`Holder::answer`]), counting what is
+    /// stored and served. Blocking: stores wait for their sync.
+    fn answer_here(&self, request: PastRequest) -> Answer {
+        if let PastRequest::PutPointer { holder, .. } = &request {
+            self.learn_hints(&[*holder]);
         }
+        let mut answer = self
+            .inner
+            .holder
+            .answer(request, unix_now(), |id| self.address_of(id));
+        let counters = &self.inner.counters;
+        match &mut answer {
+            Answer::Reply(PastResponse::Stored { .. }) => {
+                counters.fragments_stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Answer::Reply(PastResponse::Fragment { bytes }) => {
+                counters.fragments_served.fetch_add(1, Ordering::Relaxed);
+                if self.inner.tamper.load(Ordering::Relaxed)
+                    && let Some(first) = bytes.first_mut()
+                {
+                    *first ^= 1;
+                }
+            }
+            _ => {}
+        }
+        answer
     }
 
     /// Carries out a reclaim here, then passes it on to the holders of copies this
@@ -822,109 +784,51 @@ impl Node {
         }
     }
 
-    fn store_here(
-        &self,
-        store: &cairn_past::StoreRequest,
-        diverted: bool,
-        now: u64,
-    ) -> PastResponse {
-        self.stored_answer(self.inner.holder.store_fragment(store, diverted, now))
-    }
-
-    /// The answer to a store (primary, diverted or repair): a receipt, counted, or
-    /// the refusal.
-    pub(crate) fn stored_answer(
-        &self,
-        result: Result<Vec<u8>, cairn_past::Refusal>,
-    ) -> PastResponse {
-        match result {
-            Ok(receipt) => {
+    /// PAST's replica diversion for a primary store this node has no room for: the
+    /// [`ReplicaDiversion`] machine picks a leaf-set node outside the `n` closest that
+    /// takes it; this node keeps a pointer to it.
+    async fn divert(&self, request: StoreRequest, size: u64, free: u64) -> PastResponse {
+        let n = usize::from(request.replicas);
+        let me = self.id();
+        let ranked = closest(
+            &request.key.0,
+            self.overlay_view().members().chain(std::iter::once(me)),
+            usize::MAX,
+        );
+        let backup = ranked
+            .get(n)
+            .filter(|id| **id != me)
+            .and_then(|id| self.address_of(id));
+        let candidates = ranked
+            .iter()
+            .skip(n)
+            .filter(|id| **id != me)
+            .filter_map(|id| self.address_of(id))
+            .collect();
+        let (key, index) = (request.key, request.index);
+        let diversion = ReplicaDiversion::new(request, size, free, candidates, backup);
+        match self.drive(diversion).await {
+            Ok(Diverted { receipt, to }) => {
+                let node = self.clone();
+                let kept = tokio::task::spawn_blocking(move || {
+                    node.inner.holder.put_pointer(&key, index, &to.id)
+                })
+                .await;
+                if !matches!(kept, Ok(PastResponse::Done)) {
+                    tracing::warn!(%key, index, "the pointer to a diverted fragment was not kept: {kept:?}");
+                }
                 self.inner
                     .counters
-                    .fragments_stored
+                    .fragments_diverted
                     .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%key, index, to = %to.id, "fragment diverted");
                 PastResponse::Stored {
                     receipt,
-                    diverted_to: None,
+                    diverted_to: Some(to),
                 }
             }
             Err(refusal) => PastResponse::Refused(refusal),
         }
-    }
-
-    /// A primary store: here if there is room, else diverted to a leaf-set node
-    /// outside the `n` closest that accepts it (PAST's replica diversion).
-    async fn handle_store(&self, store: cairn_past::StoreRequest) -> PastResponse {
-        let node = self.clone();
-        // The request comes back from the blocking task, for a diversion to send on.
-        let stored = tokio::task::spawn_blocking(move || {
-            let response = node.store_here(&store, false, unix_now());
-            (response, store)
-        })
-        .await;
-        match stored {
-            Ok((PastResponse::Refused(cairn_past::Refusal::NoRoom { size, free }), store)) => {
-                self.divert(store, size, free).await
-            }
-            Ok((response, _)) => response,
-            Err(e) => PastResponse::Refused(cairn_past::Refusal::Store(format!(
-                "the store task failed: {e}"
-            ))),
-        }
-    }
-
-    async fn divert(&self, store: cairn_past::StoreRequest, size: u64, free: u64) -> PastResponse {
-        let n = usize::from(store.replicas);
-        let view = self.overlay_view();
-        let ranked = closest(
-            &store.key.0,
-            view.members().chain(std::iter::once(self.id())),
-            usize::MAX,
-        );
-        let backup = ranked.get(n).copied();
-        let (key, index) = (store.key, store.index);
-        let request = PastRequest::StoreDiverted(store);
-        for candidate in ranked.iter().skip(n) {
-            let Some(target) = self.address_of(candidate) else {
-                continue;
-            };
-            match self.ask(&target, request.clone()).await {
-                Ok(PastResponse::Stored { receipt, .. }) => {
-                    let node = self.clone();
-                    let holder_id = target.id;
-                    let _ = tokio::task::spawn_blocking(move || {
-                        node.inner.holder.put_pointer(&key, index, &holder_id)
-                    })
-                    .await;
-                    if let Some(backup) = backup.filter(|b| *b != target.id && *b != self.id())
-                        && let Some(backup) = self.address_of(&backup)
-                    {
-                        let pointer = PastRequest::PutPointer {
-                            key,
-                            index,
-                            holder: target,
-                        };
-                        if let Err(e) = self.ask(&backup, pointer).await {
-                            tracing::warn!(%key, index, "backup pointer not kept: {e}");
-                        }
-                    }
-                    self.inner
-                        .counters
-                        .fragments_diverted
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%key, index, to = %target.id, "fragment diverted");
-                    return PastResponse::Stored {
-                        receipt,
-                        diverted_to: Some(target),
-                    };
-                }
-                Ok(other) => {
-                    tracing::debug!(%key, index, to = %target.id, "diversion refused: {other:?}")
-                }
-                Err(e) => tracing::debug!(%key, index, to = %target.id, "diversion failed: {e}"),
-            }
-        }
-        PastResponse::Refused(cairn_past::Refusal::Full { size, free })
     }
 }
 

@@ -990,11 +990,6 @@ impl Node {
         Ok(all_done)
     }
 
-    /// `RepairStore`: checked and stored by the holder (no diversion).
-    pub(crate) fn handle_repair_store(&self, request: &RepairRequest) -> PastResponse {
-        self.stored_answer(self.inner.holder.repair_fragment(request, unix_now()))
-    }
-
     /// `Handoff`: push the copy to `to`, and delete it here only once `to`'s receipt
     /// for exactly this fragment checks out.
     pub(crate) async fn handle_handoff(

@@ -3,9 +3,15 @@
 //!
 //! Owns: the PAST wire requests and answers ([`PastRequest`], [`PastResponse`],
 //! [`Refusal`]), placement arithmetic ([`closest`], [`certificate_key`], [`root_key`], the replica
-//! diversion thresholds in [`PastConfig`]), and [`Holder`], which answers one request
-//! against the local store. Sans-IO: no sockets, no clock (`now` is passed in), no
-//! tasks; the daemon (`cairn-daemon`) moves the messages and decides whom to ask.
+//! diversion thresholds in [`PastConfig`]), [`Holder`], which answers one request
+//! against the local store ([`Holder::answer`]), and every decision a node makes when
+//! it asks others, each an [`operation::Operation`]: inserting a block
+//! ([`insert::BlockInsert`]), looking fragments up ([`lookup::FragmentLookup`]),
+//! diverting a replica ([`divert::ReplicaDiversion`]), publishing and finding
+//! certificates and root records ([`records`]), and maintenance ([`maintenance`]).
+//! Sans-IO: no sockets, no clock (`now` is passed in), no tasks; the daemon
+//! (`cairn-daemon`) and the simulator (`cairn-sim`) carry out the commands the machines
+//! return, and the unit tests drive them over a network of holders in one process.
 //!
 //! May use: [`cairn_core::id`], [`cairn_core::crypto`], [`cairn_core::erasure`],
 //! [`cairn_core::codec::bytes`] (the fast serde form of payloads) and [`cairn_store`].
@@ -39,7 +45,15 @@
 //! holder refuses it for a file it knows was reclaimed, and when it already holds
 //! another index of the key (one index per node).
 
+pub mod answer;
+pub mod divert;
+pub mod insert;
+pub mod lookup;
 pub mod maintenance;
+pub mod operation;
+pub mod records;
+#[cfg(test)]
+mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,173 @@
+//! Replica diversion (PAST §3.3, per fragment): a holder with too little room for a
+//! primary replica hands the fragment to a node outside the `n` closest that has
+//! room, keeps a pointer to it, and has the `(n+1)`-th closest keep a backup pointer,
+//! so that a lookup reaching either finds the fragment.
+//!
+//! Owns: [`ReplicaDiversion`] (the [`Operation`] the diverting holder runs) and
+//! [`Diverted`].
+//!
+//! May use: this crate's wire types.
+//!
+//! # The rules
+//! - Candidates are the nodes beyond the `n` closest to the key, in order of
+//!   closeness, as the diverting node sees them; each is asked in turn with
+//!   [`PastRequest::StoreDiverted`], which it accepts only under the stricter
+//!   `t_div`. The first receipt wins.
+//! - The backup pointer is asked for once the fragment is placed; its failure is
+//!   logged, not fatal (the diverting node's own pointer still finds the fragment).
+//! - If no candidate takes it, the store is refused with [`Refusal::Full`] and the
+//!   client's insert tries the block under another salt (file diversion).
+
+use std::fmt;
+
+use crate::operation::{AskId, AskIds, Command, Input, Operation, Progress};
+use crate::{NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest};
+
+/// A fragment placed on another node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diverted {
+    /// The receipt of the node that took it.
+    pub receipt: Vec<u8>,
+    /// That node: the diverting holder keeps a pointer to it.
+    pub to: NodeAddress,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Waiting for candidate `position`'s answer to `ask`.
+    Storing { ask: AskId, position: usize },
+    /// Placed; waiting for the backup pointer's answer.
+    Pointing { ask: AskId, diverted: Diverted },
+    /// Decided.
+    Done,
+}
+
+/// Diverts one fragment (see the module's rules).
+#[derive(Debug)]
+pub struct ReplicaDiversion<E> {
+    request: StoreRequest,
+    size: u64,
+    free: u64,
+    candidates: Vec<NodeAddress>,
+    backup: Option<NodeAddress>,
+    ids: AskIds,
+    stage: Stage,
+    _failure: std::marker::PhantomData<fn(E)>,
+}
+
+impl<E: fmt::Display> ReplicaDiversion<E> {
+    /// Diverts `request` (`size` bytes, `free` free here) to the first of
+    /// `candidates` that takes it; `backup` (the `(n+1)`-th closest) keeps a pointer.
+    pub fn new(
+        request: StoreRequest,
+        size: u64,
+        free: u64,
+        candidates: Vec<NodeAddress>,
+        backup: Option<NodeAddress>,
+    ) -> ReplicaDiversion<E> {
+        ReplicaDiversion {
+            request,
+            size,
+            free,
+            candidates,
+            backup,
+            ids: AskIds::default(),
+            stage: Stage::Done,
+            _failure: std::marker::PhantomData,
+        }
+    }
+
+    fn full(&mut self) -> Progress<Result<Diverted, Refusal>> {
+        self.stage = Stage::Done;
+        Progress::Done(Err(Refusal::Full {
+            size: self.size,
+            free: self.free,
+        }))
+    }
+
+    fn try_candidate(&mut self, position: usize) -> Progress<Result<Diverted, Refusal>> {
+        let Some(to) = self.candidates.get(position).copied() else {
+            return self.full();
+        };
+        let ask = self.ids.next_id();
+        self.stage = Stage::Storing { ask, position };
+        Progress::Continue(vec![Command::Ask {
+            ask,
+            to,
+            request: PastRequest::StoreDiverted(self.request.clone()),
+        }])
+    }
+}
+
+impl<E: fmt::Display> Operation for ReplicaDiversion<E> {
+    type Output = Result<Diverted, Refusal>;
+    type Failure = E;
+
+    fn start(&mut self) -> Progress<Self::Output> {
+        self.try_candidate(0)
+    }
+
+    fn handle(&mut self, input: Input<E>) -> Progress<Self::Output> {
+        let Input::Answered(answered, answer) = input else {
+            return Progress::Continue(Vec::new());
+        };
+        let (key, index) = (self.request.key, self.request.index);
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Storing { ask, position } if ask == answered => {
+                let Some(to) = self.candidates.get(position).copied() else {
+                    return self.full();
+                };
+                match answer {
+                    Ok(PastResponse::Stored { receipt, .. }) => {
+                        let diverted = Diverted { receipt, to };
+                        match self.backup.filter(|b| b.id != to.id) {
+                            Some(backup) => {
+                                let ask = self.ids.next_id();
+                                self.stage = Stage::Pointing { ask, diverted };
+                                Progress::Continue(vec![Command::Ask {
+                                    ask,
+                                    to: backup,
+                                    request: PastRequest::PutPointer {
+                                        key,
+                                        index,
+                                        holder: to,
+                                    },
+                                }])
+                            }
+                            None => Progress::Done(Ok(diverted)),
+                        }
+                    }
+                    Ok(other) => {
+                        tracing::debug!(%key, index, to = %to.id, "diversion refused: {other:?}");
+                        self.try_candidate(position + 1)
+                    }
+                    Err(e) => {
+                        tracing::debug!(%key, index, to = %to.id, "diversion failed: {e}");
+                        self.try_candidate(position + 1)
+                    }
+                }
+            }
+            Stage::Pointing { ask, diverted } if ask == answered => {
+                match answer {
+                    Ok(PastResponse::Done) => {}
+                    Ok(other) => {
+                        tracing::warn!(%key, index, "backup pointer not kept: {other:?}")
+                    }
+                    Err(e) => tracing::warn!(%key, index, "backup pointer not kept: {e}"),
+                }
+                Progress::Done(Ok(diverted))
+            }
+            stage => {
+                self.stage = stage;
+                Progress::Continue(Vec::new())
+            }
+        }
+    }
+
+    fn stalled(&mut self) -> Self::Output {
+        Err(Refusal::Full {
+            size: self.size,
+            free: self.free,
+        })
+    }
+}

@@ -1,0 +1,849 @@
+//! Records: the signed values a few nodes near a key keep for everyone, published and
+//! found by one pair of machines over one trait. Two kinds exist: a file's
+//! [`FileCertificate`] (at [`certificate_key`]) and a volume's [`RootRecord`] (at
+//! [`root_key`]).
+//!
+//! Owns: [`Record`] (what a kind of record must say: where it lives, how it verifies,
+//! its version, its requests), [`RecordPublish`] and [`RecordFind`] (the two
+//! [`Operation`]s), and their outcomes and errors.
+//!
+//! May use: `cairn_core::{crypto, id}` and this crate's wire types and checks.
+//!
+//! # The rules
+//! - **Publish**: the record is verified before anything is sent; every replica (the
+//!   `replicas` nodes closest to the record's key) is asked in parallel. A replica
+//!   holding a higher version, or the same version with other bytes, answers
+//!   [`Refusal::StaleRoot`]: the publish fails with [`PublishError::Conflict`] even if
+//!   others took the record, so a lost update is never silent. Otherwise it succeeds
+//!   when a majority of the replicas that answered (and at least one) hold the record;
+//!   unreachable replicas are caught up by maintenance.
+//! - **Find**: every replica is asked in parallel (two more than keep the record: after
+//!   a join a new closest node may not have it yet) and every answer verified: a forged
+//!   record, or one about another subject, is counted and never believed. The highest
+//!   version wins; between two valid records of one version (rivals: the owner's key
+//!   signed both) the one with the smaller bytes wins, so every reader agrees. Fails
+//!   only if no replica answered at all.
+
+use std::fmt;
+
+use cairn_core::crypto::{Certificate, FileCertificate, RootRecord, Signed};
+use cairn_core::id::{FileId, NodeId, PlacementKey, VolumeKey};
+
+use crate::operation::{AskId, AskIds, Command, Input, Operation, Progress};
+use crate::{
+    PastRequest, PastResponse, Refusal, UnixSeconds, certificate_key, check_certificate,
+    check_root, root_key,
+};
+
+/// A kind of record kept by the nodes closest to a key derived from its subject.
+pub trait Record: Certificate + Clone + fmt::Debug {
+    /// What the record is about (a file, a volume).
+    type Subject: Copy + Eq + fmt::Debug + fmt::Display;
+
+    /// Its name in messages ("file certificate").
+    const NAME: &'static str;
+
+    /// Where the records of `subject` live.
+    fn placement_key(subject: &Self::Subject) -> PlacementKey;
+
+    /// Parses and verifies a signed record (signature, signer, expiry at `now`).
+    fn check(bytes: &[u8], now: UnixSeconds) -> Result<Signed<Self>, Refusal>;
+
+    /// What this record is about.
+    fn subject(&self) -> Self::Subject;
+
+    /// Higher replaces lower.
+    fn version(&self) -> u64;
+
+    /// The request that asks a replica to keep `bytes`.
+    fn put_request(bytes: Vec<u8>) -> PastRequest;
+
+    /// The request that asks a replica for its record of `subject`.
+    fn get_request(subject: Self::Subject) -> PastRequest;
+
+    /// The record an answer to [`Record::get_request`] carries (`Ok(None)`: none
+    /// kept), or the answer back if it is not of the right kind.
+    fn held_in(answer: PastResponse) -> Result<Option<Vec<u8>>, PastResponse>;
+}
+
+impl Record for FileCertificate {
+    type Subject = FileId;
+    const NAME: &'static str = "file certificate";
+
+    fn placement_key(subject: &FileId) -> PlacementKey {
+        certificate_key(subject)
+    }
+
+    fn check(bytes: &[u8], now: UnixSeconds) -> Result<Signed<Self>, Refusal> {
+        check_certificate(bytes, now)?;
+        Signed::from_bytes(bytes).map_err(|e| Refusal::Certificate(e.to_string()))
+    }
+
+    fn subject(&self) -> FileId {
+        self.file_id
+    }
+
+    /// A file id's certificates differ only if its owner signed several; the newest
+    /// wins.
+    fn version(&self) -> u64 {
+        self.created_at
+    }
+
+    fn put_request(certificate: Vec<u8>) -> PastRequest {
+        PastRequest::PutCertificate { certificate }
+    }
+
+    fn get_request(file: FileId) -> PastRequest {
+        PastRequest::GetCertificate { file }
+    }
+
+    fn held_in(answer: PastResponse) -> Result<Option<Vec<u8>>, PastResponse> {
+        match answer {
+            PastResponse::Certificate { certificate } => Ok(certificate),
+            other => Err(other),
+        }
+    }
+}
+
+impl Record for RootRecord {
+    type Subject = VolumeKey;
+    const NAME: &'static str = "root record";
+
+    fn placement_key(subject: &VolumeKey) -> PlacementKey {
+        root_key(subject)
+    }
+
+    fn check(bytes: &[u8], _now: UnixSeconds) -> Result<Signed<Self>, Refusal> {
+        check_root(bytes)
+    }
+
+    fn subject(&self) -> VolumeKey {
+        self.volume
+    }
+
+    fn version(&self) -> u64 {
+        self.sequence
+    }
+
+    fn put_request(record: Vec<u8>) -> PastRequest {
+        PastRequest::PutRoot { record }
+    }
+
+    fn get_request(volume: VolumeKey) -> PastRequest {
+        PastRequest::GetRoot { volume }
+    }
+
+    fn held_in(answer: PastResponse) -> Result<Option<Vec<u8>>, PastResponse> {
+        match answer {
+            PastResponse::Root { record } => Ok(record),
+            other => Err(other),
+        }
+    }
+}
+
+/// A replica's answer that was not the one asked for, or a refusal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaFailure {
+    /// It refused the record.
+    Refused(Refusal),
+    /// It answered with something else.
+    Unexpected(String),
+}
+
+impl fmt::Display for ReplicaFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicaFailure::Refused(refusal) => write!(f, "{refusal}"),
+            ReplicaFailure::Unexpected(what) => write!(f, "unexpected answer {what}"),
+        }
+    }
+}
+
+/// What a successful publish achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Replicas that now hold the record (stored it, or already held the same one).
+    pub replicas: usize,
+    /// Replicas asked.
+    pub asked: usize,
+    /// The version published.
+    pub version: u64,
+}
+
+/// Why a publish failed; `E` is the driver's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError<E> {
+    /// The record itself does not verify: nothing was sent.
+    #[error("the record does not verify: {0}")]
+    Invalid(Refusal),
+    /// A replica holds version `held`, at least the one published (or equal with
+    /// other bytes): this update lost to another writer's, or is a replay.
+    #[error("a replica holds version {held}, so version {offered} was not applied")]
+    Conflict {
+        /// The highest version a replica said it holds.
+        held: u64,
+        /// The version published.
+        offered: u64,
+    },
+    /// Fewer than a majority of the replicas that answered stored it.
+    #[error("only {stored} of the {reached} replicas that answered stored the record")]
+    NotStored {
+        /// Replicas that stored it.
+        stored: usize,
+        /// Replicas that answered.
+        reached: usize,
+        /// What the others said: node and why.
+        failures: Vec<(NodeId, ReplicaFailure)>,
+    },
+    /// No replica could be reached (or none was found): the driver's last failure.
+    #[error("no replica answered: {0}")]
+    Unreached(E),
+    /// The locate found no replica at all.
+    #[error("no node was found near the record's key")]
+    NoReplicas,
+    /// The operation stopped without deciding (a bug, reported rather than hung).
+    #[error("the publish stalled")]
+    Stalled,
+}
+
+/// Publishes a signed record to its replicas (see the module's rules).
+#[derive(Debug)]
+pub struct RecordPublish<R: Record, E> {
+    bytes: Vec<u8>,
+    record: Result<Signed<R>, Refusal>,
+    replicas: u16,
+    ids: AskIds,
+    asked: Vec<(AskId, NodeId)>,
+    answers: usize,
+    stored: usize,
+    reached: usize,
+    held_higher: Option<u64>,
+    failures: Vec<(NodeId, ReplicaFailure)>,
+    last_failure: Option<E>,
+}
+
+impl<R: Record, E> RecordPublish<R, E> {
+    /// Publishes `bytes` (a [`Signed`] record) to the `replicas` nodes closest to its
+    /// key, verified at `now` first.
+    pub fn new(bytes: Vec<u8>, replicas: u16, now: UnixSeconds) -> Self {
+        let record = R::check(&bytes, now);
+        RecordPublish {
+            bytes,
+            record,
+            replicas,
+            ids: AskIds::default(),
+            asked: Vec::new(),
+            answers: 0,
+            stored: 0,
+            reached: 0,
+            held_higher: None,
+            failures: Vec::new(),
+            last_failure: None,
+        }
+    }
+
+    /// What the record is about, if it verified (an invalid record is refused at
+    /// [`Operation::start`] without asking anyone).
+    pub fn subject(&self) -> Option<R::Subject> {
+        self.record
+            .as_ref()
+            .ok()
+            .map(|record| record.body.subject())
+    }
+
+    fn node_of(&self, ask: AskId) -> Option<NodeId> {
+        self.asked.iter().find(|(a, _)| *a == ask).map(|(_, n)| *n)
+    }
+
+    fn decide(&mut self, version: u64) -> Result<Published, PublishError<E>> {
+        if let Some(held) = self.held_higher {
+            return Err(PublishError::Conflict {
+                held,
+                offered: version,
+            });
+        }
+        if self.stored > 0 && self.stored * 2 > self.reached {
+            return Ok(Published {
+                replicas: self.stored,
+                asked: self.asked.len(),
+                version,
+            });
+        }
+        match (self.reached, self.last_failure.take()) {
+            (0, Some(failure)) => Err(PublishError::Unreached(failure)),
+            _ => Err(PublishError::NotStored {
+                stored: self.stored,
+                reached: self.reached,
+                failures: std::mem::take(&mut self.failures),
+            }),
+        }
+    }
+}
+
+impl<R: Record, E> Operation for RecordPublish<R, E> {
+    type Output = Result<Published, PublishError<E>>;
+    type Failure = E;
+
+    fn start(&mut self) -> Progress<Self::Output> {
+        match &self.record {
+            Err(refusal) => Progress::Done(Err(PublishError::Invalid(refusal.clone()))),
+            Ok(record) => Progress::Continue(vec![Command::Locate {
+                key: R::placement_key(&record.body.subject()),
+                count: self.replicas,
+            }]),
+        }
+    }
+
+    fn handle(&mut self, input: Input<E>) -> Progress<Self::Output> {
+        let version = match &self.record {
+            Ok(record) => record.body.version(),
+            Err(refusal) => return Progress::Done(Err(PublishError::Invalid(refusal.clone()))),
+        };
+        match input {
+            Input::Located(Err(failure)) => Progress::Done(Err(PublishError::Unreached(failure))),
+            Input::Located(Ok(nodes)) if nodes.is_empty() => {
+                Progress::Done(Err(PublishError::NoReplicas))
+            }
+            Input::Located(Ok(nodes)) => {
+                let mut commands = Vec::with_capacity(nodes.len());
+                for to in nodes.into_iter().take(usize::from(self.replicas)) {
+                    let ask = self.ids.next_id();
+                    self.asked.push((ask, to.id));
+                    commands.push(Command::Ask {
+                        ask,
+                        to,
+                        request: R::put_request(self.bytes.clone()),
+                    });
+                }
+                Progress::Continue(commands)
+            }
+            Input::Answered(ask, answer) => {
+                let Some(node) = self.node_of(ask) else {
+                    return Progress::Continue(Vec::new());
+                };
+                self.answers += 1;
+                match answer {
+                    Ok(PastResponse::Done) => {
+                        self.stored += 1;
+                        self.reached += 1;
+                    }
+                    Ok(PastResponse::Refused(Refusal::StaleRoot { held_sequence })) => {
+                        self.reached += 1;
+                        self.held_higher = Some(
+                            self.held_higher
+                                .map_or(held_sequence, |h| h.max(held_sequence)),
+                        );
+                    }
+                    Ok(PastResponse::Refused(refusal)) => {
+                        self.reached += 1;
+                        self.failures.push((node, ReplicaFailure::Refused(refusal)));
+                    }
+                    Ok(other) => {
+                        self.reached += 1;
+                        self.failures
+                            .push((node, ReplicaFailure::Unexpected(format!("{other:?}"))));
+                    }
+                    Err(failure) => self.last_failure = Some(failure),
+                }
+                if self.answers < self.asked.len() {
+                    Progress::Continue(Vec::new())
+                } else {
+                    Progress::Done(self.decide(version))
+                }
+            }
+        }
+    }
+
+    fn stalled(&mut self) -> Self::Output {
+        Err(PublishError::Stalled)
+    }
+}
+
+/// What [`RecordFind`] learnt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found<R> {
+    /// The winning record (highest version, valid), if any replica holds one.
+    pub record: Option<Signed<R>>,
+    /// Replicas that answered.
+    pub answered: usize,
+    /// Replicas that answered with nothing or an older version than the winner's
+    /// (maintenance catches them up).
+    pub behind: Vec<NodeId>,
+    /// Replicas that served a record that does not verify or is about another subject.
+    pub forged: Vec<NodeId>,
+    /// Replicas holding another valid record of the winner's version (the owner signed
+    /// two): the smaller bytes win everywhere.
+    pub rivals: Vec<NodeId>,
+}
+
+/// Why a find failed; `E` is the driver's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError<E> {
+    /// No replica answered: the driver's last failure.
+    #[error("no replica answered: {0}")]
+    Unreached(E),
+    /// The locate found no node at all.
+    #[error("no node was found near the record's key")]
+    NoReplicas,
+    /// The operation stopped without deciding (a bug, reported rather than hung).
+    #[error("the find stalled")]
+    Stalled,
+}
+
+/// Finds the highest valid record of a subject (see the module's rules).
+#[derive(Debug)]
+pub struct RecordFind<R: Record, E> {
+    subject: R::Subject,
+    now: UnixSeconds,
+    count: u16,
+    ids: AskIds,
+    asked: Vec<(AskId, NodeId)>,
+    answers: usize,
+    /// Each valid answer: node, version, bytes, record.
+    valid: Vec<(NodeId, u64, Vec<u8>, Signed<R>)>,
+    empty: Vec<NodeId>,
+    forged: Vec<NodeId>,
+    last_failure: Option<E>,
+}
+
+impl<R: Record, E> RecordFind<R, E> {
+    /// Asks the `count` nodes closest to `subject`'s key, verifying at `now`.
+    pub fn new(subject: R::Subject, count: u16, now: UnixSeconds) -> Self {
+        RecordFind {
+            subject,
+            now,
+            count,
+            ids: AskIds::default(),
+            asked: Vec::new(),
+            answers: 0,
+            valid: Vec::new(),
+            empty: Vec::new(),
+            forged: Vec::new(),
+            last_failure: None,
+        }
+    }
+
+    fn decide(&mut self) -> Result<Found<R>, FindError<E>> {
+        let answered = self.valid.len() + self.empty.len() + self.forged.len();
+        if answered == 0 {
+            return Err(match self.last_failure.take() {
+                Some(failure) => FindError::Unreached(failure),
+                None => FindError::NoReplicas,
+            });
+        }
+        // Highest version; among equals the smallest bytes, so every reader agrees.
+        let best = self
+            .valid
+            .iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.2.cmp(&a.2)))
+            .map(|(_, version, bytes, record)| (*version, bytes.clone(), record.clone()));
+        let mut found = Found {
+            record: None,
+            answered,
+            behind: self.empty.clone(),
+            forged: self.forged.clone(),
+            rivals: Vec::new(),
+        };
+        if let Some((version, bytes, record)) = best {
+            for (node, v, b, _) in &self.valid {
+                if *v < version {
+                    found.behind.push(*node);
+                } else if *b != bytes {
+                    found.rivals.push(*node);
+                }
+            }
+            found.record = Some(record);
+        }
+        Ok(found)
+    }
+}
+
+impl<R: Record, E> Operation for RecordFind<R, E> {
+    type Output = Result<Found<R>, FindError<E>>;
+    type Failure = E;
+
+    fn start(&mut self) -> Progress<Self::Output> {
+        Progress::Continue(vec![Command::Locate {
+            key: R::placement_key(&self.subject),
+            count: self.count,
+        }])
+    }
+
+    fn handle(&mut self, input: Input<E>) -> Progress<Self::Output> {
+        match input {
+            Input::Located(Err(failure)) => Progress::Done(Err(FindError::Unreached(failure))),
+            Input::Located(Ok(nodes)) if nodes.is_empty() => {
+                Progress::Done(Err(FindError::NoReplicas))
+            }
+            Input::Located(Ok(nodes)) => {
+                let mut commands = Vec::with_capacity(nodes.len());
+                for to in nodes.into_iter().take(usize::from(self.count)) {
+                    let ask = self.ids.next_id();
+                    self.asked.push((ask, to.id));
+                    commands.push(Command::Ask {
+                        ask,
+                        to,
+                        request: R::get_request(self.subject),
+                    });
+                }
+                Progress::Continue(commands)
+            }
+            Input::Answered(ask, answer) => {
+                let Some(node) = self.asked.iter().find(|(a, _)| *a == ask).map(|(_, n)| *n) else {
+                    return Progress::Continue(Vec::new());
+                };
+                self.answers += 1;
+                match answer.map(R::held_in) {
+                    Ok(Ok(None)) => self.empty.push(node),
+                    Ok(Ok(Some(bytes))) => match R::check(&bytes, self.now) {
+                        Ok(record) if record.body.subject() == self.subject => {
+                            let version = record.body.version();
+                            self.valid.push((node, version, bytes, record));
+                        }
+                        _ => {
+                            tracing::warn!(%node, subject = %self.subject, "a {} that does not verify was served; skipped", R::NAME);
+                            self.forged.push(node);
+                        }
+                    },
+                    // An answer of the wrong kind counts as not answered.
+                    Ok(Err(other)) => {
+                        tracing::debug!(%node, "answered a {} request with {other:?}", R::NAME);
+                    }
+                    Err(failure) => self.last_failure = Some(failure),
+                }
+                if self.answers < self.asked.len() {
+                    Progress::Continue(Vec::new())
+                } else {
+                    Progress::Done(self.decide())
+                }
+            }
+        }
+    }
+
+    fn stalled(&mut self) -> Self::Output {
+        Err(FindError::Stalled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::net::SocketAddr;
+
+    use cairn_core::crypto::KeyPair;
+    use cairn_core::id::Id;
+
+    use super::*;
+    use crate::NodeAddress;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key_pair(seed: u8) -> KeyPair {
+        KeyPair::from_secret_bytes(&[seed; 32])
+    }
+
+    fn node(i: u8) -> NodeAddress {
+        NodeAddress {
+            id: NodeId(Id::hash(&[b'n', i])),
+            addr: SocketAddr::from(([127, 0, 0, 1], 4000 + u16::from(i))),
+        }
+    }
+
+    fn root(key: &KeyPair, sequence: u64, root: &[u8]) -> Vec<u8> {
+        let record = RootRecord {
+            volume: key.public_key().volume_key(),
+            sequence,
+            root: FileId(Id::hash(root)),
+            time: NOW,
+        };
+        Signed::sign(key, record).unwrap().to_bytes().unwrap()
+    }
+
+    /// Starts `op`, answers its locate with `nodes` and returns the asks it made.
+    fn locate<O: Operation>(
+        op: &mut O,
+        nodes: Vec<NodeAddress>,
+    ) -> Vec<(AskId, NodeAddress, PastRequest)> {
+        let Progress::Continue(first) = op.start() else {
+            panic!("done before locating")
+        };
+        assert!(matches!(first.as_slice(), [Command::Locate { .. }]));
+        let Progress::Continue(asks) = op.handle(Input::Located(Ok(nodes))) else {
+            panic!("done before asking")
+        };
+        asks.into_iter()
+            .map(|c| match c {
+                Command::Ask { ask, to, request } => (ask, to, request),
+                other => panic!("expected an ask, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Feeds `answers` in order; returns the output once it is done.
+    fn answer<O: Operation>(
+        op: &mut O,
+        answers: Vec<(AskId, Result<PastResponse, O::Failure>)>,
+    ) -> O::Output {
+        let count = answers.len();
+        for (i, (ask, answer)) in answers.into_iter().enumerate() {
+            match op.handle(Input::Answered(ask, answer)) {
+                Progress::Done(output) => {
+                    assert_eq!(i + 1, count, "decided before every replica answered");
+                    return output;
+                }
+                Progress::Continue(more) => assert!(more.is_empty()),
+            }
+        }
+        op.stalled()
+    }
+
+    #[test]
+    fn a_publish_asks_every_replica_and_needs_a_majority_of_those_that_answered() {
+        let volume = key_pair(1);
+        let record = root(&volume, 3, b"a");
+        let mut op = RecordPublish::<RootRecord, &str>::new(record.clone(), 4, NOW);
+        let asks = locate(&mut op, (0..4).map(node).collect());
+        assert_eq!(asks.len(), 4);
+        assert!(asks.iter().all(|(_, _, r)| *r
+            == PastRequest::PutRoot {
+                record: record.clone()
+            }));
+        // Two stored, one unreachable, one refused: 2 of 3 answering is a majority.
+        let out = answer(
+            &mut op,
+            vec![
+                (asks[0].0, Ok(PastResponse::Done)),
+                (asks[1].0, Err("unreachable")),
+                (
+                    asks[2].0,
+                    Ok(PastResponse::Refused(Refusal::Store("disk".into()))),
+                ),
+                (asks[3].0, Ok(PastResponse::Done)),
+            ],
+        );
+        assert_eq!(
+            out.unwrap(),
+            Published {
+                replicas: 2,
+                asked: 4,
+                version: 3
+            }
+        );
+
+        // One of three answering is not.
+        let mut op = RecordPublish::<RootRecord, &str>::new(record, 3, NOW);
+        let asks = locate(&mut op, (0..3).map(node).collect());
+        let out = answer(
+            &mut op,
+            vec![
+                (asks[0].0, Ok(PastResponse::Done)),
+                (asks[1].0, Ok(PastResponse::Refused(Refusal::DiskFull))),
+                (asks[2].0, Ok(PastResponse::NotFound)),
+            ],
+        );
+        match out {
+            Err(PublishError::NotStored {
+                stored: 1,
+                reached: 3,
+                failures,
+            }) => {
+                assert_eq!(failures.len(), 2);
+                assert_eq!(
+                    failures[0],
+                    (node(1).id, ReplicaFailure::Refused(Refusal::DiskFull))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stale_replica_makes_the_publish_a_conflict_even_when_others_took_it() {
+        let volume = key_pair(2);
+        let mut op = RecordPublish::<RootRecord, &str>::new(root(&volume, 5, b"mine"), 3, NOW);
+        let asks = locate(&mut op, (0..3).map(node).collect());
+        let out = answer(
+            &mut op,
+            vec![
+                (asks[0].0, Ok(PastResponse::Done)),
+                (
+                    asks[1].0,
+                    Ok(PastResponse::Refused(Refusal::StaleRoot {
+                        held_sequence: 7,
+                    })),
+                ),
+                (
+                    asks[2].0,
+                    Ok(PastResponse::Refused(Refusal::StaleRoot {
+                        held_sequence: 6,
+                    })),
+                ),
+            ],
+        );
+        assert!(
+            matches!(
+                out,
+                Err(PublishError::Conflict {
+                    held: 7,
+                    offered: 5
+                })
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_forged_record_is_never_sent_and_an_unreachable_network_is_reported() {
+        let volume = key_pair(3);
+        let mut forged = root(&volume, 1, b"x");
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let mut op = RecordPublish::<RootRecord, &str>::new(forged, 4, NOW);
+        assert!(matches!(
+            op.start(),
+            Progress::Done(Err(PublishError::Invalid(_)))
+        ));
+
+        let mut op = RecordPublish::<RootRecord, &str>::new(root(&volume, 1, b"x"), 2, NOW);
+        let asks = locate(&mut op, (0..2).map(node).collect());
+        let out = answer(
+            &mut op,
+            vec![(asks[0].0, Err("down")), (asks[1].0, Err("gone"))],
+        );
+        assert!(
+            matches!(out, Err(PublishError::Unreached("gone"))),
+            "{out:?}"
+        );
+
+        let mut op = RecordPublish::<RootRecord, &str>::new(root(&volume, 1, b"x"), 2, NOW);
+        let _ = op.start();
+        assert!(matches!(
+            op.handle(Input::Located(Ok(Vec::new()))),
+            Progress::Done(Err(PublishError::NoReplicas))
+        ));
+    }
+
+    #[test]
+    fn a_find_takes_the_highest_valid_record_and_names_stale_forged_and_rival_replicas() {
+        let volume = key_pair(4);
+        let subject = volume.public_key().volume_key();
+        let old = root(&volume, 2, b"old");
+        let new = root(&volume, 4, b"new");
+        let rival = root(&volume, 4, b"rival");
+        let mut forged = root(&volume, 9, b"forged");
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let other_volume = root(&key_pair(5), 10, b"elsewhere");
+        let winner = new.clone().min(rival.clone());
+        let loser = new.clone().max(rival.clone());
+
+        let mut op = RecordFind::<RootRecord, &str>::new(subject, 7, NOW);
+        let asks = locate(&mut op, (0..7).map(node).collect());
+        assert!(
+            asks.iter()
+                .all(|(_, _, r)| *r == PastRequest::GetRoot { volume: subject })
+        );
+        let held = |record: Option<Vec<u8>>| Ok(PastResponse::Root { record });
+        let out = answer(
+            &mut op,
+            vec![
+                (asks[0].0, held(Some(old))),
+                (asks[1].0, held(Some(winner.clone()))),
+                (asks[2].0, held(Some(forged))),
+                (asks[3].0, held(Some(loser))),
+                (asks[4].0, held(None)),
+                (asks[5].0, held(Some(other_volume))),
+                (asks[6].0, Err("unreachable")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.record.unwrap().to_bytes().unwrap(), winner);
+        assert_eq!(out.answered, 6);
+        assert_eq!(out.behind, vec![node(4).id, node(0).id]);
+        assert_eq!(out.forged, vec![node(2).id, node(5).id]);
+        assert_eq!(out.rivals, vec![node(3).id]);
+    }
+
+    #[test]
+    fn a_find_that_reaches_nobody_fails_and_one_that_finds_nothing_does_not() {
+        let subject = key_pair(6).public_key().volume_key();
+        let mut op = RecordFind::<RootRecord, &str>::new(subject, 2, NOW);
+        let asks = locate(&mut op, (0..2).map(node).collect());
+        let out = answer(&mut op, vec![(asks[0].0, Err("a")), (asks[1].0, Err("b"))]);
+        assert!(matches!(out, Err(FindError::Unreached("b"))));
+
+        let mut op = RecordFind::<RootRecord, &str>::new(subject, 2, NOW);
+        let asks = locate(&mut op, (0..2).map(node).collect());
+        let out = answer(
+            &mut op,
+            vec![
+                (asks[0].0, Ok(PastResponse::Root { record: None })),
+                (asks[1].0, Err("b")),
+            ],
+        )
+        .unwrap();
+        assert!(out.record.is_none());
+        assert_eq!(out.behind, vec![node(0).id]);
+    }
+
+    #[test]
+    fn certificates_follow_the_same_rules() {
+        let owner = key_pair(7);
+        let certificate = |created_at: u64| {
+            let body = FileCertificate {
+                file_id: FileId::derive(b"f", &owner.public_key().0, 0),
+                name_digest: Id::hash(b"f"),
+                name_salt: 0,
+                manifest_hash: cairn_core::id::ManifestHash(Id::hash(b"m")),
+                manifest_salt: 0,
+                manifest_fragments: Vec::new(),
+                size: 1,
+                k: 4,
+                m: 2,
+                created_at,
+                expires_at: None,
+                owner: owner.public_key(),
+            };
+            (
+                body.file_id,
+                Signed::sign(&owner, body).unwrap().to_bytes().unwrap(),
+            )
+        };
+        let (file, older) = certificate(NOW - 10);
+        let (_, newer) = certificate(NOW - 5);
+        let mut op = RecordPublish::<FileCertificate, &str>::new(newer.clone(), 2, NOW);
+        let asks = locate(&mut op, (0..2).map(node).collect());
+        assert_eq!(
+            asks[0].2,
+            PastRequest::PutCertificate {
+                certificate: newer.clone()
+            }
+        );
+        let out = answer(
+            &mut op,
+            vec![
+                (asks[0].0, Ok(PastResponse::Done)),
+                (asks[1].0, Ok(PastResponse::Done)),
+            ],
+        );
+        assert_eq!(out.unwrap().replicas, 2);
+
+        let mut op = RecordFind::<FileCertificate, &str>::new(file, 3, NOW);
+        let asks = locate(&mut op, (0..3).map(node).collect());
+        assert_eq!(asks[0].2, PastRequest::GetCertificate { file });
+        let held = |certificate: Option<Vec<u8>>| Ok(PastResponse::Certificate { certificate });
+        let out = answer(
+            &mut op,
+            vec![
+                (asks[0].0, held(Some(older))),
+                (asks[1].0, held(Some(newer.clone()))),
+                // A root answer to a certificate request is not an answer.
+                (asks[2].0, Ok(PastResponse::Root { record: None })),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.record.unwrap().to_bytes().unwrap(), newer);
+        assert_eq!(out.answered, 2);
+        assert_eq!(out.behind, vec![node(0).id]);
+    }
+}

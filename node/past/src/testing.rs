@@ -1,0 +1,232 @@
+//! A network of [`Holder`]s in one test: every PAST operation driven through the same
+//! answers real nodes give, synchronously, with no socket and no clock.
+//!
+//! Owns: [`TestNet`] (nodes, each honest, down, or lying in one way) and [`run`]
+//! (drives an [`Operation`] to its decision, first command first).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cairn_core::crypto::{KeyPair, Signed, StoreReceipt, UploadGrant};
+use cairn_core::erasure::fragment_hash;
+use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey};
+use cairn_store::MemoryStore;
+
+use crate::answer::Answer;
+use crate::divert::ReplicaDiversion;
+use crate::insert::OwnedFragments;
+use crate::operation::{Command, Input, Operation, Progress};
+use crate::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, closest};
+
+/// The time every test node lives at.
+pub const NOW: u64 = 1_800_000_000;
+
+/// How a test node behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answers as the real holder does.
+    Honest,
+    /// Gone, and known to be: locates leave it out, and it never answers.
+    Down,
+    /// Crashed a moment ago: locates still name it (nobody noticed yet), but it never
+    /// answers.
+    Silent,
+    /// Signs receipts for index 0 whatever it was asked to store.
+    ForgesReceipts,
+}
+
+/// One test node.
+pub struct TestNode {
+    /// Its id and a made-up address.
+    pub address: NodeAddress,
+    /// Its holder over an in-memory store.
+    pub holder: Holder<MemoryStore>,
+    /// How it behaves.
+    pub behaviour: Behaviour,
+    key: Arc<KeyPair>,
+}
+
+/// A network of test nodes.
+pub struct TestNet {
+    /// The nodes, in the order made.
+    pub nodes: Vec<TestNode>,
+}
+
+impl TestNet {
+    /// `capacities.len()` honest nodes with these capacities.
+    pub fn new(capacities: &[u64]) -> TestNet {
+        let nodes = capacities
+            .iter()
+            .enumerate()
+            .map(|(i, capacity)| {
+                let seed = u8::try_from(i + 1).unwrap_or(u8::MAX);
+                let key = Arc::new(KeyPair::from_secret_bytes(&[seed; 32]));
+                let id = key.public_key().node_id();
+                let port = 4000 + u16::from(seed);
+                TestNode {
+                    address: NodeAddress {
+                        id,
+                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    },
+                    holder: Holder::new(
+                        MemoryStore::new(*capacity),
+                        Arc::clone(&key),
+                        PastConfig::default(),
+                    ),
+                    behaviour: Behaviour::Honest,
+                    key,
+                }
+            })
+            .collect();
+        TestNet { nodes }
+    }
+
+    /// The node with this id.
+    pub fn node(&self, id: &NodeId) -> &TestNode {
+        self.nodes
+            .iter()
+            .find(|n| n.address.id == *id)
+            .unwrap_or_else(|| panic!("no test node {id:?}"))
+    }
+
+    /// Sets how the node with this id behaves.
+    pub fn set(&mut self, id: &NodeId, behaviour: Behaviour) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.address.id == *id) {
+            node.behaviour = behaviour;
+        }
+    }
+
+    fn address_of(&self, id: &NodeId) -> Option<NodeAddress> {
+        self.nodes
+            .iter()
+            .find(|n| n.address.id == *id)
+            .map(|n| n.address)
+    }
+
+    /// The `count` live nodes closest to `key`, closest first: what a locate answers.
+    pub fn closest(&self, key: &Id, count: usize) -> Vec<NodeAddress> {
+        let live = self
+            .nodes
+            .iter()
+            .filter(|n| n.behaviour != Behaviour::Down)
+            .map(|n| n.address.id);
+        closest(key, live, count)
+            .iter()
+            .filter_map(|id| self.address_of(id))
+            .collect()
+    }
+
+    /// `to`'s answer to `request`.
+    pub fn ask(&self, to: &NodeAddress, request: PastRequest) -> Result<PastResponse, String> {
+        let node = self.node(&to.id);
+        match node.behaviour {
+            Behaviour::Down | Behaviour::Silent => {
+                return Err(format!("node {:?} does not answer", to.id));
+            }
+            Behaviour::ForgesReceipts => {
+                if let PastRequest::Store(store) = &request {
+                    let receipt = StoreReceipt {
+                        node: to.id,
+                        file_id: FileId(Id::hash(&store.grant)),
+                        placement_key: store.key,
+                        index: 0,
+                        fragment_hash: store.hash,
+                        stored_at: NOW,
+                    };
+                    let receipt = Signed::sign(&node.key, receipt)
+                        .and_then(|s| s.to_bytes())
+                        .map_err(|e| e.to_string())?;
+                    return Ok(PastResponse::Stored {
+                        receipt,
+                        diverted_to: None,
+                    });
+                }
+            }
+            Behaviour::Honest => {}
+        }
+        match node.holder.answer(request, NOW, |id| self.address_of(id)) {
+            Answer::Reply(response) => Ok(response),
+            Answer::Divert {
+                request,
+                size,
+                free,
+            } => {
+                // The diverting node's view: every live node, ranked around the key.
+                let n = usize::from(request.replicas);
+                let ranked = self.closest(&request.key.0, usize::MAX);
+                let backup = ranked.get(n).copied().filter(|b| b.id != to.id);
+                let candidates = ranked
+                    .into_iter()
+                    .skip(n)
+                    .filter(|c| c.id != to.id)
+                    .collect();
+                let (key, index) = (request.key, request.index);
+                let diversion = ReplicaDiversion::new(request, size, free, candidates, backup);
+                Ok(match run(self, diversion) {
+                    Ok(diverted) => {
+                        let _ = node.holder.put_pointer(&key, index, &diverted.to.id);
+                        PastResponse::Stored {
+                            receipt: diverted.receipt,
+                            diverted_to: Some(diverted.to),
+                        }
+                    }
+                    Err(refusal) => PastResponse::Refused(refusal),
+                })
+            }
+            Answer::Elsewhere(other) => Err(format!("the test net does not carry out {other:?}")),
+        }
+    }
+}
+
+/// Drives `op` over `net`: each command is carried out in the order issued, and its
+/// answer fed back at once.
+pub fn run<O: Operation<Failure = String>>(net: &TestNet, mut op: O) -> O::Output {
+    let mut queue = VecDeque::new();
+    let mut progress = op.start();
+    // Bounded: an operation that never decides is a failing test, not a hang.
+    for _ in 0..10_000 {
+        match progress {
+            Progress::Done(output) => return output,
+            Progress::Continue(commands) => queue.extend(commands),
+        }
+        let Some(command) = queue.pop_front() else {
+            return op.stalled();
+        };
+        progress = op.handle(match command {
+            Command::Locate { key, count } => {
+                Input::Located(Ok(net.closest(&key.0, usize::from(count))))
+            }
+            Command::Ask { ask, to, request } => Input::Answered(ask, net.ask(&to, request)),
+        });
+    }
+    panic!("the operation issued more than 10,000 commands")
+}
+
+/// An owner's signed upload grant for `name`, valid at [`NOW`], and its file id.
+pub fn grant(owner: &KeyPair, name: &[u8]) -> (FileId, Arc<Vec<u8>>) {
+    let body = UploadGrant::new(name, 0, owner.public_key(), NOW - 1, 3600);
+    let file = body.file_id;
+    let bytes = Signed::sign(owner, body)
+        .and_then(|s| s.to_bytes())
+        .unwrap_or_default();
+    (file, Arc::new(bytes))
+}
+
+/// `n` fragments of `len` bytes each, distinct per index.
+pub fn fragments(n: u16, len: usize) -> OwnedFragments {
+    Arc::new(
+        (0..n)
+            .map(|index| {
+                let bytes = vec![(index as u8).wrapping_mul(37) ^ 0x5a; len];
+                let hash: FragmentHash = fragment_hash(index, &bytes);
+                (index, hash, bytes)
+            })
+            .collect(),
+    )
+}
+
+/// A placement key from a small number.
+pub fn key(n: u8) -> PlacementKey {
+    PlacementKey(Id::hash(&[b'k', n]))
+}
