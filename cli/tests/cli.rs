@@ -232,6 +232,12 @@ fn a_minute_of_churn_on_sixteen_node_processes_loses_no_file() {
         final_min_live.is_some_and(|live| live >= k),
         "a block ended with fewer than k live fragments: {report}"
     );
+    // Lost blocks are named: none here, since every file read and no block ended below k.
+    let lost = report["lost_blocks"].as_array();
+    assert!(
+        lost.is_some_and(Vec::is_empty),
+        "lost_blocks should be an empty array: {report}"
+    );
     if report["time_to_full_redundancy_s"].is_null() {
         eprintln!("full redundancy did not come back within the repair timeout: {report}");
     }

@@ -6,6 +6,12 @@
 //! killed (a reader needs a gateway; the question is whether the data outlives the
 //! other nodes). Every node serves its own API on an ephemeral loopback port, which is
 //! how its counters (repair bytes) are read.
+//!
+//! Redundancy is sampled per block through the gateway's stat (the API's
+//! `FileStatAnswer`, what `cairn stat` prints) from the start of the churn until the end
+//! of the repair wait. A [`Tracker`] follows every block across the samples, without
+//! I/O, so that the report can say which blocks were lost, when and after how long a
+//! repair had been pending.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cairn_api::FileStatAnswer;
 use cairn_api::client::ApiClient;
 use cairn_core::crypto::KeyPair;
 use cairn_core::erasure::ErasureParams;
-use cairn_core::id::FileId;
+use cairn_core::id::{FileId, Reference};
 use cairn_core::rng::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -94,39 +101,307 @@ struct Read {
     millis: f64,
 }
 
-/// One sample of the network's redundancy.
-#[derive(Clone, Copy)]
+/// One sample of the network's redundancy. A block of a file whose stat failed in
+/// this sample counts as having no live fragment (unknown is not counted as safe).
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Redundancy {
     at: f64,
     /// Mean over blocks of live fragments / n.
     mean_live: f64,
     /// The fewest live fragments of any block.
     min_live: usize,
+    /// Blocks with fewer than k live fragments, or of a file whose stat failed.
+    below_k: usize,
+    /// Files whose stat failed.
+    stat_failures: usize,
     live_nodes: usize,
+}
+
+/// What the samples saw of one block.
+#[derive(Clone, Debug)]
+struct BlockTrack {
+    /// `"manifest"` or the block's position, as the stat names it.
+    name: String,
+    /// Its placement key, once a stat has shown it.
+    key: Option<String>,
+    /// Live fragments in the latest sample (`None`: the file's stat failed then).
+    live: Option<usize>,
+    /// The latest sample in which it had at least k live fragments: (time, live).
+    last_readable: Option<(f64, usize)>,
+    /// The first of the samples, up to the latest, in which it had fewer than k live
+    /// fragments (or its file's stat failed).
+    below_k_since: Option<f64>,
+    /// The first of the samples, up to the latest, in which it had fewer than n.
+    below_n_since: Option<f64>,
+}
+
+impl BlockTrack {
+    fn new(name: String) -> BlockTrack {
+        BlockTrack {
+            name,
+            key: None,
+            live: None,
+            last_readable: None,
+            below_k_since: None,
+            below_n_since: None,
+        }
+    }
+}
+
+/// What the samples saw of one file.
+#[derive(Clone, Debug)]
+struct FileTrack {
+    file: FileId,
+    /// The manifest block first, then the data blocks.
+    blocks: Vec<BlockTrack>,
+    /// Why the latest stat failed (`None`: it succeeded).
+    stat_error: Option<String>,
+}
+
+/// Follows every block of every file across redundancy samples. It does no I/O: the
+/// bench stats the files and hands the answers to [`Tracker::observe`].
+struct Tracker {
+    files: Vec<FileTrack>,
+    k: usize,
+    n: usize,
+}
+
+/// A block below k live fragments at the last sample, or a file that did not read at
+/// the end: an entry of `lost_blocks`.
+#[derive(Clone, Debug, PartialEq)]
+struct LostBlock {
+    file: FileId,
+    /// `None` for a file that did not read although no block was below k.
+    block: Option<String>,
+    key: Option<String>,
+    /// Live fragments at the last sample (`None`: the stat failed).
+    live: Option<usize>,
+    /// The last sample at which it was still readable: (time, live fragments).
+    last_readable: Option<(f64, usize)>,
+    /// The first sample below k, of the run that lasted to the end.
+    lost_at: Option<f64>,
+    /// The first sample below n, of the run that lasted to the end.
+    degraded_at: Option<f64>,
+    /// Whether the file read and verified at the end.
+    readable: bool,
+    why: String,
+}
+
+impl Tracker {
+    /// `files`: each file with its count of data blocks (the put's answer); the
+    /// manifest block comes first, as in the stat.
+    fn new(files: &[(FileId, u64)], k: usize, n: usize) -> Tracker {
+        let files = files
+            .iter()
+            .map(|&(file, data_blocks)| FileTrack {
+                file,
+                blocks: std::iter::once("manifest".to_string())
+                    .chain((0..data_blocks).map(|b| b.to_string()))
+                    .map(BlockTrack::new)
+                    .collect(),
+                stat_error: None,
+            })
+            .collect();
+        Tracker { files, k, n }
+    }
+
+    /// Takes one sample: `stats[i]` is the stat of file `i` (or why it failed).
+    fn observe(
+        &mut self,
+        at: f64,
+        live_nodes: usize,
+        stats: Vec<Result<FileStatAnswer, String>>,
+    ) -> Redundancy {
+        let (k, n) = (self.k, self.n);
+        let (mut sum, mut count, mut min, mut below_k) = (0.0, 0usize, usize::MAX, 0usize);
+        let mut stat_failures = 0;
+        for (track, stat) in self.files.iter_mut().zip(stats) {
+            for block in &mut track.blocks {
+                block.live = None;
+            }
+            match stat {
+                Ok(stat) => {
+                    track.stat_error = None;
+                    for answer in stat.blocks {
+                        let index = match track.blocks.iter().position(|b| b.name == answer.block) {
+                            Some(index) => index,
+                            None => {
+                                track.blocks.push(BlockTrack::new(answer.block.clone()));
+                                track.blocks.len() - 1
+                            }
+                        };
+                        let block = &mut track.blocks[index];
+                        block.key = Some(answer.key);
+                        block.live = Some(answer.live);
+                    }
+                }
+                Err(error) => {
+                    track.stat_error = Some(error);
+                    stat_failures += 1;
+                }
+            }
+            for block in &mut track.blocks {
+                match block.live {
+                    Some(live) if live >= k => {
+                        block.last_readable = Some((at, live));
+                        block.below_k_since = None;
+                    }
+                    _ => {
+                        block.below_k_since.get_or_insert(at);
+                        below_k += 1;
+                    }
+                }
+                match block.live {
+                    Some(live) if live >= n => block.below_n_since = None,
+                    _ => {
+                        block.below_n_since.get_or_insert(at);
+                    }
+                }
+                let live = block.live.unwrap_or(0);
+                sum += live as f64 / n as f64;
+                count += 1;
+                min = min.min(live);
+            }
+        }
+        Redundancy {
+            at,
+            mean_live: if count > 0 { sum / count as f64 } else { 0.0 },
+            min_live: if count > 0 { min } else { 0 },
+            below_k,
+            stat_failures,
+            live_nodes,
+        }
+    }
+
+    /// Blocks below k at the last sample, and files that did not read at the end
+    /// (`reads[i]`: the final read of file `i`).
+    fn lost(&self, reads: &[Result<(), String>]) -> Vec<LostBlock> {
+        let mut lost = Vec::new();
+        for (track, read) in self.files.iter().zip(reads) {
+            let before = lost.len();
+            for block in &track.blocks {
+                let why = match (block.live, &track.stat_error) {
+                    (Some(live), _) if live >= self.k => continue,
+                    (Some(live), _) => {
+                        format!("{live} of {} fragments live, {} needed", self.n, self.k)
+                    }
+                    (None, Some(error)) => format!("the file's stat failed: {error}"),
+                    (None, None) => "the stat did not list this block".to_string(),
+                };
+                lost.push(LostBlock {
+                    file: track.file,
+                    block: Some(block.name.clone()),
+                    key: block.key.clone(),
+                    live: block.live,
+                    last_readable: block.last_readable,
+                    lost_at: block.below_k_since,
+                    degraded_at: block.below_n_since,
+                    readable: read.is_ok(),
+                    why,
+                });
+            }
+            if let Err(error) = read
+                && lost.len() == before
+            {
+                lost.push(LostBlock {
+                    file: track.file,
+                    block: None,
+                    key: None,
+                    live: None,
+                    last_readable: None,
+                    lost_at: None,
+                    degraded_at: None,
+                    readable: false,
+                    why: format!("the read failed with every block at k or more: {error}"),
+                });
+            }
+        }
+        lost
+    }
+}
+
+/// Seconds to one decimal, as the report prints times.
+fn tenths(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
+}
+
+impl LostBlock {
+    /// How long a repair had been pending when the block fell below k.
+    fn repair_pending(&self) -> Option<f64> {
+        Some(self.lost_at? - self.degraded_at?)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "file": Reference::File(self.file).to_string(),
+            "block": self.block,
+            "key": self.key,
+            "live": self.live,
+            "last_readable_live": self.last_readable.map(|(_, live)| live),
+            "last_readable_at_s": self.last_readable.map(|(at, _)| tenths(at)),
+            "lost_at_s": self.lost_at.map(tenths),
+            "degraded_at_s": self.degraded_at.map(tenths),
+            "repair_pending_s": self.repair_pending().map(tenths),
+            "readable": self.readable,
+            "why": self.why,
+        })
+    }
+
+    /// One line for a person.
+    fn line(&self) -> String {
+        let block = self.block.as_deref().unwrap_or("?");
+        let key = self
+            .key
+            .as_deref()
+            .map_or("?", |key| key.get(..8).unwrap_or(key));
+        let mut line = format!(
+            "lost: {:?} block {block} (key {key}…): {}",
+            self.file, self.why
+        );
+        match self.last_readable {
+            Some((at, live)) => line.push_str(&format!("; last readable at {at:.1} s with {live}")),
+            None => line.push_str("; never seen readable"),
+        }
+        if let Some(at) = self.lost_at {
+            line.push_str(&format!(", below k from {at:.1} s"));
+        }
+        if let (Some(at), Some(pending)) = (self.degraded_at, self.repair_pending()) {
+            line.push_str(&format!(
+                ", below n from {at:.1} s ({pending:.1} s of pending repair)"
+            ));
+        }
+        line.push_str(if self.readable {
+            "; the file still read at the end"
+        } else {
+            "; the file did not read at the end"
+        });
+        line
+    }
 }
 
 fn exponential(rng: &mut Rng, mean: f64) -> f64 {
     -mean * (1.0 - rng.unit()).max(1e-12).ln()
 }
 
-fn read_and_verify(client: &ApiClient, file: &FileId, digest: &[u8; 32]) -> bool {
+fn read_and_verify(client: &ApiClient, file: &FileId, digest: &[u8; 32]) -> Result<(), String> {
     let mut hasher = HashingWriter::default();
-    client.get(file, &mut hasher).is_ok() && &hasher.finish() == digest
+    client.get(file, &mut hasher).map_err(|e| e.to_string())?;
+    if &hasher.finish() == digest {
+        Ok(())
+    } else {
+        Err("the bytes read differ from those stored".to_string())
+    }
 }
 
-/// Live fragments per block of every file, via the gateway's stat (`None` if a stat
-/// failed: counted as not yet known).
-fn redundancy(client: &ApiClient, files: &[(FileId, [u8; 32])], n: usize) -> Option<(f64, usize)> {
-    let (mut sum, mut count, mut min) = (0.0, 0usize, usize::MAX);
-    for (file, _) in files {
-        let stat = client.stat(file).ok()?;
-        for block in &stat.blocks {
-            sum += block.live as f64 / n as f64;
-            count += 1;
-            min = min.min(block.live);
-        }
-    }
-    (count > 0).then(|| (sum / count as f64, min))
+/// The gateway's stat of every file; one failure does not stop the others.
+fn stat_all(
+    client: &ApiClient,
+    files: &[(FileId, [u8; 32])],
+) -> Vec<Result<FileStatAnswer, String>> {
+    files
+        .iter()
+        .map(|(file, _)| client.stat(file).map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// The sum of every `cairn_repair*bytes*` counter a node exposes.
@@ -203,6 +478,7 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     ));
     let owner = KeyPair::generate();
     let mut files: Vec<(FileId, [u8; 32])> = Vec::new();
+    let mut layout: Vec<(FileId, u64)> = Vec::new();
     for i in 0..args.files {
         let data = Rng::new(args.seed ^ (i as u64 + 1) << 20).bytes(args.size as usize);
         let digest: [u8; 32] = Sha256::digest(&data).into();
@@ -221,7 +497,9 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             bail!("a put returned a volume reference");
         };
         files.push((file, digest));
+        layout.push((file, outcome.stored.blocks));
     }
+    let mut tracker = Tracker::new(&layout, usize::from(args.k), n);
     let files = Arc::new(files);
     let stored_bytes = args.files as f64 * args.size as f64 * n as f64 / f64::from(args.k);
 
@@ -239,7 +517,7 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
                     let (file, digest) = &files[rng.below(files.len() as u64) as usize];
                     let began = Instant::now();
-                    let ok = read_and_verify(&client, file, digest);
+                    let ok = read_and_verify(&client, file, digest).is_ok();
                     let record = Read {
                         at: start.elapsed().as_secs_f64(),
                         ok,
@@ -279,8 +557,13 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
             }
         }
     };
-    while start.elapsed().as_secs_f64() < duration {
+    // 100 ms a tick: the count bounds the loop should the clock misbehave.
+    let max_ticks = args.duration.saturating_mul(10).saturating_add(1);
+    for _ in 0..max_ticks {
         let now = start.elapsed().as_secs_f64();
+        if now >= duration {
+            break;
+        }
         for i in 0..nodes.len() {
             if let Some((back_at, data, listen)) = downtime[i].clone()
                 && now >= back_at
@@ -327,14 +610,8 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         }
         if now - last_sample >= 5.0 {
             last_sample = now;
-            if let Some((mean_live, min_live)) = redundancy(&gateway.api, &files, n) {
-                samples.push(Redundancy {
-                    at: now,
-                    mean_live,
-                    min_live,
-                    live_nodes: live(&nodes),
-                });
-            }
+            let stats = stat_all(&gateway.api, &files);
+            samples.push(tracker.observe(now, live(&nodes), stats));
             scrape(&nodes, &mut repair_seen, &mut repair_total);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -359,26 +636,30 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
     say("churn stopped; waiting for full redundancy".to_string());
     let churn_end = Instant::now();
     let mut time_to_full = None;
-    while churn_end.elapsed() < Duration::from_secs(args.repair_timeout) {
-        if let Some((mean_live, min_live)) = redundancy(&gateway.api, &files, n) {
-            samples.push(Redundancy {
-                at: start.elapsed().as_secs_f64(),
-                mean_live,
-                min_live,
-                live_nodes: live(&nodes),
-            });
-            if min_live >= n {
-                time_to_full = Some(churn_end.elapsed().as_secs_f64());
-                break;
-            }
+    // A sample every 2 s at most: the count bounds the loop as the deadline does.
+    for _ in 0..=args.repair_timeout / 2 {
+        if churn_end.elapsed() >= Duration::from_secs(args.repair_timeout) {
+            break;
+        }
+        let stats = stat_all(&gateway.api, &files);
+        let sample = tracker.observe(start.elapsed().as_secs_f64(), live(&nodes), stats);
+        samples.push(sample);
+        if sample.stat_failures == 0 && sample.min_live >= n {
+            time_to_full = Some(churn_end.elapsed().as_secs_f64());
+            break;
         }
         std::thread::sleep(Duration::from_secs(2));
     }
     scrape(&nodes, &mut repair_seen, &mut repair_total);
-    let readable = files
+    let final_reads: Vec<Result<(), String>> = files
         .iter()
-        .filter(|(file, digest)| read_and_verify(&gateway.api, file, digest))
-        .count();
+        .map(|(file, digest)| read_and_verify(&gateway.api, file, digest))
+        .collect();
+    let readable = final_reads.iter().filter(|r| r.is_ok()).count();
+    let lost = tracker.lost(&final_reads);
+    for block in &lost {
+        eprintln!("{}", block.line());
+    }
 
     let reads = reads.lock().map(|r| r.clone()).unwrap_or_default();
     let ok = reads.iter().filter(|r| r.ok).count();
@@ -397,10 +678,15 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         "p99_ms": percentile(&latencies, 99.0),
         "repair_bytes_per_stored_byte": repair_total as f64 / stored_bytes.max(1.0),
         "time_to_full_redundancy_s": time_to_full,
-        // The last redundancy sample: when full redundancy never came back, how far
-        // it was (or null: no stat of every file succeeded at the end).
+        // The last redundancy sample, taken at the end of the repair wait: when full
+        // redundancy never came back, how far it was. A block of a file whose stat
+        // failed counts as 0 live fragments (`final_stat_failures` says how many).
+        "final_sample_s": samples.last().map(|s| tenths(s.at)),
         "final_min_live": samples.last().map(|s| s.min_live),
         "final_mean_live": samples.last().map(|s| s.mean_live),
+        "final_blocks_below_k": samples.last().map(|s| s.below_k),
+        "final_stat_failures": samples.last().map(|s| s.stat_failures),
+        "lost_blocks": lost.iter().map(LostBlock::to_json).collect::<Vec<_>>(),
         "reads": reads.len(),
         "failed_reads": reads.len() - ok,
         "kills": kills,
@@ -419,7 +705,7 @@ pub(super) fn churn(args: ChurnArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     if let Some(out) = &args.out {
-        write_report(out, &args, &report, &reads, &samples)?;
+        write_report(out, &args, &report, &reads, &samples, &lost)?;
     }
     Ok(())
 }
@@ -431,6 +717,7 @@ fn write_report(
     report: &serde_json::Value,
     reads: &[Read],
     samples: &[Redundancy],
+    lost: &[LostBlock],
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut csv = String::from("t_s,ok,ms\n");
@@ -438,21 +725,29 @@ fn write_report(
         csv.push_str(&format!("{:.3},{},{:.1}\n", r.at, u8::from(r.ok), r.millis));
     }
     std::fs::write(out.join("reads.csv"), csv)?;
-    let mut csv = String::from("t_s,mean_live_fraction,min_live,live_nodes\n");
+    let mut csv =
+        String::from("t_s,mean_live_fraction,min_live,blocks_below_k,stat_failures,live_nodes\n");
     for s in samples {
         csv.push_str(&format!(
-            "{:.1},{:.4},{},{}\n",
-            s.at, s.mean_live, s.min_live, s.live_nodes
+            "{:.1},{:.4},{},{},{},{}\n",
+            s.at, s.mean_live, s.min_live, s.below_k, s.stat_failures, s.live_nodes
         ));
     }
     std::fs::write(out.join("redundancy.csv"), csv)?;
     std::fs::write(out.join("churn.svg"), churn_chart(args, reads, samples))?;
+    let lost_section = if lost.is_empty() {
+        "No block was below k live fragments at the end, and every file read.\n".to_string()
+    } else {
+        let lines: Vec<String> = lost.iter().map(|b| format!("- {}\n", b.line())).collect();
+        format!("## Lost blocks\n\n{}", lines.concat())
+    };
     let markdown = format!(
         "# cairn bench churn\n\n`cairn bench churn --nodes {} --files {} --size {} --duration {} \
          --mean-session {} --mode {:?} --readers {} --seed {} -k {} -m {}`\n\n```json\n{}\n```\n\n\
          ![availability and redundancy over time](churn.svg)\n\n\
          Raw series: `reads.csv` (every read: time, success, latency) and `redundancy.csv` \
-         (mean live-fragment fraction, fewest live fragments of any block, live nodes).\n",
+         (mean live-fragment fraction, fewest live fragments of any block, blocks below k, \
+         failed stats, live nodes).\n\n{}",
         args.nodes,
         args.files,
         args.size,
@@ -463,7 +758,8 @@ fn write_report(
         args.seed,
         args.k,
         args.m,
-        serde_json::to_string_pretty(report)?
+        serde_json::to_string_pretty(report)?,
+        lost_section
     );
     std::fs::write(out.join("report.md"), markdown)?;
     Ok(())
@@ -516,4 +812,125 @@ fn churn_chart(args: &ChurnArgs, reads: &[Read], samples: &[Redundancy]) -> Stri
             .collect(),
     );
     chart.to_svg()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use cairn_api::BlockAnswer;
+    use cairn_core::id::Id;
+
+    use super::*;
+
+    const K: usize = 4;
+    const N: usize = 6;
+
+    fn file(byte: u8) -> FileId {
+        FileId(Id([byte; 32]))
+    }
+
+    /// A stat of a file with the given live fragments, the manifest block first.
+    fn stat(live: &[usize]) -> Result<FileStatAnswer, String> {
+        Ok(FileStatAnswer {
+            reference: String::new(),
+            size: 0,
+            k: K as u16,
+            m: (N - K) as u16,
+            owner: String::new(),
+            created_at: 0,
+            expires_at: None,
+            blocks: live
+                .iter()
+                .enumerate()
+                .map(|(i, &live)| BlockAnswer {
+                    block: if i == 0 {
+                        "manifest".into()
+                    } else {
+                        (i - 1).to_string()
+                    },
+                    key: format!("key{i}"),
+                    salt: 0,
+                    live,
+                    holders: Vec::new(),
+                    pointers: Vec::new(),
+                })
+                .collect(),
+            unreadable_blocks: live.iter().filter(|&&l| l < K).count(),
+            degraded_blocks: live.iter().filter(|&&l| l < N).count(),
+        })
+    }
+
+    #[test]
+    fn churn_samples_go_on_past_a_failed_stat_and_count_it_below_k() {
+        let mut tracker = Tracker::new(&[(file(1), 1), (file(2), 1)], K, N);
+        let first = tracker.observe(0.0, 8, vec![stat(&[6, 6]), stat(&[6, 5])]);
+        assert_eq!(
+            (first.min_live, first.below_k, first.stat_failures),
+            (5, 0, 0)
+        );
+        // File 1's stat fails: its two blocks count as 0 live, file 2 is still sampled.
+        let second = tracker.observe(5.0, 7, vec![Err("no manifest".into()), stat(&[6, 4])]);
+        assert_eq!(
+            (second.min_live, second.below_k, second.stat_failures),
+            (0, 2, 1)
+        );
+        assert!((second.mean_live - 10.0 / 24.0).abs() < 1e-9);
+        let third = tracker.observe(10.0, 8, vec![stat(&[6, 6]), stat(&[6, 6])]);
+        assert_eq!(
+            (third.min_live, third.below_k, third.stat_failures),
+            (6, 0, 0)
+        );
+        assert!(tracker.lost(&[Ok(()), Ok(())]).is_empty());
+    }
+
+    #[test]
+    fn churn_lost_blocks_say_when_the_block_fell_below_k_and_n() {
+        let mut tracker = Tracker::new(&[(file(1), 2)], K, N);
+        tracker.observe(0.0, 8, vec![stat(&[6, 6, 6])]);
+        tracker.observe(5.0, 7, vec![stat(&[6, 5, 6])]);
+        // Back to n: the pending repair of the earlier dip is forgotten.
+        tracker.observe(10.0, 8, vec![stat(&[6, 6, 6])]);
+        tracker.observe(15.0, 7, vec![stat(&[6, 5, 6])]);
+        tracker.observe(20.0, 6, vec![stat(&[6, 4, 6])]);
+        tracker.observe(25.0, 5, vec![stat(&[6, 3, 6])]);
+        tracker.observe(30.0, 5, vec![stat(&[6, 3, 6])]);
+        let lost = tracker.lost(&[Err("not enough fragments".into())]);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        let block = &lost[0];
+        assert_eq!(block.block.as_deref(), Some("0"));
+        assert_eq!(block.key.as_deref(), Some("key1"));
+        assert_eq!(block.live, Some(3));
+        assert_eq!(block.last_readable, Some((20.0, 4)));
+        assert_eq!(block.lost_at, Some(25.0));
+        assert_eq!(block.degraded_at, Some(15.0));
+        assert_eq!(block.repair_pending(), Some(10.0));
+        assert!(!block.readable);
+        let json = block.to_json();
+        assert_eq!(json["repair_pending_s"], 10.0);
+        assert_eq!(json["last_readable_live"], 4);
+        assert!(
+            block.line().contains("3 of 6 fragments live, 4 needed"),
+            "{}",
+            block.line()
+        );
+    }
+
+    #[test]
+    fn churn_lost_blocks_name_a_failed_stat_and_an_unexplained_failed_read() {
+        let mut tracker = Tracker::new(&[(file(1), 1), (file(2), 1)], K, N);
+        tracker.observe(0.0, 8, vec![stat(&[6, 6]), stat(&[6, 6])]);
+        tracker.observe(
+            5.0,
+            8,
+            vec![Err("certificate not found".into()), stat(&[6, 6])],
+        );
+        let lost = tracker.lost(&[Err("gone".into()), Err("timeout".into())]);
+        assert_eq!(lost.len(), 3, "{lost:?}");
+        assert!(lost[..2].iter().all(|b| b.live.is_none()
+            && b.lost_at == Some(5.0)
+            && b.why.contains("certificate not found")));
+        assert_eq!(lost[2].block, None);
+        assert!(lost[2].why.contains("timeout"));
+    }
 }
