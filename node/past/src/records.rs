@@ -22,7 +22,9 @@
 //!   record, or one about another subject, is counted and never believed. The highest
 //!   version wins; between two valid records of one version (rivals: the owner's key
 //!   signed both) the one with the smaller bytes wins, so every reader agrees. Fails
-//!   only if no replica answered at all.
+//!   only if no replica answered at all. A kind of record whose valid copies are all
+//!   equally good ([`Record::FIRST_VALID_SUFFICES`]: file certificates) stops at the
+//!   first valid one, so a read never waits for a dead replica's timeout.
 
 use std::fmt;
 
@@ -42,6 +44,11 @@ pub trait Record: Certificate + Clone + fmt::Debug {
 
     /// Its name in messages ("file certificate").
     const NAME: &'static str;
+
+    /// Whether a find may stop at the first valid record instead of waiting for every
+    /// replica to answer: true where every valid record of a subject is as good as
+    /// another, so that a read never waits for the slowest (or a dead) replica.
+    const FIRST_VALID_SUFFICES: bool;
 
     /// Where the records of `subject` live.
     fn placement_key(subject: &Self::Subject) -> PlacementKey;
@@ -69,6 +76,9 @@ pub trait Record: Certificate + Clone + fmt::Debug {
 impl Record for FileCertificate {
     type Subject = FileId;
     const NAME: &'static str = "file certificate";
+    /// A file id's certificate is signed once, by the owner the id is derived from:
+    /// any valid one serves a read.
+    const FIRST_VALID_SUFFICES: bool = true;
 
     fn placement_key(subject: &FileId) -> PlacementKey {
         certificate_key(subject)
@@ -108,6 +118,8 @@ impl Record for FileCertificate {
 impl Record for RootRecord {
     type Subject = VolumeKey;
     const NAME: &'static str = "root record";
+    /// A stale replica must never win: every replica is heard.
+    const FIRST_VALID_SUFFICES: bool = false;
 
     fn placement_key(subject: &VolumeKey) -> PlacementKey {
         root_key(subject)
@@ -499,6 +511,9 @@ impl<R: Record, E> Operation for RecordFind<R, E> {
                         Ok(record) if record.body.subject() == self.subject => {
                             let version = record.body.version();
                             self.valid.push((node, version, bytes, record));
+                            if R::FIRST_VALID_SUFFICES {
+                                return Progress::Done(self.decide());
+                            }
                         }
                         _ => {
                             tracing::warn!(%node, subject = %self.subject, "a {} that does not verify was served; skipped", R::NAME);
@@ -828,22 +843,30 @@ mod tests {
         );
         assert_eq!(out.unwrap().replicas, 2);
 
-        let mut op = RecordFind::<FileCertificate, &str>::new(file, 3, NOW);
-        let asks = locate(&mut op, (0..3).map(node).collect());
+        // A find stops at the first valid certificate: a dead keeper never delays a
+        // read. Wrong kinds of answer and forged ones are skipped.
+        let mut forged = older.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let mut op = RecordFind::<FileCertificate, &str>::new(file, 4, NOW);
+        let asks = locate(&mut op, (0..4).map(node).collect());
         assert_eq!(asks[0].2, PastRequest::GetCertificate { file });
         let held = |certificate: Option<Vec<u8>>| Ok(PastResponse::Certificate { certificate });
-        let out = answer(
-            &mut op,
-            vec![
-                (asks[0].0, held(Some(older))),
-                (asks[1].0, held(Some(newer.clone()))),
-                // A root answer to a certificate request is not an answer.
-                (asks[2].0, Ok(PastResponse::Root { record: None })),
-            ],
-        )
-        .unwrap();
+        for (ask, answer) in [
+            (asks[0].0, Ok(PastResponse::Root { record: None })),
+            (asks[1].0, held(Some(forged))),
+        ] {
+            assert!(
+                matches!(op.handle(Input::Answered(ask, answer)), Progress::Continue(c) if c.is_empty())
+            );
+        }
+        let Progress::Done(out) = op.handle(Input::Answered(asks[2].0, held(Some(newer.clone()))))
+        else {
+            panic!("a valid certificate did not end the find");
+        };
+        let out = out.unwrap();
         assert_eq!(out.record.unwrap().to_bytes().unwrap(), newer);
         assert_eq!(out.answered, 2);
-        assert_eq!(out.behind, vec![node(0).id]);
+        assert_eq!(out.forged, vec![node(1).id]);
     }
 }
