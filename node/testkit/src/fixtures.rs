@@ -79,23 +79,3 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     let index = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_take_the_nearest_rank() {
-        let sorted = [1.0, 2.0, 3.0, 4.0, 5.0];
-        assert_eq!(percentile(&sorted, 0.5), 3.0);
-        assert_eq!(percentile(&sorted, 0.99), 5.0);
-        assert_eq!(percentile(&sorted, 0.0), 1.0);
-        assert!(percentile(&[], 0.5).is_nan());
-    }
-
-    #[test]
-    fn seeded_bytes_repeat_and_differ_by_seed() {
-        assert_eq!(bytes(100, 1), bytes(100, 1));
-        assert_ne!(bytes(100, 1), bytes(100, 2));
-    }
-}

@@ -76,29 +76,3 @@ pub fn wait_until<T, O: fmt::Display>(
         pause = (pause * 2).min(MAX_POLL);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_condition_that_never_holds_names_what_and_the_last_observation() {
-        let mut polls = 0;
-        let error = wait_until(Duration::from_millis(50), "the impossible", || {
-            polls += 1;
-            Err::<(), _>(format!("poll {polls}"))
-        })
-        .unwrap_err();
-        assert_eq!(error.what, "the impossible");
-        assert_eq!(error.last, format!("poll {polls}"));
-        assert!(polls >= 2, "it looked again at the deadline");
-        let message = format!("{error:?}");
-        assert!(message.contains("the impossible") && message.contains("last seen: poll"));
-    }
-
-    #[test]
-    fn a_condition_that_holds_at_once_returns_its_value() {
-        let waited = wait_until(Duration::ZERO, "nothing", || Ok::<_, String>(7)).unwrap();
-        assert_eq!(waited.value, 7);
-    }
-}
