@@ -2,8 +2,8 @@
 //! ceilings measured in the same run.
 //!
 //! 1. Starts `target/release/cairn devnet --nodes 8 --dir TMP --api 127.0.0.1:0` as a
-//!    child process (killed and reaped on every path), waits for its API line and for
-//!    every node to see the others.
+//!    child process (`cairn_testkit::Devnet`: stopped and reaped on every path), waits
+//!    for its API line and (`wait_until`) for every node to see the others.
 //! 2. Measures the compute-only ceilings at 4+2 with 1 MiB segments, as `pipeline` does:
 //!    put = hash the block, encode, hash the n fragments; get = verify k fragments, hash
 //!    the block.
@@ -32,10 +32,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cairn_api::client::ApiClient;
@@ -45,11 +44,10 @@ use cairn_core::crypto::{FileCertificate, KeyPair, Signed, UploadGrant};
 use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{FileId, Reference};
 use cairn_core::manifest::DEFAULT_SEGMENT_SIZE;
+use cairn_testkit::{Devnet, wait_until};
 use sha2::{Digest, Sha256};
 
 const NODES: usize = 8;
-/// How long the devnet may take to print its API address.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the nodes may take to all see each other once the API is up.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Linux's USER_HZ: the unit of utime and stime in `/proc/PID/stat` (100 on every
@@ -57,18 +55,15 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// A `cairn devnet` child process; dropping it kills and reaps the process (and the
-/// temporary directory with the nodes' data goes with it).
-struct Devnet {
-    child: Child,
-    api: String,
-    /// Where the devnet's stderr goes (shown when it fails to start).
-    log: PathBuf,
+/// A `cairn devnet` child process (stopped and reaped on drop, by the test kit) and
+/// the temporary directory with the nodes' data, which goes with it.
+struct BenchDevnet {
+    devnet: Devnet,
     dir: tempfile::TempDir,
 }
 
-impl Devnet {
-    fn start(binary: &Path, nodes: usize) -> Result<Devnet, String> {
+impl BenchDevnet {
+    fn start(binary: &Path, nodes: usize) -> Result<BenchDevnet, String> {
         // CAIRN_BENCH_DEVNET_DIR=/dev/shm puts the nodes' stores on tmpfs, where fsync
         // costs nothing: the difference to a run on disk is what durability costs.
         let dir = match std::env::var_os("CAIRN_BENCH_DEVNET_DIR") {
@@ -77,89 +72,38 @@ impl Devnet {
         }
         .map_err(|e| format!("creating a temp dir: {e}"))?;
         let log = dir.path().join("devnet.log");
-        let stderr =
-            std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-        let mut child = Command::new(binary)
-            .args(["devnet", "--nodes", &nodes.to_string(), "--dir"])
-            .arg(dir.path().join("nodes"))
-            .args(["--api", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
-        let stdout = child.stdout.take();
-        // From here on, Drop kills and reaps the child whatever happens.
-        let mut devnet = Devnet {
-            child,
-            api: String::new(),
-            log,
-            dir,
-        };
-        let Some(stdout) = stdout else {
-            return Err("the devnet's stdout is not piped".into());
-        };
-        let (lines, api_line) = mpsc::channel();
-        // Drains stdout for the devnet's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = line.strip_prefix("api on ") {
-                    let _ = lines.send(address.trim().to_owned());
-                }
-            }
-        });
-        devnet.api = api_line.recv_timeout(START_TIMEOUT).map_err(|_| {
-            format!(
-                "the devnet printed no `api on` line within {START_TIMEOUT:?}; its log:\n{}",
-                devnet.log_tail()
-            )
-        })?;
-        Ok(devnet)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let mut command = Command::new(binary);
+        command.env("RUST_LOG", "warn");
+        let devnet = Devnet::start(command, nodes, &dir.path().join("nodes"), Some(&log))
+            .map_err(|e| e.to_string())?;
+        Ok(BenchDevnet { devnet, dir })
     }
 
     /// Waits until the API node has joined and its leaf set holds every other node,
     /// so placement sees the whole ring from the first block.
     fn wait_converged(&self, client: &ApiClient, nodes: usize) -> Result<(), String> {
-        let deadline = Instant::now() + CONVERGE_TIMEOUT;
-        let mut last = String::from("no answer yet");
-        while Instant::now() < deadline {
-            match client.status() {
-                Ok(status) => {
-                    let mut seen: Vec<&String> =
-                        status.leaf_left.iter().chain(&status.leaf_right).collect();
-                    seen.sort();
-                    seen.dedup();
-                    if status.joined && seen.len() + 1 >= nodes {
-                        return Ok(());
-                    }
-                    last = format!("joined={}, leaf set {} nodes", status.joined, seen.len());
+        let what = format!("the devnet to converge ({nodes} nodes in the API node's view)");
+        let converged = wait_until(CONVERGE_TIMEOUT, &what, || match client.status() {
+            Ok(status) => {
+                let mut seen: Vec<&String> =
+                    status.leaf_left.iter().chain(&status.leaf_right).collect();
+                seen.sort();
+                seen.dedup();
+                if status.joined && seen.len() + 1 >= nodes {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "joined={}, leaf set {} nodes",
+                        status.joined,
+                        seen.len()
+                    ))
                 }
-                Err(e) => last = e.to_string(),
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(format!(
-            "the devnet did not converge within {CONVERGE_TIMEOUT:?} ({last}); its log:\n{}",
-            self.log_tail()
-        ))
-    }
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            Err(e) => Err(e.to_string()),
+        });
+        converged
+            .map(|_| ())
+            .map_err(|e| format!("{e}{}", self.devnet.log_tail()))
     }
 }
 
@@ -558,23 +502,23 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let devnet = match Devnet::start(&binary, NODES) {
+    let devnet = match BenchDevnet::start(&binary, NODES) {
         Ok(devnet) => devnet,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
     };
-    let client = ApiClient::new(&devnet.api, None);
+    let client = devnet.devnet.client();
     if let Err(e) = devnet.wait_converged(&client, NODES) {
         eprintln!("error: {e}");
         drop(devnet);
         std::process::exit(1);
     }
-    let pid = devnet.pid();
+    let pid = devnet.devnet.id();
     println!(
         "devnet: {NODES} nodes, pid {pid}, api {}, binary {}, data in {}",
-        devnet.api,
+        devnet.devnet.api,
         binary.display(),
         devnet.dir.path().display()
     );
@@ -685,7 +629,7 @@ fn main() {
     get_usage.print();
     segment_sizes(
         &client,
-        &devnet.api,
+        &devnet.devnet.api,
         &owner,
         file_len.min(256 << 20),
         now + 1000,

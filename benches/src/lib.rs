@@ -8,6 +8,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use cairn_testkit::fixtures::percentile;
+
 /// The result of timing one operation several times.
 #[derive(Debug, Clone)]
 pub struct Measurement {
@@ -78,14 +80,6 @@ impl Measurement {
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 /// True when `CAIRN_BENCH_QUICK` is set: smaller inputs, fewer repetitions.
 pub fn quick() -> bool {
     std::env::var_os("CAIRN_BENCH_QUICK").is_some()
@@ -119,10 +113,9 @@ pub fn measure<R>(
     measurement
 }
 
-/// Deterministic pseudo-random bytes, so runs hash the same input.
-pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    cairn_core::rng::Rng::new(seed).bytes(len)
-}
+/// Deterministic pseudo-random bytes, so runs hash the same input (the test kit's
+/// seeded bytes).
+pub use cairn_testkit::fixtures::bytes as test_bytes;
 
 /// A one-line note of the machine, printed at the top of every bench run.
 pub fn machine_note() -> String {

@@ -3,33 +3,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use std::path::Path;
 
-use std::process::Command;
+use cairn_testkit::ProcessCluster;
+use cairn_testkit::fixtures::seeded_file;
 
-use common::{Guard, fails, ok, random_file, start};
+use crate::common::{devnet, fails, ok};
 
 #[test]
 fn devnet_put_get_stat_rm_and_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let dir = tmp.path().join("devnet");
-    let dir_arg = dir.to_str().unwrap();
-    let (devnet, api) = start(
-        &home,
-        &[
-            "devnet",
-            "--nodes",
-            "6",
-            "--dir",
-            dir_arg,
-            "--api",
-            "127.0.0.1:0",
-        ],
-        "api on http://",
-    );
+    let devnet = devnet(&home, &dir, 6);
+    let api = devnet.api.clone();
     let input = tmp.path().join("input.bin");
-    let data = random_file(&input, (2 << 20) + 12_345, 7);
+    let data = seeded_file(&input, (2 << 20) + 12_345, 7);
     let api_args = ["--api", api.as_str()];
     let with_api = |args: &[&str]| -> Vec<String> {
         args.iter()
@@ -95,45 +84,20 @@ fn devnet_put_get_stat_rm_and_clear_errors() {
 fn node_processes_survive_a_kill_and_a_restart_on_their_data_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    // Prints "cairn node ID listening on ADDR" (and "api on http://ADDR" with --api).
-    let node = |i: usize, listen: &str, extra: &[&str], until: &str| {
-        let dir = tmp.path().join(format!("node-{i}"));
-        let mut args: Vec<String> = ["node", "run", "--data", dir.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["--listen", listen, "--tick-ms", "300"].map(String::from));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        start(&home, &args, until)
-    };
-    let id_and_addr = |line: &str| {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        (words[0].to_string(), words[words.len() - 1].to_string())
-    };
-    let (first, api) = node(
-        0,
-        "127.0.0.1:0",
-        &["--api", "127.0.0.1:0"],
-        "api on http://",
-    );
+    // Five `cairn node run` processes joined through node 0, which serves the API.
+    let mut nodes = ProcessCluster::start(Path::new(crate::common::CAIRN), 5).unwrap();
+    let api = nodes.node(0).api.clone().unwrap();
     let first_addr = ok(&home, &["status", "--api", &api])
         .lines()
         .find_map(|l| l.strip_prefix("address:").map(|a| a.trim().to_string()))
         .unwrap();
-    let mut nodes = vec![(first, String::new(), String::new())];
-    for i in 1..5 {
-        let (guard, line) = node(
-            i,
-            "127.0.0.1:0",
-            &["--bootstrap", &first_addr],
-            "cairn node ",
-        );
-        let (id, addr) = id_and_addr(&line);
-        nodes.push((guard, id, addr));
-    }
+    assert_eq!(
+        first_addr,
+        nodes.node(0).listen,
+        "status shows the node's address"
+    );
     let input = tmp.path().join("input.bin");
-    let data = random_file(&input, 700_000, 3);
+    let data = seeded_file(&input, 700_000, 3);
     let reference = ok(
         &home,
         &[
@@ -171,21 +135,14 @@ fn node_processes_survive_a_kill_and_a_restart_on_their_data_dir() {
     get();
 
     // kill -9 one node process: the file still reads (m = 1).
-    let (id, addr) = (nodes[2].1.clone(), nodes[2].2.clone());
-    drop(std::mem::replace(
-        &mut nodes[2].0,
-        Guard(Command::new("true").spawn().unwrap()),
-    ));
+    let id = nodes.node(2).id.clone();
+    nodes.kill(2);
     get();
     // Restarted on its data dir and address it comes back with the same id, and the
     // file reads with another node down instead.
-    let (guard, line) = node(2, &addr, &["--bootstrap", &first_addr], "cairn node ");
-    assert_eq!(id_and_addr(&line).0, id, "a restarted node keeps its id");
-    nodes[2].0 = guard;
-    drop(std::mem::replace(
-        &mut nodes[3].0,
-        Guard(Command::new("true").spawn().unwrap()),
-    ));
+    let restarted = nodes.restart(2).unwrap();
+    assert_eq!(restarted.id, id, "a restarted node keeps its id");
+    nodes.kill(3);
     get();
 }
 

@@ -4,15 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Guard, bytes, cairn, ok, start};
+use cairn_testkit::fixtures::bytes;
+use cairn_testkit::wait_until;
+
+use crate::common::{cairn, devnet, ok, start};
 
 /// A mount point detached on drop, whatever the test did (a killed mount process
 /// leaves its mount behind; this never does).
@@ -28,39 +29,12 @@ impl Drop for MountPoint {
     }
 }
 
-/// Waits (bounded) for a mount process to exit on its own; its exit status.
-fn wait_exit(guard: &mut Guard, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the mount process did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn devnet(home: &Path, dir: &Path) -> (Guard, String) {
-    start(
-        home,
-        &[
-            "devnet",
-            "--nodes",
-            "6",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--api",
-            "127.0.0.1:0",
-        ],
-        "api on http://",
-    )
-}
-
 #[test]
 fn a_newcomer_creates_a_volume_mounts_it_and_copies_a_tree_in_and_out() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    let (_devnet, api) = devnet(&home, &tmp.path().join("devnet"));
+    let devnet = devnet(&home, &tmp.path().join("devnet"), 6);
+    let api = devnet.api.clone();
     let api_args = ["--api", api.as_str()];
 
     let created = ok(&home, &[&["volume", "create"][..], &api_args].concat());
@@ -145,7 +119,7 @@ fn a_newcomer_creates_a_volume_mounts_it_and_copies_a_tree_in_and_out() {
     .unwrap();
 
     ok(&home, &["umount", point_arg]);
-    assert!(wait_exit(&mut mount, Duration::from_secs(60)).success());
+    assert!(mount.wait_exit(Duration::from_secs(60)).unwrap().success());
 
     // A new mount process: everything was published and comes back byte-equal.
     let (_mount, _) = start(
@@ -188,7 +162,8 @@ fn another_users_volume_is_read_only_and_a_killed_mount_is_recovered() {
     let tmp = tempfile::tempdir().unwrap();
     let owner_home = tmp.path().join("owner");
     let reader_home = tmp.path().join("reader");
-    let (_devnet, api) = devnet(&owner_home, &tmp.path().join("devnet"));
+    let devnet = devnet(&owner_home, &tmp.path().join("devnet"), 6);
+    let api = devnet.api.clone();
     let api_args = ["--api", api.as_str()];
     let created = ok(
         &owner_home,
@@ -236,8 +211,7 @@ fn another_users_volume_is_read_only_and_a_killed_mount_is_recovered() {
     );
 
     // The owner's mount process dies without unmounting.
-    owner_mount.0.kill().unwrap();
-    owner_mount.0.wait().unwrap();
+    owner_mount.kill();
     let stale = std::fs::metadata(owner_point.join(&volume)).unwrap_err();
     assert_eq!(
         stale.raw_os_error(),
@@ -260,18 +234,19 @@ fn another_users_volume_is_read_only_and_a_killed_mount_is_recovered() {
         .unwrap()
         .sync_all()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match std::fs::read(theirs.join("later.txt")) {
-            Ok(got) => {
-                assert_eq!(got, b"later");
-                break;
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("the reader's mount never saw later.txt: {e}"),
-        }
+    let seen = wait_until(
+        Duration::from_secs(30),
+        "later.txt in the reader's mount",
+        || match std::fs::read(theirs.join("later.txt")) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(e),
+            other => Ok(other),
+        },
+    )
+    .unwrap()
+    .value;
+    match seen {
+        Ok(got) => assert_eq!(got, b"later"),
+        Err(e) => panic!("the reader's mount never saw later.txt: {e}"),
     }
     let not_mounted = cairn(&owner_home, &["umount", tmp.path().to_str().unwrap()]);
     assert!(!not_mounted.status.success());

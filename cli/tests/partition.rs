@@ -5,13 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+use cairn_testkit::{ProcessCluster, wait_until};
+
+use crate::common::CAIRN;
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");
@@ -100,78 +100,6 @@ impl Drop for Hosts {
     }
 }
 
-/// A node process, killed on drop.
-struct NodeProcess {
-    child: Child,
-    addr: String,
-    api: Option<String>,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(
-    hosts: &Hosts,
-    host: usize,
-    home: &Path,
-    dir: &Path,
-    bootstrap: Option<&str>,
-    api: bool,
-) -> NodeProcess {
-    let listen = format!("{}:0", hosts.addr(host));
-    let mut args = vec![
-        "node",
-        "run",
-        "--data",
-        dir.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ];
-    args.extend(["--tick-ms", "300", "-k", "1", "-m", "3"]);
-    if let Some(bootstrap) = bootstrap {
-        args.extend(["--bootstrap", bootstrap]);
-    }
-    if api {
-        args.extend(["--api", "127.0.0.1:0"]);
-    }
-    let mut child = hosts
-        .cairn(host, home, &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut node = NodeProcess {
-        child,
-        addr: String::new(),
-        api: None,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while node.addr.is_empty() || (api && node.api.is_none()) {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the node did not start in time");
-        if let Some(rest) = line.strip_prefix("cairn node ") {
-            node.addr = rest.rsplit(' ').next().unwrap().to_string();
-        } else if let Some(rest) = line.strip_prefix("api on http://") {
-            node.api = Some(rest.trim().to_string());
-        }
-    }
-    node
-}
-
 fn run(hosts: &Hosts, host: usize, home: &Path, args: &[&str]) -> Output {
     hosts.cairn(host, home, args).output().unwrap()
 }
@@ -181,30 +109,55 @@ fn a_partitioned_network_serves_what_each_side_can_read_and_heals() {
     let hosts = Hosts::new();
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    let dir = |name: &str| tmp.path().join(name);
-    // Three nodes on each host; one API on each side.
-    let a0 = start_node(&hosts, 0, &home, &dir("a0"), None, true);
-    let seed = a0.addr.clone();
-    let mut nodes = vec![];
-    for (host, name, api) in [
-        (0, "a1", false),
-        (0, "a2", false),
-        (1, "b0", true),
-        (1, "b1", false),
-        (1, "b2", false),
-    ] {
-        nodes.push(start_node(
+    // Three nodes on each host (a0 a1 a2, b0 b1 b2), all joining through a0; one API
+    // on each side (a0 and b0).
+    let names = hosts.names.clone();
+    let addrs = [hosts.addr(0), hosts.addr(1)];
+    let nodes = ProcessCluster::builder(Path::new(CAIRN), 6)
+        .configure(|i, spec| {
+            let host = i / 3;
+            spec.launcher = ["ip", "netns", "exec", &names[host]]
+                .map(String::from)
+                .to_vec();
+            spec.listen = format!("{}:0", addrs[host]);
+            spec.api = i % 3 == 0;
+            spec.args.extend(["-k", "1", "-m", "3"].map(String::from));
+        })
+        .start()
+        .unwrap();
+    let apis = [
+        nodes.node(0).api.clone().unwrap(),
+        nodes.node(3).api.clone().unwrap(),
+    ];
+    // The ids in the leaf set of host `host`'s API node (its API is inside the
+    // namespace, so `cairn status` runs there).
+    let leaf_set = |host: usize| -> Vec<String> {
+        let out = run(
             &hosts,
             host,
             &home,
-            &dir(name),
-            Some(&seed),
-            api,
-        ));
-    }
-    let apis = [a0.api.clone().unwrap(), nodes[2].api.clone().unwrap()];
-    // Let the leaf sets fill.
-    std::thread::sleep(Duration::from_secs(3));
+            &["status", "--json", "--api", &apis[host]],
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut ids: Vec<String> = ["leaf_left", "leaf_right"]
+            .iter()
+            .flat_map(|side| status[*side].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    // Each API node's leaf set holds all 5 others.
+    let merged = || {
+        let sizes = [leaf_set(0).len(), leaf_set(1).len()];
+        if sizes.iter().all(|n| *n >= 5) {
+            Ok(())
+        } else {
+            Err(format!("the API nodes' leaf sets hold {sizes:?} nodes"))
+        }
+    };
+    wait_until(Duration::from_secs(60), "the leaf sets to fill", merged).unwrap();
 
     // Files of one block each, coded 1+3: every block (the manifest's too) has 4
     // fragments on 4 of the 6 nodes, so each host holds at least one of each (a host
@@ -245,7 +198,19 @@ fn a_partitioned_network_serves_what_each_side_can_read_and_heals() {
 
     hosts.connect(false);
     // Past failure detection (3 ticks of 300 ms, and probes): each side sees only itself.
-    std::thread::sleep(Duration::from_secs(5));
+    wait_until(
+        Duration::from_secs(60),
+        "each side's leaf set to hold only its own 2 other nodes",
+        || {
+            let sizes = [leaf_set(0).len(), leaf_set(1).len()];
+            if sizes.iter().all(|n| *n <= 2) {
+                Ok(())
+            } else {
+                Err(format!("the API nodes' leaf sets hold {sizes:?} nodes"))
+            }
+        },
+    )
+    .unwrap();
     for (reference, data) in &files {
         let sides: Vec<Option<Vec<u8>>> = (0..2).map(|host| read(host, reference)).collect();
         for got in sides.iter().flatten() {
@@ -259,31 +224,12 @@ fn a_partitioned_network_serves_what_each_side_can_read_and_heals() {
 
     hosts.connect(true);
     // The halves find each other again: each API node's leaf set holds all 5 others.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let merged = |host: usize| {
-        let out = run(
-            &hosts,
-            host,
-            &home,
-            &["status", "--json", "--api", &apis[host]],
-        );
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let mut ids: Vec<String> = ["leaf_left", "leaf_right"]
-            .iter()
-            .flat_map(|side| status[*side].as_array().cloned().unwrap_or_default())
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.len() >= 5
-    };
-    while !(merged(0) && merged(1)) {
-        assert!(
-            Instant::now() < deadline,
-            "the overlay did not merge after the partition healed"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "the overlay to merge after the partition healed",
+        merged,
+    )
+    .unwrap();
     // Every file reads on both sides, and no fragment is lost or left duplicated:
     // repair brings every block back to exactly one holder per fragment.
     for (reference, data) in &files {
@@ -294,34 +240,37 @@ fn a_partitioned_network_serves_what_each_side_can_read_and_heals() {
             );
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    for (reference, _) in &files {
-        loop {
-            let out = run(
-                &hosts,
-                0,
-                &home,
-                &["stat", reference, "--json", "--api", &apis[0]],
-            );
-            let stat: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let blocks = stat["blocks"].as_array().cloned().unwrap_or_default();
-            let settled = !blocks.is_empty()
-                && blocks.iter().all(|b| {
-                    b["holders"].as_array().is_some_and(|h| {
-                        h.iter()
-                            .all(|ids| ids.as_array().is_some_and(|ids| ids.len() == 1))
-                    })
-                });
-            if settled {
-                break;
+    wait_until(
+        Duration::from_secs(90),
+        "every file's fragments back to one copy each",
+        || {
+            for (reference, _) in &files {
+                let out = run(
+                    &hosts,
+                    0,
+                    &home,
+                    &["stat", reference, "--json", "--api", &apis[0]],
+                );
+                let stat: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let blocks = stat["blocks"].as_array().cloned().unwrap_or_default();
+                let settled = !blocks.is_empty()
+                    && blocks.iter().all(|b| {
+                        b["holders"].as_array().is_some_and(|h| {
+                            h.iter()
+                                .all(|ids| ids.as_array().is_some_and(|ids| ids.len() == 1))
+                        })
+                    });
+                if !settled {
+                    return Err(format!(
+                        "{reference}: fragments are not back to one copy each: {}",
+                        serde_json::to_string(&stat["blocks"]).unwrap_or_default()
+                    ));
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{reference}: fragments are not back to one copy each: {}",
-                serde_json::to_string(&stat["blocks"]).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
+            Ok(())
+        },
+    )
+    .unwrap();
     drop(nodes);
 }

@@ -8,3 +8,4 @@ mod roots;
 mod store;
 mod store_crash;
 mod store_full_disk;
+mod testkit;

@@ -15,7 +15,8 @@ use cairn_core::crypto::KeyPair;
 use cairn_core::id::Reference;
 use cairn_core::rng::Rng;
 use cairn_fs_mount::{ApiBackend, Backend, MemoryBackend, MountConfig, MountHandle, mount};
-use cairn_tests::cluster::{Cluster, owner, put};
+use cairn_testkit::Cluster;
+use cairn_testkit::fixtures::{owner, put};
 use cairn_tests::fs_workload;
 use sha2::{Digest, Sha256};
 
@@ -74,7 +75,7 @@ fn hash_file(path: &Path) -> std::io::Result<(u64, [u8; 32])> {
 
 #[test]
 fn files_from_empty_to_256_mib_go_through_a_mount_and_come_back_byte_equal_and_refs_read_a_put() {
-    let mut cluster = Cluster::start(6, 4 * GIB);
+    let mut cluster = Cluster::builder(6).capacity(4 * GIB).start();
     const KEY: u8 = 21;
     let key = owner(KEY);
     let tmp = tempfile::tempdir().unwrap();
@@ -116,7 +117,7 @@ fn files_from_empty_to_256_mib_go_through_a_mount_and_come_back_byte_equal_and_r
 
 #[test]
 fn nodes_serving_tampered_fragments_give_other_holders_bytes_or_eio_never_wrong_bytes() {
-    let mut cluster = Cluster::start(6, GIB);
+    let mut cluster = Cluster::start(6);
     const KEY: u8 = 22;
     let key = owner(KEY);
     let tmp = tempfile::tempdir().unwrap();
@@ -179,7 +180,7 @@ fn random_operations_over_memory_match_a_plain_directory() {
 
 #[test]
 fn random_operations_over_the_network_match_a_plain_directory() {
-    let mut cluster = Cluster::start(6, GIB);
+    let mut cluster = Cluster::start(6);
     let seed = fs_workload::seed(2);
     let backend = Arc::new(ApiBackend::new(cluster.api(0)));
     random_operations_match_a_plain_directory(backend, seed, 400);

@@ -16,7 +16,8 @@ use cairn_core::rng::Rng;
 use cairn_daemon::unix_now;
 use cairn_past::{PastRequest, PastResponse, Refusal, StoreRequest, closest};
 use cairn_store::FragmentStorage;
-use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
+use cairn_testkit::Cluster;
+use cairn_testkit::fixtures::{get, node_key, owner, put};
 
 const GIB: u64 = 1 << 30;
 
@@ -37,7 +38,9 @@ fn holders(client: &ApiClient, file: &FileId, block: &str) -> Vec<NodeId> {
 #[test]
 fn sixteen_nodes_store_and_serve_files_of_every_size_from_another_node() {
     // A leaf set of 8 does not cover 16 nodes: locates are routed through the overlay.
-    let mut cluster = Cluster::start_with(16, |_, c| c.overlay.leaf_set_size = 8, GIB);
+    let mut cluster = Cluster::builder(16)
+        .configure(|_, c| c.overlay.leaf_set_size = 8)
+        .start();
     let writer = cluster.api(0);
     let reader = cluster.api(9);
     let me = owner(1);
@@ -69,7 +72,7 @@ fn sixteen_nodes_store_and_serve_files_of_every_size_from_another_node() {
 
 #[test]
 fn every_file_survives_the_loss_of_m_holders_and_a_restarted_node_serves_again() {
-    let mut cluster = Cluster::start(12, GIB);
+    let mut cluster = Cluster::start(12);
     let client = cluster.api(0);
     let me = owner(2);
     let files: Vec<(FileId, Vec<u8>)> = (0..3u64)
@@ -159,15 +162,13 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     // Fragments of a 64 KiB block are 16 KiB: a tiny node (100 KiB) has no room for
     // one (16/100 > t_pri = 0.1) and refuses diverted ones; big nodes take anything.
     let tiny = tiny_nodes();
-    let mut cluster = Cluster::start_with(
-        10,
-        |i, config| {
+    let mut cluster = Cluster::builder(10)
+        .configure(|i, config| {
             if tiny.contains(&i) {
                 config.capacity = TINY_CAPACITY;
             }
-        },
-        GIB,
-    );
+        })
+        .start();
     let client = cluster.api(0);
     let me = owner(3);
     let diverted = |cluster: &Cluster| -> u64 {
@@ -211,7 +212,7 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
 
     // Reclaiming every file frees every copy, the diverted ones included.
     let first = FileId::from_name_digest(
-        &Id::hash(cairn_tests::cluster::TEST_FILE_NAME.as_bytes()),
+        &Id::hash(cairn_testkit::fixtures::TEST_FILE_NAME.as_bytes()),
         &me.public_key().0,
         1,
     );
@@ -224,7 +225,7 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
     drop(cluster);
 
     // A network of only tiny nodes cannot place a 64 KiB file at any salt.
-    let mut full = Cluster::start(8, TINY_CAPACITY);
+    let mut full = Cluster::builder(8).capacity(TINY_CAPACITY).start();
     let client = full.api(0);
     let data = Rng::new(7).bytes(64 << 10);
     let error = client
@@ -255,7 +256,7 @@ fn full_nodes_divert_replicas_then_files_and_a_full_network_says_why() {
 
 #[test]
 fn bad_holders_are_bypassed_and_forgeries_refused() {
-    let mut cluster = Cluster::start(8, GIB);
+    let mut cluster = Cluster::start(8);
     let client = cluster.api(0);
     let me = owner(4);
     let data = Rng::new(5).bytes((2 << 20) + 77);
@@ -391,7 +392,7 @@ fn bad_holders_are_bypassed_and_forgeries_refused() {
 
 #[test]
 fn reclaim_frees_the_space_but_keeps_blocks_another_file_uses() {
-    let mut cluster = Cluster::start(8, GIB);
+    let mut cluster = Cluster::start(8);
     let client = cluster.api(0);
     let me = owner(5);
     let used = |cluster: &Cluster| -> u64 { cluster.live().map(|(_, n)| n.store().used()).sum() };
@@ -418,7 +419,7 @@ fn reclaim_frees_the_space_but_keeps_blocks_another_file_uses() {
 
 #[test]
 fn malformed_frames_close_one_connection_and_the_api_explains_mistakes() {
-    let mut cluster = Cluster::start(6, GIB);
+    let mut cluster = Cluster::start(6);
     let client = cluster.api(2);
     let addr = cluster.node(2).advertised();
     // Garbage, an oversized length prefix, and a truncated frame.
@@ -463,7 +464,7 @@ fn malformed_frames_close_one_connection_and_the_api_explains_mistakes() {
 
 #[test]
 fn an_api_with_a_token_refuses_requests_without_it_and_never_listens_openly_without_one() {
-    let cluster = Cluster::start(1, GIB);
+    let cluster = Cluster::start(1);
     let node = cluster.node(0).clone();
     let open = cluster.block_on(cairn_daemon::http::serve(
         node.clone(),

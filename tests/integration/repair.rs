@@ -15,7 +15,8 @@ use cairn_core::rng::Rng;
 use cairn_daemon::{NodeConfig, unix_now};
 use cairn_past::{PastRequest, PastResponse, closest};
 use cairn_store::FragmentStorage;
-use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
+use cairn_testkit::fixtures::{get, node_key, owner, put};
+use cairn_testkit::{Cluster, wait_until};
 
 const GIB: u64 = 1 << 30;
 
@@ -60,23 +61,45 @@ fn held(cluster: &Cluster, key: &PlacementKey) -> Vec<(usize, Vec<u16>)> {
         .collect()
 }
 
-/// Polls `check` every 100 ms until it holds; panics with `what` at the deadline.
-/// Returns how long it took.
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < REPAIR_DEADLINE {
-        if check() {
-            return started.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {REPAIR_DEADLINE:?}");
+/// Waits (at most [`REPAIR_DEADLINE`]) until `check` holds; how long it took.
+fn wait_for<T, O: std::fmt::Display>(what: &str, check: impl FnMut() -> Result<T, O>) -> Duration {
+    wait_until(REPAIR_DEADLINE, what, check).unwrap().took
 }
 
-fn fully_redundant(client: &ApiClient, file: &FileId) -> bool {
-    client
-        .stat(file)
-        .is_ok_and(|stat| stat.degraded_blocks == 0 && stat.blocks.iter().all(|b| b.live == 6))
+/// `Ok` when `holds`, else what was seen (for conditions that are plain booleans).
+fn holds(holds: bool, seen: impl std::fmt::Display) -> Result<(), String> {
+    if holds { Ok(()) } else { Err(seen.to_string()) }
+}
+
+/// A fetch answer in a few words (a fragment's bytes would fill the screen).
+fn answer_kind(answer: &PastResponse) -> String {
+    match answer {
+        PastResponse::Fragment { bytes } => format!("a fragment of {} bytes", bytes.len()),
+        other => format!("{other:?}"),
+    }
+}
+
+/// `Ok` when every block of `file` has all 6 fragments live; else what the stat says.
+fn fully_redundant(client: &ApiClient, file: &FileId) -> Result<(), String> {
+    let stat = client.stat(file).map_err(|e| format!("stat failed: {e}"))?;
+    let live: Vec<usize> = stat.blocks.iter().map(|b| b.live).collect();
+    holds(
+        stat.degraded_blocks == 0 && live.iter().all(|l| *l == 6),
+        format!(
+            "{} degraded blocks, live fragments per block {live:?}",
+            stat.degraded_blocks
+        ),
+    )
+}
+
+/// `Ok` when the sum of `counter` over the live nodes reaches `at_least`.
+fn counted(
+    cluster: &Cluster,
+    counter: impl Fn(&cairn_daemon::Counters) -> &std::sync::atomic::AtomicU64,
+    at_least: u64,
+) -> Result<(), String> {
+    let sum = counter_sum(cluster, counter);
+    holds(sum >= at_least, format!("the count is {sum}"))
 }
 
 fn counter_sum(
@@ -95,7 +118,7 @@ fn repair_bytes(cluster: &Cluster) -> u64 {
 
 #[test]
 fn the_fragments_of_m_killed_holders_are_regenerated_on_live_responsible_nodes() {
-    let mut cluster = Cluster::start_with(10, fast, GIB);
+    let mut cluster = Cluster::builder(10).configure(fast).start();
     let client = cluster.api(0);
     let data = Rng::new(31).bytes((3 << 20) + 17);
     let file = put(&client, &owner(1), &data, 1);
@@ -141,14 +164,14 @@ fn the_fragments_of_m_killed_holders_are_regenerated_on_live_responsible_nodes()
     // The coordinator counts once the receipt is back, just after the store.
     wait_for(
         "at least block 1's two fragments counted as regenerated",
-        || counter_sum(&cluster, |c| &c.fragments_regenerated) >= 2,
+        || counted(&cluster, |c| &c.fragments_regenerated, 2),
     );
     assert!(repair_bytes(&cluster) > 0, "repair traffic is counted");
 }
 
 #[test]
 fn a_node_joining_between_holders_receives_its_fragment_before_the_old_copy_goes() {
-    let mut cluster = Cluster::start_with(8, fast, GIB);
+    let mut cluster = Cluster::builder(8).configure(fast).start();
     let client = cluster.api(0);
     let data = Rng::new(32).bytes(300_000);
     let file = put(&client, &owner(2), &data, 2);
@@ -193,30 +216,31 @@ fn a_node_joining_between_holders_receives_its_fragment_before_the_old_copy_goes
                 !holders_of_index.is_empty(),
                 "at poll {polls} nobody held fragment {index}: {now:?}"
             );
-            holders_of_index == vec![joined]
+            holds(
+                holders_of_index == vec![joined],
+                format!("fragment {index} is on {holders_of_index:?}"),
+            )
         },
     );
     println!(
         "handoff to a joining node: done {took:?} after it joined ({:?} after its start), {polls} polls",
         started.elapsed()
     );
-    assert!(fully_redundant(&client, &file));
+    fully_redundant(&client, &file).unwrap();
     wait_for("the handoff counted by its coordinator", || {
-        counter_sum(&cluster, |c| &c.fragments_handed_off) >= 1
+        counted(&cluster, |c| &c.fragments_handed_off, 1)
     });
     assert!(get(&client, &file) == data, "the file reads back");
 }
 
 #[test]
 fn a_fragment_corrupted_on_disk_is_found_by_the_scrub_and_regenerated() {
-    let mut cluster = Cluster::start_with(
-        8,
-        |i, c| {
+    let mut cluster = Cluster::builder(8)
+        .configure(|i, c| {
             fast(i, c);
             c.maintenance.scrub_period = Duration::from_secs(1);
-        },
-        GIB,
-    );
+        })
+        .start();
     let client = cluster.api(0);
     let data = Rng::new(33).bytes((1 << 20) + 5);
     let file = put(&client, &owner(3), &data, 3);
@@ -239,18 +263,25 @@ fn a_fragment_corrupted_on_disk_is_found_by_the_scrub_and_regenerated() {
         let answer = cluster
             .block_on(asker.ask(&address, PastRequest::Fetch { key, index }))
             .unwrap();
-        matches!(answer, PastResponse::Fragment { ref bytes } if fragment_hash(index, bytes) == good_hash)
-            && node.counters().scrub_corrupt.load(Ordering::Relaxed) >= 1
+        let corrupt_found = node.counters().scrub_corrupt.load(Ordering::Relaxed);
+        holds(
+            matches!(answer, PastResponse::Fragment { ref bytes } if fragment_hash(index, bytes) == good_hash)
+                && corrupt_found >= 1,
+            format!(
+                "{corrupt_found} corrupt fragments found; the holder answered {}",
+                answer_kind(&answer)
+            ),
+        )
     });
     println!("scrub + regeneration of a corrupted fragment: {took:?}");
-    assert!(fully_redundant(&client, &file));
+    fully_redundant(&client, &file).unwrap();
     assert!(repair_bytes(&cluster) > 0);
     assert!(get(&client, &file) == data);
 }
 
 #[test]
 fn a_holder_restarted_with_fragments_of_a_file_reclaimed_meanwhile_does_not_revive_them() {
-    let mut cluster = Cluster::start_with(8, fast, GIB);
+    let mut cluster = Cluster::builder(8).configure(fast).start();
     let client = cluster.api(0);
     let me = owner(4);
     let data = Rng::new(34).bytes(500_000);
@@ -283,17 +314,22 @@ fn a_holder_restarted_with_fragments_of_a_file_reclaimed_meanwhile_does_not_revi
                 );
             }
         }
-        keys.iter().all(|key| held(&cluster, key).is_empty())
+        let left: Vec<_> = keys.iter().map(|key| held(&cluster, key)).collect();
+        holds(
+            left.iter().all(Vec::is_empty),
+            format!("still held: {left:?}"),
+        )
     });
     println!("stale fragments of a reclaimed file deleted {took:?} after the restart");
     wait_for("the deletion counted by its coordinator", || {
-        counter_sum(&cluster, |c| &c.fragments_forgotten) >= 1
+        counted(&cluster, |c| &c.fragments_forgotten, 1)
     });
     assert!(
         cluster.node(stale).store().is_reclaimed(&file).unwrap(),
         "the restarted node now remembers the reclaim"
     );
-    // A couple more maintenance periods: nothing comes back.
+    // A couple more maintenance periods: nothing comes back. (Not a wait: this quiet
+    // time is what the assertion below is about.)
     std::thread::sleep(Duration::from_secs(3));
     for key in &keys {
         assert!(held(&cluster, key).is_empty(), "fragments came back");
@@ -307,7 +343,7 @@ fn a_holder_restarted_with_fragments_of_a_file_reclaimed_meanwhile_does_not_revi
 #[test]
 fn a_fragment_lost_without_any_event_is_restored_by_the_slow_pass() {
     // No leaf-set change and no scrub: only the digests of the slow pass can notice.
-    let mut cluster = Cluster::start_with(8, fast, GIB);
+    let mut cluster = Cluster::builder(8).configure(fast).start();
     let client = cluster.api(0);
     let data = Rng::new(35).bytes(400_000);
     let file = put(&client, &owner(5), &data, 5);
@@ -315,10 +351,23 @@ fn a_fragment_lost_without_any_event_is_restored_by_the_slow_pass() {
     // Let the first slow passes look at both keys (manifest, block) and remember
     // what each holder had, so that the loss below is seen as a change.
     wait_for("both keys were reconciled", || {
-        counter_sum(&cluster, |c| &c.keys_reconciled) >= 2
+        counted(&cluster, |c| &c.keys_reconciled, 2)
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // ...and until those first passes are over: no key reconciled for 3 s (longer
+    // than a period of 2 s).
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    wait_for("the first slow passes to go quiet for 3 s", || {
+        let now = counter_sum(&cluster, |c| &c.keys_reconciled);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        holds(
+            since.elapsed() >= Duration::from_secs(3),
+            format!("{now} keys reconciled, the last {:?} ago", since.elapsed()),
+        )
+    });
     let reconciled = counter_sum(&cluster, |c| &c.keys_reconciled);
+    // Not a wait: with nothing changing, nothing may happen during these 3 s.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         counter_sum(&cluster, |c| &c.keys_reconciled),
@@ -336,20 +385,22 @@ fn a_fragment_lost_without_any_event_is_restored_by_the_slow_pass() {
         .delete_fragment(&key, indexes[0])
         .unwrap();
     let took = wait_for("the lost fragment is back", || {
-        held(&cluster, &key)
-            .iter()
-            .any(|(i, x)| *i == victim && x == &indexes)
+        let now = held(&cluster, &key);
+        holds(
+            now.iter().any(|(i, x)| *i == victim && x == &indexes),
+            format!("held: {now:?}"),
+        )
     });
     println!("slow pass: a silently lost fragment restored after {took:?} (period 2 s)");
     wait_for("the regeneration counted by its coordinator", || {
-        counter_sum(&cluster, |c| &c.fragments_regenerated) > before
+        counted(&cluster, |c| &c.fragments_regenerated, before + 1)
     });
-    assert!(fully_redundant(&client, &file));
+    fully_redundant(&client, &file).unwrap();
 }
 
 #[test]
 fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated() {
-    let mut cluster = Cluster::start_with(8, fast, GIB);
+    let mut cluster = Cluster::builder(8).configure(fast).start();
     let client = cluster.api(0);
     let me = owner(6);
     let data = Rng::new(36).bytes(200_000);
@@ -375,7 +426,7 @@ fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated(
     let grant = cairn_core::crypto::Signed::sign(
         &me,
         cairn_core::crypto::UploadGrant::new(
-            cairn_tests::cluster::TEST_FILE_NAME.as_bytes(),
+            cairn_testkit::fixtures::TEST_FILE_NAME.as_bytes(),
             salt,
             me.public_key(),
             unix_now() - 10,
@@ -406,33 +457,33 @@ fn a_pointer_whose_diverted_holder_died_is_dropped_and_its_fragment_regenerated(
         .unwrap();
     assert_eq!(kept, PastResponse::Done);
     keeper_node.store().delete_fragment(&key, index).unwrap();
-    assert!(fully_redundant(&client, &file), "the diverted copy counts");
+    fully_redundant(&client, &file).expect("the diverted copy counts");
 
     cluster.kill(diverted);
     let took = wait_for(
         "the keeper holds the fragment again, without the pointer",
         || {
-            keeper_node
+            let has_fragment = keeper_node
                 .store()
                 .fragments_under(&key)
                 .unwrap()
                 .iter()
-                .any(|f| f.index == index)
-                && keeper_node
-                    .store()
-                    .get_pointer(&key, index)
-                    .unwrap()
-                    .is_none()
+                .any(|f| f.index == index);
+            let pointer = keeper_node.store().get_pointer(&key, index).unwrap();
+            holds(
+                has_fragment && pointer.is_none(),
+                format!("fragment held: {has_fragment}, pointer: {pointer:?}"),
+            )
         },
     );
     println!("dead diverted holder: pointer dropped and fragment regenerated after {took:?}");
-    assert!(fully_redundant(&client, &file));
+    fully_redundant(&client, &file).unwrap();
     assert!(get(&client, &file) == data);
 }
 
 #[test]
 fn a_files_certificate_outlives_its_first_keepers() {
-    let mut cluster = Cluster::start_with(10, fast, GIB);
+    let mut cluster = Cluster::builder(10).configure(fast).start();
     let client = cluster.api(0);
     let me = owner(9);
     let data = Rng::new(77).bytes(300_000);
@@ -452,14 +503,10 @@ fn a_files_certificate_outlives_its_first_keepers() {
     // Two keepers crash; the others hand the certificate to the new closest nodes.
     cluster.kill(first[0]);
     cluster.kill(first[1]);
-    let deadline = Instant::now() + REPAIR_DEADLINE;
-    while keepers(&cluster).len() < 4 {
-        assert!(
-            Instant::now() < deadline,
-            "the certificate was not re-replicated"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("the certificate re-replicated to 4 live keepers", || {
+        let now = keepers(&cluster);
+        holds(now.len() >= 4, format!("kept by {now:?}"))
+    });
     // Then the remaining first keepers crash too: the file still reads.
     for i in &first[2..] {
         cluster.kill(*i);

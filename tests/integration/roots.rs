@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_api::client::{ApiClient, ClientError};
 use cairn_core::crypto::{KeyPair, RootRecord, Signed};
@@ -13,9 +13,8 @@ use cairn_core::id::{FileId, Id, NodeId, Reference, VolumeKey};
 use cairn_daemon::{NodeConfig, unix_now};
 use cairn_past::{PastRequest, PastResponse, Refusal, closest, root_key};
 use cairn_store::FragmentStorage;
-use cairn_tests::cluster::{Cluster, owner, put};
-
-const GIB: u64 = 1 << 30;
+use cairn_testkit::fixtures::{owner, put};
+use cairn_testkit::{Cluster, wait_until};
 
 /// How many nodes keep a root record (`PastConfig::default().certificate_replicas`).
 const KEEPERS: usize = 4;
@@ -70,7 +69,7 @@ fn put_raw(client: &ApiClient, body: &[u8]) -> u16 {
 
 #[test]
 fn root_records_keep_the_highest_sequence_and_refuse_lost_updates() {
-    let mut cluster = Cluster::start(6, GIB);
+    let mut cluster = Cluster::start(6);
     let client = cluster.api(0);
     let alice = owner(41);
     let volume = alice.public_key().volume_key();
@@ -187,7 +186,7 @@ fn root_records_keep_the_highest_sequence_and_refuse_lost_updates() {
 
 #[test]
 fn ranged_reads_answer_exactly_the_bytes_asked_for() {
-    let mut cluster = Cluster::start(6, GIB);
+    let mut cluster = Cluster::start(6);
     let client = cluster.api(0);
     let alice = owner(44);
     // Four 1 MiB blocks (the default segment) and a short fifth one.
@@ -251,7 +250,7 @@ fn fast(_: usize, config: &mut NodeConfig) {
 
 #[test]
 fn a_root_record_outlives_its_keepers_one_death_at_a_time() {
-    let mut cluster = Cluster::start_with(8, fast, GIB);
+    let mut cluster = Cluster::builder(8).configure(fast).start();
     let alice = owner(45);
     let volume = alice.public_key().volume_key();
     let client = cluster.api(0);
@@ -265,22 +264,25 @@ fn a_root_record_outlives_its_keepers_one_death_at_a_time() {
             .find(|&i| i != 0)
             .unwrap();
         cluster.kill(victim);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let now_keepers = keepers(&cluster, &volume);
-            let holding = now_keepers
-                .iter()
-                .filter(|&&i| kept_sequence(&cluster, i, &volume) == Some(7))
-                .count();
-            if holding == now_keepers.len() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: only {holding} of the keepers {now_keepers:?} hold the root"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            Duration::from_secs(20),
+            &format!("round {round}: every keeper to hold the root"),
+            || {
+                let now_keepers = keepers(&cluster, &volume);
+                let holding = now_keepers
+                    .iter()
+                    .filter(|&&i| kept_sequence(&cluster, i, &volume) == Some(7))
+                    .count();
+                if holding == now_keepers.len() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "only {holding} of the keepers {now_keepers:?} hold the root"
+                    ))
+                }
+            },
+        )
+        .unwrap();
     }
     let read = client.get_root(&volume).unwrap().unwrap();
     assert_eq!((read.sequence, read.root), (7, dir("kept")));

@@ -6,14 +6,13 @@
 mod churn;
 mod mount;
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use cairn_api::client::ApiClient;
+use cairn_testkit::process::{self, NodeSpec, Stop};
 use sha2::{Digest, Sha256};
 
 /// `cairn bench ...`.
@@ -52,9 +51,10 @@ pub(crate) struct NodeOptions {
     pub m: u16,
 }
 
-/// A node process, killed (SIGKILL) and reaped on drop.
+/// A node process of the bench, killed with SIGKILL (a crash: churn's node deaths)
+/// and reaped on drop. Started and supervised by `cairn_testkit::process`.
 pub(crate) struct NodeProcess {
-    child: Child,
+    _process: process::NodeProcess,
     /// Its data directory.
     pub data: PathBuf,
     /// Its overlay address.
@@ -63,14 +63,9 @@ pub(crate) struct NodeProcess {
     pub api: ApiClient,
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `cairn node run` and waits (bounded) for its address and API lines.
+/// Starts `cairn node run` with an API and waits (bounded) for its address and API
+/// lines; its stderr goes to a log beside its data dir (appended across restarts), whose
+/// end an error shows.
 pub(crate) fn spawn_node(
     exe: &Path,
     data: &Path,
@@ -78,88 +73,37 @@ pub(crate) fn spawn_node(
     bootstrap: Option<&str>,
     options: &NodeOptions,
 ) -> anyhow::Result<NodeProcess> {
-    let mut command = Command::new(exe);
-    command
-        .args(["node", "run", "--data"])
-        .arg(data)
-        .args(["--listen", listen, "--api", "127.0.0.1:0"])
-        .args(["--tick-ms", &options.tick_ms.to_string()])
-        .args(["-k", &options.k.to_string(), "-m", &options.m.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    if let Some(bootstrap) = bootstrap {
-        command.args(["--bootstrap", bootstrap]);
-    }
-    // The node's own errors go to a log beside its data (appended across restarts), so
-    // that a node that will not start says why.
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let log_path = data.with_extension("log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    command.stderr(log);
-    let mut child = command.spawn().context("starting a node process")?;
-    let stdout = child.stdout.take().context("the node's stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut process = NodeProcess {
-        child,
-        data: data.to_path_buf(),
-        listen: String::new(),
-        api: ApiClient::new("127.0.0.1:1", None),
+    let spec = NodeSpec {
+        listen: listen.to_string(),
+        api: true,
+        args: [
+            "--tick-ms".to_string(),
+            options.tick_ms.to_string(),
+            "-k".to_string(),
+            options.k.to_string(),
+            "-m".to_string(),
+            options.m.to_string(),
+        ]
+        .to_vec(),
+        on_drop: Stop::Kill,
+        ..NodeSpec::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut addr, mut api) = (None, None);
-    while addr.is_none() || api.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).map_err(|e| {
-            let why = match e {
-                mpsc::RecvTimeoutError::Timeout => "did not start within 60 s",
-                mpsc::RecvTimeoutError::Disconnected => "exited before it started",
-            };
-            anyhow::anyhow!(
-                "the node in {} {why}; the end of {}:\n{}",
-                data.display(),
-                log_path.display(),
-                log_tail(&log_path)
-            )
-        })?;
-        if let Some(rest) = line.strip_prefix("cairn node ") {
-            addr = rest.rsplit(' ').next().map(str::to_string);
-        } else if let Some(rest) = line.strip_prefix("api on http://") {
-            api = Some(rest.trim().to_string());
-        }
-    }
-    process.listen = addr.unwrap_or_default();
-    process.api = ApiClient::new(api.as_deref().unwrap_or_default(), None);
-    Ok(process)
-}
-
-/// The last lines of a node's log, for an error message.
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
+    let node = process::NodeProcess::start(exe, data, &spec, bootstrap)?;
+    let api = node.client().context("the node printed no API address")?;
+    Ok(NodeProcess {
+        data: node.data.clone(),
+        listen: node.listen.clone(),
+        api,
+        _process: node,
+    })
 }
 
 /// Waits (at most 30 s) until the gateway knows the other `nodes - 1` nodes, so that
-/// the leaf sets are full before anything is stored.
+/// the leaf sets are full before anything is stored; if they are not, says so and
+/// goes on (a bench with a slow start still measures something).
 pub(crate) fn settle(gateway: &NodeProcess, nodes: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match gateway.api.status() {
-            Ok(status) if status.known_nodes + 1 >= nodes => return,
-            _ => std::thread::sleep(Duration::from_millis(200)),
-        }
+    if let Err(e) = process::wait_knows(&gateway.api, nodes, Duration::from_secs(30)) {
+        eprintln!("warning: going on before the network settled: {e}");
     }
 }
 

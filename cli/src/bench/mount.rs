@@ -9,14 +9,14 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cairn_core::crypto::KeyPair;
 use cairn_core::id::{Id, Reference, VolumeKey};
 use cairn_core::rng::Rng;
+use cairn_testkit::process::{ChildProcess, START_WITHIN};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -52,9 +52,10 @@ pub(super) struct MountBenchArgs {
     json: bool,
 }
 
-/// A `cairn mount` process; unmounted and reaped on drop, whatever happened.
+/// A `cairn mount` process; unmounted and reaped on drop, whatever happened. Its
+/// stderr goes to `POINT.log`, whose end an error shows.
 struct MountProcess {
-    child: Child,
+    process: ChildProcess,
     exe: PathBuf,
     point: PathBuf,
 }
@@ -62,45 +63,29 @@ struct MountProcess {
 impl MountProcess {
     fn start(exe: &Path, point: &Path, api: &str, key: &Path) -> anyhow::Result<MountProcess> {
         std::fs::create_dir_all(point)?;
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg("mount")
             .arg(point)
             .args(["--api", api, "--key"])
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting `cairn mount`")?;
-        let stdout = child.stdout.take().context("the mount's stdout")?;
-        let mut process = MountProcess {
-            child,
+            .arg(key);
+        let log = point.with_extension("log");
+        let process = ChildProcess::spawn("`cairn mount`", command, Some(&log))?;
+        let mut mount = MountProcess {
+            process,
             exe: exe.to_path_buf(),
             point: point.to_path_buf(),
         };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let mut reader = io::BufReader::new(stdout);
-            let _ = io::BufRead::read_line(&mut reader, &mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.starts_with("mounted") => Ok(process),
-            Ok(line) => {
-                process.stop();
-                bail!("`cairn mount` did not mount: {line:?}")
-            }
-            Err(_) => {
-                process.stop();
-                bail!("`cairn mount` did not say it mounted within 60 s")
-            }
+        if let Err(e) = mount.process.wait_for_line("mounted", START_WITHIN) {
+            mount.stop();
+            bail!("`cairn mount` did not mount: {e}");
         }
+        Ok(mount)
     }
 
     /// Peak resident memory so far, bytes (VmHWM).
     fn peak_rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
@@ -114,23 +99,17 @@ impl MountProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if self.process.wait_exit(Duration::from_secs(60)).is_err() {
+            self.process.kill();
+            // A killed mount leaves its mount point behind: detach it.
+            let _ = Command::new("umount").arg("-l").arg(&self.point).status();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A killed mount leaves its mount point behind: detach it.
-        let _ = Command::new("umount").arg("-l").arg(&self.point).status();
     }
 }
 
 impl Drop for MountProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if self.process.try_wait().is_none() {
             self.stop();
         }
     }
