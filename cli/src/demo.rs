@@ -14,7 +14,7 @@ use anyhow::{Context, bail, ensure};
 use cairn_core::crypto::KeyPair;
 use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{PlacementKey, Reference};
-use cairn_pipeline::{FragmentStore, LocalFragments, PutOptions, put};
+use cairn_pipeline::{FragmentSource, LocalFragments, PutOptions, put};
 use cairn_store::{DiskStore, FragmentStorage};
 
 use crate::files::{get_to_file, human_bytes, parse_size, rate, unix_now};

@@ -12,7 +12,7 @@ use cairn_core::erasure::{DecodeError, ErasureParams, SkipReason};
 use cairn_core::id::{FileId, Id, PlacementKey};
 use cairn_core::manifest::{DEFAULT_SEGMENT_SIZE, manifest_placement_key};
 use cairn_pipeline::{
-    FragmentStore, GetError, GetOptions, GetStats, GetTarget, MemoryFragments, PutOptions,
+    FragmentSource, GetError, GetOptions, GetStats, GetTarget, MemoryFragments, PutOptions,
     PutReceipt, get, put,
 };
 
