@@ -15,7 +15,7 @@ use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
 use cairn_core::rng::Rng;
 use cairn_daemon::unix_now;
 use cairn_past::{PastRequest, PastResponse, Refusal, StoreRequest, closest};
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
 
 const GIB: u64 = 1 << 30;

@@ -14,7 +14,7 @@ use cairn_core::id::{FileId, NodeId, PlacementKey};
 use cairn_core::rng::Rng;
 use cairn_daemon::{NodeConfig, unix_now};
 use cairn_past::{PastRequest, PastResponse, closest};
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 use cairn_tests::cluster::{Cluster, get, node_key, owner, put};
 
 const GIB: u64 = 1 << 30;

@@ -17,7 +17,7 @@ use cairn_core::erasure::{
 use cairn_core::id::{BlockHash, FileId, ManifestHash, PlacementKey};
 use cairn_core::manifest::{Manifest, ManifestError, manifest_placement_key};
 
-use crate::store::{FailureKind, FragmentSource, StoreError, StoreFailure};
+use crate::store::{BoxedStoreError, FailureKind, FragmentSource, StoreFailure};
 
 /// Which file to get.
 #[derive(Debug, Clone, Copy)]
@@ -154,7 +154,7 @@ pub enum GetError {
         file: FileId,
         /// The store's error.
         #[source]
-        source: StoreError,
+        source: BoxedStoreError,
     },
     /// No certificate for the file.
     #[error("no certificate found for file {file}")]

@@ -80,5 +80,5 @@ pub use put::{
     finish_put, put, put_unsigned,
 };
 pub use store::{
-    FailureKind, FragmentSink, FragmentSource, PendingBlock, StoreError, StoreFailure,
+    BoxedStoreError, FailureKind, FragmentSink, FragmentSource, PendingBlock, StoreFailure,
 };

@@ -1,5 +1,5 @@
 //! The client pipeline over this machine's own store: [`LocalFragments`] implements
-//! [`FragmentSink`] and [`FragmentSource`] on any [`FragmentStorage`] (the sled-indexed
+//! [`FragmentSink`] and [`FragmentSource`] on any [`NodeStore`] (the sled-indexed
 //! [`DiskStore`] for `cairn put`/`get` until the network exists, [`MemoryStore`] in
 //! tests).
 //!
@@ -10,9 +10,9 @@ use crate::store::{FailureKind, FragmentSink, FragmentSource, StoreFailure};
 use cairn_core::crypto::{FileCertificate, Signed, VerifyError};
 use cairn_core::erasure::{Fragment, FragmentRef};
 use cairn_core::id::{FileId, FragmentHash, PlacementKey};
-use cairn_store::{FragmentStorage, OfferedFragment, StoreError};
+use cairn_store::{NodeStore, OfferedFragment, StoreError};
 
-/// A [`FragmentSink`] and [`FragmentSource`] that is one local [`FragmentStorage`]: every
+/// A [`FragmentSink`] and [`FragmentSource`] that is one local [`NodeStore`]: every
 /// fragment of every block goes to it, and certificates are verified before they are
 /// stored.
 ///
@@ -51,7 +51,7 @@ impl StoreFailure for LocalStoreError {
     }
 }
 
-impl<S: FragmentStorage> FragmentSink for LocalFragments<S> {
+impl<S: NodeStore> FragmentSink for LocalFragments<S> {
     type Error = LocalStoreError;
 
     fn put_fragment(
@@ -65,7 +65,7 @@ impl<S: FragmentStorage> FragmentSink for LocalFragments<S> {
         Ok(())
     }
 
-    /// One group commit per block ([`FragmentStorage::put_fragments`]): all the
+    /// One group commit per block ([`NodeStore::put_fragments`]): all the
     /// block's fragments are stored or none, with one sync for the lot.
     fn put_block_fragments(
         &self,
@@ -97,7 +97,7 @@ impl<S: FragmentStorage> FragmentSink for LocalFragments<S> {
     }
 }
 
-impl<S: FragmentStorage> FragmentSource for LocalFragments<S> {
+impl<S: NodeStore> FragmentSource for LocalFragments<S> {
     type Error = LocalStoreError;
 
     fn get_fragment(

@@ -20,7 +20,7 @@ use cairn_core::manifest::{
     BlockEntry, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest, ManifestError,
 };
 
-use crate::store::{FailureKind, FragmentSink, PendingBlock, StoreError, StoreFailure};
+use crate::store::{BoxedStoreError, FailureKind, FragmentSink, PendingBlock, StoreFailure};
 
 /// How to store a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +190,7 @@ pub enum PutError {
         key: PlacementKey,
         /// The store's error.
         #[source]
-        source: StoreError,
+        source: BoxedStoreError,
     },
     /// The manifest could not be encoded.
     #[error("the manifest could not be encoded")]
@@ -212,7 +212,7 @@ pub enum PutError {
         attempts: u64,
         /// The store's refusal at the last key tried.
         #[source]
-        source: StoreError,
+        source: BoxedStoreError,
     },
     /// The store refused a block's placement after accepting it
     /// ([`FragmentSink::finish_block`]) but kept no copy to place it elsewhere
@@ -254,7 +254,7 @@ pub enum PutError {
         file: FileId,
         /// The store's error.
         #[source]
-        source: StoreError,
+        source: BoxedStoreError,
     },
 }
 

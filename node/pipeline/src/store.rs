@@ -3,7 +3,7 @@
 //! means to the pipeline ([`FailureKind`], through [`StoreFailure`]).
 //!
 //! Owns: the two traits, [`PendingBlock`] (a sink's token for a block in flight),
-//! [`FailureKind`] and [`StoreFailure`], and [`StoreError`], the boxed form in which a
+//! [`FailureKind`] and [`StoreFailure`], and [`BoxedStoreError`], the boxed form in which a
 //! store's error becomes the source of a [`PutError`](crate::PutError) or a
 //! [`GetError`](crate::GetError).
 //!
@@ -17,7 +17,7 @@ use cairn_core::erasure::{Fragment, FragmentRef};
 use cairn_core::id::{FileId, FragmentHash, PlacementKey};
 
 /// A boxed error from a store, kept as the source of a pipeline error.
-pub type StoreError = Box<dyn StdError + Send + Sync + 'static>;
+pub type BoxedStoreError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// What a store's failure means to the pipeline: the one thing [`put`](crate::put) and
 /// [`get`](crate::get) decide on after an error.
