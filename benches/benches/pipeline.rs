@@ -37,10 +37,10 @@ use cairn_benches::{
 use cairn_core::crypto::KeyPair;
 use cairn_core::crypto::{FileCertificate, Signed};
 use cairn_core::erasure::ErasureParams;
-use cairn_core::erasure::{Fragment, FragmentRef};
-use cairn_core::id::{FileId, FragmentHash, PlacementKey};
+use cairn_core::erasure::FragmentRef;
+use cairn_core::id::{FragmentHash, PlacementKey};
 use cairn_core::manifest::DEFAULT_SEGMENT_SIZE;
-use cairn_pipeline::{FragmentStore, GetOptions, GetTarget, MemoryFragments, PutOptions, get, put};
+use cairn_pipeline::{FragmentSink, GetOptions, GetTarget, MemoryFragments, PutOptions, get, put};
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use sha2::{Digest, Sha256};
 
@@ -86,7 +86,7 @@ struct Discard {
     bytes: AtomicU64,
 }
 
-impl FragmentStore for Discard {
+impl FragmentSink for Discard {
     type Error = Infallible;
     fn put_fragment(
         &self,
@@ -98,14 +98,8 @@ impl FragmentStore for Discard {
             .fetch_add(black_box(fragment.bytes).len() as u64, Ordering::Relaxed);
         Ok(())
     }
-    fn get_fragment(&self, _: &PlacementKey, _: u16) -> Result<Option<Fragment>, Infallible> {
-        Ok(None)
-    }
     fn put_certificate(&self, _: &Signed<FileCertificate>) -> Result<(), Infallible> {
         Ok(())
-    }
-    fn get_certificate(&self, _: &FileId) -> Result<Option<Signed<FileCertificate>>, Infallible> {
-        Ok(None)
     }
 }
 

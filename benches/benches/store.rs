@@ -33,9 +33,7 @@ use std::time::Instant;
 
 use cairn_benches::{Measurement, machine_note, quick, test_bytes};
 use cairn_core::id::{FragmentHash, Id, PlacementKey};
-use cairn_store::{
-    DEFAULT_SYNC_THREADS, DiskStore, FragmentStorage, OfferedFragment, fragment_hash,
-};
+use cairn_store::{DEFAULT_SYNC_THREADS, DiskStore, NodeStore, OfferedFragment, fragment_hash};
 
 const SIZES: [usize; 3] = [64 * 1024, 256 * 1024, 1024 * 1024];
 

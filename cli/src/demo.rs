@@ -14,8 +14,8 @@ use anyhow::{Context, bail, ensure};
 use cairn_core::crypto::KeyPair;
 use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{PlacementKey, Reference};
-use cairn_pipeline::{FragmentStore, LocalFragments, PutOptions, put};
-use cairn_store::{DiskStore, FragmentStorage};
+use cairn_pipeline::{FragmentSource, LocalFragments, PutOptions, put};
+use cairn_store::{DiskStore, NodeStore};
 
 use crate::files::{get_to_file, human_bytes, parse_size, rate, unix_now};
 

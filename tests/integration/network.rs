@@ -15,7 +15,7 @@ use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
 use cairn_core::rng::Rng;
 use cairn_daemon::unix_now;
 use cairn_past::{PastRequest, PastResponse, Refusal, StoreRequest, closest};
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 use cairn_testkit::Cluster;
 use cairn_testkit::fixtures::{get, node_key, owner, put};
 

@@ -12,7 +12,7 @@ use cairn_core::erasure::{DecodeError, ErasureParams, SkipReason};
 use cairn_core::id::{FileId, Id, PlacementKey};
 use cairn_core::manifest::{DEFAULT_SEGMENT_SIZE, manifest_placement_key};
 use cairn_pipeline::{
-    FragmentStore, GetError, GetOptions, GetStats, GetTarget, MemoryFragments, PutOptions,
+    FragmentSource, GetError, GetOptions, GetStats, GetTarget, MemoryFragments, PutOptions,
     PutReceipt, get, put,
 };
 
@@ -460,7 +460,7 @@ fn other_parameters_round_trip() {
 fn a_split_put_under_an_upload_grant_round_trips_through_the_disk_store() {
     use cairn_core::crypto::UploadGrant;
     use cairn_pipeline::{FileIdentity, LocalFragments, finish_put, put_unsigned};
-    use cairn_store::{DiskStore, FragmentStorage, StoreError};
+    use cairn_store::{DiskStore, NodeStore, StoreError};
 
     let dir = tempfile::tempdir().unwrap();
     let owner = KeyPair::from_secret_bytes(&[21; 32]);

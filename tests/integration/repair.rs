@@ -14,7 +14,7 @@ use cairn_core::id::{FileId, NodeId, PlacementKey};
 use cairn_core::rng::Rng;
 use cairn_daemon::{NodeConfig, unix_now};
 use cairn_past::{PastRequest, PastResponse, closest};
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 use cairn_testkit::fixtures::{get, node_key, owner, put};
 use cairn_testkit::{Cluster, wait_until};
 

@@ -12,7 +12,7 @@ use cairn_core::crypto::{KeyPair, RootRecord, Signed};
 use cairn_core::id::{FileId, Id, NodeId, Reference, VolumeKey};
 use cairn_daemon::{NodeConfig, unix_now};
 use cairn_past::{PastRequest, PastResponse, Refusal, closest, root_key};
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 use cairn_testkit::fixtures::{owner, put};
 use cairn_testkit::{Cluster, wait_until};
 

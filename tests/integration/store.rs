@@ -8,9 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
-use cairn_store::{
-    DiskStore, FragmentStorage, MemoryStore, OfferedFragment, PutOutcome, StoreError,
-};
+use cairn_store::{DiskStore, MemoryStore, NodeStore, OfferedFragment, PutOutcome, StoreError};
 use cairn_tests::store::{fragment, key, key_at};
 use tempfile::TempDir;
 
@@ -46,7 +44,7 @@ fn disk_one_sync_thread(capacity: u64) -> Fixture<DiskStore> {
     }
 }
 
-impl<S: FragmentStorage> Fixture<S> {
+impl<S: NodeStore> Fixture<S> {
     /// For a disk store: that the files under `bodies/` are exactly the fragments listed
     /// under `keys` and that `tmp/` is empty (a refused or undone put leaves no file).
     fn assert_files_match(&self, keys: &[PlacementKey]) {
@@ -96,12 +94,7 @@ fn offer<'a>(block: &'a [(Vec<u8>, FragmentHash)], indexes: &[u16]) -> Vec<Offer
 
 /// What a user checks after a refused group: the same bytes used, and the same
 /// fragments listed (and, on disk, the same files).
-fn assert_unchanged<S: FragmentStorage>(
-    f: &Fixture<S>,
-    k: &PlacementKey,
-    used: u64,
-    indexes: &[u16],
-) {
+fn assert_unchanged<S: NodeStore>(f: &Fixture<S>, k: &PlacementKey, used: u64, indexes: &[u16]) {
     assert_eq!(
         f.store.used(),
         used,
@@ -124,7 +117,7 @@ mod group_suite {
 
     const LENS: [usize; 6] = [4096, 4096, 1, 0, 70_001, 4096];
 
-    pub fn a_group_stores_all<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn a_group_stores_all<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let k = key(1);
         let b = block(1, &LENS);
@@ -155,9 +148,7 @@ mod group_suite {
         assert_eq!(f.store.used(), LENS.iter().sum::<usize>() as u64);
     }
 
-    pub fn a_group_with_one_bad_hash_changes_nothing<S: FragmentStorage>(
-        make: fn(u64) -> Fixture<S>,
-    ) {
+    pub fn a_group_with_one_bad_hash_changes_nothing<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let k = key(1);
         let b = block(1, &LENS);
@@ -179,9 +170,7 @@ mod group_suite {
         assert_unchanged(&f, &k, used, &[0]);
     }
 
-    pub fn a_group_with_one_conflict_changes_nothing<S: FragmentStorage>(
-        make: fn(u64) -> Fixture<S>,
-    ) {
+    pub fn a_group_with_one_conflict_changes_nothing<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let k = key(1);
         let stored = block(1, &LENS);
@@ -214,7 +203,7 @@ mod group_suite {
         assert_unchanged(&f, &k, used, &[2]);
     }
 
-    pub fn a_group_over_capacity_changes_nothing<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn a_group_over_capacity_changes_nothing<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let lens = [300, 300, 300, 100];
         let b = block(1, &lens);
         let k = key(1);
@@ -263,7 +252,7 @@ mod group_suite {
         f.assert_files_match(&[k]);
     }
 
-    pub fn a_group_reput_is_idempotent<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn a_group_reput_is_idempotent<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let k = key(1);
         let b = block(1, &LENS);
@@ -298,7 +287,7 @@ mod group_suite {
         f.assert_files_match(&[k, other]);
     }
 
-    pub fn concurrent_groups_are_counted_once<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn concurrent_groups_are_counted_once<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 22);
         // Four threads put overlapping groups of the same three blocks, each group in
         // a different index order (so their lock orders would differ if not sorted).
@@ -373,7 +362,7 @@ macro_rules! group_suite {
 mod suite {
     use super::*;
 
-    pub fn round_trip_and_info<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn round_trip_and_info<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let k = key(1);
         for (index, len) in [(0u16, 0usize), (1, 1), (2, 4096), (3, 70_001)] {
@@ -390,7 +379,7 @@ mod suite {
         assert_eq!(f.store.fragment_info(&key(2), 0).unwrap(), None);
     }
 
-    pub fn capacity_refusal_changes_nothing<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn capacity_refusal_changes_nothing<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1000);
         let (a, ha) = fragment(1, 0, 600);
         let (b, hb) = fragment(2, 1, 401);
@@ -449,7 +438,7 @@ mod suite {
         assert_eq!(f.store.used(), 1000);
     }
 
-    pub fn wrong_expected_hash_is_refused<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn wrong_expected_hash_is_refused<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let (bytes, hash) = fragment(1, 3, 1000);
         let wrong = FragmentHash(Id::hash(b"something else"));
@@ -478,9 +467,7 @@ mod suite {
         assert!(f.store.fragments_under(&key(1)).unwrap().is_empty());
     }
 
-    pub fn reput_is_idempotent_and_conflicts_refused<S: FragmentStorage>(
-        make: fn(u64) -> Fixture<S>,
-    ) {
+    pub fn reput_is_idempotent_and_conflicts_refused<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let (bytes, hash) = fragment(1, 0, 5000);
         assert_eq!(
@@ -513,7 +500,7 @@ mod suite {
         assert_eq!(f.store.used(), 5000);
     }
 
-    pub fn delete_frees_exactly_its_bytes<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn delete_frees_exactly_its_bytes<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(10_000);
         let (a, ha) = fragment(1, 0, 3000);
         let (b, hb) = fragment(2, 1, 2500);
@@ -540,7 +527,7 @@ mod suite {
         assert_eq!(f.store.used(), 5500);
     }
 
-    pub fn listing_by_key_and_ring_range<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn listing_by_key_and_ring_range<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let low = key_at(0x10, 1);
         let mid = key_at(0x80, 2);
@@ -595,7 +582,7 @@ mod suite {
         assert_eq!(f.store.placement_keys_in(&low, &mid).unwrap(), vec![low]);
     }
 
-    pub fn concurrent_puts_are_counted_once<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn concurrent_puts_are_counted_once<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         // Four threads put the same 24 fragments (each in a different order) and
         // delete a third of them; whoever wins, each is stored and counted once.
@@ -639,9 +626,7 @@ mod suite {
         assert_eq!(f.store.used(), expected);
     }
 
-    pub fn reads_racing_deletes_never_report_corruption<S: FragmentStorage>(
-        make: fn(u64) -> Fixture<S>,
-    ) {
+    pub fn reads_racing_deletes_never_report_corruption<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         // Reads interleaved with puts and deletes of the same fragment see the whole
         // fragment or nothing. (The narrowest window, a delete landing between a read's
         // index lookup and its file open, is rarely hit by this loop.)
@@ -670,7 +655,7 @@ mod suite {
         assert_eq!(f.store.used(), 0);
     }
 
-    pub fn certificates_pointers_and_roots<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn certificates_pointers_and_roots<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let file = FileId(Id::hash(b"file"));
         assert_eq!(f.store.get_certificate(&file).unwrap(), None);
@@ -715,7 +700,7 @@ mod suite {
         assert_eq!(f.store.used(), 0);
     }
 
-    pub fn references_and_tombstones<S: FragmentStorage>(make: fn(u64) -> Fixture<S>) {
+    pub fn references_and_tombstones<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
         let f = make(1 << 20);
         let (a, b, c) = (
             FileId(Id::hash(b"a")),

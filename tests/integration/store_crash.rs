@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_core::id::{Id, PlacementKey};
-use cairn_store::{DiskStore, FragmentStorage, OfferedFragment, StoreError};
+use cairn_store::{DiskStore, NodeStore, OfferedFragment, StoreError};
 use cairn_tests::store::{fragment, key};
 
 const CHILD_DIR_ENV: &str = "CAIRN_STORE_CRASH_CHILD_DIR";

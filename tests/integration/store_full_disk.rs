@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 
 use cairn_core::id::{FileId, FragmentHash, Id, PlacementKey};
-use cairn_store::{DiskStore, FragmentStorage, OfferedFragment, StoreError};
+use cairn_store::{DiskStore, NodeStore, OfferedFragment, StoreError};
 use cairn_tests::store::{fragment, key};
 use tempfile::TempDir;
 

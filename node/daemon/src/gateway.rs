@@ -35,7 +35,7 @@ use cairn_past::records::{
     FindError, PublishError, Record, RecordFind, RecordPublish, ReplicaFailure,
 };
 use cairn_past::{NodeAddress, PastRequest, PastResponse, Refusal, certificate_key};
-use cairn_pipeline::{FragmentStore, PendingBlock};
+use cairn_pipeline::{FailureKind, FragmentSink, FragmentSource, PendingBlock, StoreFailure};
 
 /// A reclaim visits at most this many salts per block (a put tries at most
 /// `max_file_diversions + 1`; the cap keeps a strange manifest from costing more).
@@ -168,7 +168,7 @@ pub struct Upload {
 }
 
 /// How many blocks a put keeps in flight over the network by default
-/// ([`FragmentStore::blocks_in_flight`]): while they wait for their `n` receipts (each
+/// ([`FragmentSink::blocks_in_flight`]): while they wait for their `n` receipts (each
 /// holder syncs), the pipeline reads and encodes the next. Measured on the 8-node
 /// devnet (256 MiB puts): 4 beat 1, 2 and 8 (8 adds memory and contention on the
 /// holders' disks without more throughput).
@@ -190,7 +190,7 @@ struct BlockInFlight {
     task: Option<JoinHandle<Result<(), GatewayError>>>,
 }
 
-/// A fetch started by [`FragmentStore::prefetch`], waiting to be asked for.
+/// A fetch started by [`FragmentSource::prefetch`], waiting to be asked for.
 struct Prefetched {
     key: PlacementKey,
     indexes: Vec<u16>,
@@ -229,14 +229,15 @@ impl fmt::Debug for Background {
     }
 }
 
-/// The client pipeline's view of the network: a blocking [`FragmentStore`] over a
+/// The client pipeline's view of the network: a blocking [`FragmentSink`] and
+/// [`FragmentSource`] over a
 /// running [`Node`]. Call it from a blocking thread (`spawn_blocking`), never from a
 /// runtime thread.
 ///
 /// A put keeps up to its window of blocks in flight (tasks on the runtime, each
 /// holding its own copy of the block's `n` fragments: peak memory is the window's
 /// fragments, `window × segment × n / k`, 6 MiB at 4 × 1 MiB, 4+2); a get's
-/// [`FragmentStore::prefetch`] starts fetching the next block while the pipeline
+/// [`FragmentSource::prefetch`] starts fetching the next block while the pipeline
 /// decodes the current one.
 #[derive(Clone, Debug)]
 pub struct NetworkFragments {
@@ -295,7 +296,33 @@ impl NetworkFragments {
     }
 }
 
-impl FragmentStore for NetworkFragments {
+/// What the client pipeline does after a network failure: a block that could not be
+/// placed on `n` nodes is diverted to another key, a holder's report that its copy is
+/// corrupt counts the fragment corrupt, and anything else fails the put (or, in a get,
+/// counts the fragment unavailable).
+impl StoreFailure for GatewayError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            GatewayError::Placement(_) => FailureKind::Refused,
+            GatewayError::Corrupt { .. } => FailureKind::Corrupt,
+            // A single node's refusal is not the block's: the placement answers that.
+            GatewayError::Stopped
+            | GatewayError::Locate { .. }
+            | GatewayError::Unreachable { .. }
+            | GatewayError::Protocol { .. }
+            | GatewayError::Refused { .. }
+            | GatewayError::BadReceipt { .. }
+            | GatewayError::NotFound { .. }
+            | GatewayError::BadReclaim(_)
+            | GatewayError::Manifest { .. }
+            | GatewayError::Task(_)
+            | GatewayError::RootConflict { .. }
+            | GatewayError::RootNotStored { .. } => FailureKind::Other,
+        }
+    }
+}
+
+impl FragmentSink for NetworkFragments {
     type Error = GatewayError;
 
     fn put_fragment(
@@ -316,6 +343,15 @@ impl FragmentStore for NetworkFragments {
         let owned = owned_fragments(fragments);
         self.runtime
             .block_on(self.node.store_block(upload, *key, &owned))
+    }
+
+    fn put_certificate(&self, certificate: &Signed<FileCertificate>) -> Result<(), GatewayError> {
+        let bytes = certificate
+            .to_bytes()
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        self.runtime
+            .block_on(self.node.publish_certificate(bytes))
+            .map(|_| ())
     }
 
     fn blocks_in_flight(&self) -> usize {
@@ -362,7 +398,7 @@ impl FragmentStore for NetworkFragments {
             .unwrap_or_else(|e| Err(GatewayError::Task(e.to_string())));
         match &result {
             // The copy stays for a restart at another key.
-            Err(error) if self.is_placement_refusal(error) => {}
+            Err(error) if error.kind() == FailureKind::Refused => {}
             _ => {
                 self.background().blocks.remove(&pending.0);
             }
@@ -395,27 +431,10 @@ impl FragmentStore for NetworkFragments {
         }
         Some(Ok(pending))
     }
+}
 
-    /// Fetches in a task on the runtime; [`FragmentStore::get_block_fragments`] with
-    /// the same arguments takes the result.
-    fn prefetch(&self, key: &PlacementKey, indexes: &[u16]) {
-        let node = self.node.clone();
-        let (key, indexes) = (*key, indexes.to_vec());
-        let wanted = indexes.clone();
-        let task = self
-            .runtime
-            .spawn(async move { node.fetch_fragments(key, &wanted).await });
-        let mut background = self.background();
-        // Bounded: a prefetch never asked for is dropped, oldest first.
-        while background.prefetched.len() >= MAX_PREFETCHED_BLOCKS {
-            if let Some(stale) = background.prefetched.pop_front() {
-                stale.task.abort();
-            }
-        }
-        background
-            .prefetched
-            .push_back(Prefetched { key, indexes, task });
-    }
+impl FragmentSource for NetworkFragments {
+    type Error = GatewayError;
 
     fn get_fragment(
         &self,
@@ -451,13 +470,25 @@ impl FragmentStore for NetworkFragments {
             .block_on(self.node.fetch_fragments(*key, indexes))
     }
 
-    fn put_certificate(&self, certificate: &Signed<FileCertificate>) -> Result<(), GatewayError> {
-        let bytes = certificate
-            .to_bytes()
-            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
-        self.runtime
-            .block_on(self.node.publish_certificate(bytes))
-            .map(|_| ())
+    /// Fetches in a task on the runtime; [`FragmentSource::get_block_fragments`] with
+    /// the same arguments takes the result.
+    fn prefetch(&self, key: &PlacementKey, indexes: &[u16]) {
+        let node = self.node.clone();
+        let (key, indexes) = (*key, indexes.to_vec());
+        let wanted = indexes.clone();
+        let task = self
+            .runtime
+            .spawn(async move { node.fetch_fragments(key, &wanted).await });
+        let mut background = self.background();
+        // Bounded: a prefetch never asked for is dropped, oldest first.
+        while background.prefetched.len() >= MAX_PREFETCHED_BLOCKS {
+            if let Some(stale) = background.prefetched.pop_front() {
+                stale.task.abort();
+            }
+        }
+        background
+            .prefetched
+            .push_back(Prefetched { key, indexes, task });
     }
 
     fn get_certificate(
@@ -465,14 +496,6 @@ impl FragmentStore for NetworkFragments {
         file: &FileId,
     ) -> Result<Option<Signed<FileCertificate>>, GatewayError> {
         self.runtime.block_on(self.node.find_certificate(*file))
-    }
-
-    fn is_corruption(&self, error: &GatewayError) -> bool {
-        matches!(error, GatewayError::Corrupt { .. })
-    }
-
-    fn is_placement_refusal(&self, error: &GatewayError) -> bool {
-        matches!(error, GatewayError::Placement(_))
     }
 }
 

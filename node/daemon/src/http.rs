@@ -625,7 +625,7 @@ async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
     let node = &state.node;
     let view = node.overlay_view();
     let store = node.store();
-    use cairn_store::FragmentStorage;
+    use cairn_store::NodeStore;
     axum::Json(StatusAnswer {
         id: node.id().to_string(),
         address: node.advertised().to_string(),
@@ -646,7 +646,7 @@ async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    use cairn_store::FragmentStorage;
+    use cairn_store::NodeStore;
     let node = &state.node;
     let c = node.counters();
     let net = node.net_stats();

@@ -41,7 +41,7 @@ use cairn_past::{
     NodeAddress, PastRequest, PastResponse, Refusal, RepairAuthority, RepairRequest,
     certificate_key, check_root, closest, root_key,
 };
-use cairn_store::{FragmentStorage, StoreError};
+use cairn_store::{NodeStore, StoreError};
 
 /// How maintenance and scrubbing run.
 #[derive(Clone, Debug)]

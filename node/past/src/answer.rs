@@ -7,7 +7,7 @@
 //! May use: [`crate::Holder`] and the wire types.
 
 use cairn_core::id::NodeId;
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 
 use crate::{Holder, NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest, UnixSeconds};
 
@@ -31,7 +31,7 @@ pub enum Answer {
     Elsewhere(PastRequest),
 }
 
-impl<S: FragmentStorage> Holder<S> {
+impl<S: NodeStore> Holder<S> {
     /// Answers `request` from this node's store at `now`. `address_of` names where a
     /// node listens (pointers are kept as ids; a pointer whose holder has no known
     /// address is answered as not found).

@@ -304,7 +304,7 @@ pub fn check_receipt(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use cairn_core::crypto::KeyPair;
-    use cairn_store::FragmentStorage;
+    use cairn_store::NodeStore;
 
     use super::*;
     use crate::testing::{Behaviour, TestNet, fragments, grant, key, run};

@@ -66,7 +66,7 @@ use cairn_core::crypto::{
     FileCertificate, KeyPair, ReclaimCertificate, RootRecord, Signed, StoreReceipt, UploadGrant,
 };
 use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
-use cairn_store::{FragmentStorage, StoreError};
+use cairn_store::{NodeStore, StoreError};
 
 /// PAST's thresholds and the number of certificate replicas.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -457,7 +457,7 @@ pub struct Holder<S> {
     root_updates: Mutex<()>,
 }
 
-impl<S: FragmentStorage> Holder<S> {
+impl<S: NodeStore> Holder<S> {
     /// A holder over `store`, signing receipts with `identity` (the node's key).
     pub fn new(store: S, identity: Arc<KeyPair>, config: PastConfig) -> Holder<S> {
         Holder {
@@ -698,7 +698,7 @@ impl<S: FragmentStorage> Holder<S> {
     }
 }
 
-impl<S: FragmentStorage> Holder<S> {
+impl<S: NodeStore> Holder<S> {
     /// Stores a fragment for maintenance: the certificate must check out and name one
     /// of the references, the file must not be reclaimed here, the index must fit the
     /// certificate's `n`, and this node must hold no other index of the key. Records
@@ -822,7 +822,7 @@ pub enum RootStored {
     AlreadyHeld,
 }
 
-impl<S: FragmentStorage> Holder<S> {
+impl<S: NodeStore> Holder<S> {
     /// Verifies a signed root record (signature by the volume's key) and keeps it if
     /// its sequence is higher than the one held. The same record again is
     /// [`RootStored::AlreadyHeld`]; a lower sequence, or the same sequence with other

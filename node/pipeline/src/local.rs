@@ -1,20 +1,22 @@
 //! The client pipeline over this machine's own store: [`LocalFragments`] implements
-//! [`FragmentStore`] on any [`FragmentStorage`] (the sled-indexed [`DiskStore`] for
-//! `cairn put`/`get` until the network exists, [`MemoryStore`] in tests).
+//! [`FragmentSink`] and [`FragmentSource`] on any [`NodeStore`] (the sled-indexed
+//! [`DiskStore`] for `cairn put`/`get` until the network exists, [`MemoryStore`] in
+//! tests).
 //!
 //! [`DiskStore`]: cairn_store::DiskStore
 //! [`MemoryStore`]: cairn_store::MemoryStore
 
-use super::FragmentStore;
+use crate::store::{FailureKind, FragmentSink, FragmentSource, StoreFailure};
 use cairn_core::crypto::{FileCertificate, Signed, VerifyError};
 use cairn_core::erasure::{Fragment, FragmentRef};
 use cairn_core::id::{FileId, FragmentHash, PlacementKey};
-use cairn_store::{FragmentStorage, OfferedFragment, StoreError};
+use cairn_store::{NodeStore, OfferedFragment, StoreError};
 
-/// A [`FragmentStore`] that is one local [`FragmentStorage`]: every fragment of every
-/// block goes to it, and certificates are verified before they are stored.
+/// A [`FragmentSink`] and [`FragmentSource`] that is one local [`NodeStore`]: every
+/// fragment of every block goes to it, and certificates are verified before they are
+/// stored.
 ///
-/// It never reports a placement refusal ([`FragmentStore::is_placement_refusal`]):
+/// It never reports a placement refusal ([`FailureKind::Refused`]):
 /// every placement key lands on the same store, so diverting a block to another key
 /// cannot find room a full store lacks; a full store fails the put at once.
 #[derive(Debug)]
@@ -38,7 +40,18 @@ pub enum LocalStoreError {
     },
 }
 
-impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
+/// A failed read of a fragment whose bytes no longer match their hash is
+/// [`FailureKind::Corrupt`]; nothing else is told apart (a full store fails the put).
+impl StoreFailure for LocalStoreError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            LocalStoreError::Store(StoreError::Corrupt { .. }) => FailureKind::Corrupt,
+            LocalStoreError::Store(_) | LocalStoreError::Certificate { .. } => FailureKind::Other,
+        }
+    }
+}
+
+impl<S: NodeStore> FragmentSink for LocalFragments<S> {
     type Error = LocalStoreError;
 
     fn put_fragment(
@@ -52,7 +65,7 @@ impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
         Ok(())
     }
 
-    /// One group commit per block ([`FragmentStorage::put_fragments`]): all the
+    /// One group commit per block ([`NodeStore::put_fragments`]): all the
     /// block's fragments are stored or none, with one sync for the lot.
     fn put_block_fragments(
         &self,
@@ -71,17 +84,6 @@ impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
         Ok(())
     }
 
-    fn get_fragment(
-        &self,
-        key: &PlacementKey,
-        index: u16,
-    ) -> Result<Option<Fragment>, LocalStoreError> {
-        Ok(self
-            .0
-            .get_fragment(key, index)?
-            .map(|bytes| Fragment { index, bytes }))
-    }
-
     fn put_certificate(
         &self,
         certificate: &Signed<FileCertificate>,
@@ -92,6 +94,21 @@ impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
         self.0
             .put_certificate(&file, &certificate.to_bytes().map_err(invalid)?)?;
         Ok(())
+    }
+}
+
+impl<S: NodeStore> FragmentSource for LocalFragments<S> {
+    type Error = LocalStoreError;
+
+    fn get_fragment(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+    ) -> Result<Option<Fragment>, LocalStoreError> {
+        Ok(self
+            .0
+            .get_fragment(key, index)?
+            .map(|bytes| Fragment { index, bytes }))
     }
 
     fn get_certificate(
@@ -107,10 +124,6 @@ impl<S: FragmentStorage> FragmentStore for LocalFragments<S> {
                 file: *file,
                 source,
             })
-    }
-
-    fn is_corruption(&self, error: &LocalStoreError) -> bool {
-        matches!(error, LocalStoreError::Store(StoreError::Corrupt { .. }))
     }
 }
 

@@ -22,7 +22,7 @@
 //! that directory, and only then inserts the index record and flushes sled. So an index
 //! record never exists without its durable body; a crash at any point leaves either no
 //! record (the old state, plus maybe a temp file or an orphan body) or the whole new
-//! fragment. A group put ([`FragmentStorage::put_fragments`]) does each step for the
+//! fragment. A group put ([`NodeStore::put_fragments`]) does each step for the
 //! whole group before the next (all bodies synced, all renamed, each directory synced
 //! once) and inserts the records with one `sled::Batch`, which sled applies atomically
 //! across a crash: after a crash the group is wholly there or wholly absent. A delete removes the record (flushed) before the file. [`DiskStore::open`]
@@ -47,7 +47,7 @@ use std::sync::{Mutex, MutexGuard};
 use tracing::{info, warn};
 
 use super::{
-    FragmentInfo, FragmentStorage, OfferedFragment, PutOutcome, StoreError, check_offered_group,
+    FragmentInfo, NodeStore, OfferedFragment, PutOutcome, StoreError, check_offered_group,
     check_read, plan_group, ring_intervals,
 };
 use cairn_core::id::{FileId, FragmentHash, ID_BYTES, Id, NodeId, PlacementKey, VolumeKey};
@@ -122,7 +122,7 @@ impl WriteFailed {
     }
 }
 
-/// The durable [`FragmentStorage`]: sled index plus one file per fragment body.
+/// The durable [`NodeStore`]: sled index plus one file per fragment body.
 #[derive(Debug)]
 pub struct DiskStore {
     dir: PathBuf,
@@ -239,7 +239,7 @@ impl DiskStore {
     }
 
     /// Sets how many threads `fdatasync` the bodies of one
-    /// [`FragmentStorage::put_fragments`] group at once, once all are written (default
+    /// [`NodeStore::put_fragments`] group at once, once all are written (default
     /// [`DEFAULT_SYNC_THREADS`]; 1 means one after another; at most 16 are used).
     /// Durability is the same either way: the call returns once every body is synced.
     pub fn with_sync_threads(mut self, threads: usize) -> DiskStore {
@@ -637,7 +637,7 @@ impl DiskStore {
     }
 }
 
-impl FragmentStorage for DiskStore {
+impl NodeStore for DiskStore {
     fn put_fragment(
         &self,
         key: &PlacementKey,

@@ -1,6 +1,6 @@
 //! The durable local store: fragments, certificates, pointers and root records.
 //!
-//! Owns: the [`FragmentStorage`] trait (the narrow API every higher layer uses), its
+//! Owns: the [`NodeStore`] trait (the narrow API every higher layer uses), its
 //! two implementations, [`MemoryStore`] (for the simulator and tests) and
 //! [`DiskStore`] (sled as the index, fragment bodies in files; see `docs/store.md`
 //! for the measurements behind that layout), capacity accounting, and [`StoreError`].
@@ -15,13 +15,13 @@
 //! Every mutating call returns only once its effect is on disk (for [`DiskStore`]:
 //! the body file is `fdatasync`ed and renamed, its directory fsynced, and the sled
 //! index flushed). A node signs a store receipt for a fragment **only after
-//! [`FragmentStorage::put_fragment`] (or [`FragmentStorage::put_fragments`] for a
+//! [`NodeStore::put_fragment`] (or [`NodeStore::put_fragments`] for a
 //! group) has returned `Ok`**; a receipt signed earlier could promise a fragment that
 //! a crash then loses.
 //!
 //! # Group commit
 //!
-//! [`FragmentStorage::put_fragments`] stores the fragments of one placement key (a
+//! [`NodeStore::put_fragments`] stores the fragments of one placement key (a
 //! block's `n` fragments) as one unit: every check passes before anything is written,
 //! and [`DiskStore`] pays the directory fsync and the index flush once per group
 //! instead of once per fragment. All or nothing: a refused group changes nothing, and
@@ -31,7 +31,7 @@
 //!
 //! A block may belong to several files (equal blocks have equal placement keys), so a
 //! node records which files use each placement key it holds fragments of
-//! ([`FragmentStorage::add_reference`]); a reclaim removes its file's references and
+//! ([`NodeStore::add_reference`]); a reclaim removes its file's references and
 //! frees a block only when none remain. A reclaimed file gets a tombstone holding its
 //! reclaim certificate, and its id is never stored again. Both are metadata only: a
 //! reference neither requires nor protects a fragment body, so they are written apart
@@ -41,7 +41,7 @@
 //!
 //! # What the capacity counts
 //!
-//! [`FragmentStorage::used`] is the exact sum of the lengths of the fragment bodies
+//! [`NodeStore::used`] is the exact sum of the lengths of the fragment bodies
 //! stored, nothing else: certificates, pointers, root records, references, tombstones, the index and file
 //! system overhead are small and not counted. A put that would take `used` past
 //! `capacity` is refused with [`StoreError::Full`] and changes nothing.
@@ -74,7 +74,7 @@ pub struct FragmentInfo {
     pub len: u64,
 }
 
-/// The outcome of a successful [`FragmentStorage::put_fragment`].
+/// The outcome of a successful [`NodeStore::put_fragment`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
     /// The fragment was new and is now durable; `used` grew by `bytes`.
@@ -86,7 +86,7 @@ pub enum PutOutcome {
     AlreadyStored,
 }
 
-/// One fragment offered to [`FragmentStorage::put_fragments`]: its index within the
+/// One fragment offered to [`NodeStore::put_fragments`]: its index within the
 /// block, the hash the caller expects (`fragment_hash(index, bytes)`), and its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OfferedFragment<'a> {
@@ -232,7 +232,7 @@ impl StoreError {
 /// All methods take `&self`; implementations synchronise internally so one store can
 /// be shared between tasks. Every mutation is durable when it returns (see the module
 /// docs for when that matters).
-pub trait FragmentStorage: Send + Sync {
+pub trait NodeStore: Send + Sync {
     /// Stores fragment `index` of the block placed at `key`, after checking that
     /// `fragment_hash(index, bytes) == *expected`.
     ///
@@ -386,7 +386,7 @@ pub trait FragmentStorage: Send + Sync {
 
     /// Bytes of fragment bodies stored.
     fn used(&self) -> u64;
-    /// The configured limit on [`FragmentStorage::used`].
+    /// The configured limit on [`NodeStore::used`].
     fn capacity(&self) -> u64;
     /// `capacity - used` (0 if a reopen with a smaller capacity left it over).
     fn free(&self) -> u64 {
@@ -395,7 +395,7 @@ pub trait FragmentStorage: Send + Sync {
 }
 
 /// True if `key` lies in the clockwise ring range `[start, end)`, the range
-/// [`FragmentStorage::placement_keys_in`] lists (`start == end`: the whole ring).
+/// [`NodeStore::placement_keys_in`] lists (`start == end`: the whole ring).
 pub fn in_ring_range(key: &PlacementKey, start: &PlacementKey, end: &PlacementKey) -> bool {
     match start.cmp(end) {
         std::cmp::Ordering::Less => start <= key && key < end,
@@ -564,7 +564,7 @@ mod tests {
         );
     }
 
-    fn check_root_listing(store: &dyn FragmentStorage) {
+    fn check_root_listing(store: &dyn NodeStore) {
         #![allow(clippy::unwrap_used)]
         let volume = |b: u8| VolumeKey(Id([b; 32]));
         assert_eq!(store.root_volumes(None, 10).unwrap(), Vec::new());

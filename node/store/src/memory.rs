@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    FragmentInfo, FragmentStorage, OfferedFragment, PutOutcome, StoreError, check_offered,
+    FragmentInfo, NodeStore, OfferedFragment, PutOutcome, StoreError, check_offered,
     check_offered_group, check_read, plan_group, ring_intervals,
 };
 use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
@@ -30,7 +30,7 @@ impl Inner {
     }
 }
 
-/// A [`FragmentStorage`] held in memory.
+/// A [`NodeStore`] held in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
     capacity: u64,
@@ -79,7 +79,7 @@ impl MemoryStore {
     }
 }
 
-impl FragmentStorage for MemoryStore {
+impl NodeStore for MemoryStore {
     fn put_fragment(
         &self,
         key: &PlacementKey,
