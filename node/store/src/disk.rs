@@ -43,6 +43,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -73,6 +74,12 @@ const FRAGMENT_RECORD_LEN: usize = 1 + ID_BYTES + 8;
 const FRAGMENT_KEY_LEN: usize = ID_BYTES + 2;
 /// Puts and deletes of the same fragment are serialised by one of this many locks.
 const LOCK_STRIPES: usize = 64;
+
+/// How long [`DiskStore::open`] waits for sled's lock on the index. sled lets go of it
+/// from its background threads a moment after the last handle is dropped, so a store
+/// reopened in the same process (a node restarted in place, a test) can find it still
+/// held; another process holding the store open still fails, after this long.
+const INDEX_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 /// How many threads `fdatasync` a group's bodies at once unless
 /// [`DiskStore::with_sync_threads`] says otherwise: a 4+2 block's six fragments all at
 /// once (`docs/store.md` has the measurement).
@@ -179,10 +186,7 @@ impl DiskStore {
             sync_dir(&dir)?;
         }
 
-        let db = sled::Config::new()
-            .path(dir.join("index"))
-            .open()
-            .map_err(|e| StoreError::index("opening the index", e))?;
+        let db = open_index(&dir.join("index"))?;
         let open_tree = |name: &'static str| {
             db.open_tree(name)
                 .map_err(|e| StoreError::index("opening a tree", e))
@@ -1195,6 +1199,23 @@ fn remove_path(path: &Path) -> Result<(), StoreError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StoreError::io("removing", path, e)),
+    }
+}
+
+/// Opens sled's index at `path`, waiting up to [`INDEX_LOCK_PATIENCE`] for its lock.
+fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + INDEX_LOCK_PATIENCE;
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled reports a held lock only in its message ("could not acquire lock").
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened.map_err(|e| StoreError::index("opening the index", e)),
+        }
     }
 }
 
