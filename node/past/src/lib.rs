@@ -468,6 +468,11 @@ impl<S: NodeStore> Holder<S> {
         }
     }
 
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.identity.public_key().node_id()
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

@@ -1,15 +1,15 @@
-//! Maintenance of a placement key's redundancy, sans-IO: given what the nodes near a key
-//! hold, decide what to regenerate, hand off, release and forget.
+//! The planner of a key's maintenance, sans-IO: given what the nodes near a key hold,
+//! decide what to regenerate, hand off, release and forget.
 //!
 //! Owns: [`plan`] (the reconciliation planner) with its input ([`Observed`]) and output
 //! ([`Plan`], [`Step`]); [`decide_authority`] (which certificate, if any, authorises
 //! repairing a key, and which referencing files were reclaimed); [`holdings_digest`]
-//! and [`summary_digest`] (the compact summaries holders send their coordinator); [`affected_ranges`] (which ring
-//! ranges a membership change touches). No sockets, no clock, no store: the daemon
-//! (`daemon::maintenance`) asks the nodes, feeds the answers in and carries the steps out.
+//! and [`summary_digest`] (the compact summaries holders send their coordinator);
+//! [`affected_ranges`] (which ring ranges a membership change touches). Pure
+//! functions: [`super::reconcile::KeyReconcile`] feeds them what the nodes answered.
 //!
-//! May use: [`cairn_core::id`], [`cairn_core::crypto`] (certificate checks), [`super`]
-//! (PAST's request types and [`super::check_certificate`]).
+//! May use: [`cairn_core::id`], [`cairn_core::crypto`] (certificate checks), the crate
+//! root (PAST's request types and [`crate::check_certificate`]).
 //!
 //! # The goal, per key
 //! Every index `0..n` held with the agreed hash by some live responsible node (the `n`
@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cairn_core::crypto::{FileCertificate, ReclaimCertificate, Signed};
 use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey};
 
-use super::{UnixSeconds, check_certificate};
+use crate::{UnixSeconds, check_certificate};
 
 /// What one node answered when asked for its holdings of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,7 +236,7 @@ pub fn plan(k: u16, n: u16, responsible: &[NodeId], observed: &[Observed]) -> Pl
     }
 }
 
-/// What one certificate keeper answered about a file ([`super::PastResponse::FileStatus`]).
+/// What one certificate keeper answered about a file ([`crate::PastResponse::FileStatus`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileStatus {
     /// The signed certificate it keeps, if any.
@@ -670,7 +670,7 @@ mod tests {
         // Every key whose 3 closest (before) include the node that left is covered.
         for probe in 0..2000u32 {
             let key = PlacementKey(Id::hash(&probe.to_be_bytes()));
-            let closest = super::super::closest(&key.0, ring.iter().copied(), 3);
+            let closest = crate::closest(&key.0, ring.iter().copied(), 3);
             if closest.contains(&gone) {
                 assert!(in_ring_range(&key, &start, &end), "key {key} missed");
             }
