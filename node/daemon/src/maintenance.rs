@@ -569,18 +569,14 @@ impl Node {
         let mut outcome = self.drive_maintenance(machine).await;
         let counters = &self.inner.counters;
         let done = outcome.done;
-        counters
-            .repair_bytes
-            .fetch_add(done.repair_bytes, Ordering::Relaxed);
-        counters
-            .fragments_regenerated
-            .fetch_add(done.regenerated, Ordering::Relaxed);
-        counters
-            .fragments_handed_off
-            .fetch_add(done.handed_off, Ordering::Relaxed);
-        counters
-            .fragments_forgotten
-            .fetch_add(done.forgotten, Ordering::Relaxed);
+        for (counter, add) in [
+            (&counters.repair_bytes, done.repair_bytes),
+            (&counters.fragments_regenerated, done.regenerated),
+            (&counters.fragments_handed_off, done.handed_off),
+            (&counters.fragments_forgotten, done.forgotten),
+        ] {
+            counter.fetch_add(add, Ordering::Relaxed);
+        }
         memory.statuses.learn(std::mem::take(&mut outcome.learnt));
         if let Some(seen) = outcome.seen.take() {
             for holdings in seen {

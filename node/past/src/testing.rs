@@ -9,10 +9,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cairn_core::crypto::{FileCertificate, KeyPair, Signed, StoreReceipt, UploadGrant};
+use cairn_core::crypto::{
+    FileCertificate, KeyPair, ReclaimCertificate, Signed, StoreReceipt, UploadGrant,
+};
 use cairn_core::erasure::{Codec, ErasureParams, fragment_hash};
 use cairn_core::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey};
-use cairn_store::MemoryStore;
+use cairn_store::{MemoryStore, NodeStore};
 
 use crate::answer::Answer;
 use crate::divert::ReplicaDiversion;
@@ -92,6 +94,16 @@ impl TestNet {
             .iter()
             .find(|n| n.address.id == *id)
             .unwrap_or_else(|| panic!("no test node {id:?}"))
+    }
+
+    /// The fragments the node with this id holds under `at`: index and bytes.
+    pub fn held(&self, id: &NodeId, at: &PlacementKey) -> Vec<(u16, Vec<u8>)> {
+        let store = self.node(id).holder.store();
+        let infos = store.fragments_under(at).unwrap_or_default();
+        infos
+            .into_iter()
+            .filter_map(|info| Some((info.index, store.get_fragment(at, info.index).ok()??)))
+            .collect()
     }
 
     /// Sets how the node with this id behaves.
@@ -251,6 +263,42 @@ pub fn key(n: u8) -> PlacementKey {
     PlacementKey(Id::hash(&[b'k', n]))
 }
 
+/// The owner's signed certificate of the file `name` (salt 0, the file id a
+/// [`grant`] of `name` names) with code `(k, m)`, created just before [`NOW`].
+pub fn certificate(owner: &KeyPair, name: &[u8], (k, m): (u16, u16)) -> (FileId, Vec<u8>) {
+    let body = FileCertificate {
+        file_id: FileId::derive(name, &owner.public_key().0, 0),
+        name_digest: Id::hash(name),
+        name_salt: 0,
+        manifest_hash: ManifestHash(Id::hash(name)),
+        manifest_salt: 0,
+        manifest_fragments: Vec::new(),
+        size: 1,
+        k,
+        m,
+        created_at: NOW - 1,
+        expires_at: None,
+        owner: owner.public_key(),
+    };
+    let file = body.file_id;
+    let bytes = Signed::sign(owner, body)
+        .and_then(|s| s.to_bytes())
+        .expect("a certificate");
+    (file, bytes)
+}
+
+/// `signer`'s signed reclaim of `file` (valid only if `signer` owns it).
+pub fn reclaim(signer: &KeyPair, file: FileId) -> Vec<u8> {
+    let body = ReclaimCertificate {
+        file_id: file,
+        owner: signer.public_key(),
+        issued_at: NOW,
+    };
+    Signed::sign(signer, body)
+        .and_then(|s| s.to_bytes())
+        .expect("a reclaim")
+}
+
 /// A file of one block stored on `net` as a put leaves it: its owner's certificate
 /// (`k`, `m`) on its keepers, and the block's `k + m` fragments (a real codeword of
 /// `len` bytes) at `at`, each referencing the file. Returns the file, its signed
@@ -264,23 +312,7 @@ pub fn certified_block(
     len: usize,
 ) -> (FileId, Vec<u8>, OwnedFragments) {
     let (file, grant) = grant(owner, name);
-    let body = FileCertificate {
-        file_id: file,
-        name_digest: Id::hash(name),
-        name_salt: 0,
-        manifest_hash: ManifestHash(Id::hash(name)),
-        manifest_salt: 0,
-        manifest_fragments: Vec::new(),
-        size: len as u64,
-        k,
-        m,
-        created_at: NOW - 1,
-        expires_at: None,
-        owner: owner.public_key(),
-    };
-    let certificate = Signed::sign(owner, body)
-        .and_then(|s| s.to_bytes())
-        .expect("a certificate");
+    let (_, certificate) = certificate(owner, name, (k, m));
     let replicas = u16::try_from(PastConfig::default().certificate_replicas).unwrap_or(4);
     run(
         net,

@@ -404,11 +404,11 @@ fn judge<E: fmt::Debug>(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use cairn_core::crypto::{KeyPair, Signed};
+    use cairn_core::crypto::KeyPair;
     use cairn_store::NodeStore;
 
     use super::*;
-    use crate::testing::{Behaviour, NOW, TestNet, certified_block, key};
+    use crate::testing::{Behaviour, TestNet, certified_block, key};
 
     const MIB: u64 = 1 << 20;
 
@@ -426,14 +426,6 @@ mod tests {
         let (file, certificate, _) = certified_block(&net, &owner, b"o", key(1), (4, 2), 8000);
         let closest = net.closest(&key(1).0, 10);
         let (a, b, outsider) = (closest[0], closest[1], closest[8]);
-        let count = |net: &TestNet, node: &NodeAddress| {
-            net.node(&node.id)
-                .holder
-                .store()
-                .fragments_under(&key(1))
-                .unwrap()
-                .len()
-        };
 
         // Release: `b` holds index 1, not `a`'s index 0.
         let release = PastRequest::Release {
@@ -444,7 +436,7 @@ mod tests {
         assert!(
             matches!(refused(net.ask(&a, release)), Refusal::Store(r) if r.contains("does not hold"))
         );
-        assert_eq!(count(&net, &a), 1);
+        assert_eq!(net.held(&a.id, &key(1)).len(), 1);
 
         // DropPointer: the pointed holder still has the index.
         net.node(&outsider.id)
@@ -483,23 +475,20 @@ mod tests {
         assert!(
             matches!(refused(net.ask(&b, handoff(outsider))), Refusal::Store(r) if r.contains("did not confirm"))
         );
-        assert_eq!(count(&net, &b), 1);
+        assert_eq!(net.held(&b.id, &key(1)).len(), 1);
         net.set(&outsider.id, Behaviour::Honest);
         assert_eq!(net.ask(&b, handoff(outsider)), Ok(PastResponse::Done));
-        assert_eq!((count(&net, &b), count(&net, &outsider)), (0, 1));
+        assert_eq!(
+            (
+                net.held(&b.id, &key(1)).len(),
+                net.held(&outsider.id, &key(1)).len()
+            ),
+            (0, 1)
+        );
 
         // Forget: a reclaim signed by someone else than the certificate's owner.
         let thief = KeyPair::from_secret_bytes(&[61; 32]);
-        let forged = Signed::sign(
-            &thief,
-            ReclaimCertificate {
-                file_id: file,
-                owner: thief.public_key(),
-                issued_at: NOW,
-            },
-        )
-        .and_then(|s| s.to_bytes())
-        .unwrap();
+        let forged = crate::testing::reclaim(&thief, file);
         let forget = PastRequest::Forget {
             reclaim: forged,
             keys: vec![key(1)],
@@ -509,6 +498,6 @@ mod tests {
             refused(net.ask(&c, forget)),
             Refusal::Certificate(_)
         ));
-        assert_eq!(count(&net, &c), 1);
+        assert_eq!(net.held(&c.id, &key(1)).len(), 1);
     }
 }

@@ -399,6 +399,7 @@ pub fn affected_ranges(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::testing::reclaim;
     use cairn_core::crypto::KeyPair;
     use cairn_store::in_ring_range;
 
@@ -562,38 +563,10 @@ mod tests {
         assert!(plan.steps.is_empty());
     }
 
-    fn certificate(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
-        let body = FileCertificate {
-            file_id: FileId::derive(name, &owner.public_key().0, 0),
-            name_digest: Id::hash(name),
-            name_salt: 0,
-            manifest_hash: cairn_core::id::ManifestHash(Id::hash(name)),
-            manifest_salt: 0,
-            manifest_fragments: Vec::new(),
-            size: 1,
-            k: 4,
-            m: 2,
-            created_at: 1,
-            expires_at: None,
-            owner: owner.public_key(),
-        };
-        let file = body.file_id;
-        (file, Signed::sign(owner, body).unwrap().to_bytes().unwrap())
-    }
-
-    fn reclaim(signer: &KeyPair, file: FileId) -> Vec<u8> {
-        let body = ReclaimCertificate {
-            file_id: file,
-            owner: signer.public_key(),
-            issued_at: 2,
-        };
-        Signed::sign(signer, body).unwrap().to_bytes().unwrap()
-    }
-
     #[test]
     fn authority_follows_certificates_and_tombstones() {
         let owner = KeyPair::from_secret_bytes(&[1; 32]);
-        let (file, cert) = certificate(&owner, b"f");
+        let (file, cert) = crate::testing::certificate(&owner, b"f", (4, 2));
         let kept = FileStatus {
             certificate: Some(cert.clone()),
             tombstone: None,
@@ -621,7 +594,7 @@ mod tests {
             decide_authority(&[(file, vec![nothing])], 10),
             Authority::Unknown
         );
-        let (other, other_cert) = certificate(&owner, b"g");
+        let (other, other_cert) = crate::testing::certificate(&owner, b"g", (4, 2));
         let both = decide_authority(
             &[
                 (file, vec![gone]),

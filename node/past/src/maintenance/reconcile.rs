@@ -371,11 +371,7 @@ impl<E: fmt::Display + fmt::Debug> KeyReconcile<E> {
             .map(|to| self.ask(to, PastRequest::Holdings { key }, Pending::Holdings))
             .collect();
         self.stage = Stage::Pointed;
-        if commands.is_empty() {
-            self.start_authority()
-        } else {
-            Progress::Continue(commands)
-        }
+        self.advance(commands)
     }
 
     fn start_authority(&mut self) -> Progress<Reconciled<E>> {
@@ -472,13 +468,10 @@ impl<E: fmt::Display + fmt::Debug> KeyReconcile<E> {
             Authority::Unknown => self.fail(Unsettled::AuthorityUnknown),
             Authority::Reclaimed { reclaimed } => {
                 tracing::info!(key = %self.key, "every file referencing the key was reclaimed: deleting");
+                // With no certificate live, `carry_out` after the forgets only finishes.
                 let commands = self.forget(&reclaimed, false);
                 self.stage = Stage::Forgetting;
-                if commands.is_empty() {
-                    self.finish()
-                } else {
-                    Progress::Continue(commands)
-                }
+                self.advance(commands)
             }
             Authority::Live {
                 certificate,
@@ -488,11 +481,7 @@ impl<E: fmt::Display + fmt::Debug> KeyReconcile<E> {
                 self.live = Some((certificate, body.k, body.m));
                 let commands = self.forget(&reclaimed, true);
                 self.stage = Stage::Forgetting;
-                if commands.is_empty() {
-                    self.carry_out()
-                } else {
-                    Progress::Continue(commands)
-                }
+                self.advance(commands)
             }
         }
     }
@@ -972,7 +961,7 @@ impl<E: fmt::Display + fmt::Debug> Operation for KeyReconcile<E> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use cairn_core::crypto::{KeyPair, ReclaimCertificate, Signed};
+    use cairn_core::crypto::KeyPair;
     use cairn_store::NodeStore;
 
     use super::*;
@@ -991,21 +980,6 @@ mod tests {
         run(net, KeyReconcile::new(at, WIDE, keepers(), known, NOW))
     }
 
-    fn held(net: &TestNet, node: &NodeId, at: &PlacementKey) -> Vec<(u16, Vec<u8>)> {
-        let store = net.node(node).holder.store();
-        store
-            .fragments_under(at)
-            .unwrap()
-            .into_iter()
-            .map(|info| {
-                (
-                    info.index,
-                    store.get_fragment(at, info.index).unwrap().unwrap(),
-                )
-            })
-            .collect()
-    }
-
     #[test]
     fn a_dead_holders_index_is_regenerated_byte_equal_on_the_free_responsible_node() {
         let mut net = TestNet::new(&[64 * MIB; 10]);
@@ -1019,7 +993,7 @@ mod tests {
         assert_eq!(outcome.done.regenerated, 1);
         // The designated node for index 2 (now the third closest live) holds index 3:
         // the first free responsible node, the seventh closest, gets it.
-        let (index, bytes) = held(&net, &closest[6].id, &key(1)).pop().unwrap();
+        let (index, bytes) = net.held(&closest[6].id, &key(1)).pop().unwrap();
         assert_eq!((index, &bytes), (2, &fragments[2].2));
         // k fragments in, one out.
         assert_eq!(outcome.done.repair_bytes, 5 * bytes.len() as u64);
@@ -1045,8 +1019,8 @@ mod tests {
         let back = reconcile(&net, key(1), KnownStatuses::default());
         assert!(back.is_settled(), "{:?}", back.problems);
         assert_eq!(back.done.released, 1);
-        assert!(held(&net, &closest[6].id, &key(1)).is_empty());
-        assert_eq!(held(&net, &closest[2].id, &key(1)).len(), 1);
+        assert!(net.held(&closest[6].id, &key(1)).is_empty());
+        assert_eq!(net.held(&closest[2].id, &key(1)).len(), 1);
     }
 
     #[test]
@@ -1058,7 +1032,7 @@ mod tests {
         net.set(&closest[0].id, Behaviour::Down);
         let owner = KeyPair::from_secret_bytes(&[71; 32]);
         let (_, _, fragments) = certified_block(&net, &owner, b"g", key(2), (4, 2), 30_000);
-        assert_eq!(held(&net, &closest[6].id, &key(2))[0].0, 5);
+        assert_eq!(net.held(&closest[6].id, &key(2))[0].0, 5);
         net.set(&closest[0].id, Behaviour::Honest);
 
         // A joiner that forges its receipt gets nothing, and the old copy stays.
@@ -1075,7 +1049,7 @@ mod tests {
             "{:?}",
             forged.problems
         );
-        assert_eq!(held(&net, &closest[6].id, &key(2)).len(), 1);
+        assert_eq!(net.held(&closest[6].id, &key(2)).len(), 1);
 
         net.set(&closest[0].id, Behaviour::Honest);
         let outcome = reconcile(&net, key(2), KnownStatuses::default());
@@ -1083,11 +1057,11 @@ mod tests {
         assert_eq!(outcome.done.handed_off, 1);
         assert_eq!(outcome.done.regenerated, 0);
         assert_eq!(
-            held(&net, &closest[0].id, &key(2)),
+            net.held(&closest[0].id, &key(2)),
             vec![(5, fragments[5].2.clone())]
         );
         assert!(
-            held(&net, &closest[6].id, &key(2)).is_empty(),
+            net.held(&closest[6].id, &key(2)).is_empty(),
             "the old copy goes once received"
         );
         assert!(
@@ -1118,7 +1092,7 @@ mod tests {
         let keeper = net.node(&closest[3].id).holder.store();
         assert_eq!(keeper.get_pointer(&key(3), 3).unwrap(), None);
         assert_eq!(
-            held(&net, &closest[3].id, &key(3)),
+            net.held(&closest[3].id, &key(3)),
             vec![(3, fragments[3].2.clone())]
         );
     }
@@ -1129,16 +1103,7 @@ mod tests {
         let owner = KeyPair::from_secret_bytes(&[73; 32]);
         let (file, certificate, _) = certified_block(&net, &owner, b"r", key(4), (4, 2), 20_000);
         // Only the certificate's keepers saw the reclaim.
-        let reclaim = Signed::sign(
-            &owner,
-            ReclaimCertificate {
-                file_id: file,
-                owner: owner.public_key(),
-                issued_at: NOW,
-            },
-        )
-        .and_then(|s| s.to_bytes())
-        .unwrap();
+        let reclaim = crate::testing::reclaim(&owner, file);
         for keeper in net.closest(&certificate_key(&file).0, usize::from(keepers())) {
             net.node(&keeper.id)
                 .holder
