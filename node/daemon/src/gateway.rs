@@ -317,6 +317,7 @@ impl StoreFailure for GatewayError {
             GatewayError::Stopped
             | GatewayError::Locate { .. }
             | GatewayError::Unreachable { .. }
+            | GatewayError::Timeout { .. }
             | GatewayError::Protocol { .. }
             | GatewayError::Refused { .. }
             | GatewayError::BadReceipt { .. }
