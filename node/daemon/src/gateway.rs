@@ -64,6 +64,14 @@ pub enum GatewayError {
         #[source]
         source: NetError,
     },
+    /// A node did not answer within the time allowed (maintenance's `call_timeout`).
+    #[error("node {node} did not answer in time ({after:?})")]
+    Timeout {
+        /// The node.
+        node: NodeId,
+        /// The time allowed.
+        after: std::time::Duration,
+    },
     /// A node answered something that makes no sense here.
     #[error("node {node} {what}")]
     Protocol {
@@ -309,6 +317,7 @@ impl StoreFailure for GatewayError {
             GatewayError::Stopped
             | GatewayError::Locate { .. }
             | GatewayError::Unreachable { .. }
+            | GatewayError::Timeout { .. }
             | GatewayError::Protocol { .. }
             | GatewayError::Refused { .. }
             | GatewayError::BadReceipt { .. }

@@ -661,19 +661,6 @@ impl Node {
                 certificate,
                 keys,
             } => self.handle_reclaim(reclaim, certificate, keys).await,
-            PastRequest::Handoff {
-                key,
-                index,
-                to,
-                authority,
-            } => self.handle_handoff(key, index, to, authority).await,
-            PastRequest::Release {
-                key,
-                index,
-                kept_by,
-            } => self.handle_release(key, index, kept_by).await,
-            PastRequest::DropPointer { key, index } => self.handle_drop_pointer(key, index).await,
-            PastRequest::Forget { reclaim, keys } => self.handle_forget(reclaim, keys).await,
             PastRequest::Reconcile { keys, .. } => self.handle_reconcile(keys),
             PastRequest::Summary {
                 from,
@@ -689,6 +676,7 @@ impl Node {
                         size,
                         free,
                     }) => self.divert(request, size, free).await,
+                    Ok(Answer::Order(order)) => self.obey(order).await,
                     // Every such request is matched above.
                     Ok(Answer::Elsewhere(_)) => PastResponse::Refused(Refusal::Store(
                         "this request is not answered from the store".into(),

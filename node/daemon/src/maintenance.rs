@@ -1,25 +1,27 @@
-//! The node's maintenance and scrub workers: they keep the redundancy of the keys this
-//! node holds (reconciliation, regeneration, handoff) and re-check its fragments on
-//! disk. The decisions are `past::maintenance`'s (sans-IO); this module asks the nodes,
-//! moves the bytes, rate-limits and counts them. See `docs/repair.md`.
+//! The node's maintenance and scrub workers: the driver of `past::maintenance`'s
+//! machines. Every decision (what a key needs, whether an order may be obeyed) is
+//! sans-IO in `cairn_past::maintenance`; this module decides only *when* to look, and
+//! carries the machines out: it schedules, drives them ([`Node::drive_maintenance`]:
+//! asks bounded by `call_timeout`, paces through the repair budget, `handle` on the
+//! blocking pool), applies what they decide to the store, and counts it. See
+//! `docs/repair.md`.
 //!
 //! Owns: [`MaintenanceConfig`], the maintenance task (one per node: debounced runs after
-//! leaf-set changes, a slow pass, nudges from other holders), the scrub task, the
-//! handlers of the repair requests (`RepairStore`, `Handoff`, `Release`, `DropPointer`,
-//! `Forget`, `Reconcile`), the replication of certificates and of volume root records
-//! to their current keepers, and [`RateLimiter`].
+//! leaf-set changes, a slow pass, nudges from other holders) with the coordinator's
+//! memory (settled digests, the keeper status cache), the driving of
+//! [`KeyReconcile`] per key and of [`OrderCheck`] per order received, the `Reconcile`
+//! and `Summary` handlers, the scrub task, the replication of certificates and of
+//! volume root records to their current keepers, and [`RateLimiter`].
 //!
-//! May use: [`super`] (the node, `ask`, `locate`, `find_certificate`), [`cairn_past`],
-//! [`cairn_core::erasure`], [`cairn_store`], [`cairn_core::crypto`], [`cairn_core::id`].
+//! May use: [`super`] (the node, `ask`, `locate`, `drive_maintenance`), [`cairn_past`],
+//! [`cairn_store`], [`cairn_core::id`].
 //!
 //! # Who does what
-//! The live node closest to a key (in its own leaf-set view) **coordinates** it: it asks
-//! the `n + spares` closest for their holdings, the certificate keepers of the
-//! referencing files for their status, plans, and carries out the plan. Every other
-//! holder of a key only tells the coordinator (`Reconcile`, batched per coordinator)
-//! when the key's neighbourhood changed, a scrub dropped a fragment, or (on the slow
-//! pass) with a digest of what it holds, which the coordinator compares with what it
-//! saw at its last reconcile.
+//! The live node closest to a key (in its own leaf-set view) **coordinates** it and
+//! runs its [`KeyReconcile`]. Every other holder of a key only tells the coordinator
+//! (`Reconcile`, batched per coordinator) when the key's neighbourhood changed, a scrub
+//! dropped a fragment, or (on the slow pass) with a digest of what it holds, which the
+//! coordinator compares with what it saw at its last settled reconcile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -30,16 +32,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::{Node, unix_now};
-use cairn_core::crypto::{Signed, StoreReceipt};
-use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, Offer, fragment_hash};
-use cairn_core::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey};
+use cairn_core::id::{FileId, Id, NodeId, PlacementKey};
 use cairn_past::maintenance::{
-    Authority, FileStatus, Observed, Step, affected_ranges, decide_authority, holdings_digest,
-    plan, summary_digest,
+    Change, FileStatus, KeyReconcile, KnownStatuses, Order, OrderCheck, affected_ranges,
+    holdings_digest, summary_digest,
 };
 use cairn_past::{
-    NodeAddress, PastRequest, PastResponse, Refusal, RepairAuthority, RepairRequest,
-    certificate_key, check_root, closest, root_key,
+    NodeAddress, PastRequest, PastResponse, Refusal, certificate_key, check_root, closest, root_key,
 };
 use cairn_store::{NodeStore, StoreError};
 
@@ -143,36 +142,20 @@ pub(crate) enum Job {
     Changed(PlacementKey),
 }
 
-/// Why a key's reconcile did not finish.
-#[derive(Debug, thiserror::Error)]
-enum ReconcileError {
-    #[error("the store failed: {0}")]
-    Store(#[from] StoreError),
-    #[error("locating the key's nodes failed: {0}")]
-    Locate(String),
-    #[error("{0}")]
-    Step(String),
-}
-
 /// The memory of the coordinator: what each holder's digest of a key was when the
 /// key was last reconciled to a settled state (and whether it held anything there),
-/// and the neighbourhood then.
+/// the neighbourhood then, and what certificate keepers said lately.
 #[derive(Default)]
 struct Memory {
     digests: BTreeMap<(NodeId, PlacementKey), (u64, bool)>,
     responsible: HashMap<PlacementKey, u64>,
-    /// What the keepers said of a file, kept for [`Memory::STATUS_TTL`] so that the
-    /// blocks of one file do not each ask again (only answers with a certificate and no
-    /// tombstone are kept: a reclaim is always seen at once).
-    statuses: HashMap<FileId, (Instant, Vec<FileStatus>)>,
+    statuses: StatusCache,
 }
 
 impl Memory {
     /// Bounds the memory: cleared when it grows past this many entries (it is only an
     /// optimisation; forgetting costs a reconcile).
     const MAX_ENTRIES: usize = 200_000;
-    /// How long a keeper's "live certificate" answer is reused.
-    const STATUS_TTL: Duration = Duration::from_secs(5);
 
     fn trim(&mut self) {
         if self.digests.len() > Self::MAX_ENTRIES {
@@ -181,8 +164,57 @@ impl Memory {
         if self.responsible.len() > Self::MAX_ENTRIES {
             self.responsible.clear();
         }
-        self.statuses
-            .retain(|_, (at, _)| at.elapsed() < Self::STATUS_TTL);
+        self.statuses.expire();
+    }
+}
+
+/// What the keepers said of a file, kept for [`StatusCache::TTL`] so that the blocks of
+/// one file do not each ask again. Which answers are worth keeping (a live certificate,
+/// no tombstone: a reclaim is always seen at once) is [`KeyReconcile`]'s decision; this
+/// only keeps them, and hands each reconcile the ones still fresh.
+#[derive(Default)]
+struct StatusCache {
+    known: KnownStatuses,
+    learnt_at: HashMap<FileId, Instant>,
+}
+
+impl StatusCache {
+    /// How long a keeper's "live certificate" answer is reused.
+    const TTL: Duration = Duration::from_secs(5);
+
+    /// The statuses still fresh (a shared snapshot: cheap per key).
+    fn known(&mut self) -> KnownStatuses {
+        self.expire();
+        Arc::clone(&self.known)
+    }
+
+    fn learn(&mut self, learnt: Vec<(FileId, Vec<FileStatus>)>) {
+        if learnt.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let known = Arc::make_mut(&mut self.known);
+        for (file, statuses) in learnt {
+            known.insert(file, statuses);
+            self.learnt_at.insert(file, now);
+        }
+    }
+
+    fn expire(&mut self) {
+        let stale: Vec<FileId> = self
+            .learnt_at
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= Self::TTL)
+            .map(|(file, _)| *file)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let known = Arc::make_mut(&mut self.known);
+        for file in stale {
+            known.remove(&file);
+            self.learnt_at.remove(&file);
+        }
     }
 }
 
@@ -520,14 +552,10 @@ impl Node {
         .unwrap_or_default()
     }
 
-    /// Reconciles one key as its coordinator. Returns whether it ended settled (the
-    /// plan had nothing left to do, or every step succeeded).
-    async fn reconcile(
-        &self,
-        key: PlacementKey,
-        memory: &mut Memory,
-        limiter: &RateLimiter,
-    ) -> Result<bool, ReconcileError> {
+    /// Reconciles one key as its coordinator ([`KeyReconcile`]): the machine decides,
+    /// this counts what it did and remembers what it learnt. Returns whether the key
+    /// ended settled.
+    async fn reconcile(&self, key: PlacementKey, memory: &mut Memory) -> bool {
         let config = self.maintenance_config().clone();
         self.inner
             .counters
@@ -535,641 +563,85 @@ impl Node {
             .fetch_add(1, Ordering::Relaxed);
         // Ask wide first: `n` is only known from a certificate.
         let wide = u16::try_from(config.span * 2 + config.spares).unwrap_or(u16::MAX);
-        let located = self
-            .locate(key.0, wide)
-            .await
-            .map_err(|e| ReconcileError::Locate(e.to_string()))?;
-        let mut answers: Vec<(NodeAddress, Observed, Vec<FileId>, u64)> = Vec::new();
-        let mut tasks = JoinSet::new();
-        for target in located.iter().copied() {
-            let node = self.clone();
-            tasks.spawn(async move {
-                let answer = node
-                    .ask_bounded(&target, PastRequest::Holdings { key })
-                    .await;
-                (target, answer)
-            });
+        let keepers =
+            u16::try_from(self.inner.config.past.certificate_replicas + 2).unwrap_or(u16::MAX);
+        let machine = KeyReconcile::new(key, wide, keepers, memory.statuses.known(), unix_now());
+        let mut outcome = self.drive_maintenance(machine).await;
+        let counters = &self.inner.counters;
+        let done = outcome.done;
+        for (counter, add) in [
+            (&counters.repair_bytes, done.repair_bytes),
+            (&counters.fragments_regenerated, done.regenerated),
+            (&counters.fragments_handed_off, done.handed_off),
+            (&counters.fragments_forgotten, done.forgotten),
+        ] {
+            counter.fetch_add(add, Ordering::Relaxed);
         }
-        let mut pointed: Vec<NodeAddress> = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((
-                target,
-                Ok(PastResponse::Holdings {
-                    fragments,
-                    pointers,
-                    references,
-                }),
-            )) = joined
-            else {
-                continue;
-            };
-            let pointer_ids: Vec<(u16, NodeId)> =
-                pointers.iter().map(|(i, a)| (*i, a.id)).collect();
-            let digest = holdings_digest(&fragments, &pointer_ids, &references);
-            pointed.extend(pointers.iter().map(|(_, a)| *a));
-            answers.push((
-                target,
-                Observed {
-                    node: target.id,
-                    fragments,
-                    pointers: pointer_ids,
-                },
-                references,
-                digest,
-            ));
-        }
-        // Diverted holders live outside the located set: ask them too.
-        pointed.sort_by_key(|a| a.id);
-        pointed.dedup();
-        for target in pointed {
-            if answers.iter().any(|(a, ..)| a.id == target.id) {
-                continue;
-            }
-            if let Ok(PastResponse::Holdings {
-                fragments,
-                pointers,
-                references,
-            }) = self
-                .ask_bounded(&target, PastRequest::Holdings { key })
-                .await
-            {
-                let pointer_ids: Vec<(u16, NodeId)> =
-                    pointers.iter().map(|(i, a)| (*i, a.id)).collect();
-                let digest = holdings_digest(&fragments, &pointer_ids, &references);
-                answers.push((
-                    target,
-                    Observed {
-                        node: target.id,
-                        fragments,
-                        pointers: pointer_ids,
-                    },
-                    references,
-                    digest,
-                ));
-            }
-        }
-        let mut references: Vec<FileId> = answers
-            .iter()
-            .flat_map(|(_, _, refs, _)| refs.iter().copied())
-            .collect();
-        references.sort();
-        references.dedup();
-        if references.is_empty() {
-            // Fragments without a reference: a put that crashed between the fragment
-            // and its reference. Nothing authorises a repair; left alone.
-            return Ok(true);
-        }
-        let authority = self.authority_of(&references, memory).await;
-        let addresses: HashMap<NodeId, NodeAddress> =
-            answers.iter().map(|(a, ..)| (a.id, *a)).collect();
-        match authority {
-            Authority::Unknown => Ok(false),
-            Authority::Reclaimed { reclaimed } => {
-                for (_, reclaim) in reclaimed {
-                    for (target, observed, refs, _) in &answers {
-                        if observed.fragments.is_empty()
-                            && observed.pointers.is_empty()
-                            && refs.is_empty()
-                        {
-                            continue;
-                        }
-                        let request = PastRequest::Forget {
-                            reclaim: reclaim.clone(),
-                            keys: vec![key],
-                        };
-                        match self.ask_bounded(target, request).await {
-                            Ok(PastResponse::Reclaimed { fragments, .. }) => {
-                                self.inner
-                                    .counters
-                                    .fragments_forgotten
-                                    .fetch_add(fragments, Ordering::Relaxed);
-                            }
-                            other => {
-                                tracing::debug!(%key, node = %target.id, "forget: {other:?}")
-                            }
-                        }
-                    }
-                }
-                tracing::info!(%key, "every file referencing the key was reclaimed: deleted");
-                Ok(true)
-            }
-            Authority::Live {
-                certificate,
-                body,
-                reclaimed,
-            } => {
-                for (file, reclaim) in reclaimed {
-                    for (target, _, refs, _) in &answers {
-                        if refs.contains(&file) {
-                            let request = PastRequest::Forget {
-                                reclaim: reclaim.clone(),
-                                keys: vec![key],
-                            };
-                            let _ = self.ask_bounded(target, request).await;
-                        }
-                    }
-                }
-                let Ok(params) = ErasureParams::new(body.k, body.m) else {
-                    return Ok(false);
-                };
-                let n = params.n();
-                // Responsible: the n closest that answered, closest first.
-                let answered: Vec<NodeId> = answers.iter().map(|(a, ..)| a.id).collect();
-                let responsible: Vec<NodeId> = located
-                    .iter()
-                    .map(|a| a.id)
-                    .filter(|id| answered.contains(id))
-                    .take(usize::from(n))
-                    .collect();
-                let observed: Vec<Observed> = answers.iter().map(|(_, o, ..)| o.clone()).collect();
-                let the_plan = plan(params.k(), n, &responsible, &observed);
-                if !the_plan.conflicting.is_empty() {
-                    tracing::warn!(%key, "copies that disagree with the others: {:?}", the_plan.conflicting);
-                }
-                if !the_plan.stuck.is_empty() {
-                    tracing::warn!(%key, live = the_plan.live, "indexes that cannot be repaired now: {:?}", the_plan.stuck);
-                }
-                let authority = RepairAuthority {
-                    certificate,
-                    references,
-                };
-                let settled = self
-                    .carry_out(key, params, &the_plan, &authority, &addresses, limiter)
-                    .await?
-                    && the_plan.stuck.is_empty();
-                if settled && the_plan.steps.is_empty() {
-                    for (target, observed, _, digest) in &answers {
-                        let held = !observed.fragments.is_empty() || !observed.pointers.is_empty();
-                        memory.digests.insert((target.id, key), (*digest, held));
-                    }
-                    let members = members_with_self(self);
-                    memory
-                        .responsible
-                        .insert(key, neighbourhood_digest(&key, &members, &config));
-                    memory.trim();
-                }
-                Ok(settled)
-            }
-        }
-    }
-
-    /// Asks the certificate keepers of (at most 4 of) the referencing files what they
-    /// know, and decides.
-    async fn authority_of(&self, references: &[FileId], memory: &mut Memory) -> Authority {
-        let replicas = self.inner.config.past.certificate_replicas + 2;
-        let mut answers = Vec::new();
-        for file in references.iter().take(4) {
-            if let Some((at, statuses)) = memory.statuses.get(file)
-                && at.elapsed() < Memory::STATUS_TTL
-            {
-                answers.push((*file, statuses.clone()));
-                continue;
-            }
-            let keepers = match self
-                .locate(
-                    certificate_key(file).0,
-                    u16::try_from(replicas).unwrap_or(u16::MAX),
-                )
-                .await
-            {
-                Ok(keepers) => keepers,
-                Err(_) => return Authority::Unknown,
-            };
-            let mut statuses = Vec::new();
-            for keeper in keepers {
-                if let Ok(PastResponse::FileStatus {
-                    certificate,
-                    tombstone,
-                }) = self
-                    .ask_bounded(&keeper, PastRequest::FileStatus { file: *file })
-                    .await
-                {
-                    statuses.push(FileStatus {
-                        certificate,
-                        tombstone,
-                    });
-                }
-            }
-            let live_only = statuses.iter().any(|s| s.certificate.is_some())
-                && statuses.iter().all(|s| s.tombstone.is_none());
-            if live_only {
+        memory.statuses.learn(std::mem::take(&mut outcome.learnt));
+        if let Some(seen) = outcome.seen.take() {
+            for holdings in seen {
                 memory
-                    .statuses
-                    .insert(*file, (Instant::now(), statuses.clone()));
+                    .digests
+                    .insert((holdings.node, key), (holdings.digest, holdings.held));
             }
-            answers.push((*file, statuses));
+            let members = members_with_self(self);
+            memory
+                .responsible
+                .insert(key, neighbourhood_digest(&key, &members, &config));
+            memory.trim();
         }
-        decide_authority(&answers, unix_now())
+        for problem in &outcome.problems {
+            tracing::debug!(%key, "not settled: {problem}");
+        }
+        outcome.is_settled()
     }
 
-    /// Carries out a plan's steps. Returns whether every step succeeded.
-    async fn carry_out(
-        &self,
-        key: PlacementKey,
-        params: ErasureParams,
-        the_plan: &cairn_past::maintenance::Plan,
-        authority: &RepairAuthority,
-        addresses: &HashMap<NodeId, NodeAddress>,
-        limiter: &RateLimiter,
-    ) -> Result<bool, ReconcileError> {
-        let mut all_done = true;
-        let regenerate: Vec<(u16, NodeId)> = the_plan
-            .steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::Regenerate { index, to } => Some((*index, *to)),
-                _ => None,
-            })
-            .collect();
-        if !regenerate.is_empty() {
-            match self
-                .regenerate(
-                    key,
-                    params,
-                    the_plan,
-                    &regenerate,
-                    authority,
-                    addresses,
-                    limiter,
-                )
-                .await
-            {
-                Ok(done) => all_done &= done,
-                Err(e) => {
-                    tracing::warn!(%key, "regeneration failed: {e}");
-                    all_done = false;
-                }
-            }
-        }
-        for step in &the_plan.steps {
-            let outcome = match step {
-                Step::Regenerate { .. } => continue,
-                Step::Handoff { index, from, to } => {
-                    let (Some(from), Some(to)) = (addresses.get(from), addresses.get(to)) else {
-                        all_done = false;
-                        continue;
-                    };
-                    let request = PastRequest::Handoff {
-                        key,
-                        index: *index,
-                        to: *to,
-                        authority: authority.clone(),
-                    };
-                    let outcome = self.ask_bounded(from, request).await;
-                    if matches!(outcome, Ok(PastResponse::Done)) {
-                        self.inner
-                            .counters
-                            .fragments_handed_off
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    outcome
-                }
-                Step::Release {
-                    index,
-                    node,
-                    kept_by,
-                } => {
-                    let (Some(node), Some(kept_by)) = (addresses.get(node), addresses.get(kept_by))
-                    else {
-                        all_done = false;
-                        continue;
-                    };
-                    let request = PastRequest::Release {
-                        key,
-                        index: *index,
-                        kept_by: *kept_by,
-                    };
-                    self.ask_bounded(node, request).await
-                }
-                Step::DropPointer { index, keeper } => {
-                    let Some(keeper) = addresses.get(keeper) else {
-                        all_done = false;
-                        continue;
-                    };
-                    self.ask_bounded(keeper, PastRequest::DropPointer { key, index: *index })
-                        .await
-                }
-            };
-            if !matches!(outcome, Ok(PastResponse::Done)) {
-                tracing::debug!(%key, ?step, "maintenance step failed: {outcome:?}");
-                all_done = false;
-            }
-        }
-        Ok(all_done)
-    }
-
-    /// Fetches `k` good fragments, rebuilds the block, re-encodes it, checks that every
-    /// index a holder reported hashes as the re-encoding says, and stores each missing
-    /// index on its target.
-    #[allow(clippy::too_many_arguments)]
-    async fn regenerate(
-        &self,
-        key: PlacementKey,
-        params: ErasureParams,
-        the_plan: &cairn_past::maintenance::Plan,
-        targets: &[(u16, NodeId)],
-        authority: &RepairAuthority,
-        addresses: &HashMap<NodeId, NodeAddress>,
-        limiter: &RateLimiter,
-    ) -> Result<bool, ReconcileError> {
-        let k = usize::from(params.k());
-        let fail = |what: String| ReconcileError::Step(what);
-        let mut fetched: Vec<Fragment> = Vec::new();
-        // Indexes with a good copy, each with its holders, fetched one index at a time
-        // (k of them); a holder that fails is skipped for the next.
-        for (index, holders) in the_plan.sources.iter().enumerate() {
-            if fetched.len() >= k {
-                break;
-            }
-            let (Ok(index), Some(Some(expected))) =
-                (u16::try_from(index), the_plan.hashes.get(index))
-            else {
-                continue;
-            };
-            for holder in holders {
-                let Some(address) = addresses.get(holder) else {
-                    continue;
-                };
-                match self
-                    .ask_bounded(address, PastRequest::Fetch { key, index })
-                    .await
-                {
-                    Ok(PastResponse::Fragment { bytes })
-                        if fragment_hash(index, &bytes) == *expected =>
-                    {
-                        limiter.take(bytes.len() as u64).await;
-                        self.inner
-                            .counters
-                            .repair_bytes
-                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        fetched.push(Fragment { index, bytes });
-                        break;
-                    }
-                    other => {
-                        tracing::debug!(%key, index, %holder, "repair fetch: {other:?}");
-                    }
-                }
-            }
-        }
-        if fetched.len() < k {
-            return Err(fail(format!(
-                "only {} of the {k} fragments needed could be fetched",
-                fetched.len()
-            )));
-        }
-        let n = usize::from(params.n());
-        let unknown = FragmentHash(Id::ZERO);
-        let hashes: Vec<FragmentHash> = (0..n)
-            .map(|i| the_plan.hashes.get(i).copied().flatten().unwrap_or(unknown))
-            .collect();
-        let encoded = self
-            .blocking(move |_| {
-                let codec = Codec::new(params).map_err(|e| e.to_string())?;
-                let spec = BlockSpec {
-                    hash: BlockHash(Id::ZERO),
-                    len: None,
-                    fragment_hashes: &hashes,
-                };
-                let offers = fetched
-                    .into_iter()
-                    .map(|fragment| (fragment.index, Offer::Fragment(fragment)));
-                let (decoded, _) = codec.decode(&spec, offers).map_err(|e| e.to_string())?;
-                let encoded = codec.encode(&decoded.to_vec()).map_err(|e| e.to_string())?;
-                // Every index a holder reported must be what this re-encoding gives:
-                // a bad fragment among the k would show here (with more than k known).
-                for (i, expected) in hashes.iter().enumerate() {
-                    if *expected != unknown && encoded.fragment_hashes().get(i) != Some(expected) {
-                        return Err(format!(
-                            "the re-encoding disagrees with the holders at index {i}"
-                        ));
-                    }
-                }
-                Ok(encoded)
-            })
-            .await
-            .map_err(fail)?
-            .map_err(fail)?;
-        let mut all_done = true;
-        for (index, to) in targets {
-            let (Some(fragment), Some(target)) = (encoded.fragment(*index), addresses.get(to))
-            else {
-                all_done = false;
-                continue;
-            };
-            let bytes = fragment.bytes.to_vec();
-            let hash = fragment_hash(*index, &bytes);
-            limiter.take(bytes.len() as u64).await;
-            let sent = bytes.len() as u64;
-            let request = PastRequest::RepairStore(RepairRequest {
-                authority: authority.clone(),
-                key,
-                index: *index,
-                hash,
-                bytes,
-            });
-            match self.ask_bounded(target, request).await {
-                Ok(PastResponse::Stored { receipt, .. })
-                    if receipt_names(&receipt, target.id, key, *index, hash) =>
-                {
-                    self.inner
-                        .counters
-                        .repair_bytes
-                        .fetch_add(sent, Ordering::Relaxed);
-                    self.inner
-                        .counters
-                        .fragments_regenerated
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%key, index, to = %target.id, "fragment regenerated");
-                }
-                other => {
-                    tracing::warn!(%key, index, to = %target.id, "regenerated fragment not stored: {other:?}");
-                    all_done = false;
-                }
-            }
-        }
-        Ok(all_done)
-    }
-
-    /// `Handoff`: push the copy to `to`, and delete it here only once `to`'s receipt
-    /// for exactly this fragment checks out.
-    pub(crate) async fn handle_handoff(
-        &self,
-        key: PlacementKey,
-        index: u16,
-        to: NodeAddress,
-        authority: RepairAuthority,
-    ) -> PastResponse {
-        if to.id == self.id() {
-            return PastResponse::Refused(Refusal::Store("a handoff to oneself".into()));
-        }
-        let read = self
-            .blocking(move |node| node.store().get_fragment(&key, index))
-            .await;
-        let bytes = match read {
-            Ok(Ok(Some(bytes))) => bytes,
-            Ok(Ok(None)) => return PastResponse::NotFound,
-            Ok(Err(StoreError::Corrupt { .. })) => return PastResponse::Corrupt,
-            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
-            Err(e) => return PastResponse::Refused(Refusal::Store(e)),
-        };
-        let hash = fragment_hash(index, &bytes);
-        let size = bytes.len() as u64;
-        self.inner.repair_limiter.take(size).await;
-        let request = PastRequest::RepairStore(RepairRequest {
-            authority,
-            key,
-            index,
-            hash,
-            bytes,
-        });
-        match self.ask_bounded(&to, request).await {
-            Ok(PastResponse::Stored { receipt, .. })
-                if receipt_names(&receipt, to.id, key, index, hash) =>
-            {
-                self.inner
-                    .counters
-                    .repair_bytes
-                    .fetch_add(size, Ordering::Relaxed);
-                let deleted = self
-                    .blocking(move |node| node.store().delete_fragment(&key, index))
-                    .await;
-                tracing::info!(%key, index, to = %to.id, "fragment handed off");
-                match deleted {
-                    Ok(Ok(_)) => PastResponse::Done,
-                    Ok(Err(e)) => PastResponse::Refused(Refusal::Store(e.to_string())),
-                    Err(e) => PastResponse::Refused(Refusal::Store(e)),
-                }
-            }
-            Ok(PastResponse::Refused(refusal)) => PastResponse::Refused(refusal),
-            other => PastResponse::Refused(Refusal::Store(format!(
-                "the handoff target did not confirm: {other:?}"
-            ))),
-        }
-    }
-
-    /// `Release`: drop this copy if `kept_by` holds the same fragment (asked here).
-    pub(crate) async fn handle_release(
-        &self,
-        key: PlacementKey,
-        index: u16,
-        kept_by: NodeAddress,
-    ) -> PastResponse {
-        if kept_by.id == self.id() {
-            return PastResponse::Refused(Refusal::Store("kept by this very node".into()));
-        }
-        let info = self
-            .blocking(move |node| node.store().fragment_info(&key, index))
-            .await;
-        let hash = match info {
-            Ok(Ok(Some(info))) => info.hash,
-            Ok(Ok(None)) => return PastResponse::Done,
-            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
-            Err(e) => return PastResponse::Refused(Refusal::Store(e)),
-        };
-        match self
-            .ask_bounded(&kept_by, PastRequest::Holdings { key })
-            .await
-        {
-            Ok(PastResponse::Holdings { fragments, .. }) if fragments.contains(&(index, hash)) => {
-                match self
-                    .blocking(move |node| node.store().delete_fragment(&key, index))
-                    .await
-                {
-                    Ok(Ok(_)) => {
-                        self.inner
-                            .counters
-                            .fragments_released
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%key, index, kept_by = %kept_by.id, "surplus copy released");
-                        PastResponse::Done
-                    }
-                    Ok(Err(e)) => PastResponse::Refused(Refusal::Store(e.to_string())),
-                    Err(e) => PastResponse::Refused(Refusal::Store(e)),
-                }
-            }
-            other => PastResponse::Refused(Refusal::Store(format!(
-                "{} does not hold the fragment: {other:?}",
-                kept_by.id
-            ))),
-        }
-    }
-
-    /// `DropPointer`: forget a pointer whose holder no longer holds the fragment.
-    pub(crate) async fn handle_drop_pointer(&self, key: PlacementKey, index: u16) -> PastResponse {
-        let pointer = self
-            .blocking(move |node| node.store().get_pointer(&key, index))
-            .await;
-        let holder = match pointer {
-            Ok(Ok(Some(holder))) => holder,
-            Ok(Ok(None)) => return PastResponse::Done,
-            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
-            Err(e) => return PastResponse::Refused(Refusal::Store(e)),
-        };
-        if let Some(address) = self.address_of(&holder)
-            && let Ok(PastResponse::Holdings { fragments, .. }) = self
-                .ask_bounded(&address, PastRequest::Holdings { key })
-                .await
-            && fragments.iter().any(|(i, _)| *i == index)
-        {
-            return PastResponse::Refused(Refusal::Store(format!(
-                "{holder} still holds the fragment"
-            )));
-        }
-        match self
-            .blocking(move |node| node.store().delete_pointer(&key, index))
-            .await
-        {
-            Ok(Ok(_)) => PastResponse::Done,
-            Ok(Err(e)) => PastResponse::Refused(Refusal::Store(e.to_string())),
-            Err(e) => PastResponse::Refused(Refusal::Store(e)),
-        }
-    }
-
-    /// `Forget`: a reclaim this node missed. Obeyed only if no keeper has a
-    /// certificate of the file by another owner than the reclaim's signer.
-    pub(crate) async fn handle_forget(
-        &self,
-        reclaim: Vec<u8>,
-        keys: Vec<PlacementKey>,
-    ) -> PastResponse {
-        let order = match cairn_past::check_reclaim(&reclaim) {
-            Ok(order) => order,
+    /// A maintenance order to this node (`Handoff`, `Release`, `DropPointer`,
+    /// `Forget`) that passed the local checks: checked with the node it concerns
+    /// ([`OrderCheck`]), then applied to the store and counted.
+    pub(crate) async fn obey(&self, order: Order) -> PastResponse {
+        let change = match self.drive_maintenance(OrderCheck::new(order)).await {
+            Ok(change) => change,
             Err(refusal) => return PastResponse::Refused(refusal),
         };
-        match tokio::time::timeout(
-            self.maintenance_config().call_timeout,
-            self.find_certificate(order.file_id),
-        )
-        .await
-        {
-            Ok(Ok(Some(certificate))) if certificate.body.owner != order.owner => {
-                return PastResponse::Refused(Refusal::Certificate(format!(
-                    "file {} belongs to another owner than the reclaim's signer",
-                    order.file_id
-                )));
+        let applied = {
+            let change = change.clone();
+            self.blocking(move |node| node.inner.holder.apply(&change))
+                .await
+                .unwrap_or_else(|e| PastResponse::Refused(Refusal::Store(e)))
+        };
+        let counters = &self.inner.counters;
+        match (&change, &applied) {
+            (
+                Change::HandedOff {
+                    key,
+                    index,
+                    to,
+                    bytes,
+                },
+                _,
+            ) => {
+                // The bytes went out whether or not the delete here worked.
+                counters.repair_bytes.fetch_add(*bytes, Ordering::Relaxed);
+                tracing::info!(%key, index, %to, "fragment handed off");
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return PastResponse::Refused(Refusal::Store(e.to_string())),
-            Err(_) => {
-                return PastResponse::Refused(Refusal::Store(
-                    "the certificate keepers did not answer in time".into(),
-                ));
+            (
+                Change::Released {
+                    key,
+                    index,
+                    kept_by,
+                },
+                PastResponse::Done,
+            ) => {
+                counters.fragments_released.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%key, index, %kept_by, "surplus copy released");
             }
+            (Change::Forget { file, .. }, PastResponse::Reclaimed { fragments, .. }) => {
+                tracing::info!(%file, fragments, "a missed reclaim carried out");
+            }
+            _ => {}
         }
-        match self
-            .blocking(move |node| node.inner.holder.forget(&reclaim, &keys))
-            .await
-        {
-            Ok(Ok(done)) => {
-                tracing::info!(file = %order.file_id, fragments = done.fragments, "a missed reclaim carried out");
-                PastResponse::Reclaimed {
-                    fragments: done.fragments,
-                    bytes: done.bytes,
-                }
-            }
-            Ok(Err(refusal)) => PastResponse::Refused(refusal),
-            Err(e) => PastResponse::Refused(Refusal::Store(e)),
-        }
+        applied
     }
 
     /// `Reconcile`: queued for the maintenance task (dropped if its queue is full; the
@@ -1211,22 +683,6 @@ impl Node {
     }
 }
 
-/// Whether `bytes` is a valid receipt by `node` for exactly this fragment.
-fn receipt_names(
-    bytes: &[u8],
-    node: NodeId,
-    key: PlacementKey,
-    index: u16,
-    hash: FragmentHash,
-) -> bool {
-    Signed::<StoreReceipt>::from_bytes(bytes)
-        .ok()
-        .and_then(|signed| signed.verify().ok().cloned())
-        .is_some_and(|r| {
-            r.node == node && r.placement_key == key && r.index == index && r.fragment_hash == hash
-        })
-}
-
 /// The keys of `from`'s list (or of this node's own, `from` being itself) that need
 /// a look: a digest that differs from the one seen at the last settled reconcile, a
 /// neighbourhood that changed since, or a key `from` held then and lists no more.
@@ -1263,7 +719,6 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
     /// A key whose reconcile did not settle is tried again on this many slow passes.
     const RETRIES: u8 = 5;
     let config = node.maintenance_config().clone();
-    let limiter = Arc::clone(&node.inner.repair_limiter);
     let mut stop = node.inner.shutdown.subscribe();
     let mut memory = Memory::default();
     let mut sent: HashMap<NodeId, u64> = HashMap::new();
@@ -1332,13 +787,7 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
                     if node.is_stopped() {
                         break;
                     }
-                    let settled = match node.reconcile(key, &mut memory, &limiter).await {
-                        Ok(settled) => settled,
-                        Err(e) => {
-                            tracing::debug!(%key, "reconcile failed: {e}");
-                            false
-                        }
-                    };
+                    let settled = node.reconcile(key, &mut memory).await;
                     if settled {
                         retry.remove(&key);
                     } else {

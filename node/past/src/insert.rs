@@ -235,6 +235,8 @@ impl<E: fmt::Display> Operation for BlockInsert<E> {
 
     fn handle(&mut self, input: Input<E>) -> Progress<Self::Output> {
         match input {
+            // Never asked for.
+            Input::Paced(_) => Progress::Continue(Vec::new()),
             Input::Located(Err(failure)) => Progress::Done(Err(InsertError::Locate(failure))),
             Input::Located(Ok(nodes)) => {
                 self.nodes_found = nodes.len();

@@ -468,6 +468,11 @@ impl<S: NodeStore> Holder<S> {
         }
     }
 
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.identity.public_key().node_id()
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
@@ -1137,25 +1142,6 @@ mod tests {
         assert_eq!(holder.store().used(), 0);
     }
 
-    fn certified(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
-        let body = FileCertificate {
-            file_id: FileId::derive(name, &owner.public_key().0, 0),
-            name_digest: Id::hash(name),
-            name_salt: 0,
-            manifest_hash: cairn_core::id::ManifestHash(Id::hash(name)),
-            manifest_salt: 0,
-            manifest_fragments: Vec::new(),
-            size: 1,
-            k: 4,
-            m: 2,
-            created_at: NOW,
-            expires_at: None,
-            owner: owner.public_key(),
-        };
-        let file = body.file_id;
-        (file, Signed::sign(owner, body).unwrap().to_bytes().unwrap())
-    }
-
     fn repair(certificate: Vec<u8>, references: Vec<FileId>, index: u16) -> RepairRequest {
         let bytes = vec![index as u8 ^ 0x33; 700];
         RepairRequest {
@@ -1174,8 +1160,8 @@ mod tests {
     fn a_repair_store_needs_a_referencing_certificate_and_keeps_one_index_per_node() {
         let holder = holder(1 << 20);
         let owner = key_pair(1);
-        let (file, cert) = certified(&owner, b"f");
-        let (other, other_cert) = certified(&owner, b"g");
+        let (file, cert) = crate::testing::certificate(&owner, b"f", (4, 2));
+        let (other, other_cert) = crate::testing::certificate(&owner, b"g", (4, 2));
         // The certificate must be of a referencing file, and check out.
         assert!(matches!(
             holder.repair_fragment(&repair(other_cert.clone(), vec![file], 1), NOW),
@@ -1240,7 +1226,7 @@ mod tests {
     fn forget_needs_the_owner_and_frees_blocks_no_other_file_uses() {
         let holder = holder(1 << 20);
         let owner = key_pair(1);
-        let (file, cert) = certified(&owner, b"f");
+        let (file, cert) = crate::testing::certificate(&owner, b"f", (4, 2));
         holder.put_certificate(&cert, NOW).unwrap();
         holder
             .repair_fragment(&repair(cert.clone(), vec![file], 0), NOW)

@@ -186,6 +186,8 @@ impl<E> Operation for FragmentLookup<E> {
 
     fn handle(&mut self, input: Input<E>) -> Progress<Self::Output> {
         match input {
+            // Never asked for.
+            Input::Paced(_) => Progress::Continue(Vec::new()),
             Input::Located(Err(failure)) => Progress::Done(Err(LookupError::Locate(failure))),
             Input::Located(Ok(nodes)) => {
                 let mut commands = Vec::new();

@@ -14,8 +14,21 @@
 //! - [`Operation::start`] is called once, first.
 //! - Every [`Command`] gets exactly one answer fed back through [`Operation::handle`]:
 //!   [`Input::Located`] for a [`Command::Locate`], [`Input::Answered`] with the same
-//!   [`AskId`] for a [`Command::Ask`]. A failure of the driver's (unreachable, timed
-//!   out, stopped) is an answer too, as `Err(E)`.
+//!   [`AskId`] for a [`Command::Ask`], [`Input::Paced`] with the same [`AskId`] for a
+//!   [`Command::Pace`]. A failure of the driver's (unreachable, timed out, stopped) is
+//!   an answer too, as `Err(E)`.
+//! - Only one [`Command::Locate`] is outstanding at a time (its answer names no
+//!   request); asks and paces may be outstanding together, and are answered in any
+//!   order.
+//! - [`Command::Pace`] is how an operation that moves repair traffic (maintenance)
+//!   keeps to the node's budget without owning a clock: it announces `bytes` it is
+//!   about to move (or has just received) and waits for [`Input::Paced`]. The driver
+//!   answers once the bytes fit its budget (the daemon's token bucket); a driver
+//!   without a budget (the unit tests, a simulator that does not model bandwidth)
+//!   answers at once. A pace never fails.
+//! - [`Operation::handle`] may do CPU work (maintenance decodes and re-encodes a block
+//!   when it has its `k` fragments): a driver on an async runtime runs `handle` where
+//!   blocking is allowed (the daemon's maintenance drives on the blocking pool).
 //! - An operation returns [`Progress::Done`] once it has decided, at the latest when
 //!   every command it issued has been answered: a driver with nothing outstanding and
 //!   no decision has found a bug, and says so through [`Operation::stalled`].
@@ -49,6 +62,14 @@ pub enum Command {
         /// The request.
         request: PastRequest,
     },
+    /// Wait until `bytes` more of repair traffic fit the node's budget, then feed back
+    /// [`Input::Paced`] (at once where there is no budget).
+    Pace {
+        /// Names the answer.
+        ask: AskId,
+        /// Bytes about to move, or just received.
+        bytes: u64,
+    },
 }
 
 /// What the driver feeds an operation; `E` is the driver's failure (the daemon's
@@ -59,6 +80,8 @@ pub enum Input<E> {
     Located(Result<Vec<NodeAddress>, E>),
     /// The answer to [`Command::Ask`] `ask`.
     Answered(AskId, Result<PastResponse, E>),
+    /// The budget allows what [`Command::Pace`] `ask` announced.
+    Paced(AskId),
 }
 
 /// What an operation does next.

@@ -312,6 +312,8 @@ impl<R: Record, E> Operation for RecordPublish<R, E> {
             Err(refusal) => return Progress::Done(Err(PublishError::Invalid(refusal.clone()))),
         };
         match input {
+            // Never asked for.
+            Input::Paced(_) => Progress::Continue(Vec::new()),
             Input::Located(Err(failure)) => Progress::Done(Err(PublishError::Unreached(failure))),
             Input::Located(Ok(nodes)) if nodes.is_empty() => {
                 Progress::Done(Err(PublishError::NoReplicas))
@@ -483,6 +485,8 @@ impl<R: Record, E> Operation for RecordFind<R, E> {
 
     fn handle(&mut self, input: Input<E>) -> Progress<Self::Output> {
         match input {
+            // Never asked for.
+            Input::Paced(_) => Progress::Continue(Vec::new()),
             Input::Located(Err(failure)) => Progress::Done(Err(FindError::Unreached(failure))),
             Input::Located(Ok(nodes)) if nodes.is_empty() => {
                 Progress::Done(Err(FindError::NoReplicas))

@@ -1,22 +1,27 @@
 //! A network of [`Holder`]s in one test: every PAST operation driven through the same
 //! answers real nodes give, synchronously, with no socket and no clock.
 //!
-//! Owns: [`TestNet`] (nodes, each honest, down, or lying in one way) and [`run`]
-//! (drives an [`Operation`] to its decision, first command first).
+//! Owns: [`TestNet`] (nodes, each honest, down, or lying in one way; a holder's
+//! maintenance orders are checked and applied as the daemon does) and [`run`] (drives
+//! an [`Operation`] to its decision, first command first, every pace granted at once).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cairn_core::crypto::{KeyPair, Signed, StoreReceipt, UploadGrant};
-use cairn_core::erasure::fragment_hash;
-use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey};
-use cairn_store::MemoryStore;
+use cairn_core::crypto::{
+    FileCertificate, KeyPair, ReclaimCertificate, Signed, StoreReceipt, UploadGrant,
+};
+use cairn_core::erasure::{Codec, ErasureParams, fragment_hash};
+use cairn_core::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey};
+use cairn_store::{MemoryStore, NodeStore};
 
 use crate::answer::Answer;
 use crate::divert::ReplicaDiversion;
-use crate::insert::OwnedFragments;
+use crate::insert::{BlockInsert, OwnedFragments};
+use crate::maintenance::OrderCheck;
 use crate::operation::{Command, Input, Operation, Progress};
+use crate::records::RecordPublish;
 use crate::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, closest};
 
 /// The time every test node lives at.
@@ -32,7 +37,8 @@ pub enum Behaviour {
     /// Crashed a moment ago: locates still name it (nobody noticed yet), but it never
     /// answers.
     Silent,
-    /// Signs receipts for index 0 whatever it was asked to store.
+    /// Signs receipts for index 0 whatever it was asked to store (a store or a repair
+    /// store), and stores nothing.
     ForgesReceipts,
 }
 
@@ -90,6 +96,16 @@ impl TestNet {
             .unwrap_or_else(|| panic!("no test node {id:?}"))
     }
 
+    /// The fragments the node with this id holds under `at`: index and bytes.
+    pub fn held(&self, id: &NodeId, at: &PlacementKey) -> Vec<(u16, Vec<u8>)> {
+        let store = self.node(id).holder.store();
+        let infos = store.fragments_under(at).unwrap_or_default();
+        infos
+            .into_iter()
+            .filter_map(|info| Some((info.index, store.get_fragment(at, info.index).ok()??)))
+            .collect()
+    }
+
     /// Sets how the node with this id behaves.
     pub fn set(&mut self, id: &NodeId, behaviour: Behaviour) {
         if let Some(node) = self.nodes.iter_mut().find(|n| n.address.id == *id) {
@@ -125,13 +141,23 @@ impl TestNet {
                 return Err(format!("node {:?} does not answer", to.id));
             }
             Behaviour::ForgesReceipts => {
-                if let PastRequest::Store(store) = &request {
+                let forged = match &request {
+                    PastRequest::Store(store) => {
+                        Some((FileId(Id::hash(&store.grant)), store.key, store.hash))
+                    }
+                    PastRequest::RepairStore(repair) => {
+                        let file = repair.authority.references.first().copied();
+                        Some((file.unwrap_or(FileId(Id::ZERO)), repair.key, repair.hash))
+                    }
+                    _ => None,
+                };
+                if let Some((file_id, placement_key, fragment_hash)) = forged {
                     let receipt = StoreReceipt {
                         node: to.id,
-                        file_id: FileId(Id::hash(&store.grant)),
-                        placement_key: store.key,
+                        file_id,
+                        placement_key,
                         index: 0,
-                        fragment_hash: store.hash,
+                        fragment_hash,
                         stored_at: NOW,
                     };
                     let receipt = Signed::sign(&node.key, receipt)
@@ -174,6 +200,10 @@ impl TestNet {
                     Err(refusal) => PastResponse::Refused(refusal),
                 })
             }
+            Answer::Order(order) => Ok(match run(self, OrderCheck::new(order)) {
+                Ok(change) => node.holder.apply(&change),
+                Err(refusal) => PastResponse::Refused(refusal),
+            }),
             Answer::Elsewhere(other) => Err(format!("the test net does not carry out {other:?}")),
         }
     }
@@ -198,6 +228,8 @@ pub fn run<O: Operation<Failure = String>>(net: &TestNet, mut op: O) -> O::Outpu
                 Input::Located(Ok(net.closest(&key.0, usize::from(count))))
             }
             Command::Ask { ask, to, request } => Input::Answered(ask, net.ask(&to, request)),
+            // No bandwidth is modelled: every pace is granted at once.
+            Command::Pace { ask, .. } => Input::Paced(ask),
         });
     }
     panic!("the operation issued more than 10,000 commands")
@@ -229,4 +261,79 @@ pub fn fragments(n: u16, len: usize) -> OwnedFragments {
 /// A placement key from a small number.
 pub fn key(n: u8) -> PlacementKey {
     PlacementKey(Id::hash(&[b'k', n]))
+}
+
+/// The owner's signed certificate of the file `name` (salt 0, the file id a
+/// [`grant`] of `name` names) with code `(k, m)`, created just before [`NOW`].
+pub fn certificate(owner: &KeyPair, name: &[u8], (k, m): (u16, u16)) -> (FileId, Vec<u8>) {
+    let body = FileCertificate {
+        file_id: FileId::derive(name, &owner.public_key().0, 0),
+        name_digest: Id::hash(name),
+        name_salt: 0,
+        manifest_hash: ManifestHash(Id::hash(name)),
+        manifest_salt: 0,
+        manifest_fragments: Vec::new(),
+        size: 1,
+        k,
+        m,
+        created_at: NOW - 1,
+        expires_at: None,
+        owner: owner.public_key(),
+    };
+    let file = body.file_id;
+    let bytes = Signed::sign(owner, body)
+        .and_then(|s| s.to_bytes())
+        .expect("a certificate");
+    (file, bytes)
+}
+
+/// `signer`'s signed reclaim of `file` (valid only if `signer` owns it).
+pub fn reclaim(signer: &KeyPair, file: FileId) -> Vec<u8> {
+    let body = ReclaimCertificate {
+        file_id: file,
+        owner: signer.public_key(),
+        issued_at: NOW,
+    };
+    Signed::sign(signer, body)
+        .and_then(|s| s.to_bytes())
+        .expect("a reclaim")
+}
+
+/// A file of one block stored on `net` as a put leaves it: its owner's certificate
+/// (`k`, `m`) on its keepers, and the block's `k + m` fragments (a real codeword of
+/// `len` bytes) at `at`, each referencing the file. Returns the file, its signed
+/// certificate and the fragments.
+pub fn certified_block(
+    net: &TestNet,
+    owner: &KeyPair,
+    name: &[u8],
+    at: PlacementKey,
+    (k, m): (u16, u16),
+    len: usize,
+) -> (FileId, Vec<u8>, OwnedFragments) {
+    let (file, grant) = grant(owner, name);
+    let (_, certificate) = certificate(owner, name, (k, m));
+    let replicas = u16::try_from(PastConfig::default().certificate_replicas).unwrap_or(4);
+    run(
+        net,
+        RecordPublish::<FileCertificate, String>::new(certificate.clone(), replicas, NOW),
+    )
+    .expect("the certificate is published");
+    let block: Vec<u8> = (0..len)
+        .map(|i| (i * 7 + usize::from(name.len() as u8)) as u8)
+        .collect();
+    let codec = Codec::new(ErasureParams::new(k, m).expect("a code")).expect("a codec");
+    let encoded = codec.encode(&block).expect("encoded");
+    let fragments: OwnedFragments = Arc::new(
+        encoded
+            .fragments()
+            .map(|f| (f.index, f.hash(), f.bytes.to_vec()))
+            .collect(),
+    );
+    run(
+        net,
+        BlockInsert::<String>::new(file, grant, at, Arc::clone(&fragments)),
+    )
+    .expect("the block is stored");
+    (file, certificate, fragments)
 }

@@ -1,15 +1,15 @@
-//! Maintenance of a placement key's redundancy, sans-IO: given what the nodes near a key
-//! hold, decide what to regenerate, hand off, release and forget.
+//! The planner of a key's maintenance, sans-IO: given what the nodes near a key hold,
+//! decide what to regenerate, hand off, release and forget.
 //!
 //! Owns: [`plan`] (the reconciliation planner) with its input ([`Observed`]) and output
 //! ([`Plan`], [`Step`]); [`decide_authority`] (which certificate, if any, authorises
 //! repairing a key, and which referencing files were reclaimed); [`holdings_digest`]
-//! and [`summary_digest`] (the compact summaries holders send their coordinator); [`affected_ranges`] (which ring
-//! ranges a membership change touches). No sockets, no clock, no store: the daemon
-//! (`daemon::maintenance`) asks the nodes, feeds the answers in and carries the steps out.
+//! and [`summary_digest`] (the compact summaries holders send their coordinator);
+//! [`affected_ranges`] (which ring ranges a membership change touches). Pure
+//! functions: [`super::reconcile::KeyReconcile`] feeds them what the nodes answered.
 //!
-//! May use: [`cairn_core::id`], [`cairn_core::crypto`] (certificate checks), [`super`]
-//! (PAST's request types and [`super::check_certificate`]).
+//! May use: [`cairn_core::id`], [`cairn_core::crypto`] (certificate checks), the crate
+//! root (PAST's request types and [`crate::check_certificate`]).
 //!
 //! # The goal, per key
 //! Every index `0..n` held with the agreed hash by some live responsible node (the `n`
@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cairn_core::crypto::{FileCertificate, ReclaimCertificate, Signed};
 use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey};
 
-use super::{UnixSeconds, check_certificate};
+use crate::{UnixSeconds, check_certificate};
 
 /// What one node answered when asked for its holdings of a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,7 +236,7 @@ pub fn plan(k: u16, n: u16, responsible: &[NodeId], observed: &[Observed]) -> Pl
     }
 }
 
-/// What one certificate keeper answered about a file ([`super::PastResponse::FileStatus`]).
+/// What one certificate keeper answered about a file ([`crate::PastResponse::FileStatus`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FileStatus {
     /// The signed certificate it keeps, if any.
@@ -399,6 +399,7 @@ pub fn affected_ranges(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::testing::reclaim;
     use cairn_core::crypto::KeyPair;
     use cairn_store::in_ring_range;
 
@@ -562,38 +563,10 @@ mod tests {
         assert!(plan.steps.is_empty());
     }
 
-    fn certificate(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
-        let body = FileCertificate {
-            file_id: FileId::derive(name, &owner.public_key().0, 0),
-            name_digest: Id::hash(name),
-            name_salt: 0,
-            manifest_hash: cairn_core::id::ManifestHash(Id::hash(name)),
-            manifest_salt: 0,
-            manifest_fragments: Vec::new(),
-            size: 1,
-            k: 4,
-            m: 2,
-            created_at: 1,
-            expires_at: None,
-            owner: owner.public_key(),
-        };
-        let file = body.file_id;
-        (file, Signed::sign(owner, body).unwrap().to_bytes().unwrap())
-    }
-
-    fn reclaim(signer: &KeyPair, file: FileId) -> Vec<u8> {
-        let body = ReclaimCertificate {
-            file_id: file,
-            owner: signer.public_key(),
-            issued_at: 2,
-        };
-        Signed::sign(signer, body).unwrap().to_bytes().unwrap()
-    }
-
     #[test]
     fn authority_follows_certificates_and_tombstones() {
         let owner = KeyPair::from_secret_bytes(&[1; 32]);
-        let (file, cert) = certificate(&owner, b"f");
+        let (file, cert) = crate::testing::certificate(&owner, b"f", (4, 2));
         let kept = FileStatus {
             certificate: Some(cert.clone()),
             tombstone: None,
@@ -621,7 +594,7 @@ mod tests {
             decide_authority(&[(file, vec![nothing])], 10),
             Authority::Unknown
         );
-        let (other, other_cert) = certificate(&owner, b"g");
+        let (other, other_cert) = crate::testing::certificate(&owner, b"g", (4, 2));
         let both = decide_authority(
             &[
                 (file, vec![gone]),
@@ -670,7 +643,7 @@ mod tests {
         // Every key whose 3 closest (before) include the node that left is covered.
         for probe in 0..2000u32 {
             let key = PlacementKey(Id::hash(&probe.to_be_bytes()));
-            let closest = super::super::closest(&key.0, ring.iter().copied(), 3);
+            let closest = crate::closest(&key.0, ring.iter().copied(), 3);
             if closest.contains(&gone) {
                 assert!(in_ring_range(&key, &start, &end), "key {key} missed");
             }
