@@ -1,0 +1,1 @@
+//! The placement experiment (PAST §5).
