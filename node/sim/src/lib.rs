@@ -559,7 +559,7 @@ impl Sim {
 
     /// Runs the next event if it is due by `until`; false if none is.
     fn step(&mut self, until: Time) -> bool {
-        if !self.queue.peek().is_some_and(|q| q.at <= until) {
+        if self.queue.peek().is_none_or(|q| q.at > until) {
             return false;
         }
         let Some(Queued { at, event, .. }) = self.queue.pop() else {
