@@ -260,8 +260,8 @@ pub(crate) struct PastState {
     ops: BTreeMap<u64, RunningOp>,
     next_op: u64,
     next_locate: u64,
-    /// Routed locates in flight: tag → operation.
-    locates: BTreeMap<u64, u64>,
+    /// Routed locates in flight: tag → operation and key.
+    locates: BTreeMap<u64, (u64, Id)>,
     finished: BTreeMap<u64, Box<dyn Any>>,
     newly_finished: u64,
     pub(crate) stats: PastStats,
@@ -466,11 +466,18 @@ impl Sim {
         }
     }
 
+    /// Feeds `failure` to `op` at `at` if it still waits for `what` then (a timer).
+    fn fail_at(&mut self, at: Time, op: u64, what: Waiting, failure: SimFailure) {
+        let event = PastEvent::Fail { op, what, failure };
+        self.push(at, SimEvent::Past(Box::new(event)));
+    }
+
     fn fail_now(&mut self, op: u64, what: Waiting, failure: SimFailure) {
-        self.push(
-            self.now,
-            SimEvent::Past(Box::new(PastEvent::Fail { op, what, failure })),
-        );
+        self.fail_at(self.now, op, what, failure);
+    }
+
+    fn setup(&self) -> PastSetup {
+        self.config.past.unwrap_or_default()
     }
 
     fn execute(&mut self, id: u64, running: &mut RunningOp, command: Command) {
@@ -494,19 +501,11 @@ impl Sim {
                     self.push(self.now, SimEvent::Past(Box::new(event)));
                 } else {
                     self.past.stats.locates_routed += 1;
-                    self.past.locates.insert(tag, id);
+                    self.past.locates.insert(tag, (id, key.0));
                     let payload =
                         postcard::to_stdvec(&PastRouted::Locate { count }).unwrap_or_default();
-                    let timeout = self
-                        .config
-                        .past
-                        .map_or(Duration::from_secs(5), |p| p.locate_timeout);
-                    let event = PastEvent::Fail {
-                        op: id,
-                        what: Waiting::Locate(tag),
-                        failure: SimFailure::Locate(key.0),
-                    };
-                    self.push(self.now.plus(timeout), SimEvent::Past(Box::new(event)));
+                    let at = self.now.plus(self.setup().locate_timeout);
+                    self.fail_at(at, id, Waiting::Locate(tag), SimFailure::Locate(key.0));
                     self.feed(
                         origin,
                         Event::Route {
@@ -528,16 +527,8 @@ impl Sim {
                     self.fail_now(id, Waiting::Ask(ask), SimFailure::Stopped);
                     return;
                 }
-                let timeout = self
-                    .config
-                    .past
-                    .map_or(Duration::from_secs(2), |p| p.ask_timeout);
-                let timer = PastEvent::Fail {
-                    op: id,
-                    what: Waiting::Ask(ask),
-                    failure: SimFailure::Timeout(to.id),
-                };
-                self.push(self.now.plus(timeout), SimEvent::Past(Box::new(timer)));
+                let at = self.now.plus(self.setup().ask_timeout);
+                self.fail_at(at, id, Waiting::Ask(ask), SimFailure::Timeout(to.id));
                 let event = PastEvent::Ask {
                     op: id,
                     ask,
@@ -612,7 +603,8 @@ impl Sim {
         let Ok(PastRouted::Locate { count }) = postcard::from_bytes(payload) else {
             return;
         };
-        let (Some(&op), Some(&to)) = (self.past.locates.get(&tag), self.index.get(&origin)) else {
+        let (Some(&(op, _)), Some(&to)) = (self.past.locates.get(&tag), self.index.get(&origin))
+        else {
             return;
         };
         let overlay = &self.nodes[node as usize].overlay;
@@ -627,8 +619,7 @@ impl Sim {
 
     /// A routed PAST locate was given up by some node on its way.
     pub(crate) fn past_route_failed(&mut self, tag: u64) {
-        if let Some(&op) = self.past.locates.get(&tag) {
-            let key = Id::ZERO;
+        if let Some(&(op, key)) = self.past.locates.get(&tag) {
             self.fail_now(op, Waiting::Locate(tag), SimFailure::Locate(key));
         }
     }
