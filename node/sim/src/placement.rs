@@ -41,7 +41,7 @@ use cairn_core::rng::Rng;
 use cairn_overlay::Time;
 use cairn_past::PastConfig;
 use cairn_past::insert::InsertError;
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 
 use crate::past::{PastSetup, PastStats, SimFailure, Started};
 use crate::workload::{ScenarioError, SimFile};

@@ -18,7 +18,7 @@ use cairn_core::rng::Rng;
 use cairn_overlay::{ConfigError, Time};
 use cairn_past::insert::OwnedFragments;
 use cairn_past::lookup::FragmentLookup;
-use cairn_store::FragmentStorage;
+use cairn_store::NodeStore;
 
 use crate::past::{PastSetup, PastStats, SaltedInsert, SimFailure, Started};
 use crate::{Sim, SimConfig, SimStats};
