@@ -1,8 +1,9 @@
 //! `cairn sim ...`: experiments in the deterministic simulator (`cairn_sim`).
 //!
-//! Owns: argument parsing and report printing for `cairn sim routing` and
-//! `cairn sim durability`. The experiments themselves are `cairn_sim::run_routing`
-//! and `cairn_sim::durability::run_durability`, so tests and the CLI run the same code.
+//! Owns: argument parsing and report printing for `cairn sim routing`,
+//! `cairn sim durability` and `cairn sim placement`. The experiments themselves are
+//! `cairn_sim::run_routing`, `cairn_sim::durability::run_durability` and
+//! `cairn_sim::placement::run_placement`, so tests and the CLI run the same code.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -15,6 +16,8 @@ use cairn_sim::{LookupSummary, RoutingParams, RoutingReport, run_routing};
 use serde_json::json;
 
 use crate::chart::{Axis, LineChart};
+
+mod placement;
 
 /// `cairn sim`: run an experiment in the simulator.
 #[derive(Debug, clap::Args)]
@@ -33,6 +36,68 @@ pub enum SimCommand {
     /// Durability and repair traffic under churn: thousands of nodes with exponential
     /// sessions over virtual hours, erasure coding against replication.
     Durability(DurabilityArgs),
+    /// PAST's storage experiment (SOSP 2001, §5): fill a network of nodes of unequal
+    /// capacities with files until inserts fail, through the real placement code, and
+    /// report the global storage utilisation against the cumulative share of failed
+    /// inserts, with and without replica and file diversion. Sizes are scaled down
+    /// (the stores keep real bytes in memory): see docs/placement.md.
+    Placement(PlacementArgs),
+}
+
+/// Arguments of `cairn sim placement`.
+#[derive(Debug, clap::Args)]
+pub struct PlacementArgs {
+    /// Nodes (PAST used 2,250), each joining the overlay for real.
+    #[arg(long, default_value_t = 2250)]
+    pub nodes: usize,
+    /// Seed of every random choice: the same seed gives the same run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Data fragments per block.
+    #[arg(short = 'k', default_value_t = 4)]
+    pub k: u16,
+    /// Parity fragments per block.
+    #[arg(short = 'm', default_value_t = 2)]
+    pub m: u16,
+    /// Variants to run: `both` (t_pri 0.1, t_div 0.05, salts 0..=3), `replica` (the
+    /// thresholds, no salt retries), `file` (t_pri 1, t_div 0, salts 0..=3), `none`
+    /// (t_pri 1, t_div 0, no salt retries).
+    #[arg(long = "variant", value_delimiter = ',', default_values = ["both", "replica", "file", "none"])]
+    pub variants: Vec<cairn_sim::placement::Diversion>,
+    /// Mean node capacity in bytes (σ 0.4× the mean, within [0.074, 1.89]× it: PAST's
+    /// truncated normal d1 scaled down).
+    #[arg(long, default_value_t = 32 << 10)]
+    pub capacity_mean: u64,
+    /// Median file size in bytes (lognormal; each file is one block).
+    #[arg(long, default_value_t = 256.0)]
+    pub file_median: f64,
+    /// σ of the logarithm of the file size (2.04: the web-proxy trace's mean/median).
+    #[arg(long, default_value_t = 2.04)]
+    pub file_sigma: f64,
+    /// Largest file in bytes.
+    #[arg(long, default_value_t = 4 << 10)]
+    pub file_max: usize,
+    /// Inserts in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub in_flight: usize,
+    /// Stop once this share of the inserts so far has failed.
+    #[arg(long, default_value_t = 0.1)]
+    pub stop_failed: f64,
+    /// Or once the files offered would take this many times the total capacity.
+    #[arg(long, default_value_t = 1.5)]
+    pub max_offered: f64,
+    /// Variants run at once (each is single-threaded).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Print one JSON object per variant instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write PREFIX.md (tables) and PREFIX.svg (the chart) into this directory.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Names of the files written by `--out`.
+    #[arg(long, default_value = "placement")]
+    pub prefix: String,
 }
 
 /// Arguments of `cairn sim durability`.
@@ -133,6 +198,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     match args.command {
         SimCommand::Routing(routing) => run_routing_command(&routing),
         SimCommand::Durability(durability) => run_durability_command(&durability),
+        SimCommand::Placement(args) => placement::run_command(&args),
     }
 }
 

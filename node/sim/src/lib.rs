@@ -1,5 +1,7 @@
 //! A deterministic discrete-event simulator that runs many [`Overlay`]s in one process,
-//! and beside it the durability model ([`durability`]).
+//! and with [`SimConfig::past`] a PAST holder on every node and the `cairn_past`
+//! operations between them ([`past`]); beside it the placement experiment
+//! ([`placement`]) and the durability model ([`durability`]).
 //!
 //! Owns: the virtual clock and event queue, the network model (nodes at random points
 //! of a unit square, one-way latency `base + distance × per_unit` as in the Pastry
@@ -9,23 +11,32 @@
 //! `cairn sim durability` ([`durability::run_durability`]). The seeded PRNG ([`Rng`],
 //! xoshiro256**) is `cairn-core`'s, re-exported here.
 //!
-//! May use: [`cairn_core`] (ids, the PRNG) and [`cairn_overlay`]. No wall clock, no
+//! May use: [`cairn_core`] (ids, keys, erasure coding, the PRNG), [`cairn_overlay`],
+//! [`cairn_past`] (its machines and holder), [`cairn_store`]'s `MemoryStore` and
+//! [`cairn_pipeline`]'s constants. No wall clock, no
 //! `HashMap` iteration, no outside randomness: the same seed gives the same run, bit
 //! for bit. Queue ties are broken by a sequence number.
 
 pub mod durability;
+pub mod past;
+pub mod placement;
+pub mod workload;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::ops::Bound;
 use std::time::Duration;
 
+use cairn_core::crypto::KeyPair;
 use cairn_core::id::{Id, NodeId};
 use cairn_overlay::{
     Action, Config, ConfigError, Event, Overlay, OverlayMessage, Routed, Time, TimerKind,
 };
 
 pub use cairn_core::rng::Rng;
+pub use past::{PastSetup, PastStats, SaltedInsert, SimFailure, Started};
+
+use past::{PastEvent, PastNode, PastState};
 
 /// The simulated network and its nodes' parameters.
 #[derive(Clone, Debug)]
@@ -44,6 +55,10 @@ pub struct SimConfig {
     pub bootstrap: BootstrapChoice,
     /// How many times a node retries a failed join (each time via another bootstrap).
     pub join_attempts: u8,
+    /// Run PAST too: every node gets a signing key (its id is then the key's hash, as
+    /// for a real node, so that receipts check) and a holder over a `MemoryStore`.
+    /// `None` (routing only) keeps the cheaper random ids.
+    pub past: Option<PastSetup>,
 }
 
 impl Default for SimConfig {
@@ -56,6 +71,7 @@ impl Default for SimConfig {
             latency_per_unit: Duration::from_millis(100),
             bootstrap: BootstrapChoice::Nearest,
             join_attempts: 5,
+            past: None,
         }
     }
 }
@@ -94,6 +110,7 @@ struct SimNode {
     y: f32,
     state: NodeState,
     join_attempts: u8,
+    past: Option<PastNode>,
 }
 
 enum SimEvent {
@@ -120,6 +137,7 @@ enum SimEvent {
         node: u32,
         lookup: u32,
     },
+    Past(Box<PastEvent>),
 }
 
 /// Whom a joiner bootstraps through.
@@ -214,6 +232,7 @@ pub struct Sim {
     scratch: Vec<Action>,
     /// Joined nodes by grid cell, for nearest-node queries.
     grid: Vec<Vec<u32>>,
+    past: PastState,
 }
 
 const NOT_LIVE: u32 = u32::MAX;
@@ -237,6 +256,7 @@ impl Sim {
             stats: SimStats::default(),
             scratch: Vec::new(),
             grid: vec![Vec::new(); GRID * GRID],
+            past: PastState::default(),
         })
     }
 
@@ -304,11 +324,35 @@ impl Sim {
         self.add_node_via(at, via)
     }
 
+    /// Creates a node like [`Sim::add_node`] whose store holds `capacity` bytes (with
+    /// [`SimConfig::past`]; without, the capacity is ignored).
+    pub fn add_storage_node(&mut self, at: Time, capacity: u64) -> NodeId {
+        self.add_node_with(at, Via::Chosen, Some(capacity))
+    }
+
     fn add_node_via(&mut self, at: Time, via: Via) -> NodeId {
-        let mut id = NodeId(self.rng.id());
-        while self.index.contains_key(&id) {
-            id = NodeId(self.rng.id());
-        }
+        self.add_node_with(at, via, None)
+    }
+
+    fn add_node_with(&mut self, at: Time, via: Via, capacity: Option<u64>) -> NodeId {
+        let (id, past) = match self.config.past {
+            Some(setup) => loop {
+                let mut secret = [0u8; 32];
+                self.rng.fill_bytes(&mut secret);
+                let key = KeyPair::from_secret_bytes(&secret);
+                let id = key.public_key().node_id();
+                if !self.index.contains_key(&id) {
+                    let capacity = capacity.unwrap_or(setup.capacity);
+                    break (id, Some(PastNode::new(key, capacity, setup.config)));
+                }
+            },
+            None => loop {
+                let id = NodeId(self.rng.id());
+                if !self.index.contains_key(&id) {
+                    break (id, None);
+                }
+            },
+        };
         let x = self.rng.unit() as f32;
         let y = self.rng.unit() as f32;
         // The config was validated in `new`, so this cannot fail; stay total anyway.
@@ -323,6 +367,7 @@ impl Sim {
             y,
             state: NodeState::Waiting,
             join_attempts: 0,
+            past,
         });
         self.live_pos.push(NOT_LIVE);
         self.index.insert(id, node);
@@ -508,14 +553,21 @@ impl Sim {
 
     /// Runs every event up to and including time `until`.
     pub fn run_until(&mut self, until: Time) {
-        while self.queue.peek().is_some_and(|q| q.at <= until) {
-            let Some(Queued { at, event, .. }) = self.queue.pop() else {
-                break;
-            };
-            self.now = at;
-            self.dispatch(event);
-        }
+        while self.step(until) {}
         self.now = self.now.max(until);
+    }
+
+    /// Runs the next event if it is due by `until`; false if none is.
+    fn step(&mut self, until: Time) -> bool {
+        if self.queue.peek().is_none_or(|q| q.at > until) {
+            return false;
+        }
+        let Some(Queued { at, event, .. }) = self.queue.pop() else {
+            return false;
+        };
+        self.now = at;
+        self.dispatch(event);
+        true
     }
 
     fn push(&mut self, at: Time, event: SimEvent) {
@@ -709,6 +761,7 @@ impl Sim {
                     },
                 );
             }
+            SimEvent::Past(event) => self.dispatch_past(*event),
         }
     }
 
@@ -761,6 +814,13 @@ impl Sim {
                 );
             }
             Action::SetTimer { at, kind } => self.push(at, SimEvent::Timer { node, kind }),
+            Action::Deliver {
+                key,
+                origin,
+                tag,
+                payload,
+                ..
+            } if Sim::is_past_tag(tag) => self.deliver_past(node, key, origin, tag, &payload),
             Action::Deliver { tag, hops, .. } => {
                 let Some(record) = tag
                     .checked_sub(1)
@@ -783,6 +843,10 @@ impl Sim {
             }
             Action::RouteFailed { tag, .. } => {
                 self.stats.routes_failed += 1;
+                if Sim::is_past_tag(tag) {
+                    self.past_route_failed(tag);
+                    return;
+                }
                 if let Some(r) = tag
                     .checked_sub(1)
                     .and_then(|i| self.lookups.get_mut(i as usize))
