@@ -49,10 +49,10 @@ use cairn_core::id::{Id, NodeId};
 use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
 use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
 use cairn_past::answer::Answer;
-use cairn_past::divert::{Diverted, ReplicaDiversion};
+use cairn_past::divert::{Diverted, ReplicaDiversion, diversion_targets};
 use cairn_past::{
     Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, StoreRequest,
-    closest,
+    closest, closest_in_leaf_set,
 };
 use cairn_store::{DiskStore, StoreError};
 
@@ -609,18 +609,14 @@ impl Node {
             return None;
         }
         let half = self.inner.config.overlay.leaf_set_size / 2;
-        let whole_ring = view.left.len() < half || view.right.len() < half;
-        let ranked = closest(
+        let ranked = closest_in_leaf_set(
             key,
-            view.members().chain(std::iter::once(self.id())),
+            self.id(),
+            &view.left,
+            &view.right,
+            half,
             usize::from(count),
-        );
-        if !whole_ring {
-            let edges = [view.left.last(), view.right.last()];
-            if ranked.iter().any(|id| edges.contains(&Some(id))) {
-                return None;
-            }
-        }
+        )?;
         drop(view);
         ranked.iter().map(|id| self.address_of(id)).collect()
     }
@@ -776,21 +772,15 @@ impl Node {
     /// [`ReplicaDiversion`] machine picks a leaf-set node outside the `n` closest that
     /// takes it; this node keeps a pointer to it.
     async fn divert(&self, request: StoreRequest, size: u64, free: u64) -> PastResponse {
-        let n = usize::from(request.replicas);
-        let me = self.id();
-        let ranked = closest(
+        let (candidates, backup) = diversion_targets(
             &request.key.0,
-            self.overlay_view().members().chain(std::iter::once(me)),
-            usize::MAX,
+            usize::from(request.replicas),
+            self.id(),
+            self.overlay_view().members(),
         );
-        let backup = ranked
-            .get(n)
-            .filter(|id| **id != me)
-            .and_then(|id| self.address_of(id));
-        let candidates = ranked
+        let backup = backup.and_then(|id| self.address_of(&id));
+        let candidates = candidates
             .iter()
-            .skip(n)
-            .filter(|id| **id != me)
             .filter_map(|id| self.address_of(id))
             .collect();
         let (key, index) = (request.key, request.index);

@@ -20,8 +20,25 @@
 
 use std::fmt;
 
+use cairn_core::id::{Id, NodeId};
+
 use crate::operation::{AskId, AskIds, Command, Input, Operation, Progress};
-use crate::{NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest};
+use crate::{NodeAddress, PastRequest, PastResponse, Refusal, StoreRequest, closest};
+
+/// Where `me` diverts a fragment of a block with `n` fragments at `key`, among the
+/// nodes it knows: the candidates beyond the `n` closest, closest first, and the
+/// `(n+1)`-th closest, which keeps the backup pointer (never `me`).
+pub fn diversion_targets(
+    key: &Id,
+    n: usize,
+    me: NodeId,
+    known: impl IntoIterator<Item = NodeId>,
+) -> (Vec<NodeId>, Option<NodeId>) {
+    let ranked = closest(key, known.into_iter().chain([me]), usize::MAX);
+    let backup = ranked.get(n).copied().filter(|id| *id != me);
+    let candidates = ranked.into_iter().skip(n).filter(|id| *id != me).collect();
+    (candidates, backup)
+}
 
 /// A fragment placed on another node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,5 +186,52 @@ impl<E: fmt::Display> Operation for ReplicaDiversion<E> {
             size: self.size,
             free: self.free,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::closest_in_leaf_set;
+
+    fn ids(n: u8) -> Vec<NodeId> {
+        (0..n).map(|i| NodeId(Id::hash(&[b'd', i]))).collect()
+    }
+
+    #[test]
+    fn diversion_goes_beyond_the_n_closest_and_never_to_the_diverting_node() {
+        let key = Id::hash(b"key");
+        let nodes = ids(10);
+        let ranked = closest(&key, nodes.iter().copied(), usize::MAX);
+        // The diverting node is among the n = 4 closest.
+        let me = ranked[2];
+        let known = nodes.iter().copied().filter(|id| *id != me);
+        let (candidates, backup) = diversion_targets(&key, 4, me, known);
+        assert_eq!(candidates, ranked[4..].to_vec());
+        assert_eq!(backup, Some(ranked[4]));
+        // Pushed out beyond the n closest itself, it never picks itself.
+        let me = ranked[5];
+        let (candidates, backup) = diversion_targets(&key, 4, me, nodes.iter().copied());
+        assert!(!candidates.contains(&me));
+        assert_eq!(backup, Some(ranked[4]));
+    }
+
+    #[test]
+    fn a_leaf_set_answers_a_locate_only_when_it_surely_holds_the_closest() {
+        let nodes = ids(40);
+        let me = nodes[0];
+        // A ring smaller than the leaf set: always sure.
+        let small: Vec<NodeId> = nodes[1..5].to_vec();
+        let key = Id::hash(b"anywhere");
+        let found = closest_in_leaf_set(&key, me, &small[..2], &small[2..], 8, 3).unwrap();
+        assert_eq!(found, closest(&key, nodes[..5].iter().copied(), 3));
+        // A full leaf set: a key right at `me` is answered, one whose closest nodes
+        // reach the edge is routed.
+        let around = closest(&me.0, nodes[1..].iter().copied(), 16);
+        let (left, right): (Vec<NodeId>, Vec<NodeId>) =
+            (around[..8].to_vec(), around[8..].to_vec());
+        assert!(closest_in_leaf_set(&me.0, me, &left, &right, 8, 3).is_some());
+        assert!(closest_in_leaf_set(&me.0, me, &left, &right, 8, 17).is_none());
     }
 }

@@ -426,6 +426,29 @@ pub fn closest(
     ids
 }
 
+/// The `count` nodes closest to `key` among `me` and its leaf set (`left` and `right`,
+/// each closest to `me` first, at most `half` each), when the leaf set is sure to hold
+/// them: Pastry's first routing step, which would deliver a locate to a leaf-set member
+/// that answers from the same knowledge. Sure when the leaf set is not full (the whole
+/// network is in it), or when none of the `count` closest is at an edge of the leaf set
+/// (any closer node would lie inside its range, hence in it). `None`: route instead.
+pub fn closest_in_leaf_set(
+    key: &Id,
+    me: NodeId,
+    left: &[NodeId],
+    right: &[NodeId],
+    half: usize,
+    count: usize,
+) -> Option<Vec<NodeId>> {
+    let whole_ring = left.len() < half || right.len() < half;
+    let ranked = closest(key, left.iter().chain(right).copied().chain([me]), count);
+    let edges = [left.last(), right.last()];
+    if !whole_ring && ranked.iter().any(|id| edges.contains(&Some(id))) {
+        return None;
+    }
+    Some(ranked)
+}
+
 /// Where a file's certificate lives: the nodes closest to this key.
 pub fn certificate_key(file: &FileId) -> PlacementKey {
     PlacementKey(Id::hash_parts(&[b"cairn/certificate", file.0.as_bytes()]))

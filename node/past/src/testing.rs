@@ -17,7 +17,7 @@ use cairn_core::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKe
 use cairn_store::{MemoryStore, NodeStore};
 
 use crate::answer::Answer;
-use crate::divert::ReplicaDiversion;
+use crate::divert::{ReplicaDiversion, diversion_targets};
 use crate::insert::{BlockInsert, OwnedFragments};
 use crate::maintenance::OrderCheck;
 use crate::operation::{Command, Input, Operation, Progress};
@@ -178,14 +178,18 @@ impl TestNet {
                 size,
                 free,
             } => {
-                // The diverting node's view: every live node, ranked around the key.
-                let n = usize::from(request.replicas);
-                let ranked = self.closest(&request.key.0, usize::MAX);
-                let backup = ranked.get(n).copied().filter(|b| b.id != to.id);
-                let candidates = ranked
-                    .into_iter()
-                    .skip(n)
-                    .filter(|c| c.id != to.id)
+                // The diverting node's view: every live node.
+                let live = self.closest(&request.key.0, usize::MAX);
+                let (candidates, backup) = diversion_targets(
+                    &request.key.0,
+                    usize::from(request.replicas),
+                    to.id,
+                    live.iter().map(|n| n.id),
+                );
+                let backup = backup.and_then(|id| self.address_of(&id));
+                let candidates = candidates
+                    .iter()
+                    .filter_map(|id| self.address_of(id))
                     .collect();
                 let (key, index) = (request.key, request.index);
                 let diversion = ReplicaDiversion::new(request, size, free, candidates, backup);

@@ -42,11 +42,12 @@ use cairn_core::crypto::KeyPair;
 use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
 use cairn_overlay::{Event, Time};
 use cairn_past::answer::Answer;
-use cairn_past::divert::{Diverted, ReplicaDiversion};
+use cairn_past::divert::{Diverted, ReplicaDiversion, diversion_targets};
 use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
 use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
 use cairn_past::{
     Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, closest,
+    closest_in_leaf_set,
 };
 use cairn_store::MemoryStore;
 
@@ -584,18 +585,14 @@ impl Sim {
         }
         let (left, right) = sim_node.overlay.leaf_set();
         let half = self.config.overlay.leaf_set_size / 2;
-        let whole_ring = left.len() < half || right.len() < half;
-        let me = sim_node.overlay.id();
-        let ranked = closest(
+        closest_in_leaf_set(
             key,
-            left.iter().chain(&right).copied().chain([me]),
+            sim_node.overlay.id(),
+            &left,
+            &right,
+            half,
             usize::from(count),
-        );
-        let edges = [left.last(), right.last()];
-        if !whole_ring && ranked.iter().any(|id| edges.contains(&Some(id))) {
-            return None;
-        }
-        Some(ranked)
+        )
     }
 
     /// A routed PAST locate was delivered at `node`: answer the origin with the closest
@@ -710,23 +707,17 @@ impl Sim {
                 self.past.stats.diversions += 1;
                 // The daemon's `divert`: candidates beyond the n closest, as this node
                 // sees them; the (n+1)-th keeps a backup pointer.
-                let n = usize::from(request.replicas);
                 let overlay = &self.nodes[to as usize].overlay;
-                let me = overlay.id();
                 let (left, right) = overlay.leaf_set();
-                let ranked = closest(
+                let (candidates, backup) = diversion_targets(
                     &request.key.0,
-                    left.into_iter().chain(right).chain([me]),
-                    usize::MAX,
+                    usize::from(request.replicas),
+                    overlay.id(),
+                    left.into_iter().chain(right),
                 );
-                let backup = ranked
-                    .get(n)
-                    .filter(|id| **id != me)
-                    .and_then(|id| self.address_of(id));
-                let candidates = ranked
+                let backup = backup.and_then(|id| self.address_of(&id));
+                let candidates = candidates
                     .iter()
-                    .skip(n)
-                    .filter(|id| **id != me)
                     .filter_map(|id| self.address_of(id))
                     .collect();
                 let (key, index) = (request.key, request.index);
