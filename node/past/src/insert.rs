@@ -410,17 +410,9 @@ mod tests {
 
     #[test]
     fn a_full_holder_diverts_beyond_the_n_closest_and_pointers_find_the_fragment() {
-        // Capacities in the order the nodes are made; make the second closest tiny.
-        let mut capacities = [64 * MIB; 10];
-        let probe = TestNet::new(&capacities);
-        let closest = probe.closest(&key(4).0, 10);
-        let tiny = probe
-            .nodes
-            .iter()
-            .position(|n| n.address.id == closest[1].id)
-            .unwrap();
-        capacities[tiny] = 5_000; // 1,000 bytes is over t_pri = 0.1 of it
-        let net = TestNet::new(&capacities);
+        // The second closest is tiny: 1,000 bytes is over t_pri = 0.1 of 5,000.
+        let net = TestNet::with_one_small(10, 64 * MIB, &key(4), 1, 5_000);
+        let closest = net.closest(&key(4).0, 10);
         let owner = KeyPair::from_secret_bytes(&[94; 32]);
         let (file, grant) = grant(&owner, b"f");
         run(&net, insert(file, grant, key(4), fragments(6, 1000))).unwrap();

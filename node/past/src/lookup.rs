@@ -349,16 +349,8 @@ mod tests {
 
     #[test]
     fn a_diverted_fragment_is_found_through_the_pointer_or_the_backup_pointer() {
-        let mut capacities = [64 * MIB; 10];
-        let probe = TestNet::new(&capacities);
-        let closest = probe.closest(&key(4).0, 10);
-        let tiny = probe
-            .nodes
-            .iter()
-            .position(|n| n.address.id == closest[3].id)
-            .unwrap();
-        capacities[tiny] = 5_000;
-        let mut net = TestNet::new(&capacities);
+        let mut net = TestNet::with_one_small(10, 64 * MIB, &key(4), 3, 5_000);
+        let closest = net.closest(&key(4).0, 10);
         let fragments = stored(&net, key(4));
         let found = lookup(&net, key(4), &[3]);
         assert_eq!(bytes(&found[0]), Some(&fragments[3].2[..]));

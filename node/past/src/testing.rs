@@ -88,6 +88,28 @@ impl TestNet {
         TestNet { nodes }
     }
 
+    /// `count` nodes of `capacity` bytes, except the `rank`-th closest to `key`, which
+    /// has only `small` (a node's id depends only on its place in the order made).
+    pub fn with_one_small(
+        count: usize,
+        capacity: u64,
+        key: &PlacementKey,
+        rank: usize,
+        small: u64,
+    ) -> TestNet {
+        let mut capacities = vec![capacity; count];
+        let probe = TestNet::new(&capacities);
+        let target = probe.closest(&key.0, count).get(rank).map(|n| n.id);
+        if let Some(position) = probe
+            .nodes
+            .iter()
+            .position(|n| Some(n.address.id) == target)
+        {
+            capacities[position] = small;
+        }
+        TestNet::new(&capacities)
+    }
+
     /// The node with this id.
     pub fn node(&self, id: &NodeId) -> &TestNode {
         self.nodes
