@@ -49,7 +49,7 @@ use cairn_core::id::{Id, NodeId};
 use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
 use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
 use cairn_past::answer::Answer;
-use cairn_past::divert::{Diverted, ReplicaDiversion, diversion_targets};
+use cairn_past::divert::{Diverted, ReplicaDiversion};
 use cairn_past::{
     Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, StoreRequest,
     closest, closest_in_leaf_set,
@@ -772,19 +772,15 @@ impl Node {
     /// [`ReplicaDiversion`] machine picks a leaf-set node outside the `n` closest that
     /// takes it; this node keeps a pointer to it.
     async fn divert(&self, request: StoreRequest, size: u64, free: u64) -> PastResponse {
-        let (candidates, backup) = diversion_targets(
-            &request.key.0,
-            usize::from(request.replicas),
+        let (key, index) = (request.key, request.index);
+        let diversion = ReplicaDiversion::from_view(
+            request,
+            size,
+            free,
             self.id(),
             self.overlay_view().members(),
+            |id| self.address_of(id),
         );
-        let backup = backup.and_then(|id| self.address_of(&id));
-        let candidates = candidates
-            .iter()
-            .filter_map(|id| self.address_of(id))
-            .collect();
-        let (key, index) = (request.key, request.index);
-        let diversion = ReplicaDiversion::new(request, size, free, candidates, backup);
         match self.drive(diversion).await {
             Ok(Diverted { receipt, to }) => {
                 let node = self.clone();

@@ -94,6 +94,24 @@ impl<E: fmt::Display> ReplicaDiversion<E> {
         }
     }
 
+    /// Diverts `request` from `me` to the nodes it knows ([`diversion_targets`]);
+    /// `address_of` says where each listens (a node without a known address is passed
+    /// over). What the daemon, the simulator and the test net all do.
+    pub fn from_view(
+        request: StoreRequest,
+        size: u64,
+        free: u64,
+        me: NodeId,
+        known: impl IntoIterator<Item = NodeId>,
+        address_of: impl Fn(&NodeId) -> Option<NodeAddress>,
+    ) -> ReplicaDiversion<E> {
+        let (candidates, backup) =
+            diversion_targets(&request.key.0, usize::from(request.replicas), me, known);
+        let candidates = candidates.iter().filter_map(&address_of).collect();
+        let backup = backup.and_then(|id| address_of(&id));
+        ReplicaDiversion::new(request, size, free, candidates, backup)
+    }
+
     fn full(&mut self) -> Progress<Result<Diverted, Refusal>> {
         self.stage = Stage::Done;
         Progress::Done(Err(Refusal::Full {

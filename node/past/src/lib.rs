@@ -550,21 +550,25 @@ impl<S: NodeStore> Holder<S> {
         self.store
             .add_reference(&request.key, &file)
             .map_err(store_refusal)?;
-        self.receipt(file, request, now)
+        self.receipt(file, request.key, request.index, request.hash, now)
     }
 
+    /// This node's signed receipt for fragment `index` (hashing to `hash`) of `key`,
+    /// stored for `file`.
     fn receipt(
         &self,
         file: FileId,
-        request: &StoreRequest,
+        key: PlacementKey,
+        index: u16,
+        hash: FragmentHash,
         now: UnixSeconds,
     ) -> Result<Vec<u8>, Refusal> {
         let receipt = StoreReceipt {
             node: self.identity.public_key().node_id(),
             file_id: file,
-            placement_key: request.key,
-            index: request.index,
-            fragment_hash: request.hash,
+            placement_key: key,
+            index,
+            fragment_hash: hash,
             stored_at: now,
         };
         Signed::sign(&self.identity, receipt)
@@ -778,17 +782,7 @@ impl<S: NodeStore> Holder<S> {
                 Err(e) => return Err(store_refusal(e)),
             }
         }
-        let receipt = StoreReceipt {
-            node: self.identity.public_key().node_id(),
-            file_id: file,
-            placement_key: request.key,
-            index: request.index,
-            fragment_hash: request.hash,
-            stored_at: now,
-        };
-        Signed::sign(&self.identity, receipt)
-            .and_then(|signed| signed.to_bytes())
-            .map_err(|e| Refusal::Store(format!("signing the receipt failed: {e}")))
+        self.receipt(file, request.key, request.index, request.hash, now)
     }
 
     /// What this node knows of `file`: its certificate and its tombstone.
@@ -929,11 +923,19 @@ pub struct Reclaimed {
 
 /// Parses and verifies a signed file certificate (signature, owner, file id, expiry).
 pub fn check_certificate(bytes: &[u8], now: UnixSeconds) -> Result<FileCertificate, Refusal> {
+    check_signed_certificate(bytes, now).map(|signed| signed.body)
+}
+
+/// [`check_certificate`], keeping the signature (what a reader hands on).
+pub fn check_signed_certificate(
+    bytes: &[u8],
+    now: UnixSeconds,
+) -> Result<Signed<FileCertificate>, Refusal> {
     let refuse = |e: String| Refusal::Certificate(e);
     let signed = Signed::<FileCertificate>::from_bytes(bytes).map_err(|e| refuse(e.to_string()))?;
     let body = signed.verify().map_err(|e| refuse(e.to_string()))?;
     body.check_time(now).map_err(|e| refuse(e.to_string()))?;
-    Ok(body.clone())
+    Ok(signed)
 }
 
 fn store_refusal(error: StoreError) -> Refusal {

@@ -33,8 +33,8 @@ use cairn_core::id::{FileId, NodeId, PlacementKey, VolumeKey};
 
 use crate::operation::{AskId, AskIds, Command, Input, Operation, Progress};
 use crate::{
-    PastRequest, PastResponse, Refusal, UnixSeconds, certificate_key, check_certificate,
-    check_root, root_key,
+    PastRequest, PastResponse, Refusal, UnixSeconds, certificate_key, check_root,
+    check_signed_certificate, root_key,
 };
 
 /// A kind of record kept by the nodes closest to a key derived from its subject.
@@ -85,8 +85,7 @@ impl Record for FileCertificate {
     }
 
     fn check(bytes: &[u8], now: UnixSeconds) -> Result<Signed<Self>, Refusal> {
-        check_certificate(bytes, now)?;
-        Signed::from_bytes(bytes).map_err(|e| Refusal::Certificate(e.to_string()))
+        check_signed_certificate(bytes, now)
     }
 
     fn subject(&self) -> FileId {

@@ -17,7 +17,7 @@ use cairn_core::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKe
 use cairn_store::{MemoryStore, NodeStore};
 
 use crate::answer::Answer;
-use crate::divert::{ReplicaDiversion, diversion_targets};
+use crate::divert::ReplicaDiversion;
 use crate::insert::{BlockInsert, OwnedFragments};
 use crate::maintenance::OrderCheck;
 use crate::operation::{Command, Input, Operation, Progress};
@@ -202,19 +202,15 @@ impl TestNet {
             } => {
                 // The diverting node's view: every live node.
                 let live = self.closest(&request.key.0, usize::MAX);
-                let (candidates, backup) = diversion_targets(
-                    &request.key.0,
-                    usize::from(request.replicas),
+                let (key, index) = (request.key, request.index);
+                let diversion = ReplicaDiversion::from_view(
+                    request,
+                    size,
+                    free,
                     to.id,
                     live.iter().map(|n| n.id),
+                    |id| self.address_of(id),
                 );
-                let backup = backup.and_then(|id| self.address_of(&id));
-                let candidates = candidates
-                    .iter()
-                    .filter_map(|id| self.address_of(id))
-                    .collect();
-                let (key, index) = (request.key, request.index);
-                let diversion = ReplicaDiversion::new(request, size, free, candidates, backup);
                 Ok(match run(self, diversion) {
                     Ok(diverted) => {
                         let _ = node.holder.put_pointer(&key, index, &diverted.to.id);

@@ -42,7 +42,7 @@ use cairn_core::crypto::KeyPair;
 use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
 use cairn_overlay::{Event, Time};
 use cairn_past::answer::Answer;
-use cairn_past::divert::{Diverted, ReplicaDiversion, diversion_targets};
+use cairn_past::divert::{Diverted, ReplicaDiversion};
 use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
 use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
 use cairn_past::{
@@ -709,20 +709,15 @@ impl Sim {
                 // sees them; the (n+1)-th keeps a backup pointer.
                 let overlay = &self.nodes[to as usize].overlay;
                 let (left, right) = overlay.leaf_set();
-                let (candidates, backup) = diversion_targets(
-                    &request.key.0,
-                    usize::from(request.replicas),
+                let (key, index) = (request.key, request.index);
+                let diversion: ReplicaDiversion<SimFailure> = ReplicaDiversion::from_view(
+                    request,
+                    size,
+                    free,
                     overlay.id(),
                     left.into_iter().chain(right),
+                    |id| self.address_of(id),
                 );
-                let backup = backup.and_then(|id| self.address_of(&id));
-                let candidates = candidates
-                    .iter()
-                    .filter_map(|id| self.address_of(id))
-                    .collect();
-                let (key, index) = (request.key, request.index);
-                let diversion: ReplicaDiversion<SimFailure> =
-                    ReplicaDiversion::new(request, size, free, candidates, backup);
                 let then = Then::AnswerStore {
                     op,
                     ask,
