@@ -23,8 +23,9 @@
 //!   version wins; between two valid records of one version (rivals: the owner's key
 //!   signed both) the one with the smaller bytes wins, so every reader agrees. Fails
 //!   only if no replica answered at all. A kind of record whose valid copies are all
-//!   equally good ([`Record::FIRST_VALID_SUFFICES`]: file certificates) stops at the
-//!   first valid one, so a read never waits for a dead replica's timeout.
+//!   equally good ([`Record::FIRST_VALID_SUFFICES`]: file certificates) asks one
+//!   replica at a time, closest first, and stops at the first valid one: a read costs
+//!   one request when the closest keeper has the record.
 
 use std::fmt;
 
@@ -33,7 +34,7 @@ use cairn_core::id::{FileId, NodeId, PlacementKey, VolumeKey};
 
 use crate::operation::{AskId, AskIds, Command, Input, Operation, Progress};
 use crate::{
-    PastRequest, PastResponse, Refusal, UnixSeconds, certificate_key, check_root,
+    NodeAddress, PastRequest, PastResponse, Refusal, UnixSeconds, certificate_key, check_root,
     check_signed_certificate, root_key,
 };
 
@@ -45,9 +46,10 @@ pub trait Record: Certificate + Clone + fmt::Debug {
     /// Its name in messages ("file certificate").
     const NAME: &'static str;
 
-    /// Whether a find may stop at the first valid record instead of waiting for every
-    /// replica to answer: true where every valid record of a subject is as good as
-    /// another, so that a read never waits for the slowest (or a dead) replica.
+    /// Whether a find asks the replicas one at a time, closest first, and stops at the
+    /// first valid record, instead of asking all of them at once and taking the
+    /// highest: true where every valid record of a subject is as good as another, so
+    /// that a read costs one request when the closest keeper has the record.
     const FIRST_VALID_SUFFICES: bool;
 
     /// Where the records of `subject` live.
@@ -77,7 +79,7 @@ impl Record for FileCertificate {
     type Subject = FileId;
     const NAME: &'static str = "file certificate";
     /// A file id's certificate is signed once, by the owner the id is derived from:
-    /// any valid one serves a read.
+    /// any valid one serves a read, and every get starts with this find.
     const FIRST_VALID_SUFFICES: bool = true;
 
     fn placement_key(subject: &FileId) -> PlacementKey {
@@ -417,6 +419,9 @@ pub struct RecordFind<R: Record, E> {
     empty: Vec<NodeId>,
     forged: Vec<NodeId>,
     last_failure: Option<E>,
+    /// Located nodes not asked yet (only where the first valid record suffices: those
+    /// are asked one at a time).
+    waiting: std::vec::IntoIter<NodeAddress>,
 }
 
 impl<R: Record, E> RecordFind<R, E> {
@@ -433,6 +438,17 @@ impl<R: Record, E> RecordFind<R, E> {
             empty: Vec::new(),
             forged: Vec::new(),
             last_failure: None,
+            waiting: Vec::new().into_iter(),
+        }
+    }
+
+    fn ask(&mut self, to: NodeAddress) -> Command {
+        let ask = self.ids.next_id();
+        self.asked.push((ask, to.id));
+        Command::Ask {
+            ask,
+            to,
+            request: R::get_request(self.subject),
         }
     }
 
@@ -490,18 +506,15 @@ impl<R: Record, E> Operation for RecordFind<R, E> {
             Input::Located(Ok(nodes)) if nodes.is_empty() => {
                 Progress::Done(Err(FindError::NoReplicas))
             }
-            Input::Located(Ok(nodes)) => {
-                let mut commands = Vec::with_capacity(nodes.len());
-                for to in nodes.into_iter().take(usize::from(self.count)) {
-                    let ask = self.ids.next_id();
-                    self.asked.push((ask, to.id));
-                    commands.push(Command::Ask {
-                        ask,
-                        to,
-                        request: R::get_request(self.subject),
-                    });
-                }
-                Progress::Continue(commands)
+            Input::Located(Ok(mut nodes)) => {
+                nodes.truncate(usize::from(self.count));
+                self.waiting = nodes.into_iter();
+                let now: Vec<NodeAddress> = if R::FIRST_VALID_SUFFICES {
+                    self.waiting.next().into_iter().collect()
+                } else {
+                    self.waiting.by_ref().collect()
+                };
+                Progress::Continue(now.into_iter().map(|to| self.ask(to)).collect())
             }
             Input::Answered(ask, answer) => {
                 let Some(node) = self.asked.iter().find(|(a, _)| *a == ask).map(|(_, n)| *n) else {
@@ -531,6 +544,8 @@ impl<R: Record, E> Operation for RecordFind<R, E> {
                 }
                 if self.answers < self.asked.len() {
                     Progress::Continue(Vec::new())
+                } else if let Some(next) = self.waiting.next() {
+                    Progress::Continue(vec![self.ask(next)])
                 } else {
                     Progress::Done(self.decide())
                 }
@@ -846,25 +861,41 @@ mod tests {
         );
         assert_eq!(out.unwrap().replicas, 2);
 
-        // A find stops at the first valid certificate: a dead keeper never delays a
-        // read. Wrong kinds of answer and forged ones are skipped.
+        // A certificate find asks one keeper at a time, closest first, and stops at
+        // the first valid certificate. Wrong kinds of answer, forged ones and silent
+        // keepers each lead to the next.
         let mut forged = older.clone();
         let last = forged.len() - 1;
         forged[last] ^= 1;
-        let mut op = RecordFind::<FileCertificate, &str>::new(file, 4, NOW);
-        let asks = locate(&mut op, (0..4).map(node).collect());
-        assert_eq!(asks[0].2, PastRequest::GetCertificate { file });
+        let mut op = RecordFind::<FileCertificate, &str>::new(file, 5, NOW);
+        let first = locate(&mut op, (0..5).map(node).collect());
+        assert_eq!(first.len(), 1, "one keeper asked at first");
+        assert_eq!(
+            (first[0].1, &first[0].2),
+            (node(0), &PastRequest::GetCertificate { file })
+        );
         let held = |certificate: Option<Vec<u8>>| Ok(PastResponse::Certificate { certificate });
-        for (ask, answer) in [
-            (asks[0].0, Ok(PastResponse::Root { record: None })),
-            (asks[1].0, held(Some(forged))),
+        let mut ask = first[0].0;
+        for (expected_next, answer) in [
+            (node(1), Ok(PastResponse::Root { record: None })),
+            (node(2), held(Some(forged))),
+            (node(3), Err("unreachable")),
         ] {
-            assert!(
-                matches!(op.handle(Input::Answered(ask, answer)), Progress::Continue(c) if c.is_empty())
-            );
+            let Progress::Continue(next) = op.handle(Input::Answered(ask, answer)) else {
+                panic!("decided before a valid certificate");
+            };
+            let [
+                Command::Ask {
+                    ask: next_ask, to, ..
+                },
+            ] = next.as_slice()
+            else {
+                panic!("expected one more ask, got {next:?}");
+            };
+            assert_eq!(*to, expected_next);
+            ask = *next_ask;
         }
-        let Progress::Done(out) = op.handle(Input::Answered(asks[2].0, held(Some(newer.clone()))))
-        else {
+        let Progress::Done(out) = op.handle(Input::Answered(ask, held(Some(newer.clone())))) else {
             panic!("a valid certificate did not end the find");
         };
         let out = out.unwrap();
