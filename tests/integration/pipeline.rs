@@ -12,8 +12,8 @@ use cairn_core::erasure::{DecodeError, ErasureParams, SkipReason};
 use cairn_core::id::{FileId, Id, PlacementKey};
 use cairn_core::manifest::{DEFAULT_SEGMENT_SIZE, manifest_placement_key};
 use cairn_pipeline::{
-    FragmentSource, GetError, GetOptions, GetStats, GetTarget, MemoryFragments, PutOptions,
-    PutReceipt, get, put,
+    BlockRetry, FragmentSource, GetError, GetOptions, GetStats, GetTarget, MemoryFragments,
+    PutOptions, PutReceipt, get, put,
 };
 
 const SEGMENT: usize = DEFAULT_SEGMENT_SIZE as usize;
@@ -108,6 +108,7 @@ impl Stored {
             now: NOW + 1,
             expected_owner: Some(self.owner.public_key()),
             range: None,
+            retry: BlockRetry::NEVER,
         };
         let stats = get(
             GetTarget::File(self.receipt.file_id()),
@@ -403,12 +404,14 @@ fn forged_or_tampered_certificates_are_refused() {
         now: NOW,
         expected_owner: Some(stored.owner.public_key()),
         range: None,
+        retry: BlockRetry::NEVER,
     };
     assert!(get_file(&strict).is_err());
     let other = GetOptions {
         now: NOW,
         expected_owner: Some(mallory.public_key()),
         range: None,
+        retry: BlockRetry::NEVER,
     };
     stored.store.replace_certificate(original.clone());
     assert!(matches!(
@@ -505,6 +508,7 @@ fn a_split_put_under_an_upload_grant_round_trips_through_the_disk_store() {
             now: now + 2,
             expected_owner: Some(owner.public_key()),
             range: None,
+            retry: BlockRetry::NEVER,
         },
     )
     .unwrap();

@@ -34,7 +34,8 @@ use cairn_past::lookup::{FetchFailure, FragmentLookup, LOOKUP_SPARES, LookupErro
 use cairn_past::records::{
     FindError, PublishError, Record, RecordFind, RecordPublish, ReplicaFailure,
 };
-use cairn_past::{NodeAddress, PastRequest, PastResponse, Refusal, certificate_key};
+use cairn_past::survey::{BlockSurvey, FragmentHolders};
+use cairn_past::{PastRequest, PastResponse, Refusal, certificate_key};
 use cairn_pipeline::{FailureKind, FragmentSink, FragmentSource, PendingBlock, StoreFailure};
 
 /// A reclaim visits at most this many salts per block (a put tries at most
@@ -508,17 +509,6 @@ impl FragmentSource for NetworkFragments {
     }
 }
 
-/// Where one fragment of a block is, as seen by `cairn stat`.
-#[derive(Clone, Debug, Serialize)]
-pub struct FragmentHolders {
-    /// The fragment's index.
-    pub index: u16,
-    /// Nodes holding a copy that matches the manifest's hash.
-    pub holders: Vec<NodeId>,
-    /// Nodes holding a pointer to a diverted copy.
-    pub pointers: Vec<NodeId>,
-}
-
 /// One block of a file, as seen by `cairn stat`.
 #[derive(Clone, Debug, Serialize)]
 pub struct BlockStat {
@@ -913,6 +903,7 @@ impl Node {
         })
     }
 
+    /// Who holds which fragment of one block ([`BlockSurvey`]).
     async fn block_stat(
         &self,
         block: String,
@@ -920,74 +911,13 @@ impl Node {
         salt: u64,
         hashes: &[FragmentHash],
     ) -> BlockStat {
-        let mut fragments: Vec<FragmentHolders> = (0..hashes.len())
-            .map(|index| FragmentHolders {
-                index: u16::try_from(index).unwrap_or(u16::MAX),
-                holders: Vec::new(),
-                pointers: Vec::new(),
-            })
-            .collect();
-        let count = u16::try_from(hashes.len() + LOOKUP_SPARES).unwrap_or(u16::MAX);
-        let nodes = self.locate(key.0, count).await.unwrap_or_default();
-        let mut tasks = JoinSet::new();
-        for target in nodes {
-            let node = self.clone();
-            tasks.spawn(async move {
-                (
-                    target.id,
-                    node.ask(&target, PastRequest::Holdings { key }).await,
-                )
-            });
-        }
-        let mut pointed: Vec<(u16, NodeAddress)> = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((
-                node,
-                Ok(PastResponse::Holdings {
-                    fragments: held,
-                    pointers,
-                    ..
-                }),
-            )) = joined
-            else {
-                continue;
-            };
-            for (index, hash) in held {
-                if let Some(slot) = fragments.get_mut(usize::from(index))
-                    && hashes.get(usize::from(index)) == Some(&hash)
-                    && !slot.holders.contains(&node)
-                {
-                    slot.holders.push(node);
-                }
-            }
-            for (index, holder) in pointers {
-                if let Some(slot) = fragments.get_mut(usize::from(index)) {
-                    slot.pointers.push(node);
-                }
-                pointed.push((index, holder));
-            }
-        }
-        // Diverted copies live outside the located set: ask their holders directly.
-        for (index, holder) in pointed {
-            if let Ok(PastResponse::Holdings {
-                fragments: held, ..
-            }) = self.ask(&holder, PastRequest::Holdings { key }).await
-                && held
-                    .iter()
-                    .any(|(i, h)| *i == index && hashes.get(usize::from(index)) == Some(h))
-                && let Some(slot) = fragments.get_mut(usize::from(index))
-                && !slot.holders.contains(&holder.id)
-            {
-                slot.holders.push(holder.id);
-            }
-        }
-        let live = fragments.iter().filter(|f| !f.holders.is_empty()).count();
+        let survey = self.drive(BlockSurvey::new(key, hashes.to_vec())).await;
         BlockStat {
             block,
             key,
             salt,
-            fragments,
-            live,
+            fragments: survey.fragments,
+            live: survey.live,
         }
     }
 }

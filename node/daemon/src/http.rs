@@ -64,7 +64,7 @@ use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{FileId, Reference, VolumeKey};
 use cairn_core::manifest::DEFAULT_SEGMENT_SIZE;
 use cairn_pipeline::{
-    ByteRange, FileIdentity, GetOptions, GetTarget, PutError, PutOptions, put_unsigned,
+    BlockRetry, ByteRange, FileIdentity, GetOptions, GetTarget, PutError, PutOptions, put_unsigned,
 };
 
 /// An API error: an HTTP status and a message a person can act on.
@@ -474,7 +474,11 @@ async fn get_file(
             .body(Body::empty())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     }
-    let options = GetOptions::new(now).with_range(range);
+    // Under churn a block is often out of reach for a moment (a holder restarting, a
+    // repair under way): the reader waits a few seconds rather than fail.
+    let options = GetOptions::new(now)
+        .with_range(range)
+        .with_retry(BlockRetry::NETWORK);
     let (sender, channel) = http_body_util::channel::Channel::<Bytes, io::Error>::new(2);
     let runtime = Handle::current();
     let store = NetworkFragments::new(node.clone(), runtime.clone(), None);

@@ -8,7 +8,9 @@
 //! it asks others, each an [`operation::Operation`]: inserting a block
 //! ([`insert::BlockInsert`]), looking fragments up ([`lookup::FragmentLookup`]),
 //! diverting a replica ([`divert::ReplicaDiversion`]), publishing and finding
-//! certificates and root records ([`records`]), and maintenance ([`maintenance`]).
+//! certificates and root records ([`records`]), surveying who holds a block's
+//! fragments ([`survey::BlockSurvey`], what `cairn stat` shows), and maintenance
+//! ([`maintenance`]).
 //! Sans-IO: no sockets, no clock (`now` is passed in), no tasks; the daemon
 //! (`cairn-daemon`) and the simulator (`cairn-sim`) carry out the commands the machines
 //! return, and the unit tests drive them over a network of holders in one process.
@@ -52,6 +54,7 @@ pub mod lookup;
 pub mod maintenance;
 pub mod operation;
 pub mod records;
+pub mod survey;
 #[cfg(test)]
 mod testing;
 

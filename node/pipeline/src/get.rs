@@ -2,17 +2,19 @@
 //!
 //! Owns: [`get`], its options ([`GetTarget`], [`GetOptions`], [`ByteRange`]), what it
 //! reports ([`GetStats`], [`SkippedFragment`]) and its error ([`GetError`]); the batched
-//! fetch of a block's fragments and the read-ahead of the next block.
+//! fetch of a block's fragments, the read-ahead of the next block, and the patience
+//! with a block that is out of reach for a moment ([`BlockRetry`]).
 //!
 //! May use: [`cairn_core::id`], [`cairn_core::crypto`], [`cairn_core::erasure`],
 //! [`cairn_core::manifest`], and the source only through [`FragmentSource`].
 
 use std::io::{self, Write};
+use std::time::Duration;
 
 use cairn_core::crypto::{FileCertificate, PublicKey, Signed, VerifyError};
 use cairn_core::erasure::{
-    BlockSpec, Codec, DecodeError, DecodeStats, ErasureParams, Fragment, Offer, ParamsError,
-    SkipReason,
+    BlockSpec, Codec, DecodeError, DecodeStats, DecodedBlock, ErasureParams, Fragment, Offer,
+    ParamsError, SkipReason,
 };
 use cairn_core::id::{BlockHash, FileId, ManifestHash, PlacementKey};
 use cairn_core::manifest::{Manifest, ManifestError, manifest_placement_key};
@@ -39,6 +41,8 @@ pub struct GetOptions {
     /// When set, only these bytes are written (clamped to the file), and only the
     /// blocks that overlap them are fetched.
     pub range: Option<ByteRange>,
+    /// How long a block with fewer than `k` fragments within reach is waited for.
+    pub retry: BlockRetry,
 }
 
 impl GetOptions {
@@ -48,6 +52,7 @@ impl GetOptions {
             now,
             expected_owner: None,
             range: None,
+            retry: BlockRetry::NEVER,
         }
     }
 
@@ -55,6 +60,54 @@ impl GetOptions {
     pub fn with_range(mut self, range: ByteRange) -> GetOptions {
         self.range = Some(range);
         self
+    }
+
+    /// These options, waiting out an unreachable block as `retry` says.
+    pub fn with_retry(mut self, retry: BlockRetry) -> GetOptions {
+        self.retry = retry;
+        self
+    }
+}
+
+/// How a get waits out a block of which fewer than `k` good fragments are within reach
+/// now, but some were missing or unreachable rather than corrupt: under churn that is
+/// often a moment (a holder restarting, a repair under way, a leaf set not yet
+/// healed), and a reader would rather wait a few seconds than fail. The block is
+/// fetched again after `first_wait`, then after twice that, and so on, `retries`
+/// times; then the get fails as it would have at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRetry {
+    /// Fetches after the first.
+    pub retries: u8,
+    /// The wait before the first of them; each later wait doubles.
+    pub first_wait: Duration,
+}
+
+impl BlockRetry {
+    /// Fail at once (a local store: nothing comes back by waiting).
+    pub const NEVER: BlockRetry = BlockRetry {
+        retries: 0,
+        first_wait: Duration::ZERO,
+    };
+
+    /// Over the network: 0.5, 1, 2 and 4 s, so 7.5 s at most in all, about twice the
+    /// time a node takes to restart and a failure to be detected and repaired.
+    pub const NETWORK: BlockRetry = BlockRetry {
+        retries: 4,
+        first_wait: Duration::from_millis(500),
+    };
+
+    /// The wait before fetch `attempt + 1` (`attempt` counting from 0).
+    fn wait(&self, attempt: u8) -> Duration {
+        self.first_wait
+            .saturating_mul(1u32.checked_shl(u32::from(attempt)).unwrap_or(u32::MAX))
+    }
+
+    /// The longest a block can be waited for in all.
+    pub fn total_wait(&self) -> Duration {
+        (0..self.retries).fold(Duration::ZERO, |sum, attempt| {
+            sum.saturating_add(self.wait(attempt))
+        })
     }
 }
 
@@ -113,6 +166,8 @@ pub struct GetStats {
     pub skipped_corrupt: u64,
     /// Fragments skipped because fetching them failed.
     pub skipped_unavailable: u64,
+    /// Times a block was fetched again after a wait ([`BlockRetry`]).
+    pub block_retries: u64,
     /// The first [`MAX_SKIPPED_RECORDS`] skipped fragments, in order.
     pub skipped: Vec<SkippedFragment>,
 }
@@ -317,6 +372,47 @@ fn block_offers<'s, S: FragmentSource + ?Sized>(
     first.into_iter().chain(rest_offers)
 }
 
+/// Rebuilds the block at `key`, fetching it again after a wait while fewer than `k`
+/// good fragments were within reach and some were missing or unreachable
+/// ([`BlockRetry`]). A block held back by corrupt fragments alone is not waited for:
+/// waiting does not mend them.
+fn decode_block<S: FragmentSource + ?Sized>(
+    store: &S,
+    codec: &Codec,
+    spec: &BlockSpec<'_>,
+    key: PlacementKey,
+    retry: BlockRetry,
+    stats: &mut GetStats,
+) -> Result<(DecodedBlock, DecodeStats), DecodeError> {
+    let mut attempt = 0u8;
+    loop {
+        match codec.decode(spec, block_offers(store, codec, key)) {
+            Err(DecodeError::NotEnoughFragments {
+                good,
+                needed,
+                missing,
+                unavailable,
+                ..
+            }) if missing + unavailable > 0 && attempt < retry.retries => {
+                let wait = retry.wait(attempt);
+                tracing::debug!(
+                    ?key,
+                    good,
+                    needed,
+                    missing,
+                    unavailable,
+                    ?wait,
+                    "block out of reach; fetching it again after a wait"
+                );
+                store.pause(wait);
+                stats.block_retries += 1;
+                attempt += 1;
+            }
+            decoded => return decoded,
+        }
+    }
+}
+
 /// Checks a certificate for `requested` (if given) at `options.now`.
 fn check_certificate<'c>(
     certificate: &'c Signed<FileCertificate>,
@@ -393,15 +489,19 @@ pub fn get<S: FragmentSource + ?Sized>(
         len: None,
         fragment_hashes: &body.manifest_fragments,
     };
-    let offers = block_offers(store, &codec, manifest_key);
-    let (decoded, decode_stats) =
-        codec
-            .decode(&spec, offers)
-            .map_err(|source| GetError::ManifestUnavailable {
-                file,
-                manifest: manifest_hash,
-                source: Box::new(source),
-            })?;
+    let (decoded, decode_stats) = decode_block(
+        store,
+        &codec,
+        &spec,
+        manifest_key,
+        options.retry,
+        &mut stats,
+    )
+    .map_err(|source| GetError::ManifestUnavailable {
+        file,
+        manifest: manifest_hash,
+        source: Box::new(source),
+    })?;
     stats.add(manifest_block, decode_stats);
     let manifest =
         Manifest::from_block(&decoded.to_vec(), &manifest_hash, params).map_err(|source| {
@@ -480,16 +580,15 @@ pub fn get<S: FragmentSource + ?Sized>(
             len: Some(len),
             fragment_hashes: &entry.fragments,
         };
-        let offers = block_offers(store, &codec, key);
         let (decoded, decode_stats) =
-            codec
-                .decode(&spec, offers)
-                .map_err(|source| GetError::Block {
+            decode_block(store, &codec, &spec, key, options.retry, &mut stats).map_err(
+                |source| GetError::Block {
                     file,
                     position,
                     block: entry.hash,
                     source: Box::new(source),
-                })?;
+                },
+            )?;
         stats.add(entry.hash, decode_stats);
         // The part of this block inside the range, relative to the block.
         let from = start.saturating_sub(block_start);
@@ -642,6 +741,7 @@ mod tests {
             now: 1_200,
             expected_owner: Some(stranger),
             range: None,
+            retry: BlockRetry::NEVER,
         };
         let err = get(
             GetTarget::File(receipt.file_id()),
@@ -655,6 +755,7 @@ mod tests {
             now: 1_200,
             expected_owner: Some(owner.public_key()),
             range: None,
+            retry: BlockRetry::NEVER,
         };
         assert!(
             get(
@@ -914,6 +1015,83 @@ mod tests {
             ),
             (5 * 4 + 1, 5 * 4, 1),
             "the decoder examined one parity fragment, as with single fetches"
+        );
+    }
+
+    #[test]
+    fn a_block_out_of_reach_for_a_moment_is_waited_for_and_read() {
+        let store = MemoryFragments::new();
+        let input = data(100);
+        let receipt = put(&input[..], b"r", &KeyPair::generate(), &options(), &store).unwrap();
+        let key = single_block_key(&input, 0);
+        // Three of six unreachable for one fetch each: two good ones, four needed.
+        for index in [0, 1, 4] {
+            store.fail_for(&key, index, 1);
+        }
+        let mut out = Vec::new();
+        let patient = GetOptions::new(2_000).with_retry(BlockRetry::NETWORK);
+        let stats = get(
+            GetTarget::File(receipt.file_id()),
+            &mut out,
+            &store,
+            &patient,
+        )
+        .unwrap();
+        assert_eq!(out, input);
+        assert_eq!(stats.block_retries, 1);
+        assert_eq!(store.pauses(), vec![Duration::from_millis(500)]);
+    }
+
+    #[test]
+    fn an_impatient_get_fails_at_once_and_a_patient_one_gives_up_after_its_retries() {
+        let store = MemoryFragments::new();
+        let input = data(100);
+        let receipt = put(&input[..], b"r", &KeyPair::generate(), &options(), &store).unwrap();
+        let key = single_block_key(&input, 0);
+        for index in [0, 1, 4] {
+            store.fail(&key, index);
+        }
+        let file = GetTarget::File(receipt.file_id());
+        let err = get(file, Vec::new(), &store, &GetOptions::new(2_000)).unwrap_err();
+        assert!(matches!(err, GetError::Block { position: 0, .. }), "{err}");
+        assert!(store.pauses().is_empty(), "no retry unless asked for");
+
+        let patient = GetOptions::new(2_000).with_retry(BlockRetry::NETWORK);
+        let err = get(file, Vec::new(), &store, &patient).unwrap_err();
+        assert!(matches!(err, GetError::Block { position: 0, .. }), "{err}");
+        let waits: Vec<u64> = store
+            .pauses()
+            .iter()
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(waits, vec![500, 1000, 2000, 4000]);
+        assert_eq!(
+            BlockRetry::NETWORK.total_wait(),
+            Duration::from_millis(7500)
+        );
+    }
+
+    #[test]
+    fn a_block_held_back_by_corrupt_fragments_alone_is_not_waited_for() {
+        let store = MemoryFragments::new();
+        let input = data(100);
+        let receipt = put(&input[..], b"r", &KeyPair::generate(), &options(), &store).unwrap();
+        let key = single_block_key(&input, 0);
+        for index in [0, 1, 4] {
+            assert!(store.flip_bit(&key, index, 3));
+        }
+        let patient = GetOptions::new(2_000).with_retry(BlockRetry::NETWORK);
+        let err = get(
+            GetTarget::File(receipt.file_id()),
+            Vec::new(),
+            &store,
+            &patient,
+        )
+        .unwrap_err();
+        assert!(matches!(err, GetError::Block { position: 0, .. }), "{err}");
+        assert!(
+            store.pauses().is_empty(),
+            "waiting does not mend a corrupt fragment"
         );
     }
 }

@@ -70,7 +70,8 @@ mod store;
 mod test_support;
 
 pub use get::{
-    ByteRange, GetError, GetOptions, GetStats, GetTarget, MAX_SKIPPED_RECORDS, SkippedFragment, get,
+    BlockRetry, ByteRange, GetError, GetOptions, GetStats, GetTarget, MAX_SKIPPED_RECORDS,
+    SkippedFragment, get,
 };
 pub use local::{LocalFragments, LocalStoreError};
 #[cfg(any(test, feature = "test-double"))]

@@ -76,7 +76,10 @@ struct Deferred {
 #[derive(Default)]
 struct MemoryInner {
     fragments: HashMap<(PlacementKey, u16), Fragment>,
-    failing: HashMap<(PlacementKey, u16), ()>,
+    /// Reads that fail: for ever (`None`) or this many more times.
+    failing: HashMap<(PlacementKey, u16), Option<u32>>,
+    /// Every [`FragmentSource::pause`] asked for, in order (none is slept).
+    pauses: Vec<std::time::Duration>,
     refusing_placement: HashSet<PlacementKey>,
     failing_puts: HashSet<PlacementKey>,
     certificates: HashMap<FileId, Signed<FileCertificate>>,
@@ -217,7 +220,19 @@ impl MemoryFragments {
 
     /// Makes reads of fragment `index` at `key` fail with [`InjectedFailure::Read`].
     pub fn fail(&self, key: &PlacementKey, index: u16) {
-        self.lock().failing.insert((*key, index), ());
+        self.lock().failing.insert((*key, index), None);
+    }
+
+    /// Makes the next `reads` reads of fragment `index` at `key` fail with
+    /// [`InjectedFailure::Read`], as a holder that is restarting does.
+    pub fn fail_for(&self, key: &PlacementKey, index: u16, reads: u32) {
+        self.lock().failing.insert((*key, index), Some(reads));
+    }
+
+    /// The waits a get asked for ([`FragmentSource::pause`]), in order. This store
+    /// records them and returns at once.
+    pub fn pauses(&self) -> Vec<std::time::Duration> {
+        self.lock().pauses.clone()
     }
 
     /// Makes puts at `key` fail with [`InjectedFailure::PlacementRefused`], which
@@ -387,11 +402,20 @@ impl FragmentSource for MemoryFragments {
         key: &PlacementKey,
         index: u16,
     ) -> Result<Option<Fragment>, InjectedFailure> {
-        let inner = self.lock();
-        if inner.failing.contains_key(&(*key, index)) {
-            return Err(InjectedFailure::Read { key: *key, index });
+        let mut inner = self.lock();
+        match inner.failing.get_mut(&(*key, index)) {
+            Some(None) => return Err(InjectedFailure::Read { key: *key, index }),
+            Some(Some(left)) if *left > 0 => {
+                *left -= 1;
+                return Err(InjectedFailure::Read { key: *key, index });
+            }
+            _ => {}
         }
         Ok(inner.fragments.get(&(*key, index)).cloned())
+    }
+
+    fn pause(&self, delay: std::time::Duration) {
+        self.lock().pauses.push(delay);
     }
 
     fn get_certificate(

@@ -189,6 +189,13 @@ pub trait FragmentSource {
         &self,
         file: &FileId,
     ) -> Result<Option<Signed<FileCertificate>>, Self::Error>;
+
+    /// Waits `delay` before [`get`](crate::get) fetches a block again
+    /// ([`BlockRetry`](crate::BlockRetry)). The default sleeps the thread; a test
+    /// double counts instead.
+    fn pause(&self, delay: std::time::Duration) {
+        std::thread::sleep(delay);
+    }
 }
 
 /// A block a store has started storing and not yet confirmed
