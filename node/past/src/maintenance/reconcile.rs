@@ -1160,11 +1160,17 @@ mod tests {
         }
     }
 
+    /// Ten nodes and one certified block `(4, 2)` at `at`.
+    fn ten_nodes_with_a_block(owner: u8, name: &[u8], at: PlacementKey) -> TestNet {
+        let net = TestNet::new(&[64 * MIB; 10]);
+        let owner = KeyPair::from_secret_bytes(&[owner; 32]);
+        certified_block(&net, &owner, name, at, (4, 2), 20_000);
+        net
+    }
+
     #[test]
     fn too_few_fragments_or_no_authority_leave_the_key_unsettled_with_the_reason() {
-        let mut net = TestNet::new(&[64 * MIB; 10]);
-        let owner = KeyPair::from_secret_bytes(&[74; 32]);
-        certified_block(&net, &owner, b"s", key(5), (4, 2), 20_000);
+        let mut net = ten_nodes_with_a_block(74, b"s", key(5));
         let closest = net.closest(&key(5).0, 10);
         for node in &closest[..3] {
             net.set(&node.id, Behaviour::Down);
@@ -1214,9 +1220,7 @@ mod tests {
     fn a_key_whose_holders_did_not_answer_or_whose_fragments_no_file_references_is_not_settled() {
         // Every holder of the block crashed a moment ago: the nodes that answer hold
         // nothing, and no referencing file is seen. That is not "nothing to do".
-        let mut net = TestNet::new(&[64 * MIB; 10]);
-        let owner = KeyPair::from_secret_bytes(&[76; 32]);
-        certified_block(&net, &owner, b"t", key(8), (4, 2), 20_000);
+        let mut net = ten_nodes_with_a_block(76, b"t", key(8));
         let holders = net.closest(&key(8).0, 6);
         for node in &holders {
             net.set(&node.id, Behaviour::Silent);
