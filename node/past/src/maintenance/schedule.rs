@@ -113,7 +113,7 @@ impl Default for ScheduleConfig {
             span: 8,
             spares: 4,
             batch: 64,
-            certificate_replicas: 8,
+            certificate_replicas: crate::PastConfig::default().certificate_replicas,
             retry_cap: 100_000,
         }
     }
