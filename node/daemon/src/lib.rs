@@ -273,8 +273,8 @@ struct Inner {
     maintenance_tx: mpsc::Sender<maintenance::Job>,
     /// The budget of the repair bytes this node sends.
     repair_limiter: Arc<RateLimiter>,
-    /// As a coordinator: the last slow-pass summary each holder sent.
-    known_summaries: std::sync::Mutex<HashMap<NodeId, u64>>,
+    /// When to look at which key ([`maintenance::SharedSchedule`]).
+    schedule: maintenance::SharedSchedule,
 }
 
 /// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
@@ -361,6 +361,7 @@ impl Node {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let (maintenance_tx, maintenance_rx) = mpsc::channel(1024);
         let repair_limiter = Arc::new(RateLimiter::new(config.maintenance.repair_bytes_per_sec));
+        let schedule = maintenance::SharedSchedule::new(id, &config);
         let inner = Arc::new(Inner {
             id,
             holder: Holder::new(store, identity, config.past),
@@ -375,7 +376,7 @@ impl Node {
             view_changed: tokio::sync::Notify::new(),
             maintenance_tx,
             repair_limiter,
-            known_summaries: std::sync::Mutex::new(HashMap::new()),
+            schedule,
         });
         let node = Node { inner };
         let (joined_tx, joined_rx) = mpsc::channel(4);

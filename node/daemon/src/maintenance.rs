@@ -1,19 +1,22 @@
 //! The node's maintenance and scrub workers: the driver of `past::maintenance`'s
-//! machines. Every decision (what a key needs, whether an order may be obeyed) is
-//! sans-IO in `cairn_past::maintenance`; this module decides only *when* to look, and
-//! carries the machines out: it schedules, drives them ([`Node::drive_maintenance`]:
-//! asks bounded by `call_timeout`, paces through the repair budget, `handle` on the
-//! blocking pool), applies what they decide to the store, and counts it. See
+//! machines. Every decision is sans-IO in `cairn_past::maintenance`: *when* to look at
+//! which key is [`MaintenanceSchedule`]'s (debounce, slow pass, summaries, nudges,
+//! retries, the coordinator's memory, the keeper status cache), *what* a key needs is
+//! [`KeyReconcile`]'s, whether an order may be obeyed is [`OrderCheck`]'s. This module
+//! only carries them out: it feeds the schedule (view changes, timers from its
+//! `next_wake`, requests from other holders) and does what it asks (store listings on
+//! the blocking pool, requests bounded by `call_timeout`, each reconcile driven by
+//! [`Node::drive_maintenance`]), applies orders to the store, and counts. See
 //! `docs/repair.md`.
 //!
-//! Owns: [`MaintenanceConfig`], the maintenance task (one per node: debounced runs after
-//! leaf-set changes, a slow pass, nudges from other holders) with the coordinator's
-//! memory (settled digests, the keeper status cache), the driving of
-//! [`KeyReconcile`] per key and of [`OrderCheck`] per order received, the `Reconcile`
-//! and `Summary` handlers, the scrub task, the replication of certificates and of
-//! volume root records to their current keepers, and [`RateLimiter`].
+//! Owns: [`MaintenanceConfig`] (and its mapping onto [`ScheduleConfig`]), the schedule
+//! shared by the maintenance task and the request handlers ([`SharedSchedule`]: the
+//! `Summary` handler answers from it), the maintenance task, the `Reconcile` and
+//! `Summary` handlers, the obeying of orders, the scrub task, the replication of
+//! certificates and of volume root records to their current keepers, and
+//! [`RateLimiter`].
 //!
-//! May use: [`super`] (the node, `ask`, `locate`, `drive_maintenance`), [`cairn_past`],
+//! May use: [`super`] (the node, `ask`, `drive_maintenance`), [`cairn_past`],
 //! [`cairn_store`], [`cairn_core::id`].
 //!
 //! # Who does what
@@ -23,19 +26,17 @@
 //! dropped a fragment, or (on the slow pass) with a digest of what it holds, which the
 //! coordinator compares with what it saw at its last settled reconcile.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{Node, unix_now};
-use cairn_core::id::{FileId, Id, NodeId, PlacementKey};
+use super::{GatewayError, Node, unix_now};
+use cairn_core::id::{Id, NodeId, PlacementKey};
 use cairn_past::maintenance::{
-    Change, FileStatus, KeyReconcile, KnownStatuses, Order, OrderCheck, affected_ranges,
-    holdings_digest, summary_digest,
+    Change, KeyReconcile, MaintenanceSchedule, Order, OrderCheck, ScheduleAction, ScheduleConfig,
+    held_digests, held_keys_in,
 };
 use cairn_past::{
     NodeAddress, PastRequest, PastResponse, Refusal, certificate_key, check_root, closest, root_key,
@@ -142,96 +143,61 @@ pub(crate) enum Job {
     Changed(PlacementKey),
 }
 
-/// The memory of the coordinator: what each holder's digest of a key was when the
-/// key was last reconciled to a settled state (and whether it held anything there),
-/// the neighbourhood then, and what certificate keepers said lately.
-#[derive(Default)]
-struct Memory {
-    digests: BTreeMap<(NodeId, PlacementKey), (u64, bool)>,
-    responsible: HashMap<PlacementKey, u64>,
-    statuses: StatusCache,
-}
-
-impl Memory {
-    /// Bounds the memory: cleared when it grows past this many entries (it is only an
-    /// optimisation; forgetting costs a reconcile).
-    const MAX_ENTRIES: usize = 200_000;
-
-    fn trim(&mut self) {
-        if self.digests.len() > Self::MAX_ENTRIES {
-            self.digests.clear();
-        }
-        if self.responsible.len() > Self::MAX_ENTRIES {
-            self.responsible.clear();
-        }
-        self.statuses.expire();
-    }
-}
-
-/// What the keepers said of a file, kept for [`StatusCache::TTL`] so that the blocks of
-/// one file do not each ask again. Which answers are worth keeping (a live certificate,
-/// no tombstone: a reclaim is always seen at once) is [`KeyReconcile`]'s decision; this
-/// only keeps them, and hands each reconcile the ones still fresh.
-#[derive(Default)]
-struct StatusCache {
-    known: KnownStatuses,
-    learnt_at: HashMap<FileId, Instant>,
-}
-
-impl StatusCache {
-    /// How long a keeper's "live certificate" answer is reused.
-    const TTL: Duration = Duration::from_secs(5);
-
-    /// The statuses still fresh (a shared snapshot: cheap per key).
-    fn known(&mut self) -> KnownStatuses {
-        self.expire();
-        Arc::clone(&self.known)
-    }
-
-    fn learn(&mut self, learnt: Vec<(FileId, Vec<FileStatus>)>) {
-        if learnt.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let known = Arc::make_mut(&mut self.known);
-        for (file, statuses) in learnt {
-            known.insert(file, statuses);
-            self.learnt_at.insert(file, now);
-        }
-    }
-
-    fn expire(&mut self) {
-        let stale: Vec<FileId> = self
-            .learnt_at
-            .iter()
-            .filter(|(_, at)| at.elapsed() >= Self::TTL)
-            .map(|(file, _)| *file)
-            .collect();
-        if stale.is_empty() {
-            return;
-        }
-        let known = Arc::make_mut(&mut self.known);
-        for file in stale {
-            known.remove(&file);
-            self.learnt_at.remove(&file);
+impl MaintenanceConfig {
+    /// What the schedule needs of it (`certificate_replicas` from the PAST config).
+    pub fn schedule_config(&self, certificate_replicas: usize) -> ScheduleConfig {
+        ScheduleConfig {
+            debounce: self.debounce,
+            period: self.period,
+            span: self.span,
+            spares: self.spares,
+            batch: self.batch,
+            certificate_replicas,
+            ..ScheduleConfig::default()
         }
     }
 }
 
-fn members_with_self(node: &Node) -> Vec<NodeId> {
-    let view = node.overlay_view();
-    let mut ids: Vec<NodeId> = view.members().chain(std::iter::once(node.id())).collect();
-    ids.sort();
-    ids.dedup();
-    ids
+/// The node's [`MaintenanceSchedule`] and the epoch of its time: shared by the
+/// maintenance task and the `Summary` handler (which answers whether a summary is
+/// known from it). Never locked across an await.
+pub(crate) struct SharedSchedule {
+    epoch: tokio::time::Instant,
+    schedule: std::sync::Mutex<MaintenanceSchedule>,
 }
 
-fn ids_digest(ids: &[NodeId]) -> u64 {
-    let parts: Vec<&[u8]> = ids.iter().map(|id| id.0.as_bytes().as_slice()).collect();
-    let id = Id::hash_parts(&parts);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&id.as_bytes()[..8]);
-    u64::from_be_bytes(first)
+impl SharedSchedule {
+    pub(crate) fn new(id: NodeId, config: &super::NodeConfig) -> SharedSchedule {
+        let schedule_config = config
+            .maintenance
+            .schedule_config(config.past.certificate_replicas);
+        SharedSchedule {
+            epoch: tokio::time::Instant::now(),
+            schedule: std::sync::Mutex::new(MaintenanceSchedule::new(id, schedule_config)),
+        }
+    }
+
+    /// Runs `f` on the schedule with the time now (since the node started).
+    fn with<T>(&self, f: impl FnOnce(&mut MaintenanceSchedule, Duration) -> T) -> T {
+        let now = self.epoch.elapsed();
+        // A panic inside the schedule is a bug that already surfaced; its state is
+        // still the best there is.
+        let mut schedule = self
+            .schedule
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut schedule, now)
+    }
+
+    /// The instant of a schedule time.
+    fn instant(&self, at: Duration) -> tokio::time::Instant {
+        self.epoch.checked_add(at).unwrap_or(self.epoch)
+    }
+}
+
+/// The members of the node's leaf-set view.
+fn view_members(node: &Node) -> Vec<NodeId> {
+    node.overlay_view().members().collect()
 }
 
 impl Node {
@@ -393,180 +359,106 @@ impl Node {
             .map_err(|e| format!("a store task failed: {e}"))
     }
 
-    /// The coordinator of `key` in this node's view: the closest live node.
-    fn coordinator_of(&self, key: &PlacementKey, members: &[NodeId]) -> NodeId {
-        closest(&key.0, members.iter().copied(), 1)
-            .first()
-            .copied()
-            .unwrap_or(self.id())
+    fn schedule<T>(&self, f: impl FnOnce(&mut MaintenanceSchedule, Duration) -> T) -> T {
+        self.inner.schedule.with(f)
     }
 
-    /// Groups `items` by the coordinator of their key; this node's own go to `mine`.
-    fn by_coordinator<T>(
-        &self,
-        items: impl IntoIterator<Item = (PlacementKey, T)>,
-        members: &[NodeId],
-        mine: &mut Vec<(PlacementKey, T)>,
-    ) -> BTreeMap<NodeId, Vec<(PlacementKey, T)>> {
-        let mut grouped: BTreeMap<NodeId, Vec<(PlacementKey, T)>> = BTreeMap::new();
-        for (key, item) in items {
-            let coordinator = self.coordinator_of(&key, members);
-            if coordinator == self.id() {
-                mine.push((key, item));
-            } else {
-                grouped.entry(coordinator).or_default().push((key, item));
-            }
-        }
-        grouped
-    }
-
-    /// Asks each key's coordinator to look at it (one request per coordinator); keys
-    /// this node coordinates itself are returned.
-    async fn nudge(&self, keys: Vec<PlacementKey>, members: &[NodeId]) -> Vec<PlacementKey> {
-        let mut mine = Vec::new();
-        let grouped = self.by_coordinator(keys.into_iter().map(|k| (k, ())), members, &mut mine);
-        let mut tasks = JoinSet::new();
-        for (coordinator, keys) in grouped {
-            let Some(target) = self.address_of(&coordinator) else {
-                continue;
-            };
-            let node = self.clone();
-            let from = self.id();
-            tasks.spawn(async move {
-                // Chunked so that one request stays small.
-                let keys: Vec<PlacementKey> = keys.into_iter().map(|(k, ())| k).collect();
-                for chunk in keys.chunks(8192) {
-                    let request = PastRequest::Reconcile {
-                        from,
-                        keys: chunk.to_vec(),
-                    };
-                    if let Err(e) = node.ask_bounded(&target, request).await {
-                        tracing::debug!(to = %target.id, "reconcile nudge not delivered: {e}");
-                    }
+    /// Carries out what the schedule decided: the requests to other nodes at once
+    /// (their answers fed back), then the rest in order.
+    async fn carry_out(&self, actions: Vec<ScheduleAction>) {
+        let mut sends = JoinSet::new();
+        let mut rest = Vec::new();
+        for action in actions {
+            match action {
+                ScheduleAction::Nudge { coordinator, keys } => {
+                    let node = self.clone();
+                    sends.spawn(async move {
+                        let target = node.address_of(&coordinator)?;
+                        let request = PastRequest::Reconcile {
+                            from: node.id(),
+                            keys,
+                        };
+                        if let Err(e) = node.ask_bounded(&target, request).await {
+                            tracing::debug!(to = %coordinator, "reconcile nudge not delivered: {e}");
+                        }
+                        None
+                    });
                 }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        mine.into_iter().map(|(k, ())| k).collect()
-    }
-
-    /// The slow pass's summaries: for each coordinator, the digest of this node's list
-    /// of keys it coordinates, and the list itself only when the coordinator does not
-    /// know that digest. `sent` remembers what each coordinator acknowledged; a
-    /// coordinator whose range this node no longer holds anything in gets the empty
-    /// list once. Returns this node's own list.
-    async fn send_summaries(
-        &self,
-        list: Vec<(PlacementKey, u64)>,
-        members: &[NodeId],
-        sent: &mut HashMap<NodeId, u64>,
-    ) -> Vec<(PlacementKey, u64)> {
-        let mut mine = Vec::new();
-        let mut grouped = self.by_coordinator(list, members, &mut mine);
-        for gone in sent.keys() {
-            grouped.entry(*gone).or_default();
-        }
-        let mut tasks = JoinSet::new();
-        for (coordinator, list) in grouped {
-            let Some(target) = self.address_of(&coordinator) else {
-                continue;
-            };
-            let summary = summary_digest(&list);
-            let known_before = sent.get(&coordinator) == Some(&summary);
-            let node = self.clone();
-            let from = self.id();
-            tasks.spawn(async move {
-                if known_before {
-                    let ask = PastRequest::Summary {
-                        from,
-                        summary,
-                        list: None,
-                    };
-                    if let Ok(PastResponse::SummaryKnown { known: true }) =
-                        node.ask_bounded(&target, ask).await
-                    {
-                        return (coordinator, Some(summary), list.is_empty());
-                    }
-                }
-                let send = PastRequest::Summary {
-                    from,
-                    summary,
-                    list: Some(list.clone()),
-                };
-                let acknowledged = matches!(
-                    node.ask_bounded(&target, send).await,
-                    Ok(PastResponse::Done)
-                );
-                (
+                ScheduleAction::SendSummary {
                     coordinator,
-                    acknowledged.then_some(summary),
-                    list.is_empty(),
-                )
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((coordinator, Some(_), true)) => {
-                    sent.remove(&coordinator);
+                    summary,
+                    list,
+                } => {
+                    let node = self.clone();
+                    sends.spawn(async move {
+                        let request = PastRequest::Summary {
+                            from: node.id(),
+                            summary,
+                            list,
+                        };
+                        let answer = match node.address_of(&coordinator) {
+                            Some(target) => node.ask_bounded(&target, request).await.ok(),
+                            None => None,
+                        };
+                        Some((coordinator, summary, answer))
+                    });
                 }
-                Ok((coordinator, Some(summary), false)) => {
-                    sent.insert(coordinator, summary);
-                }
-                Ok((coordinator, None, _)) => {
-                    sent.remove(&coordinator);
-                }
-                Err(e) => tracing::debug!("a summary task failed: {e}"),
+                other => rest.push(other),
             }
         }
-        mine
-    }
-
-    /// Digests of what this node holds under `keys`.
-    async fn own_digests(&self, keys: Vec<PlacementKey>) -> Vec<(PlacementKey, u64)> {
-        self.blocking(move |node| {
-            keys.into_iter()
-                .filter_map(|key| {
-                    let (fragments, pointers, references) =
-                        node.inner.holder.holdings(&key).ok()?;
-                    Some((key, holdings_digest(&fragments, &pointers, &references)))
-                })
-                .collect()
-        })
-        .await
-        .unwrap_or_default()
+        while let Some(joined) = sends.join_next().await {
+            match joined {
+                Ok(Some((coordinator, summary, answer))) => self.schedule(|schedule, _| {
+                    schedule.summary_answered(coordinator, summary, answer.as_ref());
+                }),
+                Ok(None) => {}
+                Err(e) => tracing::debug!("a maintenance request task failed: {e}"),
+            }
+        }
+        for action in rest {
+            if self.is_stopped() {
+                return;
+            }
+            match action {
+                ScheduleAction::ReplicateRecords { members } => {
+                    self.replicate_certificates(&members).await;
+                    self.replicate_roots(&members).await;
+                }
+                ScheduleAction::ListHeldKeys { ranges } => {
+                    let keys = self.keys_in(ranges).await;
+                    self.schedule(|schedule, _| schedule.held_keys_listed(keys));
+                }
+                ScheduleAction::DigestHoldings => {
+                    let list = self
+                        .blocking(|node| held_digests(&node.inner.holder))
+                        .await
+                        .unwrap_or_default();
+                    self.schedule(|schedule, _| schedule.holdings_digested(list));
+                }
+                ScheduleAction::Reconcile { key } => self.reconcile(key).await,
+                // Sent above.
+                ScheduleAction::Nudge { .. } | ScheduleAction::SendSummary { .. } => {}
+            }
+        }
     }
 
     /// Keys held here (fragments) in the given ring ranges.
     async fn keys_in(&self, ranges: Vec<(PlacementKey, PlacementKey)>) -> Vec<PlacementKey> {
-        self.blocking(move |node| {
-            let mut keys = BTreeSet::new();
-            for (start, end) in ranges {
-                match node.store().placement_keys_in(&start, &end) {
-                    Ok(found) => keys.extend(found),
-                    Err(e) => tracing::warn!("listing keys for maintenance failed: {e}"),
-                }
-            }
-            keys.into_iter().collect()
-        })
-        .await
-        .unwrap_or_default()
+        self.blocking(move |node| held_keys_in(&node.inner.holder, &ranges))
+            .await
+            .unwrap_or_default()
     }
 
-    /// Reconciles one key as its coordinator ([`KeyReconcile`]): the machine decides,
-    /// this counts what it did and remembers what it learnt. Returns whether the key
-    /// ended settled.
-    async fn reconcile(&self, key: PlacementKey, memory: &mut Memory) -> bool {
-        let config = self.maintenance_config().clone();
+    /// Reconciles one key as its coordinator ([`KeyReconcile`], built by the schedule):
+    /// the machine decides, this counts what it did and hands the outcome back.
+    async fn reconcile(&self, key: PlacementKey) {
         self.inner
             .counters
             .keys_reconciled
             .fetch_add(1, Ordering::Relaxed);
-        // Ask wide first: `n` is only known from a certificate.
-        let wide = u16::try_from(config.span * 2 + config.spares).unwrap_or(u16::MAX);
-        let keepers =
-            u16::try_from(self.inner.config.past.certificate_replicas + 2).unwrap_or(u16::MAX);
-        let machine = KeyReconcile::new(key, wide, keepers, memory.statuses.known(), unix_now());
-        let mut outcome = self.drive_maintenance(machine).await;
+        let machine: KeyReconcile<GatewayError> =
+            self.schedule(|schedule, now| schedule.key_reconcile(key, now, unix_now()));
+        let outcome = self.drive_maintenance(machine).await;
         let counters = &self.inner.counters;
         let done = outcome.done;
         for (counter, add) in [
@@ -577,23 +469,10 @@ impl Node {
         ] {
             counter.fetch_add(add, Ordering::Relaxed);
         }
-        memory.statuses.learn(std::mem::take(&mut outcome.learnt));
-        if let Some(seen) = outcome.seen.take() {
-            for holdings in seen {
-                memory
-                    .digests
-                    .insert((holdings.node, key), (holdings.digest, holdings.held));
-            }
-            let members = members_with_self(self);
-            memory
-                .responsible
-                .insert(key, neighbourhood_digest(&key, &members, &config));
-            memory.trim();
-        }
         for problem in &outcome.problems {
             tracing::debug!(%key, "not settled: {problem}");
         }
-        outcome.is_settled()
+        self.schedule(|schedule, now| schedule.reconciled(now, &outcome));
     }
 
     /// A maintenance order to this node (`Handoff`, `Release`, `DropPointer`,
@@ -661,12 +540,7 @@ impl Node {
     ) -> PastResponse {
         match list {
             None => {
-                let known = self
-                    .inner
-                    .known_summaries
-                    .lock()
-                    .map(|map| map.get(&from) == Some(&summary))
-                    .unwrap_or(false);
+                let known = self.schedule(|schedule, _| schedule.summary_known(from, summary));
                 PastResponse::SummaryKnown { known }
             }
             Some(list) => match self.inner.maintenance_tx.try_send(Job::Listed {
@@ -683,134 +557,36 @@ impl Node {
     }
 }
 
-/// The keys of `from`'s list (or of this node's own, `from` being itself) that need
-/// a look: a digest that differs from the one seen at the last settled reconcile, a
-/// neighbourhood that changed since, or a key `from` held then and lists no more.
-fn changed_keys(
-    memory: &Memory,
-    from: NodeId,
-    list: &[(PlacementKey, u64)],
-    members: &[NodeId],
-    config: &MaintenanceConfig,
-) -> Vec<PlacementKey> {
-    let listed: BTreeMap<PlacementKey, u64> = list.iter().copied().collect();
-    let mut changed: Vec<PlacementKey> = listed
-        .iter()
-        .filter(|(key, digest)| {
-            memory.digests.get(&(from, **key)).map(|(d, _)| d) != Some(*digest)
-                || memory.responsible.get(*key) != Some(&neighbourhood_digest(key, members, config))
-        })
-        .map(|(key, _)| *key)
-        .collect();
-    let low = (from, PlacementKey(Id([0; 32])));
-    let high = (from, PlacementKey(Id([0xff; 32])));
-    changed.extend(
-        memory
-            .digests
-            .range(low..=high)
-            .filter(|((_, key), (_, held))| *held && !listed.contains_key(key))
-            .map(|((_, key), _)| *key),
-    );
-    changed
-}
-
-/// The maintenance task: debounced runs after leaf-set changes, the slow pass, nudges.
+/// The maintenance task: feeds the schedule (view changes, requests from holders, its
+/// own timers) and carries out what it decides.
 async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
-    /// A key whose reconcile did not settle is tried again on this many slow passes.
-    const RETRIES: u8 = 5;
-    let config = node.maintenance_config().clone();
     let mut stop = node.inner.shutdown.subscribe();
-    let mut memory = Memory::default();
-    let mut sent: HashMap<NodeId, u64> = HashMap::new();
-    let mut retry: BTreeMap<PlacementKey, u8> = BTreeMap::new();
-    let mut seen_members = members_with_self(&node);
-    let mut due: Option<tokio::time::Instant> = None;
-    let mut slow = tokio::time::interval(config.period);
-    slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    slow.tick().await;
-    // Keys to coordinate now.
-    let mut pending: BTreeSet<PlacementKey> = BTreeSet::new();
+    let members = view_members(&node);
+    node.schedule(|schedule, now| schedule.start(now, members));
     loop {
-        let wake_at = due.unwrap_or_else(|| tokio::time::Instant::now() + config.period);
-        let work = !pending.is_empty();
+        let wake = node
+            .schedule(|schedule, _| schedule.next_wake())
+            .map(|at| node.inner.schedule.instant(at));
         tokio::select! {
             _ = stop.changed() => break,
             _ = node.inner.view_changed.notified() => {
-                due = Some(tokio::time::Instant::now() + config.debounce);
+                let members = view_members(&node);
+                node.schedule(|schedule, now| schedule.view_changed(now, members));
             }
-            _ = tokio::time::sleep_until(wake_at), if due.is_some() => {
-                due = None;
-                let members = members_with_self(&node);
-                let ranges = affected_ranges(&seen_members, &members, config.span);
-                seen_members = members.clone();
-                if !ranges.is_empty() {
-                    node.replicate_certificates(&members).await;
-                    node.replicate_roots(&members).await;
-                    let keys = node.keys_in(ranges).await;
-                    tracing::debug!(keys = keys.len(), "leaf set changed: keys to look at");
-                    pending.extend(node.nudge(keys, &members).await);
-                }
-            }
-            _ = slow.tick() => {
-                memory.trim();
-                let members = members_with_self(&node);
-                node.replicate_certificates(&members).await;
-                node.replicate_roots(&members).await;
-                let zero = PlacementKey(Id::ZERO);
-                let keys = node.keys_in(vec![(zero, zero)]).await;
-                let list = node.own_digests(keys).await;
-                let mine = node.send_summaries(list, &members, &mut sent).await;
-                pending.extend(changed_keys(&memory, node.id(), &mine, &members, &config));
-                pending.extend(retry.keys().copied());
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                let actions = node.schedule(|schedule, now| schedule.poll(now));
+                node.carry_out(actions).await;
             }
             job = jobs.recv() => match job {
                 None => break,
-                Some(Job::Nudged(keys)) => pending.extend(keys),
-                Some(Job::Listed { from, list, summary }) => {
-                    let members = members_with_self(&node);
-                    pending.extend(changed_keys(&memory, from, &list, &members, &config));
-                    if let Ok(mut known) = node.inner.known_summaries.lock() {
-                        if known.len() > Memory::MAX_ENTRIES {
-                            known.clear();
-                        }
-                        known.insert(from, summary);
-                    }
-                }
-                Some(Job::Changed(key)) => {
-                    let members = members_with_self(&node);
-                    pending.extend(node.nudge(vec![key], &members).await);
-                }
+                Some(Job::Nudged(keys)) => node.schedule(|schedule, _| schedule.nudged(keys)),
+                Some(Job::Listed { from, list, summary }) => node.schedule(|schedule, _| {
+                    schedule.summary_listed(from, summary, &list);
+                }),
+                Some(Job::Changed(key)) => node.schedule(|schedule, _| schedule.key_changed(key)),
             },
-            _ = std::future::ready(()), if work => {
-                for _ in 0..config.batch {
-                    let Some(key) = pending.pop_first() else { break };
-                    if node.is_stopped() {
-                        break;
-                    }
-                    let settled = node.reconcile(key, &mut memory).await;
-                    if settled {
-                        retry.remove(&key);
-                    } else {
-                        let tries = retry.entry(key).or_insert(0);
-                        *tries += 1;
-                        if *tries > RETRIES {
-                            tracing::debug!(%key, "reconcile given up until something changes");
-                            retry.remove(&key);
-                        }
-                    }
-                }
-            }
         }
     }
-}
-
-/// A digest of the nodes a reconcile of `key` asks, as this node's view has them.
-fn neighbourhood_digest(key: &PlacementKey, members: &[NodeId], config: &MaintenanceConfig) -> u64 {
-    ids_digest(&closest(
-        &key.0,
-        members.iter().copied(),
-        config.span * 2 + config.spares,
-    ))
 }
 
 /// The scrub: re-reads every fragment on a slow period at a bounded rate; a corrupt

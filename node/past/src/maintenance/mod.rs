@@ -10,18 +10,24 @@
 //! - [`orders`]: the holder's side of `Handoff`, `Release`, `DropPointer` and `Forget`
 //!   ([`Order`], checked by [`OrderCheck`], an [`crate::operation::Operation`], then
 //!   applied with [`crate::Holder::apply`]);
+//! - [`schedule`]: [`MaintenanceSchedule`], when a node looks at which key (debounced
+//!   leaf-set changes, the slow pass and its summaries, nudges, retries of unsettled
+//!   keys), with the coordinator's memory and the keeper status cache;
 //! - [`receipt_names`], the receipt check both sides make.
 //!
 //! No clock (time comes in as an argument), no store access inside a machine, no
-//! randomness: the daemon (`cairn_daemon`'s maintenance) schedules and drives them, the
-//! simulator drives them over its event queue, and the unit tests over a `TestNet`.
+//! randomness: the daemon (`cairn_daemon`'s maintenance) and the simulator drive the
+//! schedule and carry out its actions (the daemon over its tasks, the simulator over its
+//! event queue), and the unit tests drive them over a `TestNet`.
 //!
 //! May use: the crate's wire types, [`crate::operation`], [`crate::records`],
+//! [`crate::Holder`] (only [`schedule`]'s store helpers, which a driver calls),
 //! `cairn_core::{crypto, erasure, id}`.
 
 pub mod orders;
 pub mod planner;
 pub mod reconcile;
+pub mod schedule;
 
 use cairn_core::crypto::{Signed, StoreReceipt};
 use cairn_core::id::{FragmentHash, NodeId, PlacementKey};
@@ -32,6 +38,9 @@ pub use planner::{
     holdings_digest, plan, summary_digest,
 };
 pub use reconcile::{Done, KeyReconcile, KnownStatuses, Reconciled, SeenHoldings, Unsettled};
+pub use schedule::{
+    MaintenanceSchedule, ScheduleAction, ScheduleConfig, held_digests, held_keys_in,
+};
 
 /// Whether `bytes` is a valid receipt signed by `node` for exactly this fragment (key,
 /// index, hash). The file it names is not checked: a repair store's receipt names the

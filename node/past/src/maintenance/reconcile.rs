@@ -12,7 +12,11 @@
 //!    from a certificate) and ask each for its holdings; then ask the diverted holders
 //!    their pointers name. A node that does not answer is not live.
 //! 2. **Authority.** No referencing file: nothing authorises a repair, the key is left
-//!    alone (settled). Otherwise, for up to [`MAX_FILES`] referencing files, one at a
+//!    alone. It is settled only when every node asked answered and none holds anything
+//!    under the key; fragments or pointers without a referencing file
+//!    ([`Unsettled::Unreferenced`]) or nodes that did not answer
+//!    ([`Unsettled::Unanswered`]) leave it unsettled, since it may be short of `n`.
+//!    Otherwise, for up to [`MAX_FILES`] referencing files, one at a
 //!    time: the statuses the driver still trusts ([`KnownStatuses`]), else a locate of
 //!    the file's keepers and a `FileStatus` of each. A keeper set that cannot be
 //!    located makes the authority unknown. [`decide_authority`] then says:
@@ -98,6 +102,19 @@ pub enum Unsettled<E> {
     /// The wide locate failed.
     #[error("locating the key's nodes failed: {0}")]
     Locate(E),
+    /// No node that answered names a file referencing the key, and some nodes asked
+    /// did not answer (or none was found): whether the key is held whole cannot be
+    /// told, so it is not taken as settled.
+    #[error("no node answered with a referencing file ({unanswered} asked did not answer)")]
+    Unanswered {
+        /// Nodes asked for their holdings that did not answer.
+        unanswered: usize,
+    },
+    /// Fragments or pointers are held under the key but no node names a file
+    /// referencing it (a put that failed between its fragment and its reference):
+    /// nothing authorises their repair, so they may stay below `n`.
+    #[error("fragments held without any referencing file: nothing authorises their repair")]
+    Unreferenced,
     /// Some referencing file has neither certificate nor tombstone (a put in flight),
     /// or its keepers could not be located: nothing is repaired or deleted.
     #[error("no certificate or tombstone decides the key")]
@@ -251,6 +268,8 @@ pub struct KeyReconcile<E> {
     asked: BTreeMap<AskId, (NodeAddress, Pending)>,
     located: Vec<NodeAddress>,
     answers: Vec<Holdings>,
+    /// Holdings asks that got no holdings back.
+    unanswered: usize,
     references: Vec<FileId>,
     /// The files whose authority is asked, and which one is being asked.
     files: Vec<FileId>,
@@ -287,6 +306,7 @@ impl<E: fmt::Display + fmt::Debug> KeyReconcile<E> {
             asked: BTreeMap::new(),
             located: Vec::new(),
             answers: Vec::new(),
+            unanswered: 0,
             references: Vec::new(),
             files: Vec::new(),
             file: 0,
@@ -333,6 +353,7 @@ impl<E: fmt::Display + fmt::Debug> KeyReconcile<E> {
             references,
         }) = answer
         else {
+            self.unanswered += 1;
             return;
         };
         if self.answers.iter().any(|h| h.address.id == to.id) {
@@ -383,8 +404,22 @@ impl<E: fmt::Display + fmt::Debug> KeyReconcile<E> {
         references.sort();
         references.dedup();
         if references.is_empty() {
-            // Fragments without a reference: a put that crashed between the fragment
-            // and its reference. Nothing authorises a repair; left alone.
+            // Settled only when every node asked answered and none holds anything: a
+            // key left with fragments no file references (a put that crashed between
+            // the fragment and its reference), or one whose holders did not answer,
+            // may be short of `n` and is looked at again.
+            if self
+                .answers
+                .iter()
+                .any(|h| !h.observed.fragments.is_empty() || !h.observed.pointers.is_empty())
+            {
+                self.outcome.problems.push(Unsettled::Unreferenced);
+            }
+            if self.unanswered > 0 || self.answers.is_empty() {
+                self.outcome.problems.push(Unsettled::Unanswered {
+                    unanswered: self.unanswered,
+                });
+            }
             return self.finish();
         }
         self.files = references.iter().take(MAX_FILES).copied().collect();
@@ -1125,11 +1160,17 @@ mod tests {
         }
     }
 
+    /// Ten nodes and one certified block `(4, 2)` at `at`.
+    fn ten_nodes_with_a_block(owner: u8, name: &[u8], at: PlacementKey) -> TestNet {
+        let net = TestNet::new(&[64 * MIB; 10]);
+        let owner = KeyPair::from_secret_bytes(&[owner; 32]);
+        certified_block(&net, &owner, name, at, (4, 2), 20_000);
+        net
+    }
+
     #[test]
     fn too_few_fragments_or_no_authority_leave_the_key_unsettled_with_the_reason() {
-        let mut net = TestNet::new(&[64 * MIB; 10]);
-        let owner = KeyPair::from_secret_bytes(&[74; 32]);
-        certified_block(&net, &owner, b"s", key(5), (4, 2), 20_000);
+        let mut net = ten_nodes_with_a_block(74, b"s", key(5));
         let closest = net.closest(&key(5).0, 10);
         for node in &closest[..3] {
             net.set(&node.id, Behaviour::Down);
@@ -1173,6 +1214,51 @@ mod tests {
             .map(|n| n.holder.store().fragments_under(&key(6)).unwrap().len())
             .sum();
         assert_eq!(held, 6);
+    }
+
+    #[test]
+    fn a_key_whose_holders_did_not_answer_or_whose_fragments_no_file_references_is_not_settled() {
+        // Every holder of the block crashed a moment ago: the nodes that answer hold
+        // nothing, and no referencing file is seen. That is not "nothing to do".
+        let mut net = ten_nodes_with_a_block(76, b"t", key(8));
+        let holders = net.closest(&key(8).0, 6);
+        for node in &holders {
+            net.set(&node.id, Behaviour::Silent);
+        }
+        let silent = reconcile(&net, key(8), KnownStatuses::default());
+        assert!(
+            matches!(
+                &silent.problems[..],
+                [Unsettled::Unanswered { unanswered: 6 }]
+            ),
+            "{:?}",
+            silent.problems
+        );
+        assert!(silent.seen.is_none());
+        for node in &holders {
+            net.set(&node.id, Behaviour::Honest);
+        }
+        assert!(reconcile(&net, key(8), KnownStatuses::default()).is_settled());
+
+        // Fragments that no file references: nothing may repair them, and the key is
+        // not settled either.
+        let lone = net.closest(&key(9).0, 1)[0];
+        let (index, hash, bytes) = crate::testing::fragments(1, 300)[0].clone();
+        net.node(&lone.id)
+            .holder
+            .store()
+            .put_fragment(&key(9), index, &hash, &bytes)
+            .unwrap();
+        let orphan = reconcile(&net, key(9), KnownStatuses::default());
+        assert!(
+            matches!(&orphan.problems[..], [Unsettled::Unreferenced]),
+            "{:?}",
+            orphan.problems
+        );
+
+        // Every node answered and none holds anything: settled, nothing to keep.
+        let gone = reconcile(&net, key(10), KnownStatuses::default());
+        assert!(gone.is_settled(), "{:?}", gone.problems);
     }
 
     #[test]
