@@ -55,8 +55,10 @@ pub enum Step {
         /// A responsible node holding no index of the key.
         to: NodeId,
     },
-    /// `node`, not responsible, holds a copy of `index` that `kept_by` (responsible)
-    /// also holds: it may drop its copy (after checking `kept_by` itself).
+    /// `node` holds a surplus copy of `index` that `kept_by` (responsible) also holds:
+    /// `node` is no longer responsible, or is responsible but not designated for
+    /// `index` while `kept_by` is (or is closer). It may drop its copy (after checking
+    /// `kept_by` itself).
     Release {
         /// The fragment.
         index: u16,
@@ -180,6 +182,7 @@ pub fn plan(k: u16, n: u16, responsible: &[NodeId], observed: &[Observed]) -> Pl
     let live = holders.iter().filter(|h| !h.is_empty()).count();
     let mut stuck = Vec::new();
     let mut handed: BTreeSet<(u16, NodeId)> = BTreeSet::new();
+    let mut no_room = false;
     for index in 0..n {
         let slot = usize::from(index);
         let held_in_place = holders[slot].iter().any(&is_responsible);
@@ -192,6 +195,7 @@ pub fn plan(k: u16, n: u16, responsible: &[NodeId], observed: &[Observed]) -> Pl
             None => free.first().copied(),
         };
         let Some(to) = target else {
+            no_room = true;
             stuck.push(index);
             continue;
         };
@@ -205,6 +209,36 @@ pub fn plan(k: u16, n: u16, responsible: &[NodeId], observed: &[Observed]) -> Pl
             continue;
         }
         free.retain(|id| *id != to);
+    }
+    // Two responsible nodes holding one index (a node came back with a copy that was
+    // regenerated while it was away) leave no responsible node free for a missing index
+    // when every one holds something: the copy on the node not designated for that index
+    // is released, and the next reconcile (the key is not settled) places the missing
+    // index there. Only then, and only while the block can be rebuilt: below `k` nothing
+    // is deleted.
+    let make_room = no_room && live >= usize::from(k);
+    for (slot, nodes) in holders.iter().enumerate().filter(|_| make_room) {
+        let index = u16::try_from(slot).unwrap_or(u16::MAX);
+        let in_place: Vec<NodeId> = responsible
+            .iter()
+            .filter(|id| nodes.contains(id))
+            .copied()
+            .collect();
+        let Some(first) = in_place.first().copied() else {
+            continue;
+        };
+        let kept_by = responsible
+            .get(slot)
+            .filter(|id| in_place.contains(id))
+            .copied()
+            .unwrap_or(first);
+        for node in in_place.iter().filter(|id| **id != kept_by) {
+            steps.push(Step::Release {
+                index,
+                node: *node,
+                kept_by,
+            });
+        }
     }
     // Surplus copies outside the responsible set (not diverted, not being handed off).
     for (slot, nodes) in holders.iter().enumerate() {
@@ -458,6 +492,43 @@ mod tests {
             ]
         );
         assert_eq!(plan.live, 4);
+    }
+
+    #[test]
+    fn a_duplicate_on_two_responsible_nodes_is_released_so_a_missing_index_finds_room() {
+        // Node 3 came back holding index 2, which was regenerated on node 2 while it was
+        // away; index 3 is missing and every responsible node holds something.
+        let observed = vec![
+            holds(0, &[0]),
+            holds(1, &[1]),
+            holds(2, &[2]),
+            holds(3, &[2]),
+            holds(4, &[4]),
+            holds(5, &[5]),
+        ];
+        let first = plan(4, 6, &six(), &observed);
+        assert_eq!(
+            first.steps,
+            vec![Step::Release {
+                index: 2,
+                node: node(3),
+                kept_by: node(2)
+            }],
+            "the designated holder of index 2 keeps it"
+        );
+        assert_eq!(first.stuck, vec![3]);
+        assert!(!first.is_settled());
+        // Once released, node 3 is free and gets its own index back.
+        let mut after = observed.clone();
+        after[3] = holds(3, &[]);
+        let second = plan(4, 6, &six(), &after);
+        assert_eq!(
+            second.steps,
+            vec![Step::Regenerate {
+                index: 3,
+                to: node(3)
+            }]
+        );
     }
 
     #[test]
