@@ -241,9 +241,10 @@ impl Node {
         if !config.enabled {
             return;
         }
-        tokio::spawn(maintenance_task(self.clone(), jobs));
+        let tasks = &self.inner.tasks;
+        tasks.spawn("maintenance", maintenance_task(self.clone(), jobs));
         if !config.scrub_period.is_zero() {
-            tokio::spawn(scrub_task(self.clone()));
+            tasks.spawn("the scrub", scrub_task(self.clone()));
         }
     }
 
@@ -818,12 +819,9 @@ fn neighbourhood_digest(key: &PlacementKey, members: &[NodeId], config: &Mainten
 async fn scrub_task(node: Node) {
     let config = node.maintenance_config().clone();
     let limiter = RateLimiter::new(config.scrub_bytes_per_sec);
-    let mut stop = node.inner.shutdown.subscribe();
+    // Ends when the node's token is cancelled (it is spawned as the node's task).
     loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep(config.scrub_period) => {}
-        }
+        tokio::time::sleep(config.scrub_period).await;
         let zero = PlacementKey(Id::ZERO);
         let keys = node.keys_in(vec![(zero, zero)]).await;
         for key in keys {
