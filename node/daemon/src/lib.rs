@@ -36,6 +36,7 @@ mod drive;
 pub mod gateway;
 pub mod http;
 pub mod maintenance;
+mod records;
 mod tasks;
 
 use std::collections::HashMap;
@@ -283,6 +284,8 @@ struct Inner {
     repair_limiter: Arc<RateLimiter>,
     /// As a coordinator: the last slow-pass summary each holder sent.
     known_summaries: std::sync::Mutex<HashMap<NodeId, u64>>,
+    /// Where the next pass of record replication starts, per kind.
+    record_cursors: std::sync::Mutex<records::RecordCursors>,
 }
 
 /// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
@@ -385,6 +388,7 @@ impl Node {
             maintenance_tx,
             repair_limiter,
             known_summaries: std::sync::Mutex::new(HashMap::new()),
+            record_cursors: std::sync::Mutex::default(),
         });
         let node = Node { inner };
         let (joined_tx, joined_rx) = mpsc::channel(4);
