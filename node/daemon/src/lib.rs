@@ -56,6 +56,7 @@ use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
 use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
 use cairn_past::answer::Answer;
 use cairn_past::divert::{Diverted, ReplicaDiversion};
+use cairn_past::reclaim::ReclaimForward;
 use cairn_past::{
     Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, StoreRequest,
     closest, closest_in_leaf_set,
@@ -756,8 +757,9 @@ impl Node {
         answer
     }
 
-    /// Carries out a reclaim here, then passes it on to the holders of copies this
-    /// node had diverted (one level: a diverted copy is never diverted again).
+    /// Carries out a reclaim here ([`Holder::reclaim`], on the blocking pool), then
+    /// passes it on to the holders of the copies this node had diverted: whom to tell
+    /// and what counts is [`ReclaimForward`]'s decision.
     async fn handle_reclaim(
         &self,
         reclaim: Vec<u8>,
@@ -770,8 +772,8 @@ impl Node {
             node.inner.holder.reclaim(&order, &cert, &keys, unix_now())
         })
         .await;
-        let mut done = match done {
-            Ok(Ok(done)) => done,
+        let here = match done {
+            Ok(Ok(here)) => here,
             Ok(Err(refusal)) => return PastResponse::Refused(refusal),
             Err(e) => {
                 return PastResponse::Refused(cairn_past::Refusal::Store(format!(
@@ -779,29 +781,8 @@ impl Node {
                 )));
             }
         };
-        for (key, holder) in std::mem::take(&mut done.diverted_to) {
-            let Some(target) = self.address_of(&holder) else {
-                continue;
-            };
-            let request = PastRequest::Reclaim {
-                reclaim: reclaim.clone(),
-                certificate: certificate.clone(),
-                keys: vec![key],
-            };
-            match Box::pin(self.ask(&target, request)).await {
-                Ok(PastResponse::Reclaimed { fragments, bytes }) => {
-                    done.fragments += fragments;
-                    done.bytes += bytes;
-                }
-                other => {
-                    tracing::warn!(%key, %holder, "a diverted copy was not reclaimed: {other:?}")
-                }
-            }
-        }
-        PastResponse::Reclaimed {
-            fragments: done.fragments,
-            bytes: done.bytes,
-        }
+        let forward = ReclaimForward::new(reclaim, certificate, here, |id| self.address_of(id));
+        self.drive(forward).await.response()
     }
 
     /// PAST's replica diversion for a primary store this node has no room for: the

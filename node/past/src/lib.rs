@@ -51,6 +51,7 @@ pub mod insert;
 pub mod lookup;
 pub mod maintenance;
 pub mod operation;
+pub mod reclaim;
 pub mod records;
 #[cfg(test)]
 mod testing;
@@ -688,17 +689,8 @@ impl<S: NodeStore> Holder<S> {
         now: UnixSeconds,
     ) -> Result<Reclaimed, Refusal> {
         let certified = check_certificate(certificate, now)?;
-        let signed = Signed::<ReclaimCertificate>::from_bytes(reclaim)
-            .map_err(|e| Refusal::Certificate(e.to_string()))?;
-        let order = signed
-            .verify()
-            .map_err(|e| Refusal::Certificate(e.to_string()))?;
-        if order.file_id != certified.file_id || order.owner != certified.owner {
-            return Err(Refusal::Certificate(format!(
-                "the reclaim of file {} is not signed by that file's owner",
-                order.file_id
-            )));
-        }
+        let order = check_reclaim(reclaim)?;
+        reclaim::authorise_reclaim(&order, &certified)?;
         let file = certified.file_id;
         self.store
             .put_tombstone(&file, reclaim)
