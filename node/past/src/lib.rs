@@ -7,8 +7,10 @@
 //! against the local store ([`Holder::answer`]), and every decision a node makes when
 //! it asks others, each an [`operation::Operation`]: inserting a block
 //! ([`insert::BlockInsert`]), looking fragments up ([`lookup::FragmentLookup`]),
-//! diverting a replica ([`divert::ReplicaDiversion`]), publishing and finding
-//! certificates and root records ([`records`]), and maintenance ([`maintenance`]).
+//! diverting a replica ([`divert::ReplicaDiversion`]), publishing, finding and
+//! replicating certificates and root records ([`records`]), reclaiming a file and
+//! passing a reclaim on to diverted copies ([`reclaim`]), and maintenance
+//! ([`maintenance`]).
 //! Sans-IO: no sockets, no clock (`now` is passed in), no tasks; the daemon
 //! (`cairn-daemon`) and the simulator (`cairn-sim`) carry out the commands the machines
 //! return, and the unit tests drive them over a network of holders in one process.
