@@ -19,28 +19,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use tokio::runtime::Handle;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use super::{Node, unix_now};
 use cairn_api::ReclaimReport;
-use cairn_core::crypto::{FileCertificate, ReclaimCertificate, RootRecord, Signed};
+use cairn_core::crypto::{FileCertificate, RootRecord, Signed};
 use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef, Offer};
 use cairn_core::id::{BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
 use cairn_core::manifest::{Manifest, manifest_placement_key};
 use cairn_net::NetError;
 pub use cairn_past::insert::PlacementFailure;
 use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
-use cairn_past::lookup::{FetchFailure, FragmentLookup, LOOKUP_SPARES, LookupError};
+use cairn_past::lookup::{FetchFailure, FragmentLookup, LookupError};
+use cairn_past::reclaim::{FileReclaim, ReclaimError, authorise_reclaim};
 use cairn_past::records::{
     FindError, PublishError, Record, RecordFind, RecordPublish, ReplicaFailure,
 };
 use cairn_past::survey::{BlockSurvey, FragmentHolders};
-use cairn_past::{PastRequest, PastResponse, Refusal, certificate_key};
+use cairn_past::{Refusal, check_reclaim};
 use cairn_pipeline::{FailureKind, FragmentSink, FragmentSource, PendingBlock, StoreFailure};
-
-/// A reclaim visits at most this many salts per block (a put tries at most
-/// `max_file_diversions + 1`; the cap keeps a strange manifest from costing more).
-const MAX_SALTS_RECLAIMED: u64 = 16;
 
 /// Why a network operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -778,89 +775,37 @@ impl Node {
 
     /// Frees a file everywhere: every holder of every block (blocks another live file
     /// references are kept by their holders) and the certificate's keepers. The
-    /// reclaim must be signed by the file's owner.
+    /// reclaim must be signed by the file's owner. Which nodes are told, in what order,
+    /// and what counts as done is [`FileReclaim`]'s decision; this finds the
+    /// certificate and the manifest it needs, and drives it.
     pub async fn reclaim_file(&self, reclaim: Vec<u8>) -> Result<ReclaimReport, GatewayError> {
-        let order = Signed::<ReclaimCertificate>::from_bytes(&reclaim)
-            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
-        order
-            .verify()
-            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
-        let file = order.body.file_id;
+        let order = check_reclaim(&reclaim).map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
+        let file = order.file_id;
         let certificate = self
             .find_certificate(file)
             .await?
             .ok_or(GatewayError::NotFound { file })?;
-        if certificate.body.owner != order.body.owner {
-            return Err(GatewayError::BadReclaim(format!(
-                "file {file} belongs to another owner than the reclaim's signer"
-            )));
-        }
+        // Checked before the manifest is fetched: a forged reclaim costs no more work.
+        authorise_reclaim(&order, &certificate.body)
+            .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
         let certificate_bytes = certificate
             .to_bytes()
             .map_err(|e| GatewayError::BadReclaim(e.to_string()))?;
         let manifest = self.manifest_of(&certificate).await?;
-        let n = usize::from(manifest.params.n());
-        // Every salt up to the one each block landed at: a block that was diverted to a
-        // new key may have left fragments under the earlier ones (placed before the
-        // refusal), referenced by this file and by nothing else.
-        let body = &certificate.body;
-        let mut keys: Vec<(PlacementKey, usize)> = manifest
-            .blocks
-            .iter()
-            .flat_map(|b| {
-                (0..=b.salt.min(MAX_SALTS_RECLAIMED))
-                    .map(|salt| PlacementKey::for_block(&b.hash, salt))
-            })
-            .chain(
-                (0..=body.manifest_salt.min(MAX_SALTS_RECLAIMED))
-                    .map(|salt| manifest_placement_key(&body.manifest_hash, salt)),
-            )
-            .map(|key| (key, n + LOOKUP_SPARES))
-            .collect();
-        keys.sort_by_key(|(key, _)| *key);
-        keys.dedup();
-        let replicas = self.config().past.certificate_replicas + 2;
-        let mut report = ReclaimReport::default();
-        let mut targets: Vec<(PlacementKey, Vec<PlacementKey>, usize)> = keys
-            .into_iter()
-            .map(|(key, count)| (key, vec![key], count))
-            .collect();
-        // Last: the certificate's keepers, which then remember the file as reclaimed.
-        targets.push((certificate_key(&file), Vec::new(), replicas));
-        for (locate_key, block_keys, count) in targets {
-            let nodes = match self
-                .locate(locate_key.0, u16::try_from(count).unwrap_or(u16::MAX))
-                .await
-            {
-                Ok(nodes) => nodes,
-                Err(e) => {
-                    report.failures.push(e.to_string());
-                    continue;
-                }
-            };
-            let mut tasks = JoinSet::new();
-            for target in nodes {
-                let node = self.clone();
-                let request = PastRequest::Reclaim {
-                    reclaim: reclaim.clone(),
-                    certificate: certificate_bytes.clone(),
-                    keys: block_keys.clone(),
-                };
-                tasks.spawn(async move { (target.id, node.ask(&target, request).await) });
+        let keepers =
+            u16::try_from(self.config().past.certificate_replicas + 2).unwrap_or(u16::MAX);
+        let reclaim = FileReclaim::new(reclaim, certificate_bytes, &manifest, keepers, unix_now());
+        match self.drive(reclaim).await {
+            Ok(done) => Ok(ReclaimReport {
+                fragments_freed: done.fragments,
+                bytes_freed: done.bytes,
+                failures: done.failures,
+            }),
+            Err(ReclaimError::Refused(refusal)) => {
+                Err(GatewayError::BadReclaim(refusal.to_string()))
             }
-            while let Some(joined) = tasks.join_next().await {
-                match joined {
-                    Ok((_, Ok(PastResponse::Reclaimed { fragments, bytes }))) => {
-                        report.fragments_freed += fragments;
-                        report.bytes_freed += bytes;
-                    }
-                    Ok((node, Ok(other))) => report.failures.push(format!("{node}: {other:?}")),
-                    Ok((_, Err(e))) => report.failures.push(e.to_string()),
-                    Err(e) => report.failures.push(e.to_string()),
-                }
-            }
+            Err(ReclaimError::Stalled) => Err(GatewayError::Task("the reclaim stalled".into())),
         }
-        Ok(report)
     }
 
     /// Describes a file: its certificate, and for every block which node holds which

@@ -136,24 +136,27 @@ pub struct ApiConfig {
     pub token: Option<String>,
 }
 
-/// A running API server.
+/// A running API server: a task of its node (stopped with it), or stopped alone by
+/// [`ApiServer::stop`] or its drop.
 #[derive(Debug)]
 pub struct ApiServer {
     /// The address it listens on.
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    /// A child of the node's token: cancelled with the node, or alone.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl ApiServer {
-    /// Stops serving.
+    /// Stops serving: no new connection is accepted, each open one ends after the
+    /// request it is serving (within the node's shutdown patience when the node stops).
     pub fn stop(&self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
@@ -199,6 +202,8 @@ pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartE
             addr: config.listen,
             source,
         })?;
+    let stop = node.inner.tasks.token().child_token();
+    let owner = node.clone();
     let state = AppState {
         node,
         token: config.token.map(Arc::from),
@@ -214,13 +219,22 @@ pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartE
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("the API server stopped: {e}");
-        }
-    });
+    // Graceful: once stopped, the server waits for its connections (each spawned by
+    // axum) to finish their requests, so the node's shutdown owns them too.
+    let stopped = stop.clone().cancelled_owned();
+    owner
+        .inner
+        .tasks
+        .spawn_graceful("the API server", async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!("the API server stopped: {e}");
+            }
+        });
     tracing::info!(%addr, "API listening");
-    Ok(ApiServer { addr, task })
+    Ok(ApiServer { addr, stop })
 }
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -309,6 +323,8 @@ impl Read for BodyReader {
 /// few chunks in flight: the upload waits for the pipeline, never buffers the file).
 fn body_reader(mut body: Body) -> BodyReader {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // Detached, and bounded by its request: it ends with the body, or when the reader
+    // (the request's pipeline) is gone.
     tokio::spawn(async move {
         loop {
             let item = match body.frame().await {

@@ -21,6 +21,10 @@
 //! - The **dispatcher** reads the transport's incoming queue: overlay messages go to
 //!   the overlay task, PAST requests each get a task of their own (store work runs on
 //!   tokio's blocking pool: every fragment write waits for its fsync).
+//! - The **heal task**, **maintenance** and **scrub**.
+//!
+//! The node owns every one of them ([`tasks`]: one `JoinSet` and one cancellation
+//! token); [`Node::shutdown`] cancels the token and joins them, for a bounded time.
 //!
 //! # Addresses
 //! Overlay messages name nodes by id only, so every overlay message a node sends
@@ -32,6 +36,8 @@ mod drive;
 pub mod gateway;
 pub mod http;
 pub mod maintenance;
+mod records;
+mod tasks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +56,7 @@ use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
 use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
 use cairn_past::answer::Answer;
 use cairn_past::divert::{Diverted, ReplicaDiversion};
+use cairn_past::reclaim::ReclaimForward;
 use cairn_past::{
     Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, StoreRequest,
     closest, closest_in_leaf_set,
@@ -264,7 +271,8 @@ struct Inner {
     overlay_tx: mpsc::Sender<Input>,
     config: NodeConfig,
     counters: Counters,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    /// Every task of the node, and the token that stops them.
+    tasks: tasks::Tasks,
     /// Test hook: serve every fragment with one bit flipped (a Byzantine holder).
     tamper: std::sync::atomic::AtomicBool,
     /// Signalled whenever the overlay view changes (maintenance debounces it).
@@ -275,6 +283,8 @@ struct Inner {
     repair_limiter: Arc<RateLimiter>,
     /// When to look at which key ([`maintenance::SharedSchedule`]).
     schedule: maintenance::SharedSchedule,
+    /// Where the next pass of record replication starts, per kind.
+    record_cursors: std::sync::Mutex<records::RecordCursors>,
 }
 
 /// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
@@ -358,7 +368,6 @@ impl Node {
             source,
         })?;
         let (overlay_tx, overlay_rx) = mpsc::channel(4096);
-        let (shutdown, _) = tokio::sync::watch::channel(false);
         let (maintenance_tx, maintenance_rx) = mpsc::channel(1024);
         let repair_limiter = Arc::new(RateLimiter::new(config.maintenance.repair_bytes_per_sec));
         let schedule = maintenance::SharedSchedule::new(id, &config);
@@ -371,20 +380,31 @@ impl Node {
             overlay_tx,
             config,
             counters: Counters::default(),
-            shutdown,
+            tasks: tasks::Tasks::default(),
             tamper: std::sync::atomic::AtomicBool::new(false),
             view_changed: tokio::sync::Notify::new(),
             maintenance_tx,
             repair_limiter,
             schedule,
+            record_cursors: std::sync::Mutex::default(),
         });
         let node = Node { inner };
         let (joined_tx, joined_rx) = mpsc::channel(4);
-        tokio::spawn(overlay_task(node.clone(), overlay, overlay_rx, joined_tx));
-        tokio::spawn(dispatch_task(node.clone(), incoming));
-        node.join(joined_rx).await?;
+        let tasks = &node.inner.tasks;
+        tasks.spawn(
+            "the overlay task",
+            overlay_task(node.clone(), overlay, overlay_rx, joined_tx),
+        );
+        tasks.spawn("the dispatcher", dispatch_task(node.clone(), incoming));
+        if let Err(e) = node.join(joined_rx).await {
+            node.kill();
+            node.inner.tasks.stop(SHUTDOWN_PATIENCE).await;
+            return Err(e);
+        }
         node.start_maintenance(maintenance_rx);
-        tokio::spawn(heal_task(node.clone()));
+        node.inner
+            .tasks
+            .spawn("the heal task", heal_task(node.clone()));
         tracing::info!(id = %node.id(), addr = %node.advertised(), "node joined");
         Ok(node)
     }
@@ -511,26 +531,37 @@ impl Node {
         read(&self.inner.addresses).len()
     }
 
-    /// Stops the node: leaves the overlay, closes every connection. Idempotent.
+    /// Stops the node: leaves the overlay, closes every connection, and stops every
+    /// task of the node. Returns once they have all ended; one that has not within
+    /// [`SHUTDOWN_PATIENCE`] is aborted, with a warning that names it. Idempotent (a
+    /// second call returns at once, without waiting for the first).
     pub async fn shutdown(&self) {
         if self.is_stopped() {
             return;
         }
-        self.input(Event::Leave).await;
+        // Bounded: the overlay's queue is full only if its task is stuck.
+        let _ = tokio::time::timeout(LEAVE_PATIENCE, self.input(Event::Leave)).await;
         // Give the leave messages a moment to go out before the connections close.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        self.inner.shutdown.send_replace(true);
+        // First: every request in flight fails at once, so tasks waiting on one end.
+        self.inner.transport.shutdown();
+        self.inner.tasks.stop(SHUTDOWN_PATIENCE).await;
+    }
+
+    /// Stops the node at once, as a crash would (no leave message; the tasks are told
+    /// to stop, nobody waits for them). For tests.
+    pub fn kill(&self) {
+        self.inner.tasks.cancel();
         self.inner.transport.shutdown();
     }
 
-    /// Stops the node at once, as a crash would (no leave message). For tests.
-    pub fn kill(&self) {
-        self.inner.shutdown.send_replace(true);
-        self.inner.transport.shutdown();
+    /// How many of the node's tasks are running (0 once [`Node::shutdown`] returned).
+    pub fn running_tasks(&self) -> usize {
+        self.inner.tasks.running()
     }
 
     fn is_stopped(&self) -> bool {
-        *self.inner.shutdown.borrow()
+        self.inner.tasks.is_stopping()
     }
 
     async fn input(&self, event: Event) {
@@ -721,8 +752,9 @@ impl Node {
         answer
     }
 
-    /// Carries out a reclaim here, then passes it on to the holders of copies this
-    /// node had diverted (one level: a diverted copy is never diverted again).
+    /// Carries out a reclaim here ([`Holder::reclaim`], on the blocking pool), then
+    /// passes it on to the holders of the copies this node had diverted: whom to tell
+    /// and what counts is [`ReclaimForward`]'s decision.
     async fn handle_reclaim(
         &self,
         reclaim: Vec<u8>,
@@ -735,8 +767,8 @@ impl Node {
             node.inner.holder.reclaim(&order, &cert, &keys, unix_now())
         })
         .await;
-        let mut done = match done {
-            Ok(Ok(done)) => done,
+        let here = match done {
+            Ok(Ok(here)) => here,
             Ok(Err(refusal)) => return PastResponse::Refused(refusal),
             Err(e) => {
                 return PastResponse::Refused(cairn_past::Refusal::Store(format!(
@@ -744,29 +776,8 @@ impl Node {
                 )));
             }
         };
-        for (key, holder) in std::mem::take(&mut done.diverted_to) {
-            let Some(target) = self.address_of(&holder) else {
-                continue;
-            };
-            let request = PastRequest::Reclaim {
-                reclaim: reclaim.clone(),
-                certificate: certificate.clone(),
-                keys: vec![key],
-            };
-            match Box::pin(self.ask(&target, request)).await {
-                Ok(PastResponse::Reclaimed { fragments, bytes }) => {
-                    done.fragments += fragments;
-                    done.bytes += bytes;
-                }
-                other => {
-                    tracing::warn!(%key, %holder, "a diverted copy was not reclaimed: {other:?}")
-                }
-            }
-        }
-        PastResponse::Reclaimed {
-            fragments: done.fragments,
-            bytes: done.bytes,
-        }
+        let forward = ReclaimForward::new(reclaim, certificate, here, |id| self.address_of(id));
+        self.drive(forward).await.response()
     }
 
     /// PAST's replica diversion for a primary store this node has no room for: the
@@ -846,6 +857,14 @@ fn ids_in(msg: &OverlayMessage) -> Vec<NodeId> {
     }
 }
 
+/// How long [`Node::shutdown`] waits for the node's tasks to end before it aborts them.
+/// Under the 5 s a supervisor (the test kit, a service manager's default is longer)
+/// gives a process between SIGTERM and SIGKILL.
+pub const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long [`Node::shutdown`] waits for the overlay to take its leave.
+const LEAVE_PATIENCE: Duration = Duration::from_millis(500);
+
 /// How often a node checks that its bootstrap nodes are still in its overlay, in
 /// overlay ticks.
 const HEAL_EVERY_TICKS: u32 = 10;
@@ -861,12 +880,9 @@ const JOIN_ROUNDS_MAX: usize = 20;
 /// thread that ties them back together (the leaf-set exchanges do the rest).
 async fn heal_task(node: Node) {
     let period = node.inner.config.overlay.tick * HEAL_EVERY_TICKS;
-    let mut stop = node.inner.shutdown.subscribe();
+    // Ends when the node's token is cancelled (it is spawned as the node's task).
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = stop.changed() => return,
-        }
+        tokio::time::sleep(period).await;
         for addr in node.inner.config.bootstrap.clone() {
             let known: Vec<NodeId> = node.overlay_view().members().collect();
             // Bounded by the transport's connect and handshake timeouts.
@@ -893,16 +909,9 @@ async fn overlay_task(
     let now = || Time(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
     let mut pending: HashMap<u64, oneshot::Sender<Vec<NodeAddress>>> = HashMap::new();
     let mut next_tag = 1u64;
-    let mut stop = node.inner.shutdown.subscribe();
     let mut actions = Vec::new();
-    loop {
-        let input = tokio::select! {
-            input = inputs.recv() => match input {
-                Some(input) => input,
-                None => break,
-            },
-            _ = stop.changed() => break,
-        };
+    // Ends when the node's token is cancelled (it is spawned as the node's task).
+    while let Some(input) = inputs.recv().await {
         let event = match input {
             Input::Event(event) => event,
             Input::Locate { key, count, reply } => {
@@ -949,7 +958,7 @@ async fn run_actions(
                     .collect();
                 let transport = node.inner.transport.clone();
                 let peer = node.peer(&target);
-                tokio::spawn(async move {
+                node.inner.tasks.spawn("an overlay send", async move {
                     if let Err(e) = transport
                         .send(&peer, Wire::Overlay { msg, addresses })
                         .await
@@ -961,7 +970,7 @@ async fn run_actions(
             Action::SetTimer { at, kind } => {
                 let delay = Duration::from_micros(at.micros_since(time));
                 let tx = node.inner.overlay_tx.clone();
-                tokio::spawn(async move {
+                node.inner.tasks.spawn("an overlay timer", async move {
                     tokio::time::sleep(delay).await;
                     let _ = tx.send(Input::Event(Event::Timer(kind))).await;
                 });
@@ -995,7 +1004,7 @@ async fn run_actions(
                 } else if let Some(target) = node.address_of(&origin) {
                     let transport = node.inner.transport.clone();
                     let peer = node.peer(&target);
-                    tokio::spawn(async move {
+                    node.inner.tasks.spawn("a locate answer", async move {
                         if let Err(e) = transport.send(&peer, Wire::Located { tag, nodes }).await {
                             tracing::debug!(to = %peer.id, "locate answer not sent: {e}");
                         }
@@ -1033,15 +1042,8 @@ async fn run_actions(
 
 /// The dispatcher: everything the transport receives.
 async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>) {
-    let mut stop = node.inner.shutdown.subscribe();
-    loop {
-        let item = tokio::select! {
-            item = incoming.recv() => match item {
-                Some(item) => item,
-                None => break,
-            },
-            _ = stop.changed() => break,
-        };
+    // Ends when the node's token is cancelled (it is spawned as the node's task).
+    while let Some(item) = incoming.recv().await {
         if node.is_stopped() {
             break;
         }
@@ -1067,9 +1069,11 @@ async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>)
             },
             Incoming::Request { from, msg, reply } => match msg {
                 Wire::Past(request) => {
-                    let node = node.clone();
-                    tokio::spawn(async move {
-                        let response = node.handle_past(request).await;
+                    // Owned, not detached: a request may divert, reclaim or check an
+                    // order with other nodes, several round trips.
+                    let handler = node.clone();
+                    node.inner.tasks.spawn("a peer's request", async move {
+                        let response = handler.handle_past(request).await;
                         reply.reply(Wire::PastReply(response));
                     });
                 }
@@ -1079,5 +1083,88 @@ async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>)
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A node in `dir` on an ephemeral loopback port with a fast overlay tick.
+    pub(crate) fn config(dir: &std::path::Path, bootstrap: Vec<SocketAddr>) -> NodeConfig {
+        let mut config = NodeConfig::new(dir, SocketAddr::from(([127, 0, 0, 1], 0)), 1 << 30);
+        config.overlay.tick = Duration::from_millis(50);
+        config.bootstrap = bootstrap;
+        config
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_shutdown_every_task_of_the_node_has_ended() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let first = Node::start(config(dirs[0].path(), Vec::new()))
+            .await
+            .unwrap();
+        let second = Node::start(config(dirs[1].path(), vec![first.advertised()]))
+            .await
+            .unwrap();
+        let api = http::serve(
+            second.clone(),
+            http::ApiConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                token: None,
+            },
+        )
+        .await
+        .unwrap();
+        // The overlay, the dispatcher, heal, maintenance, scrub and the API server.
+        assert!(second.running_tasks() >= 6, "{}", second.running_tasks());
+        second.shutdown().await;
+        assert_eq!(second.running_tasks(), 0);
+        drop(api);
+        first.shutdown().await;
+        assert_eq!(first.running_tasks(), 0);
+        assert!(second.is_last_handle(), "no task holds the node any more");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_with_a_stalled_peer_still_shuts_down_within_its_patience() {
+        // A peer that accepts connections and never says a word: a handshake with it
+        // would wait out the (hour-long) handshake timeout.
+        let stalled = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let stalled_addr = stalled.local_addr().unwrap();
+        let (accepted_tx, mut accepted) = mpsc::channel(16);
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = stalled.accept().await {
+                held.push(socket);
+                let _ = accepted_tx.try_send(());
+            }
+        });
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let first = Node::start(config(dirs[0].path(), Vec::new()))
+            .await
+            .unwrap();
+        // It joins through `first`; the heal task then keeps trying the stalled address.
+        let mut with_stalled = config(dirs[1].path(), vec![first.advertised(), stalled_addr]);
+        with_stalled.net.handshake_timeout = Duration::from_secs(3600);
+        let node = Node::start(with_stalled).await.unwrap();
+        // Bounded: the heal task dials every 10 ticks (0.5 s).
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while accepted.try_recv().is_err() || node.running_tasks() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the heal task dials the stalled peer");
+        // Far below the handshake timeout: the stalled dial did not hold the node up.
+        tokio::time::timeout(Duration::from_secs(60), node.shutdown())
+            .await
+            .expect("the node stops although a dial to its stalled peer is in flight");
+        assert_eq!(node.running_tasks(), 0);
+        first.shutdown().await;
+        holder.abort();
     }
 }

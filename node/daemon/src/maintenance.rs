@@ -12,9 +12,9 @@
 //! Owns: [`MaintenanceConfig`] (and its mapping onto [`ScheduleConfig`]), the schedule
 //! shared by the maintenance task and the request handlers ([`SharedSchedule`]: the
 //! `Summary` handler answers from it), the maintenance task, the `Reconcile` and
-//! `Summary` handlers, the obeying of orders, the scrub task, the replication of
-//! certificates and of volume root records to their current keepers, and
-//! [`RateLimiter`].
+//! `Summary` handlers, the obeying of orders, the scrub task, and [`RateLimiter`]. The
+//! replication of certificates and root records that the task runs is
+//! [`crate::records`]'.
 //!
 //! May use: [`super`] (the node, `ask`, `drive_maintenance`), [`cairn_past`],
 //! [`cairn_store`], [`cairn_core::id`].
@@ -38,9 +38,7 @@ use cairn_past::maintenance::{
     Change, KeyReconcile, MaintenanceSchedule, Order, OrderCheck, ScheduleAction, ScheduleConfig,
     held_digests, held_keys_in,
 };
-use cairn_past::{
-    NodeAddress, PastRequest, PastResponse, Refusal, certificate_key, check_root, closest, root_key,
-};
+use cairn_past::{NodeAddress, PastRequest, PastResponse, Refusal};
 use cairn_store::{NodeStore, StoreError};
 
 /// How maintenance and scrubbing run.
@@ -207,9 +205,10 @@ impl Node {
         if !config.enabled {
             return;
         }
-        tokio::spawn(maintenance_task(self.clone(), jobs));
+        let tasks = &self.inner.tasks;
+        tasks.spawn("maintenance", maintenance_task(self.clone(), jobs));
         if !config.scrub_period.is_zero() {
-            tokio::spawn(scrub_task(self.clone()));
+            tasks.spawn("the scrub", scrub_task(self.clone()));
         }
     }
 
@@ -235,121 +234,8 @@ impl Node {
         }
     }
 
-    /// The addresses of the `replicas` members closest to `key`, but this node: where a
-    /// keeper makes sure a certificate or root record also is.
-    fn other_keepers(
-        &self,
-        key: &PlacementKey,
-        members: &[NodeId],
-        replicas: usize,
-    ) -> Vec<NodeAddress> {
-        closest(&key.0, members.iter().copied(), replicas)
-            .into_iter()
-            .filter(|keeper| *keeper != self.id())
-            .filter_map(|keeper| self.address_of(&keeper))
-            .collect()
-    }
-
-    /// Keeps every certificate this node holds on the `certificate_replicas` nodes
-    /// closest to its key: a keeper asks each of them whether it has the certificate
-    /// and gives it to those that do not. Run after leaf-set changes and on the slow
-    /// pass, so that a file's certificate outlives its first keepers (without it, its
-    /// blocks can be neither read nor repaired). Bounded per pass.
-    async fn replicate_certificates(&self, members: &[NodeId]) {
-        const MAX_PER_PASS: usize = 4096;
-        let Ok(Ok(files)) = self
-            .blocking(|node| node.store().certificate_files(None, MAX_PER_PASS))
-            .await
-        else {
-            return;
-        };
-        let replicas = self.config().past.certificate_replicas;
-        for file in files {
-            if self.is_stopped() {
-                return;
-            }
-            let Ok(Ok(Some(certificate))) = self
-                .blocking(move |node| node.store().get_certificate(&file))
-                .await
-            else {
-                continue;
-            };
-            for target in self.other_keepers(&certificate_key(&file), members, replicas) {
-                let asked = self
-                    .ask_bounded(&target, PastRequest::GetCertificate { file })
-                    .await;
-                if let Ok(PastResponse::Certificate { certificate: None }) = asked {
-                    let put = PastRequest::PutCertificate {
-                        certificate: certificate.clone(),
-                    };
-                    if let Ok(PastResponse::Done) = self.ask_bounded(&target, put).await {
-                        self.inner
-                            .counters
-                            .certificates_replicated
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Keeps every root record this node holds on the `certificate_replicas` nodes
-    /// closest to its volume's [`root_key`], as [`Self::replicate_certificates`] does
-    /// for certificates: a keeper asks each of them for its record and gives its own to
-    /// those that hold none or a lower sequence (a holder refuses anything older than
-    /// what it has, so a stale keeper can never roll a volume back). Bounded per pass.
-    async fn replicate_roots(&self, members: &[NodeId]) {
-        const MAX_PER_PASS: usize = 4096;
-        let Ok(Ok(volumes)) = self
-            .blocking(|node| node.store().root_volumes(None, MAX_PER_PASS))
-            .await
-        else {
-            return;
-        };
-        let replicas = self.config().past.certificate_replicas;
-        for volume in volumes {
-            if self.is_stopped() {
-                return;
-            }
-            let Ok(Ok(Some(record))) = self
-                .blocking(move |node| node.store().get_root(&volume))
-                .await
-            else {
-                continue;
-            };
-            let Ok(mine) = check_root(&record) else {
-                continue; // damaged here: never spread it
-            };
-            for target in self.other_keepers(&root_key(&volume), members, replicas) {
-                let asked = self
-                    .ask_bounded(&target, PastRequest::GetRoot { volume })
-                    .await;
-                let behind = match asked {
-                    Ok(PastResponse::Root { record: None }) => true,
-                    Ok(PastResponse::Root {
-                        record: Some(theirs),
-                    }) => {
-                        check_root(&theirs).map_or(true, |t| t.body.sequence < mine.body.sequence)
-                    }
-                    _ => false,
-                };
-                if !behind {
-                    continue;
-                }
-                let put = PastRequest::PutRoot {
-                    record: record.clone(),
-                };
-                if let Ok(PastResponse::Done) = self.ask_bounded(&target, put).await {
-                    self.inner
-                        .counters
-                        .roots_replicated
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    async fn blocking<T: Send + 'static>(
+    /// Runs `work` on the blocking pool (store work waits for its sync).
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Node) -> T + Send + 'static,
     ) -> Result<T, String> {
@@ -560,7 +446,7 @@ impl Node {
 /// The maintenance task: feeds the schedule (view changes, requests from holders, its
 /// own timers) and carries out what it decides.
 async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
-    let mut stop = node.inner.shutdown.subscribe();
+    let stop = node.inner.tasks.token().clone();
     let members = view_members(&node);
     node.schedule(|schedule, now| schedule.start(now, members));
     loop {
@@ -568,7 +454,7 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
             .schedule(|schedule, _| schedule.next_wake())
             .map(|at| node.inner.schedule.instant(at));
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
             _ = node.inner.view_changed.notified() => {
                 let members = view_members(&node);
                 node.schedule(|schedule, now| schedule.view_changed(now, members));
@@ -594,12 +480,9 @@ async fn maintenance_task(node: Node, mut jobs: mpsc::Receiver<Job>) {
 async fn scrub_task(node: Node) {
     let config = node.maintenance_config().clone();
     let limiter = RateLimiter::new(config.scrub_bytes_per_sec);
-    let mut stop = node.inner.shutdown.subscribe();
+    // Ends when the node's token is cancelled (it is spawned as the node's task).
     loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep(config.scrub_period) => {}
-        }
+        tokio::time::sleep(config.scrub_period).await;
         let zero = PlacementKey(Id::ZERO);
         let keys = node.keys_in(vec![(zero, zero)]).await;
         for key in keys {

@@ -7,8 +7,9 @@
 //! against the local store ([`Holder::answer`]), and every decision a node makes when
 //! it asks others, each an [`operation::Operation`]: inserting a block
 //! ([`insert::BlockInsert`]), looking fragments up ([`lookup::FragmentLookup`]),
-//! diverting a replica ([`divert::ReplicaDiversion`]), publishing and finding
-//! certificates and root records ([`records`]), surveying who holds a block's
+//! diverting a replica ([`divert::ReplicaDiversion`]), publishing, finding and
+//! replicating certificates and root records ([`records`]), reclaiming a file and
+//! passing a reclaim on to diverted copies ([`reclaim`]), surveying who holds a block's
 //! fragments ([`survey::BlockSurvey`], what `cairn stat` shows), and maintenance
 //! ([`maintenance`]).
 //! Sans-IO: no sockets, no clock (`now` is passed in), no tasks; the daemon
@@ -53,6 +54,7 @@ pub mod insert;
 pub mod lookup;
 pub mod maintenance;
 pub mod operation;
+pub mod reclaim;
 pub mod records;
 pub mod survey;
 #[cfg(test)]
@@ -691,17 +693,8 @@ impl<S: NodeStore> Holder<S> {
         now: UnixSeconds,
     ) -> Result<Reclaimed, Refusal> {
         let certified = check_certificate(certificate, now)?;
-        let signed = Signed::<ReclaimCertificate>::from_bytes(reclaim)
-            .map_err(|e| Refusal::Certificate(e.to_string()))?;
-        let order = signed
-            .verify()
-            .map_err(|e| Refusal::Certificate(e.to_string()))?;
-        if order.file_id != certified.file_id || order.owner != certified.owner {
-            return Err(Refusal::Certificate(format!(
-                "the reclaim of file {} is not signed by that file's owner",
-                order.file_id
-            )));
-        }
+        let order = check_reclaim(reclaim)?;
+        reclaim::authorise_reclaim(&order, &certified)?;
         let file = certified.file_id;
         self.store
             .put_tombstone(&file, reclaim)

@@ -4,8 +4,8 @@
 //! [`root_key`]).
 //!
 //! Owns: [`Record`] (what a kind of record must say: where it lives, how it verifies,
-//! its version, its requests), [`RecordPublish`] and [`RecordFind`] (the two
-//! [`Operation`]s), and their outcomes and errors.
+//! its version, its requests), [`RecordPublish`], [`RecordFind`] and
+//! [`RecordReplicate`] (the three [`Operation`]s), and their outcomes and errors.
 //!
 //! May use: `cairn_core::{crypto, id}` and this crate's wire types and checks.
 //!
@@ -26,8 +26,17 @@
 //!   equally good ([`Record::FIRST_VALID_SUFFICES`]: file certificates) asks one
 //!   replica at a time, closest first, and stops at the first valid one: a read costs
 //!   one request when the closest keeper has the record.
+//! - **Replicate** (maintenance, by every keeper of a record, for every record it
+//!   holds): the keeper's own record is verified first, and one that does not (or that
+//!   is about another subject than it is kept under) is never spread. Each of the
+//!   other `replicas` nodes closest to the key, in the keeper's own view, is asked for
+//!   its record in parallel; one that holds none, a lower version, or one that does not
+//!   verify is given the keeper's. One that holds the same version or a higher one is
+//!   left alone (a rival of the same version stays: holders refuse it anyway). A keeper
+//!   that does not answer, or refuses, is skipped until the next pass.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use cairn_core::crypto::{Certificate, FileCertificate, RootRecord, Signed};
 use cairn_core::id::{FileId, NodeId, PlacementKey, VolumeKey};
@@ -35,7 +44,7 @@ use cairn_core::id::{FileId, NodeId, PlacementKey, VolumeKey};
 use crate::operation::{AskId, AskIds, Command, Input, Operation, Progress};
 use crate::{
     NodeAddress, PastRequest, PastResponse, Refusal, UnixSeconds, certificate_key, check_root,
-    check_signed_certificate, root_key,
+    check_signed_certificate, closest, root_key,
 };
 
 /// A kind of record kept by the nodes closest to a key derived from its subject.
@@ -558,6 +567,203 @@ impl<R: Record, E> Operation for RecordFind<R, E> {
     }
 }
 
+/// What one record's replication did, keeper by keeper.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replicated {
+    /// Keepers that held no record, a lower version or a damaged one, and took this
+    /// node's.
+    pub given: Vec<NodeId>,
+    /// Keepers that already held this version or a higher one: left alone.
+    pub current: Vec<NodeId>,
+    /// Keepers that did not answer, answered something else, or refused the record:
+    /// tried again on the next pass.
+    pub skipped: Vec<NodeId>,
+}
+
+/// Why a record was not replicated at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicateError {
+    /// The record held here does not verify, or is about another subject than the one
+    /// it is kept under: it is never spread.
+    #[error("the record held here is damaged: {0}")]
+    Damaged(String),
+    /// The operation stopped without deciding (a bug, reported rather than hung).
+    #[error("the replication stalled")]
+    Stalled,
+}
+
+/// Which request of a replication an answer belongs to.
+#[derive(Clone, Copy, Debug)]
+enum ReplicateStep {
+    /// "Which record do you hold?"
+    Get,
+    /// "Keep mine."
+    Put,
+}
+
+/// Keeps one record this node holds on the other nodes that should keep it (see the
+/// module's rules). Asks no locate: the keepers are the closest in this node's own
+/// view, given to [`RecordReplicate::from_view`].
+#[derive(Debug)]
+pub struct RecordReplicate<R: Record, E> {
+    subject: R::Subject,
+    bytes: Vec<u8>,
+    /// This node's record, verified; the version it has.
+    mine: Result<u64, String>,
+    keepers: Vec<NodeAddress>,
+    now: UnixSeconds,
+    ids: AskIds,
+    asked: Vec<(AskId, NodeAddress, ReplicateStep)>,
+    outstanding: usize,
+    done: Replicated,
+    failure: PhantomData<fn(E)>,
+}
+
+impl<R: Record, E> RecordReplicate<R, E> {
+    /// Replicates `bytes`, the record this node keeps for `subject`, to `keepers`
+    /// (this node left out), verified at `now` first.
+    pub fn new(
+        subject: R::Subject,
+        bytes: Vec<u8>,
+        keepers: Vec<NodeAddress>,
+        now: UnixSeconds,
+    ) -> Self {
+        let mine = match R::check(&bytes, now) {
+            Ok(record) if record.body.subject() == subject => Ok(record.body.version()),
+            Ok(record) => Err(format!(
+                "the {} kept for {subject} is about {}",
+                R::NAME,
+                record.body.subject()
+            )),
+            Err(refusal) => Err(refusal.to_string()),
+        };
+        RecordReplicate {
+            subject,
+            bytes,
+            mine,
+            keepers,
+            now,
+            ids: AskIds::default(),
+            asked: Vec::new(),
+            outstanding: 0,
+            done: Replicated::default(),
+            failure: PhantomData,
+        }
+    }
+
+    /// [`RecordReplicate::new`] towards the `replicas` nodes closest to the record's key
+    /// among `members` (this node's view, itself included), but `me`; `address_of` gives
+    /// their addresses (one without is left out).
+    pub fn from_view(
+        subject: R::Subject,
+        bytes: Vec<u8>,
+        now: UnixSeconds,
+        me: NodeId,
+        members: impl IntoIterator<Item = NodeId>,
+        replicas: usize,
+        address_of: impl Fn(&NodeId) -> Option<NodeAddress>,
+    ) -> Self {
+        let keepers = closest(&R::placement_key(&subject).0, members, replicas)
+            .into_iter()
+            .filter(|keeper| *keeper != me)
+            .filter_map(|keeper| address_of(&keeper))
+            .collect();
+        RecordReplicate::new(subject, bytes, keepers, now)
+    }
+
+    fn ask(&mut self, to: NodeAddress, step: ReplicateStep) -> Command {
+        let ask = self.ids.next_id();
+        self.asked.push((ask, to, step));
+        self.outstanding += 1;
+        let request = match step {
+            ReplicateStep::Get => R::get_request(self.subject),
+            ReplicateStep::Put => R::put_request(self.bytes.clone()),
+        };
+        Command::Ask { ask, to, request }
+    }
+
+    /// Whether a keeper holding `theirs` already has this node's version or better.
+    fn is_current(&self, theirs: &[u8], mine: u64) -> bool {
+        match R::check(theirs, self.now) {
+            Ok(record) => record.body.subject() == self.subject && record.body.version() >= mine,
+            Err(_) => false,
+        }
+    }
+
+    fn progress(&mut self, commands: Vec<Command>) -> Progress<Result<Replicated, ReplicateError>> {
+        if self.outstanding == 0 {
+            Progress::Done(Ok(std::mem::take(&mut self.done)))
+        } else {
+            Progress::Continue(commands)
+        }
+    }
+}
+
+impl<R: Record, E: fmt::Display> Operation for RecordReplicate<R, E> {
+    type Output = Result<Replicated, ReplicateError>;
+    type Failure = E;
+
+    fn start(&mut self) -> Progress<Self::Output> {
+        if let Err(damage) = &self.mine {
+            tracing::warn!(subject = %self.subject, "the {} held here is damaged; not spread: {damage}", R::NAME);
+            return Progress::Done(Err(ReplicateError::Damaged(damage.clone())));
+        }
+        let keepers = self.keepers.clone();
+        let asks = keepers
+            .into_iter()
+            .map(|to| self.ask(to, ReplicateStep::Get))
+            .collect();
+        self.progress(asks)
+    }
+
+    fn handle(&mut self, input: Input<E>) -> Progress<Self::Output> {
+        let (ask, answer) = match input {
+            Input::Answered(ask, answer) => (ask, answer),
+            // Never asked for.
+            Input::Located(_) | Input::Paced(_) => return Progress::Continue(Vec::new()),
+        };
+        let Some((to, step)) = self
+            .asked
+            .iter()
+            .find(|(a, _, _)| *a == ask)
+            .map(|(_, to, step)| (*to, *step))
+        else {
+            return Progress::Continue(Vec::new());
+        };
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let Ok(&mine) = self.mine.as_ref() else {
+            return Progress::Done(Err(ReplicateError::Stalled));
+        };
+        let mut next = Vec::new();
+        match (step, answer) {
+            (ReplicateStep::Get, Ok(answer)) => match R::held_in(answer) {
+                Ok(Some(theirs)) if self.is_current(&theirs, mine) => {
+                    self.done.current.push(to.id);
+                }
+                Ok(_) => next.push(self.ask(to, ReplicateStep::Put)),
+                Err(other) => {
+                    tracing::debug!(keeper = %to.id, "answered a {} request with {other:?}", R::NAME);
+                    self.done.skipped.push(to.id);
+                }
+            },
+            (ReplicateStep::Put, Ok(PastResponse::Done)) => self.done.given.push(to.id),
+            (ReplicateStep::Put, Ok(other)) => {
+                tracing::debug!(keeper = %to.id, subject = %self.subject, "a keeper did not take the {}: {other:?}", R::NAME);
+                self.done.skipped.push(to.id);
+            }
+            (_, Err(failure)) => {
+                tracing::debug!(keeper = %to.id, subject = %self.subject, "a keeper did not answer: {failure}");
+                self.done.skipped.push(to.id);
+            }
+        }
+        self.progress(next)
+    }
+
+    fn stalled(&mut self) -> Self::Output {
+        Err(ReplicateError::Stalled)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -902,5 +1108,152 @@ mod tests {
         assert_eq!(out.record.unwrap().to_bytes().unwrap(), newer);
         assert_eq!(out.answered, 2);
         assert_eq!(out.forged, vec![node(1).id]);
+    }
+
+    mod replicate {
+        use cairn_store::NodeStore;
+
+        use super::*;
+        use crate::testing::{self, Behaviour, TestNet};
+
+        /// A replication of `bytes` by `me` over `net`, towards the 4 closest to `key`.
+        fn replicate<R: Record>(
+            net: &TestNet,
+            subject: R::Subject,
+            bytes: Vec<u8>,
+            me: NodeId,
+        ) -> Result<Replicated, ReplicateError> {
+            let everyone: Vec<NodeAddress> = net.nodes.iter().map(|n| n.address).collect();
+            let op = RecordReplicate::<R, String>::from_view(
+                subject,
+                bytes,
+                testing::NOW,
+                me,
+                everyone.iter().map(|n| n.id),
+                4,
+                |id| everyone.iter().find(|n| n.id == *id).copied(),
+            );
+            testing::run(net, op)
+        }
+
+        fn keepers(net: &TestNet, key: &PlacementKey) -> Vec<NodeId> {
+            net.closest(&key.0, 4).iter().map(|n| n.id).collect()
+        }
+
+        fn root_sequence(net: &TestNet, node: &NodeId, volume: &VolumeKey) -> Option<u64> {
+            let held = net.node(node).holder.get_root(volume).unwrap()?;
+            Some(check_root(&held).unwrap().body.sequence)
+        }
+
+        #[test]
+        fn keepers_that_lack_the_certificate_get_it_and_a_silent_one_is_skipped() {
+            let mut net = TestNet::new(&[1 << 20; 8]);
+            let (file, certificate) = testing::certificate(&key_pair(20), b"f", (2, 1));
+            let keepers = keepers(&net, &certificate_key(&file));
+            let me = keepers[1];
+            net.node(&me)
+                .holder
+                .put_certificate(&certificate, testing::NOW)
+                .unwrap();
+            net.node(&keepers[3])
+                .holder
+                .put_certificate(&certificate, testing::NOW)
+                .unwrap();
+            net.set(&keepers[2], Behaviour::Silent);
+            let done = replicate::<FileCertificate>(&net, file, certificate.clone(), me).unwrap();
+            assert_eq!(done.given, vec![keepers[0]]);
+            assert_eq!(done.current, vec![keepers[3]]);
+            assert_eq!(done.skipped, vec![keepers[2]]);
+            assert_eq!(
+                net.node(&keepers[0]).holder.get_certificate(&file).unwrap(),
+                Some(certificate)
+            );
+            // Nobody beyond the four closest was asked.
+            let outside = net
+                .nodes
+                .iter()
+                .filter(|n| !keepers.contains(&n.address.id))
+                .filter(|n| n.holder.get_certificate(&file).unwrap().is_some())
+                .count();
+            assert_eq!(outside, 0);
+        }
+
+        #[test]
+        fn a_keeper_with_a_higher_root_sequence_is_left_alone_and_lower_ones_are_raised() {
+            let net = TestNet::new(&[1 << 20; 8]);
+            let owner = key_pair(21);
+            let volume = owner.public_key().volume_key();
+            let keepers = keepers(&net, &root_key(&volume));
+            let mine = root(&owner, 3, b"three");
+            let me = keepers[0];
+            net.node(&me).holder.put_root(&mine).unwrap();
+            net.node(&keepers[1])
+                .holder
+                .put_root(&root(&owner, 5, b"five"))
+                .unwrap();
+            net.node(&keepers[2])
+                .holder
+                .put_root(&root(&owner, 1, b"one"))
+                .unwrap();
+            let done = replicate::<RootRecord>(&net, volume, mine, me).unwrap();
+            assert_eq!(done.current, vec![keepers[1]]);
+            let mut given = done.given.clone();
+            given.sort();
+            let mut expected = vec![keepers[2], keepers[3]];
+            expected.sort();
+            assert_eq!(given, expected);
+            assert_eq!(root_sequence(&net, &keepers[1], &volume), Some(5));
+            assert_eq!(root_sequence(&net, &keepers[2], &volume), Some(3));
+            assert_eq!(root_sequence(&net, &keepers[3], &volume), Some(3));
+        }
+
+        #[test]
+        fn a_damaged_or_misfiled_record_is_never_spread() {
+            let net = TestNet::new(&[1 << 20; 6]);
+            let owner = key_pair(22);
+            let volume = owner.public_key().volume_key();
+            let me = keepers(&net, &root_key(&volume))[0];
+            let mut damaged = root(&owner, 2, b"x");
+            let last = damaged.len() - 1;
+            damaged[last] ^= 1;
+            let out = replicate::<RootRecord>(&net, volume, damaged, me);
+            assert!(matches!(out, Err(ReplicateError::Damaged(_))), "{out:?}");
+            // A valid record kept under another volume's name.
+            let other = key_pair(23).public_key().volume_key();
+            let out = replicate::<RootRecord>(&net, other, root(&owner, 2, b"x"), me);
+            assert!(matches!(out, Err(ReplicateError::Damaged(_))), "{out:?}");
+            let spread = net
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.holder.get_root(&volume).unwrap().is_some()
+                        || n.holder.get_root(&other).unwrap().is_some()
+                })
+                .count();
+            assert_eq!(spread, 0);
+        }
+
+        #[test]
+        fn a_keeper_holding_a_damaged_copy_gets_a_good_one() {
+            let net = TestNet::new(&[1 << 20; 6]);
+            let (file, certificate) = testing::certificate(&key_pair(24), b"g", (2, 1));
+            let keepers = keepers(&net, &certificate_key(&file));
+            // Damaged on the keeper's disk (a store keeps what it is given).
+            let mut damaged = certificate.clone();
+            let last = damaged.len() - 1;
+            damaged[last] ^= 1;
+            net.node(&keepers[1])
+                .holder
+                .store()
+                .put_certificate(&file, &damaged)
+                .unwrap();
+            let done =
+                replicate::<FileCertificate>(&net, file, certificate.clone(), keepers[0]).unwrap();
+            assert!(done.given.contains(&keepers[1]), "{done:?}");
+            assert_eq!(
+                net.node(&keepers[1]).holder.get_certificate(&file).unwrap(),
+                Some(certificate)
+            );
+        }
     }
 }

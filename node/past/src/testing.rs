@@ -2,7 +2,8 @@
 //! answers real nodes give, synchronously, with no socket and no clock.
 //!
 //! Owns: [`TestNet`] (nodes, each honest, down, or lying in one way; a holder's
-//! maintenance orders are checked and applied as the daemon does) and [`run`] (drives
+//! maintenance orders are checked and applied, and its reclaims passed on to diverted
+//! copies, as the daemon does) and [`run`] (drives
 //! an [`Operation`] to its decision, first command first, every pace granted at once).
 
 use std::collections::VecDeque;
@@ -21,6 +22,7 @@ use crate::divert::ReplicaDiversion;
 use crate::insert::{BlockInsert, OwnedFragments};
 use crate::maintenance::OrderCheck;
 use crate::operation::{Command, Input, Operation, Progress};
+use crate::reclaim::ReclaimForward;
 use crate::records::RecordPublish;
 use crate::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, closest};
 
@@ -226,6 +228,20 @@ impl TestNet {
                 Ok(change) => node.holder.apply(&change),
                 Err(refusal) => PastResponse::Refused(refusal),
             }),
+            Answer::Elsewhere(PastRequest::Reclaim {
+                reclaim,
+                certificate,
+                keys,
+            }) => Ok(
+                match node.holder.reclaim(&reclaim, &certificate, &keys, NOW) {
+                    Ok(here) => run(
+                        self,
+                        ReclaimForward::new(reclaim, certificate, here, |id| self.address_of(id)),
+                    )
+                    .response(),
+                    Err(refusal) => PastResponse::Refused(refusal),
+                },
+            ),
             Answer::Elsewhere(other) => Err(format!("the test net does not carry out {other:?}")),
         }
     }
