@@ -5,6 +5,7 @@
 
 mod bench;
 mod chart;
+mod churn_report;
 mod daemon;
 mod demo;
 mod files;
@@ -90,16 +91,22 @@ pub fn cairn_home() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // fuser warns that its own unmount failed after `cairn umount` has already
+    // unmounted (EINVAL): noise, and our code reports real failures. The simulated
+    // nodes' warnings are the logs a real node keeps to itself (`cairn bench churn`
+    // leaves them in the nodes' log files), not the experiment's output.
+    let default_filter = match cli.command {
+        Command::Sim(_) => "warn,fuser::mnt=error,cairn_past=error",
+        _ => "warn,fuser::mnt=error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // fuser warns that its own unmount failed after `cairn umount` has
-                // already unmounted (EINVAL): noise, and our code reports real failures.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser::mnt=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Keygen(args) => keys::keygen(args),
         Command::Put(args) => remote::put_command(args),

@@ -1,9 +1,10 @@
 //! `cairn sim ...`: experiments in the deterministic simulator (`cairn_sim`).
 //!
 //! Owns: argument parsing and report printing for `cairn sim routing`,
-//! `cairn sim durability` and `cairn sim placement`. The experiments themselves are
-//! `cairn_sim::run_routing`, `cairn_sim::durability::run_durability` and
-//! `cairn_sim::placement::run_placement`, so tests and the CLI run the same code.
+//! `cairn sim durability`, `cairn sim placement` and `cairn sim churn`. The
+//! experiments themselves are `cairn_sim::run_routing`,
+//! `cairn_sim::durability::run_durability`, `cairn_sim::placement::run_placement` and
+//! `cairn_sim::churn::run_churn`, so tests and the CLI run the same code.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -17,6 +18,7 @@ use serde_json::json;
 
 use crate::chart::{Axis, LineChart};
 
+mod churn;
 mod placement;
 
 /// `cairn sim`: run an experiment in the simulator.
@@ -42,6 +44,11 @@ pub enum SimCommand {
     /// inserts, with and without replica and file diversion. Sizes are scaled down
     /// (the stores keep real bytes in memory): see docs/placement.md.
     Placement(PlacementArgs),
+    /// The simulated twin of `cairn bench churn`: the same flags, model and JSON
+    /// report, with every node simulated (PAST holders, the daemon's maintenance, the
+    /// gateway's reads and stats), so that a real run and its simulation compare
+    /// point by point.
+    Churn(churn::SimChurnArgs),
 }
 
 /// Arguments of `cairn sim placement`.
@@ -199,6 +206,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         SimCommand::Routing(routing) => run_routing_command(&routing),
         SimCommand::Durability(durability) => run_durability_command(&durability),
         SimCommand::Placement(args) => placement::run_command(&args),
+        SimCommand::Churn(args) => churn::run_command(&args),
     }
 }
 

@@ -200,3 +200,70 @@ fn a_minute_of_churn_on_sixteen_node_processes_loses_no_file() {
     }
     eprintln!("churn in CI: {report}");
 }
+
+#[test]
+fn sim_churn_reports_what_bench_churn_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let args = [
+        "sim",
+        "churn",
+        "--nodes",
+        "8",
+        "--files",
+        "4",
+        "--size",
+        "64KiB",
+        "--duration",
+        "20",
+        "--mean-session",
+        "20",
+        "--mode",
+        "restart",
+        "--seed",
+        "1",
+        "--json",
+    ];
+    let out = ok(&home, &args);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for field in [
+        "availability",
+        "durability",
+        "p50_ms",
+        "p99_ms",
+        "repair_bytes_per_stored_byte",
+        "time_to_full_redundancy_s",
+        "final_sample_s",
+        "final_min_live",
+        "final_mean_live",
+        "final_blocks_below_k",
+        "final_stat_failures",
+        "lost_blocks",
+        "reads",
+        "failed_reads",
+        "kills",
+        "files",
+        "nodes",
+        "k",
+        "m",
+        "duration_s",
+        "mean_session_s",
+        "mode",
+        "seed",
+    ] {
+        assert!(report.get(field).is_some(), "no {field}: {report}");
+    }
+    assert_eq!(report["durability"], 1.0, "{report}");
+    assert_eq!(report["mode"], "restart");
+    assert_eq!(report["files"], 4);
+    assert!(report["kills"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["reads"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["p50_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["lost_blocks"].as_array().is_some_and(Vec::is_empty),
+        "{report}"
+    );
+    // The same seed replays the same run.
+    let again = ok(&home, &args);
+    assert_eq!(out, again);
+}

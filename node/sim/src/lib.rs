@@ -17,7 +17,10 @@
 //! `HashMap` iteration, no outside randomness: the same seed gives the same run, bit
 //! for bit. Queue ties are broken by a sequence number.
 
+pub mod churn;
+pub mod churn_report;
 pub mod durability;
+pub mod maintenance;
 pub mod past;
 pub mod placement;
 pub mod workload;
@@ -34,6 +37,7 @@ use cairn_overlay::{
 };
 
 pub use cairn_core::rng::Rng;
+pub use maintenance::{MaintenanceSetup, MaintenanceStats};
 pub use past::{PastSetup, PastStats, SaltedInsert, SimFailure, Started};
 
 use past::{PastEvent, PastNode, PastState};
@@ -98,7 +102,7 @@ pub enum NodeState {
     Joining,
     /// Joined.
     Joined,
-    /// Crashed: gone without a word.
+    /// Crashed: gone without a word (its store kept: [`Sim::restart`] brings it back).
     Crashed,
     /// Left gracefully.
     Left,
@@ -110,6 +114,9 @@ struct SimNode {
     y: f32,
     state: NodeState,
     join_attempts: u8,
+    /// Bumped at every crash and restart: timers, messages and operations of an
+    /// earlier life are dropped (a killed process's timers and connections die with it).
+    life: u32,
     // Boxed: a routing-only run (100,000 nodes) pays one pointer per node for it.
     past: Option<Box<PastNode>>,
 }
@@ -118,10 +125,13 @@ enum SimEvent {
     Message {
         from: u32,
         to: u32,
+        /// The receiver's life when it was sent.
+        life: u32,
         msg: OverlayMessage,
     },
     Timer {
         node: u32,
+        life: u32,
         kind: TimerKind,
     },
     Join {
@@ -134,11 +144,20 @@ enum SimEvent {
     Leave {
         node: u32,
     },
+    Restart {
+        node: u32,
+        via: Via,
+    },
     Lookup {
         node: u32,
         lookup: u32,
     },
     Past(Box<PastEvent>),
+    Maintenance {
+        node: u32,
+        life: u32,
+        tick: maintenance::Tick,
+    },
 }
 
 /// Whom a joiner bootstraps through.
@@ -371,6 +390,7 @@ impl Sim {
             y,
             state: NodeState::Waiting,
             join_attempts: 0,
+            life: 0,
             past,
         });
         self.live_pos.push(NOT_LIVE);
@@ -384,6 +404,21 @@ impl Sim {
         if let Some(&node) = self.index.get(id) {
             self.push(at, SimEvent::Crash { node });
         }
+    }
+
+    /// Restarts the crashed node `id` at `at`, as a node process started again on its
+    /// data dir: the same id and store, a fresh overlay that joins through `bootstrap`
+    /// (the nearest joined node with `None`). Nothing happens if `id` is not crashed
+    /// then.
+    pub fn restart(&mut self, id: &NodeId, at: Time, bootstrap: Option<&NodeId>) {
+        let Some(&node) = self.index.get(id) else {
+            return;
+        };
+        let via = match bootstrap.and_then(|b| self.index.get(b)) {
+            Some(&b) => Via::Node(b),
+            None => Via::Chosen,
+        };
+        self.push(at, SimEvent::Restart { node, via });
     }
 
     /// Makes `id` leave gracefully at `at`.
@@ -422,7 +457,16 @@ impl Sim {
     /// malformed messages). `from` must be a simulated node.
     pub fn inject(&mut self, from: &NodeId, to: &NodeId, msg: OverlayMessage, at: Time) {
         if let (Some(&from), Some(&to)) = (self.index.get(from), self.index.get(to)) {
-            self.push(at, SimEvent::Message { from, to, msg });
+            let life = self.nodes[to as usize].life;
+            self.push(
+                at,
+                SimEvent::Message {
+                    from,
+                    to,
+                    life,
+                    msg,
+                },
+            );
         }
     }
 
@@ -696,16 +740,21 @@ impl Sim {
 
     fn dispatch(&mut self, event: SimEvent) {
         match event {
-            SimEvent::Message { from, to, msg } => {
-                if !self.alive(to) {
+            SimEvent::Message {
+                from,
+                to,
+                life,
+                msg,
+            } => {
+                if !self.alive(to) || self.nodes[to as usize].life != life {
                     self.stats.messages_to_dead += 1;
                     return;
                 }
                 let from_id = self.nodes[from as usize].overlay.id();
                 self.feed(to, Event::Message { from: from_id, msg });
             }
-            SimEvent::Timer { node, kind } => {
-                if self.alive(node) {
+            SimEvent::Timer { node, life, kind } => {
+                if self.alive(node) && self.nodes[node as usize].life == life {
                     self.feed(node, Event::Timer(kind));
                 }
             }
@@ -739,8 +788,28 @@ impl Sim {
             SimEvent::Crash { node } => {
                 if self.alive(node) {
                     self.nodes[node as usize].state = NodeState::Crashed;
+                    self.nodes[node as usize].life += 1;
                     self.set_live(node, false);
                 }
+            }
+            SimEvent::Restart { node, via } => {
+                if self.nodes[node as usize].state != NodeState::Crashed {
+                    return;
+                }
+                let id = self.nodes[node as usize].overlay.id();
+                // The config was validated in `new`; stay total anyway.
+                let Ok(overlay) = Overlay::new(self.config.overlay.clone(), id) else {
+                    return;
+                };
+                let n = &mut self.nodes[node as usize];
+                n.overlay = overlay;
+                n.state = NodeState::Waiting;
+                n.join_attempts = 0;
+                n.life += 1;
+                if let Some(past) = n.past.as_mut() {
+                    past.restarted();
+                }
+                self.dispatch(SimEvent::Join { node, via });
             }
             SimEvent::Leave { node } => {
                 if self.alive(node) {
@@ -766,6 +835,11 @@ impl Sim {
                 );
             }
             SimEvent::Past(event) => self.dispatch_past(*event),
+            SimEvent::Maintenance { node, life, tick } => {
+                if self.alive(node) && self.nodes[node as usize].life == life {
+                    self.maintenance_tick(node, tick);
+                }
+            }
         }
     }
 
@@ -808,16 +882,21 @@ impl Sim {
                     return;
                 }
                 let at = self.now.plus(self.latency_between(node, target));
+                let life = self.nodes[target as usize].life;
                 self.push(
                     at,
                     SimEvent::Message {
                         from: node,
                         to: target,
+                        life,
                         msg,
                     },
                 );
             }
-            Action::SetTimer { at, kind } => self.push(at, SimEvent::Timer { node, kind }),
+            Action::SetTimer { at, kind } => {
+                let life = self.nodes[node as usize].life;
+                self.push(at, SimEvent::Timer { node, life, kind });
+            }
             Action::Deliver {
                 key,
                 origin,
@@ -864,6 +943,7 @@ impl Sim {
                     self.nodes[node as usize].state = NodeState::Joined;
                     self.stats.joins_completed += 1;
                     self.grid_insert(node);
+                    self.maintenance_joined(node);
                 }
             }
             Action::JoinFailed => {
@@ -878,8 +958,11 @@ impl Sim {
                     );
                 }
             }
-            Action::NodeDead(_) => self.stats.deaths_declared += 1,
-            Action::LeafSetChanged => {}
+            Action::NodeDead(_) => {
+                self.stats.deaths_declared += 1;
+                self.maintenance_view_changed(node);
+            }
+            Action::LeafSetChanged => self.maintenance_view_changed(node),
         }
     }
 }

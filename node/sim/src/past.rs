@@ -44,6 +44,7 @@ use cairn_overlay::{Event, Time};
 use cairn_past::answer::Answer;
 use cairn_past::divert::{Diverted, ReplicaDiversion};
 use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
+use cairn_past::maintenance::{Change, OrderCheck, orders::Verdict};
 use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
 use cairn_past::{
     Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, closest,
@@ -51,6 +52,7 @@ use cairn_past::{
 };
 use cairn_store::MemoryStore;
 
+use crate::maintenance::{Job, MaintenanceSetup, NodeMaintenance};
 use crate::{NodeState, Sim, SimEvent};
 
 /// The Unix time the simulated clock starts at (receipts and grants carry Unix seconds).
@@ -71,6 +73,14 @@ pub struct PastSetup {
     pub ask_timeout: Duration,
     /// How long an origin waits for a routed locate's answer.
     pub locate_timeout: Duration,
+    /// Routed locates tried before the locate fails (the daemon's `locate` tries 3).
+    pub locate_attempts: u32,
+    /// A request to a node that is down is refused after a round trip (as a killed
+    /// process's closed port refuses a connection on loopback) instead of timing out.
+    pub refuse_when_down: bool,
+    /// Run the daemon's maintenance on every node ([`crate::maintenance`]); `None`:
+    /// maintenance orders are refused and nobody reconciles.
+    pub maintenance: Option<MaintenanceSetup>,
 }
 
 impl Default for PastSetup {
@@ -80,6 +90,9 @@ impl Default for PastSetup {
             capacity: 1 << 20,
             ask_timeout: Duration::from_secs(2),
             locate_timeout: Duration::from_secs(5),
+            locate_attempts: 3,
+            refuse_when_down: false,
+            maintenance: None,
         }
     }
 }
@@ -100,6 +113,9 @@ pub enum SimFailure {
     /// The operation's origin has crashed or left.
     #[error("the origin has stopped")]
     Stopped,
+    /// The node is down and refused the connection ([`PastSetup::refuse_when_down`]).
+    #[error("node {0} is down (connection refused)")]
+    Down(NodeId),
 }
 
 /// Counters of the PAST traffic of one run.
@@ -145,24 +161,32 @@ impl<T> Copy for Started<T> {}
 /// One PAST node's state beside its overlay.
 pub(crate) struct PastNode {
     pub(crate) holder: Holder<MemoryStore>,
+    /// Its maintenance worker's state (reset by a restart, as a new process's).
+    pub(crate) maintenance: NodeMaintenance,
 }
 
 impl PastNode {
     pub(crate) fn new(key: KeyPair, capacity: u64, config: PastConfig) -> PastNode {
         PastNode {
             holder: Holder::new(MemoryStore::new(capacity), Arc::new(key), config),
+            maintenance: NodeMaintenance::default(),
         }
+    }
+
+    /// The node's process started again on its data: the store stays, the rest goes.
+    pub(crate) fn restarted(&mut self) {
+        self.maintenance = NodeMaintenance::default();
     }
 }
 
 /// An [`Operation`] with its output type erased, so that one map holds them all.
-trait Driven {
+pub(crate) trait Driven {
     fn first(&mut self) -> Step;
     fn feed(&mut self, input: Input<SimFailure>) -> Step;
     fn give_up(&mut self) -> Box<dyn Any>;
 }
 
-enum Step {
+pub(crate) enum Step {
     Continue(Vec<Command>),
     Done(Box<dyn Any>),
 }
@@ -191,7 +215,7 @@ where
 }
 
 /// What happens to an operation's output.
-enum Then {
+pub(crate) enum Then {
     /// Kept for whoever started it ([`Sim::take_output`]).
     Keep,
     /// A replica diversion run by node `origin` for a store asked by `requester`: its
@@ -203,10 +227,17 @@ enum Then {
         key: PlacementKey,
         index: u16,
     },
+    /// An [`OrderCheck`] run by holder `origin` for an order asked by `requester`:
+    /// applied to the holder's store, and the result is the answer to that ask.
+    Obey { op: u64, ask: AskId, requester: u32 },
+    /// A maintenance operation of node `origin`, whose outcome maintenance takes.
+    Maintenance(Job),
 }
 
 struct RunningOp {
     origin: u32,
+    /// The origin's life when it started: an operation outlives no crash.
+    life: u32,
     op: Box<dyn Driven>,
     asks: BTreeSet<AskId>,
     /// The tag of the locate it waits for.
@@ -258,17 +289,27 @@ pub(crate) enum PastEvent {
     },
 }
 
+/// A routed locate in flight.
+#[derive(Clone, Copy)]
+struct RoutedLocate {
+    op: u64,
+    key: Id,
+    count: u16,
+    attempt: u32,
+}
+
 /// The simulator's PAST state.
 #[derive(Default)]
 pub(crate) struct PastState {
     ops: BTreeMap<u64, RunningOp>,
     next_op: u64,
     next_locate: u64,
-    /// Routed locates in flight: tag → operation and key.
-    locates: BTreeMap<u64, (u64, Id)>,
+    /// Routed locates in flight: tag → operation, key, count and attempt.
+    locates: BTreeMap<u64, RoutedLocate>,
     finished: BTreeMap<u64, Box<dyn Any>>,
     newly_finished: u64,
     pub(crate) stats: PastStats,
+    pub(crate) maintenance: crate::maintenance::MaintenanceStats,
 }
 
 impl Sim {
@@ -363,14 +404,16 @@ impl Sim {
         }
     }
 
-    fn register(&mut self, origin: u32, op: Box<dyn Driven>, then: Then) -> u64 {
+    pub(crate) fn register(&mut self, origin: u32, op: Box<dyn Driven>, then: Then) -> u64 {
         self.past.next_op += 1;
         self.past.stats.operations += 1;
         let id = self.past.next_op;
+        let life = self.nodes[origin as usize].life;
         self.past.ops.insert(
             id,
             RunningOp {
                 origin,
+                life,
                 op,
                 asks: BTreeSet::new(),
                 locate: None,
@@ -380,7 +423,7 @@ impl Sim {
         id
     }
 
-    fn launch(&mut self, id: u64) {
+    pub(crate) fn launch(&mut self, id: u64) {
         let Some(mut running) = self.past.ops.remove(&id) else {
             return;
         };
@@ -467,7 +510,53 @@ impl Sim {
                 };
                 self.send_reply(at, requester, op, ask, response);
             }
+            Then::Obey { op, ask, requester } => {
+                let at = running.origin;
+                if !self.op_alive(&running) {
+                    return;
+                }
+                let response = match output.downcast::<Verdict>() {
+                    Ok(verdict) => self.obeyed(at, *verdict),
+                    Err(_) => PastResponse::Refused(Refusal::Store("order check lost".into())),
+                };
+                self.send_reply(at, requester, op, ask, response);
+            }
+            Then::Maintenance(job) => {
+                if self.op_alive(&running) {
+                    self.maintenance_done(running.origin, job, output);
+                }
+            }
         }
+    }
+
+    /// Whether the operation's origin is still in the life it started in.
+    fn op_alive(&self, running: &RunningOp) -> bool {
+        self.alive(running.origin) && self.nodes[running.origin as usize].life == running.life
+    }
+
+    /// The daemon's `obey` after the check: the change applied to the holder's store,
+    /// and counted.
+    fn obeyed(&mut self, node: u32, verdict: Verdict) -> PastResponse {
+        let change = match verdict {
+            Ok(change) => change,
+            Err(refusal) => {
+                self.maintenance_stats_mut().orders_refused += 1;
+                return PastResponse::Refused(refusal);
+            }
+        };
+        let Some(past) = &self.nodes[node as usize].past else {
+            return PastResponse::Refused(Refusal::Store("no store".into()));
+        };
+        let applied = past.holder.apply(&change);
+        let stats = self.maintenance_stats_mut();
+        stats.orders_obeyed += 1;
+        match (&change, &applied) {
+            // The bytes went out whether or not the delete here worked.
+            (Change::HandedOff { bytes, .. }, _) => stats.repair_bytes += bytes,
+            (Change::Released { .. }, PastResponse::Done) => stats.fragments_released += 1,
+            _ => {}
+        }
+        applied
     }
 
     /// Feeds `failure` to `op` at `at` if it still waits for `what` then (a timer).
@@ -486,7 +575,7 @@ impl Sim {
 
     fn execute(&mut self, id: u64, running: &mut RunningOp, command: Command) {
         let origin = running.origin;
-        let alive = self.alive(origin);
+        let alive = self.op_alive(running);
         match command {
             Command::Locate { key, count } => {
                 self.past.next_locate += 1;
@@ -504,26 +593,20 @@ impl Sim {
                     };
                     self.push(self.now, SimEvent::Past(Box::new(event)));
                 } else {
-                    self.past.stats.locates_routed += 1;
-                    self.past.locates.insert(tag, (id, key.0));
-                    let payload =
-                        postcard::to_stdvec(&PastRouted::Locate { count }).unwrap_or_default();
-                    let at = self.now.plus(self.setup().locate_timeout);
-                    self.fail_at(at, id, Waiting::Locate(tag), SimFailure::Locate(key.0));
-                    self.feed(
-                        origin,
-                        Event::Route {
-                            key: key.0,
-                            tag,
-                            payload,
-                        },
-                    );
+                    let routed = RoutedLocate {
+                        op: id,
+                        key: key.0,
+                        count,
+                        attempt: 1,
+                    };
+                    self.route_locate(tag, origin, routed);
                 }
             }
-            Command::Pace { ask, .. } => {
+            Command::Pace { ask, bytes } => {
                 running.asks.insert(ask);
+                let at = self.pace(origin, bytes);
                 let event = PastEvent::Paced { op: id, ask };
-                self.push(self.now, SimEvent::Past(Box::new(event)));
+                self.push(at, SimEvent::Past(Box::new(event)));
             }
             Command::Ask { ask, to, request } => {
                 running.asks.insert(ask);
@@ -548,6 +631,57 @@ impl Sim {
                 self.transmit(origin, target, event);
             }
         }
+    }
+
+    /// Routes a locate from `origin` under `tag`, failing it after the locate timeout.
+    fn route_locate(&mut self, tag: u64, origin: u32, routed: RoutedLocate) {
+        self.past.stats.locates_routed += 1;
+        self.past.locates.insert(tag, routed);
+        let payload = postcard::to_stdvec(&PastRouted::Locate {
+            count: routed.count,
+        })
+        .unwrap_or_default();
+        let at = self.now.plus(self.setup().locate_timeout);
+        let failure = SimFailure::Locate(routed.key);
+        self.fail_at(at, routed.op, Waiting::Locate(tag), failure);
+        self.feed(
+            origin,
+            Event::Route {
+                key: routed.key,
+                tag,
+                payload,
+            },
+        );
+    }
+
+    /// A routed locate failed: tried again under a new tag while attempts are left (the
+    /// daemon's `locate`); true if it was.
+    fn retry_locate(&mut self, tag: u64) -> bool {
+        let Some(routed) = self.past.locates.get(&tag).copied() else {
+            return false;
+        };
+        let origin = match self.past.ops.get(&routed.op) {
+            Some(running) if running.locate == Some(tag) && self.op_alive(running) => {
+                running.origin
+            }
+            _ => return false,
+        };
+        if routed.attempt >= self.setup().locate_attempts {
+            return false;
+        }
+        self.past.stats.locates_failed += 1;
+        self.past.locates.remove(&tag);
+        self.past.next_locate += 1;
+        let next = PAST_TAG | self.past.next_locate;
+        if let Some(running) = self.past.ops.get_mut(&routed.op) {
+            running.locate = Some(next);
+        }
+        let routed = RoutedLocate {
+            attempt: routed.attempt + 1,
+            ..routed
+        };
+        self.route_locate(next, origin, routed);
+        true
     }
 
     /// Sends a PAST message from `from` to `to`: at once to oneself, else with the
@@ -578,7 +712,12 @@ impl Sim {
     /// The daemon's `locate_in_leaf_set`: the `count` closest to `key` from `node`'s
     /// own leaf set, when it surely holds them (the leaf set is not full, so the whole
     /// ring is in it, or none of them is at an edge of it).
-    fn locate_in_leaf_set(&self, node: u32, key: &Id, count: u16) -> Option<Vec<NodeId>> {
+    pub(crate) fn locate_in_leaf_set(
+        &self,
+        node: u32,
+        key: &Id,
+        count: u16,
+    ) -> Option<Vec<NodeId>> {
         let sim_node = &self.nodes[node as usize];
         if sim_node.state != NodeState::Joined {
             return None;
@@ -608,7 +747,8 @@ impl Sim {
         let Ok(PastRouted::Locate { count }) = postcard::from_bytes(payload) else {
             return;
         };
-        let (Some(&(op, _)), Some(&to)) = (self.past.locates.get(&tag), self.index.get(&origin))
+        let (Some(&RoutedLocate { op, .. }), Some(&to)) =
+            (self.past.locates.get(&tag), self.index.get(&origin))
         else {
             return;
         };
@@ -624,7 +764,7 @@ impl Sim {
 
     /// A routed PAST locate was given up by some node on its way.
     pub(crate) fn past_route_failed(&mut self, tag: u64) {
-        if let Some(&(op, key)) = self.past.locates.get(&tag) {
+        if let Some(&RoutedLocate { op, key, .. }) = self.past.locates.get(&tag) {
             self.fail_now(op, Waiting::Locate(tag), SimFailure::Locate(key));
         }
     }
@@ -649,12 +789,12 @@ impl Sim {
                 to,
                 response,
             } => {
-                if self.alive(to) {
+                if self.alive(to) && self.past.ops.get(&op).is_some_and(|r| self.op_alive(r)) {
                     self.answer_op(op, Waiting::Ask(ask), Input::Answered(ask, Ok(response)));
                 }
             }
             PastEvent::Located { op, tag, to, nodes } => {
-                if self.alive(to) {
+                if self.alive(to) && self.past.ops.get(&op).is_some_and(|r| self.op_alive(r)) {
                     let nodes = nodes.iter().filter_map(|id| self.address_of(id)).collect();
                     self.answer_op(op, Waiting::Locate(tag), Input::Located(Ok(nodes)));
                 }
@@ -677,7 +817,10 @@ impl Sim {
                         }
                         Input::Answered(ask, Err(failure))
                     }
-                    Waiting::Locate(_) => {
+                    Waiting::Locate(tag) => {
+                        if self.retry_locate(tag) {
+                            return;
+                        }
                         self.past.stats.locates_failed += 1;
                         Input::Located(Err(failure))
                     }
@@ -690,6 +833,11 @@ impl Sim {
     fn receive_ask(&mut self, op: u64, ask: AskId, from: u32, to: u32, request: PastRequest) {
         if !self.alive(to) {
             self.past.stats.asks_to_dead += 1;
+            if self.setup().refuse_when_down {
+                let id = self.nodes[to as usize].overlay.id();
+                let at = self.now.plus(self.latency_between(to, from));
+                self.fail_at(at, op, Waiting::Ask(ask), SimFailure::Down(id));
+            }
             return;
         }
         let now = self.unix_now();
@@ -728,12 +876,26 @@ impl Sim {
                 let id = self.register(to, Box::new(diversion), then);
                 self.launch(id);
             }
-            // Maintenance is not simulated yet: its orders are refused like the
-            // requests the simulator does not carry out.
+            // The daemon's `obey`: checked with the node it concerns, then applied.
+            Answer::Order(order) if self.setup().maintenance.is_some() => {
+                let check: OrderCheck<SimFailure> = OrderCheck::new(order);
+                let then = Then::Obey {
+                    op,
+                    ask,
+                    requester: from,
+                };
+                let id = self.register(to, Box::new(check), then);
+                self.launch(id);
+            }
             Answer::Order(_) => {
-                let refusal =
-                    Refusal::Store("the simulator does not carry out maintenance orders".into());
+                let refusal = Refusal::Store("maintenance is off in this simulation".into());
                 self.send_reply(to, from, op, ask, PastResponse::Refused(refusal));
+            }
+            Answer::Elsewhere(PastRequest::Reconcile { keys, .. })
+                if self.setup().maintenance.is_some() =>
+            {
+                self.maintenance_nudged(to, keys);
+                self.send_reply(to, from, op, ask, PastResponse::Done);
             }
             Answer::Elsewhere(other) => {
                 let refusal = Refusal::Store(format!(
