@@ -61,7 +61,7 @@ use crate::churn_report::{
 };
 use crate::maintenance::{MaintenanceSetup, MaintenanceStats};
 use crate::past::{PastSetup, PastStats, SimFailure};
-use crate::{NodeState, Sim, SimConfig, SimStats};
+use crate::{Sim, SimConfig, SimStats};
 
 /// How departed nodes come back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -700,28 +700,6 @@ fn block_live(
     held.iter().filter(|h| **h).count()
 }
 
-impl Sim {
-    /// Whether node `id` is up (joining or joined): it answers requests.
-    pub fn is_up(&self, id: &NodeId) -> bool {
-        matches!(self.state(id), Some(NodeState::Joining | NodeState::Joined))
-    }
-
-    /// The `count` nodes closest to `key` as node `from` would locate them: from its
-    /// leaf set when that surely holds them, else the closest live nodes (where a
-    /// routed locate ends).
-    pub fn locate_from(
-        &self,
-        from: &NodeId,
-        key: &cairn_core::id::Id,
-        count: usize,
-    ) -> Vec<NodeId> {
-        let local = self.index.get(from).and_then(|&node| {
-            self.locate_in_leaf_set(node, key, u16::try_from(count).unwrap_or(u16::MAX))
-        });
-        local.unwrap_or_else(|| cairn_past::closest(key, self.live.iter().copied(), count))
-    }
-}
-
 /// What one fetched fragment offers the decoder (kept so that a decode can be retried
 /// with more fragments).
 #[derive(Clone, Debug)]
@@ -1085,6 +1063,7 @@ mod tests {
     use cairn_store::NodeStore;
 
     use super::*;
+    use crate::NodeState;
 
     fn small(mode: ChurnMode, seed: u64) -> ChurnParams {
         ChurnParams {

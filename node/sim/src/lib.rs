@@ -1,12 +1,15 @@
 //! A deterministic discrete-event simulator that runs many [`Overlay`]s in one process,
 //! and with [`SimConfig::past`] a PAST holder on every node and the `cairn_past`
-//! operations between them ([`past`]); beside it the placement experiment
-//! ([`placement`]) and the durability model ([`durability`]).
+//! operations between them ([`past`]) and the daemon's maintenance ([`maintenance`]);
+//! beside it the placement experiment ([`placement`]), the durability model
+//! ([`durability`]) and the churn bench's twin ([`churn`], measured as the bench
+//! measures: [`churn_report`]).
 //!
 //! Owns: the virtual clock and event queue, the network model (nodes at random points
 //! of a unit square, one-way latency `base + distance × per_unit` as in the Pastry
 //! paper's sphere/plane topologies, independent message loss), node join / crash /
-//! leave events, the ground truth (the sorted set of live ids), the routing scenario
+//! restart / leave events (a node's life count drops the timers, messages and
+//! operations of an earlier life), the ground truth (the sorted set of live ids), the routing scenario
 //! behind `cairn sim routing` ([`run_routing`]) and the durability scenario behind
 //! `cairn sim durability` ([`durability::run_durability`]). The seeded PRNG ([`Rng`],
 //! xoshiro256**) is `cairn-core`'s, re-exported here.
@@ -303,6 +306,11 @@ impl Sim {
     /// The life state of node `id`.
     pub fn state(&self, id: &NodeId) -> Option<NodeState> {
         self.index.get(id).map(|&i| self.nodes[i as usize].state)
+    }
+
+    /// Whether node `id` is up (joining or joined): it answers requests.
+    pub fn is_up(&self, id: &NodeId) -> bool {
+        matches!(self.state(id), Some(NodeState::Joining | NodeState::Joined))
     }
 
     /// Live nodes (joining or joined), sorted by id.
@@ -1269,6 +1277,41 @@ mod tests {
         assert_eq!(a, b);
         let c = run_routing(&small(150, 200, 6)).unwrap();
         assert_ne!(a.stats, c.stats, "a different seed is a different run");
+    }
+
+    #[test]
+    fn a_crashed_node_is_declared_dead_by_keepalives_and_a_restart_brings_it_back() {
+        let mut sim = Sim::new(SimConfig {
+            seed: 13,
+            overlay: Config {
+                tick: Duration::from_secs(1),
+                ..Config::default()
+            },
+            ..SimConfig::default()
+        })
+        .unwrap();
+        for i in 0..40u64 {
+            sim.add_node(Time(i * 50_000));
+        }
+        sim.run_until(Time::from_secs(20));
+        let victim = sim.random_live_node().unwrap();
+        // A restart of a node that is up does nothing.
+        sim.restart(&victim, sim.now(), None);
+        sim.run_until(sim.now().plus(Duration::from_secs(1)));
+        assert_eq!(sim.state(&victim), Some(NodeState::Joined));
+        let t = sim.now();
+        sim.crash(&victim, t);
+        // Three missed 1 s keepalives, then the leaf sets are repaired without it.
+        sim.run_until(t.plus(Duration::from_secs(8)));
+        assert!(sim.stats().deaths_declared > 0);
+        assert_eq!(sim.wrong_leaf_sets(), Vec::<NodeId>::new());
+        assert!(!sim.is_up(&victim));
+        let t = sim.now();
+        sim.restart(&victim, t, None);
+        sim.run_until(t.plus(Duration::from_secs(10)));
+        assert_eq!(sim.state(&victim), Some(NodeState::Joined));
+        assert!(sim.live_nodes().contains(&victim), "the same id is back");
+        assert_eq!(sim.wrong_leaf_sets(), Vec::<NodeId>::new());
     }
 
     #[test]

@@ -22,11 +22,20 @@
 //! - [`Command::Ask`]: a message to the node, with the latency and loss of any other
 //!   message. A live node answers with [`Holder::answer`]; an [`Answer::Divert`] runs a
 //!   [`ReplicaDiversion`] from that node (candidates from its own leaf set, as the
-//!   daemon's `divert`), whose outcome is the answer, and keeps the pointer. The answer
-//!   travels back. A crashed node never answers: the origin's per-ask timer
-//!   ([`PastSetup::ask_timeout`]) feeds `Err(SimFailure::Timeout)`.
-//! - An operation whose origin has crashed gets `Err(SimFailure::Stopped)` for every
-//!   command, so it decides rather than hangs.
+//!   daemon's `divert`), whose outcome is the answer, and keeps the pointer. With
+//!   [`PastSetup::maintenance`], an [`Answer::Order`] runs an `OrderCheck` from that
+//!   node and [`Holder::apply`]s its verdict (the daemon's `obey`), and a `Reconcile`
+//!   queues its keys for the node's maintenance. The answer travels back. A crashed
+//!   node never answers: the origin's per-ask timer ([`PastSetup::ask_timeout`]) feeds
+//!   `Err(SimFailure::Timeout)`, or with [`PastSetup::refuse_when_down`] the refusal
+//!   comes back after a round trip (`SimFailure::Down`), as from a killed process's
+//!   closed port.
+//! - A routed locate that fails is routed again, [`PastSetup::locate_attempts`] times
+//!   in all (the daemon's `locate`).
+//! - [`Command::Pace`]: answered when the node's repair budget allows
+//!   ([`crate::maintenance`]'s token bucket), at once without maintenance.
+//! - An operation whose origin has crashed (or crashed and restarted: a new life) gets
+//!   `Err(SimFailure::Stopped)` for every command, so it decides rather than hangs.
 //!
 //! Deterministic like the rest: operations, asks and locates live in `BTreeMap`s keyed
 //! by numbers handed out in order, and everything happens through the queue.
@@ -278,8 +287,7 @@ pub(crate) enum PastEvent {
         to: u32,
         nodes: Vec<NodeId>,
     },
-    /// The driver grants a [`Command::Pace`] (the simulator models no repair budget:
-    /// at once).
+    /// The driver grants a [`Command::Pace`] (when the node's repair budget allows).
     Paced { op: u64, ask: AskId },
     /// What `op` waits for failed (a timer, or at once).
     Fail {
@@ -732,6 +740,16 @@ impl Sim {
             half,
             usize::from(count),
         )
+    }
+
+    /// The `count` nodes closest to `key` as node `from` would locate them: from its
+    /// leaf set when that surely holds them, else the closest live nodes (where a
+    /// routed locate ends), without a message: what a stat counted at one instant asks.
+    pub fn locate_from(&self, from: &NodeId, key: &Id, count: usize) -> Vec<NodeId> {
+        let local = self.index.get(from).and_then(|&node| {
+            self.locate_in_leaf_set(node, key, u16::try_from(count).unwrap_or(u16::MAX))
+        });
+        local.unwrap_or_else(|| closest(key, self.live.iter().copied(), count))
     }
 
     /// A routed PAST locate was delivered at `node`: answer the origin with the closest
