@@ -263,12 +263,14 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
             if let Some(back_at) = downtime[i]
                 && now >= back_at
             {
+                tracing::debug!(node = %slots[i], at = now, "restarted");
                 sim.restart(&slots[i], t, Some(&gateway));
                 downtime[i] = None;
                 death[i] = now + exponential(&mut rng, mean);
                 continue;
             }
             if downtime[i].is_none() && now >= death[i] {
+                tracing::debug!(node = %slots[i], at = now, "killed");
                 sim.crash(&slots[i], t);
                 kills += 1;
                 let restart = match params.mode {
@@ -280,6 +282,7 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
                     downtime[i] = Some(now + exponential(&mut rng, (mean / 10.0).clamp(1.0, 30.0)));
                 } else {
                     slots[i] = sim.add_node_through(t, Some(&gateway));
+                    tracing::debug!(node = %slots[i], at = now, "replacement started");
                     death[i] = now + exponential(&mut rng, mean);
                 }
             }
