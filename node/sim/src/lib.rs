@@ -23,6 +23,7 @@
 pub mod churn;
 pub mod churn_report;
 pub mod durability;
+pub mod gateway;
 pub mod maintenance;
 pub mod past;
 pub mod placement;
