@@ -42,7 +42,7 @@ use cairn_core::rng::Rng;
 use cairn_overlay::{Config, ConfigError, Time};
 
 use crate::churn_report::{ChurnRecord, Read, Redundancy, Tracker, exponential};
-pub use crate::gateway::FileRead;
+pub use crate::gateway::{FileRead, ReadOutcome, read_file};
 use crate::gateway::{StoredFile, put_file, stat_all};
 use crate::maintenance::{MaintenanceSetup, MaintenanceStats};
 use crate::past::{PastSetup, PastStats};
@@ -315,12 +315,8 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
     let final_reads: Vec<Result<(), String>> = files
         .iter()
         .map(|file| {
-            let read = FileRead::new(file.file, sim.unix_now());
-            let started = sim.start(&gateway, sim.now(), read);
-            let deadline = sim.now().plus(Duration::from_secs(120));
-            started
-                .and_then(|s| sim.run_until_done(&s, deadline))
-                .unwrap_or_else(|| Err("the read did not finish".to_string()))
+            let (now, until) = (sim.now(), sim.now().plus(Duration::from_secs(120)));
+            read_file(&mut sim, &gateway, file.file, now, until)
         })
         .collect();
     let lost = tracker.lost(&final_reads);
@@ -390,7 +386,7 @@ fn knows_all(sim: &Sim, gateway: &NodeId, nodes: usize) -> bool {
 /// One reader: its generator and the read it waits for (when it started).
 struct Reader {
     rng: Rng,
-    running: Option<(crate::Started<Result<(), String>>, Time)>,
+    running: Option<(crate::Started<ReadOutcome>, Time)>,
 }
 
 impl Reader {
@@ -425,7 +421,7 @@ fn run_readers(
                 continue;
             };
             match sim.take_output(&started) {
-                Some(outcome) => {
+                Some(ReadOutcome::Done(outcome)) => {
                     reads.push(Read {
                         at: sim.now().micros_since(start) as f64 / 1e6,
                         ok: outcome.is_ok(),
@@ -435,6 +431,11 @@ fn run_readers(
                     if more {
                         reader.start(sim, gateway, files);
                     }
+                }
+                // The gateway waits out a block, then the same read goes on.
+                Some(ReadOutcome::Wait { after, then }) => {
+                    let at = sim.now().plus(after);
+                    reader.running = sim.start(gateway, at, *then).map(|s| (s, began));
                 }
                 None => any = true,
             }
@@ -619,10 +620,67 @@ mod tests {
                 assert!(l.contains(&away) || r.contains(&away), "{id:?} lacks it");
             }
         }
-        let read = FileRead::new(file.file, sim.unix_now());
-        let started = sim.start(&gateway, sim.now(), read).unwrap();
-        let deadline = sim.now().plus(Duration::from_secs(10));
-        assert_eq!(sim.run_until_done(&started, deadline), Some(Ok(())));
+        let (now, until) = (sim.now(), sim.now().plus(Duration::from_secs(10)));
+        assert_eq!(read_file(&mut sim, &gateway, file.file, now, until), Ok(()));
+    }
+
+    #[test]
+    fn a_read_waits_out_a_block_out_of_reach_as_the_gateway_does_then_fails() {
+        let params = ChurnParams {
+            nodes: 12,
+            maintenance: None,
+            ..small(ChurnMode::Restart, 8)
+        };
+        let (mut sim, gateway, _) = start_network(&params).unwrap();
+        let owner = KeyPair::from_secret_bytes(&[9; 32]);
+        let data = Rng::new(2).bytes(100_000);
+        let file = put_file(&mut sim, &gateway, &owner, 0, &data, params.params).unwrap();
+        // Three of the data block's six holders go down: three left, four needed.
+        let down: Vec<NodeId> = holders_of(&sim, &file)[1]
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != gateway)
+            .take(3)
+            .collect();
+        let t = sim.now();
+        for id in &down {
+            sim.crash(id, t);
+        }
+        // One comes back after 1.2 s: the read, which waits 0.5, 1, 2 and 4 s between
+        // fetches, gets the block on a later fetch.
+        sim.restart(
+            &down[0],
+            t.plus(Duration::from_millis(1200)),
+            Some(&gateway),
+        );
+        let until = t.plus(Duration::from_secs(30));
+        let read = read_file(
+            &mut sim,
+            &gateway,
+            file.file,
+            t.plus(Duration::from_millis(1)),
+            until,
+        );
+        assert_eq!(read, Ok(()));
+        let waited = sim.now().micros_since(t);
+        assert!((1_200_000..7_600_000).contains(&waited), "{waited} µs");
+        // With two down for good, it gives up once the waits (7.5 s) are spent.
+        let t = sim.now();
+        sim.crash(&down[0], t);
+        let read = read_file(
+            &mut sim,
+            &gateway,
+            file.file,
+            t.plus(Duration::from_millis(1)),
+            t.plus(Duration::from_secs(30)),
+        );
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.contains("could not be rebuilt")),
+            "{read:?}"
+        );
+        let waited = sim.now().micros_since(t);
+        assert!((7_500_000..9_000_000).contains(&waited), "{waited} µs");
     }
 
     #[test]

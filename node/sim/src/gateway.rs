@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_core::crypto::{FileCertificate, KeyPair, Signed, UploadGrant};
+use cairn_core::erasure::DecodeError;
 use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef, Offer};
 use cairn_core::id::{BlockHash, FileId, FragmentHash, NodeId, PlacementKey};
 use cairn_core::manifest::{Manifest, manifest_placement_key};
@@ -25,8 +26,10 @@ use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
 use cairn_past::records::{FindError, RecordFind, RecordPublish};
 use cairn_past::{UnixSeconds, certificate_key, check_signed_certificate};
 use cairn_pipeline::{
-    FailureKind, FileIdentity, FragmentSink, PutOptions, StoreFailure, put_unsigned,
+    BlockRetry, FailureKind, FileIdentity, FragmentSink, PutOptions, StoreFailure, put_unsigned,
 };
+
+use cairn_overlay::Time;
 
 use crate::Sim;
 use crate::churn_report::{BlockLive, FileSample};
@@ -337,8 +340,11 @@ enum Stage {
 /// manifest block and every data block in order, each by a [`FragmentLookup`] of the
 /// first `k` indexes of the fetch order and, only if those do not decode, one of the
 /// other `m` (the pipeline's `block_offers`); every block decoded and checked against
-/// its hash. Fails as the gateway's get does: no certificate, or a block that does not
-/// decode. Its output is `Ok` or why not.
+/// its hash. A block with fewer than `k` good fragments, some missing or unreachable, is
+/// waited out as the gateway's get does ([`BlockRetry::NETWORK`]: the read ends with
+/// [`ReadOutcome::Wait`], and its continuation is started after the wait; [`read_file`]
+/// does that). Fails as the gateway's get does: no certificate, or a block that does
+/// not decode after the waits.
 #[derive(Debug)]
 pub struct FileRead {
     file: FileId,
@@ -350,6 +356,27 @@ pub struct FileRead {
     certificate: Option<FileCertificate>,
     codec: Option<Codec>,
     manifest: Option<Manifest>,
+    /// How a block out of reach is waited for (the gateway's: [`BlockRetry::NETWORK`]).
+    retry: BlockRetry,
+    /// Fetches of the current block so far, after the first.
+    attempt: u8,
+    /// The block to fetch first when this read goes on after a wait.
+    resume: Option<Part>,
+}
+
+/// What a [`FileRead`] came to.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// Every block read and checked, or why not.
+    Done(Result<(), String>),
+    /// A block was out of reach (fewer than `k` good fragments, some missing or
+    /// unreachable): the gateway waits `after`, then `then` goes on from that block.
+    Wait {
+        /// The wait.
+        after: Duration,
+        /// The rest of the read.
+        then: Box<FileRead>,
+    },
 }
 
 /// Bits of an [`AskId`] left to the sub-operation; the round goes above them.
@@ -366,7 +393,31 @@ impl FileRead {
             certificate: None,
             codec: None,
             manifest: None,
+            retry: BlockRetry::NETWORK,
+            attempt: 0,
+            resume: None,
         }
+    }
+
+    /// This read waiting out a block that is out of reach ([`BlockRetry`]): `None`
+    /// once it has waited `retry.retries` times for this block.
+    fn wait(&mut self, part: Part) -> Option<ReadOutcome> {
+        if self.attempt >= self.retry.retries {
+            return None;
+        }
+        // The pipeline's `BlockRetry::wait`: the first wait, doubled each time.
+        let after = self.retry.first_wait.saturating_mul(
+            1u32.checked_shl(u32::from(self.attempt))
+                .unwrap_or(u32::MAX),
+        );
+        let mut then = std::mem::replace(self, FileRead::new(self.file, self.now));
+        then.attempt += 1;
+        then.resume = Some(part);
+        then.stage = Stage::Done;
+        Some(ReadOutcome::Wait {
+            after,
+            then: Box::new(then),
+        })
     }
 
     fn outer(&self, commands: Vec<Command>) -> Vec<Command> {
@@ -387,9 +438,9 @@ impl FileRead {
             .collect()
     }
 
-    fn fail(&mut self, why: String) -> Progress<Result<(), String>> {
+    fn fail(&mut self, why: String) -> Progress<ReadOutcome> {
         self.stage = Stage::Done;
-        Progress::Done(Err(why))
+        Progress::Done(ReadOutcome::Done(Err(why)))
     }
 
     /// Starts fetching `indexes` of `part`.
@@ -398,7 +449,7 @@ impl FileRead {
         part: Part,
         indexes: Vec<u16>,
         got: Vec<(u16, Got)>,
-    ) -> Progress<Result<(), String>> {
+    ) -> Progress<ReadOutcome> {
         let Some(key) = self.key_of(part) else {
             return self.fail("the manifest lists no such block".into());
         };
@@ -448,7 +499,7 @@ impl FileRead {
         progress: Progress<
             Result<Vec<Fetched<SimFailure>>, cairn_past::lookup::LookupError<SimFailure>>,
         >,
-    ) -> Progress<Result<(), String>> {
+    ) -> Progress<ReadOutcome> {
         let fetched = match progress {
             Progress::Continue(commands) => return Progress::Continue(self.outer(commands)),
             Progress::Done(fetched) => fetched,
@@ -478,14 +529,23 @@ impl FileRead {
         match self.decode(part, &got) {
             Ok(()) => self.next_part(part),
             Err(_) if got.len() <= first.len() && !rest.is_empty() => self.fetch(part, rest, got),
-            Err(why) => self.fail(why),
+            Err((why, worth_waiting)) => match worth_waiting.then(|| self.wait(part)).flatten() {
+                Some(wait) => Progress::Done(wait),
+                None => self.fail(why),
+            },
         }
     }
 
-    /// Decodes `part` from what was fetched; a decoded manifest is kept.
-    fn decode(&mut self, part: Part, got: &[(u16, Got)]) -> Result<(), String> {
+    /// Decodes `part` from what was fetched; a decoded manifest is kept. An error says
+    /// why, and whether waiting may help (fewer than `k` good fragments, some of them
+    /// missing or unreachable rather than corrupt: the pipeline's `decode_block`).
+    fn decode(&mut self, part: Part, got: &[(u16, Got)]) -> Result<(), (String, bool)> {
         let (Some(codec), Some(body)) = (&self.codec, &self.certificate) else {
-            return Err("no certificate".into());
+            return Err(("no certificate".into(), false));
+        };
+        let worth_waiting = |e: &DecodeError| {
+            matches!(e, DecodeError::NotEnoughFragments { missing, unavailable, .. }
+                if missing + unavailable > 0)
         };
         let offers = got.iter().map(|(index, got)| (*index, got.offer()));
         match part {
@@ -496,48 +556,56 @@ impl FileRead {
                     fragment_hashes: &body.manifest_fragments,
                 };
                 let (decoded, _) = codec.decode(&spec, offers).map_err(|e| {
-                    format!(
+                    let why = format!(
                         "the manifest of file {} could not be fetched: {e}",
                         body.file_id
-                    )
+                    );
+                    (why, worth_waiting(&e))
                 })?;
                 let manifest =
                     Manifest::from_block(&decoded.to_vec(), &body.manifest_hash, codec.params())
                         .map_err(|e| {
-                            format!("the manifest of file {} is invalid: {e}", body.file_id)
+                            let why =
+                                format!("the manifest of file {} is invalid: {e}", body.file_id);
+                            (why, false)
                         })?;
                 if manifest.file_size != body.size
                     || manifest.params.k() != body.k
                     || manifest.params.m() != body.m
                 {
-                    return Err("the manifest disagrees with the certificate".into());
+                    return Err(("the manifest disagrees with the certificate".into(), false));
                 }
                 self.manifest = Some(manifest);
                 Ok(())
             }
             Part::Block(position) => {
-                let manifest = self.manifest.as_ref().ok_or("no manifest")?;
-                let entry = manifest.blocks.get(position).ok_or("no such block")?;
+                let invalid = |why: &str| (why.to_string(), false);
+                let manifest = self.manifest.as_ref().ok_or(invalid("no manifest"))?;
+                let entry = manifest
+                    .blocks
+                    .get(position)
+                    .ok_or(invalid("no such block"))?;
                 let len = manifest
                     .block_len(position)
-                    .ok_or("a block without a length")?;
+                    .ok_or(invalid("a block without a length"))?;
                 let spec = BlockSpec {
                     hash: entry.hash,
                     len: Some(len),
                     fragment_hashes: &entry.fragments,
                 };
                 codec.decode(&spec, offers).map(|_| ()).map_err(|e| {
-                    format!(
+                    let why = format!(
                         "block {position} of file {} could not be rebuilt: {e}",
                         body.file_id
-                    )
+                    );
+                    (why, worth_waiting(&e))
                 })
             }
         }
     }
 
     /// After `part` decoded: the next block, or done.
-    fn next_part(&mut self, part: Part) -> Progress<Result<(), String>> {
+    fn next_part(&mut self, part: Part) -> Progress<ReadOutcome> {
         let next = match part {
             Part::Manifest => 0,
             Part::Block(position) => position + 1,
@@ -545,8 +613,10 @@ impl FileRead {
         let blocks = self.manifest.as_ref().map_or(0, |m| m.blocks.len());
         if next >= blocks {
             self.stage = Stage::Done;
-            return Progress::Done(Ok(()));
+            return Progress::Done(ReadOutcome::Done(Ok(())));
         }
+        // Each block is waited for afresh (the pipeline's `decode_block`).
+        self.attempt = 0;
         let (first, _) = self.batches();
         self.fetch(Part::Block(next), first, Vec::new())
     }
@@ -556,7 +626,7 @@ impl FileRead {
         progress: Progress<
             Result<cairn_past::records::Found<FileCertificate>, FindError<SimFailure>>,
         >,
-    ) -> Progress<Result<(), String>> {
+    ) -> Progress<ReadOutcome> {
         let found = match progress {
             Progress::Continue(commands) => return Progress::Continue(self.outer(commands)),
             Progress::Done(found) => found,
@@ -592,10 +662,14 @@ impl FileRead {
 }
 
 impl Operation for FileRead {
-    type Output = Result<(), String>;
+    type Output = ReadOutcome;
     type Failure = SimFailure;
 
     fn start(&mut self) -> Progress<Self::Output> {
+        if let Some(part) = self.resume.take() {
+            let (first, _) = self.batches();
+            return self.fetch(part, first, Vec::new());
+        }
         // The gateway's `find_record`: the keepers and two more.
         let count = u16::try_from(cairn_past::PastConfig::default().certificate_replicas + 2)
             .unwrap_or(u16::MAX);
@@ -630,6 +704,36 @@ impl Operation for FileRead {
     }
 
     fn stalled(&mut self) -> Self::Output {
-        Err(format!("the read of file {} stalled", self.file))
+        ReadOutcome::Done(Err(format!("the read of file {} stalled", self.file)))
     }
+}
+
+/// A read of `file` from `gateway` starting at `at`, run to its end with its waits
+/// (at most `until`): `Ok` or why not, and when it ended. The final reads of a churn
+/// run go this way; the readers drive the same [`ReadOutcome`]s between other events.
+pub fn read_file(
+    sim: &mut Sim,
+    gateway: &NodeId,
+    file: FileId,
+    at: Time,
+    until: Time,
+) -> Result<(), String> {
+    let mut read = FileRead::new(file, sim.unix_now());
+    let mut at = at;
+    // Each wait is one of the bounded retries of one block; the bound only guards
+    // against a read that would never end.
+    for _ in 0..64 {
+        let started = sim
+            .start(gateway, at, read)
+            .ok_or("the gateway is not simulated")?;
+        match sim.run_until_done(&started, until) {
+            Some(ReadOutcome::Done(result)) => return result,
+            Some(ReadOutcome::Wait { after, then }) => {
+                read = *then;
+                at = sim.now().plus(after);
+            }
+            None => return Err("the read did not finish".into()),
+        }
+    }
+    Err("the read waited too often".into())
 }
