@@ -1,48 +1,51 @@
 //! Maintenance in the simulator: every node with a holder runs the daemon's maintenance
-//! worker over the simulator's queue. The machines are `cairn_past`'s own
-//! ([`KeyReconcile`] for a coordinator, `OrderCheck` then `Holder::apply` for a holder
-//! given an order, driven in [`crate::past`]); this module decides only *when* a node
-//! looks at which key, as the daemon's `maintenance_task` does today.
+//! over the simulator's queue. Every decision is `cairn_past`'s: *when* a node looks at
+//! which key is its [`MaintenanceSchedule`] (debounce, slow pass and summaries, nudges,
+//! the coordinator's memory, the keeper status cache, retries), a coordinator's work on
+//! a key is [`KeyReconcile`], and a holder given an order runs `OrderCheck` then
+//! `Holder::apply` ([`crate::past`]); certificates are kept on their keepers by
+//! [`RecordReplicate`]. This module only drives them, as the daemon's maintenance task
+//! does.
 //!
 //! Owns: [`MaintenanceSetup`] (the daemon's `MaintenanceConfig` defaults),
-//! [`MaintenanceStats`] (the daemon's maintenance counters, summed over nodes),
-//! [`Schedule`] (the triggering policy, the one type to swap for the sans-IO
-//! `MaintenanceSchedule` once `cairn_past` has it), the repair budget's token bucket
-//! ([`Command::Pace`](cairn_past::operation::Command::Pace) answers), certificate
-//! replication to current keepers ([`CertificateReplication`]) and `Reconcile` nudges
-//! ([`Nudge`]).
+//! [`MaintenanceStats`] (the daemon's maintenance counters, summed over nodes), each
+//! node's driver state (its schedule, the reconciles handed out, the repair budget's
+//! token bucket that answers [`Command::Pace`](cairn_past::operation::Command::Pace)),
+//! and [`Request`], one request whose answer goes back to the schedule.
 //!
 //! May use: the parent's queue, clock and PAST driver; `cairn_past`'s maintenance
-//! machines and planner (`affected_ranges`); the holders' `MemoryStore`.
+//! schedule and machines and `records::RecordReplicate`; the holders' `MemoryStore`.
 //!
-//! # The policy (the daemon's, minimally)
-//! - After a node's leaf set changes (a join, a death, a leaf-set update), it waits
-//!   [`MaintenanceSetup::debounce`] after the last change, then takes the ring ranges
-//!   the change touched (`affected_ranges` over its members before and after, `span`
-//!   nodes each side), makes sure every certificate it keeps is on the current keepers,
-//!   and lists its keys in those ranges: keys it coordinates (it is the closest of its
-//!   members) are queued, the others go to their coordinator in one `Reconcile` per
-//!   coordinator.
-//! - Every [`MaintenanceSetup::period`] (the slow pass) it replicates its certificates
-//!   again, queues every key it holds and coordinates, nudges the coordinators of the
-//!   others, and queues again the keys whose reconcile did not settle (each at most
-//!   [`MaintenanceSetup::retries`] times).
-//! - A node reconciles one key at a time, first in key order, as the daemon's worker.
+//! # Driving the schedule (as the daemon's `maintenance_task` and `carry_out`)
+//! - A node's schedule starts with its life (an empty view, as a daemon starts before
+//!   its join completes); every leaf-set change (a join, a death, an update) is fed to
+//!   it with the node's leaf-set members.
+//! - After every input, and whenever its `next_wake` comes due (a timer in the queue),
+//!   the schedule is polled and its actions carried out: listings and digests of the
+//!   holder's store answered at once, nudges and summaries sent as requests (a
+//!   summary's answer fed back), certificates replicated, and reconciles run one at a
+//!   time in the order handed out, each outcome fed back.
+//! - `Reconcile` and `Summary` requests from other nodes go to the schedule
+//!   (`nudged`, `summary_listed`, `summary_known`).
 //!
-//! Not modelled (yet): the slow pass's summaries and the coordinator's memory of
-//! settled digests (here a settled key is simply reconciled again: more `Holdings`
-//! requests, no more repair bytes), the keeper status cache (every reconcile asks the
-//! keepers), root records, the scrub.
+//! Not modelled: root records (no volumes here), the scrub. Unlike the daemon, a node
+//! goes on taking inputs while its reconciles run (the daemon's task takes the next
+//! event once the batch it carries out is done).
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use cairn_core::id::{FileId, Id, NodeId, PlacementKey};
+use cairn_core::crypto::FileCertificate;
+use cairn_core::id::{NodeId, PlacementKey};
 use cairn_overlay::Time;
-use cairn_past::maintenance::{KeyReconcile, Reconciled, affected_ranges};
-use cairn_past::operation::{AskId, AskIds, Command, Input, Operation, Progress};
-use cairn_past::{NodeAddress, PastRequest, PastResponse, certificate_key, closest};
+use cairn_past::maintenance::{
+    KeyReconcile, MaintenanceSchedule, Reconciled, ScheduleAction, ScheduleConfig, held_digests,
+    held_keys_in,
+};
+use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
+use cairn_past::records::{RecordReplicate, ReplicateError, Replicated};
+use cairn_past::{NodeAddress, PastRequest, PastResponse};
 use cairn_store::NodeStore;
 
 use crate::past::{SimFailure, Then};
@@ -61,8 +64,8 @@ pub struct MaintenanceSetup {
     pub span: usize,
     /// Repair bytes per second a node starts (0: unlimited).
     pub repair_bytes_per_sec: u64,
-    /// Slow passes on which a key that did not settle is tried again.
-    pub retries: u8,
+    /// Most reconciles the schedule hands out before their outcomes come back.
+    pub batch: usize,
 }
 
 impl Default for MaintenanceSetup {
@@ -74,7 +77,7 @@ impl Default for MaintenanceSetup {
             spares: 4,
             span: 8,
             repair_bytes_per_sec: 50 << 20,
-            retries: 5,
+            batch: 64,
         }
     }
 }
@@ -102,18 +105,18 @@ pub struct MaintenanceStats {
     pub orders_refused: u64,
     /// `Reconcile` requests sent to coordinators.
     pub nudges_sent: u64,
+    /// `Summary` requests sent to coordinators (the slow pass).
+    pub summaries_sent: u64,
     /// Certificates given to keepers that lacked them
     /// (`certificates_replicated_total`).
     pub certificates_replicated: u64,
 }
 
-/// A maintenance timer of one node.
+/// A maintenance timer of one node: the schedule's `next_wake`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tick {
-    /// The debounced look after a leaf-set change, due at this time.
-    Debounce(Time),
-    /// The slow pass.
-    SlowPass,
+    /// Poll the schedule.
+    Wake,
 }
 
 /// What a finished maintenance operation was for.
@@ -121,232 +124,81 @@ pub(crate) enum Tick {
 pub(crate) enum Job {
     /// The reconcile of a key this node coordinates.
     Reconcile(PlacementKey),
-    /// Certificates pushed to keepers.
+    /// A certificate pushed to its keepers.
     Replication,
-    /// `Reconcile` nudges (their answers are not needed).
+    /// A `Reconcile` nudge (its answer does not matter).
     Nudge,
+    /// A `Summary` to `coordinator`, whose answer goes back to the schedule.
+    Summary {
+        /// The coordinator.
+        coordinator: NodeId,
+        /// The summary sent.
+        summary: u64,
+    },
 }
 
-/// When one node reconciles which key: the daemon's current policy (see the module's
-/// header), with no clock or store of its own (times and members are arguments).
-#[derive(Debug, Default)]
-pub(crate) struct Schedule {
-    /// When the debounced look is due (the latest change plus the debounce).
-    due: Option<Time>,
-    /// The members (and the node) at the last look; `None` before the first.
-    seen_members: Option<Vec<NodeId>>,
-    /// Keys to reconcile as coordinator, in key order.
-    pending: BTreeSet<PlacementKey>,
-    /// Keys whose reconcile did not settle, and the tries so far.
-    retry: BTreeMap<PlacementKey, u8>,
-    /// Whether a reconcile runs now.
-    running: bool,
-}
-
-impl Schedule {
-    /// The leaf set changed at `now`: the look is due `debounce` later (a later change
-    /// moves it). Returns when.
-    pub(crate) fn view_changed(&mut self, now: Time, debounce: Duration) -> Time {
-        let due = now.plus(debounce);
-        self.due = Some(due);
-        due
-    }
-
-    /// Whether the look set for `at` is still the due one (then it is taken).
-    pub(crate) fn take_due(&mut self, at: Time) -> bool {
-        if self.due == Some(at) {
-            self.due = None;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The ring ranges whose keys' neighbourhoods changed since the last look, with
-    /// `members` (sorted, the node itself included) the view now.
-    pub(crate) fn look(
-        &mut self,
-        me: NodeId,
-        members: Vec<NodeId>,
-        span: usize,
-    ) -> Vec<(PlacementKey, PlacementKey)> {
-        let before = self.seen_members.take().unwrap_or_else(|| vec![me]);
-        let ranges = affected_ranges(&before, &members, span);
-        self.seen_members = Some(members);
-        ranges
-    }
-
-    /// Queues keys to reconcile.
-    pub(crate) fn queue(&mut self, keys: impl IntoIterator<Item = PlacementKey>) {
-        self.pending.extend(keys);
-    }
-
-    /// The slow pass: keys that did not settle are queued again.
-    pub(crate) fn slow_pass(&mut self) {
-        self.pending.extend(self.retry.keys().copied());
-    }
-
-    /// The next key to reconcile, if none runs now.
-    pub(crate) fn next(&mut self) -> Option<PlacementKey> {
-        if self.running {
-            return None;
-        }
-        let key = self.pending.pop_first()?;
-        self.running = true;
-        Some(key)
-    }
-
-    /// The reconcile of `key` ended; an unsettled key is retried on the next slow
-    /// passes, `retries` times at most.
-    pub(crate) fn finished(&mut self, key: PlacementKey, settled: bool, retries: u8) {
-        self.running = false;
-        if settled {
-            self.retry.remove(&key);
-            return;
-        }
-        let tries = self.retry.entry(key).or_insert(0);
-        *tries = tries.saturating_add(1);
-        if *tries > retries {
-            self.retry.remove(&key);
-        }
-    }
-}
-
-/// One node's maintenance state: its schedule and its repair budget.
+/// One node's maintenance driver state (reset by a restart, as a new process's).
 #[derive(Debug, Default)]
 pub(crate) struct NodeMaintenance {
-    schedule: Schedule,
+    /// Made at the node's first maintenance event of its life.
+    schedule: Option<MaintenanceSchedule>,
+    /// Reconciles handed out and not started, in order.
+    reconciles: VecDeque<PlacementKey>,
+    /// Whether a reconcile runs now.
+    running: bool,
+    /// The wake time a timer is set for.
+    wake: Option<Duration>,
     /// The token bucket of the repair budget: when the bytes granted so far are paid.
     next_free: Option<Time>,
 }
 
-/// Pushes every certificate a keeper holds to the other current keepers that lack it
-/// (the daemon's `replicate_certificates`): `GetCertificate`, then `PutCertificate`
-/// where the answer is none. Its output is how many were given.
+/// One request, its answer kept for the schedule (`None`: no answer).
 #[derive(Debug)]
-pub(crate) struct CertificateReplication {
-    /// Per certificate: its bytes and the keepers to check.
-    work: Vec<(FileId, Vec<u8>, Vec<NodeAddress>)>,
-    ids: AskIds,
-    /// Each ask: the certificate's position, the keeper, and whether it is the put.
-    asked: BTreeMap<AskId, (usize, NodeAddress, bool)>,
-    given: u64,
+pub(crate) struct Request {
+    to: NodeAddress,
+    request: Option<PastRequest>,
 }
 
-impl CertificateReplication {
-    fn new(work: Vec<(FileId, Vec<u8>, Vec<NodeAddress>)>) -> CertificateReplication {
-        CertificateReplication {
-            work,
-            ids: AskIds::default(),
-            asked: BTreeMap::new(),
-            given: 0,
-        }
-    }
-
-    fn ask(&mut self, position: usize, to: NodeAddress, put: bool) -> Option<Command> {
-        let (file, bytes, _) = self.work.get(position)?;
-        let request = if put {
-            PastRequest::PutCertificate {
-                certificate: bytes.clone(),
-            }
-        } else {
-            PastRequest::GetCertificate { file: *file }
-        };
-        let ask = self.ids.next_id();
-        self.asked.insert(ask, (position, to, put));
-        Some(Command::Ask { ask, to, request })
-    }
-
-    fn progress(&self, commands: Vec<Command>) -> Progress<u64> {
-        if self.asked.is_empty() && commands.is_empty() {
-            Progress::Done(self.given)
-        } else {
-            Progress::Continue(commands)
-        }
-    }
-}
-
-impl Operation for CertificateReplication {
-    type Output = u64;
+impl Operation for Request {
+    type Output = Option<PastResponse>;
     type Failure = SimFailure;
 
-    fn start(&mut self) -> Progress<u64> {
-        let targets: Vec<(usize, NodeAddress)> = self
-            .work
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, _, keepers))| keepers.iter().map(move |k| (i, *k)))
-            .collect();
-        let commands = targets
-            .into_iter()
-            .filter_map(|(i, to)| self.ask(i, to, false))
-            .collect();
-        self.progress(commands)
-    }
-
-    fn handle(&mut self, input: Input<SimFailure>) -> Progress<u64> {
-        let Input::Answered(ask, answer) = input else {
-            return self.progress(Vec::new());
-        };
-        let Some((position, to, put)) = self.asked.remove(&ask) else {
-            return self.progress(Vec::new());
-        };
-        let mut commands = Vec::new();
-        match (put, answer) {
-            (false, Ok(PastResponse::Certificate { certificate: None })) => {
-                commands.extend(self.ask(position, to, true));
-            }
-            (true, Ok(PastResponse::Done)) => self.given += 1,
-            _ => {}
-        }
-        self.progress(commands)
-    }
-
-    fn stalled(&mut self) -> u64 {
-        self.given
-    }
-}
-
-/// `Reconcile` requests to coordinators, answers ignored (the daemon's `nudge`).
-#[derive(Debug)]
-pub(crate) struct Nudge {
-    requests: Vec<(NodeAddress, PastRequest)>,
-    outstanding: usize,
-}
-
-impl Operation for Nudge {
-    type Output = ();
-    type Failure = SimFailure;
-
-    fn start(&mut self) -> Progress<()> {
-        let mut ids = AskIds::default();
-        let commands: Vec<Command> = self
-            .requests
-            .drain(..)
-            .map(|(to, request)| Command::Ask {
-                ask: ids.next_id(),
-                to,
+    fn start(&mut self) -> Progress<Self::Output> {
+        match self.request.take() {
+            Some(request) => Progress::Continue(vec![Command::Ask {
+                ask: AskId(0),
+                to: self.to,
                 request,
-            })
-            .collect();
-        self.outstanding = commands.len();
-        if commands.is_empty() {
-            Progress::Done(())
-        } else {
-            Progress::Continue(commands)
+            }]),
+            None => Progress::Done(None),
         }
     }
 
-    fn handle(&mut self, _: Input<SimFailure>) -> Progress<()> {
-        self.outstanding = self.outstanding.saturating_sub(1);
-        if self.outstanding == 0 {
-            Progress::Done(())
-        } else {
-            Progress::Continue(Vec::new())
+    fn handle(&mut self, input: Input<SimFailure>) -> Progress<Self::Output> {
+        match input {
+            Input::Answered(_, answer) => Progress::Done(answer.ok()),
+            _ => Progress::Continue(Vec::new()),
         }
     }
 
-    fn stalled(&mut self) {}
+    fn stalled(&mut self) -> Self::Output {
+        None
+    }
+}
+
+impl MaintenanceSetup {
+    /// What the schedule needs of it (the daemon's `MaintenanceConfig::schedule_config`).
+    fn schedule_config(&self, certificate_replicas: usize) -> ScheduleConfig {
+        ScheduleConfig {
+            debounce: self.debounce,
+            period: self.period,
+            span: self.span,
+            spares: self.spares,
+            batch: self.batch,
+            certificate_replicas,
+            ..ScheduleConfig::default()
+        }
+    }
 }
 
 impl Sim {
@@ -364,6 +216,11 @@ impl Sim {
         self.config.past.and_then(|p| p.maintenance)
     }
 
+    /// The schedule's clock: the simulator's, from its time zero.
+    fn schedule_now(&self) -> Duration {
+        Duration::from_micros(self.now.0)
+    }
+
     fn node_maintenance(&mut self, node: u32) -> Option<&mut NodeMaintenance> {
         self.nodes[node as usize]
             .past
@@ -371,111 +228,213 @@ impl Sim {
             .map(|p| &mut p.maintenance)
     }
 
-    /// Node `node` completed its join: its slow pass starts, and its view changed.
+    /// Node `node`'s schedule, started (with an empty view) if this life has none yet.
+    fn schedule_of(&mut self, node: u32) -> Option<&mut MaintenanceSchedule> {
+        let setup = self.maintenance_setup()?;
+        let now = self.schedule_now();
+        let past = self.nodes[node as usize].past.as_mut()?;
+        let (me, replicas) = (past.holder.id(), past.holder.config().certificate_replicas);
+        Some(past.maintenance.schedule.get_or_insert_with(|| {
+            let mut schedule = MaintenanceSchedule::new(me, setup.schedule_config(replicas));
+            schedule.start(now, Vec::new());
+            schedule
+        }))
+    }
+
+    /// Node `node` completed its join: its view changed.
     pub(crate) fn maintenance_joined(&mut self, node: u32) {
-        let Some(setup) = self.maintenance_setup() else {
-            return;
-        };
-        let life = self.nodes[node as usize].life;
-        let tick = Tick::SlowPass;
-        self.push(
-            self.now.plus(setup.period),
-            SimEvent::Maintenance { node, life, tick },
-        );
         self.maintenance_view_changed(node);
     }
 
-    /// Node `node`'s leaf set changed: its look is (re)scheduled after the debounce.
+    /// Node `node`'s leaf set changed.
     pub(crate) fn maintenance_view_changed(&mut self, node: u32) {
-        let Some(setup) = self.maintenance_setup() else {
+        let now = self.schedule_now();
+        let (left, right) = self.nodes[node as usize].overlay.leaf_set();
+        let Some(schedule) = self.schedule_of(node) else {
             return;
         };
-        let now = self.now;
-        let life = self.nodes[node as usize].life;
-        let Some(state) = self.node_maintenance(node) else {
-            return;
-        };
-        let due = state.schedule.view_changed(now, setup.debounce);
-        let tick = Tick::Debounce(due);
-        self.push(due, SimEvent::Maintenance { node, life, tick });
+        schedule.view_changed(now, left.into_iter().chain(right));
+        self.maintenance_poll(node);
     }
 
     /// A maintenance timer of a live node fired.
     pub(crate) fn maintenance_tick(&mut self, node: u32, tick: Tick) {
-        let Some(setup) = self.maintenance_setup() else {
-            return;
-        };
-        let me = self.nodes[node as usize].overlay.id();
-        let members = self.members_with_self(node);
         match tick {
-            Tick::Debounce(at) => {
-                let Some(state) = self.node_maintenance(node) else {
-                    return;
-                };
-                if !state.schedule.take_due(at) {
-                    return;
+            Tick::Wake => {
+                if let Some(state) = self.node_maintenance(node) {
+                    state.wake = None;
                 }
-                let ranges = state.schedule.look(me, members.clone(), setup.span);
-                if ranges.is_empty() {
-                    return;
-                }
-                self.replicate_certificates(node, &members);
-                let keys = self.keys_in(node, &ranges);
-                let mine = self.nudge(node, keys, &members);
-                self.queue_keys(node, mine, false);
-            }
-            Tick::SlowPass => {
-                let life = self.nodes[node as usize].life;
-                let tick = Tick::SlowPass;
-                self.push(
-                    self.now.plus(setup.period),
-                    SimEvent::Maintenance { node, life, tick },
-                );
-                self.replicate_certificates(node, &members);
-                let zero = PlacementKey(Id::ZERO);
-                let keys = self.keys_in(node, &[(zero, zero)]);
-                let mine = self.nudge(node, keys, &members);
-                self.queue_keys(node, mine, true);
+                self.maintenance_poll(node);
             }
         }
     }
 
-    /// A `Reconcile` from another holder: the keys are queued here.
+    /// A `Reconcile` from another holder: the keys go to the schedule.
     pub(crate) fn maintenance_nudged(&mut self, node: u32, keys: Vec<PlacementKey>) {
-        self.queue_keys(node, keys, false);
+        if let Some(schedule) = self.schedule_of(node) {
+            schedule.nudged(keys);
+        }
+        self.maintenance_poll(node);
     }
 
-    fn queue_keys(&mut self, node: u32, keys: Vec<PlacementKey>, slow_pass: bool) {
-        if let Some(state) = self.node_maintenance(node) {
-            state.schedule.queue(keys);
-            if slow_pass {
-                state.schedule.slow_pass();
+    /// A `Summary` from another holder: answered from the schedule (the daemon's
+    /// `handle_summary`).
+    pub(crate) fn maintenance_summary(
+        &mut self,
+        node: u32,
+        from: NodeId,
+        summary: u64,
+        list: Option<Vec<(PlacementKey, u64)>>,
+    ) -> PastResponse {
+        let Some(schedule) = self.schedule_of(node) else {
+            return PastResponse::Done;
+        };
+        let response = match list {
+            None => PastResponse::SummaryKnown {
+                known: schedule.summary_known(from, summary),
+            },
+            Some(list) => {
+                schedule.summary_listed(from, summary, &list);
+                PastResponse::Done
+            }
+        };
+        self.maintenance_poll(node);
+        response
+    }
+
+    /// Polls the node's schedule and carries out what it decides, until it has nothing
+    /// more to do now; then sets a timer for its next wake.
+    fn maintenance_poll(&mut self, node: u32) {
+        // Each round answers listings and digests at once, which may decide more; the
+        // bound only guards against a schedule that never settles.
+        for _ in 0..16 {
+            let now = self.schedule_now();
+            let Some(schedule) = self.schedule_of(node) else {
+                return;
+            };
+            let actions = schedule.poll(now);
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                self.carry_out_action(node, action);
             }
         }
         self.reconcile_next(node);
-    }
-
-    /// Starts the reconcile of the node's next queued key, unless one runs.
-    fn reconcile_next(&mut self, node: u32) {
-        let Some(setup) = self.maintenance_setup() else {
-            return;
-        };
-        let Some(key) = self
+        let now = self.schedule_now();
+        let life = self.nodes[node as usize].life;
+        let Some(wake) = self
             .node_maintenance(node)
-            .and_then(|state| state.schedule.next())
+            .and_then(|state| state.schedule.as_ref()?.next_wake())
+            .map(|at| at.max(now))
         else {
             return;
         };
-        let replicas = self
-            .config
-            .past
-            .map_or(4, |p| p.config.certificate_replicas);
-        // The daemon's `reconcile`: ask wide first (`n` is only known from a
-        // certificate), and the keepers plus two.
-        let wide = u16::try_from(setup.span * 2 + setup.spares).unwrap_or(u16::MAX);
-        let keepers = u16::try_from(replicas + 2).unwrap_or(u16::MAX);
-        let machine: KeyReconcile<SimFailure> =
-            KeyReconcile::new(key, wide, keepers, Default::default(), self.unix_now());
+        let Some(state) = self.node_maintenance(node) else {
+            return;
+        };
+        if state.wake.is_some_and(|set| set <= wake) {
+            return;
+        }
+        state.wake = Some(wake);
+        let at = Time(u64::try_from(wake.as_micros()).unwrap_or(u64::MAX));
+        self.push(
+            at,
+            SimEvent::Maintenance {
+                node,
+                life,
+                tick: Tick::Wake,
+            },
+        );
+    }
+
+    /// One action of the schedule (the daemon's `carry_out`).
+    fn carry_out_action(&mut self, node: u32, action: ScheduleAction) {
+        let Some(past) = &self.nodes[node as usize].past else {
+            return;
+        };
+        let me = past.holder.id();
+        match action {
+            ScheduleAction::ListHeldKeys { ranges } => {
+                let keys = held_keys_in(&past.holder, &ranges);
+                if let Some(schedule) = self.schedule_of(node) {
+                    schedule.held_keys_listed(keys);
+                }
+            }
+            ScheduleAction::DigestHoldings => {
+                let list = held_digests(&past.holder);
+                if let Some(schedule) = self.schedule_of(node) {
+                    schedule.holdings_digested(list);
+                }
+            }
+            ScheduleAction::ReplicateRecords { members } => {
+                self.replicate_certificates(node, &members)
+            }
+            ScheduleAction::Nudge { coordinator, keys } => {
+                self.past.maintenance.nudges_sent += 1;
+                let request = PastRequest::Reconcile { from: me, keys };
+                self.send_request(node, coordinator, request, Job::Nudge);
+            }
+            ScheduleAction::SendSummary {
+                coordinator,
+                summary,
+                list,
+            } => {
+                self.past.maintenance.summaries_sent += 1;
+                let request = PastRequest::Summary {
+                    from: me,
+                    summary,
+                    list,
+                };
+                let job = Job::Summary {
+                    coordinator,
+                    summary,
+                };
+                self.send_request(node, coordinator, request, job);
+            }
+            ScheduleAction::Reconcile { key } => {
+                if let Some(state) = self.node_maintenance(node) {
+                    state.reconciles.push_back(key);
+                }
+            }
+        }
+    }
+
+    /// Sends `request` to `to` from `node`; its answer goes to `job` (no address: no
+    /// answer at once).
+    fn send_request(&mut self, node: u32, to: NodeId, request: PastRequest, job: Job) {
+        match self.address_of(&to) {
+            Some(address) => {
+                let request = Request {
+                    to: address,
+                    request: Some(request),
+                };
+                let id = self.register(node, Box::new(request), Then::Maintenance(job));
+                self.launch(id);
+            }
+            None => self.maintenance_done(node, job, Box::new(None::<PastResponse>)),
+        }
+    }
+
+    /// Starts the next reconcile handed out, unless one runs (the daemon runs them one
+    /// after the other).
+    fn reconcile_next(&mut self, node: u32) {
+        let now = self.schedule_now();
+        let unix_now = self.unix_now();
+        let Some(state) = self.node_maintenance(node) else {
+            return;
+        };
+        if state.running {
+            return;
+        }
+        let Some(key) = state.reconciles.pop_front() else {
+            return;
+        };
+        state.running = true;
+        let Some(schedule) = state.schedule.as_mut() else {
+            return;
+        };
+        let machine: KeyReconcile<SimFailure> = schedule.key_reconcile(key, now, unix_now);
         self.past.maintenance.keys_reconciled += 1;
         let id = self.register(
             node,
@@ -487,38 +446,49 @@ impl Sim {
 
     /// A maintenance operation of `node` finished with `output`.
     pub(crate) fn maintenance_done(&mut self, node: u32, job: Job, output: Box<dyn Any>) {
+        let now = self.schedule_now();
         match job {
             Job::Reconcile(key) => {
-                let settled = match output.downcast::<Reconciled<SimFailure>>() {
-                    Ok(outcome) => {
-                        let stats = &mut self.past.maintenance;
-                        let done = outcome.done;
-                        stats.repair_bytes += done.repair_bytes;
-                        stats.fragments_regenerated += done.regenerated;
-                        stats.fragments_handed_off += done.handed_off;
-                        for problem in &outcome.problems {
-                            tracing::debug!(%key, "not settled: {problem}");
-                        }
-                        outcome.is_settled()
+                if let Ok(outcome) = output.downcast::<Reconciled<SimFailure>>() {
+                    let stats = &mut self.past.maintenance;
+                    let done = outcome.done;
+                    stats.repair_bytes += done.repair_bytes;
+                    stats.fragments_regenerated += done.regenerated;
+                    stats.fragments_handed_off += done.handed_off;
+                    stats.keys_settled += u64::from(outcome.is_settled());
+                    for problem in &outcome.problems {
+                        tracing::debug!(%key, "not settled: {problem}");
                     }
-                    Err(_) => false,
-                };
-                if settled {
-                    self.past.maintenance.keys_settled += 1;
+                    if let Some(schedule) = self.schedule_of(node) {
+                        schedule.reconciled(now, &outcome);
+                    }
                 }
-                let retries = self.maintenance_setup().map_or(0, |s| s.retries);
                 if let Some(state) = self.node_maintenance(node) {
-                    state.schedule.finished(key, settled, retries);
+                    state.running = false;
                 }
-                self.reconcile_next(node);
             }
             Job::Replication => {
-                if let Ok(given) = output.downcast::<u64>() {
-                    self.past.maintenance.certificates_replicated += *given;
+                if let Ok(done) = output.downcast::<Result<Replicated, ReplicateError>>()
+                    && let Ok(replicated) = *done
+                {
+                    self.past.maintenance.certificates_replicated += replicated.given.len() as u64;
                 }
             }
             Job::Nudge => {}
+            Job::Summary {
+                coordinator,
+                summary,
+            } => {
+                let answer = output
+                    .downcast::<Option<PastResponse>>()
+                    .ok()
+                    .and_then(|answer| *answer);
+                if let Some(schedule) = self.schedule_of(node) {
+                    schedule.summary_answered(coordinator, summary, answer.as_ref());
+                }
+            }
         }
+        self.maintenance_poll(node);
     }
 
     /// When a pace of `bytes` by `node` is answered: the daemon's `RateLimiter` (one
@@ -543,84 +513,19 @@ impl Sim {
         let start = state.next_free.map_or(floor, |next| next.max(floor));
         let next = Time(start.0.saturating_add(cost));
         state.next_free = Some(next);
-        if next.0 > now.0 + burst {
+        if next.0 > now.0.saturating_add(burst) {
             Time(next.0 - burst)
         } else {
             now
         }
     }
 
-    /// The node's members as its own leaf set has them, and itself, sorted.
-    fn members_with_self(&self, node: u32) -> Vec<NodeId> {
-        let overlay = &self.nodes[node as usize].overlay;
-        let (left, right) = overlay.leaf_set();
-        let mut ids: Vec<NodeId> = left.into_iter().chain(right).collect();
-        ids.push(overlay.id());
-        ids.sort();
-        ids.dedup();
-        ids
-    }
-
-    /// Keys with a fragment in the node's store in the given ring ranges.
-    fn keys_in(&self, node: u32, ranges: &[(PlacementKey, PlacementKey)]) -> Vec<PlacementKey> {
-        let Some(past) = &self.nodes[node as usize].past else {
-            return Vec::new();
-        };
-        let mut keys = BTreeSet::new();
-        for (start, end) in ranges {
-            if let Ok(found) = past.holder.store().placement_keys_in(start, end) {
-                keys.extend(found);
-            }
-        }
-        keys.into_iter().collect()
-    }
-
-    /// Sends each key's coordinator (the closest of `members`) one `Reconcile`; returns
-    /// the keys this node coordinates itself.
-    fn nudge(
-        &mut self,
-        node: u32,
-        keys: Vec<PlacementKey>,
-        members: &[NodeId],
-    ) -> Vec<PlacementKey> {
-        let me = self.nodes[node as usize].overlay.id();
-        let mut mine = Vec::new();
-        let mut grouped: BTreeMap<NodeId, Vec<PlacementKey>> = BTreeMap::new();
-        for key in keys {
-            let coordinator = closest(&key.0, members.iter().copied(), 1)
-                .first()
-                .copied()
-                .unwrap_or(me);
-            if coordinator == me {
-                mine.push(key);
-            } else {
-                grouped.entry(coordinator).or_default().push(key);
-            }
-        }
-        let requests: Vec<(NodeAddress, PastRequest)> = grouped
-            .into_iter()
-            .filter_map(|(coordinator, keys)| {
-                let to = self.address_of(&coordinator)?;
-                Some((to, PastRequest::Reconcile { from: me, keys }))
-            })
-            .collect();
-        if !requests.is_empty() {
-            self.past.maintenance.nudges_sent += requests.len() as u64;
-            let nudge = Nudge {
-                requests,
-                outstanding: 0,
-            };
-            let id = self.register(node, Box::new(nudge), Then::Maintenance(Job::Nudge));
-            self.launch(id);
-        }
-        mine
-    }
-
-    /// The daemon's `replicate_certificates`: every certificate the node keeps, checked
-    /// on the other `certificate_replicas` closest of its members.
+    /// The daemon's `replicate_certificates`: every certificate the node keeps, through
+    /// [`RecordReplicate`] towards the `certificate_replicas` closest of `members`.
     fn replicate_certificates(&mut self, node: u32, members: &[NodeId]) {
-        /// The daemon's bound per pass.
-        const MAX_PER_PASS: usize = 4096;
+        /// The daemon's page per pass.
+        const RECORDS_PER_PASS: usize = 4096;
+        let unix_now = self.unix_now();
         let Some(past) = &self.nodes[node as usize].past else {
             return;
         };
@@ -628,33 +533,27 @@ impl Sim {
         let replicas = past.holder.config().certificate_replicas;
         let store = past.holder.store();
         let files = store
-            .certificate_files(None, MAX_PER_PASS)
+            .certificate_files(None, RECORDS_PER_PASS)
             .unwrap_or_default();
-        let mut work = Vec::new();
-        for file in files {
-            let Ok(Some(bytes)) = store.get_certificate(&file) else {
-                continue;
-            };
-            let keepers: Vec<NodeAddress> =
-                closest(&certificate_key(&file).0, members.iter().copied(), replicas)
-                    .into_iter()
-                    .filter(|keeper| *keeper != me)
-                    .filter_map(|keeper| self.address_of(&keeper))
-                    .collect();
-            if !keepers.is_empty() {
-                work.push((file, bytes, keepers));
-            }
+        let machines: Vec<RecordReplicate<FileCertificate, SimFailure>> = files
+            .into_iter()
+            .filter_map(|file| {
+                let bytes = store.get_certificate(&file).ok().flatten()?;
+                Some(RecordReplicate::from_view(
+                    file,
+                    bytes,
+                    unix_now,
+                    me,
+                    members.iter().copied(),
+                    replicas,
+                    |id| self.address_of(id),
+                ))
+            })
+            .collect();
+        for machine in machines {
+            let id = self.register(node, Box::new(machine), Then::Maintenance(Job::Replication));
+            self.launch(id);
         }
-        if work.is_empty() {
-            return;
-        }
-        let replication = CertificateReplication::new(work);
-        let id = self.register(
-            node,
-            Box::new(replication),
-            Then::Maintenance(Job::Replication),
-        );
-        self.launch(id);
     }
 }
 
@@ -662,48 +561,30 @@ impl Sim {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    fn key(byte: u8) -> PlacementKey {
-        PlacementKey(Id([byte; 32]))
-    }
+    use crate::{PastSetup, SimConfig};
 
     #[test]
-    fn the_look_is_due_only_after_the_last_change_plus_the_debounce() {
-        let mut schedule = Schedule::default();
-        let debounce = Duration::from_secs(2);
-        let first = schedule.view_changed(Time::from_secs(10), debounce);
-        let second = schedule.view_changed(Time::from_secs(11), debounce);
-        assert_eq!(second, Time::from_secs(13));
-        assert!(!schedule.take_due(first), "a later change moved the look");
-        assert!(schedule.take_due(second));
-        assert!(!schedule.take_due(second), "taken once");
-    }
-
-    #[test]
-    fn one_reconcile_at_a_time_in_key_order_and_unsettled_keys_retry_a_bounded_number_of_times() {
-        let mut schedule = Schedule::default();
-        schedule.queue([key(3), key(1), key(3)]);
-        assert_eq!(schedule.next(), Some(key(1)));
-        assert_eq!(schedule.next(), None, "one runs");
-        schedule.finished(key(1), false, 2);
-        assert_eq!(schedule.next(), Some(key(3)));
-        schedule.finished(key(3), true, 2);
-        assert_eq!(schedule.next(), None);
-        for _ in 0..2 {
-            schedule.slow_pass();
-            assert_eq!(schedule.next(), Some(key(1)));
-            schedule.finished(key(1), false, 2);
+    fn the_repair_budget_lets_two_seconds_of_bytes_through_a_quiet_node_then_waits() {
+        let setup = MaintenanceSetup {
+            repair_bytes_per_sec: 2000,
+            ..MaintenanceSetup::default()
+        };
+        let mut sim = Sim::new(SimConfig {
+            past: Some(PastSetup {
+                maintenance: Some(setup),
+                ..PastSetup::default()
+            }),
+            ..SimConfig::default()
+        })
+        .unwrap();
+        sim.add_node(Time::ZERO);
+        let now = Time::from_secs(10);
+        sim.run_until(now);
+        // The daemon's `RateLimiter`: one second of burst on top of the current one.
+        for _ in 0..4 {
+            assert_eq!(sim.pace(0, 1000), now);
         }
-        schedule.slow_pass();
-        assert_eq!(schedule.next(), None, "given up after 2 retries");
-    }
-
-    #[test]
-    fn the_first_look_covers_the_whole_ring_and_an_unchanged_view_nothing() {
-        let me = NodeId(Id([1; 32]));
-        let members: Vec<NodeId> = (1..=4u8).map(|b| NodeId(Id([b; 32]))).collect();
-        let mut schedule = Schedule::default();
-        assert!(!schedule.look(me, members.clone(), 8).is_empty());
-        assert!(schedule.look(me, members, 8).is_empty());
+        assert_eq!(sim.pace(0, 1000), now.plus(Duration::from_millis(500)));
+        assert_eq!(sim.pace(0, 1000), now.plus(Duration::from_millis(1000)));
     }
 }

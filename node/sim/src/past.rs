@@ -25,7 +25,7 @@
 //!   daemon's `divert`), whose outcome is the answer, and keeps the pointer. With
 //!   [`PastSetup::maintenance`], an [`Answer::Order`] runs an `OrderCheck` from that
 //!   node and [`Holder::apply`]s its verdict (the daemon's `obey`), and a `Reconcile`
-//!   queues its keys for the node's maintenance. The answer travels back. A crashed
+//!   or a `Summary` goes to the node's maintenance schedule. The answer travels back. A crashed
 //!   node never answers: the origin's per-ask timer ([`PastSetup::ask_timeout`]) feeds
 //!   `Err(SimFailure::Timeout)`, or with [`PastSetup::refuse_when_down`] the refusal
 //!   comes back after a round trip (`SimFailure::Down`), as from a killed process's
@@ -914,6 +914,14 @@ impl Sim {
             {
                 self.maintenance_nudged(to, keys);
                 self.send_reply(to, from, op, ask, PastResponse::Done);
+            }
+            Answer::Elsewhere(PastRequest::Summary {
+                from: holder,
+                summary,
+                list,
+            }) if self.setup().maintenance.is_some() => {
+                let response = self.maintenance_summary(to, holder, summary, list);
+                self.send_reply(to, from, op, ask, response);
             }
             Answer::Elsewhere(other) => {
                 let refusal = Refusal::Store(format!(
