@@ -29,9 +29,10 @@
 //!
 //! # What is not the bench
 //! Time is the simulator's: no CPU, disk or HTTP time, latencies from its network
-//! model, a stat counted at one instant from the holders (the bench's takes time), no
-//! start-up time for a restarted node, no read-ahead of the next block (files of one
-//! segment have one block). See also [`crate::maintenance`]'s list.
+//! model; a stat takes no time (the gateway's `BlockSurvey` driven at one instant,
+//! where the bench's stats take a moment per file); no start-up time for a restarted
+//! node; no read-ahead of the next block (files of one segment have one block). See
+//! also [`crate::maintenance`]'s list.
 
 use std::time::Duration;
 

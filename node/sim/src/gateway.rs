@@ -4,14 +4,16 @@
 //! Owns: the put of a file as `PUT /v1/files` and the client do it ([`put_file`]: the
 //! real pipeline's `put_unsigned` into a sink whose blocks are `BlockInsert`s from the
 //! gateway, then the owner's certificate published with `RecordPublish`), the stat of
-//! a file as the gateway's `stat_file` counts live fragments ([`file_stat`], at one
-//! instant), and [`FileRead`], a read of a whole file as `GET /v1/files/{ref}` does it
-//! (an [`Operation`]).
+//! a file as the gateway's `stat_file` counts live fragments ([`file_stat`]: the
+//! certificate, the manifest, and each block's `BlockSurvey` driven at one instant),
+//! and [`FileRead`], a read of a whole file as `GET /v1/files/{ref}` does it (an
+//! [`Operation`], with the get's waits for a block out of reach; [`read_file`]).
 //!
 //! May use: [`crate::Sim`] and its PAST driver, `cairn_pipeline`'s put,
 //! `cairn_past`'s operations, `cairn_core`'s keys, erasure code and manifests.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,10 +22,12 @@ use cairn_core::erasure::DecodeError;
 use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef, Offer};
 use cairn_core::id::{BlockHash, FileId, FragmentHash, NodeId, PlacementKey};
 use cairn_core::manifest::{Manifest, manifest_placement_key};
+use cairn_past::answer::Answer;
 use cairn_past::insert::{BlockInsert, InsertError};
-use cairn_past::lookup::{FetchFailure, Fetched, FragmentLookup, LOOKUP_SPARES};
+use cairn_past::lookup::{FetchFailure, Fetched, FragmentLookup};
 use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
 use cairn_past::records::{FindError, RecordFind, RecordPublish};
+use cairn_past::survey::BlockSurvey;
 use cairn_past::{UnixSeconds, certificate_key, check_signed_certificate};
 use cairn_pipeline::{
     BlockRetry, FailureKind, FileIdentity, FragmentSink, PutOptions, StoreFailure, put_unsigned,
@@ -210,7 +214,7 @@ pub(crate) fn file_stat(sim: &Sim, gateway: &NodeId, file: &StoredFile) -> FileS
         return Err(format!("no node has a certificate for file {}", file.file));
     }
     let manifest_key = manifest_placement_key(&body.manifest_hash, body.manifest_salt);
-    let manifest_live = block_live(sim, gateway, &manifest_key, &body.manifest_fragments, n);
+    let manifest_live = block_live(sim, gateway, &manifest_key, &body.manifest_fragments);
     if manifest_live < usize::from(body.k) {
         return Err(format!(
             "reading the manifest of file {}: {manifest_live} of {n} fragments live",
@@ -227,57 +231,65 @@ pub(crate) fn file_stat(sim: &Sim, gateway: &NodeId, file: &StoredFile) -> FileS
         blocks.push(BlockLive {
             name: position.to_string(),
             key: key.to_string(),
-            live: block_live(sim, gateway, &key, &entry.fragments, n),
+            live: block_live(sim, gateway, &key, &entry.fragments),
         });
     }
     Ok(blocks)
 }
 
-/// Fragments of the block at `key` with a live holder that has the manifest's hash:
-/// among the `n + LOOKUP_SPARES` closest the gateway locates, and the diverted holders
-/// their pointers name (the gateway's `block_stat`).
-fn block_live(
-    sim: &Sim,
-    gateway: &NodeId,
-    key: &PlacementKey,
-    hashes: &[FragmentHash],
-    n: usize,
-) -> usize {
-    let mut held = vec![false; hashes.len()];
-    let holds = |id: &NodeId, index: u16| -> bool {
-        sim.is_up(id)
-            && sim
-                .holder(id)
-                .and_then(|h| h.holdings(key).ok())
-                .is_some_and(|(fragments, _, _)| {
-                    fragments.iter().any(|(i, hash)| {
-                        *i == index && hashes.get(usize::from(index)) == Some(hash)
-                    })
-                })
-    };
-    for id in sim.locate_from(gateway, &key.0, n + LOOKUP_SPARES) {
-        if !sim.is_up(&id) {
-            continue;
+/// Fragments of the block at `key` with a live holder, as the gateway's stat counts
+/// them: `cairn_past`'s [`BlockSurvey`] (the `n + LOOKUP_SPARES` closest the gateway
+/// locates, asked for their holdings, and the holders their pointers name), driven at
+/// one instant: its locate answered from the gateway's view ([`Sim::locate_from`]), each
+/// request answered by the node's holder if it is up and failing if it is down.
+fn block_live(sim: &Sim, gateway: &NodeId, key: &PlacementKey, hashes: &[FragmentHash]) -> usize {
+    let mut survey: BlockSurvey<SimFailure> = BlockSurvey::new(*key, hashes.to_vec());
+    let mut inputs = VecDeque::new();
+    let mut progress = survey.start();
+    // A survey asks `n + LOOKUP_SPARES` nodes and each pointer's holder once; the bound
+    // only guards against one that would never end.
+    for _ in 0..10_000 {
+        match progress {
+            Progress::Done(found) => return found.live,
+            Progress::Continue(commands) => {
+                for command in commands {
+                    inputs.push_back(instant_answer(sim, gateway, command));
+                }
+            }
         }
-        let Some(Ok((fragments, pointers, _))) = sim.holder(&id).map(|h| h.holdings(key)) else {
-            continue;
+        let Some(input) = inputs.pop_front() else {
+            return 0;
         };
-        for (index, hash) in fragments {
-            if hashes.get(usize::from(index)) == Some(&hash)
-                && let Some(slot) = held.get_mut(usize::from(index))
-            {
-                *slot = true;
-            }
-        }
-        for (index, holder) in pointers {
-            if holds(&holder, index)
-                && let Some(slot) = held.get_mut(usize::from(index))
-            {
-                *slot = true;
-            }
-        }
+        progress = survey.handle(input);
     }
-    held.iter().filter(|h| **h).count()
+    0
+}
+
+/// The answer to `command` of an operation run by `gateway` at this very instant.
+fn instant_answer(sim: &Sim, gateway: &NodeId, command: Command) -> Input<SimFailure> {
+    match command {
+        Command::Locate { key, count } => {
+            let nodes = sim
+                .locate_from(gateway, &key.0, usize::from(count))
+                .iter()
+                .filter_map(|id| sim.address_of(id))
+                .collect();
+            Input::Located(Ok(nodes))
+        }
+        Command::Ask { ask, to, request } => {
+            let answer = match sim.holder(&to.id) {
+                Some(holder) if sim.is_up(&to.id) => {
+                    match holder.answer(request, sim.unix_now(), |id| sim.address_of(id)) {
+                        Answer::Reply(response) => Ok(response),
+                        _ => Err(SimFailure::Unknown(to.id)),
+                    }
+                }
+                _ => Err(SimFailure::Down(to.id)),
+            };
+            Input::Answered(ask, answer)
+        }
+        Command::Pace { ask, .. } => Input::Paced(ask),
+    }
 }
 
 /// What one fetched fragment offers the decoder (kept so that a decode can be retried
