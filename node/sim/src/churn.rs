@@ -358,7 +358,7 @@ fn start_network(params: &ChurnParams) -> Result<(Sim, NodeId, Vec<NodeId>), Chu
             // The daemon's default `--capacity`.
             capacity: 16 << 30,
             refuse_when_down: true,
-            maintenance: params.maintenance,
+            maintenance: params.maintenance.clone(),
             ..PastSetup::default()
         }),
         ..SimConfig::default()

@@ -364,18 +364,16 @@ impl Sim {
     }
 
     fn add_node_with(&mut self, at: Time, via: Via, capacity: Option<u64>) -> NodeId {
-        let (id, past) = match self.config.past {
-            Some(setup) => loop {
+        let past_setup = self.config.past.as_ref().map(|p| (p.capacity, p.config));
+        let (id, past) = match past_setup {
+            Some((default_capacity, config)) => loop {
                 let mut secret = [0u8; 32];
                 self.rng.fill_bytes(&mut secret);
                 let key = KeyPair::from_secret_bytes(&secret);
                 let id = key.public_key().node_id();
                 if !self.index.contains_key(&id) {
-                    let capacity = capacity.unwrap_or(setup.capacity);
-                    break (
-                        id,
-                        Some(Box::new(PastNode::new(key, capacity, setup.config))),
-                    );
+                    let capacity = capacity.unwrap_or(default_capacity);
+                    break (id, Some(Box::new(PastNode::new(key, capacity, config))));
                 }
             },
             None => loop {

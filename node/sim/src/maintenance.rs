@@ -51,33 +51,23 @@ use cairn_store::NodeStore;
 use crate::past::{SimFailure, Then};
 use crate::{Sim, SimEvent};
 
-/// How the simulated nodes maintain their keys: the daemon's `MaintenanceConfig`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How the simulated nodes maintain their keys: the daemon's `MaintenanceConfig` as far
+/// as the schedule and the repair budget go.
+#[derive(Clone, Debug, PartialEq)]
 pub struct MaintenanceSetup {
-    /// Wait this long after the last leaf-set change before looking.
-    pub debounce: Duration,
-    /// The slow pass's period.
-    pub period: Duration,
-    /// Nodes asked beyond `2 × span` by a reconcile.
-    pub spares: usize,
-    /// Nodes on each side of a node that came or went whose keys are affected.
-    pub span: usize,
+    /// When a node looks at which key (debounce, period, span, spares, batch); its
+    /// `certificate_replicas` is taken from the holders' PAST configuration.
+    pub schedule: ScheduleConfig,
     /// Repair bytes per second a node starts (0: unlimited).
     pub repair_bytes_per_sec: u64,
-    /// Most reconciles the schedule hands out before their outcomes come back.
-    pub batch: usize,
 }
 
 impl Default for MaintenanceSetup {
     /// The daemon's defaults (`MaintenanceConfig::default()`).
     fn default() -> MaintenanceSetup {
         MaintenanceSetup {
-            debounce: Duration::from_secs(2),
-            period: Duration::from_secs(30),
-            spares: 4,
-            span: 8,
+            schedule: ScheduleConfig::default(),
             repair_bytes_per_sec: 50 << 20,
-            batch: 64,
         }
     }
 }
@@ -186,21 +176,6 @@ impl Operation for Request {
     }
 }
 
-impl MaintenanceSetup {
-    /// What the schedule needs of it (the daemon's `MaintenanceConfig::schedule_config`).
-    fn schedule_config(&self, certificate_replicas: usize) -> ScheduleConfig {
-        ScheduleConfig {
-            debounce: self.debounce,
-            period: self.period,
-            span: self.span,
-            spares: self.spares,
-            batch: self.batch,
-            certificate_replicas,
-            ..ScheduleConfig::default()
-        }
-    }
-}
-
 impl Sim {
     /// The maintenance counters of the run (zero without
     /// [`crate::PastSetup::maintenance`]).
@@ -213,7 +188,10 @@ impl Sim {
     }
 
     fn maintenance_setup(&self) -> Option<MaintenanceSetup> {
-        self.config.past.and_then(|p| p.maintenance)
+        self.config
+            .past
+            .as_ref()
+            .and_then(|p| p.maintenance.clone())
     }
 
     /// The schedule's clock: the simulator's, from its time zero.
@@ -235,7 +213,11 @@ impl Sim {
         let past = self.nodes[node as usize].past.as_mut()?;
         let (me, replicas) = (past.holder.id(), past.holder.config().certificate_replicas);
         Some(past.maintenance.schedule.get_or_insert_with(|| {
-            let mut schedule = MaintenanceSchedule::new(me, setup.schedule_config(replicas));
+            let config = ScheduleConfig {
+                certificate_replicas: replicas,
+                ..setup.schedule
+            };
+            let mut schedule = MaintenanceSchedule::new(me, config);
             schedule.start(now, Vec::new());
             schedule
         }))

@@ -72,7 +72,7 @@ pub const SIM_EPOCH_UNIX: u64 = 1_800_000_000;
 const PAST_TAG: u64 = 1 << 63;
 
 /// How the simulated nodes run PAST.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PastSetup {
     /// The holders' thresholds (`t_pri`, `t_div`).
     pub config: PastConfig,
@@ -578,7 +578,7 @@ impl Sim {
     }
 
     fn setup(&self) -> PastSetup {
-        self.config.past.unwrap_or_default()
+        self.config.past.clone().unwrap_or_default()
     }
 
     fn execute(&mut self, id: u64, running: &mut RunningOp, command: Command) {
