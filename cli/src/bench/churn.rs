@@ -16,7 +16,7 @@
 //! `cairn_sim::churn_report`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,7 +162,7 @@ pub(super) fn churn(ChurnArgs { shape: args, dir }: ChurnArgs) -> anyhow::Result
         files.push((file, digest));
         layout.push((file, outcome.stored.blocks));
     }
-    let mut tracker = Tracker::new(&layout, usize::from(args.k), n);
+    let tracker = Tracker::new(&layout, usize::from(args.k), n);
     let files = Arc::new(files);
     let stored_bytes = args.files as f64 * args.size as f64 * n as f64 / f64::from(args.k);
 
@@ -202,11 +202,18 @@ pub(super) fn churn(ChurnArgs { shape: args, dir }: ChurnArgs) -> anyhow::Result
     let mean = args.mean_session.max(1) as f64;
     let mut death: Vec<f64> = nodes.iter().map(|_| exponential(&mut rng, mean)).collect();
     let mut downtime: Vec<Option<(f64, PathBuf, String)>> = nodes.iter().map(|_| None).collect();
-    let mut samples: Vec<Redundancy> = Vec::new();
+    // A node process takes a while to start; started on a thread of its own, so that
+    // the churn keeps to its schedule (as `cairn sim churn` does) instead of falling
+    // behind by one start-up per death.
+    let mut starting: Vec<Option<std::thread::JoinHandle<anyhow::Result<NodeProcess>>>> =
+        nodes.iter().map(|_| None).collect();
+    let start_node = |data: PathBuf, listen: String| {
+        let (exe, seed_addr) = (exe.clone(), seed_addr.clone());
+        std::thread::spawn(move || spawn_node(&exe, &data, &listen, Some(&seed_addr), &options))
+    };
     let mut repair_seen: Vec<u64> = vec![0; nodes.len()];
     let mut repair_total = 0u64;
     let mut kills = 0usize;
-    let mut last_sample = -10.0f64;
     let duration = args.duration as f64;
     let live = |nodes: &[Option<NodeProcess>]| 1 + nodes.iter().flatten().count();
     let scrape = |nodes: &[Option<NodeProcess>], seen: &mut [u64], total: &mut u64| {
@@ -220,6 +227,38 @@ pub(super) fn churn(ChurnArgs { shape: args, dir }: ChurnArgs) -> anyhow::Result
             }
         }
     };
+    // The samples are taken on a thread of their own too: a round of stats takes a
+    // while, and the kills must not wait for it.
+    let live_nodes = Arc::new(AtomicUsize::new(live(&nodes)));
+    let tracker = Arc::new(Mutex::new(tracker));
+    let samples: Arc<Mutex<Vec<Redundancy>>> = Arc::new(Mutex::new(Vec::new()));
+    let sampler = {
+        let (stop, files, tracker, samples, live_nodes) = (
+            Arc::clone(&stop),
+            Arc::clone(&files),
+            Arc::clone(&tracker),
+            Arc::clone(&samples),
+            Arc::clone(&live_nodes),
+        );
+        let client = ApiClient::new(&api_addr, None);
+        std::thread::spawn(move || {
+            // Every 5 s; the stop flag is looked at every 100 ms.
+            let mut next = 0.0f64;
+            while !stop.load(Ordering::Relaxed) {
+                let now = start.elapsed().as_secs_f64();
+                if now >= next {
+                    next = now + 5.0;
+                    let stats = stat_all(&client, &files);
+                    let at = start.elapsed().as_secs_f64();
+                    let live = live_nodes.load(Ordering::Relaxed);
+                    if let (Ok(mut tracker), Ok(mut samples)) = (tracker.lock(), samples.lock()) {
+                        samples.push(tracker.observe(at, live, stats));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
     // 100 ms a tick: the count bounds the loop should the clock misbehave.
     let max_ticks = args.duration.saturating_mul(10).saturating_add(1);
     for _ in 0..max_ticks {
@@ -228,16 +267,18 @@ pub(super) fn churn(ChurnArgs { shape: args, dir }: ChurnArgs) -> anyhow::Result
             break;
         }
         for i in 0..nodes.len() {
+            if starting[i].as_ref().is_some_and(|t| t.is_finished())
+                && let Some(started) = starting[i].take()
+            {
+                let node = started
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a node's start-up thread panicked"))??;
+                nodes[i] = Some(node);
+            }
             if let Some((back_at, data, listen)) = downtime[i].clone()
                 && now >= back_at
             {
-                nodes[i] = Some(spawn_node(
-                    &exe,
-                    &data,
-                    &listen,
-                    Some(&seed_addr),
-                    &options,
-                )?);
+                starting[i] = Some(start_node(data, listen));
                 downtime[i] = None;
                 death[i] = now + exponential(&mut rng, mean);
                 continue;
@@ -260,31 +301,38 @@ pub(super) fn churn(ChurnArgs { shape: args, dir }: ChurnArgs) -> anyhow::Result
                     let down = exponential(&mut rng, (mean / 10.0).clamp(1.0, 30.0));
                     downtime[i] = Some((now + down, data, listen));
                 } else {
-                    nodes[i] = Some(spawn_node(
-                        &exe,
-                        &fresh_dir(),
-                        "127.0.0.1:0",
-                        Some(&seed_addr),
-                        &options,
-                    )?);
+                    starting[i] = Some(start_node(fresh_dir(), "127.0.0.1:0".to_string()));
                     death[i] = now + exponential(&mut rng, mean);
                 }
             }
         }
-        if now - last_sample >= 5.0 {
-            last_sample = now;
-            let stats = stat_all(&gateway.api, &files);
-            samples.push(tracker.observe(now, live(&nodes), stats));
-            scrape(&nodes, &mut repair_seen, &mut repair_total);
-        }
+        live_nodes.store(live(&nodes), Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(100));
     }
+    scrape(&nodes, &mut repair_seen, &mut repair_total);
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         let _ = reader.join();
     }
-    // Nodes still down come back (restart mode) so that the end state is complete.
+    let _ = sampler.join();
+    let mut samples = std::mem::take(
+        &mut *samples
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a sampler panicked"))?,
+    );
+    let mut tracker = Arc::try_unwrap(tracker)
+        .map_err(|_| anyhow::anyhow!("the sampler still holds the tracker"))?
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
+    // Nodes still starting finish; nodes still down come back (restart mode), so that
+    // the end state is complete.
     for i in 0..nodes.len() {
+        if let Some(started) = starting[i].take() {
+            let node = started
+                .join()
+                .map_err(|_| anyhow::anyhow!("a node's start-up thread panicked"))??;
+            nodes[i] = Some(node);
+        }
         if let Some((_, data, listen)) = downtime[i].take() {
             nodes[i] = Some(spawn_node(
                 &exe,

@@ -42,6 +42,7 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// How the bench's node processes are run.
+#[derive(Clone, Copy)]
 pub(crate) struct NodeOptions {
     /// Overlay tick in milliseconds.
     pub tick_ms: u64,
