@@ -250,6 +250,9 @@ pub struct Counters {
     pub nudges_refused: AtomicU64,
     /// Keys a nudge or summary named that the full maintenance queue dropped.
     pub nudged_keys_dropped: AtomicU64,
+    /// Root-record keepers that claimed a conflict they could not prove (counted as
+    /// not answering).
+    pub root_conflicts_unproven: AtomicU64,
 }
 
 enum Input {
