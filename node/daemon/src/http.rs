@@ -898,6 +898,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("nudges_refused_total", counter, "Reconcile requests refused for naming too many keys.", load(&c.nudges_refused)),
         ("maintenance_keys_dropped_total", counter, "Keys nudged or listed that the full maintenance queue dropped.", node.maintenance_keys_dropped()),
         ("root_conflicts_unproven_total", counter, "Root keepers that claimed a conflict without a record proving it.", load(&c.root_conflicts_unproven)),
+        ("api_puts_running", gauge, "Puts running now.", (state.limits.max_concurrent_puts.max(1) - state.puts.available_permits()) as u64),
         ("api_bodies_stalled_total", counter, "API request bodies that went idle past the timeout.", load(&api.bodies_stalled)),
         ("api_bodies_too_large_total", counter, "API request bodies over their size limit.", load(&api.bodies_too_large)),
         ("api_put_params_refused_total", counter, "Puts refused for parameters over the node's limits.", load(&api.params_refused)),
