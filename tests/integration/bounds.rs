@@ -13,7 +13,10 @@ use std::time::Duration;
 use cairn_api::client::ApiClient;
 use cairn_api::{GRANT_HEADER, encode_hex};
 use cairn_core::crypto::{KeyPair, Signed, UploadGrant};
+use cairn_core::id::{Id, PlacementKey};
 use cairn_daemon::unix_now;
+use cairn_past::maintenance::MAX_NUDGE_KEYS;
+use cairn_past::{PastRequest, PastResponse};
 use cairn_testkit::fixtures::{bytes, get, owner, put};
 use cairn_testkit::{Cluster, wait_until};
 
@@ -79,6 +82,13 @@ fn the_api_refuses_oversized_parameters_stalled_uploads_and_too_many_puts() {
         "{text}"
     );
 
+    // A certificate body larger than any certificate (the limit is 64 KiB): refused.
+    let too_large = agent
+        .post(format!("{}/v1/certificates", client.base()))
+        .send(&vec![0u8; 80 << 10][..])
+        .unwrap();
+    assert_eq!(too_large.status().as_u16(), 413);
+
     // An upload that sends its headers and a little of its body, then nothing.
     let mut stalled = std::net::TcpStream::connect(api_addr(&client)).unwrap();
     stalled.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -129,6 +139,7 @@ fn the_api_refuses_oversized_parameters_stalled_uploads_and_too_many_puts() {
     assert_eq!(metric(&client, "api_put_params_refused_total"), 1);
     assert_eq!(metric(&client, "api_puts_refused_busy_total"), 1);
     assert_eq!(metric(&client, "api_bodies_stalled_total"), 1);
+    assert_eq!(metric(&client, "api_bodies_too_large_total"), 1);
 }
 
 #[test]
@@ -171,4 +182,15 @@ fn silent_connections_past_an_addresss_handshake_slots_are_refused_and_the_node_
     let file = put(&client, &alice, &data, 0);
     assert_eq!(get(&client, &file), data);
     drop(silent);
+
+    // A peer that nudges more keys than any holder sends in one request is refused.
+    let keys: Vec<PlacementKey> = (0..=MAX_NUDGE_KEYS as u64)
+        .map(|n| PlacementKey(Id::hash(&n.to_be_bytes())))
+        .collect();
+    let (asker, to) = (cluster.node(1).clone(), cluster.node(0).address());
+    let from = asker.id();
+    let answer = cluster
+        .block_on(async move { asker.ask(&to, PastRequest::Reconcile { from, keys }).await });
+    assert!(matches!(answer, Ok(PastResponse::Refused(_))), "{answer:?}");
+    assert_eq!(metric(&client, "nudges_refused_total"), 1);
 }

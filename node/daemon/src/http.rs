@@ -895,6 +895,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("net_write_budget_exceeded_total", counter, "Connections dropped: their peer's unread answers went over the write budget.", net.write_budget_exceeded),
         ("address_book_entries", gauge, "Addresses known.", node.known_addresses() as u64),
         ("addresses_evicted_total", counter, "Addresses dropped from the full address book.", load(&c.addresses_evicted)),
+        ("overlay_candidate_probes_dropped_total", counter, "Gossiped ids not probed because the overlay's candidate probes were at their cap.", load(&c.candidate_probes_dropped)),
         ("nudges_refused_total", counter, "Reconcile requests refused for naming too many keys.", load(&c.nudges_refused)),
         ("maintenance_keys_dropped_total", counter, "Keys nudged or listed that the full maintenance queue dropped.", node.maintenance_keys_dropped()),
         ("root_conflicts_unproven_total", counter, "Root keepers that claimed a conflict without a record proving it.", load(&c.root_conflicts_unproven)),

@@ -253,6 +253,9 @@ pub struct Counters {
     /// Root-record keepers that claimed a conflict they could not prove (counted as
     /// not answering).
     pub root_conflicts_unproven: AtomicU64,
+    /// Candidates the overlay did not probe because its probes were at their cap
+    /// (mirrored from the overlay after each event).
+    pub candidate_probes_dropped: AtomicU64,
 }
 
 enum Input {
@@ -961,6 +964,10 @@ async fn run_actions(
     time: Time,
 ) {
     let mut view_changed = false;
+    node.inner
+        .counters
+        .candidate_probes_dropped
+        .store(overlay.candidate_probes_dropped(), Ordering::Relaxed);
     for action in actions.drain(..) {
         match action {
             Action::Send { to, msg } => {
