@@ -39,6 +39,19 @@ fn metric(client: &ApiClient, name: &str) -> u64 {
         .unwrap()
 }
 
+/// Waits until `cairn_<name>` reads `value`, failing the test at a deadline.
+fn wait_for_metric(client: &ApiClient, name: &str, value: u64) {
+    wait_until(
+        PATIENCE,
+        &format!("{name} to read {value}"),
+        || match metric(client, name) {
+            n if n == value => Ok(()),
+            n => Err(n),
+        },
+    )
+    .unwrap();
+}
+
 /// An owner's signed upload grant, hex, as `x-cairn-grant` carries it.
 fn grant_header(owner: &KeyPair, name: &str) -> String {
     let grant = UploadGrant::new(name.as_bytes(), 0, owner.public_key(), unix_now(), 3600);
@@ -98,15 +111,7 @@ fn the_api_refuses_oversized_parameters_stalled_uploads_and_too_many_puts() {
     );
     stalled.write_all(head.as_bytes()).unwrap();
     stalled.write_all(&[7u8; 1000]).unwrap();
-    wait_until(
-        PATIENCE,
-        "the stalled put to hold the only put slot",
-        || match metric(&client, "api_puts_running") {
-            1 => Ok(()),
-            n => Err(n),
-        },
-    )
-    .unwrap();
+    wait_for_metric(&client, "api_puts_running", 1);
 
     // Meanwhile a second put is turned away at once, and told when to come back.
     let retry = agent
@@ -125,13 +130,7 @@ fn the_api_refuses_oversized_parameters_stalled_uploads_and_too_many_puts() {
     assert!(response.contains("idle timeout"), "{response}");
 
     // The slot is free again, and a put and a get work.
-    wait_until(PATIENCE, "the put slot to be free", || {
-        match metric(&client, "api_puts_running") {
-            0 => Ok(()),
-            n => Err(n),
-        }
-    })
-    .unwrap();
+    wait_for_metric(&client, "api_puts_running", 0);
     let data = bytes(300_000, 61);
     let file = put(&client, &alice, &data, 1);
     assert_eq!(get(&client, &file), data);
@@ -166,15 +165,7 @@ fn silent_connections_past_an_addresss_handshake_slots_are_refused_and_the_node_
         }
         held
     });
-    wait_until(
-        PATIENCE,
-        "the surplus connections to be refused",
-        || match metric(&client, "net_handshakes_refused_total") {
-            8 => Ok(()),
-            n => Err(n),
-        },
-    )
-    .unwrap();
+    wait_for_metric(&client, "net_handshakes_refused_total", 8);
 
     // Nodes on other addresses are not held up: a put through node 0 reaches them all.
     let alice = owner(62);

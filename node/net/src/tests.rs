@@ -448,14 +448,12 @@ async fn read_hello(raw: &mut TcpStream) -> Hello {
 
 /// A raw socket that has passed the handshake as `who`.
 async fn authenticated_raw_client(addr: SocketAddr, who: &KeyPair) -> TcpStream {
-    let mut raw = TcpStream::connect(addr).await.unwrap();
-    within(
-        "raw handshake",
-        wire::handshake(&mut raw, who, "127.0.0.1:9".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    raw
+    authenticated_from("127.0.0.1", addr, who).await
+}
+
+/// The frame of request `id` carrying `msg`.
+fn request_frame(id: u64, msg: Msg) -> Vec<u8> {
+    wire::encode_frame(&Frame::Request { id, msg }, 1024).unwrap()
 }
 
 #[tokio::test]
@@ -980,15 +978,10 @@ async fn a_second_inbound_connection_from_one_id_replaces_the_first() {
     assert_eq!(lock(&server.inner.peers).len(), 1);
 
     // The newer one is served.
-    let request = wire::encode_frame(
-        &Frame::Request {
-            id: 1,
-            msg: Msg::Ping(7),
-        },
-        1024,
-    )
-    .unwrap();
-    second.write_all(&request).await.unwrap();
+    second
+        .write_all(&request_frame(1, Msg::Ping(7)))
+        .await
+        .unwrap();
     let body = within("the answer", wire::read_frame(&mut second, 1024, PATIENCE))
         .await
         .unwrap()
@@ -1024,11 +1017,7 @@ async fn a_peer_that_never_reads_its_answers_is_dropped_at_the_write_budget() {
     // 512 requests (512 MiB of answers), and not one byte read.
     let mut requests = Vec::new();
     for id in 0..512u64 {
-        let frame = Frame::Request {
-            id,
-            msg: Msg::Ping(0),
-        };
-        requests.extend(wire::encode_frame(&frame, 1024).unwrap());
+        requests.extend(request_frame(id, Msg::Ping(0)));
     }
     let write = reader.write_all(&requests);
     // The server may hang up before it has read them all.
@@ -1056,16 +1045,7 @@ async fn a_peers_unanswered_requests_are_bounded_across_its_connections() {
     let mut held = serve_held(server_in);
     let addr = server.local_addr();
     let who = key(10);
-    let request = |id: u64| {
-        wire::encode_frame(
-            &Frame::Request {
-                id,
-                msg: Msg::Ping(id as u32),
-            },
-            1024,
-        )
-        .unwrap()
-    };
+    let request = |id: u64| request_frame(id, Msg::Ping(id as u32));
 
     let mut first = authenticated_raw_client(addr, &who).await;
     first.write_all(&request(1)).await.unwrap();
