@@ -186,6 +186,10 @@ pub fn devnet_command(args: DevnetArgs) -> anyhow::Result<()> {
             let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
             let mut config = NodeConfig::new(dir.join(format!("node-{i}")), listen, args.capacity);
             config.default_params = params;
+            // Every devnet node is on 127.0.0.1: the transport's caps per address would
+            // count the whole devnet as one peer.
+            config.net.max_inbound_per_address = config.net.max_inbound;
+            config.net.max_handshakes_per_address = config.net.max_handshakes;
             if let Some(first) = nodes.first() {
                 config.bootstrap = vec![first.advertised()];
             }

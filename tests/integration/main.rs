@@ -1,5 +1,6 @@
 //! cairn's integration tests: one binary, one module per area.
 
+mod bounds;
 mod mount;
 mod network;
 mod pipeline;

@@ -4,10 +4,15 @@
 //! grant, streams the bytes, checks the certificate the node proposes (same file, same
 //! owner, as many bytes as were sent) and only then signs and publishes it;
 //! [`ApiClient::remove`] signs a reclaim; [`ApiClient::publish_root`] signs a volume's
-//! root record, and [`ApiClient::get_root`] verifies the one the node returns.
+//! root record, and [`ApiClient::get_root`] verifies the one the node returns. A
+//! client (and its clones) remembers the highest root sequence it has seen of each
+//! volume, verified or published by itself, and refuses a lower one (or none) from a
+//! gateway later ([`ClientError::RootRolledBack`]): a node cannot roll a reader back.
 //! [`ApiClient::open_range`] reads part of a file (what the mount reads through).
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -86,6 +91,19 @@ pub enum ClientError {
         /// The highest sequence a replica holds.
         held_sequence: u64,
     },
+    /// The node served an older root record of the volume (or none) than this client
+    /// has already seen: a rollback, refused.
+    #[error(
+        "the node served sequence {served:?} of volume {volume}, but this client has seen sequence {seen}; refusing to go back"
+    )]
+    RootRolledBack {
+        /// The volume.
+        volume: VolumeKey,
+        /// The sequence served (`None`: the node said there is none).
+        served: Option<u64>,
+        /// The highest sequence this client has seen.
+        seen: u64,
+    },
 }
 
 /// What a put stored.
@@ -105,6 +123,8 @@ pub struct ApiClient {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
+    /// The highest root sequence seen of each volume, shared by clones.
+    seen_roots: Arc<Mutex<HashMap<VolumeKey, u64>>>,
 }
 
 impl ApiClient {
@@ -124,7 +144,45 @@ impl ApiClient {
             base,
             agent: config.into(),
             token,
+            seen_roots: Arc::default(),
         }
+    }
+
+    /// The highest root sequence of `volume` this client has seen (verified from a
+    /// node, or published by itself), if any.
+    pub fn seen_root_sequence(&self, volume: &VolumeKey) -> Option<u64> {
+        self.seen_roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(volume)
+            .copied()
+    }
+
+    /// Refuses `served` if it is below the highest sequence of `volume` seen (`None`:
+    /// the node said there is none); otherwise remembers it if it is the highest.
+    fn check_root_sequence(
+        &self,
+        volume: &VolumeKey,
+        served: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let mut seen = self
+            .seen_roots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let highest = seen.get(volume).copied();
+        if let Some(highest) = highest
+            && served.is_none_or(|s| s < highest)
+        {
+            return Err(ClientError::RootRolledBack {
+                volume: *volume,
+                served,
+                seen: highest,
+            });
+        }
+        if let Some(sequence) = served {
+            seen.insert(*volume, highest.map_or(sequence, |h| h.max(sequence)));
+        }
+        Ok(())
     }
 
     /// The base URL.
@@ -337,7 +395,16 @@ impl ApiClient {
                 held_sequence: conflict.held_sequence,
             });
         }
-        Self::json(response)
+        let published: RootPublished = Self::json(response)?;
+        // Our own record, signed here: a later read must not go below it.
+        let volume = key.public_key().volume_key();
+        if self
+            .seen_root_sequence(&volume)
+            .is_none_or(|seen| seen < sequence)
+        {
+            self.check_root_sequence(&volume, Some(sequence))?;
+        }
+        Ok(published)
     }
 
     /// The highest valid root record the volume's replicas hold (verified here too:
@@ -350,6 +417,7 @@ impl ApiClient {
             .call()
             .map_err(|e| self.failed(e))?;
         if response.status().as_u16() == 404 {
+            self.check_root_sequence(volume, None)?;
             return Ok(None);
         }
         let answer: RootAnswer = Self::json(response)?;
@@ -366,6 +434,7 @@ impl ApiClient {
                 record.volume
             )));
         }
+        self.check_root_sequence(volume, Some(record.sequence))?;
         Ok(Some(record.clone()))
     }
 
@@ -553,4 +622,44 @@ fn check_proposed_certificate(
         )));
     }
     Ok(certificate)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cairn_core::id::Id;
+
+    #[test]
+    fn a_lower_root_sequence_or_none_is_refused_once_a_higher_one_was_seen() {
+        let client = ApiClient::new("127.0.0.1:9", None);
+        let volume = VolumeKey(Id::hash(b"v"));
+        let other = VolumeKey(Id::hash(b"w"));
+        client.check_root_sequence(&volume, None).unwrap();
+        client.check_root_sequence(&volume, Some(3)).unwrap();
+        client.check_root_sequence(&volume, Some(3)).unwrap();
+        client.check_root_sequence(&volume, Some(5)).unwrap();
+        assert_eq!(client.seen_root_sequence(&volume), Some(5));
+        // Clones share what was seen.
+        let clone = client.clone();
+        assert!(matches!(
+            clone.check_root_sequence(&volume, Some(4)),
+            Err(ClientError::RootRolledBack {
+                served: Some(4),
+                seen: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            client.check_root_sequence(&volume, None),
+            Err(ClientError::RootRolledBack { served: None, .. })
+        ));
+        assert_eq!(
+            client.seen_root_sequence(&volume),
+            Some(5),
+            "a refusal changes nothing"
+        );
+        // Another volume is its own.
+        client.check_root_sequence(&other, Some(1)).unwrap();
+    }
 }

@@ -447,6 +447,7 @@ impl<T: Certificate> Signed<T> {
                 trailing.len()
             )));
         }
+        ensure_canonical(&body, &rest[96..])?;
         let mut signer_bytes = [0u8; 32];
         signer_bytes.copy_from_slice(signer);
         let mut signature_bytes = [0u8; 64];
@@ -455,6 +456,25 @@ impl<T: Certificate> Signed<T> {
             body,
             signer: PublicKey(signer_bytes),
             signature: signature_bytes,
+        })
+    }
+}
+
+/// Refuses a body whose bytes are not the one encoding of what they decode to (a
+/// non-minimal varint, say). The signature covers the canonical re-encoding, so without
+/// this anyone could turn one signed value into many byte strings that all verify: a
+/// "rival" of the same root sequence made by a third party, or a second copy that
+/// compares unequal. Re-encoding and comparing catches every such form, whatever the
+/// field.
+fn ensure_canonical<T: Serialize>(body: &T, encoded: &[u8]) -> Result<(), VerifyError> {
+    let canonical = postcard::to_stdvec(body).map_err(|e| VerifyError::Malformed {
+        reason: format!("cannot encode the body: {e}"),
+    })?;
+    if canonical == encoded {
+        Ok(())
+    } else {
+        Err(VerifyError::Malformed {
+            reason: "the body is not in its canonical encoding".into(),
         })
     }
 }
@@ -1034,6 +1054,37 @@ mod tests {
             replayed.verify(),
             Err(VerifyError::BadSignature { .. })
         ));
+    }
+
+    #[test]
+    fn a_non_canonical_encoding_of_a_valid_record_is_refused() {
+        let volume = key(8);
+        let signed = Signed::sign(&volume, root(&volume)).unwrap();
+        let bytes = signed.to_bytes().unwrap();
+        // The body starts after version, tag, signer and signature: the volume key (32
+        // raw bytes), then the sequence, 7, as a one-byte varint.
+        let at = 2 + 32 + 64 + 32;
+        assert_eq!(bytes[at], 7);
+        // 7 as a two-byte varint (0x87 0x00): the same value, other bytes.
+        let mut padded = bytes[..at].to_vec();
+        padded.extend([0x87, 0x00]);
+        padded.extend(&bytes[at + 1..]);
+        let decoded: RootRecord = postcard::from_bytes(&padded[2 + 32 + 64..]).unwrap();
+        assert_eq!(
+            decoded, signed.body,
+            "postcard alone accepts the padded form"
+        );
+        match Signed::<RootRecord>::from_bytes(&padded) {
+            Err(VerifyError::Malformed { reason }) => {
+                assert!(reason.contains("canonical"), "{reason}");
+            }
+            other => panic!("a non-canonical record was accepted: {other:?}"),
+        }
+        // The canonical bytes still decode and verify.
+        Signed::<RootRecord>::from_bytes(&bytes)
+            .unwrap()
+            .verify()
+            .unwrap();
     }
 
     #[test]

@@ -33,7 +33,7 @@ use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
 use cairn_past::lookup::{FetchFailure, FragmentLookup, LookupError};
 use cairn_past::reclaim::{FileReclaim, ReclaimError, authorise_reclaim};
 use cairn_past::records::{
-    FindError, PublishError, Record, RecordFind, RecordPublish, ReplicaFailure,
+    FindError, PublishError, Published, Record, RecordFind, RecordPublish, ReplicaFailure,
 };
 use cairn_past::survey::{BlockSurvey, FragmentHolders};
 use cairn_past::{Refusal, check_reclaim};
@@ -636,7 +636,9 @@ impl Node {
             unix_now(),
         );
         let volume = publish.subject();
-        match (self.drive(publish).await, volume) {
+        let outcome = self.drive(publish).await;
+        self.count_unproven_conflicts(&outcome);
+        match (outcome, volume) {
             (Ok(published), _) => Ok(RootPublished {
                 replicas: published.replicas,
                 asked: published.asked,
@@ -704,6 +706,21 @@ impl Node {
 
     /// The gateway's error for a failed publish; `not_stored` makes the one for too few
     /// replicas (stored, reached) that did not refuse outright.
+    /// Counts the replicas that claimed a conflict they could not prove.
+    fn count_unproven_conflicts(&self, outcome: &Result<Published, PublishError<GatewayError>>) {
+        let unproven = match outcome {
+            Ok(published) => published.unproven_conflicts,
+            Err(PublishError::NotStored { failures, .. }) => failures
+                .iter()
+                .filter(|(_, f)| matches!(f, ReplicaFailure::UnprovenConflict(_)))
+                .count(),
+            Err(_) => 0,
+        };
+        self.counters()
+            .root_conflicts_unproven
+            .fetch_add(unproven as u64, Ordering::Relaxed);
+    }
+
     fn publish_error(
         &self,
         error: PublishError<GatewayError>,

@@ -28,18 +28,29 @@
 //! | `GET /v1/status` | node id, leaf set, storage |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! Errors are JSON `{"error": "..."}`: 400 malformed input, 401 missing token, 403
-//! a signature that is not the owner's (or the volume key's), 404 unknown file or
-//! volume, 409 a root record that lost to a higher (or rival) sequence, 502 the
-//! network could not supply verified bytes, 507 the network cannot place the file
+//! Errors are JSON `{"error": "..."}`: 400 malformed input (or put parameters over
+//! the node's limit, which the message names), 401 missing token, 403 a signature that
+//! is not the owner's (or the volume key's), 404 unknown file or volume, 408 a request
+//! body that stalled, 409 a root record that lost to a higher (or rival) sequence, 413
+//! a body over its size limit, 502 the network could not supply verified bytes, 503
+//! (with `Retry-After`) too many puts at once, 507 the network cannot place the file
 //! (with the reason).
+//!
+//! # Limits ([`ApiLimits`], in the node's configuration)
+//! Every request body is read with an idle timeout: a body that sends nothing for
+//! [`ApiLimits::body_idle_timeout`] fails (a put's blocking thread is given back). A
+//! put's parameters are refused when one block's buffer (`n` fragments of
+//! `ceil(segment / k)` bytes) would be over [`ApiLimits::max_block_bytes`] or one
+//! fragment over the transport's frame limit; at most [`ApiLimits::max_concurrent_puts`]
+//! puts run at once. Each refusal is counted (`cairn_api_*` in `/metrics`).
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -87,18 +98,28 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
+    /// 503: the node is at a limit; the answer carries `Retry-After`.
+    fn busy(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             axum::Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
 
@@ -125,6 +146,73 @@ impl From<GatewayError> for ApiError {
         ApiError::new(status, chain(&error))
     }
 }
+
+/// What one API client can make the node spend (part of the node's configuration,
+/// [`crate::NodeConfig::api`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// A request body that sends nothing for this long fails (default 30 s).
+    pub body_idle_timeout: Duration,
+    /// Most bytes of one block's buffer in a put: `n` fragments of `ceil(segment / k)`
+    /// bytes (default 64 MiB; a put holds its window of blocks in flight plus one).
+    pub max_block_bytes: u64,
+    /// Puts running at once; more are answered 503 (default 4).
+    pub max_concurrent_puts: usize,
+    /// Most bytes of a small body (a certificate, a root record; default 64 KiB).
+    pub max_small_body: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> ApiLimits {
+        ApiLimits {
+            body_idle_timeout: Duration::from_secs(30),
+            max_block_bytes: 64 << 20,
+            max_concurrent_puts: 4,
+            max_small_body: 64 << 10,
+        }
+    }
+}
+
+/// How long a client refused for too many puts is asked to wait, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// The refusals of the API, for `/metrics`.
+#[derive(Debug, Default)]
+struct ApiCounters {
+    bodies_stalled: AtomicU64,
+    params_refused: AtomicU64,
+    puts_refused_busy: AtomicU64,
+    bodies_too_large: AtomicU64,
+}
+
+/// Checks a put's parameters against the limits: one block's buffer (`n` fragments of
+/// `ceil(segment / k)` bytes) at most `max_block_bytes`, and one fragment no larger
+/// than `max_fragment_bytes` (what a frame can carry). The error says the limit.
+pub fn check_put_params(
+    params: ErasureParams,
+    segment_size: u32,
+    max_block_bytes: u64,
+    max_fragment_bytes: u64,
+) -> Result<(), String> {
+    let fragment = params.fragment_len(segment_size as usize) as u64;
+    let block = fragment.saturating_mul(u64::from(params.n()));
+    let (k, m) = (params.k(), params.m());
+    if block > max_block_bytes {
+        return Err(format!(
+            "k={k} m={m} segment_size={segment_size} needs {block} bytes per block ({} fragments of {fragment} bytes); this node allows at most {max_block_bytes} bytes per block",
+            params.n()
+        ));
+    }
+    if fragment > max_fragment_bytes {
+        return Err(format!(
+            "k={k} segment_size={segment_size} makes fragments of {fragment} bytes; a fragment may be at most {max_fragment_bytes} bytes (the transport's frame limit)"
+        ));
+    }
+    Ok(())
+}
+
+/// Room in a frame kept for everything around a fragment's bytes.
+const FRAME_OVERHEAD: u64 = 64 << 10;
 
 /// How to serve the API.
 #[derive(Clone, Debug)]
@@ -183,6 +271,10 @@ pub enum ApiStartError {
 struct AppState {
     node: Node,
     token: Option<Arc<str>>,
+    limits: ApiLimits,
+    /// One permit per put running.
+    puts: Arc<tokio::sync::Semaphore>,
+    counters: Arc<ApiCounters>,
 }
 
 /// Starts serving the API of `node`.
@@ -204,9 +296,18 @@ pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartE
         })?;
     let stop = node.inner.tasks.token().child_token();
     let owner = node.clone();
+    let limits = node.config().api.clone();
+    let puts = Arc::new(tokio::sync::Semaphore::new(
+        limits
+            .max_concurrent_puts
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     let state = AppState {
         node,
         token: config.token.map(Arc::from),
+        limits,
+        puts,
+        counters: Arc::default(),
     };
     let app = Router::new()
         .route("/v1/files", put(put_file))
@@ -298,7 +399,7 @@ pub struct PutQuery {
 
 /// A blocking reader over the chunks of a request body, fed by an async task.
 struct BodyReader {
-    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, String>>,
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, io::Error>>,
     current: Bytes,
 }
 
@@ -308,7 +409,7 @@ impl Read for BodyReader {
         while self.current.is_empty() {
             match self.chunks.blocking_recv() {
                 Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Err(e)) => return Err(e),
                 None => return Ok(0),
             }
         }
@@ -319,21 +420,81 @@ impl Read for BodyReader {
     }
 }
 
+/// The next data chunk of `body` (`None` at its end), or an error if it broke off or
+/// sent nothing for `idle` (a [`io::ErrorKind::TimedOut`] error, counted).
+async fn next_chunk(
+    body: &mut Body,
+    idle: Duration,
+    counters: &ApiCounters,
+) -> Option<Result<Bytes, io::Error>> {
+    // Bounded: each pass takes a frame within `idle`, or ends.
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                counters.bodies_stalled.fetch_add(1, Ordering::Relaxed);
+                return Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the request body sent nothing for {idle:?} (the API's body idle timeout)"
+                    ),
+                )));
+            }
+            Ok(None) => return None,
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => return Some(Ok(data)),
+                Err(_) => continue,
+            },
+            Ok(Some(Err(e))) => {
+                return Some(Err(io::Error::other(format!("the upload broke off: {e}"))));
+            }
+        }
+    }
+}
+
+/// Reads a small body whole: at most `state.limits.max_small_body` bytes (413 past
+/// it), each chunk within the idle timeout (408 otherwise).
+async fn small_body(state: &AppState, mut body: Body) -> Result<Vec<u8>, ApiError> {
+    let max = state.limits.max_small_body;
+    let mut bytes = Vec::new();
+    while let Some(chunk) =
+        next_chunk(&mut body, state.limits.body_idle_timeout, &state.counters).await
+    {
+        let chunk = chunk.map_err(body_error)?;
+        if bytes.len().saturating_add(chunk.len()) > max {
+            state
+                .counters
+                .bodies_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {max} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn body_error(error: io::Error) -> ApiError {
+    let status = if error.kind() == io::ErrorKind::TimedOut {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(status, error.to_string())
+}
+
 /// Feeds `body` into a bounded channel read by a [`BodyReader`] on a blocking thread (a
 /// few chunks in flight: the upload waits for the pipeline, never buffers the file).
-fn body_reader(mut body: Body) -> BodyReader {
+/// A body that sends nothing for `idle` ends the reader with an error.
+fn body_reader(mut body: Body, idle: Duration, counters: Arc<ApiCounters>) -> BodyReader {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     // Detached, and bounded by its request: it ends with the body, or when the reader
     // (the request's pipeline) is gone.
     tokio::spawn(async move {
         loop {
-            let item = match body.frame().await {
-                None => break,
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => Ok(data),
-                    Err(_) => continue,
-                },
-                Some(Err(e)) => Err(format!("the upload broke off: {e}")),
+            let Some(item) = next_chunk(&mut body, idle, &counters).await else {
+                break;
             };
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
@@ -366,6 +527,31 @@ async fn put_file(
         .map_err(|e| ApiError::bad_request(format!("erasure parameters k={k} m={m}: {e}")))?;
     let mut options = PutOptions::new(params, now);
     options.segment_size = query.segment_size.unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let max_fragment =
+        (state.node.config().net.max_frame_bytes as u64).saturating_sub(FRAME_OVERHEAD);
+    if let Err(why) = check_put_params(
+        params,
+        options.segment_size,
+        state.limits.max_block_bytes,
+        max_fragment,
+    ) {
+        state
+            .counters
+            .params_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::bad_request(why));
+    }
+    // Held by the blocking task, so a client that goes away does not free it early.
+    let Ok(running) = Arc::clone(&state.puts).try_acquire_owned() else {
+        state
+            .counters
+            .puts_refused_busy
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::busy(format!(
+            "{} puts are running on this node (its limit); try again shortly",
+            state.limits.max_concurrent_puts
+        )));
+    };
     options.name_salt = grant.body.name_salt;
     let identity = FileIdentity::from(&grant.body);
     let upload = Upload {
@@ -373,12 +559,18 @@ async fn put_file(
         file: grant.body.file_id,
     };
     let store = NetworkFragments::new(state.node.clone(), Handle::current(), Some(upload));
-    let reader = body_reader(body);
-    let unsigned =
-        tokio::task::spawn_blocking(move || put_unsigned(reader, &identity, &options, &store))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(put_error)?;
+    let reader = body_reader(
+        body,
+        state.limits.body_idle_timeout,
+        Arc::clone(&state.counters),
+    );
+    let unsigned = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        put_unsigned(reader, &identity, &options, &store)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(put_error)?;
     state
         .node
         .counters()
@@ -404,6 +596,9 @@ fn put_error(error: PutError) -> ApiError {
         PutError::SegmentSize { .. } | PutError::Params(_) | PutError::FileTooLarge { .. } => {
             StatusCode::BAD_REQUEST
         }
+        PutError::Read { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
+            StatusCode::REQUEST_TIMEOUT
+        }
         PutError::Read { .. } => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_GATEWAY,
     };
@@ -412,14 +607,15 @@ fn put_error(error: PutError) -> ApiError {
 
 async fn post_certificate(
     State(state): State<AppState>,
-    body: Bytes,
+    body: Body,
 ) -> Result<axum::Json<PublishAnswer>, ApiError> {
+    let body = small_body(&state, body).await?;
     let signed = Signed::<FileCertificate>::from_bytes(&body)
         .map_err(|e| ApiError::bad_request(format!("the certificate: {e}")))?;
     signed
         .verify()
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the certificate: {e}")))?;
-    let replicas = state.node.publish_certificate(body.to_vec()).await?;
+    let replicas = state.node.publish_certificate(body).await?;
     Ok(axum::Json(PublishAnswer {
         reference: Reference::File(signed.body.file_id).to_string(),
         replicas,
@@ -527,13 +723,14 @@ async fn get_file(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-async fn put_root(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn put_root(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let body = small_body(&state, body).await?;
     let signed = Signed::<RootRecord>::from_bytes(&body)
         .map_err(|e| ApiError::bad_request(format!("the root record: {e}")))?;
     signed
         .verify()
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, format!("the root record: {e}")))?;
-    match state.node.publish_root(body.to_vec()).await {
+    match state.node.publish_root(body).await {
         Ok(published) => Ok(axum::Json(RootPublished {
             replicas: published.replicas,
             sequence: published.sequence,
@@ -669,6 +866,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     use cairn_store::NodeStore;
     let node = &state.node;
     let c = node.counters();
+    let api = &state.counters;
     let net = node.net_stats();
     let store = node.store();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -705,6 +903,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("net_handshakes_failed_total", counter, "Handshakes refused.", net.handshakes_failed),
         ("net_frames_refused_total", counter, "Malformed or oversized frames.", net.frames_refused),
         ("net_requests_timed_out_total", counter, "Requests that timed out.", net.requests_timed_out),
+        ("net_inbound_connections", gauge, "Inbound connections held (handshaking ones included).", net.inbound_connections),
+        ("net_inbound_refused_total", counter, "Inbound connections refused: the node's total was reached.", net.inbound_refused),
+        ("net_inbound_refused_per_address_total", counter, "Inbound connections refused: their address (IPv4, IPv6 /64) had its share.", net.inbound_refused_per_address),
+        ("net_handshakes_refused_total", counter, "Inbound connections refused: their address had its handshakes running.", net.handshakes_refused),
+        ("net_inbound_replaced_total", counter, "Inbound connections replaced by a newer one from the same peer.", net.inbound_replaced),
+        ("net_write_budget_exceeded_total", counter, "Connections dropped: their peer's unread answers went over the write budget.", net.write_budget_exceeded),
+        ("address_book_entries", gauge, "Addresses known.", node.known_addresses() as u64),
+        ("addresses_evicted_total", counter, "Addresses dropped from the full address book.", load(&c.addresses_evicted)),
+        ("overlay_candidate_probes_dropped_total", counter, "Gossiped ids not probed because the overlay's candidate probes were at their cap.", load(&c.candidate_probes_dropped)),
+        ("nudges_refused_total", counter, "Reconcile requests refused for naming too many keys.", load(&c.nudges_refused)),
+        ("maintenance_keys_dropped_total", counter, "Keys nudged or listed that the full maintenance queue dropped.", node.maintenance_keys_dropped()),
+        ("root_conflicts_unproven_total", counter, "Root keepers that claimed a conflict without a record proving it.", load(&c.root_conflicts_unproven)),
+        ("api_puts_running", gauge, "Puts running now.", (state.limits.max_concurrent_puts.max(1) - state.puts.available_permits()) as u64),
+        ("api_bodies_stalled_total", counter, "API request bodies that went idle past the timeout.", load(&api.bodies_stalled)),
+        ("api_bodies_too_large_total", counter, "API request bodies over their size limit.", load(&api.bodies_too_large)),
+        ("api_put_params_refused_total", counter, "Puts refused for parameters over the node's limits.", load(&api.params_refused)),
+        ("api_puts_refused_busy_total", counter, "Puts refused (503) because the most puts at once were running.", load(&api.puts_refused_busy)),
     ];
     let mut text = String::new();
     for (name, kind, help, value) in rows {
@@ -714,4 +929,39 @@ async fn metrics(State(state): State<AppState>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn put_parameters_whose_block_buffer_is_over_the_limit_are_refused_with_the_limit() {
+        let limits = ApiLimits::default();
+        let frame = 24 * MIB - FRAME_OVERHEAD;
+        // The defaults pass.
+        check_put_params(
+            ErasureParams::DEFAULT,
+            DEFAULT_SEGMENT_SIZE,
+            limits.max_block_bytes,
+            frame,
+        )
+        .unwrap();
+        // k=1, m=255 with 64 MiB segments: 256 fragments of 64 MiB, 16 GiB a block.
+        let params = ErasureParams::new(1, 255).unwrap();
+        let why = check_put_params(params, 64 << 20, limits.max_block_bytes, frame).unwrap_err();
+        assert!(why.contains("17179869184 bytes per block"), "{why}");
+        assert!(why.contains(&format!("at most {}", 64 * MIB)), "{why}");
+        // Within the block budget but a fragment a frame cannot carry.
+        let params = ErasureParams::new(1, 1).unwrap();
+        let why = check_put_params(params, 32 << 20, limits.max_block_bytes, frame).unwrap_err();
+        assert!(why.contains("frame limit"), "{why}");
+        // Exactly at the limit passes; one more byte of fragment does not.
+        let params = ErasureParams::new(4, 4).unwrap();
+        check_put_params(params, 4 << 20, 8 * MIB, frame).unwrap();
+        check_put_params(params, (4 << 20) + 1, 8 * MIB, frame).unwrap_err();
+    }
 }

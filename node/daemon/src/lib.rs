@@ -32,6 +32,7 @@
 //! receiver learns them. An address learnt that way is only a hint: the transport's
 //! handshake proves the id of whoever answers there.
 
+mod addresses;
 mod drive;
 pub mod gateway;
 pub mod http;
@@ -118,6 +119,8 @@ pub struct NodeConfig {
     pub default_params: ErasureParams,
     /// Repair and scrub: periods, rates, timeouts.
     pub maintenance: MaintenanceConfig,
+    /// What a client of the local API can make the node spend.
+    pub api: http::ApiLimits,
 }
 
 impl NodeConfig {
@@ -140,6 +143,7 @@ impl NodeConfig {
             join_patience: Duration::from_secs(30),
             default_params: ErasureParams::DEFAULT,
             maintenance: MaintenanceConfig::default(),
+            api: http::ApiLimits::default(),
         }
     }
 }
@@ -247,6 +251,18 @@ pub struct Counters {
     pub scrub_bytes: AtomicU64,
     /// Fragments the scrub found corrupt (and dropped).
     pub scrub_corrupt: AtomicU64,
+    /// Addresses dropped from the full address book to make room.
+    pub addresses_evicted: AtomicU64,
+    /// `Reconcile` requests refused for naming more keys than a nudge may.
+    pub nudges_refused: AtomicU64,
+    /// Keys a nudge or summary named that the full maintenance queue dropped.
+    pub nudged_keys_dropped: AtomicU64,
+    /// Root-record keepers that claimed a conflict they could not prove (counted as
+    /// not answering).
+    pub root_conflicts_unproven: AtomicU64,
+    /// Candidates the overlay did not probe because its probes were at their cap
+    /// (mirrored from the overlay after each event).
+    pub candidate_probes_dropped: AtomicU64,
 }
 
 enum Input {
@@ -266,7 +282,7 @@ struct Inner {
     id: NodeId,
     transport: Transport<Wire>,
     holder: Holder<DiskStore>,
-    addresses: RwLock<HashMap<NodeId, SocketAddr>>,
+    addresses: RwLock<addresses::AddressBook>,
     view: RwLock<OverlayView>,
     overlay_tx: mpsc::Sender<Input>,
     config: NodeConfig,
@@ -375,7 +391,7 @@ impl Node {
             id,
             holder: Holder::new(store, identity, config.past),
             transport,
-            addresses: RwLock::new(HashMap::new()),
+            addresses: RwLock::new(addresses::AddressBook::new(addresses::ADDRESS_BOOK_CAP)),
             view: RwLock::new(OverlayView::default()),
             overlay_tx,
             config,
@@ -508,10 +524,9 @@ impl Node {
         if *id == self.id() {
             return Some(self.address());
         }
-        read(&self.inner.addresses).get(id).map(|addr| NodeAddress {
-            id: *id,
-            addr: *addr,
-        })
+        read(&self.inner.addresses)
+            .get(id)
+            .map(|addr| NodeAddress { id: *id, addr })
     }
 
     /// Test hook: from now on serve every fragment with a bit flipped, as a Byzantine
@@ -571,17 +586,30 @@ impl Node {
 
     fn learn(&self, id: NodeId, addr: SocketAddr) {
         if id != self.id() {
-            write(&self.inner.addresses).insert(id, addr);
+            let evicted = write(&self.inner.addresses).learn_proven(id, addr);
+            self.count_evicted(evicted);
         }
     }
 
     /// Learns gossiped addresses of nodes not yet known (a proven address is kept).
     fn learn_hints(&self, addresses: &[NodeAddress]) {
         let mut book = write(&self.inner.addresses);
+        let mut evicted = 0;
         for a in addresses {
             if a.id != self.inner.id {
-                book.entry(a.id).or_insert(a.addr);
+                evicted += book.learn_hint(a.id, a.addr);
             }
+        }
+        drop(book);
+        self.count_evicted(evicted);
+    }
+
+    fn count_evicted(&self, evicted: usize) {
+        if evicted > 0 {
+            self.inner
+                .counters
+                .addresses_evicted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
         }
     }
 
@@ -945,6 +973,10 @@ async fn run_actions(
     time: Time,
 ) {
     let mut view_changed = false;
+    node.inner
+        .counters
+        .candidate_probes_dropped
+        .store(overlay.candidate_probes_dropped(), Ordering::Relaxed);
     for action in actions.drain(..) {
         match action {
             Action::Send { to, msg } => {

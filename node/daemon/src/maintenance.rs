@@ -35,8 +35,8 @@ use tokio::task::JoinSet;
 use super::{GatewayError, Node, unix_now};
 use cairn_core::id::{Id, NodeId, PlacementKey};
 use cairn_past::maintenance::{
-    Change, KeyReconcile, MaintenanceSchedule, Order, OrderCheck, ScheduleAction, ScheduleConfig,
-    held_digests, held_keys_in,
+    Change, KeyReconcile, MAX_NUDGE_KEYS, MaintenanceSchedule, Order, OrderCheck, ScheduleAction,
+    ScheduleConfig, held_digests, held_keys_in,
 };
 use cairn_past::{NodeAddress, PastRequest, PastResponse, Refusal};
 use cairn_store::{NodeStore, StoreError};
@@ -410,10 +410,40 @@ impl Node {
     }
 
     /// `Reconcile`: queued for the maintenance task (dropped if its queue is full; the
-    /// slow pass finds the key again).
+    /// slow pass finds the key again). A nudge naming more than [`MAX_NUDGE_KEYS`] keys
+    /// is refused: no honest holder sends one.
     pub(crate) fn handle_reconcile(&self, keys: Vec<PlacementKey>) -> PastResponse {
-        let _ = self.inner.maintenance_tx.try_send(Job::Nudged(keys));
+        let counters = &self.inner.counters;
+        if keys.len() > MAX_NUDGE_KEYS {
+            counters.nudges_refused.fetch_add(1, Ordering::Relaxed);
+            return PastResponse::Refused(Refusal::Store(format!(
+                "a nudge names at most {MAX_NUDGE_KEYS} keys, not {}",
+                keys.len()
+            )));
+        }
+        let count = keys.len() as u64;
+        if self
+            .inner
+            .maintenance_tx
+            .try_send(Job::Nudged(keys))
+            .is_err()
+        {
+            counters
+                .nudged_keys_dropped
+                .fetch_add(count, Ordering::Relaxed);
+        }
         PastResponse::Done
+    }
+
+    /// Keys that nudges and summaries named and maintenance dropped: its queue was
+    /// full, or [`cairn_past::maintenance::MAX_PENDING_KEYS`] keys waited already.
+    pub(crate) fn maintenance_keys_dropped(&self) -> u64 {
+        let queued = self
+            .inner
+            .counters
+            .nudged_keys_dropped
+            .load(Ordering::Relaxed);
+        queued + self.schedule(|schedule, _| schedule.pending_dropped())
     }
 
     /// `Summary`: known or not; a list is queued for the maintenance task, which

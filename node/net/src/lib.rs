@@ -58,8 +58,29 @@
 //!   a bounded queue, in order (a large frame delays the small ones behind it by the
 //!   time it takes to write, which on loopback is milliseconds for megabytes).
 //! - At most [`NetConfig::max_in_flight_per_peer`] requests are outstanding to one
-//!   peer; more wait. Inbound, a connection carries at most as many unanswered
-//!   requests: past that its reader stops, which pushes back on the peer through TCP.
+//!   peer; more wait. Inbound, a peer id has at most as many unanswered requests, over
+//!   all its connections: past that its readers stop, which pushes back on the peer
+//!   through TCP. The slots belong to the id, not the connection, so reconnecting does
+//!   not buy a peer more.
+//! - Inbound connections are admitted before anything is spent on them: at most
+//!   [`NetConfig::max_inbound`] in total and [`NetConfig::max_inbound_per_address`]
+//!   from one IPv4 address or IPv6 /64, of which at most
+//!   [`NetConfig::max_handshakes_per_address`] may be in their handshake at once
+//!   ([`NetConfig::max_handshakes`] in total). A socket over a limit is closed at once
+//!   and counted ([`NetStats::inbound_refused`], [`NetStats::handshakes_refused`]).
+//! - One inbound connection per peer id: a newer one from the same id replaces the
+//!   older ([`NetStats::inbound_replaced`]). The id is proven by the handshake, so only
+//!   the key's holder can displace its own connection, and a peer that restarted (or
+//!   whose old connection went half-open) gets back in at once instead of waiting for
+//!   our idle timer; refusing the newcomer would lock it out for that long.
+//! - Each connection's queued outgoing frames are budgeted in bytes
+//!   ([`NetConfig::write_budget_bytes`], at least one largest frame). Our own requests
+//!   and messages wait for room; an answer that does not fit means the peer asks
+//!   faster than it reads, and the connection is closed
+//!   ([`NetStats::write_budget_exceeded`]): a peer that never reads its answers costs
+//!   one budget, not gigabytes.
+//! - At most [`NetConfig::max_dials`] dials (connect and handshake) run at once;
+//!   more wait for a slot, within their own timeouts.
 //! - Received messages go to one bounded queue ([`NetConfig::incoming_queue`]). When
 //!   it is full, readers stop reading, and with them the responses behind on the same
 //!   connection: drain the queue without waiting inline for this transport's own
@@ -70,6 +91,7 @@
 //!   fails its pending requests at once ([`NetError::Closed`]); the next call dials
 //!   again.
 
+mod limits;
 mod wire;
 
 #[cfg(test)]
@@ -96,13 +118,11 @@ use tracing::{debug, warn};
 
 use cairn_core::crypto::KeyPair;
 use cairn_core::id::NodeId;
+use limits::{Admission, AdmissionLimits, InboundSlot, Refused};
 use wire::{Frame, ReadError};
 
 /// Frames queued for one connection's writer before senders wait.
 const WRITER_QUEUE: usize = 64;
-/// Handshakes of accepted connections running at once; connections beyond are closed
-/// at once, so a flood of connects costs bounded memory.
-const MAX_PENDING_HANDSHAKES: usize = 256;
 /// Buffer of each connection's reader and writer.
 const SOCKET_BUFFER: usize = 64 * 1024;
 /// The reason a requester sees when the responder dropped its [`Responder`].
@@ -128,6 +148,19 @@ pub struct NetConfig {
     pub incoming_queue: usize,
     /// A connection unused this long is closed (default 120 s).
     pub idle_timeout: Duration,
+    /// Inbound connections held at once, handshaking ones included (default 1024).
+    pub max_inbound: usize,
+    /// Inbound connections from one IPv4 address or IPv6 /64 (default 32).
+    pub max_inbound_per_address: usize,
+    /// Handshakes of accepted connections running at once (default 256).
+    pub max_handshakes: usize,
+    /// Handshakes running at once from one IPv4 address or IPv6 /64 (default 8).
+    pub max_handshakes_per_address: usize,
+    /// Bytes of frames queued for one connection's writer (default 64 MiB; never less
+    /// than `max_frame_bytes`).
+    pub write_budget_bytes: usize,
+    /// Dials (connect and handshake) running at once (default 64).
+    pub max_dials: usize,
 }
 
 impl Default for NetConfig {
@@ -140,6 +173,12 @@ impl Default for NetConfig {
             max_in_flight_per_peer: 64,
             incoming_queue: 1024,
             idle_timeout: Duration::from_secs(120),
+            max_inbound: 1024,
+            max_inbound_per_address: 32,
+            max_handshakes: 256,
+            max_handshakes_per_address: 8,
+            write_budget_bytes: 64 * 1024 * 1024,
+            max_dials: 64,
         }
     }
 }
@@ -194,11 +233,76 @@ struct PendingReply {
     id: u64,
     peer: Peer,
     writer: mpsc::Sender<Outgoing>,
-    /// One of the connection's inbound-request slots, freed once the answer is queued.
-    slot: OwnedSemaphorePermit,
+    /// One of the peer's inbound-request slots, freed once the answer is queued.
+    slot: ServingSlot,
     runtime: Handle,
     max_frame_bytes: usize,
     write_timeout: Duration,
+    /// The connection's write budget: an answer that does not fit closes it.
+    budget: WriteBudget,
+    /// Closes the connection (and counts it) when an answer is over budget.
+    over_budget: OverBudget,
+}
+
+/// Closes one connection because its peer asks faster than it reads.
+type OverBudget = Arc<dyn Fn() + Send + Sync>;
+
+/// One of a peer's slots for unanswered requests ([`PeerEntry::serving`]). When it is
+/// given back, the peer's pool entry goes if nothing else needs it (the entry outlives
+/// the peer's connections while its requests are unanswered, so that a reconnect finds
+/// the slots taken).
+struct ServingSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    released: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Drop for ServingSlot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        (self.released)();
+    }
+}
+
+/// The bytes one connection may have queued for its writer: a semaphore of bytes, each
+/// queued frame holding its length (at most `total`) until it is written or dropped.
+#[derive(Clone)]
+struct WriteBudget {
+    bytes: Arc<Semaphore>,
+    total: u32,
+}
+
+impl WriteBudget {
+    fn new(config: &NetConfig) -> WriteBudget {
+        let wanted = config
+            .write_budget_bytes
+            .max(config.max_frame_bytes.saturating_add(wire::LENGTH_PREFIX));
+        let total = u32::try_from(wanted.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        WriteBudget {
+            bytes: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// What a frame of `len` bytes holds of the budget (a frame larger than the whole
+    /// budget holds all of it, so it still goes, alone).
+    fn charge(&self, len: usize) -> u32 {
+        u32::try_from(len).unwrap_or(u32::MAX).min(self.total)
+    }
+
+    /// Room for `len` bytes now, or `None`.
+    fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.bytes)
+            .try_acquire_many_owned(self.charge(len))
+            .ok()
+    }
+
+    /// Room for `len` bytes, waiting for it.
+    async fn take(&self, len: usize) -> Result<OwnedSemaphorePermit, NetError> {
+        Arc::clone(&self.bytes)
+            .acquire_many_owned(self.charge(len))
+            .await
+            .map_err(|_| NetError::Closed)
+    }
 }
 
 impl<M> fmt::Debug for Responder<M> {
@@ -260,18 +364,28 @@ impl PendingReply {
             slot,
             runtime,
             write_timeout,
+            budget,
+            over_budget,
             ..
         } = self;
+        let Some(charge) = budget.try_take(frame.len()) else {
+            // The peer's answers are piling up unread: drop the connection, not memory.
+            drop(slot);
+            over_budget();
+            return;
+        };
         let item = Outgoing {
             frame,
             written: None,
+            _charge: Some(charge),
         };
         match writer.try_send(item) {
             Ok(()) => drop(slot),
             Err(mpsc::error::TrySendError::Closed(_)) => drop(slot),
             Err(mpsc::error::TrySendError::Full(item)) => {
                 // The slot stays taken until the answer is queued, so the answers
-                // waiting here are bounded by the connection's inbound slots.
+                // waiting here are bounded by the peer's inbound slots (and in bytes
+                // by the budget they hold).
                 runtime.spawn(async move {
                     let _ = timeout(write_timeout, writer.send(item)).await;
                     drop(slot);
@@ -359,6 +473,22 @@ pub struct NetStats {
     pub bytes_received: u64,
     /// Requests outstanding now.
     pub in_flight: u64,
+    /// Inbound connections closed at once because the node held
+    /// [`NetConfig::max_inbound`].
+    pub inbound_refused: u64,
+    /// Inbound connections closed at once because their address (IPv4, or IPv6 /64)
+    /// held [`NetConfig::max_inbound_per_address`].
+    pub inbound_refused_per_address: u64,
+    /// Inbound connections closed at once because their address (or the node) had its
+    /// handshakes running.
+    pub handshakes_refused: u64,
+    /// Inbound connections closed because a newer one from the same peer id came.
+    pub inbound_replaced: u64,
+    /// Connections closed because their peer's unread answers went over the write
+    /// budget.
+    pub write_budget_exceeded: u64,
+    /// Inbound connections held now (handshaking ones included).
+    pub inbound_connections: u64,
 }
 
 #[derive(Default)]
@@ -373,6 +503,11 @@ struct Counters {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     in_flight: AtomicU64,
+    inbound_refused: AtomicU64,
+    inbound_refused_per_address: AtomicU64,
+    handshakes_refused: AtomicU64,
+    inbound_replaced: AtomicU64,
+    write_budget_exceeded: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -392,6 +527,8 @@ impl Drop for InFlight<'_> {
 struct Outgoing {
     frame: Vec<u8>,
     written: Option<oneshot::Sender<()>>,
+    /// Its share of the connection's write budget, given back once written or dropped.
+    _charge: Option<OwnedSemaphorePermit>,
 }
 
 type Reply<M> = oneshot::Sender<Result<M, NetError>>;
@@ -404,13 +541,18 @@ struct Conn<M> {
     /// Whether we dialled it.
     dialled: bool,
     writer: mpsc::Sender<Outgoing>,
+    /// The bytes queued for `writer`.
+    budget: WriteBudget,
     /// Requests awaiting an answer; `None` once closed, so nothing is added after the
     /// close has failed them all.
     pending: Mutex<Option<HashMap<u64, Reply<M>>>>,
     next_request: AtomicU64,
-    /// Slots for requests the peer sent that are not answered yet.
+    /// Slots for requests the peer sent that are not answered yet: the peer id's,
+    /// shared by all its connections ([`PeerEntry::serving`]).
     serving: Arc<Semaphore>,
     serving_slots: usize,
+    /// An inbound connection's place in the admission counts, given back at close.
+    inbound: Mutex<Option<InboundSlot>>,
     /// Milliseconds since `opened` at the last frame read or written.
     last_used_ms: AtomicU64,
     opened: Instant,
@@ -467,7 +609,18 @@ impl<M> Conn<M> {
         }
     }
 
-    async fn enqueue(&self, item: Outgoing) -> Result<(), NetError> {
+    /// Queues one of our own frames, waiting for room in the write budget and queue.
+    async fn enqueue(
+        &self,
+        frame: Vec<u8>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<(), NetError> {
+        let charge = self.budget.take(frame.len()).await?;
+        let item = Outgoing {
+            frame,
+            written,
+            _charge: Some(charge),
+        };
         self.writer.send(item).await.map_err(|_| NetError::Closed)
     }
 }
@@ -489,6 +642,9 @@ impl<M> Drop for PendingGuard<'_, M> {
 struct PeerEntry<M> {
     /// Slots for our requests to this peer.
     in_flight: Arc<Semaphore>,
+    /// Slots for this peer's requests to us, over all its connections. The entry stays
+    /// in the pool while any is taken, so a reconnect finds them.
+    serving: Arc<Semaphore>,
     /// Held while dialling, so concurrent callers share one dial.
     dial: tokio::sync::Mutex<()>,
     /// Its live connections, oldest first (usually one).
@@ -498,6 +654,12 @@ struct PeerEntry<M> {
 impl<M> PeerEntry<M> {
     fn live(&self) -> Option<Arc<Conn<M>>> {
         lock(&self.conns).iter().find(|c| c.is_open()).cloned()
+    }
+
+    /// Nothing depends on the entry but the pool itself: no connection, and none of
+    /// the peer's requests unanswered. (The caller checks who else holds it.)
+    fn unused(&self, serving_slots: usize) -> bool {
+        lock(&self.conns).is_empty() && self.serving.available_permits() == serving_slots
     }
 }
 
@@ -528,7 +690,7 @@ impl<M> Drop for EntryRef<'_, M> {
         // lock, which we have, so nobody can start using it as we remove it.
         if Arc::ptr_eq(pooled, &self.entry)
             && Arc::strong_count(&self.entry) == 2
-            && lock(&self.entry.conns).is_empty()
+            && self.entry.unused(self.inner.slots())
         {
             peers.remove(&self.id);
         }
@@ -549,6 +711,10 @@ struct Inner<M> {
     shut_down: AtomicBool,
     accept_task: Mutex<Option<AbortHandle>>,
     runtime: Handle,
+    /// Inbound connections and handshakes, by source address.
+    admission: Arc<Admission>,
+    /// Slots of the dials running at once.
+    dials: Arc<Semaphore>,
 }
 
 /// Locks a std mutex, recovering from poisoning: every critical section here leaves
@@ -622,13 +788,22 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Transport<M> {
             identity,
             local_addr,
             advertised,
-            config,
             counters: Counters::default(),
             peers: Mutex::new(HashMap::new()),
             incoming: Mutex::new(Some(incoming_tx)),
             shut_down: AtomicBool::new(false),
             accept_task: Mutex::new(None),
             runtime: Handle::current(),
+            admission: Admission::new(AdmissionLimits {
+                total: config.max_inbound,
+                per_address: config.max_inbound_per_address,
+                handshakes: config.max_handshakes,
+                handshakes_per_address: config.max_handshakes_per_address,
+            }),
+            dials: Arc::new(Semaphore::new(
+                config.max_dials.clamp(1, Semaphore::MAX_PERMITS),
+            )),
+            config,
         });
         let accept = tokio::spawn(Arc::clone(&inner).accept_loop(listener));
         *lock(&inner.accept_task) = Some(accept.abort_handle());
@@ -699,11 +874,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Transport<M> {
         let (id, answer) = conn.start_request()?;
         let _pending = PendingGuard { conn: &conn, id };
         let frame = wire::encode_frame(&Frame::Request { id, msg }, self.max_frame())?;
-        conn.enqueue(Outgoing {
-            frame,
-            written: None,
-        })
-        .await?;
+        conn.enqueue(frame, None).await?;
         answer.await.map_err(|_| NetError::Closed)?
     }
 
@@ -715,11 +886,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Transport<M> {
             let conn = self.inner.connection(&entry, to).await?;
             let frame = wire::encode_frame(&Frame::OneWay(msg), self.max_frame())?;
             let (written, on_socket) = oneshot::channel();
-            conn.enqueue(Outgoing {
-                frame,
-                written: Some(written),
-            })
-            .await?;
+            conn.enqueue(frame, Some(written)).await?;
             on_socket.await.map_err(|_| NetError::Closed)
         };
         match timeout(self.inner.config.request_timeout, send).await {
@@ -764,6 +931,12 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Transport<M> {
             bytes_sent: get(&c.bytes_sent),
             bytes_received: get(&c.bytes_received),
             in_flight: get(&c.in_flight),
+            inbound_refused: get(&c.inbound_refused),
+            inbound_refused_per_address: get(&c.inbound_refused_per_address),
+            handshakes_refused: get(&c.handshakes_refused),
+            inbound_replaced: get(&c.inbound_replaced),
+            write_budget_exceeded: get(&c.write_budget_exceeded),
+            inbound_connections: self.inner.admission.connections() as u64,
         }
     }
 
@@ -780,6 +953,25 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Transport<M> {
 }
 
 impl<M> Inner<M> {
+    /// Request slots per peer, each way, within what a semaphore can hold.
+    fn slots(&self) -> usize {
+        self.config
+            .max_in_flight_per_peer
+            .clamp(1, Semaphore::MAX_PERMITS)
+    }
+
+    /// Removes `peer`'s pool entry if only the pool holds it and it has neither a
+    /// connection nor an unanswered request.
+    fn forget_if_unused(&self, peer: &NodeId) {
+        let mut peers = lock(&self.peers);
+        if let Some(entry) = peers.get(peer)
+            && Arc::strong_count(entry) == 1
+            && entry.unused(self.slots())
+        {
+            peers.remove(peer);
+        }
+    }
+
     fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Acquire)
     }
@@ -810,6 +1002,7 @@ impl<M> Inner<M> {
             return;
         };
         debug!(peer = %conn.peer, remote = %conn.remote, dialled = conn.dialled, why, "connection closed");
+        lock(&conn.inbound).take();
         for (_, waiter) in pending {
             let _ = waiter.send(Err(NetError::Closed));
         }
@@ -821,8 +1014,12 @@ impl<M> Inner<M> {
                     conns.retain(|c| !std::ptr::eq(Arc::as_ptr(c), conn));
                     conns.is_empty()
                 };
-                // Only the map holds the entry: nobody is waiting on its slots or dial.
-                if now_empty && Arc::strong_count(entry) == 1 {
+                // Only the map holds the entry: nobody is waiting on its slots or dial,
+                // and none of the peer's requests is unanswered.
+                if now_empty
+                    && Arc::strong_count(entry) == 1
+                    && entry.serving.available_permits() == conn.serving_slots
+                {
                     peers.remove(&conn.peer.id);
                 }
             }
@@ -851,17 +1048,10 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
         })
     }
 
-    /// Request slots per peer (and per connection, inbound), within what a semaphore
-    /// can hold.
-    fn slots(&self) -> usize {
-        self.config
-            .max_in_flight_per_peer
-            .clamp(1, Semaphore::MAX_PERMITS)
-    }
-
     fn new_entry(&self) -> Arc<PeerEntry<M>> {
         Arc::new(PeerEntry {
             in_flight: Arc::new(Semaphore::new(self.slots())),
+            serving: Arc::new(Semaphore::new(self.slots())),
             dial: tokio::sync::Mutex::new(()),
             conns: Mutex::new(Vec::new()),
         })
@@ -890,6 +1080,14 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
         addr: SocketAddr,
         expected: Option<NodeId>,
     ) -> Result<Arc<Conn<M>>, NetError> {
+        // A slot among the dials running at once, waited for no longer than a dial
+        // itself may take.
+        let patience = self.config.connect_timeout + self.config.handshake_timeout;
+        let _dialling = match timeout(patience, Arc::clone(&self.dials).acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(NetError::Closed),
+            Err(_) => return Err(NetError::ConnectTimeout { addr }),
+        };
         let mut stream = match timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
         {
             Ok(Ok(stream)) => stream,
@@ -918,7 +1116,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                 return Err(self.handshake_failed(addr, error));
             }
         }
-        let conn = self.start(stream, proven, true)?;
+        let conn = self.start(stream, proven, None)?;
         bump(&self.counters.connections_opened, 1);
         Ok(conn)
     }
@@ -930,7 +1128,6 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
         loop {
             let (stream, addr) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -942,11 +1139,21 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                     continue;
                 }
             };
-            let Ok(slot) = Arc::clone(&handshakes).try_acquire_owned() else {
-                warn!(%addr, "too many handshakes in progress; connection dropped");
-                continue;
+            let (inbound, handshake) = match self.admission.admit(&addr) {
+                Ok(slots) => slots,
+                Err(refused) => {
+                    // Counted, logged at debug only: a flood must not flood the log.
+                    let counter = match refused {
+                        Refused::Total => &self.counters.inbound_refused,
+                        Refused::PerAddress => &self.counters.inbound_refused_per_address,
+                        Refused::Handshakes => &self.counters.handshakes_refused,
+                    };
+                    bump(counter, 1);
+                    debug!(%addr, ?refused, "inbound connection refused");
+                    continue;
+                }
             };
-            tokio::spawn(Arc::clone(&self).accept_one(stream, addr, slot));
+            tokio::spawn(Arc::clone(&self).accept_one(stream, addr, inbound, handshake));
         }
     }
 
@@ -954,7 +1161,8 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
         self: Arc<Self>,
         mut stream: TcpStream,
         addr: SocketAddr,
-        _slot: OwnedSemaphorePermit,
+        inbound: InboundSlot,
+        handshake: limits::HandshakeSlot,
     ) {
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%addr, %error, "accepted connection failed");
@@ -972,45 +1180,64 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                 return;
             }
         };
+        drop(handshake);
         debug!(%addr, %peer, "accepted connection");
-        if self.start(stream, peer, false).is_ok() {
+        if self.start(stream, peer, Some(inbound)).is_ok() {
             bump(&self.counters.connections_accepted, 1);
         }
     }
 
-    /// Registers an authenticated connection in the pool and starts its tasks.
+    /// Registers an authenticated connection in the pool and starts its tasks. An
+    /// inbound connection (`inbound` is its admission slot) replaces any older inbound
+    /// one from the same peer id.
     fn start(
         self: &Arc<Self>,
         stream: TcpStream,
         peer: Peer,
-        dialled: bool,
+        inbound: Option<InboundSlot>,
     ) -> Result<Arc<Conn<M>>, NetError> {
         let incoming = lock(&self.incoming).clone().ok_or(NetError::Closed)?;
         let remote = stream.peer_addr()?;
         let (reader, writer) = stream.into_split();
         let (writer_tx, writer_rx) = mpsc::channel(WRITER_QUEUE);
         let slots = self.slots();
-        let conn = Arc::new(Conn {
-            peer,
-            remote,
-            dialled,
-            writer: writer_tx,
-            pending: Mutex::new(Some(HashMap::new())),
-            next_request: AtomicU64::new(0),
-            serving: Arc::new(Semaphore::new(slots)),
-            serving_slots: slots,
-            last_used_ms: AtomicU64::new(0),
-            opened: Instant::now(),
-            tasks: Mutex::new(Vec::new()),
-        });
-        {
+        let dialled = inbound.is_none();
+        let (conn, replaced) = {
             let mut peers = lock(&self.peers);
             // Checked under the pool lock, which shutdown takes to collect what to close.
             if self.is_shut_down() {
                 return Err(NetError::Closed);
             }
             let entry = peers.entry(peer.id).or_insert_with(|| self.new_entry());
-            lock(&entry.conns).push(Arc::clone(&conn));
+            let conn = Arc::new(Conn {
+                peer,
+                remote,
+                dialled,
+                writer: writer_tx,
+                budget: WriteBudget::new(&self.config),
+                pending: Mutex::new(Some(HashMap::new())),
+                next_request: AtomicU64::new(0),
+                serving: Arc::clone(&entry.serving),
+                serving_slots: slots,
+                inbound: Mutex::new(inbound),
+                last_used_ms: AtomicU64::new(0),
+                opened: Instant::now(),
+                tasks: Mutex::new(Vec::new()),
+            });
+            let mut conns = lock(&entry.conns);
+            let replaced: Vec<_> = if dialled {
+                Vec::new()
+            } else {
+                conns.iter().filter(|c| !c.dialled).cloned().collect()
+            };
+            conns.push(Arc::clone(&conn));
+            (conn, replaced)
+        };
+        for old in replaced {
+            if old.is_open() {
+                bump(&self.counters.inbound_replaced, 1);
+            }
+            self.close(&old, "replaced by a newer connection from the same peer");
         }
         let read = tokio::spawn(Arc::clone(self).read_loop(Arc::clone(&conn), reader, incoming));
         let write = tokio::spawn(Arc::clone(self).write_loop(Arc::clone(&conn), writer, writer_rx));
@@ -1021,6 +1248,30 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
             write.abort();
         }
         Ok(conn)
+    }
+
+    /// What a [`ServingSlot`] of `peer` calls when it is given back.
+    fn slot_released_hook(self: &Arc<Self>, peer: NodeId) -> Arc<dyn Fn() + Send + Sync> {
+        let inner = Arc::downgrade(self);
+        Arc::new(move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.forget_if_unused(&peer);
+            }
+        })
+    }
+
+    /// What a [`Responder`] calls when an answer does not fit `conn`'s write budget.
+    fn over_budget_hook(self: &Arc<Self>, conn: &Arc<Conn<M>>) -> OverBudget {
+        let (inner, conn) = (Arc::downgrade(self), Arc::downgrade(conn));
+        Arc::new(move || {
+            if let (Some(inner), Some(conn)) = (inner.upgrade(), conn.upgrade())
+                && conn.is_open()
+            {
+                bump(&inner.counters.write_budget_exceeded, 1);
+                warn!(peer = %conn.peer, remote = %conn.remote, "the peer does not read its answers; connection closed");
+                inner.close(&conn, "write budget exceeded");
+            }
+        })
     }
 
     async fn read_loop(
@@ -1035,13 +1286,15 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
 
     /// Reads frames until the connection must close; returns why.
     async fn read_frames(
-        &self,
+        self: &Arc<Self>,
         conn: &Arc<Conn<M>>,
         reader: OwnedReadHalf,
         incoming: mpsc::Sender<Incoming<M>>,
     ) -> &'static str {
         let mut reader = BufReader::with_capacity(SOCKET_BUFFER, reader);
         let max = self.config.max_frame_bytes;
+        let over_budget = self.over_budget_hook(conn);
+        let slot_released = self.slot_released_hook(conn.peer.id);
         loop {
             let body = match wire::read_frame(&mut reader, max, self.config.request_timeout).await {
                 Ok(Some(body)) => body,
@@ -1079,8 +1332,12 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                         .await
                 }
                 Frame::Request { id, msg } => {
-                    let Ok(slot) = Arc::clone(&conn.serving).acquire_owned().await else {
+                    let Ok(permit) = Arc::clone(&conn.serving).acquire_owned().await else {
                         return "closed";
+                    };
+                    let slot = ServingSlot {
+                        permit: Some(permit),
+                        released: Arc::clone(&slot_released),
                     };
                     let reply = Responder {
                         pending: Some(PendingReply {
@@ -1091,6 +1348,8 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
                             runtime: self.runtime.clone(),
                             max_frame_bytes: max,
                             write_timeout: self.config.request_timeout,
+                            budget: conn.budget.clone(),
+                            over_budget: Arc::clone(&over_budget),
                         }),
                         _message: PhantomData,
                     };

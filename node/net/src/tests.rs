@@ -448,14 +448,12 @@ async fn read_hello(raw: &mut TcpStream) -> Hello {
 
 /// A raw socket that has passed the handshake as `who`.
 async fn authenticated_raw_client(addr: SocketAddr, who: &KeyPair) -> TcpStream {
-    let mut raw = TcpStream::connect(addr).await.unwrap();
-    within(
-        "raw handshake",
-        wire::handshake(&mut raw, who, "127.0.0.1:9".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    raw
+    authenticated_from("127.0.0.1", addr, who).await
+}
+
+/// The frame of request `id` carrying `msg`.
+fn request_frame(id: u64, msg: Msg) -> Vec<u8> {
+    wire::encode_frame(&Frame::Request { id, msg }, 1024).unwrap()
 }
 
 #[tokio::test]
@@ -870,4 +868,254 @@ async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
     // Says nothing; the server sends its hello, then hangs up.
     send_raw_and_expect_close(&mut raw, &[]).await;
     assert_eq!(server.stats().handshakes_failed, 1);
+}
+
+/// A plain TCP connection to `addr` from the loopback address `source` (any of
+/// 127.0.0.0/8 reaches the listener, and each counts as another address).
+async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// `connect_from`, then the handshake as `who`.
+async fn authenticated_from(source: &str, addr: SocketAddr, who: &KeyPair) -> TcpStream {
+    let mut raw = connect_from(source, addr).await;
+    within(
+        "raw handshake",
+        wire::handshake(&mut raw, who, "127.0.0.1:9".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    raw
+}
+
+/// Whether the server hung up on `raw` (it reads until the end, discarding).
+async fn hung_up(raw: &mut TcpStream) -> bool {
+    let mut sink = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(PATIENCE, raw.read(&mut sink)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn inbound_connections_past_the_per_address_and_total_caps_are_refused_and_counted() {
+    let capped = NetConfig {
+        max_inbound_per_address: 2,
+        max_inbound: 3,
+        ..config()
+    };
+    let (server, server_in) = node(2, capped).await;
+    let _messages = serve_echo(server_in);
+    let addr = server.local_addr();
+
+    let _first = authenticated_from("127.0.0.2", addr, &key(10)).await;
+    let _second = authenticated_from("127.0.0.2", addr, &key(11)).await;
+    // A third from the same address is closed before its handshake.
+    let mut third = connect_from("127.0.0.2", addr).await;
+    assert!(hung_up(&mut third).await, "the third connection stays open");
+    assert_eq!(server.stats().inbound_refused_per_address, 1);
+
+    // Another address still gets in, up to the total of three.
+    let _other = authenticated_from("127.0.0.3", addr, &key(12)).await;
+    let mut fourth = connect_from("127.0.0.4", addr).await;
+    assert!(
+        hung_up(&mut fourth).await,
+        "the fourth connection stays open"
+    );
+    assert_eq!(server.stats().inbound_refused, 1);
+    assert_eq!(server.stats().inbound_connections, 3);
+
+    // A connection that goes gives its place back.
+    drop(_first);
+    eventually("the closed connection to leave the count", || {
+        server.stats().inbound_connections == 2
+    })
+    .await;
+    let (good, _good_in) = node(1, config()).await;
+    check_still_serves(&good, &server, 1).await;
+}
+
+#[tokio::test]
+async fn handshakes_are_limited_per_address_not_shared_by_everyone() {
+    let capped = NetConfig {
+        max_handshakes_per_address: 2,
+        ..config()
+    };
+    let (server, server_in) = node(2, capped).await;
+    let _messages = serve_echo(server_in);
+    let addr = server.local_addr();
+
+    // Two silent sockets from one address hold its handshake slots...
+    let _silent: Vec<TcpStream> = vec![
+        connect_from("127.0.0.2", addr).await,
+        connect_from("127.0.0.2", addr).await,
+    ];
+    let mut third = connect_from("127.0.0.2", addr).await;
+    assert!(hung_up(&mut third).await, "a third handshake was let in");
+    assert_eq!(server.stats().handshakes_refused, 1);
+    // ...and a node elsewhere still completes its handshake at once.
+    let (good, _good_in) = node(1, config()).await;
+    check_still_serves(&good, &server, 1).await;
+    assert_eq!(server.stats().handshakes_failed, 0);
+}
+
+#[tokio::test]
+async fn a_second_inbound_connection_from_one_id_replaces_the_first() {
+    let (server, server_in) = node(2, config()).await;
+    let _messages = serve_echo(server_in);
+    let addr = server.local_addr();
+    let who = key(10);
+
+    let mut first = authenticated_raw_client(addr, &who).await;
+    let mut second = authenticated_raw_client(addr, &who).await;
+    assert!(hung_up(&mut first).await, "the older connection stays open");
+    assert_eq!(server.stats().inbound_replaced, 1);
+    assert_eq!(lock(&server.inner.peers).len(), 1);
+
+    // The newer one is served.
+    second
+        .write_all(&request_frame(1, Msg::Ping(7)))
+        .await
+        .unwrap();
+    let body = within("the answer", wire::read_frame(&mut second, 1024, PATIENCE))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer: Frame<Msg> = wire::decode_body(&body).unwrap();
+    assert_eq!(
+        answer,
+        Frame::Response {
+            id: 1,
+            result: Ok(Msg::Pong(7))
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_its_answers_is_dropped_at_the_write_budget() {
+    let budget = NetConfig {
+        max_frame_bytes: 2 << 20,
+        write_budget_bytes: 4 << 20,
+        ..config()
+    };
+    let (server, mut server_in) = node(2, budget).await;
+    // Every request is answered with 1 MiB.
+    tokio::spawn(async move {
+        while let Some(item) = server_in.recv().await {
+            if let Incoming::Request { reply, .. } = item {
+                reply.reply(Msg::Bytes(vec![7; 1 << 20]));
+            }
+        }
+    });
+    let addr = server.local_addr();
+    let mut reader = authenticated_raw_client(addr, &key(10)).await;
+    // 512 requests (512 MiB of answers), and not one byte read.
+    let mut requests = Vec::new();
+    for id in 0..512u64 {
+        requests.extend(request_frame(id, Msg::Ping(0)));
+    }
+    let write = reader.write_all(&requests);
+    // The server may hang up before it has read them all.
+    let _ = within("writing the requests", write).await;
+    eventually("the connection to be dropped over budget", || {
+        server.stats().write_budget_exceeded == 1
+    })
+    .await;
+    eventually("the connection to leave the pool", || {
+        lock(&server.inner.peers).is_empty()
+    })
+    .await;
+    let (good, _good_in) = node(1, config()).await;
+    good.send(&server.me(), Msg::Ping(1)).await.unwrap();
+    assert_eq!(server.stats().write_budget_exceeded, 1);
+}
+
+#[tokio::test]
+async fn a_peers_unanswered_requests_are_bounded_across_its_connections() {
+    let two = NetConfig {
+        max_in_flight_per_peer: 2,
+        ..config()
+    };
+    let (server, server_in) = node(2, two).await;
+    let mut held = serve_held(server_in);
+    let addr = server.local_addr();
+    let who = key(10);
+    let request = |id: u64| request_frame(id, Msg::Ping(id as u32));
+
+    let mut first = authenticated_raw_client(addr, &who).await;
+    first.write_all(&request(1)).await.unwrap();
+    first.write_all(&request(2)).await.unwrap();
+    let one = within("request 1", held.recv()).await.unwrap();
+    let _two = within("request 2", held.recv()).await.unwrap();
+    // Reconnecting does not buy more slots: the new connection's request waits.
+    let mut second = authenticated_raw_client(addr, &who).await;
+    second.write_all(&request(3)).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), held.recv())
+            .await
+            .is_err(),
+        "a third request got through while two were unanswered"
+    );
+    // Another peer is not held up by this one.
+    let (good, _good_in) = node(1, config()).await;
+    let other = tokio::spawn({
+        let (good, to) = (good.clone(), server.me());
+        async move { good.request(&to, Msg::Ping(9)).await }
+    });
+    let (msg, reply) = within("the other peer's request", held.recv())
+        .await
+        .unwrap();
+    assert_eq!(msg, Msg::Ping(9));
+    reply.reply(Msg::Pong(9));
+    assert_eq!(other.await.unwrap().unwrap(), Msg::Pong(9));
+    // Answering one of the first two lets the third in.
+    one.1.reply(Msg::Pong(1));
+    let (msg, _third) = within("request 3", held.recv()).await.unwrap();
+    assert_eq!(msg, Msg::Ping(3));
+}
+
+#[tokio::test]
+async fn dials_past_the_limit_wait_for_a_slot() {
+    let one = NetConfig {
+        max_dials: 1,
+        ..config()
+    };
+    let (a, _a_in) = node(1, one).await;
+    // A listener that accepts and never speaks holds a's only dial slot until the
+    // handshake timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let holding = tokio::spawn({
+        let a = a.clone();
+        async move { a.identify(silent_addr).await }
+    });
+    let (_socket, _) = within("the silent dial", silent.accept()).await.unwrap();
+    let (b, b_in) = node(2, config()).await;
+    let _messages = serve_echo(b_in);
+    let waiting = tokio::spawn({
+        let (a, to) = (a.clone(), b.me());
+        async move { a.request(&to, Msg::Ping(1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        b.stats().connections_accepted,
+        0,
+        "a second dial ran while the only slot was taken"
+    );
+    assert!(
+        holding.await.unwrap().is_err(),
+        "the silent peer cannot pass"
+    );
+    assert_eq!(
+        within("the waiting request", waiting)
+            .await
+            .unwrap()
+            .unwrap(),
+        Msg::Pong(1)
+    );
 }

@@ -392,7 +392,15 @@ pub struct Overlay {
     /// more peak memory per 10,000 simulated nodes. A collision only skips a probe.
     outranked: Vec<u32>,
     outranked_cursor: usize,
+    /// Candidates not probed because [`MAX_CANDIDATE_PROBES`] were outstanding.
+    candidate_probes_dropped: u64,
 }
+
+/// Most probes of candidates (ids learnt second-hand) outstanding at once. Gossip can
+/// name any number of ids that do not exist, each of which would be probed until it
+/// times out; past this, new candidates are not probed (a join probes about a hundred;
+/// liveness probes of nodes already held are not limited).
+pub const MAX_CANDIDATE_PROBES: usize = 1024;
 
 /// Most proximity row requests outstanding at once (the oldest is forgotten).
 const MAX_ROW_EXCHANGES: usize = 8;
@@ -414,6 +422,7 @@ impl Overlay {
             watches: Vec::new(),
             probes: Vec::new(),
             probe_timer_at: None,
+            candidate_probes_dropped: 0,
             pending: Vec::new(),
             dead: Vec::new(),
             next_nonce: 1,
@@ -1309,7 +1318,23 @@ impl Overlay {
     // ---- state changes ----
 
     fn send_probe(&mut self, now: Time, id: NodeId, purpose: ProbePurpose, out: &mut Vec<Action>) {
+        if purpose == ProbePurpose::Candidate
+            && self
+                .probes
+                .iter()
+                .filter(|p| p.purpose == ProbePurpose::Candidate)
+                .count()
+                >= MAX_CANDIDATE_PROBES
+        {
+            self.candidate_probes_dropped += 1;
+            return;
+        }
         self.send_probe_attempt(now, id, purpose, 1, out);
+    }
+
+    /// Candidates not probed because [`MAX_CANDIDATE_PROBES`] were outstanding.
+    pub fn candidate_probes_dropped(&self) -> u64 {
+        self.candidate_probes_dropped
     }
 
     fn send_probe_attempt(
@@ -1566,6 +1591,42 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(odd_l.validate(), Err(ConfigError::LeafSetSize { got: 15 }));
+    }
+
+    #[test]
+    fn gossip_of_made_up_ids_probes_at_most_the_cap_and_counts_the_rest() {
+        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
+        let liar = node(2);
+        let half = Config::default().half();
+        let mut pings = 0;
+        let mut made_up = 0u32;
+        // Leaf sets full of ids nobody holds, none of which will ever answer.
+        for round in 0..(MAX_CANDIDATE_PROBES / half + 20) {
+            let ids: Vec<NodeId> = (0..half)
+                .map(|_| {
+                    made_up += 1;
+                    NodeId(Id::hash(&made_up.to_be_bytes()))
+                })
+                .collect();
+            let actions = overlay.handle(
+                Time(round as u64),
+                Event::Message {
+                    from: liar,
+                    msg: OverlayMessage::LeafSet {
+                        left: ids,
+                        right: Vec::new(),
+                    },
+                },
+            );
+            pings += actions
+                .iter()
+                .filter(|a| matches!(a, Action::Send { msg: OverlayMessage::Ping { .. }, to } if *to != liar))
+                .count();
+        }
+        assert!(pings <= MAX_CANDIDATE_PROBES, "{pings} probes");
+        assert!(overlay.probes.len() <= MAX_CANDIDATE_PROBES + 1);
+        assert!(overlay.candidate_probes_dropped() > 0);
     }
 
     #[test]

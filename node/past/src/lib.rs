@@ -31,8 +31,12 @@
 //! - A volume's root record is stored only if it is signed by the volume's key and its
 //!   sequence is higher than the one held; the same record again is accepted
 //!   (idempotent), and a lower sequence, or the same sequence with other bytes, is
-//!   refused with [`Refusal::StaleRoot`], which names the sequence held. That refusal
-//!   is how a writer learns that its update lost.
+//!   refused with [`Refusal::HeldRoot`], which carries the signed record held. That
+//!   refusal is how a writer learns that its update lost, and the record is its proof:
+//!   a publisher believes a conflict only once the record verifies and is higher (or a
+//!   rival of the same sequence). A bare claim ([`Refusal::StaleRoot`], or a record
+//!   that proves nothing) counts as no answer, so one lying keeper cannot make every
+//!   publish fail.
 //!
 //! # Replica diversion (PAST §3.3, per fragment)
 //! A node asked to store a fragment of `size` bytes with `free` bytes free accepts it if
@@ -332,6 +336,29 @@ pub enum Refusal {
         /// The sequence held here.
         held_sequence: u64,
     },
+    /// This node holds `record`, a signed root record of the volume whose sequence is
+    /// higher than the one offered, or equal with other bytes: the offered record is
+    /// stale or a replay. Unlike [`Refusal::StaleRoot`] it carries its proof, which the
+    /// publisher verifies before it believes the conflict.
+    #[error("this node holds a newer (or rival) root record of the volume")]
+    HeldRoot {
+        /// The record held, [`Signed::to_bytes`] form.
+        record: Vec<u8>,
+    },
+}
+
+impl Refusal {
+    /// The sequence a [`Refusal::HeldRoot`]'s record names (decoded, not verified),
+    /// or a [`Refusal::StaleRoot`]'s: for messages and the API's 409.
+    pub fn claimed_root_sequence(&self) -> Option<u64> {
+        match self {
+            Refusal::StaleRoot { held_sequence } => Some(*held_sequence),
+            Refusal::HeldRoot { record } => Signed::<RootRecord>::from_bytes(record)
+                .ok()
+                .map(|r| r.body.sequence),
+            _ => None,
+        }
+    }
 }
 
 /// What a node answers. Append-only.
@@ -844,7 +871,7 @@ impl<S: NodeStore> Holder<S> {
     /// Verifies a signed root record (signature by the volume's key) and keeps it if
     /// its sequence is higher than the one held. The same record again is
     /// [`RootStored::AlreadyHeld`]; a lower sequence, or the same sequence with other
-    /// bytes, is refused with [`Refusal::StaleRoot`]. An unverified record is never
+    /// bytes, is refused with [`Refusal::HeldRoot`] (the record held). An unverified record is never
     /// stored. A held record that no longer decodes or verifies (damaged on disk)
     /// counts as nothing held.
     pub fn put_root(&self, bytes: &[u8]) -> Result<RootStored, Refusal> {
@@ -858,17 +885,13 @@ impl<S: NodeStore> Holder<S> {
         if let Some(held_bytes) = held {
             match check_root(&held_bytes) {
                 Ok(held) if held.body.sequence > offered.body.sequence => {
-                    return Err(Refusal::StaleRoot {
-                        held_sequence: held.body.sequence,
-                    });
+                    return Err(Refusal::HeldRoot { record: held_bytes });
                 }
                 Ok(held) if held.body.sequence == offered.body.sequence => {
                     return if held_bytes == bytes {
                         Ok(RootStored::AlreadyHeld)
                     } else {
-                        Err(Refusal::StaleRoot {
-                            held_sequence: held.body.sequence,
-                        })
+                        Err(Refusal::HeldRoot { record: held_bytes })
                     };
                 }
                 Ok(_) => {}
@@ -1359,13 +1382,19 @@ mod tests {
         // A replay of sequence 1, and another record claiming sequence 2.
         assert_eq!(
             holder.put_root(&first),
-            Err(Refusal::StaleRoot { held_sequence: 2 })
+            Err(Refusal::HeldRoot {
+                record: second.clone()
+            })
         );
         let rival = signed_root(&owner, 2, b"another dir 2");
+        let refused = holder.put_root(&rival).unwrap_err();
         assert_eq!(
-            holder.put_root(&rival),
-            Err(Refusal::StaleRoot { held_sequence: 2 })
+            refused,
+            Refusal::HeldRoot {
+                record: second.clone()
+            }
         );
+        assert_eq!(refused.claimed_root_sequence(), Some(2));
         assert_eq!(
             holder.get_root(&owner.public_key().volume_key()).unwrap(),
             Some(second),

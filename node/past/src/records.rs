@@ -13,8 +13,13 @@
 //! - **Publish**: the record is verified before anything is sent; every replica (the
 //!   `replicas` nodes closest to the record's key) is asked in parallel. A replica
 //!   holding a higher version, or the same version with other bytes, answers
-//!   [`Refusal::StaleRoot`]: the publish fails with [`PublishError::Conflict`] even if
-//!   others took the record, so a lost update is never silent. Otherwise it succeeds
+//!   [`Refusal::HeldRoot`] with the record it holds: once that record verifies, is about
+//!   the same subject and is higher (or a rival of the same version), the publish fails
+//!   with [`PublishError::Conflict`] even if others took the record, so a lost update
+//!   is never silent. A conflict claimed without such a record (a bare
+//!   [`Refusal::StaleRoot`], a forged or older record) counts as no answer and is
+//!   reported ([`Published::unproven_conflicts`], [`ReplicaFailure::UnprovenConflict`]):
+//!   one lying replica cannot make every publish fail. Otherwise it succeeds
 //!   when a majority of the replicas that answered (and at least one) hold the record;
 //!   unreachable replicas are caught up by maintenance.
 //! - **Find**: every replica is asked in parallel (two more than keep the record: after
@@ -170,6 +175,8 @@ pub enum ReplicaFailure {
     Refused(Refusal),
     /// It answered with something else.
     Unexpected(String),
+    /// It claimed a conflict without a record that proves it (counted as no answer).
+    UnprovenConflict(String),
 }
 
 impl fmt::Display for ReplicaFailure {
@@ -177,6 +184,9 @@ impl fmt::Display for ReplicaFailure {
         match self {
             ReplicaFailure::Refused(refusal) => write!(f, "{refusal}"),
             ReplicaFailure::Unexpected(what) => write!(f, "unexpected answer {what}"),
+            ReplicaFailure::UnprovenConflict(why) => {
+                write!(f, "claimed a conflict it could not prove: {why}")
+            }
         }
     }
 }
@@ -190,6 +200,8 @@ pub struct Published {
     pub asked: usize,
     /// The version published.
     pub version: u64,
+    /// Replicas that claimed a conflict without proving it (counted as not answering).
+    pub unproven_conflicts: usize,
 }
 
 /// Why a publish failed; `E` is the driver's failure.
@@ -242,6 +254,9 @@ pub struct RecordPublish<R: Record, E> {
     held_higher: Option<u64>,
     failures: Vec<(NodeId, ReplicaFailure)>,
     last_failure: Option<E>,
+    /// When the record was checked (a conflict's record is checked at the same time).
+    now: UnixSeconds,
+    unproven: usize,
 }
 
 impl<R: Record, E> RecordPublish<R, E> {
@@ -261,6 +276,8 @@ impl<R: Record, E> RecordPublish<R, E> {
             held_higher: None,
             failures: Vec::new(),
             last_failure: None,
+            now,
+            unproven: 0,
         }
     }
 
@@ -289,6 +306,7 @@ impl<R: Record, E> RecordPublish<R, E> {
                 replicas: self.stored,
                 asked: self.asked.len(),
                 version,
+                unproven_conflicts: self.unproven,
             });
         }
         match (self.reached, self.last_failure.take()) {
@@ -351,13 +369,9 @@ impl<R: Record, E> Operation for RecordPublish<R, E> {
                         self.stored += 1;
                         self.reached += 1;
                     }
-                    Ok(PastResponse::Refused(Refusal::StaleRoot { held_sequence })) => {
-                        self.reached += 1;
-                        self.held_higher = Some(
-                            self.held_higher
-                                .map_or(held_sequence, |h| h.max(held_sequence)),
-                        );
-                    }
+                    Ok(PastResponse::Refused(
+                        refusal @ (Refusal::StaleRoot { .. } | Refusal::HeldRoot { .. }),
+                    )) => self.conflict_claimed(node, &refusal),
                     Ok(PastResponse::Refused(refusal)) => {
                         self.reached += 1;
                         self.failures.push((node, ReplicaFailure::Refused(refusal)));
@@ -380,6 +394,55 @@ impl<R: Record, E> Operation for RecordPublish<R, E> {
 
     fn stalled(&mut self) -> Self::Output {
         Err(PublishError::Stalled)
+    }
+}
+
+impl<R: Record, E> RecordPublish<R, E> {
+    /// A replica refused the record as stale: believed only if it proves it (see
+    /// [`Self::proven_conflict`]); otherwise counted as no answer.
+    fn conflict_claimed(&mut self, node: NodeId, refusal: &Refusal) {
+        match self.proven_conflict(refusal) {
+            Ok(held) => {
+                self.reached += 1;
+                self.held_higher = Some(self.held_higher.map_or(held, |h| h.max(held)));
+            }
+            Err(why) => {
+                tracing::warn!(%node, "a replica claimed a {} conflict it could not prove: {why}", R::NAME);
+                self.unproven += 1;
+                self.failures
+                    .push((node, ReplicaFailure::UnprovenConflict(why)));
+            }
+        }
+    }
+
+    /// The version a conflict claim proves: its record must be a valid record of the
+    /// same subject whose version is higher than the one published, or equal with
+    /// other bytes (a rival). Anything else proves nothing, and says why.
+    fn proven_conflict(&self, refusal: &Refusal) -> Result<u64, String> {
+        let Ok(offered) = &self.record else {
+            return Err("nothing was offered".into());
+        };
+        let Refusal::HeldRoot { record: held_bytes } = refusal else {
+            return Err("no record was shown".into());
+        };
+        let held = R::check(held_bytes, self.now)
+            .map_err(|refusal| format!("the record shown does not verify: {refusal}"))?;
+        if held.body.subject() != offered.body.subject() {
+            return Err(format!(
+                "the record shown is about {}, not {}",
+                held.body.subject(),
+                offered.body.subject()
+            ));
+        }
+        let (held_version, offered_version) = (held.body.version(), offered.body.version());
+        let rival = held_version == offered_version && *held_bytes != self.bytes;
+        if held_version > offered_version || rival {
+            Ok(held_version)
+        } else {
+            Err(format!(
+                "the record shown has version {held_version}, which does not supersede {offered_version}"
+            ))
+        }
     }
 }
 
@@ -865,7 +928,8 @@ mod tests {
             Published {
                 replicas: 2,
                 asked: 4,
-                version: 3
+                version: 3,
+                unproven_conflicts: 0,
             }
         );
 
@@ -907,14 +971,14 @@ mod tests {
                 (asks[0].0, Ok(PastResponse::Done)),
                 (
                     asks[1].0,
-                    Ok(PastResponse::Refused(Refusal::StaleRoot {
-                        held_sequence: 7,
+                    Ok(PastResponse::Refused(Refusal::HeldRoot {
+                        record: root(&volume, 7, b"theirs"),
                     })),
                 ),
                 (
                     asks[2].0,
-                    Ok(PastResponse::Refused(Refusal::StaleRoot {
-                        held_sequence: 6,
+                    Ok(PastResponse::Refused(Refusal::HeldRoot {
+                        record: root(&volume, 6, b"older"),
                     })),
                 ),
             ],
@@ -1255,5 +1319,117 @@ mod tests {
                 Some(certificate)
             );
         }
+    }
+}
+
+/// A keeper that lies about conflicts, over [`crate::testing::TestNet`].
+#[cfg(test)]
+mod conflict_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use cairn_core::crypto::KeyPair;
+    use cairn_core::id::{Id, VolumeKey};
+
+    use super::*;
+    use crate::testing::{Behaviour, NOW, TestNet, run};
+
+    const KEEPERS: u16 = 4;
+
+    fn root(key: &KeyPair, sequence: u64, dir: &[u8]) -> Vec<u8> {
+        let record = RootRecord {
+            volume: key.public_key().volume_key(),
+            sequence,
+            root: FileId(Id::hash(dir)),
+            time: NOW,
+        };
+        Signed::sign(key, record).unwrap().to_bytes().unwrap()
+    }
+
+    fn publish(net: &TestNet, record: Vec<u8>) -> Result<Published, PublishError<String>> {
+        run(
+            net,
+            RecordPublish::<RootRecord, String>::new(record, KEEPERS, NOW),
+        )
+    }
+
+    fn keepers(net: &TestNet, volume: &VolumeKey) -> Vec<NodeId> {
+        net.closest(&root_key(volume).0, usize::from(KEEPERS))
+            .iter()
+            .map(|n| n.id)
+            .collect()
+    }
+
+    #[test]
+    fn one_lying_keeper_cannot_make_a_publish_fail_and_is_counted() {
+        let owner = KeyPair::from_secret_bytes(&[40; 32]);
+        let volume = owner.public_key().volume_key();
+        let mut net = TestNet::new(&[1 << 20; 8]);
+        let liar = keepers(&net, &volume)[0];
+        // Sequence 1 reaches every keeper while all are honest.
+        assert_eq!(publish(&net, root(&owner, 1, b"one")).unwrap().replicas, 4);
+
+        net.set(&liar, Behaviour::ClaimsRootConflicts);
+        // The liar shows its (older) sequence 1 as the "newer" record: not believed.
+        let published = publish(&net, root(&owner, 2, b"two")).unwrap();
+        assert_eq!((published.replicas, published.unproven_conflicts), (3, 1));
+        // A bare claim, from a keeper that holds nothing of a new volume, is not either.
+        let other = KeyPair::from_secret_bytes(&[41; 32]);
+        let other_volume = other.public_key().volume_key();
+        let mut net = TestNet::new(&[1 << 20; 8]);
+        let liar = keepers(&net, &other_volume)[0];
+        net.set(&liar, Behaviour::ClaimsRootConflicts);
+        let published = publish(&net, root(&other, 1, b"a")).unwrap();
+        assert_eq!((published.replicas, published.unproven_conflicts), (3, 1));
+    }
+
+    #[test]
+    fn a_proven_conflict_still_fails_the_publish_with_the_held_version() {
+        let owner = KeyPair::from_secret_bytes(&[42; 32]);
+        let volume = owner.public_key().volume_key();
+        let mut net = TestNet::new(&[1 << 20; 8]);
+        let liar = keepers(&net, &volume)[1];
+        net.set(&liar, Behaviour::ClaimsRootConflicts);
+        publish(&net, root(&owner, 5, b"five")).unwrap();
+        // A replay of an older sequence loses to the honest keepers' proven record,
+        // and so does a rival of the same sequence.
+        for stale in [root(&owner, 4, b"four"), root(&owner, 5, b"rival")] {
+            match publish(&net, stale) {
+                Err(PublishError::Conflict { held: 5, .. }) => {}
+                other => panic!("expected a conflict at 5, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_conflict_record_that_proves_nothing_is_named() {
+        let owner = KeyPair::from_secret_bytes(&[43; 32]);
+        let stranger = KeyPair::from_secret_bytes(&[44; 32]);
+        let offered = root(&owner, 3, b"three");
+        let op = RecordPublish::<RootRecord, String>::new(offered.clone(), 1, NOW);
+        let claim = |record: Vec<u8>| op.proven_conflict(&Refusal::HeldRoot { record });
+        let mut forged = root(&owner, 9, b"nine");
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(claim(forged).unwrap_err().contains("does not verify"));
+        assert!(
+            claim(root(&stranger, 9, b"x"))
+                .unwrap_err()
+                .contains("is about")
+        );
+        assert!(
+            claim(root(&owner, 2, b"two"))
+                .unwrap_err()
+                .contains("does not supersede")
+        );
+        assert!(
+            claim(offered).unwrap_err().contains("does not supersede"),
+            "the same record"
+        );
+        assert_eq!(claim(root(&owner, 3, b"rival")), Ok(3));
+        assert_eq!(claim(root(&owner, 8, b"eight")), Ok(8));
+        assert!(
+            op.proven_conflict(&Refusal::StaleRoot { held_sequence: 99 })
+                .unwrap_err()
+                .contains("no record")
+        );
     }
 }

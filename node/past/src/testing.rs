@@ -42,6 +42,9 @@ pub enum Behaviour {
     /// Signs receipts for index 0 whatever it was asked to store (a store or a repair
     /// store), and stores nothing.
     ForgesReceipts,
+    /// Refuses every root record offered as stale: with the (older) record it holds as
+    /// "proof" if it holds one, with a bare claim of the highest sequence otherwise.
+    ClaimsRootConflicts,
 }
 
 /// One test node.
@@ -191,6 +194,21 @@ impl TestNet {
                         receipt,
                         diverted_to: None,
                     });
+                }
+            }
+            Behaviour::ClaimsRootConflicts => {
+                if let PastRequest::PutRoot { record } = &request {
+                    let volume = crate::check_root(record).map(|r| r.body.volume);
+                    let held = volume
+                        .ok()
+                        .and_then(|v| node.holder.get_root(&v).ok().flatten());
+                    let refusal = match held {
+                        Some(record) => crate::Refusal::HeldRoot { record },
+                        None => crate::Refusal::StaleRoot {
+                            held_sequence: u64::MAX,
+                        },
+                    };
+                    return Ok(PastResponse::Refused(refusal));
                 }
             }
             Behaviour::Honest => {}

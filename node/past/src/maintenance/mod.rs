@@ -39,7 +39,8 @@ pub use planner::{
 };
 pub use reconcile::{Done, KeyReconcile, KnownStatuses, Reconciled, SeenHoldings, Unsettled};
 pub use schedule::{
-    MaintenanceSchedule, ScheduleAction, ScheduleConfig, held_digests, held_keys_in,
+    MAX_NUDGE_KEYS, MAX_PENDING_KEYS, MaintenanceSchedule, ScheduleAction, ScheduleConfig,
+    held_digests, held_keys_in,
 };
 
 /// Whether `bytes` is a valid receipt signed by `node` for exactly this fragment (key,

@@ -80,8 +80,14 @@ use super::planner::{FileStatus, affected_ranges, holdings_digest, summary_diges
 use super::reconcile::{KeyReconcile, KnownStatuses, Reconciled};
 use crate::{Holder, PastResponse, UnixSeconds, closest};
 
-/// Most keys in one `Reconcile` nudge (a request stays small).
+/// Most keys in one `Reconcile` nudge (a request stays small; a holder refuses a
+/// nudge that names more).
 pub const MAX_NUDGE_KEYS: usize = 8192;
+
+/// Most keys waiting to be reconciled. Any holder may nudge any key, so past this new
+/// keys are dropped and counted ([`MaintenanceSchedule::pending_dropped`]); the slow
+/// pass brings back the ones that matter.
+pub const MAX_PENDING_KEYS: usize = 200_000;
 
 /// How the schedule runs (the daemon's `MaintenanceConfig` maps onto it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -312,8 +318,10 @@ pub struct MaintenanceSchedule {
     outstanding: HashMap<NodeId, Outstanding>,
     /// As a coordinator: the summary each holder listed last.
     known_summaries: HashMap<NodeId, u64>,
-    /// Keys to reconcile, not handed out yet.
+    /// Keys to reconcile, not handed out yet (at most [`MAX_PENDING_KEYS`]).
     pending: BTreeSet<PlacementKey>,
+    /// Keys dropped because `pending` was full, since the start.
+    pending_dropped: u64,
     /// Keys handed out and not reported yet.
     in_flight: BTreeSet<PlacementKey>,
     /// Keys asked for again while in flight: pending once reported.
@@ -344,6 +352,7 @@ impl MaintenanceSchedule {
             outstanding: HashMap::new(),
             known_summaries: HashMap::new(),
             pending: BTreeSet::new(),
+            pending_dropped: 0,
             in_flight: BTreeSet::new(),
             again: BTreeSet::new(),
             retries: BTreeMap::new(),
@@ -632,6 +641,11 @@ impl MaintenanceSchedule {
         self.pending.len() + self.in_flight.len()
     }
 
+    /// How many keys were dropped because [`MAX_PENDING_KEYS`] waited already.
+    pub fn pending_dropped(&self) -> u64 {
+        self.pending_dropped
+    }
+
     fn with_me(&self, members: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = members.into_iter().chain([self.me]).collect();
         ids.sort();
@@ -686,8 +700,10 @@ impl MaintenanceSchedule {
         }
         if self.in_flight.contains(&key) {
             self.again.insert(key);
-        } else {
+        } else if self.pending.len() < MAX_PENDING_KEYS || self.pending.contains(&key) {
             self.pending.insert(key);
+        } else {
+            self.pending_dropped += 1;
         }
     }
 
@@ -943,6 +959,20 @@ mod tests {
         let mut mine = mine;
         mine.sort();
         assert_eq!(own, mine, "this node's own keys are reconciled here");
+    }
+
+    #[test]
+    fn keys_nudged_past_the_pending_cap_are_dropped_and_counted() {
+        let mut schedule = started(config());
+        let keys =
+            (0..MAX_PENDING_KEYS as u64 + 10).map(|n| PlacementKey(Id::hash(&n.to_be_bytes())));
+        schedule.nudged(keys);
+        assert_eq!(schedule.keys_pending(), MAX_PENDING_KEYS);
+        assert_eq!(schedule.pending_dropped(), 10);
+        // A key already waiting is not a new one.
+        let first = *schedule.pending.first().unwrap();
+        schedule.nudged([first]);
+        assert_eq!(schedule.pending_dropped(), 10);
     }
 
     #[test]

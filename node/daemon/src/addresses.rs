@@ -1,0 +1,150 @@
+//! The address book: which node listens where, with a bound on how many it keeps.
+//!
+//! Owns: [`AddressBook`] and [`ADDRESS_BOOK_CAP`]. An address is *proven* when it came
+//! with a connection the node's key authenticated (the transport's handshake covers
+//! the advertised address), and a *hint* when another node gossiped it. Peers can
+//! gossip any number of ids, so the book keeps at most its cap: when full, the hint
+//! learnt longest ago goes first, then the proven address heard from longest ago (a
+//! live neighbour is heard from every overlay tick, so it stays).
+//!
+//! May use: [`cairn_core::id`], `std`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use cairn_core::id::NodeId;
+
+/// Most addresses a node keeps (a leaf set, a routing table and its neighbours are a
+/// few hundred; the rest is the slack of gossip).
+pub(crate) const ADDRESS_BOOK_CAP: usize = 8192;
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    addr: SocketAddr,
+    proven: bool,
+    stamp: u64,
+}
+
+/// Addresses by node id, at most `cap` of them.
+#[derive(Debug)]
+pub(crate) struct AddressBook {
+    cap: usize,
+    entries: HashMap<NodeId, Entry>,
+    /// Eviction order: hints before proven addresses, oldest first.
+    order: BTreeMap<(bool, u64), NodeId>,
+    next_stamp: u64,
+}
+
+impl AddressBook {
+    /// An empty book that keeps at most `cap` addresses (at least one).
+    pub(crate) fn new(cap: usize) -> AddressBook {
+        AddressBook {
+            cap: cap.max(1),
+            entries: HashMap::new(),
+            order: BTreeMap::new(),
+            next_stamp: 0,
+        }
+    }
+
+    /// The address of `id`, if known.
+    pub(crate) fn get(&self, id: &NodeId) -> Option<SocketAddr> {
+        self.entries.get(id).map(|e| e.addr)
+    }
+
+    /// How many addresses the book holds.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Records the proven address of `id` (replacing what was known), as heard from
+    /// now. Returns how many entries were evicted to make room.
+    pub(crate) fn learn_proven(&mut self, id: NodeId, addr: SocketAddr) -> usize {
+        self.insert(id, addr, true)
+    }
+
+    /// Records a gossiped address of `id` if none is known (a known address, proven or
+    /// not, is kept). Returns how many entries were evicted to make room.
+    pub(crate) fn learn_hint(&mut self, id: NodeId, addr: SocketAddr) -> usize {
+        if self.entries.contains_key(&id) {
+            return 0;
+        }
+        self.insert(id, addr, false)
+    }
+
+    fn insert(&mut self, id: NodeId, addr: SocketAddr, proven: bool) -> usize {
+        if let Some(old) = self.entries.remove(&id) {
+            self.order.remove(&(old.proven, old.stamp));
+        }
+        let mut evicted = 0;
+        // Bounded: each pass removes one entry.
+        while self.entries.len() >= self.cap {
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&victim);
+            evicted += 1;
+        }
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.entries.insert(
+            id,
+            Entry {
+                addr,
+                proven,
+                stamp,
+            },
+        );
+        self.order.insert((proven, stamp), id);
+        evicted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cairn_core::id::Id;
+
+    fn id(n: u8) -> NodeId {
+        NodeId(Id::hash(&[n]))
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_flood_of_hints_evicts_hints_first_and_never_grows_the_book() {
+        let mut book = AddressBook::new(4);
+        book.learn_proven(id(1), addr(1));
+        book.learn_proven(id(2), addr(2));
+        let mut evicted = 0;
+        for n in 10..200u8 {
+            evicted += book.learn_hint(id(n), addr(u16::from(n)));
+            assert!(book.len() <= 4);
+        }
+        assert_eq!(evicted, 190 - 2);
+        // The proven addresses survived the flood.
+        assert_eq!(book.get(&id(1)), Some(addr(1)));
+        assert_eq!(book.get(&id(2)), Some(addr(2)));
+        // The newest hints are there, the oldest gone.
+        assert_eq!(book.get(&id(199)), Some(addr(199)));
+        assert_eq!(book.get(&id(10)), None);
+    }
+
+    #[test]
+    fn proven_addresses_go_least_recently_heard_first_and_hints_never_overwrite() {
+        let mut book = AddressBook::new(2);
+        book.learn_proven(id(1), addr(1));
+        book.learn_proven(id(2), addr(2));
+        // Hearing from 1 again makes 2 the oldest.
+        book.learn_proven(id(1), addr(11));
+        assert_eq!(book.learn_proven(id(3), addr(3)), 1);
+        assert_eq!(book.get(&id(2)), None);
+        assert_eq!(book.get(&id(1)), Some(addr(11)));
+        // A hint for a known id changes nothing.
+        assert_eq!(book.learn_hint(id(1), addr(99)), 0);
+        assert_eq!(book.get(&id(1)), Some(addr(11)));
+        assert_eq!(book.len(), 2);
+    }
+}
