@@ -77,7 +77,7 @@ pub struct ChurnShape {
     #[arg(long, default_value_t = 300)]
     pub repair_timeout: u64,
     /// Overlay keepalive period of the nodes in milliseconds (failure detection ~3×).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 300)]
     pub tick_ms: u64,
     /// Print one JSON object instead of the report.
     #[arg(long)]

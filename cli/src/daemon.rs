@@ -58,7 +58,7 @@ pub struct RunArgs {
     #[arg(long)]
     api_token: Option<String>,
     /// Overlay keepalive period in milliseconds (failure detection takes ~3 periods).
-    #[arg(long, default_value_t = 1000, hide = true)]
+    #[arg(long, default_value_t = 300, hide = true)]
     tick_ms: u64,
     #[command(flatten)]
     params: DefaultParams,

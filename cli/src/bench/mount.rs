@@ -157,7 +157,7 @@ pub(super) fn mount_bench(args: MountBenchArgs) -> anyhow::Result<()> {
         }
     };
     let options = NodeOptions {
-        tick_ms: 1000,
+        tick_ms: u64::try_from(cairn_daemon::DEFAULT_TICK.as_millis()).unwrap_or(300),
         k: args.k,
         m: args.m,
     };
