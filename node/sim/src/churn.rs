@@ -106,7 +106,7 @@ pub struct ChurnParams {
 
 impl ChurnParams {
     /// The bench's defaults (16 nodes, 16 files of 1 MiB, 60 s, mean session 60 s,
-    /// mixed, 2 readers, 4+2, 300 s repair timeout, 1 s tick), daemon maintenance, and
+    /// mixed, 2 readers, 4+2, 300 s repair timeout, 300 ms tick), daemon maintenance, and
     /// one-way latencies of 0.5 ms plus up to about 0.3 ms: what makes a quiet read of
     /// a 256 KiB file take about the bench's median on this machine (5 ms: four
     /// requests one after the other, each standing for a loopback round trip and the
@@ -123,7 +123,8 @@ impl ChurnParams {
             seed,
             params: ErasureParams::DEFAULT,
             repair_timeout: 300,
-            tick: Duration::from_secs(1),
+            // The daemon's `DEFAULT_TICK`.
+            tick: Duration::from_millis(300),
             maintenance: Some(MaintenanceSetup::default()),
             base_latency: Duration::from_micros(500),
             latency_per_unit: Duration::from_micros(200),
