@@ -179,6 +179,10 @@ fn a_minute_of_churn_on_sixteen_node_processes_loses_no_file() {
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["durability"], 1.0, "{report}");
     assert!(report["kills"].as_u64().unwrap() > 0, "{report}");
+    // Issue 10's goal at 60 s mean sessions: at least 99.9% of reads succeed (a block
+    // out of reach for a moment is waited for, not failed).
+    let availability = report["availability"].as_f64().unwrap();
+    assert!(availability >= 0.999, "{report}");
     // Every block must still have at least k live fragments at the end (decodable and
     // repairable). Full redundancy (n) within the repair timeout is what the bench
     // measures (`time_to_full_redundancy_s`); it came back in all but one of a dozen
