@@ -206,7 +206,7 @@ pub fn churn_params(
         nodes: args.nodes,
         files: args.blocks,
         size: args.block_size,
-        duration: ((args.hours * 3600.0).round() as u64).max(1),
+        duration: churn_seconds(args) as u64,
         mean_session: session.map_or(u64::MAX, |s| s.as_secs().max(1)),
         mode,
         readers: args.readers,
@@ -414,8 +414,11 @@ fn limit_json(limit: &Limit) -> serde_json::Value {
 
 fn limits_table(args: &DurabilityArgs, limits: &[Limit]) -> String {
     let mut out = format!(
-        "\nThe stated limit: the mean session below which blocks are lost ({} nodes, {} blocks, {} h, seed {}):\n\n",
-        args.nodes, args.blocks, args.hours, args.seed
+        "\nThe stated limit: the mean session below which blocks are lost ({} nodes, {} blocks, {} of churn, seed {}):\n\n",
+        args.nodes,
+        args.blocks,
+        churn_label(args),
+        args.seed
     );
     out.push_str("| scheme | overhead | no loss at | loss at (blocks lost) |\n|---|---|---|---|\n");
     for limit in limits {
@@ -448,7 +451,7 @@ fn run_json(args: &DurabilityArgs, run: &DurabilityRun) -> serde_json::Value {
     let record = &run.outcome.record;
     let maintenance = &run.outcome.maintenance;
     let params = run.scheme.params().ok();
-    let hours = ((args.hours * 3600.0).round().max(1.0)) / 3600.0;
+    let hours = churn_seconds(args) / 3600.0;
     json!({
         "scheme": run.scheme.to_string(),
         "k": params.map(|p| p.k()),
@@ -488,17 +491,27 @@ fn run_json(args: &DurabilityArgs, run: &DurabilityRun) -> serde_json::Value {
     })
 }
 
+/// The churn's length as tables print it (`1 min`, `6 min`, `24 h`).
+fn churn_label(args: &DurabilityArgs) -> String {
+    session_label(Some(Duration::from_secs_f64(churn_seconds(args))))
+}
+
+/// Seconds of churn: `--hours` rounded to whole seconds, at least one.
+fn churn_seconds(args: &DurabilityArgs) -> f64 {
+    (args.hours * 3600.0).round().max(1.0)
+}
+
 fn header(args: &DurabilityArgs) -> String {
     let downtime = args.downtime.map_or_else(
         || "the churn bench's".to_owned(),
         |d| session_label(Some(d)),
     );
     format!(
-        "cairn sim durability (the churn simulation): {} nodes, {} blocks of {} KiB, {} h, repair pacing {:.0} kB/s per node, detection after {} s (keepalive tick {:.0} ms), {:.0}% transient departures (mean downtime {downtime}), {} readers, seed {}\n\n",
+        "cairn sim durability (the churn simulation): {} nodes, {} blocks of {} KiB, {} of churn, repair pacing {:.0} kB/s per node, detection after {} s (keepalive tick {:.0} ms), {:.0}% transient departures (mean downtime {downtime}), {} readers, seed {}\n\n",
         args.nodes,
         args.blocks,
         args.block_size / 1024,
-        args.hours,
+        churn_label(args),
         args.repair_bandwidth as f64 / 1e3,
         args.detect_after,
         args.detect_after / 3.0 * 1e3,
@@ -509,7 +522,7 @@ fn header(args: &DurabilityArgs) -> String {
 }
 
 fn table(args: &DurabilityArgs, results: &[DurabilityRun]) -> String {
-    let hours = ((args.hours * 3600.0).round().max(1.0)) / 3600.0;
+    let hours = churn_seconds(args) / 3600.0;
     let mut out = String::from(
         "| scheme | overhead | mean session | durability | lost blocks | first loss s | min live (n) | departures / returns / joins | repair B / stored B | time to full redundancy s |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -590,12 +603,15 @@ fn write_report(
         args.detect_after,
         args.transient * 100.0
     );
-    let hours = ((args.hours * 3600.0).round().max(1.0)) / 3600.0;
+    let hours = churn_seconds(args) / 3600.0;
     type Measure = Box<dyn Fn(&DurabilityRun) -> f64>;
     let charts: [(&str, String, Axis, Measure); 3] = [
         (
             "durability.svg",
-            format!("Files readable after {} h of churn ({setting})", args.hours),
+            format!(
+                "Files readable after {} of churn ({setting})",
+                churn_label(args)
+            ),
             Axis {
                 label: "files readable / files".to_owned(),
                 range: Some((0.0, 1.0)),
@@ -605,7 +621,10 @@ fn write_report(
         ),
         (
             "lost.svg",
-            format!("Blocks lost in {} h (no point: none lost)", args.hours),
+            format!(
+                "Blocks lost in {} of churn (no point: none lost)",
+                churn_label(args)
+            ),
             Axis {
                 label: "blocks lost / blocks stored".to_owned(),
                 log: true,
