@@ -213,7 +213,8 @@ pub fn churn_params(
         params: scheme.params()?,
         repair_timeout: args.repair_timeout,
         downtime: args.downtime,
-        tick: Duration::from_secs_f64(args.detect_after / 3.0),
+        tick: Duration::try_from_secs_f64(args.detect_after / 3.0)
+            .with_context(|| format!("--detect-after {}", args.detect_after))?,
         maintenance: Some(MaintenanceSetup {
             repair_bytes_per_sec: args.repair_bandwidth,
             ..MaintenanceSetup::default()
@@ -832,6 +833,7 @@ mod tests {
             &["--transient", "1.5"][..],
             &["--hours", "0"],
             &["--detect-after=-1"],
+            &["--detect-after", "1e300"],
             &["--block-size", "2000000"],
         ] {
             assert!(churn_params(&args(bad), scheme, None).is_err(), "{bad:?}");

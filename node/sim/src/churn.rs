@@ -833,6 +833,54 @@ mod tests {
     }
 
     #[test]
+    fn without_departures_nothing_is_lost_or_repaired() {
+        let outcome = run_churn(&ChurnParams {
+            mean_session: u64::MAX,
+            readers: 0,
+            ..small(ChurnMode::CRASH, 9)
+        })
+        .unwrap();
+        assert_eq!(outcome.record.kills, 0, "{}", describe(&outcome));
+        assert_eq!(outcome.record.durability(), 1.0);
+        assert_eq!(outcome.record.repair_bytes, 0, "{}", describe(&outcome));
+        assert_eq!(outcome.record.time_to_full_redundancy, Some(0.0));
+    }
+
+    #[test]
+    fn a_smaller_repair_budget_repairs_less_in_the_same_churn() {
+        let params = |repair_bytes_per_sec| ChurnParams {
+            nodes: 12,
+            files: 20,
+            duration: 36,
+            mean_session: 20,
+            readers: 0,
+            maintenance: Some(MaintenanceSetup {
+                repair_bytes_per_sec,
+                ..MaintenanceSetup::default()
+            }),
+            ..small(ChurnMode::CRASH, 1)
+        };
+        let unlimited = run_churn(&params(0)).unwrap();
+        let paced = run_churn(&params(50_000)).unwrap();
+        let summary = format!("{}\n{}", describe(&unlimited), describe(&paced));
+        assert_eq!(unlimited.record.kills, paced.record.kills, "{summary}");
+        assert!(
+            unlimited.record.time_to_full_redundancy.is_some(),
+            "{summary}"
+        );
+        assert_eq!(unlimited.record.durability(), 1.0, "{summary}");
+        assert!(
+            paced.record.repair_bytes < unlimited.record.repair_bytes,
+            "{summary}"
+        );
+        assert!(
+            paced.record.time_to_full_redundancy.is_none()
+                || paced.record.time_to_full_redundancy > unlimited.record.time_to_full_redundancy,
+            "{summary}"
+        );
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_run_and_another_seed_another() {
         let params = ChurnParams {
             duration: 10,
