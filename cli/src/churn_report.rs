@@ -33,9 +33,9 @@ pub enum ChurnModeArg {
 impl From<ChurnModeArg> for ChurnMode {
     fn from(mode: ChurnModeArg) -> ChurnMode {
         match mode {
-            ChurnModeArg::Crash => ChurnMode::Crash,
-            ChurnModeArg::Restart => ChurnMode::Restart,
-            ChurnModeArg::Mixed => ChurnMode::Mixed,
+            ChurnModeArg::Crash => ChurnMode::CRASH,
+            ChurnModeArg::Restart => ChurnMode::RESTART,
+            ChurnModeArg::Mixed => ChurnMode::MIXED,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The seeded PRNG ([`Rng`], xoshiro256**) of the simulator, the durability model, the
+//! The seeded PRNG ([`Rng`], xoshiro256**) of the simulator, the churn scenario, the
 //! network tests and the benches: the same seed gives the same stream everywhere.
 //!
 //! May use: [`crate::id`] (a random ring point). No outside randomness.

@@ -19,8 +19,10 @@
 //! - The churn runs `duration` seconds on a 100 ms tick: every other node dies after an
 //!   exponential session of mean `mean_session`; in crash mode a new empty node takes
 //!   its place at once, in restart mode the same node (id and store) comes back after
-//!   an exponential downtime of mean clamp(mean/10, 1, 30) s, in mixed mode a coin
-//!   decides each death. The draws come from one generator in the bench's order.
+//!   an exponential downtime of mean `downtime` (the bench's clamp(mean/10, 1, 30) s
+//!   by default), in mixed mode a coin decides each death; [`ChurnMode`] takes any
+//!   share of transient deaths (`cairn sim durability --transient`). The draws come
+//!   from one generator in the bench's order.
 //! - Readers read random files back to back from the gateway ([`FileRead`]).
 //! - Every 5 s the redundancy is sampled ([`file_stat`]); after the churn the readers
 //!   finish, nodes still down come back, and every 2 s a sample is taken until every
@@ -49,24 +51,66 @@ use crate::maintenance::{MaintenanceSetup, MaintenanceStats};
 use crate::past::{PastSetup, PastStats};
 use crate::{Sim, SimConfig, SimStats};
 
-/// How departed nodes come back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChurnMode {
-    /// A killed node is replaced by a new, empty one.
-    Crash,
-    /// A killed node comes back with its id and store after a downtime.
-    Restart,
-    /// A coin per death.
-    Mixed,
+/// How departed nodes come back: the share of deaths that are transient (the same node,
+/// id and store, comes back after a downtime); the others are crashes (a new, empty
+/// node takes the place at once).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ChurnMode {
+    transient: f64,
 }
 
+/// A transient share outside [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("the share of transient departures is within 0 and 1, got {0}")]
+pub struct TransientShareError(pub f64);
+
 impl ChurnMode {
-    /// Its name in the report.
+    /// Every killed node is replaced by a new, empty one (transient share 0).
+    pub const CRASH: ChurnMode = ChurnMode { transient: 0.0 };
+    /// Every killed node comes back with its id and store (transient share 1).
+    pub const RESTART: ChurnMode = ChurnMode { transient: 1.0 };
+    /// A coin per death (transient share 0.5), the bench's `mixed`.
+    pub const MIXED: ChurnMode = ChurnMode { transient: 0.5 };
+
+    /// A mode where `share` of the deaths are transient.
+    pub fn transient(share: f64) -> Result<ChurnMode, TransientShareError> {
+        if (0.0..=1.0).contains(&share) {
+            Ok(ChurnMode { transient: share })
+        } else {
+            Err(TransientShareError(share))
+        }
+    }
+
+    /// The share of deaths that are transient.
+    pub fn transient_share(self) -> f64 {
+        self.transient
+    }
+
+    /// Its name in the report: the bench's three, `transient` for any other share.
     pub fn name(self) -> &'static str {
-        match self {
-            ChurnMode::Crash => "crash",
-            ChurnMode::Restart => "restart",
-            ChurnMode::Mixed => "mixed",
+        if self.transient == 0.0 {
+            "crash"
+        } else if self.transient == 1.0 {
+            "restart"
+        } else if self.transient == 0.5 {
+            "mixed"
+        } else {
+            "transient"
+        }
+    }
+
+    /// Whether the death just drawn is transient. Crash and restart draw nothing and
+    /// a share of one half flips the bench's coin (`below(2)`), so that the bench's
+    /// three modes draw what the bench draws; any other share draws a uniform number.
+    fn comes_back(self, rng: &mut Rng) -> bool {
+        if self.transient <= 0.0 {
+            false
+        } else if self.transient >= 1.0 {
+            true
+        } else if self.transient == 0.5 {
+            rng.below(2) == 0
+        } else {
+            rng.unit() < self.transient
         }
     }
 }
@@ -94,7 +138,11 @@ pub struct ChurnParams {
     pub params: ErasureParams,
     /// Seconds to wait for full redundancy after the churn.
     pub repair_timeout: u64,
-    /// The overlay's keepalive period (`--tick-ms`).
+    /// Mean downtime of a transient departure (`None`: the bench's clamp(mean
+    /// session / 10, 1 s, 30 s)).
+    pub downtime: Option<Duration>,
+    /// The overlay's keepalive period (`--tick-ms`): a node is declared dead after
+    /// three missed keepalives, so failure detection takes about three ticks.
     pub tick: Duration,
     /// Maintenance (`None`: no node repairs anything).
     pub maintenance: Option<MaintenanceSetup>,
@@ -118,16 +166,28 @@ impl ChurnParams {
             size: 1 << 20,
             duration: 60,
             mean_session: 60,
-            mode: ChurnMode::Mixed,
+            mode: ChurnMode::MIXED,
             readers: 2,
             seed,
             params: ErasureParams::DEFAULT,
             repair_timeout: 300,
+            downtime: None,
             // The daemon's `DEFAULT_TICK`.
             tick: Duration::from_millis(300),
             maintenance: Some(MaintenanceSetup::default()),
             base_latency: Duration::from_micros(500),
             latency_per_unit: Duration::from_micros(200),
+        }
+    }
+}
+
+impl ChurnParams {
+    /// Mean downtime of a transient departure in seconds: `downtime`, or the bench's
+    /// clamp(mean session / 10, 1, 30).
+    pub fn mean_downtime(&self) -> f64 {
+        match self.downtime {
+            Some(downtime) => downtime.as_secs_f64(),
+            None => (self.mean_session.max(1) as f64 / 10.0).clamp(1.0, 30.0),
         }
     }
 }
@@ -169,6 +229,13 @@ pub struct ChurnOutcome {
     pub stats: SimStats,
     /// Simulated seconds of the whole run.
     pub simulated_seconds: f64,
+    /// Blocks stored, manifests included.
+    pub stored_blocks: usize,
+    /// Killed nodes that came back with their store (during the churn, or after it
+    /// when they were still down).
+    pub returns: usize,
+    /// New, empty nodes that took a killed node's place.
+    pub joins: usize,
 }
 
 /// Runs the churn scenario (see the module's model).
@@ -218,6 +285,8 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
     }
     let mut rng = Rng::new(params.seed);
     let mean = params.mean_session.max(1) as f64;
+    let mean_downtime = params.mean_downtime();
+    let (mut returns, mut joins) = (0usize, 0usize);
     let mut death: Vec<f64> = slots.iter().map(|_| exponential(&mut rng, mean)).collect();
     let mut downtime: Vec<Option<f64>> = slots.iter().map(|_| None).collect();
     let mut samples: Vec<Redundancy> = Vec::new();
@@ -248,6 +317,7 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
             {
                 tracing::debug!(node = %slots[i], at = now, "restarted");
                 sim.restart(&slots[i], t, Some(&gateway));
+                returns += 1;
                 downtime[i] = None;
                 death[i] = now + exponential(&mut rng, mean);
                 continue;
@@ -256,15 +326,11 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
                 tracing::debug!(node = %slots[i], at = now, "killed");
                 sim.crash(&slots[i], t);
                 kills += 1;
-                let restart = match params.mode {
-                    ChurnMode::Crash => false,
-                    ChurnMode::Restart => true,
-                    ChurnMode::Mixed => rng.below(2) == 0,
-                };
-                if restart {
-                    downtime[i] = Some(now + exponential(&mut rng, (mean / 10.0).clamp(1.0, 30.0)));
+                if params.mode.comes_back(&mut rng) {
+                    downtime[i] = Some(now + exponential(&mut rng, mean_downtime));
                 } else {
                     slots[i] = sim.add_node_through(t, Some(&gateway));
+                    joins += 1;
                     tracing::debug!(node = %slots[i], at = now, "replacement started");
                     death[i] = now + exponential(&mut rng, mean);
                 }
@@ -295,6 +361,7 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
     for (i, down) in downtime.iter_mut().enumerate() {
         if down.take().is_some() {
             sim.restart(&slots[i], t, Some(&gateway));
+            returns += 1;
         }
     }
 
@@ -339,6 +406,9 @@ pub fn run_churn(params: &ChurnParams) -> Result<ChurnOutcome, ChurnError> {
         past: sim.past_stats().clone(),
         stats: sim.stats().clone(),
         simulated_seconds: sim.now().as_secs_f64(),
+        stored_blocks: layout.iter().map(|(_, blocks)| *blocks as usize + 1).sum(),
+        returns,
+        joins,
     })
 }
 
@@ -534,7 +604,7 @@ mod tests {
 
     #[test]
     fn restart_churn_keeps_every_file_and_serves_most_reads() {
-        let outcome = run_churn(&small(ChurnMode::Restart, 1)).unwrap();
+        let outcome = run_churn(&small(ChurnMode::RESTART, 1)).unwrap();
         let record = &outcome.record;
         let summary = describe(&outcome);
         assert!(record.kills > 0, "{summary}");
@@ -556,7 +626,7 @@ mod tests {
             duration: 60,
             repair_timeout: 30,
             maintenance: None,
-            ..small(ChurnMode::Crash, 2)
+            ..small(ChurnMode::CRASH, 2)
         };
         let outcome = run_churn(&params).unwrap();
         let record = &outcome.record;
@@ -613,7 +683,7 @@ mod tests {
      {
         let params = ChurnParams {
             nodes: 12,
-            ..small(ChurnMode::Crash, 7)
+            ..small(ChurnMode::CRASH, 7)
         };
         let (mut sim, gateway, _) = start_network(&params).unwrap();
         let owner = KeyPair::from_secret_bytes(&[9; 32]);
@@ -670,7 +740,7 @@ mod tests {
         let params = ChurnParams {
             nodes: 12,
             maintenance: None,
-            ..small(ChurnMode::Restart, 8)
+            ..small(ChurnMode::RESTART, 8)
         };
         let (mut sim, gateway, _) = start_network(&params).unwrap();
         let owner = KeyPair::from_secret_bytes(&[9; 32]);
@@ -725,11 +795,136 @@ mod tests {
     }
 
     #[test]
+    fn a_transient_share_decides_which_deaths_come_back_and_the_bench_modes_draw_as_the_bench() {
+        let share_of = |mode: ChurnMode| {
+            let mut rng = Rng::new(3);
+            (0..10_000).filter(|_| mode.comes_back(&mut rng)).count() as f64 / 10_000.0
+        };
+        assert_eq!(share_of(ChurnMode::CRASH), 0.0);
+        assert_eq!(share_of(ChurnMode::RESTART), 1.0);
+        let quarter = share_of(ChurnMode::transient(0.25).unwrap());
+        assert!((0.23..0.27).contains(&quarter), "{quarter}");
+        // Mixed is the bench's coin: the same draws as `below(2) == 0`.
+        let (mut a, mut b) = (Rng::new(4), Rng::new(4));
+        for _ in 0..100 {
+            assert_eq!(ChurnMode::MIXED.comes_back(&mut a), b.below(2) == 0);
+        }
+        assert_eq!(ChurnMode::transient(0.5).unwrap(), ChurnMode::MIXED);
+        assert_eq!(ChurnMode::transient(0.0).unwrap().name(), "crash");
+        assert_eq!(ChurnMode::transient(0.3).unwrap().name(), "transient");
+        assert_eq!(ChurnMode::transient(0.3).unwrap().transient_share(), 0.3);
+        for bad in [-0.1, 1.5, f64::NAN] {
+            assert!(ChurnMode::transient(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_mean_downtime_is_the_bench_s_unless_set() {
+        let params = |mean_session, downtime| ChurnParams {
+            mean_session,
+            downtime,
+            ..ChurnParams::new(1)
+        };
+        assert_eq!(params(60, None).mean_downtime(), 6.0);
+        assert_eq!(params(5, None).mean_downtime(), 1.0);
+        assert_eq!(params(3600, None).mean_downtime(), 30.0);
+        let set = Some(Duration::from_millis(2500));
+        assert_eq!(params(3600, set).mean_downtime(), 2.5);
+    }
+
+    #[test]
+    fn crashes_are_replaced_by_joins_and_transient_deaths_return_with_their_store() {
+        let crash = run_churn(&ChurnParams {
+            readers: 0,
+            ..small(ChurnMode::CRASH, 3)
+        })
+        .unwrap();
+        assert!(crash.record.kills > 0, "{}", describe(&crash));
+        assert_eq!(crash.joins, crash.record.kills);
+        assert_eq!(crash.returns, 0);
+        assert!(crash.record.reads.is_empty());
+        // Files of one block of 64 KiB: one data block and the manifest each.
+        assert_eq!(crash.stored_blocks, 2 * 4);
+        let restart = run_churn(&ChurnParams {
+            readers: 0,
+            downtime: Some(Duration::from_secs(2)),
+            ..small(ChurnMode::RESTART, 3)
+        })
+        .unwrap();
+        assert_eq!(restart.joins, 0);
+        assert_eq!(restart.returns, restart.record.kills);
+        assert_eq!(restart.record.durability(), 1.0, "{}", describe(&restart));
+    }
+
+    #[test]
+    fn replication_is_a_code_of_one_data_fragment_and_survives_churn_with_repair() {
+        // `cairn sim durability --scheme 3x`: three copies are k = 1, m = 2.
+        let outcome = run_churn(&ChurnParams {
+            params: ErasureParams::new(1, 2).unwrap(),
+            readers: 1,
+            ..small(ChurnMode::MIXED, 4)
+        })
+        .unwrap();
+        let summary = describe(&outcome);
+        assert!(outcome.record.kills > 0, "{summary}");
+        assert_eq!(outcome.record.durability(), 1.0, "{summary}");
+        assert!(outcome.record.availability() > 0.9, "{summary}");
+    }
+
+    #[test]
+    fn without_departures_nothing_is_lost_or_repaired() {
+        let outcome = run_churn(&ChurnParams {
+            mean_session: u64::MAX,
+            readers: 0,
+            ..small(ChurnMode::CRASH, 9)
+        })
+        .unwrap();
+        assert_eq!(outcome.record.kills, 0, "{}", describe(&outcome));
+        assert_eq!(outcome.record.durability(), 1.0);
+        assert_eq!(outcome.record.repair_bytes, 0, "{}", describe(&outcome));
+        assert_eq!(outcome.record.time_to_full_redundancy, Some(0.0));
+    }
+
+    #[test]
+    fn a_smaller_repair_budget_repairs_less_in_the_same_churn() {
+        let params = |repair_bytes_per_sec| ChurnParams {
+            nodes: 12,
+            files: 20,
+            duration: 36,
+            mean_session: 20,
+            readers: 0,
+            maintenance: Some(MaintenanceSetup {
+                repair_bytes_per_sec,
+                ..MaintenanceSetup::default()
+            }),
+            ..small(ChurnMode::CRASH, 1)
+        };
+        let unlimited = run_churn(&params(0)).unwrap();
+        let paced = run_churn(&params(50_000)).unwrap();
+        let summary = format!("{}\n{}", describe(&unlimited), describe(&paced));
+        assert_eq!(unlimited.record.kills, paced.record.kills, "{summary}");
+        assert!(
+            unlimited.record.time_to_full_redundancy.is_some(),
+            "{summary}"
+        );
+        assert_eq!(unlimited.record.durability(), 1.0, "{summary}");
+        assert!(
+            paced.record.repair_bytes < unlimited.record.repair_bytes,
+            "{summary}"
+        );
+        assert!(
+            paced.record.time_to_full_redundancy.is_none()
+                || paced.record.time_to_full_redundancy > unlimited.record.time_to_full_redundancy,
+            "{summary}"
+        );
+    }
+
+    #[test]
     fn the_same_seed_gives_the_same_run_and_another_seed_another() {
         let params = ChurnParams {
             duration: 10,
             mean_session: 10,
-            ..small(ChurnMode::Mixed, 5)
+            ..small(ChurnMode::MIXED, 5)
         };
         let a = run_churn(&params).unwrap();
         let b = run_churn(&params).unwrap();

@@ -1,17 +1,16 @@
 //! A deterministic discrete-event simulator that runs many [`Overlay`]s in one process,
 //! and with [`SimConfig::past`] a PAST holder on every node and the `cairn_past`
 //! operations between them ([`past`]) and the daemon's maintenance ([`maintenance`]);
-//! beside it the placement experiment ([`placement`]), the durability model
-//! ([`durability`]) and the churn bench's twin ([`churn`], measured as the bench
-//! measures: [`churn_report`]).
+//! beside it the placement experiment ([`placement`]) and the churn scenario
+//! ([`churn`], the churn bench's twin and what `cairn sim durability` runs, measured as
+//! the bench measures: [`churn_report`]).
 //!
 //! Owns: the virtual clock and event queue, the network model (nodes at random points
 //! of a unit square, one-way latency `base + distance × per_unit` as in the Pastry
 //! paper's sphere/plane topologies, independent message loss), node join / crash /
 //! restart / leave events (a node's life count drops the timers, messages and
 //! operations of an earlier life), the ground truth (the sorted set of live ids), the routing scenario
-//! behind `cairn sim routing` ([`run_routing`]) and the durability scenario behind
-//! `cairn sim durability` ([`durability::run_durability`]). The seeded PRNG ([`Rng`],
+//! behind `cairn sim routing` ([`run_routing`]). The seeded PRNG ([`Rng`],
 //! xoshiro256**) is `cairn-core`'s, re-exported here.
 //!
 //! May use: [`cairn_core`] (ids, keys, erasure coding, the PRNG), [`cairn_overlay`],
@@ -22,7 +21,6 @@
 
 pub mod churn;
 pub mod churn_report;
-pub mod durability;
 pub mod gateway;
 pub mod maintenance;
 pub mod past;
