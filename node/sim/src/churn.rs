@@ -596,9 +596,9 @@ mod tests {
             );
         };
         for seed in 1..=3 {
-            goal(ChurnMode::Crash, 60, seed, true);
-            goal(ChurnMode::Mixed, 60, seed, true);
-            goal(ChurnMode::Restart, 30, seed, false);
+            goal(ChurnMode::CRASH, 60, seed, true);
+            goal(ChurnMode::MIXED, 60, seed, true);
+            goal(ChurnMode::RESTART, 30, seed, false);
         }
     }
 
