@@ -46,6 +46,37 @@ pub(super) struct ChurnArgs {
     dir: Option<PathBuf>,
 }
 
+/// Why the readers' reads failed, by message (the first [`ReadErrors::KINDS`] kinds),
+/// printed on stderr at the end: what a failed read was is otherwise lost.
+#[derive(Default)]
+struct ReadErrors {
+    counts: std::collections::BTreeMap<String, u64>,
+    others: u64,
+}
+
+impl ReadErrors {
+    const KINDS: usize = 20;
+
+    fn note(&mut self, error: String) {
+        if let Some(count) = self.counts.get_mut(&error) {
+            *count += 1;
+        } else if self.counts.len() < Self::KINDS {
+            self.counts.insert(error, 1);
+        } else {
+            self.others += 1;
+        }
+    }
+
+    fn print(&self) {
+        for (error, count) in &self.counts {
+            eprintln!("failed reads: {count} × {error}");
+        }
+        if self.others > 0 {
+            eprintln!("failed reads: {} more, of other kinds", self.others);
+        }
+    }
+}
+
 fn read_and_verify(client: &ApiClient, file: &FileId, digest: &[u8; 32]) -> Result<(), String> {
     let mut hasher = HashingWriter::default();
     client.get(file, &mut hasher).map_err(|e| e.to_string())?;
@@ -170,24 +201,35 @@ pub(super) fn churn(ChurnArgs { shape: args, dir }: ChurnArgs) -> anyhow::Result
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let reads: Arc<Mutex<Vec<Read>>> = Arc::new(Mutex::new(Vec::new()));
+    let read_errors: Arc<Mutex<ReadErrors>> = Arc::new(Mutex::new(ReadErrors::default()));
     let api_addr = gateway.api.base().to_string();
     let readers: Vec<_> = (0..args.readers)
         .map(|r| {
-            let (stop, reads, files) = (Arc::clone(&stop), Arc::clone(&reads), Arc::clone(&files));
+            let (stop, reads, files, read_errors) = (
+                Arc::clone(&stop),
+                Arc::clone(&reads),
+                Arc::clone(&files),
+                Arc::clone(&read_errors),
+            );
             let client = ApiClient::new(&api_addr, None);
             let mut rng = Rng::new(args.seed.wrapping_mul(31).wrapping_add(r as u64));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let (file, digest) = &files[rng.below(files.len() as u64) as usize];
                     let began = Instant::now();
-                    let ok = read_and_verify(&client, file, digest).is_ok();
+                    let read = read_and_verify(&client, file, digest);
                     let record = Read {
                         at: start.elapsed().as_secs_f64(),
-                        ok,
+                        ok: read.is_ok(),
                         millis: began.elapsed().as_secs_f64() * 1e3,
                     };
                     if let Ok(mut reads) = reads.lock() {
                         reads.push(record);
+                    }
+                    if let Err(error) = read
+                        && let Ok(mut errors) = read_errors.lock()
+                    {
+                        errors.note(error);
                     }
                 }
             })
@@ -367,6 +409,9 @@ pub(super) fn churn(ChurnArgs { shape: args, dir }: ChurnArgs) -> anyhow::Result
         .map(|(file, digest)| read_and_verify(&gateway.api, file, digest))
         .collect();
     let lost = tracker.lost(&final_reads);
+    if let Ok(errors) = read_errors.lock() {
+        errors.print();
+    }
     let record = ChurnRecord {
         reads: reads.lock().map(|r| r.clone()).unwrap_or_default(),
         samples,
