@@ -281,10 +281,7 @@ impl NetworkFragments {
     }
 
     fn background(&self) -> MutexGuard<'_, Background> {
-        // A panic elsewhere while holding the lock leaves plain maps, still usable.
-        self.background
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.background)
     }
 
     /// Stores `fragments` at `key` in a task on the runtime.

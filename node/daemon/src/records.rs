@@ -19,7 +19,6 @@
 //! every record is visited once every `⌈records / RECORDS_PER_PASS⌉` passes (run after
 //! a leaf-set change that touches the node's neighbourhood, and on every slow pass).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_core::crypto::{FileCertificate, RootRecord};
@@ -27,7 +26,7 @@ use cairn_core::id::{FileId, NodeId, VolumeKey};
 use cairn_past::records::{Record, RecordReplicate};
 use cairn_store::{DiskStore, NodeStore, StoreError};
 
-use super::{Counters, Node, unix_now};
+use super::{Counters, Node, lock, unix_now};
 use crate::gateway::GatewayError;
 
 /// Most records of one kind a replication pass visits.
@@ -102,12 +101,6 @@ impl Kept for RootRecord {
     fn given(counters: &Counters) -> &AtomicU64 {
         &counters.roots_replicated
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Node {

@@ -18,6 +18,8 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+use crate::lock;
 use std::time::Duration;
 
 use tokio::task::{self, JoinSet};
@@ -150,12 +152,6 @@ impl Tasks {
 
 /// How long [`Tasks::stop`] waits for aborted tasks to go.
 const ABORT_PATIENCE: Duration = Duration::from_secs(1);
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[cfg(test)]
 mod tests {
