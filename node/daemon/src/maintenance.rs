@@ -27,7 +27,7 @@
 //! coordinator compares with what it saw at its last settled reconcile.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -38,6 +38,7 @@ use cairn_past::maintenance::{
     Change, KeyReconcile, MAX_NUDGE_KEYS, MaintenanceSchedule, Order, OrderCheck, ScheduleAction,
     ScheduleConfig, held_digests, held_keys_in,
 };
+use cairn_past::operation::RepairBudget;
 use cairn_past::{NodeAddress, PastRequest, PastResponse, Refusal};
 use cairn_store::{NodeStore, StoreError};
 
@@ -86,12 +87,14 @@ impl Default for MaintenanceConfig {
     }
 }
 
-/// A token bucket over bytes: `take(n)` waits until `n` bytes fit in the rate. One
-/// burst of a second's worth is allowed.
+/// The node's repair budget ([`RepairBudget`], the arithmetic the simulator uses too):
+/// `take(n)` waits until `n` bytes fit in the rate. One burst of a second's worth is
+/// allowed.
 #[derive(Debug)]
 pub struct RateLimiter {
     bytes_per_sec: u64,
-    next_free: tokio::sync::Mutex<Instant>,
+    epoch: tokio::time::Instant,
+    budget: std::sync::Mutex<RepairBudget>,
 }
 
 impl RateLimiter {
@@ -99,31 +102,21 @@ impl RateLimiter {
     pub fn new(bytes_per_sec: u64) -> RateLimiter {
         RateLimiter {
             bytes_per_sec,
-            next_free: tokio::sync::Mutex::new(Instant::now()),
+            epoch: tokio::time::Instant::now(),
+            budget: std::sync::Mutex::new(RepairBudget::default()),
         }
     }
 
     /// Waits until `bytes` more may go.
     pub async fn take(&self, bytes: u64) {
-        if self.bytes_per_sec == 0 {
-            return;
-        }
-        // Capped at an hour: a nonsense size must not stall (or overflow) the clock.
-        let cost = Duration::try_from_secs_f64(bytes as f64 / self.bytes_per_sec as f64)
-            .unwrap_or(Duration::MAX)
-            .min(Duration::from_secs(3600));
-        let wait_until = {
-            let mut next = self.next_free.lock().await;
-            let now = Instant::now();
-            // Allow a burst of one second's worth.
-            let start = (*next).max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
-            *next = start.checked_add(cost).unwrap_or(start);
-            *next
+        let wake_at = {
+            let mut budget = self
+                .budget
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            budget.take(self.epoch.elapsed(), self.bytes_per_sec, bytes)
         };
-        let now = Instant::now();
-        if wait_until > now + Duration::from_secs(1) {
-            tokio::time::sleep(wait_until - now - Duration::from_secs(1)).await;
-        }
+        tokio::time::sleep_until(self.epoch + wake_at).await;
     }
 }
 
@@ -553,6 +546,7 @@ async fn scrub_task(node: Node) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use std::time::Instant;
 
     #[tokio::test]
     async fn the_rate_limiter_lets_a_second_of_burst_through_then_waits() {

@@ -3,7 +3,8 @@
 //! `Overlay::handle(now, event) -> actions`.
 //!
 //! Owns: [`Operation`], its inputs ([`Input`]) and outputs ([`Progress`],
-//! [`Command`]), and [`AskId`]. The daemon drives an operation over the transport
+//! [`Command`]), [`AskId`], and [`RepairBudget`], the token bucket a driver answers
+//! [`Command::Pace`] from. The daemon drives an operation over the transport
 //! (`cairn_daemon`'s `drive`), the simulator over its event queue, and unit tests by
 //! hand: the same decisions in all three.
 //!
@@ -33,6 +34,8 @@
 //!   every command it issued has been answered: a driver with nothing outstanding and
 //!   no decision has found a bug, and says so through [`Operation::stalled`].
 //! - Once done, the driver drops whatever is still outstanding.
+
+use std::time::Duration;
 
 use cairn_core::id::PlacementKey;
 
@@ -122,5 +125,63 @@ impl AskIds {
         let id = AskId(self.0);
         self.0 = self.0.wrapping_add(1);
         id
+    }
+}
+
+/// The repair budget a driver answers [`Command::Pace`] from, sans-IO: a token bucket
+/// over bytes at `bytes_per_sec`, with one second of burst. Time is a [`Duration`]
+/// since an epoch the driver picks, and must not go backwards. The daemon sleeps until
+/// the time [`RepairBudget::take`] returns; the simulator answers the pace then. The
+/// same arithmetic in both is what makes a simulated repair as fast as a real one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepairBudget {
+    /// When the bytes granted so far are paid for (`None`: nothing granted yet).
+    next_free: Option<Duration>,
+}
+
+impl RepairBudget {
+    /// The burst allowed on top of the rate.
+    pub const BURST: Duration = Duration::from_secs(1);
+
+    /// Grants `bytes` asked at `now` at `bytes_per_sec` (0: unlimited); returns when
+    /// they may go, `now` or later. A nonsense size costs an hour at most, so that it
+    /// can neither stall nor overflow the clock.
+    pub fn take(&mut self, now: Duration, bytes_per_sec: u64, bytes: u64) -> Duration {
+        if bytes_per_sec == 0 {
+            return now;
+        }
+        let cost = Duration::try_from_secs_f64(bytes as f64 / bytes_per_sec as f64)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(3600));
+        let floor = now.saturating_sub(Self::BURST);
+        let start = self.next_free.map_or(floor, |next| next.max(floor));
+        let next = start.saturating_add(cost);
+        self.next_free = Some(next);
+        next.saturating_sub(Self::BURST).max(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_lets_a_second_of_burst_through_then_spaces_the_rest() {
+        // A budget as old as its epoch (a node just started): at 2000 B/s, 2000 bytes
+        // go at once and the next 1000 wait half a second.
+        let mut budget = RepairBudget::default();
+        let start = Duration::ZERO;
+        assert_eq!(budget.take(start, 2000, 1000), start);
+        assert_eq!(budget.take(start, 2000, 1000), start);
+        assert_eq!(budget.take(start, 2000, 1000), Duration::from_millis(500));
+        // Idle for a while, it has also earned the second before `now`.
+        let mut idle = RepairBudget::default();
+        let at = Duration::from_secs(10);
+        assert_eq!(idle.take(at, 2000, 4000), at);
+        assert_eq!(idle.take(at, 2000, 1000), at + Duration::from_millis(500));
+        // Without a budget nothing waits; a nonsense size waits an hour at most.
+        assert_eq!(idle.take(at, 0, u64::MAX), at);
+        let mut fresh = RepairBudget::default();
+        assert!(fresh.take(at, 1, u64::MAX) <= at + Duration::from_secs(3600));
     }
 }

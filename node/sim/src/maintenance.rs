@@ -43,7 +43,7 @@ use cairn_past::maintenance::{
     KeyReconcile, MaintenanceSchedule, Reconciled, ScheduleAction, ScheduleConfig, held_digests,
     held_keys_in,
 };
-use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
+use cairn_past::operation::{AskId, Command, Input, Operation, Progress, RepairBudget};
 use cairn_past::records::{RecordReplicate, ReplicateError, Replicated};
 use cairn_past::{NodeAddress, PastRequest, PastResponse};
 use cairn_store::NodeStore;
@@ -138,8 +138,8 @@ pub(crate) struct NodeMaintenance {
     running: bool,
     /// The wake time a timer is set for.
     wake: Option<Duration>,
-    /// The token bucket of the repair budget: when the bytes granted so far are paid.
-    next_free: Option<Time>,
+    /// The repair budget, as the daemon's (`RepairBudget`).
+    budget: RepairBudget,
 }
 
 /// One request, its answer kept for the schedule (`None`: no answer).
@@ -488,18 +488,8 @@ impl Sim {
         let Some(state) = self.node_maintenance(node) else {
             return now;
         };
-        // Capped at an hour, as the daemon's.
-        let cost = ((bytes as f64 / rate as f64) * 1e6).min(3.6e9) as u64;
-        let burst = 1_000_000;
-        let floor = Time(now.0.saturating_sub(burst));
-        let start = state.next_free.map_or(floor, |next| next.max(floor));
-        let next = Time(start.0.saturating_add(cost));
-        state.next_free = Some(next);
-        if next.0 > now.0.saturating_add(burst) {
-            Time(next.0 - burst)
-        } else {
-            now
-        }
+        let wake = state.budget.take(Duration::from_micros(now.0), rate, bytes);
+        Time(u64::try_from(wake.as_micros()).unwrap_or(u64::MAX))
     }
 
     /// The daemon's `replicate_certificates`: every certificate the node keeps, through
