@@ -5,6 +5,7 @@ mod mount;
 mod network;
 mod pipeline;
 mod repair;
+mod rogue;
 mod roots;
 mod store;
 mod store_crash;

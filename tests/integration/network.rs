@@ -362,22 +362,29 @@ fn bad_holders_are_bypassed_and_forgeries_refused() {
         PastResponse::Refused(Refusal::Certificate(_))
     ));
 
-    // A reclaim signed by someone other than the owner: refused by the API and by a
-    // node asked directly; the file stays readable.
+    // A reclaim signed by someone other than the owner: the client will not make one,
+    // and the API and a node asked directly refuse it; the file stays readable.
     let error = client.remove(&file, &thief, unix_now()).unwrap_err();
-    assert!(
-        matches!(error, ClientError::Api { status: 403, .. }),
-        "{error}"
-    );
+    assert!(matches!(error, ClientError::NotOwner { .. }), "{error}");
     let forged = Signed::sign(
         &thief,
         ReclaimCertificate {
-            file_id: file,
             owner: thief.public_key(),
-            issued_at: unix_now(),
+            ..ReclaimCertificate::of(&certificate.body, unix_now())
         },
     )
     .unwrap();
+    let deleted = ureq::Agent::new_with_defaults()
+        .delete(format!("{}/v1/files/cairn:f:{file}", client.base()))
+        .header(
+            cairn_api::RECLAIM_HEADER,
+            cairn_api::encode_hex(&forged.to_bytes().unwrap()),
+        )
+        .call();
+    assert!(
+        matches!(deleted, Err(ureq::Error::StatusCode(403))),
+        "{deleted:?}"
+    );
     assert!(matches!(
         ask(PastRequest::Reclaim {
             reclaim: forged.to_bytes().unwrap(),

@@ -20,11 +20,11 @@ use ureq::http::Response;
 
 use super::ReclaimReport;
 use super::{
-    ErrorBody, FILE_SIZE_HEADER, FileStatAnswer, GRANT_HEADER, PublishAnswer, PutAnswer,
-    RECLAIM_HEADER, RootAnswer, RootConflictBody, StatusAnswer, decode_hex, encode_hex,
+    CertificateAnswer, ErrorBody, FILE_SIZE_HEADER, FileStatAnswer, GRANT_HEADER, PublishAnswer,
+    PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody, StatusAnswer, decode_hex, encode_hex,
 };
 use cairn_core::crypto::{
-    FileCertificate, KeyPair, ReclaimCertificate, RootRecord, Signed, UploadGrant,
+    FileCertificate, KeyPair, PublicKey, ReclaimCertificate, RootRecord, Signed, UploadGrant,
 };
 use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{FileId, Reference, VolumeKey};
@@ -71,6 +71,14 @@ pub enum ClientError {
     /// The answer is not what this client expects.
     #[error("the API's answer is not understood: {0}")]
     Protocol(String),
+    /// The key given is not the file's owner's: only the owner can reclaim it.
+    #[error("{file} belongs to owner {owner}, not to the key given")]
+    NotOwner {
+        /// The file.
+        file: FileId,
+        /// Its owner.
+        owner: PublicKey,
+    },
     /// The node proposed a certificate this client will not sign.
     #[error("not signing the node's certificate: {0}")]
     Certificate(String),
@@ -480,18 +488,59 @@ impl ApiClient {
         self.get_json(&format!("/v1/files/{}/stat", Reference::File(*file)))
     }
 
-    /// Reclaims a file (the owner's key signs the order).
+    /// The file's signed certificate, verified (`None`: no keeper holds one).
+    pub fn certificate(
+        &self,
+        file: &FileId,
+    ) -> Result<Option<Signed<FileCertificate>>, ClientError> {
+        let path = format!("/v1/files/{}/certificate", Reference::File(*file));
+        let response = self
+            .authorised(self.agent.get(self.url(&path)))
+            .call()
+            .map_err(|e| self.failed(e))?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let answer: CertificateAnswer = Self::json(response)?;
+        let bytes = decode_hex(&answer.certificate)
+            .ok_or_else(|| ClientError::Protocol("the certificate is not hex".into()))?;
+        let signed = Signed::<FileCertificate>::from_bytes(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("the certificate: {e}")))?;
+        let certificate = signed.verify().map_err(|e| {
+            ClientError::Protocol(format!("the node served a bad certificate: {e}"))
+        })?;
+        if certificate.file_id != *file {
+            return Err(ClientError::Protocol(format!(
+                "asked for the certificate of {file}, got one of {}",
+                certificate.file_id
+            )));
+        }
+        Ok(Some(signed))
+    }
+
+    /// Reclaims a file: the owner's key signs a reclaim made from the file's
+    /// certificate (which says how the file id derives from the owner's key, so that
+    /// the reclaim verifies on its own wherever it travels).
     pub fn remove(
         &self,
         file: &FileId,
         owner: &KeyPair,
         now: u64,
     ) -> Result<ReclaimReport, ClientError> {
-        let reclaim = ReclaimCertificate {
-            file_id: *file,
-            owner: owner.public_key(),
-            issued_at: now,
-        };
+        let certificate = self.certificate(file)?.ok_or_else(|| ClientError::Api {
+            status: 404,
+            message: format!(
+                "no keeper holds a certificate of {}",
+                Reference::File(*file)
+            ),
+        })?;
+        if certificate.body.owner != owner.public_key() {
+            return Err(ClientError::NotOwner {
+                file: *file,
+                owner: certificate.body.owner,
+            });
+        }
+        let reclaim = ReclaimCertificate::of(&certificate.body, now);
         let signed = Signed::sign(owner, reclaim)
             .and_then(|s| s.to_bytes())
             .map_err(|e| ClientError::Certificate(e.to_string()))?;

@@ -122,6 +122,13 @@ pub struct RootAnswer {
     pub time: u64,
 }
 
+/// Answer of `GET /v1/files/{ref}/certificate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateAnswer {
+    /// The signed file certificate, [`Signed::to_bytes`](cairn_core::crypto::Signed::to_bytes) form, hex: verify it before use.
+    pub certificate: String,
+}
+
 /// Answer of `GET /v1/files/{ref}/stat`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileStatAnswer {

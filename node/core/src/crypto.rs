@@ -154,9 +154,7 @@ pub enum KeyFileError {
 impl KeyPair {
     /// A fresh key pair from the operating system's random source.
     pub fn generate() -> KeyPair {
-        let mut secret = [0u8; 32];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
-        KeyPair::from_secret_bytes(&secret)
+        KeyPair::from_secret_bytes(&random_bytes())
     }
 
     /// The key pair whose secret key is `secret` (for tests and key files).
@@ -542,15 +540,12 @@ impl Certificate for FileCertificate {
     const DOMAIN: &'static [u8] = b"cairn/file-certificate/v1";
     fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
         require_key(Self::KIND, &self.owner, signer)?;
-        let derived = FileId::from_name_digest(&self.name_digest, &self.owner.0, self.name_salt);
-        if derived == self.file_id {
-            Ok(())
-        } else {
-            Err(VerifyError::ForeignFileId {
-                file_id: self.file_id,
-                owner: self.owner,
-            })
-        }
+        check_file_id(
+            &self.file_id,
+            &self.name_digest,
+            self.name_salt,
+            &self.owner,
+        )
     }
 }
 
@@ -680,21 +675,51 @@ impl Certificate for StoreReceipt {
 }
 
 /// The owner's order to free a file's storage.
+///
+/// It carries what `file_id` is derived from, so it verifies on its own: only the
+/// owner of a file id can sign a reclaim of it, and a holder that keeps the reclaim as
+/// a tombstone, or receives it without the file's certificate, needs nothing else to
+/// believe it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReclaimCertificate {
-    /// The file to reclaim.
+    /// The file to reclaim: `FileId::from_name_digest(name_digest, owner, name_salt)`,
+    /// checked on verify.
     pub file_id: FileId,
+    /// `SHA-256(name)`, as in the file's certificate.
+    pub name_digest: Id,
+    /// The salt of `file_id`.
+    pub name_salt: u64,
     /// The file's owner, who must be the signer.
     pub owner: PublicKey,
     /// When issued, unix seconds.
     pub issued_at: u64,
 }
 
+impl ReclaimCertificate {
+    /// The reclaim of the file `certificate` describes, issued at `issued_at`.
+    pub fn of(certificate: &FileCertificate, issued_at: u64) -> ReclaimCertificate {
+        ReclaimCertificate {
+            file_id: certificate.file_id,
+            name_digest: certificate.name_digest,
+            name_salt: certificate.name_salt,
+            owner: certificate.owner,
+            issued_at,
+        }
+    }
+}
+
 impl Certificate for ReclaimCertificate {
     const KIND: SignedKind = SignedKind::ReclaimCertificate;
-    const DOMAIN: &'static [u8] = b"cairn/reclaim-certificate/v1";
+    // v2: the file id's derivation became part of the signed body.
+    const DOMAIN: &'static [u8] = b"cairn/reclaim-certificate/v2";
     fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
-        require_key(Self::KIND, &self.owner, signer)
+        require_key(Self::KIND, &self.owner, signer)?;
+        check_file_id(
+            &self.file_id,
+            &self.name_digest,
+            self.name_salt,
+            &self.owner,
+        )
     }
 }
 
@@ -721,6 +746,14 @@ impl Certificate for RootRecord {
     fn check_signer(&self, signer: &PublicKey) -> Result<(), VerifyError> {
         require_key(Self::KIND, &PublicKey(self.volume.0.0), signer)
     }
+}
+
+/// 32 bytes from the operating system's random source: secrets and nonces a peer must
+/// not guess.
+pub fn random_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    bytes
 }
 
 #[cfg(test)]
@@ -809,11 +842,7 @@ mod tests {
     }
 
     fn reclaim(owner: &KeyPair) -> ReclaimCertificate {
-        ReclaimCertificate {
-            file_id: FileId(Id::hash(b"f")),
-            owner: owner.public_key(),
-            issued_at: 1_700_000_002,
-        }
+        ReclaimCertificate::of(&file_certificate(owner), 1_700_000_002)
     }
 
     fn grant(owner: &KeyPair) -> UploadGrant {
@@ -925,8 +954,16 @@ mod tests {
         });
     }
 
+    /// Whether `body`, signed by `signer`, is refused as naming someone else's file id.
+    fn foreign<C: Certificate>(signer: &KeyPair, body: C) -> bool {
+        matches!(
+            Signed::sign(signer, body).unwrap().verify(),
+            Err(VerifyError::ForeignFileId { .. })
+        )
+    }
+
     #[test]
-    fn file_ids_of_other_owners_cannot_be_certified() {
+    fn file_ids_of_other_owners_cannot_be_certified_or_reclaimed() {
         let (alice, mallory) = (key(1), key(98));
         let alices = file_certificate(&alice);
         // Mallory signs a certificate for Alice's file id with herself as owner.
@@ -934,21 +971,26 @@ mod tests {
             owner: mallory.public_key(),
             ..alices.clone()
         };
-        let signed = Signed::sign(&mallory, stolen).unwrap();
-        assert!(matches!(
-            signed.verify(),
-            Err(VerifyError::ForeignFileId { .. })
-        ));
+        assert!(foreign(&mallory, stolen));
         // Or claims another name's digest for the same id.
         let relabelled = FileCertificate {
             name_digest: Id::hash(b"other"),
             ..alices
         };
-        let signed = Signed::sign(&alice, relabelled).unwrap();
-        assert!(matches!(
-            signed.verify(),
-            Err(VerifyError::ForeignFileId { .. })
-        ));
+        assert!(foreign(&alice, relabelled));
+        // The same for a reclaim: it binds the file id to its signer on its own.
+        let alices = reclaim(&alice);
+        let stolen = ReclaimCertificate {
+            owner: mallory.public_key(),
+            ..alices.clone()
+        };
+        assert!(foreign(&mallory, stolen));
+        let other = ReclaimCertificate {
+            file_id: FileId(Id::hash(b"other")),
+            ..alices.clone()
+        };
+        assert!(foreign(&alice, other));
+        assert!(Signed::sign(&alice, alices).unwrap().verify().is_ok());
     }
 
     #[test]
@@ -960,9 +1002,7 @@ mod tests {
     #[test]
     fn reclaim_certificate_rejections() {
         let owner = key(3);
-        check_rejections(reclaim(&owner), &owner, |r| {
-            r.file_id = FileId(Id::hash(b"other"))
-        });
+        check_rejections(reclaim(&owner), &owner, |r| r.issued_at += 1);
     }
 
     #[test]
@@ -1034,6 +1074,8 @@ mod tests {
         #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
         struct LookAlike {
             file_id: FileId,
+            name_digest: Id,
+            name_salt: u64,
             owner: PublicKey,
             issued_at: u64,
         }

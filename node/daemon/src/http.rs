@@ -22,6 +22,7 @@
 //! | `POST /v1/certificates` | publish a signed certificate; answers the reference |
 //! | `GET /v1/files/{ref}?offset=&length=` | the file's bytes, every block verified (Content-Length set); with `offset` (and optional `length`, default to the end) only that range, clamped to the file (an offset at or past the end answers an empty body); header `x-cairn-file-size` is the whole file's size |
 //! | `GET /v1/files/{ref}/stat` | certificate, blocks, who holds which fragment |
+//! | `GET /v1/files/{ref}/certificate` | `{"certificate": hex of the signed certificate}` (what a reclaim is made from); 404 if none |
 //! | `DELETE /v1/files/{ref}` | reclaim (owner-signed) |
 //! | `PUT /v1/roots` | publish a signed root record (body: `Signed<RootRecord>::to_bytes()`); answers `{"replicas", "sequence"}`; 409 `{"error", "held_sequence"}` when a replica holds that sequence or a higher one (a lost update) |
 //! | `GET /v1/roots/{cairn:v:...}` | the highest valid root record the volume's replicas hold: `{"record": hex of the signed bytes, "sequence", "root": file id, "time"}`; 404 if none |
@@ -66,9 +67,9 @@ use tokio::runtime::Handle;
 use crate::gateway::Upload;
 use crate::{GatewayError, NetworkFragments, Node, unix_now};
 use cairn_api::{
-    BlockAnswer, ErrorBody, FILE_SIZE_HEADER, FileStatAnswer, GRANT_HEADER, PublishAnswer,
-    PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody, RootPublished, StatusAnswer,
-    decode_hex, encode_hex,
+    BlockAnswer, CertificateAnswer, ErrorBody, FILE_SIZE_HEADER, FileStatAnswer, GRANT_HEADER,
+    PublishAnswer, PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody, RootPublished,
+    StatusAnswer, decode_hex, encode_hex,
 };
 use cairn_core::crypto::{FileCertificate, RootRecord, Signed, UploadGrant};
 use cairn_core::erasure::ErasureParams;
@@ -314,6 +315,7 @@ pub async fn serve(node: Node, config: ApiConfig) -> Result<ApiServer, ApiStartE
         .route("/v1/certificates", post(post_certificate))
         .route("/v1/files/{reference}", get(get_file).delete(delete_file))
         .route("/v1/files/{reference}/stat", get(stat_file))
+        .route("/v1/files/{reference}/certificate", get(get_certificate))
         .route("/v1/roots", put(put_root))
         .route("/v1/roots/{reference}", get(get_root))
         .route("/v1/status", get(status))
@@ -782,6 +784,25 @@ async fn get_root(
     }))
 }
 
+async fn get_certificate(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<axum::Json<CertificateAnswer>, ApiError> {
+    let file = parse_file_reference(&reference)?;
+    let signed = state.node.find_certificate(file).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no keeper holds a certificate of {reference}"),
+        )
+    })?;
+    let bytes = signed
+        .to_bytes()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(CertificateAnswer {
+        certificate: encode_hex(&bytes),
+    }))
+}
+
 async fn stat_file(
     State(state): State<AppState>,
     Path(reference): Path<String>,
@@ -880,6 +901,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("fragments_diverted_total", counter, "Fragments diverted elsewhere.", load(&c.fragments_diverted)),
         ("fragments_served_total", counter, "Fragments served.", load(&c.fragments_served)),
         ("requests_refused_total", counter, "PAST requests refused.", load(&c.requests_refused)),
+        ("requests_unauthorised_total", counter, "PAST requests refused for want of authority in this node's view (not the coordinator, a target not responsible, a store at a key this node is not responsible for).", load(&c.requests_unauthorised)),
+        ("orders_refused_busy_total", counter, "Maintenance orders refused because their sender already had the most allowed being checked.", load(&c.orders_refused_busy)),
         ("locates_routed_total", counter, "Locates routed through the overlay.", load(&c.locates)),
         ("locates_local_total", counter, "Locates answered from the leaf set.", load(&c.locates_local)),
         ("locates_failed_total", counter, "Locates that failed.", load(&c.locates_failed)),

@@ -56,6 +56,7 @@ use cairn_core::id::{Id, NodeId};
 use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
 use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
 use cairn_past::answer::Answer;
+use cairn_past::authority::RingView;
 use cairn_past::divert::{Diverted, ReplicaDiversion};
 use cairn_past::reclaim::ReclaimForward;
 use cairn_past::{
@@ -222,6 +223,13 @@ pub struct Counters {
     pub fragments_served: AtomicU64,
     /// Requests refused (any reason).
     pub requests_refused: AtomicU64,
+    /// Requests refused because the sender had no authority for them in this node's
+    /// view (a stranger's release or handoff, a store at a key this node is not
+    /// responsible for, ...).
+    pub requests_unauthorised: AtomicU64,
+    /// Maintenance orders refused because their sender already had
+    /// [`maintenance::MAX_ORDERS_PER_PEER`] being checked.
+    pub orders_refused_busy: AtomicU64,
     /// Locates started by this node that were routed through the overlay.
     pub locates: AtomicU64,
     /// Locates answered from this node's own leaf set (no route needed).
@@ -307,6 +315,8 @@ struct Inner {
     schedule: maintenance::SharedSchedule,
     /// Where the next pass of record replication starts, per kind.
     record_cursors: std::sync::Mutex<records::RecordCursors>,
+    /// Maintenance orders being checked, per sender ([`maintenance::OrderSlot`]).
+    orders_in_flight: std::sync::Mutex<HashMap<NodeId, usize>>,
 }
 
 /// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
@@ -411,6 +421,7 @@ impl Node {
             counters: Counters::default(),
             tasks: tasks::Tasks::default(),
             tamper: std::sync::atomic::AtomicBool::new(false),
+            orders_in_flight: std::sync::Mutex::new(HashMap::new()),
             view_changed: tokio::sync::Notify::new(),
             maintenance_tx,
             repair_limiter,
@@ -702,7 +713,7 @@ impl Node {
     ) -> Result<PastResponse, GatewayError> {
         if to.id == self.id() {
             // Boxed: a store asked of oneself may divert, which asks again.
-            return Ok(Box::pin(self.handle_past(request)).await);
+            return Ok(Box::pin(self.handle_past(self.id(), request)).await);
         }
         match self
             .inner
@@ -722,8 +733,9 @@ impl Node {
         }
     }
 
-    /// Answers one PAST request (from another node, or from this node's gateway).
-    async fn handle_past(&self, request: PastRequest) -> PastResponse {
+    /// Answers one PAST request from `from` (another node, as the transport proved it,
+    /// or this node's own gateway and maintenance).
+    async fn handle_past(&self, from: NodeId, request: PastRequest) -> PastResponse {
         let response = match request {
             PastRequest::Reclaim {
                 reclaim,
@@ -738,7 +750,7 @@ impl Node {
             } => self.handle_summary(from, summary, list),
             other => {
                 let node = self.clone();
-                match tokio::task::spawn_blocking(move || node.answer_here(other)).await {
+                match tokio::task::spawn_blocking(move || node.answer_here(from, other)).await {
                     Ok(Answer::Reply(response)) => response,
                     Ok(Answer::Divert {
                         request,
@@ -756,25 +768,35 @@ impl Node {
                 }
             }
         };
-        if matches!(response, PastResponse::Refused(_)) {
-            self.inner
-                .counters
-                .requests_refused
-                .fetch_add(1, Ordering::Relaxed);
+        if let PastResponse::Refused(refusal) = &response {
+            let counters = &self.inner.counters;
+            counters.requests_refused.fetch_add(1, Ordering::Relaxed);
+            if matches!(refusal, Refusal::NotAuthorised(_)) {
+                counters
+                    .requests_unauthorised
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "refused without authority: {refusal}");
+            }
         }
         response
     }
 
-    /// Answers a request from the local store ([`Holder::answer`]), counting what is
-    /// stored and served. Blocking: stores wait for their sync.
-    fn answer_here(&self, request: PastRequest) -> Answer {
+    /// Answers a request from `from` from the local store ([`Holder::answer`], with
+    /// the leaf set as this node's view of the ring), counting what is stored and
+    /// served. Blocking: stores wait for their sync.
+    fn answer_here(&self, from: NodeId, request: PastRequest) -> Answer {
         if let PastRequest::PutPointer { holder, .. } = &request {
             self.learn_hints(&[*holder]);
         }
+        let members: Vec<NodeId> = self.overlay_view().members().collect();
+        let ring = RingView {
+            me: self.id(),
+            members: &members,
+        };
         let mut answer = self
             .inner
             .holder
-            .answer(request, unix_now(), |id| self.address_of(id));
+            .answer(request, from, unix_now(), ring, |id| self.address_of(id));
         let counters = &self.inner.counters;
         match &mut answer {
             Answer::Reply(PastResponse::Stored { .. }) => {
@@ -1118,7 +1140,7 @@ async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>)
                     // order with other nodes, several round trips.
                     let handler = node.clone();
                     node.inner.tasks.spawn("a peer's request", async move {
-                        let response = handler.handle_past(request).await;
+                        let response = handler.handle_past(from.id, request).await;
                         reply.reply(Wire::PastReply(response));
                     });
                 }

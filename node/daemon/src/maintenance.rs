@@ -354,11 +354,24 @@ impl Node {
         self.schedule(|schedule, now| schedule.reconciled(now, &outcome));
     }
 
-    /// A maintenance order to this node (`Handoff`, `Release`, `DropPointer`,
-    /// `Forget`) that passed the local checks: checked with the node it concerns
-    /// ([`OrderCheck`]), then applied to the store and counted.
+    /// A maintenance order to this node (`Handoff`, `Release`, `DropPointer`) that
+    /// passed the local checks: checked in this node's own view and with the node it
+    /// concerns ([`OrderCheck`], over a fresh random nonce), then applied to the store
+    /// and counted. At most [`MAX_ORDERS_PER_PEER`] orders of one sender are checked
+    /// at a time: each costs a locate and a round trip.
     pub(crate) async fn obey(&self, order: Order) -> PastResponse {
-        let change = match self.drive_maintenance(OrderCheck::new(order)).await {
+        let Some(_slot) = OrderSlot::take(self, order.from) else {
+            self.inner
+                .counters
+                .orders_refused_busy
+                .fetch_add(1, Ordering::Relaxed);
+            return PastResponse::Refused(Refusal::Store(format!(
+                "{} already has {MAX_ORDERS_PER_PEER} orders being checked here",
+                order.from
+            )));
+        };
+        let check = OrderCheck::new(order, cairn_core::crypto::random_bytes());
+        let change = match self.drive_maintenance(check).await {
             Ok(change) => change,
             Err(refusal) => return PastResponse::Refused(refusal),
         };
@@ -393,9 +406,6 @@ impl Node {
             ) => {
                 counters.fragments_released.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%key, index, %kept_by, "surplus copy released");
-            }
-            (Change::Forget { file, .. }, PastResponse::Reclaimed { fragments, .. }) => {
-                tracing::info!(%file, fragments, "a missed reclaim carried out");
             }
             _ => {}
         }
@@ -537,6 +547,41 @@ async fn scrub_task(node: Node) {
                         .fetch_add(1, Ordering::Relaxed);
                     let _ = node.inner.maintenance_tx.try_send(Job::Changed(key));
                 }
+            }
+        }
+    }
+}
+
+/// At most this many maintenance orders of one sender are checked at a time (an
+/// honest coordinator sends one per holder and key it reconciles, a few at once).
+pub const MAX_ORDERS_PER_PEER: usize = 8;
+
+/// One of a sender's [`MAX_ORDERS_PER_PEER`] order checks, given back when dropped.
+pub(crate) struct OrderSlot<'a> {
+    node: &'a Node,
+    from: NodeId,
+}
+
+impl<'a> OrderSlot<'a> {
+    /// A slot for an order of `from`, if it has one left.
+    pub(crate) fn take(node: &'a Node, from: NodeId) -> Option<OrderSlot<'a>> {
+        let mut in_flight = crate::lock(&node.inner.orders_in_flight);
+        let count = in_flight.entry(from).or_default();
+        if *count >= MAX_ORDERS_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(OrderSlot { node, from })
+    }
+}
+
+impl Drop for OrderSlot<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = crate::lock(&self.node.inner.orders_in_flight);
+        if let Some(count) = in_flight.get_mut(&self.from) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                in_flight.remove(&self.from);
             }
         }
     }

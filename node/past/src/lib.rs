@@ -53,6 +53,7 @@
 //! another index of the key (one index per node).
 
 pub mod answer;
+pub mod authority;
 pub mod divert;
 pub mod insert;
 pub mod lookup;
@@ -202,6 +203,8 @@ pub enum PastRequest {
         index: u16,
         /// The responsible node holding the same fragment.
         kept_by: NodeAddress,
+        /// A referencing file's certificate: says how many nodes are responsible.
+        authority: RepairAuthority,
     },
     /// Drop your pointer for fragment `index` of `key` if its holder no longer has it.
     DropPointer {
@@ -255,6 +258,16 @@ pub enum PastRequest {
     GetRoot {
         /// The volume.
         volume: VolumeKey,
+    },
+    /// Prove that you hold fragment `index` of `key`: answer with
+    /// [`authority::possession_proof`] over `nonce` and the fragment's bytes.
+    Prove {
+        /// The placement key.
+        key: PlacementKey,
+        /// The fragment.
+        index: u16,
+        /// The asker's fresh random nonce.
+        nonce: [u8; 32],
     },
 }
 
@@ -345,6 +358,11 @@ pub enum Refusal {
         /// The record held, [`Signed::to_bytes`] form.
         record: Vec<u8>,
     },
+    /// The asker has no authority for this request in this node's own view of the
+    /// ring ([`authority`]): not the key's coordinator, a target that is not
+    /// responsible, a store at a key this node is not responsible for.
+    #[error("not authorised: {0}")]
+    NotAuthorised(String),
 }
 
 impl Refusal {
@@ -430,6 +448,11 @@ pub enum PastResponse {
     Root {
         /// The signed record.
         record: Option<Vec<u8>>,
+    },
+    /// The answer to [`PastRequest::Prove`].
+    Possession {
+        /// [`authority::possession_proof`] of the fragment held.
+        proof: Id,
     },
 }
 
@@ -816,23 +839,12 @@ impl<S: NodeStore> Holder<S> {
         })
     }
 
-    /// Carries out a reclaim this node missed: checks the reclaim's signature (the
-    /// caller has checked that no certificate of another owner exists), remembers the
-    /// file as reclaimed, forgets its certificate and its references under `keys`, and
-    /// deletes the fragments and pointers of keys no other file references.
+    /// Carries out a reclaim this node missed: checks the reclaim (its signature, and
+    /// that it binds the file id to its signer, so no certificate is needed), remembers
+    /// the file as reclaimed, forgets its certificate and its references under `keys`,
+    /// and deletes the fragments and pointers of keys no other file references.
     pub fn forget(&self, reclaim: &[u8], keys: &[PlacementKey]) -> Result<Reclaimed, Refusal> {
-        let order = check_reclaim(reclaim)?;
-        let file = order.file_id;
-        if let Some(kept) = self.store.get_certificate(&file).map_err(store_refusal)? {
-            let owner = Signed::<FileCertificate>::from_bytes(&kept)
-                .ok()
-                .map(|c| c.body.owner);
-            if owner.is_some_and(|owner| owner != order.owner) {
-                return Err(Refusal::Certificate(format!(
-                    "the reclaim of file {file} is not signed by its owner"
-                )));
-            }
-        }
+        let file = check_reclaim(reclaim)?.file_id;
         self.store
             .put_tombstone(&file, reclaim)
             .map_err(store_refusal)?;
@@ -1143,26 +1155,14 @@ mod tests {
             .unwrap();
         let elsewhere = NodeId(Id::hash(b"elsewhere"));
         holder.put_pointer(&key(2), 1, &elsewhere);
-        let reclaim = |signer: &KeyPair, file: FileId| {
-            let body = ReclaimCertificate {
-                file_id: file,
-                owner: signer.public_key(),
-                issued_at: NOW,
-            };
-            Signed::sign(signer, body).unwrap().to_bytes().unwrap()
-        };
-        let a_bytes = a.to_bytes().unwrap();
+        let (a_bytes, b_bytes) = (a.to_bytes().unwrap(), b.to_bytes().unwrap());
+        let reclaim = crate::testing::reclaim;
         let thief = key_pair(66);
-        let refused = holder.reclaim(&reclaim(&thief, a.body.file_id), &a_bytes, &[key(1)], NOW);
+        let refused = holder.reclaim(&reclaim(&thief, &a_bytes), &a_bytes, &[key(1)], NOW);
         assert!(matches!(refused, Err(Refusal::Certificate(_))));
 
         let done = holder
-            .reclaim(
-                &reclaim(&owner, a.body.file_id),
-                &a_bytes,
-                &[key(1), key(2)],
-                NOW,
-            )
+            .reclaim(&reclaim(&owner, &a_bytes), &a_bytes, &[key(1), key(2)], NOW)
             .unwrap();
         assert_eq!(
             (done.fragments, done.bytes),
@@ -1178,9 +1178,8 @@ mod tests {
             NOW,
         );
         assert_eq!(again, Err(Refusal::Reclaimed(a.body.file_id)));
-        let b_bytes = b.to_bytes().unwrap();
         let done = holder
-            .reclaim(&reclaim(&owner, b.body.file_id), &b_bytes, &[key(1)], NOW)
+            .reclaim(&reclaim(&owner, &b_bytes), &b_bytes, &[key(1)], NOW)
             .unwrap();
         assert_eq!(done.bytes, 500);
         assert_eq!(holder.store().used(), 0);
@@ -1246,17 +1245,7 @@ mod tests {
             Err(Refusal::Conflict)
         );
         // A file reclaimed here is never repaired here.
-        let reclaim = Signed::sign(
-            &owner,
-            ReclaimCertificate {
-                file_id: other,
-                owner: owner.public_key(),
-                issued_at: NOW,
-            },
-        )
-        .unwrap()
-        .to_bytes()
-        .unwrap();
+        let reclaim = crate::testing::reclaim(&owner, &other_cert);
         holder.store().put_tombstone(&other, &reclaim).unwrap();
         let mut elsewhere = repair(other_cert, vec![other], 0);
         elsewhere.key = key(10);
@@ -1275,19 +1264,7 @@ mod tests {
         holder
             .repair_fragment(&repair(cert.clone(), vec![file], 0), NOW)
             .unwrap();
-        let order = |signer: &KeyPair| {
-            Signed::sign(
-                signer,
-                ReclaimCertificate {
-                    file_id: file,
-                    owner: signer.public_key(),
-                    issued_at: NOW,
-                },
-            )
-            .unwrap()
-            .to_bytes()
-            .unwrap()
-        };
+        let order = |signer: &KeyPair| crate::testing::reclaim(signer, &cert);
         assert!(matches!(
             holder.forget(&order(&key_pair(66)), &[key(9)]),
             Err(Refusal::Certificate(_))

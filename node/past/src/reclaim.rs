@@ -502,7 +502,7 @@ mod tests {
         assert_eq!(holders(&net, &at).len(), 6);
         let done = testing::run(
             &net,
-            file_reclaim(testing::reclaim(&owner, file), &certificate, hash),
+            file_reclaim(testing::reclaim(&owner, &certificate), &certificate, hash),
         )
         .unwrap();
         assert_eq!(done.fragments, 6);
@@ -521,12 +521,12 @@ mod tests {
         let mut net = TestNet::new(&[64 * MIB; 12]);
         let owner = KeyPair::from_secret_bytes(&[3; 32]);
         let (hash, at) = block(3);
-        let (file, certificate, _) = testing::certified_block(&net, &owner, b"f", at, CODE, 4000);
+        let (_, certificate, _) = testing::certified_block(&net, &owner, b"f", at, CODE, 4000);
         let silent = holders(&net, &at)[0];
         net.set(&silent, Behaviour::Silent);
         let done = testing::run(
             &net,
-            file_reclaim(testing::reclaim(&owner, file), &certificate, hash),
+            file_reclaim(testing::reclaim(&owner, &certificate), &certificate, hash),
         )
         .unwrap();
         assert_eq!(done.fragments, 5);
@@ -545,14 +545,14 @@ mod tests {
         let owner = KeyPair::from_secret_bytes(&[4; 32]);
         let thief = KeyPair::from_secret_bytes(&[5; 32]);
         let (hash, at) = block(4);
-        let (file, certificate, _) = testing::certified_block(&net, &owner, b"f", at, CODE, 4000);
-        let mut op = file_reclaim(testing::reclaim(&thief, file), &certificate, hash);
+        let (_, certificate, _) = testing::certified_block(&net, &owner, b"f", at, CODE, 4000);
+        let mut op = file_reclaim(testing::reclaim(&thief, &certificate), &certificate, hash);
         assert!(matches!(
             op.start(),
             Progress::Done(Err(ReclaimError::Refused(Refusal::Certificate(_))))
         ));
         // A reclaim whose signature was tampered with is not even parsed as one.
-        let mut tampered = testing::reclaim(&owner, file);
+        let mut tampered = testing::reclaim(&owner, &certificate);
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         let mut op = file_reclaim(tampered, &certificate, hash);
@@ -563,7 +563,7 @@ mod tests {
         let asked = net.ask(
             &holder,
             PastRequest::Reclaim {
-                reclaim: testing::reclaim(&thief, file),
+                reclaim: testing::reclaim(&thief, &certificate),
                 certificate,
                 keys: vec![at],
             },
@@ -604,7 +604,7 @@ mod tests {
                 .unwrap();
         };
         reference(&net);
-        let reclaim = testing::reclaim(&owner, file);
+        let reclaim = testing::reclaim(&owner, &certificate);
         let request = PastRequest::Reclaim {
             reclaim: reclaim.clone(),
             certificate: certificate.clone(),

@@ -18,6 +18,7 @@ use cairn_core::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKe
 use cairn_store::{MemoryStore, NodeStore};
 
 use crate::answer::Answer;
+use crate::authority::RingView;
 use crate::divert::ReplicaDiversion;
 use crate::insert::{BlockInsert, OwnedFragments};
 use crate::maintenance::OrderCheck;
@@ -28,6 +29,12 @@ use crate::{Holder, NodeAddress, PastConfig, PastRequest, PastResponse, closest}
 
 /// The time every test node lives at.
 pub const NOW: u64 = 1_800_000_000;
+
+/// The id a client outside the ring asks with (a gateway's put or get).
+pub const CLIENT: NodeId = NodeId(Id([0xc1; 32]));
+
+/// The nonce every order check of a test net proves possession over.
+const NONCE: [u8; 32] = [0x5a; 32];
 
 /// How a test node behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,8 +167,18 @@ impl TestNet {
             .collect()
     }
 
-    /// `to`'s answer to `request`.
+    /// `to`'s answer to `request` from a client outside the ring ([`CLIENT`]).
     pub fn ask(&self, to: &NodeAddress, request: PastRequest) -> Result<PastResponse, String> {
+        self.ask_from(CLIENT, to, request)
+    }
+
+    /// `to`'s answer to `request` sent by `from`. Every node knows the whole ring.
+    pub fn ask_from(
+        &self,
+        from: NodeId,
+        to: &NodeAddress,
+        request: PastRequest,
+    ) -> Result<PastResponse, String> {
         let node = self.node(&to.id);
         match node.behaviour {
             Behaviour::Down | Behaviour::Silent => {
@@ -213,7 +230,20 @@ impl TestNet {
             }
             Behaviour::Honest => {}
         }
-        match node.holder.answer(request, NOW, |id| self.address_of(id)) {
+        let members: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.behaviour != Behaviour::Down)
+            .map(|n| n.address.id)
+            .collect();
+        let ring = RingView {
+            me: to.id,
+            members: &members,
+        };
+        match node
+            .holder
+            .answer(request, from, NOW, ring, |id| self.address_of(id))
+        {
             Answer::Reply(response) => Ok(response),
             Answer::Divert {
                 request,
@@ -231,7 +261,7 @@ impl TestNet {
                     live.iter().map(|n| n.id),
                     |id| self.address_of(id),
                 );
-                Ok(match run(self, diversion) {
+                Ok(match run_at(self, to.id, diversion) {
                     Ok(diverted) => {
                         let _ = node.holder.put_pointer(&key, index, &diverted.to.id);
                         PastResponse::Stored {
@@ -242,7 +272,7 @@ impl TestNet {
                     Err(refusal) => PastResponse::Refused(refusal),
                 })
             }
-            Answer::Order(order) => Ok(match run(self, OrderCheck::new(order)) {
+            Answer::Order(order) => Ok(match run_at(self, to.id, OrderCheck::new(order, NONCE)) {
                 Ok(change) => node.holder.apply(&change),
                 Err(refusal) => PastResponse::Refused(refusal),
             }),
@@ -252,8 +282,9 @@ impl TestNet {
                 keys,
             }) => Ok(
                 match node.holder.reclaim(&reclaim, &certificate, &keys, NOW) {
-                    Ok(here) => run(
+                    Ok(here) => run_at(
                         self,
+                        to.id,
                         ReclaimForward::new(reclaim, certificate, here, |id| self.address_of(id)),
                     )
                     .response(),
@@ -265,9 +296,15 @@ impl TestNet {
     }
 }
 
-/// Drives `op` over `net`: each command is carried out in the order issued, and its
-/// answer fed back at once.
-pub fn run<O: Operation<Failure = String>>(net: &TestNet, mut op: O) -> O::Output {
+/// Drives `op` over `net` from a client outside the ring ([`CLIENT`]): each command is
+/// carried out in the order issued, and its answer fed back at once.
+pub fn run<O: Operation<Failure = String>>(net: &TestNet, op: O) -> O::Output {
+    run_at(net, CLIENT, op)
+}
+
+/// [`run`], with every request sent by the node `at` (a coordinator's reconcile, a
+/// holder's order check).
+pub fn run_at<O: Operation<Failure = String>>(net: &TestNet, at: NodeId, mut op: O) -> O::Output {
     let mut queue = VecDeque::new();
     let mut progress = op.start();
     // Bounded: an operation that never decides is a failing test, not a hang.
@@ -283,7 +320,9 @@ pub fn run<O: Operation<Failure = String>>(net: &TestNet, mut op: O) -> O::Outpu
             Command::Locate { key, count } => {
                 Input::Located(Ok(net.closest(&key.0, usize::from(count))))
             }
-            Command::Ask { ask, to, request } => Input::Answered(ask, net.ask(&to, request)),
+            Command::Ask { ask, to, request } => {
+                Input::Answered(ask, net.ask_from(at, &to, request))
+            }
             // No bandwidth is modelled: every pace is granted at once.
             Command::Pace { ask, .. } => Input::Paced(ask),
         });
@@ -343,12 +382,13 @@ pub fn certificate(owner: &KeyPair, name: &[u8], (k, m): (u16, u16)) -> (FileId,
     (file, bytes)
 }
 
-/// `signer`'s signed reclaim of `file` (valid only if `signer` owns it).
-pub fn reclaim(signer: &KeyPair, file: FileId) -> Vec<u8> {
+/// `signer`'s signed reclaim of the file `certificate` (signed bytes) certifies: valid
+/// only if `signer` owns it.
+pub fn reclaim(signer: &KeyPair, certificate: &[u8]) -> Vec<u8> {
+    let certified = Signed::<FileCertificate>::from_bytes(certificate).expect("a certificate");
     let body = ReclaimCertificate {
-        file_id: file,
         owner: signer.public_key(),
-        issued_at: NOW,
+        ..ReclaimCertificate::of(&certified.body, NOW)
     };
     Signed::sign(signer, body)
         .and_then(|s| s.to_bytes())

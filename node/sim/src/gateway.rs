@@ -23,6 +23,7 @@ use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, FragmentRef
 use cairn_core::id::{BlockHash, FileId, FragmentHash, NodeId, PlacementKey};
 use cairn_core::manifest::{Manifest, manifest_placement_key};
 use cairn_past::answer::Answer;
+use cairn_past::authority::RingView;
 use cairn_past::insert::{BlockInsert, InsertError};
 use cairn_past::lookup::{FetchFailure, Fetched, FragmentLookup};
 use cairn_past::operation::{AskId, Command, Input, Operation, Progress};
@@ -279,7 +280,14 @@ fn instant_answer(sim: &Sim, gateway: &NodeId, command: Command) -> Input<SimFai
         Command::Ask { ask, to, request } => {
             let answer = match sim.holder(&to.id) {
                 Some(holder) if sim.is_up(&to.id) => {
-                    match holder.answer(request, sim.unix_now(), |id| sim.address_of(id)) {
+                    let members = sim.ring_of(&to.id);
+                    let ring = RingView {
+                        me: to.id,
+                        members: &members,
+                    };
+                    match holder.answer(request, *gateway, sim.unix_now(), ring, |id| {
+                        sim.address_of(id)
+                    }) {
                         Answer::Reply(response) => Ok(response),
                         _ => Err(SimFailure::Unknown(to.id)),
                     }

@@ -51,6 +51,7 @@ use cairn_core::crypto::KeyPair;
 use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
 use cairn_overlay::{Event, Time};
 use cairn_past::answer::Answer;
+use cairn_past::authority::RingView;
 use cairn_past::divert::{Diverted, ReplicaDiversion};
 use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
 use cairn_past::maintenance::{Change, OrderCheck, orders::Verdict};
@@ -324,6 +325,21 @@ impl Sim {
     /// The PAST counters of the run.
     pub fn past_stats(&self) -> &PastStats {
         &self.past.stats
+    }
+
+    /// What node `i` knows of the ring, as its holder's checks of authority see it:
+    /// its leaf set.
+    pub fn ring_members(&self, i: u32) -> Vec<NodeId> {
+        let (left, right) = self.nodes[i as usize].overlay.leaf_set();
+        left.into_iter().chain(right).collect()
+    }
+
+    /// What the node `id` knows of the ring ([`Sim::ring_members`]; empty if unknown).
+    pub fn ring_of(&self, id: &NodeId) -> Vec<NodeId> {
+        self.index
+            .get(id)
+            .map(|&i| self.ring_members(i))
+            .unwrap_or_default()
     }
 
     /// The holder of node `id` (`None` without [`crate::SimConfig::past`]).
@@ -862,7 +878,15 @@ impl Sim {
         let Some(past) = &self.nodes[to as usize].past else {
             return;
         };
-        let answer = past.holder.answer(request, now, |id| self.address_of(id));
+        let members = self.ring_members(to);
+        let ring = RingView {
+            me: self.nodes[to as usize].overlay.id(),
+            members: &members,
+        };
+        let asker = self.nodes[from as usize].overlay.id();
+        let answer = past
+            .holder
+            .answer(request, asker, now, ring, |id| self.address_of(id));
         match answer {
             Answer::Reply(response) => self.send_reply(to, from, op, ask, response),
             Answer::Divert {
@@ -896,7 +920,9 @@ impl Sim {
             }
             // The daemon's `obey`: checked with the node it concerns, then applied.
             Answer::Order(order) if self.setup().maintenance.is_some() => {
-                let check: OrderCheck<SimFailure> = OrderCheck::new(order);
+                // The nonce need not be secret here, only fresh: one per order.
+                let nonce = Id::hash_parts(&[b"cairn/sim/nonce", &op.to_be_bytes()]).0;
+                let check: OrderCheck<SimFailure> = OrderCheck::new(order, nonce);
                 let then = Then::Obey {
                     op,
                     ask,

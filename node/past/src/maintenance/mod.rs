@@ -7,7 +7,7 @@
 //! - [`reconcile`]: [`KeyReconcile`], one key's reconciliation as its coordinator runs
 //!   it (holdings, authority, plan, regeneration, handoff, release, forget), an
 //!   [`crate::operation::Operation`];
-//! - [`orders`]: the holder's side of `Handoff`, `Release`, `DropPointer` and `Forget`
+//! - [`orders`]: the holder's side of `Handoff`, `Release` and `DropPointer`
 //!   ([`Order`], checked by [`OrderCheck`], an [`crate::operation::Operation`], then
 //!   applied with [`crate::Holder::apply`]);
 //! - [`schedule`]: [`MaintenanceSchedule`], when a node looks at which key (debounced
@@ -32,7 +32,7 @@ pub mod schedule;
 use cairn_core::crypto::{Signed, StoreReceipt};
 use cairn_core::id::{FragmentHash, NodeId, PlacementKey};
 
-pub use orders::{Change, Order, OrderCheck};
+pub use orders::{Action, Change, Order, OrderCheck};
 pub use planner::{
     Authority, FileStatus, Observed, Plan, Step, affected_ranges, decide_authority,
     holdings_digest, plan, summary_digest,

@@ -302,9 +302,9 @@ pub enum Authority {
 }
 
 /// Decides from the keepers' answers whether a key may be repaired. A valid tombstone
-/// beats a certificate of the same owner (a keeper that was down during the reclaim
-/// still serves the old certificate); a tombstone is believed without a certificate
-/// only because a deletion then needs every keeper to have lost the certificate.
+/// beats a certificate (a keeper that was down during the reclaim still serves the old
+/// certificate): it binds the file id to its signer, so only the file's owner can have
+/// signed it, with or without a certificate at hand.
 pub fn decide_authority(answers: &[(FileId, Vec<FileStatus>)], now: UnixSeconds) -> Authority {
     let mut live: Option<(Vec<u8>, FileCertificate)> = None;
     let mut reclaimed = Vec::new();
@@ -319,14 +319,11 @@ pub fn decide_authority(answers: &[(FileId, Vec<FileStatus>)], now: UnixSeconds)
             let bytes = s.tombstone.as_ref()?;
             let signed = Signed::<ReclaimCertificate>::from_bytes(bytes).ok()?;
             let order = signed.verify().ok()?;
-            (order.file_id == *file).then(|| (bytes.clone(), order.owner))
+            (order.file_id == *file).then(|| bytes.clone())
         });
         match (certificate, tombstone) {
-            (Some((_, body)), Some((reclaim, owner))) if body.owner == owner => {
-                reclaimed.push((*file, reclaim));
-            }
-            (None, Some((reclaim, _))) => reclaimed.push((*file, reclaim)),
-            (Some(found), _) => {
+            (_, Some(reclaim)) => reclaimed.push((*file, reclaim)),
+            (Some(found), None) => {
                 if live.is_none() {
                     live = Some(found);
                 }
@@ -644,7 +641,7 @@ mod tests {
         };
         let gone = FileStatus {
             certificate: None,
-            tombstone: Some(reclaim(&owner, file)),
+            tombstone: Some(reclaim(&owner, &cert)),
         };
         let nothing = FileStatus::default();
         let live = decide_authority(&[(file, vec![nothing.clone(), kept.clone()])], 10);
@@ -656,7 +653,7 @@ mod tests {
         let thief = KeyPair::from_secret_bytes(&[7; 32]);
         let forged = FileStatus {
             certificate: None,
-            tombstone: Some(reclaim(&thief, file)),
+            tombstone: Some(reclaim(&thief, &cert)),
         };
         let kept_anyway = decide_authority(&[(file, vec![kept, forged])], 10);
         assert!(matches!(kept_anyway, Authority::Live { .. }));

@@ -598,13 +598,18 @@ impl<E: fmt::Display + fmt::Debug> KeyReconcile<E> {
                     index,
                     node,
                     kept_by,
-                } => match (self.address_of(node), self.address_of(kept_by)) {
-                    (Some(node), Some(kept_by)) => Some((
+                } => match (
+                    self.address_of(node),
+                    self.address_of(kept_by),
+                    &self.authority,
+                ) {
+                    (Some(node), Some(kept_by), Some(authority)) => Some((
                         node,
                         PastRequest::Release {
                             key,
                             index: *index,
                             kept_by,
+                            authority: authority.clone(),
                         },
                     )),
                     _ => None,
@@ -1001,7 +1006,7 @@ mod tests {
 
     use super::*;
     use crate::PastConfig;
-    use crate::testing::{Behaviour, NOW, TestNet, certified_block, key, run};
+    use crate::testing::{Behaviour, NOW, TestNet, certified_block, key, run, run_at};
 
     const MIB: u64 = 1 << 20;
     /// As the daemon asks by default: `2 · span + spares`.
@@ -1012,7 +1017,13 @@ mod tests {
     }
 
     fn reconcile(net: &TestNet, at: PlacementKey, known: KnownStatuses) -> Reconciled<String> {
-        run(net, KeyReconcile::new(at, WIDE, keepers(), known, NOW))
+        // Run by the key's coordinator: holders obey no one else.
+        let coordinator = net.closest(&at.0, 1)[0].id;
+        run_at(
+            net,
+            coordinator,
+            KeyReconcile::new(at, WIDE, keepers(), known, NOW),
+        )
     }
 
     #[test]
@@ -1138,7 +1149,7 @@ mod tests {
         let owner = KeyPair::from_secret_bytes(&[73; 32]);
         let (file, certificate, _) = certified_block(&net, &owner, b"r", key(4), (4, 2), 20_000);
         // Only the certificate's keepers saw the reclaim.
-        let reclaim = crate::testing::reclaim(&owner, file);
+        let reclaim = crate::testing::reclaim(&owner, &certificate);
         for keeper in net.closest(&certificate_key(&file).0, usize::from(keepers())) {
             net.node(&keeper.id)
                 .holder
