@@ -227,8 +227,9 @@ pub struct Counters {
     /// view (a stranger's release or handoff, a store at a key this node is not
     /// responsible for, ...).
     pub requests_unauthorised: AtomicU64,
-    /// Maintenance orders refused because their sender already had
-    /// [`maintenance::MAX_ORDERS_PER_PEER`] being checked.
+    /// Maintenance orders refused because their sender, or their key, already had the
+    /// most allowed being checked ([`maintenance::MAX_ORDERS_PER_PEER`],
+    /// [`maintenance::MAX_ORDERS_PER_KEY`]).
     pub orders_refused_busy: AtomicU64,
     /// Locates started by this node that were routed through the overlay.
     pub locates: AtomicU64,
@@ -315,8 +316,8 @@ struct Inner {
     schedule: maintenance::SharedSchedule,
     /// Where the next pass of record replication starts, per kind.
     record_cursors: std::sync::Mutex<records::RecordCursors>,
-    /// Maintenance orders being checked, per sender ([`maintenance::OrderSlot`]).
-    orders_in_flight: std::sync::Mutex<HashMap<NodeId, usize>>,
+    /// Maintenance orders being checked, per sender and per key.
+    order_slots: maintenance::OrderSlots,
 }
 
 /// A running node. Cheap to clone; the node stops when [`Node::shutdown`] is called
@@ -421,7 +422,7 @@ impl Node {
             counters: Counters::default(),
             tasks: tasks::Tasks::default(),
             tamper: std::sync::atomic::AtomicBool::new(false),
-            orders_in_flight: std::sync::Mutex::new(HashMap::new()),
+            order_slots: maintenance::OrderSlots::default(),
             view_changed: tokio::sync::Notify::new(),
             maintenance_tx,
             repair_limiter,

@@ -26,6 +26,7 @@
 //! dropped a fragment, or (on the slow pass) with a digest of what it holds, which the
 //! coordinator compares with what it saw at its last settled reconcile.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -357,17 +358,17 @@ impl Node {
     /// A maintenance order to this node (`Handoff`, `Release`, `DropPointer`) that
     /// passed the local checks: checked in this node's own view and with the node it
     /// concerns ([`OrderCheck`], over a fresh random nonce), then applied to the store
-    /// and counted. At most [`MAX_ORDERS_PER_PEER`] orders of one sender are checked
-    /// at a time: each costs a locate and a round trip.
+    /// and counted. At most [`MAX_ORDERS_PER_PEER`] orders of one sender, and
+    /// [`MAX_ORDERS_PER_KEY`] about one key, are checked at a time ([`OrderSlots`]).
     pub(crate) async fn obey(&self, order: Order) -> PastResponse {
-        let Some(_slot) = OrderSlot::take(self, order.from) else {
+        let Some(_slot) = self.inner.order_slots.take(order.from, order.key) else {
             self.inner
                 .counters
                 .orders_refused_busy
                 .fetch_add(1, Ordering::Relaxed);
             return PastResponse::Refused(Refusal::Store(format!(
-                "{} already has {MAX_ORDERS_PER_PEER} orders being checked here",
-                order.from
+                "too many orders of {} or about {} are being checked here",
+                order.from, order.key
             )));
         };
         let check = OrderCheck::new(order, cairn_core::crypto::random_bytes());
@@ -556,34 +557,59 @@ async fn scrub_task(node: Node) {
 /// honest coordinator sends one per holder and key it reconciles, a few at once).
 pub const MAX_ORDERS_PER_PEER: usize = 8;
 
-/// One of a sender's [`MAX_ORDERS_PER_PEER`] order checks, given back when dropped.
-pub(crate) struct OrderSlot<'a> {
-    node: &'a Node,
-    from: NodeId,
+/// At most this many maintenance orders about one key are checked at a time, whoever
+/// sent them (an honest coordinator sends a holder one or two per key).
+pub const MAX_ORDERS_PER_KEY: usize = 4;
+
+/// The maintenance orders being checked, per sender and per key: each costs a locate
+/// and a round trip, so neither one peer nor one key may have many at once.
+#[derive(Debug, Default)]
+pub(crate) struct OrderSlots {
+    in_flight: std::sync::Mutex<(HashMap<NodeId, usize>, HashMap<PlacementKey, usize>)>,
 }
 
-impl<'a> OrderSlot<'a> {
-    /// A slot for an order of `from`, if it has one left.
-    pub(crate) fn take(node: &'a Node, from: NodeId) -> Option<OrderSlot<'a>> {
-        let mut in_flight = crate::lock(&node.inner.orders_in_flight);
-        let count = in_flight.entry(from).or_default();
-        if *count >= MAX_ORDERS_PER_PEER {
+impl OrderSlots {
+    /// A slot for an order of `from` about `key`, if both have one left; it is given
+    /// back when dropped.
+    pub(crate) fn take(&self, from: NodeId, key: PlacementKey) -> Option<OrderSlot<'_>> {
+        let mut in_flight = crate::lock(&self.in_flight);
+        let (peers, keys) = &mut *in_flight;
+        if peers.get(&from).copied().unwrap_or(0) >= MAX_ORDERS_PER_PEER
+            || keys.get(&key).copied().unwrap_or(0) >= MAX_ORDERS_PER_KEY
+        {
             return None;
         }
-        *count += 1;
-        Some(OrderSlot { node, from })
+        *peers.entry(from).or_default() += 1;
+        *keys.entry(key).or_default() += 1;
+        Some(OrderSlot {
+            slots: self,
+            from,
+            key,
+        })
     }
+}
+
+/// One order's place in [`OrderSlots`].
+pub(crate) struct OrderSlot<'a> {
+    slots: &'a OrderSlots,
+    from: NodeId,
+    key: PlacementKey,
 }
 
 impl Drop for OrderSlot<'_> {
     fn drop(&mut self) {
-        let mut in_flight = crate::lock(&self.node.inner.orders_in_flight);
-        if let Some(count) = in_flight.get_mut(&self.from) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                in_flight.remove(&self.from);
+        fn give_back<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, at: &K) {
+            if let Some(count) = counts.get_mut(at) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    counts.remove(at);
+                }
             }
         }
+        let mut in_flight = crate::lock(&self.slots.in_flight);
+        let (peers, keys) = &mut *in_flight;
+        give_back(peers, &self.from);
+        give_back(keys, &self.key);
     }
 }
 
@@ -592,6 +618,32 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn order_slots_are_bounded_per_sender_and_per_key_and_given_back() {
+        let slots = OrderSlots::default();
+        let peer = |n: u8| NodeId(Id([n; 32]));
+        let key = |n: u8| PlacementKey(Id([n; 32]));
+        // One sender, many keys: the sender's cap.
+        let held: Vec<_> = (0..MAX_ORDERS_PER_PEER)
+            .map(|i| slots.take(peer(1), key(i as u8)).unwrap())
+            .collect();
+        assert!(slots.take(peer(1), key(100)).is_none());
+        assert!(slots.take(peer(2), key(100)).is_some());
+        drop(held);
+        assert!(slots.take(peer(1), key(100)).is_some());
+        // One key, many senders: the key's cap.
+        let held: Vec<_> = (0..MAX_ORDERS_PER_KEY)
+            .map(|i| slots.take(peer(10 + i as u8), key(7)).unwrap())
+            .collect();
+        assert!(slots.take(peer(50), key(7)).is_none());
+        drop(held);
+        assert!(slots.take(peer(50), key(7)).is_some());
+        assert!(
+            crate::lock(&slots.in_flight).0.is_empty(),
+            "nothing kept once given back"
+        );
+    }
 
     #[tokio::test]
     async fn the_rate_limiter_lets_a_second_of_burst_through_then_waits() {
