@@ -10,7 +10,8 @@
 //! 255-bit puzzle, stopped at 2^16 attempts): the expected time at `d` bits is `2^d`
 //! of those. Then the measured searches: the number of attempts is geometric, so the
 //! median of a few runs is about `ln 2` (0.69) of the mean and single runs spread
-//! widely; the table prints both, and min and max.
+//! widely; the table prints both, and min and max, and the rate the runs went at (a
+//! machine busy with other work lowers it, and the times with it).
 
 use std::time::Instant;
 
@@ -41,8 +42,8 @@ fn main() {
         1.0 / per_attempt
     );
     println!(
-        "{:>5} {:>5} {:>12} {:>12} {:>12} {:>12}",
-        "bits", "runs", "median s", "min s", "max s", "mean (exp) s"
+        "{:>5} {:>5} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "bits", "runs", "median s", "min s", "max s", "mean (exp) s", "attempts/s"
     );
     for bits in (8..=max_bits).step_by(4) {
         let difficulty = Difficulty(bits);
@@ -52,23 +53,31 @@ fn main() {
             17..=20 => 5,
             _ => 3,
         };
-        let mut seconds: Vec<f64> = (0..runs)
-            .map(|_| {
-                let start = Instant::now();
-                let key = KeyPair::generate_solving(difficulty, difficulty.attempt_bound(), |_| {});
-                let elapsed = start.elapsed().as_secs_f64();
-                assert!(key.is_ok(), "no key at {difficulty} within the bound");
-                elapsed
-            })
-            .collect();
+        // Per run: its time, and the attempts made and time taken up to its last
+        // progress call (the rate it ran at, which a busy machine lowers).
+        let mut seconds = Vec::with_capacity(runs);
+        let (mut counted_attempts, mut counted_seconds) = (0u64, 0f64);
+        for _ in 0..runs {
+            let start = Instant::now();
+            let mut last = (0u64, 0f64);
+            let key = KeyPair::generate_solving(difficulty, difficulty.attempt_bound(), |made| {
+                last = (made, start.elapsed().as_secs_f64());
+            });
+            seconds.push(start.elapsed().as_secs_f64());
+            assert!(key.is_ok(), "no key at {difficulty} within the bound");
+            counted_attempts += last.0;
+            counted_seconds += last.1;
+        }
         seconds.sort_by(f64::total_cmp);
         let expected = per_attempt * difficulty.expected_attempts() as f64;
+        let rate = (counted_seconds > 0.0).then(|| counted_attempts as f64 / counted_seconds);
         println!(
-            "{bits:>5} {runs:>5} {:>12.3} {:>12.3} {:>12.3} {:>12.3}",
+            "{bits:>5} {runs:>5} {:>12.3} {:>12.3} {:>12.3} {:>12.3} {:>12}",
             percentile(&seconds, 0.5),
             seconds[0],
             seconds[seconds.len() - 1],
-            expected
+            expected,
+            rate.map_or("-".to_string(), |r| format!("{r:.0}"))
         );
         println!(
             "{}",
@@ -79,6 +88,7 @@ fn main() {
                 "min_s": seconds[0],
                 "max_s": seconds[seconds.len() - 1],
                 "expected_mean_s": expected,
+                "attempts_per_s_during_runs": rate,
             })
         );
     }

@@ -67,6 +67,18 @@ fn serve_echo(mut incoming: mpsc::Receiver<Incoming<Msg>>) -> mpsc::Receiver<(Pe
     rx
 }
 
+/// `a` pings `b` with `n`, then `b` pings `a` with `n + 1`; each gets its pong.
+async fn pings_both_ways(a: &Transport<Msg>, b: &Transport<Msg>, n: u32) {
+    assert_eq!(
+        a.request(&b.me(), Msg::Ping(n)).await.unwrap(),
+        Msg::Pong(n)
+    );
+    assert_eq!(
+        b.request(&a.me(), Msg::Ping(n + 1)).await.unwrap(),
+        Msg::Pong(n + 1)
+    );
+}
+
 /// Passes every request's responder to the test, unanswered.
 fn serve_held(
     mut incoming: mpsc::Receiver<Incoming<Msg>>,
@@ -178,14 +190,7 @@ async fn two_nodes_talk_both_ways_over_one_connection_shared_by_concurrent_reque
     let _a_messages = serve_echo(a_in);
     let _b_messages = serve_echo(b_in);
 
-    assert_eq!(
-        a.request(&b.me(), Msg::Ping(1)).await.unwrap(),
-        Msg::Pong(1)
-    );
-    assert_eq!(
-        b.request(&a.me(), Msg::Ping(2)).await.unwrap(),
-        Msg::Pong(2)
-    );
+    pings_both_ways(&a, &b, 1).await;
 
     let mut requests = JoinSet::new();
     for n in 0..50u32 {
@@ -919,14 +924,7 @@ async fn a_key_below_the_difficulty_is_refused_in_the_handshake_either_way_and_c
         .await
         .unwrap();
     let _strong_messages = serve_echo(strong_in);
-    assert_eq!(
-        strong.request(&server.me(), Msg::Ping(2)).await.unwrap(),
-        Msg::Pong(2)
-    );
-    assert_eq!(
-        server.request(&strong.me(), Msg::Ping(3)).await.unwrap(),
-        Msg::Pong(3)
-    );
+    pings_both_ways(&strong, &server, 2).await;
     assert_eq!(server.stats().connections_accepted, 1);
     assert_eq!(server.stats().key_below_difficulty, 2);
 }
