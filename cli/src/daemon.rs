@@ -65,7 +65,7 @@ pub struct RunArgs {
     /// The network's key puzzle (docs/SECURITY.md): leading zero bits it asks of a
     /// node id's puzzle hash. Peers whose keys fall short are refused, and this node's
     /// key must meet it (a new key is made to). Every node of a network must use the
-    /// same value; each bit doubles the time to make a key (16: about 1.5 s, once).
+    /// same value; each bit doubles the time to make a key (16: about 1.3 s on average, once).
     #[arg(long, value_name = "BITS", default_value_t = DEFAULT_KEY_DIFFICULTY.0,
           value_parser = clap::value_parser!(u8).range(0..=40))]
     key_difficulty: u8,

@@ -133,9 +133,9 @@ const SOCKET_BUFFER: usize = 64 * 1024;
 /// The reason a requester sees when the responder dropped its [`Responder`].
 const NO_ANSWER: &str = "no answer";
 /// The puzzle difficulty of a real network ([`NetConfig::key_difficulty`]): 16 bits,
-/// about 65,000 key generations, which took 1.5 s on average on one core of the
-/// development machine (docs/SECURITY.md has the table). Devnets and tests on one
-/// machine use less.
+/// about 65,000 key generations, 1.3 s on average on one quiet core of the
+/// development machine (45,000 to 52,000 tries a second; docs/SECURITY.md has the
+/// table). Devnets and tests on one machine use less.
 pub const DEFAULT_KEY_DIFFICULTY: Difficulty = Difficulty(16);
 
 /// Limits and timeouts of a [`Transport`].
