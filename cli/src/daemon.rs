@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_api::DEFAULT_API_ADDR;
 use cairn_core::erasure::ErasureParams;
+use cairn_core::id::Difficulty;
 use cairn_daemon::http::{self as api, ApiConfig};
-use cairn_daemon::{Node, NodeConfig};
+use cairn_daemon::{DEFAULT_KEY_DIFFICULTY, LOCAL_KEY_DIFFICULTY, Node, NodeConfig};
 
 use crate::files::parse_size;
 
@@ -26,7 +27,8 @@ enum NodeCommand {
     ///
     /// The node creates its identity (DIR/node.key) on first start and keeps it;
     /// started again on the same DIR it rejoins with the same id and serves the
-    /// fragments it holds.
+    /// fragments it holds. The key is made to solve the network's key puzzle
+    /// (--key-difficulty), which takes about a second at the default.
     Run(RunArgs),
 }
 
@@ -60,6 +62,13 @@ pub struct RunArgs {
     /// Overlay keepalive period in milliseconds (failure detection takes ~3 periods).
     #[arg(long, default_value_t = 300, hide = true)]
     tick_ms: u64,
+    /// The network's key puzzle (docs/SECURITY.md): leading zero bits it asks of a
+    /// node id's puzzle hash. Peers whose keys fall short are refused, and this node's
+    /// key must meet it (a new key is made to). Every node of a network must use the
+    /// same value; each bit doubles the time to make a key (16: about 1.3 s on average, once).
+    #[arg(long, value_name = "BITS", default_value_t = DEFAULT_KEY_DIFFICULTY.0,
+          value_parser = clap::value_parser!(u8).range(0..=40))]
+    key_difficulty: u8,
     #[command(flatten)]
     params: DefaultParams,
 }
@@ -113,6 +122,7 @@ pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
         config.bootstrap = args.bootstrap.clone();
         config.overlay.tick = Duration::from_millis(args.tick_ms.max(10));
         config.default_params = args.params.get()?;
+        config.net.key_difficulty = Difficulty(args.key_difficulty);
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node in {}", args.data.display()))?;
@@ -164,6 +174,11 @@ pub struct DevnetArgs {
     /// Most bytes of fragments each node stores.
     #[arg(long, default_value = "4GiB", value_parser = parse_size)]
     capacity: u64,
+    /// The devnet's key puzzle, in leading zero bits (see `cairn node run --help`);
+    /// low, so that every node's key is made in milliseconds.
+    #[arg(long, value_name = "BITS", default_value_t = LOCAL_KEY_DIFFICULTY.0,
+          value_parser = clap::value_parser!(u8).range(0..=40))]
+    key_difficulty: u8,
     #[command(flatten)]
     params: DefaultParams,
 }
@@ -190,6 +205,7 @@ pub fn devnet_command(args: DevnetArgs) -> anyhow::Result<()> {
             // count the whole devnet as one peer.
             config.net.max_inbound_per_address = config.net.max_inbound;
             config.net.max_handshakes_per_address = config.net.max_handshakes;
+            config.net.key_difficulty = Difficulty(args.key_difficulty);
             if let Some(first) = nodes.first() {
                 config.bootstrap = vec![first.advertised()];
             }

@@ -525,6 +525,7 @@ fn a_node_whose_bootstrap_never_answers_gives_up_with_the_reason() {
     let mut config = cairn_daemon::NodeConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap(), GIB);
     config.bootstrap = vec![dead_addr];
     config.join_patience = Duration::from_secs(1);
+    config.net.key_difficulty = cairn_daemon::LOCAL_KEY_DIFFICULTY;
     let started = runtime.block_on(cairn_daemon::Node::start(config));
     let Err(error) = started else {
         panic!("a node joined through an address where nothing listens");

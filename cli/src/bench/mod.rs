@@ -84,6 +84,9 @@ pub(crate) fn spawn_node(
             options.k.to_string(),
             "-m".to_string(),
             options.m.to_string(),
+            // One machine: keys in milliseconds, not a second per node.
+            "--key-difficulty".to_string(),
+            cairn_daemon::LOCAL_KEY_DIFFICULTY.0.to_string(),
         ]
         .to_vec(),
         on_drop: Stop::Kill,

@@ -4,7 +4,9 @@
 //! [`PublicKey`], the [`Signed`] wrapper and the four signed types of DESIGN.md:
 //! [`FileCertificate`], [`StoreReceipt`], [`ReclaimCertificate`] and [`RootRecord`],
 //! plus the [`UploadGrant`] an owner signs before a put (the certificate can only be
-//! signed after it, since it covers the manifest hash).
+//! signed after it, since it covers the manifest hash), and the search for a node key
+//! that solves the network's puzzle ([`KeyPair::generate_solving`]; the puzzle itself
+//! is [`Difficulty`], in [`crate::id`]).
 //!
 //! A signature covers `DOMAIN ‖ 0x00 ‖ postcard(body)` where `DOMAIN` names the type
 //! and its version, so a signature made for one type can never verify as another.
@@ -22,7 +24,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey, VolumeKey};
+use crate::id::{
+    BelowDifficulty, Difficulty, FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey,
+    VolumeKey,
+};
 
 /// The first line of a key file; the second is the secret key in base32.
 const KEY_FILE_HEADER: &str = "cairn-secret-key-v1";
@@ -40,6 +45,12 @@ impl PublicKey {
     /// The id of the node that holds this key: `SHA-256(public key)`.
     pub fn node_id(&self) -> NodeId {
         NodeId(Id::hash(&self.0))
+    }
+
+    /// Whether this key may be a node's in a network of `difficulty`: its node id
+    /// solves the static puzzle ([`Difficulty`]).
+    pub fn check_difficulty(&self, difficulty: Difficulty) -> Result<(), BelowDifficulty> {
+        self.node_id().check_difficulty(difficulty)
     }
 
     /// This key as the name of a volume it signs roots for.
@@ -151,10 +162,64 @@ pub enum KeyFileError {
     },
 }
 
+/// A key search ([`KeyPair::generate_solving`]) that gave up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no key solving the {difficulty} puzzle after {attempts} attempts (about {} expected); \
+     is the difficulty right?",
+    difficulty.expected_attempts()
+)]
+pub struct PuzzleUnsolved {
+    /// The difficulty asked for.
+    pub difficulty: Difficulty,
+    /// The attempts made.
+    pub attempts: u64,
+}
+
+/// Attempts between two calls of a key search's progress callback.
+pub const PUZZLE_PROGRESS_EVERY: u64 = 4096;
+
 impl KeyPair {
     /// A fresh key pair from the operating system's random source.
     pub fn generate() -> KeyPair {
         KeyPair::from_secret_bytes(&random_bytes())
+    }
+
+    /// A fresh key pair whose node id solves the puzzle at `difficulty` (see
+    /// [`Difficulty`]): tries secret keys until one does, at most `max_attempts` of
+    /// them ([`Difficulty::attempt_bound`] is a sound bound), calling `progress` with
+    /// the attempts made every [`PUZZLE_PROGRESS_EVERY`] attempts.
+    ///
+    /// The secrets tried are one 32-byte seed from the operating system with a counter
+    /// XORed into its last 8 bytes: each is as unguessable as the seed (ed25519 hashes
+    /// the secret before use, so related secrets give unrelated keys), and the search
+    /// makes no system call per attempt. An attempt costs one key derivation and two
+    /// SHA-256; docs/SECURITY.md has the measured times.
+    pub fn generate_solving(
+        difficulty: Difficulty,
+        max_attempts: u64,
+        mut progress: impl FnMut(u64),
+    ) -> Result<KeyPair, PuzzleUnsolved> {
+        let mut seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+        for attempt in 0..max_attempts {
+            let mut secret = seed;
+            for (byte, counter) in secret[24..].iter_mut().zip(attempt.to_le_bytes()) {
+                *byte ^= counter;
+            }
+            let key = KeyPair::from_secret_bytes(&secret);
+            if key.public_key().node_id().meets(difficulty) {
+                return Ok(key);
+            }
+            let made = attempt + 1;
+            if made % PUZZLE_PROGRESS_EVERY == 0 {
+                progress(made);
+            }
+        }
+        Err(PuzzleUnsolved {
+            difficulty,
+            attempts: max_attempts,
+        })
     }
 
     /// The key pair whose secret key is `secret` (for tests and key files).
@@ -763,6 +828,39 @@ mod tests {
 
     fn key(seed: u8) -> KeyPair {
         KeyPair::from_secret_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn a_generated_node_key_solves_the_puzzle_it_was_asked_for() {
+        let difficulty = Difficulty(8);
+        let solved = KeyPair::generate_solving(difficulty, difficulty.attempt_bound(), |_| {})
+            .expect("a key of 8 bits within 16384 attempts");
+        let public = solved.public_key();
+        assert!(public.node_id().puzzle_bits() >= 8);
+        assert_eq!(public.check_difficulty(difficulty), Ok(()));
+        // A fixed key of the tests is refused as soon as the puzzle is harder than
+        // what its id happens to solve.
+        let fixed = key(1).public_key();
+        let bits = fixed.node_id().puzzle_bits();
+        let harder = Difficulty(u8::try_from(bits + 1).expect("a small count"));
+        let refused = fixed.check_difficulty(harder).unwrap_err();
+        assert_eq!((refused.bits, refused.needed), (bits, harder));
+    }
+
+    #[test]
+    fn a_key_search_gives_up_at_its_bound_and_reports_progress_on_the_way() {
+        let mut seen = Vec::new();
+        // 48 bits in 12288 attempts: odds of success about 4e-11.
+        let bound = 3 * PUZZLE_PROGRESS_EVERY;
+        let outcome = KeyPair::generate_solving(Difficulty(48), bound, |made| seen.push(made));
+        assert_eq!(
+            outcome.unwrap_err(),
+            PuzzleUnsolved {
+                difficulty: Difficulty(48),
+                attempts: bound
+            }
+        );
+        assert_eq!(seen, [4096, 8192, 12288]);
     }
 
     #[test]

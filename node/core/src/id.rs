@@ -4,7 +4,8 @@
 //! distance, Pastry digits, shared prefixes), its text form (lowercase base32, no
 //! padding), the typed newtypes built on it ([`NodeId`], [`BlockHash`],
 //! [`FragmentHash`], [`PlacementKey`], [`FileId`], [`ManifestHash`],
-//! [`VolumeKey`]) and the user-facing [`Reference`] (`cairn:f:...`).
+//! [`VolumeKey`]), the user-facing [`Reference`] (`cairn:f:...`) and the static
+//! puzzle on node ids ([`Difficulty`], [`NodeId::meets`]).
 //!
 //! May use: `sha2` only. Every other module builds on this one.
 
@@ -368,6 +369,113 @@ impl FileId {
     }
 }
 
+/// Domain tag of the node-key puzzle (see [`Difficulty`]): the puzzle hash can never
+/// be mistaken for any other SHA-256 cairn computes.
+pub const PUZZLE_DOMAIN: &[u8] = b"cairn/node-id-puzzle/v1";
+
+/// How hard the static crypto puzzle on node keys is: how many leading zero bits
+/// `SHA-256(PUZZLE_DOMAIN ‖ 0x00 ‖ node id)` must have for the node's key to be
+/// accepted, the node id being itself `SHA-256(public key)`.
+///
+/// This is the static puzzle of S/Kademlia (Baumgart and Mies, "S/Kademlia: A
+/// practicable approach towards secure key-based routing", 2007, its secure node id
+/// assignment): a node id is valid when `H(H(public key))` has `c1` leading zero bits. cairn follows it, adding
+/// a domain tag. Checking costs one hash; making a key that passes costs about
+/// `2^bits` key generations, so an attacker who grinds ids towards a chosen key pays
+/// `2^bits` times more per id than before, and an honest node pays it once, when its
+/// key is created. It does not stop an attacker with time to spend (S/Kademlia's
+/// dynamic puzzle and the per-subnet limits of docs/SECURITY.md are other layers).
+///
+/// A network parameter: every node of a network must use the same difficulty, since
+/// each refuses peers whose keys fall short of its own.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Difficulty(pub u8);
+
+impl Difficulty {
+    /// No puzzle: every key passes (the simulator's synthetic ids; tests with fixed
+    /// keys).
+    pub const NONE: Difficulty = Difficulty(0);
+
+    /// How many times more attempts than expected a key search makes before it gives
+    /// up (see [`Difficulty::attempt_bound`]).
+    pub const PATIENCE: u64 = 64;
+
+    /// The leading zero bits asked for.
+    pub fn bits(self) -> u32 {
+        u32::from(self.0)
+    }
+
+    /// The attempts a key search makes on average: `2^bits` (saturating).
+    pub fn expected_attempts(self) -> u64 {
+        1u64.checked_shl(self.bits()).unwrap_or(u64::MAX)
+    }
+
+    /// The attempts after which a key search should give up: [`Self::PATIENCE`] times
+    /// the expected number (saturating), so an honest search fails only with
+    /// probability about `e^-64`, and a difficulty no machine can meet fails instead
+    /// of running for ever.
+    pub fn attempt_bound(self) -> u64 {
+        self.expected_attempts().saturating_mul(Self::PATIENCE)
+    }
+}
+
+impl fmt::Display for Difficulty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bits", self.0)
+    }
+}
+
+/// A node id whose puzzle hash has fewer leading zero bits than the network asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node {id} does not solve the key puzzle: {bits} leading zero bits, the network asks for {needed}"
+)]
+pub struct BelowDifficulty {
+    /// The node id.
+    pub id: NodeId,
+    /// Leading zero bits of its puzzle hash.
+    pub bits: u32,
+    /// The network's difficulty.
+    pub needed: Difficulty,
+}
+
+impl NodeId {
+    /// Leading zero bits of this id's puzzle hash (see [`Difficulty`]), 0..=256.
+    pub fn puzzle_bits(&self) -> u32 {
+        let hash = Id::hash_parts(&[PUZZLE_DOMAIN, &[0], self.as_bytes()]);
+        let mut bits = 0;
+        for byte in hash.0 {
+            bits += byte.leading_zeros();
+            if byte != 0 {
+                break;
+            }
+        }
+        bits
+    }
+
+    /// Whether this id solves the puzzle at `difficulty` (always, at
+    /// [`Difficulty::NONE`], without hashing).
+    pub fn meets(&self, difficulty: Difficulty) -> bool {
+        difficulty == Difficulty::NONE || self.puzzle_bits() >= difficulty.bits()
+    }
+
+    /// [`NodeId::meets`], with the evidence when it does not.
+    pub fn check_difficulty(&self, difficulty: Difficulty) -> Result<(), BelowDifficulty> {
+        if self.meets(difficulty) {
+            Ok(())
+        } else {
+            Err(BelowDifficulty {
+                id: *self,
+                bits: self.puzzle_bits(),
+                needed: difficulty,
+            })
+        }
+    }
+}
+
 /// A typed reference a person can copy and type: `cairn:<kind>:<base32>`.
 ///
 /// Kinds: `f` a file, `v` a volume. The kinds `fc` and `vc` are reserved for the
@@ -570,6 +678,61 @@ mod tests {
         let id = NodeId(Id::hash(b"n"));
         let debug = format!("{id:?}");
         assert!(debug.starts_with("NodeId(") && debug.len() < 24, "{debug}");
+    }
+
+    /// The puzzle hash's leading zero bits, counted from its binary text: a count
+    /// independent of [`NodeId::puzzle_bits`].
+    fn zero_bits_by_text(id: &NodeId) -> u32 {
+        let mut preimage = b"cairn/node-id-puzzle/v1\0".to_vec();
+        preimage.extend_from_slice(id.as_bytes());
+        let binary: String = Sha256::digest(&preimage)
+            .iter()
+            .map(|b| format!("{b:08b}"))
+            .collect();
+        binary.chars().take_while(|&c| c == '0').count() as u32
+    }
+
+    #[test]
+    fn a_node_id_meets_exactly_the_difficulties_up_to_its_puzzle_bits() {
+        let ids: Vec<NodeId> = (0..=255u8).map(|n| NodeId(Id::hash(&[n]))).collect();
+        for id in &ids {
+            assert_eq!(id.puzzle_bits(), zero_bits_by_text(id), "{id:?}");
+        }
+        // Among 256 ids some have at least 3 leading zero bits (each with odds 1/8).
+        let (id, bits) = ids
+            .iter()
+            .map(|id| (*id, id.puzzle_bits()))
+            .find(|&(_, bits)| bits >= 3)
+            .unwrap_or_else(|| panic!("no id of 256 with 3 zero bits"));
+        let at = |bits: u32| Difficulty(u8::try_from(bits).unwrap_or(u8::MAX));
+        assert!(id.meets(Difficulty::NONE));
+        assert!(id.meets(at(bits)));
+        assert!(id.check_difficulty(at(bits)).is_ok());
+        assert!(!id.meets(at(bits + 1)));
+        assert_eq!(
+            id.check_difficulty(at(bits + 1)),
+            Err(BelowDifficulty {
+                id,
+                bits,
+                needed: at(bits + 1)
+            })
+        );
+        // About half of all ids fail a difficulty of one bit.
+        let failing = ids.iter().filter(|id| !id.meets(Difficulty(1))).count();
+        assert!((80..=176).contains(&failing), "{failing} of 256 fail 1 bit");
+    }
+
+    #[test]
+    fn difficulty_attempts_saturate_instead_of_overflowing() {
+        assert_eq!(Difficulty(16).expected_attempts(), 65_536);
+        assert_eq!(
+            Difficulty(16).attempt_bound(),
+            65_536 * Difficulty::PATIENCE
+        );
+        assert_eq!(Difficulty(63).attempt_bound(), u64::MAX);
+        assert_eq!(Difficulty(64).expected_attempts(), u64::MAX);
+        assert_eq!(Difficulty(255).attempt_bound(), u64::MAX);
+        assert_eq!(Difficulty(16).to_string(), "16 bits");
     }
 
     proptest! {

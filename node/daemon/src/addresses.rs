@@ -5,14 +5,18 @@
 //! the advertised address), and a *hint* when another node gossiped it. Peers can
 //! gossip any number of ids, so the book keeps at most its cap: when full, the hint
 //! learnt longest ago goes first, then the proven address heard from longest ago (a
-//! live neighbour is heard from every overlay tick, so it stays).
+//! live neighbour is heard from every overlay tick, so it stays). A gossiped id that
+//! does not solve the network's key puzzle ([`Difficulty`]) is not learnt at all: no
+//! handshake would ever accept it, and such ids cost nothing to make up, so they would
+//! only fill the book and send the overlay's probes nowhere (without an address, a
+//! probe of it is dropped, and the overlay admits a node only once it has answered).
 //!
 //! May use: [`cairn_core::id`], `std`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use cairn_core::id::NodeId;
+use cairn_core::id::{Difficulty, NodeId};
 
 /// Most addresses a node keeps (a leaf set, a routing table and its neighbours are a
 /// few hundred; the rest is the slack of gossip).
@@ -23,6 +27,15 @@ struct Entry {
     addr: SocketAddr,
     proven: bool,
     stamp: u64,
+}
+
+/// What [`AddressBook::learn_hints`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HintsLearnt {
+    /// Entries evicted to make room.
+    pub evicted: usize,
+    /// Hints ignored because their id does not solve the network's puzzle.
+    pub below_difficulty: usize,
 }
 
 /// Addresses by node id, at most `cap` of them.
@@ -69,6 +82,24 @@ impl AddressBook {
             return 0;
         }
         self.insert(id, addr, false)
+    }
+
+    /// [`AddressBook::learn_hint`] for each gossiped `(id, address)` whose id solves
+    /// the network's puzzle at `difficulty`; the others are ignored and counted.
+    pub(crate) fn learn_hints(
+        &mut self,
+        hints: impl IntoIterator<Item = (NodeId, SocketAddr)>,
+        difficulty: Difficulty,
+    ) -> HintsLearnt {
+        let mut learnt = HintsLearnt::default();
+        for (id, addr) in hints {
+            if id.meets(difficulty) {
+                learnt.evicted += self.learn_hint(id, addr);
+            } else {
+                learnt.below_difficulty += 1;
+            }
+        }
+        learnt
     }
 
     fn insert(&mut self, id: NodeId, addr: SocketAddr, proven: bool) -> usize {
@@ -130,6 +161,34 @@ mod tests {
         // The newest hints are there, the oldest gone.
         assert_eq!(book.get(&id(199)), Some(addr(199)));
         assert_eq!(book.get(&id(10)), None);
+    }
+
+    #[test]
+    fn gossiped_ids_below_the_difficulty_are_ignored_and_counted() {
+        let difficulty = Difficulty(2);
+        let hints: Vec<(NodeId, SocketAddr)> =
+            (0..64u8).map(|n| (id(n), addr(u16::from(n)))).collect();
+        let solving = hints.iter().filter(|(i, _)| i.meets(difficulty)).count();
+        // About a quarter of ids solve 2 bits; both kinds are among 64.
+        assert!((1..64).contains(&solving), "{solving} of 64 solve 2 bits");
+        let mut book = AddressBook::new(1000);
+        let learnt = book.learn_hints(hints.iter().copied(), difficulty);
+        assert_eq!(
+            learnt,
+            HintsLearnt {
+                evicted: 0,
+                below_difficulty: 64 - solving
+            }
+        );
+        assert_eq!(book.len(), solving);
+        for (i, a) in &hints {
+            let expected = i.meets(difficulty).then_some(*a);
+            assert_eq!(book.get(i), expected, "{i:?}");
+        }
+        // With no puzzle every hint is learnt.
+        let mut open = AddressBook::new(1000);
+        let learnt = open.learn_hints(hints.iter().copied(), Difficulty::NONE);
+        assert_eq!((learnt.below_difficulty, open.len()), (0, 64));
     }
 
     #[test]

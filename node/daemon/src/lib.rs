@@ -50,9 +50,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use cairn_core::crypto::{KeyFileError, KeyPair};
+use cairn_core::crypto::{KeyFileError, KeyPair, PuzzleUnsolved};
 use cairn_core::erasure::ErasureParams;
-use cairn_core::id::{Id, NodeId};
+use cairn_core::id::{BelowDifficulty, Difficulty, Id, NodeId};
 use cairn_net::{Incoming, NetConfig, NetError, Peer, Transport};
 use cairn_overlay::{self as overlay, Action, Event, Overlay, OverlayMessage, Routed, Time};
 use cairn_past::answer::Answer;
@@ -65,6 +65,7 @@ use cairn_past::{
 };
 use cairn_store::{DiskStore, StoreError};
 
+pub use cairn_net::DEFAULT_KEY_DIFFICULTY;
 pub use gateway::{GatewayError, NetworkFragments, PlacementFailure, RootPublished};
 pub use maintenance::{MaintenanceConfig, RateLimiter};
 
@@ -124,6 +125,11 @@ pub struct NodeConfig {
     pub api: http::ApiLimits,
 }
 
+/// The key puzzle of networks on one machine (`cairn devnet`, the tests' node
+/// processes): a key in a few milliseconds, where a real network's
+/// ([`cairn_net::DEFAULT_KEY_DIFFICULTY`]) takes about a second.
+pub const LOCAL_KEY_DIFFICULTY: Difficulty = Difficulty(8);
+
 /// The overlay's keepalive period of a node (failure detection takes about three).
 pub const DEFAULT_TICK: Duration = Duration::from_millis(300);
 
@@ -170,6 +176,22 @@ pub enum StartError {
     /// The node key could not be read or written.
     #[error("the node key")]
     Key(#[source] KeyFileError),
+    /// The node key does not solve the network's puzzle (`net.key_difficulty`): peers
+    /// would refuse it in the handshake.
+    #[error(
+        "the node key {path} does not solve this network's key puzzle; move it away to \
+         have a new one made (the node gets a new id), or set the difficulty the network uses"
+    )]
+    KeyBelowDifficulty {
+        /// The key file.
+        path: PathBuf,
+        /// Its puzzle bits and the difficulty asked for.
+        #[source]
+        source: BelowDifficulty,
+    },
+    /// No node key solving the network's puzzle was found within the search's bound.
+    #[error("making a node key")]
+    Puzzle(#[source] PuzzleUnsolved),
     /// The store could not be opened.
     #[error("opening the store")]
     Store(#[source] StoreError),
@@ -278,6 +300,8 @@ pub struct Counters {
     /// Candidates the overlay did not probe because its probes were at their cap
     /// (mirrored from the overlay after each event).
     pub candidate_probes_dropped: AtomicU64,
+    /// Gossiped ids ignored because they do not solve the network's puzzle.
+    pub ids_below_difficulty: AtomicU64,
 }
 
 enum Input {
@@ -359,13 +383,36 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Loads the node key from `dir/node.key`, creating it on first start.
-fn node_identity(dir: &std::path::Path) -> Result<KeyPair, StartError> {
+/// How often a key search says it is still searching.
+const PUZZLE_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Loads the node key from `dir/node.key`, creating it on first start: a key that
+/// solves the network's puzzle at `difficulty` (a loaded key must solve it too).
+/// Blocking: the search takes about a second at the default difficulty.
+fn node_identity(dir: &std::path::Path, difficulty: Difficulty) -> Result<KeyPair, StartError> {
     let path = dir.join("node.key");
     if path.exists() {
-        KeyPair::load(&path).map_err(StartError::Key)
+        let key = KeyPair::load(&path).map_err(StartError::Key)?;
+        key.public_key()
+            .check_difficulty(difficulty)
+            .map_err(|source| StartError::KeyBelowDifficulty { path, source })?;
+        Ok(key)
     } else {
-        let key = KeyPair::generate();
+        if difficulty != Difficulty::NONE {
+            tracing::info!(
+                %difficulty,
+                expected_attempts = difficulty.expected_attempts(),
+                "making a node key that solves the network's puzzle"
+            );
+        }
+        let mut last_log = Instant::now();
+        let key = KeyPair::generate_solving(difficulty, difficulty.attempt_bound(), |made| {
+            if last_log.elapsed() >= PUZZLE_LOG_EVERY {
+                last_log = Instant::now();
+                tracing::info!(attempts = made, "still searching for a node key");
+            }
+        })
+        .map_err(StartError::Puzzle)?;
         key.save(&path).map_err(StartError::Key)?;
         Ok(key)
     }
@@ -380,7 +427,17 @@ impl Node {
             path: config.data_dir.clone(),
             source,
         })?;
-        let identity = Arc::new(node_identity(&config.data_dir)?);
+        let (dir, difficulty) = (config.data_dir.clone(), config.net.key_difficulty);
+        let identity = tokio::task::spawn_blocking(move || node_identity(&dir, difficulty))
+            .await
+            .map_err(|e| {
+                StartError::Key(KeyFileError::Io {
+                    action: "making (task)",
+                    path: config.data_dir.join("node.key"),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })??;
+        let identity = Arc::new(identity);
         let id = identity.public_key().node_id();
         let store_dir = config.data_dir.join("store");
         let capacity = config.capacity;
@@ -616,17 +673,22 @@ impl Node {
         }
     }
 
-    /// Learns gossiped addresses of nodes not yet known (a proven address is kept).
+    /// Learns gossiped addresses of nodes not yet known (a proven address is kept),
+    /// ignoring ids that do not solve the network's puzzle.
     fn learn_hints(&self, addresses: &[NodeAddress]) {
-        let mut book = write(&self.inner.addresses);
-        let mut evicted = 0;
-        for a in addresses {
-            if a.id != self.inner.id {
-                evicted += book.learn_hint(a.id, a.addr);
-            }
+        let hints = addresses
+            .iter()
+            .filter(|a| a.id != self.inner.id)
+            .map(|a| (a.id, a.addr));
+        let learnt =
+            write(&self.inner.addresses).learn_hints(hints, self.inner.config.net.key_difficulty);
+        self.count_evicted(learnt.evicted);
+        if learnt.below_difficulty > 0 {
+            self.inner
+                .counters
+                .ids_below_difficulty
+                .fetch_add(learnt.below_difficulty as u64, Ordering::Relaxed);
         }
-        drop(book);
-        self.count_evicted(evicted);
     }
 
     fn count_evicted(&self, evicted: usize) {
@@ -1164,7 +1226,35 @@ mod tests {
         let mut config = NodeConfig::new(dir, SocketAddr::from(([127, 0, 0, 1], 0)), 1 << 30);
         config.overlay.tick = Duration::from_millis(50);
         config.bootstrap = bootstrap;
+        config.net.key_difficulty = LOCAL_KEY_DIFFICULTY;
         config
+    }
+
+    #[test]
+    fn a_new_node_key_solves_the_puzzle_and_a_kept_one_must_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = node_identity(dir.path(), LOCAL_KEY_DIFFICULTY).unwrap();
+        assert!(made.public_key().node_id().meets(LOCAL_KEY_DIFFICULTY));
+        let kept = node_identity(dir.path(), LOCAL_KEY_DIFFICULTY).unwrap();
+        assert_eq!(kept.public_key(), made.public_key(), "the key is kept");
+
+        // A key made before the network asked for the puzzle (fixed bytes that fall
+        // short of it) is refused with the file's name, not used to be refused by
+        // every peer.
+        let old = tempfile::tempdir().unwrap();
+        let weak = (1..=255u8)
+            .map(|seed| KeyPair::from_secret_bytes(&[seed; 32]))
+            .find(|k| !k.public_key().node_id().meets(LOCAL_KEY_DIFFICULTY))
+            .unwrap();
+        weak.save(&old.path().join("node.key")).unwrap();
+        match node_identity(old.path(), LOCAL_KEY_DIFFICULTY) {
+            Err(StartError::KeyBelowDifficulty { path, source }) => {
+                assert_eq!(path, old.path().join("node.key"));
+                assert_eq!(source.needed, LOCAL_KEY_DIFFICULTY);
+            }
+            other => panic!("expected KeyBelowDifficulty, got {other:?}"),
+        }
+        assert!(node_identity(old.path(), Difficulty::NONE).is_ok());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,15 +26,20 @@
 //!
 //! 1. send `Hello { magic: "cairn", version: 1, public_key, nonce, advertised }`, with
 //!    32 fresh random bytes of nonce and the address the sender can be reached at;
-//! 2. on receiving the other's hello (magic and version checked, and refused if the key
-//!    is our own: a connection to ourselves), send `Proof { signature }`: an ed25519
+//! 2. on receiving the other's hello (magic and version checked, refused if the key is
+//!    our own: a connection to ourselves, and refused if the key does not solve the
+//!    network's puzzle, [`NetConfig::key_difficulty`], before anything is signed for
+//!    it), send `Proof { signature }`: an ed25519
 //!    signature, domain `"cairn/handshake/v1"` (see
 //!    [`KeyPair::sign_domain`](cairn_core::crypto::KeyPair::sign_domain)), over
 //!    `peer's nonce ‖ own public key ‖ postcard(own advertised address)`;
 //! 3. check the other's proof with the key from its hello.
 //!
 //! The peer's [`NodeId`] is then `SHA-256(public key)`: proven by a signature over our
-//! fresh nonce, never taken from what the peer claims. A dialler that expected a
+//! fresh nonce, never taken from what the peer claims; and it solves the static puzzle
+//! on node keys ([`Difficulty`]), so every id a session is ever opened with cost its
+//! holder about `2^difficulty` key generations ([`NetStats::key_below_difficulty`]
+//! counts the refusals, on either side of the connection). A dialler that expected a
 //! particular id and finds another fails with [`NetError::WrongPeer`]. The whole
 //! exchange is bounded by [`NetConfig::handshake_timeout`].
 //!
@@ -117,7 +122,7 @@ use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use cairn_core::crypto::KeyPair;
-use cairn_core::id::NodeId;
+use cairn_core::id::{BelowDifficulty, Difficulty, NodeId};
 use limits::{Admission, AdmissionLimits, InboundSlot, Refused};
 use wire::{Frame, ReadError};
 
@@ -127,6 +132,11 @@ const WRITER_QUEUE: usize = 64;
 const SOCKET_BUFFER: usize = 64 * 1024;
 /// The reason a requester sees when the responder dropped its [`Responder`].
 const NO_ANSWER: &str = "no answer";
+/// The puzzle difficulty of a real network ([`NetConfig::key_difficulty`]): 16 bits,
+/// about 65,000 key generations, 1.3 s on average on one quiet core of the
+/// development machine (45,000 to 52,000 tries a second; docs/SECURITY.md has the
+/// table). Devnets and tests on one machine use less.
+pub const DEFAULT_KEY_DIFFICULTY: Difficulty = Difficulty(16);
 
 /// Limits and timeouts of a [`Transport`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +171,10 @@ pub struct NetConfig {
     pub write_budget_bytes: usize,
     /// Dials (connect and handshake) running at once (default 64).
     pub max_dials: usize,
+    /// The network's puzzle: a peer whose key's node id does not solve it at this
+    /// difficulty is refused in the handshake (default [`DEFAULT_KEY_DIFFICULTY`]). Every
+    /// node of a network must use the same value, and its own key must solve it.
+    pub key_difficulty: Difficulty,
 }
 
 impl Default for NetConfig {
@@ -179,6 +193,7 @@ impl Default for NetConfig {
             max_handshakes_per_address: 8,
             write_budget_bytes: 64 * 1024 * 1024,
             max_dials: 64,
+            key_difficulty: DEFAULT_KEY_DIFFICULTY,
         }
     }
 }
@@ -447,6 +462,9 @@ pub enum NetError {
     /// The address leads back to this node.
     #[error("refusing a connection to ourselves")]
     SelfConnect,
+    /// The peer's key does not solve the network's puzzle ([`NetConfig::key_difficulty`]).
+    #[error("handshake refused: {0}")]
+    KeyBelowDifficulty(#[from] BelowDifficulty),
 }
 
 /// Counters of a [`Transport`] (for metrics). All count since `bind`, except
@@ -489,6 +507,9 @@ pub struct NetStats {
     pub write_budget_exceeded: u64,
     /// Inbound connections held now (handshaking ones included).
     pub inbound_connections: u64,
+    /// Handshakes refused because the peer's key does not solve the network's puzzle
+    /// ([`NetConfig::key_difficulty`]), whoever dialled (also in `handshakes_failed`).
+    pub key_below_difficulty: u64,
 }
 
 #[derive(Default)]
@@ -508,6 +529,7 @@ struct Counters {
     handshakes_refused: AtomicU64,
     inbound_replaced: AtomicU64,
     write_budget_exceeded: AtomicU64,
+    key_below_difficulty: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -937,6 +959,7 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Transport<M> {
             inbound_replaced: get(&c.inbound_replaced),
             write_budget_exceeded: get(&c.write_budget_exceeded),
             inbound_connections: self.inner.admission.connections() as u64,
+            key_below_difficulty: get(&c.key_below_difficulty),
         }
     }
 
@@ -1098,7 +1121,12 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
             Err(_) => return Err(NetError::ConnectTimeout { addr }),
         };
         stream.set_nodelay(true)?;
-        let shake = wire::handshake(&mut stream, &self.identity, self.advertised);
+        let shake = wire::handshake(
+            &mut stream,
+            &self.identity,
+            self.advertised,
+            self.config.key_difficulty,
+        );
         let proven = match timeout(self.config.handshake_timeout, shake).await {
             Ok(Ok(peer)) => peer,
             Ok(Err(error)) => return Err(self.handshake_failed(addr, error)),
@@ -1123,6 +1151,9 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
 
     fn handshake_failed(&self, addr: SocketAddr, error: NetError) -> NetError {
         bump(&self.counters.handshakes_failed, 1);
+        if matches!(error, NetError::KeyBelowDifficulty(_)) {
+            bump(&self.counters.key_below_difficulty, 1);
+        }
         warn!(%addr, %error, "handshake refused");
         error
     }
@@ -1168,7 +1199,12 @@ impl<M: Serialize + DeserializeOwned + Send + Sync + 'static> Inner<M> {
             debug!(%addr, %error, "accepted connection failed");
             return;
         }
-        let shake = wire::handshake(&mut stream, &self.identity, self.advertised);
+        let shake = wire::handshake(
+            &mut stream,
+            &self.identity,
+            self.advertised,
+            self.config.key_difficulty,
+        );
         let peer = match timeout(self.config.handshake_timeout, shake).await {
             Ok(Ok(peer)) => peer,
             Ok(Err(error)) => {

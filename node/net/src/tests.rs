@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use super::wire::{self, Frame, Hello, Proof};
 use super::*;
+use cairn_core::id::Difficulty;
 use cairn_core::rng::Rng;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +31,8 @@ fn config() -> NetConfig {
         connect_timeout: Duration::from_secs(1),
         handshake_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
+        // The tests' keys are fixed bytes, which solve no puzzle.
+        key_difficulty: Difficulty::NONE,
         ..NetConfig::default()
     }
 }
@@ -62,6 +65,18 @@ fn serve_echo(mut incoming: mpsc::Receiver<Incoming<Msg>>) -> mpsc::Receiver<(Pe
         }
     });
     rx
+}
+
+/// `a` pings `b` with `n`, then `b` pings `a` with `n + 1`; each gets its pong.
+async fn pings_both_ways(a: &Transport<Msg>, b: &Transport<Msg>, n: u32) {
+    assert_eq!(
+        a.request(&b.me(), Msg::Ping(n)).await.unwrap(),
+        Msg::Pong(n)
+    );
+    assert_eq!(
+        b.request(&a.me(), Msg::Ping(n + 1)).await.unwrap(),
+        Msg::Pong(n + 1)
+    );
 }
 
 /// Passes every request's responder to the test, unanswered.
@@ -175,14 +190,7 @@ async fn two_nodes_talk_both_ways_over_one_connection_shared_by_concurrent_reque
     let _a_messages = serve_echo(a_in);
     let _b_messages = serve_echo(b_in);
 
-    assert_eq!(
-        a.request(&b.me(), Msg::Ping(1)).await.unwrap(),
-        Msg::Pong(1)
-    );
-    assert_eq!(
-        b.request(&a.me(), Msg::Ping(2)).await.unwrap(),
-        Msg::Pong(2)
-    );
+    pings_both_ways(&a, &b, 1).await;
 
     let mut requests = JoinSet::new();
     for n in 0..50u32 {
@@ -857,6 +865,70 @@ fn handles_can_cross_tasks_and_threads() {
     send_and_sync::<NetError>();
 }
 
+/// A key whose node id solves the puzzle at `difficulty`.
+fn solving_key(difficulty: Difficulty) -> Arc<KeyPair> {
+    let key = KeyPair::generate_solving(difficulty, difficulty.attempt_bound(), |_| {});
+    Arc::new(key.expect("a key within the bound"))
+}
+
+#[tokio::test]
+async fn a_key_below_the_difficulty_is_refused_in_the_handshake_either_way_and_counted() {
+    let difficulty = Difficulty(8);
+    let puzzle = NetConfig {
+        key_difficulty: difficulty,
+        ..config()
+    };
+    let any = "127.0.0.1:0".parse().unwrap();
+    let (server, server_in) =
+        Transport::<Msg>::bind(solving_key(difficulty), any, None, puzzle.clone())
+            .await
+            .unwrap();
+    let _messages = serve_echo(server_in);
+    // A fixed key that falls short of 8 bits (255 keys in 256 do), on a node that
+    // checks nothing itself: the attacker's side.
+    let weak = (1..=255u8)
+        .map(key)
+        .find(|k| !k.public_key().node_id().meets(difficulty))
+        .unwrap();
+    let weak_id = weak.public_key().node_id();
+    let (weak_node, _weak_in) = Transport::<Msg>::bind(weak, any, None, config())
+        .await
+        .unwrap();
+
+    // It dials: the server refuses its hello, and no session starts.
+    let refused = weak_node
+        .request(&server.me(), Msg::Note("let me in".into()))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    eventually("the refusal counted", || {
+        server.stats().key_below_difficulty == 1
+    })
+    .await;
+    assert_eq!(server.stats().connections_accepted, 0);
+    assert_eq!(server.stats().handshakes_failed, 1);
+
+    // The server dials it: refused on our side too, with the evidence.
+    match server.request(&weak_node.me(), Msg::Ping(1)).await {
+        Err(NetError::KeyBelowDifficulty(below)) => {
+            assert_eq!(below.id, weak_id);
+            assert_eq!(below.needed, difficulty);
+            assert!(below.bits < 8);
+        }
+        other => panic!("expected KeyBelowDifficulty, got {other:?}"),
+    }
+    assert_eq!(server.stats().key_below_difficulty, 2);
+    assert_eq!(server.stats().connections_opened, 0);
+
+    // A key that solves the puzzle gets in, both ways.
+    let (strong, strong_in) = Transport::<Msg>::bind(solving_key(difficulty), any, None, puzzle)
+        .await
+        .unwrap();
+    let _strong_messages = serve_echo(strong_in);
+    pings_both_ways(&strong, &server, 2).await;
+    assert_eq!(server.stats().connections_accepted, 1);
+    assert_eq!(server.stats().key_below_difficulty, 2);
+}
+
 #[tokio::test]
 async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
     let quick = NetConfig {
@@ -883,7 +955,12 @@ async fn authenticated_from(source: &str, addr: SocketAddr, who: &KeyPair) -> Tc
     let mut raw = connect_from(source, addr).await;
     within(
         "raw handshake",
-        wire::handshake(&mut raw, who, "127.0.0.1:9".parse().unwrap()),
+        wire::handshake(
+            &mut raw,
+            who,
+            "127.0.0.1:9".parse().unwrap(),
+            Difficulty::NONE,
+        ),
     )
     .await
     .unwrap();

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{NetError, Peer};
 use cairn_core::crypto::{KeyPair, PublicKey};
+use cairn_core::id::Difficulty;
 
 /// The first bytes of every [`Hello`]: not a cairn node otherwise.
 pub(super) const MAGIC: [u8; 5] = *b"cairn";
@@ -204,11 +205,14 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(
 
 /// Runs the symmetric handshake on a fresh connection; the caller bounds it with the
 /// handshake timeout. Returns the proven peer: its id is derived from the key that
-/// signed our nonce, its address is the one it advertised (and signed).
+/// signed our nonce, its address is the one it advertised (and signed). A peer whose
+/// key does not solve the puzzle at `difficulty` is refused as soon as its hello
+/// arrives, before we sign anything for it.
 pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     me: &KeyPair,
     advertised: SocketAddr,
+    difficulty: Difficulty,
 ) -> Result<Peer, NetError> {
     let mut nonce = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
@@ -237,6 +241,7 @@ pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     if theirs.public_key == my_key {
         return Err(NetError::SelfConnect);
     }
+    theirs.public_key.check_difficulty(difficulty)?;
     let signature = me.sign_domain(
         HANDSHAKE_DOMAIN,
         &proof_message(&theirs.nonce, &my_key, &advertised),

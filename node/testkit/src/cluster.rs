@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cairn_api::client::ApiClient;
 use cairn_core::crypto::KeyPair;
-use cairn_core::id::NodeId;
+use cairn_core::id::{Difficulty, NodeId};
 use cairn_daemon::http::{self as api, ApiConfig, ApiServer};
 use cairn_daemon::{Node, NodeConfig};
 use tokio::runtime::Runtime;
@@ -48,7 +48,8 @@ impl<'a> ClusterBuilder<'a> {
     }
 
     /// `adjust(i, config)` may change node `i`'s configuration before it starts
-    /// (after the kit's defaults: a 300 ms overlay tick, bootstrap through node 0).
+    /// (after the kit's defaults: a 300 ms overlay tick, bootstrap through node 0, no
+    /// key puzzle since the kit's node keys are fixed).
     pub fn configure(mut self, adjust: impl FnMut(usize, &mut NodeConfig) + 'a) -> Self {
         self.adjust = Box::new(adjust);
         self
@@ -69,6 +70,8 @@ impl<'a> ClusterBuilder<'a> {
             let dir = cluster.root.path().join(format!("node-{i}"));
             let mut config = NodeConfig::new(dir, loopback(), self.capacity);
             config.overlay.tick = Duration::from_millis(300);
+            // The kit's node keys are fixed bytes ([`node_key`]), which solve no puzzle.
+            config.net.key_difficulty = Difficulty::NONE;
             if let Some(first) = cluster.nodes.first().and_then(|n| n.node.as_ref()) {
                 config.bootstrap = vec![first.advertised()];
             }

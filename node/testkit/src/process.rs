@@ -272,7 +272,8 @@ pub struct NodeSpec {
     pub listen: String,
     /// Whether the node serves its API (on `127.0.0.1:0`).
     pub api: bool,
-    /// Further arguments (`--tick-ms 300` by default).
+    /// Further arguments (`--tick-ms 300 --key-difficulty 8` by default: the local
+    /// key puzzle, [`cairn_daemon::LOCAL_KEY_DIFFICULTY`]).
     pub args: Vec<String>,
     /// How the process is stopped when dropped.
     pub on_drop: Stop,
@@ -284,7 +285,13 @@ impl Default for NodeSpec {
             launcher: Vec::new(),
             listen: "127.0.0.1:0".to_string(),
             api: false,
-            args: vec!["--tick-ms".to_string(), "300".to_string()],
+            args: [
+                "--tick-ms".to_string(),
+                "300".to_string(),
+                "--key-difficulty".to_string(),
+                cairn_daemon::LOCAL_KEY_DIFFICULTY.0.to_string(),
+            ]
+            .to_vec(),
             on_drop: Stop::Terminate(TERM_GRACE),
         }
     }
