@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use cairn_core::crypto::{KeyPair, ReclaimCertificate, Signed};
-use cairn_core::id::{NodeId, PlacementKey};
+use cairn_core::id::{Difficulty, NodeId, PlacementKey};
 use cairn_core::rng::Rng;
 use cairn_daemon::{Wire, unix_now};
 use cairn_net::{NetConfig, Peer, Transport};
@@ -75,7 +75,11 @@ fn a_rogue_peer_cannot_make_holders_release_hand_off_or_forget_a_file() {
             Arc::clone(&rogue_key),
             "127.0.0.1:0".parse().unwrap(),
             None,
-            NetConfig::default(),
+            // The test cluster's keys are fixed bytes that solve no key puzzle.
+            NetConfig {
+                key_difficulty: Difficulty::NONE,
+                ..NetConfig::default()
+            },
         )
         .await
         .unwrap();
