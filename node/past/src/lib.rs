@@ -1078,6 +1078,30 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_issued_beyond_the_clock_skew_is_refused_and_stores_nothing() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let issued_in = |ahead: u64| {
+            let body = UploadGrant::new(b"f", 0, owner.public_key(), NOW + ahead, 3600);
+            Signed::sign(&owner, body).unwrap().to_bytes().unwrap()
+        };
+        let skew = cairn_core::crypto::GRANT_CLOCK_SKEW;
+        let refused =
+            holder.store_fragment(&request(issued_in(skew + 1), key(1), 0, 10), false, NOW);
+        match refused {
+            Err(Refusal::Grant(reason)) => assert!(reason.contains("issued at"), "{reason}"),
+            other => panic!("expected a grant refusal, got {other:?}"),
+        }
+        assert_eq!(holder.store().used(), 0);
+        // A clock behind the owner's by less than the skew still takes it.
+        assert!(
+            holder
+                .store_fragment(&request(issued_in(skew), key(1), 0, 10), false, NOW)
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn a_full_node_asks_for_diversion_and_refuses_diverted_fragments_sooner() {
         let holder = holder(100_000);
         let owner = key_pair(1);
