@@ -548,6 +548,7 @@ impl<S: NodeStore> Holder<S> {
         now: UnixSeconds,
     ) -> Result<Vec<u8>, Refusal> {
         let grant = self.check_grant(&request.grant, now)?;
+        check_offered_bytes(request.index, &request.hash, &request.bytes)?;
         let file = grant.file_id;
         if self.store.is_reclaimed(&file).map_err(store_refusal)? {
             return Err(Refusal::Reclaimed(file));
@@ -765,6 +766,7 @@ impl<S: NodeStore> Holder<S> {
         now: UnixSeconds,
     ) -> Result<Vec<u8>, Refusal> {
         let certified = check_certificate(&request.authority.certificate, now)?;
+        check_offered_bytes(request.index, &request.hash, &request.bytes)?;
         let file = certified.file_id;
         if !request.authority.references.contains(&file) {
             return Err(Refusal::Certificate(format!(
@@ -957,6 +959,19 @@ pub fn check_signed_certificate(
     Ok(signed)
 }
 
+/// Refuses bytes that do not hash to the hash offered with them. Checked before the
+/// store is looked at: a holder that already keeps a fragment of that hash would
+/// otherwise answer with a receipt (and record a reference) for bytes it never saw,
+/// which is how a stranger could buy a receipt for someone else's fragment by naming
+/// its hash.
+fn check_offered_bytes(index: u16, hash: &FragmentHash, bytes: &[u8]) -> Result<(), Refusal> {
+    if cairn_core::erasure::fragment_hash(index, bytes) == *hash {
+        Ok(())
+    } else {
+        Err(Refusal::HashMismatch)
+    }
+}
+
 fn store_refusal(error: StoreError) -> Refusal {
     match error {
         StoreError::HashMismatch { .. } => Refusal::HashMismatch,
@@ -1075,6 +1090,48 @@ mod tests {
             Err(Refusal::Conflict)
         );
         assert_eq!(holder.store().used(), 1000, "no refusal stored anything");
+    }
+
+    #[test]
+    fn bytes_that_do_not_match_an_already_held_hash_get_no_receipt_and_no_reference() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let good = request(grant(&owner, b"f", 3600), key(1), 0, 1000);
+        holder.store_fragment(&good, false, NOW).unwrap();
+        // Another owner names the hash held, with junk bytes, under its own grant.
+        let stranger = key_pair(2);
+        let mut junk = request(grant(&stranger, b"g", 3600), key(1), 0, 1000);
+        junk.bytes = vec![0; 1000];
+        assert_eq!(
+            holder.store_fragment(&junk, false, NOW),
+            Err(Refusal::HashMismatch)
+        );
+        let stranger_file = FileId::derive(b"g", &stranger.public_key().0, 0);
+        assert!(
+            !holder
+                .store()
+                .references(&key(1))
+                .unwrap()
+                .contains(&stranger_file),
+            "no reference for bytes never checked"
+        );
+        // The same through a repair store, under a valid certificate.
+        let (file, certificate) = crate::testing::certificate(&owner, b"f", (4, 2));
+        let repair = RepairRequest {
+            authority: RepairAuthority {
+                certificate,
+                references: vec![file],
+            },
+            key: key(1),
+            index: 0,
+            hash: good.hash,
+            bytes: vec![0; 1000],
+        };
+        assert_eq!(
+            holder.repair_fragment(&repair, NOW),
+            Err(Refusal::HashMismatch)
+        );
+        assert_eq!(holder.store().used(), 1000);
     }
 
     #[test]
