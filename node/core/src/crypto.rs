@@ -22,7 +22,9 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey, VolumeKey};
+use crate::id::{
+    FileId, FragmentHash, Id, ManifestHash, NodeId, OwnerKey, PlacementKey, VolumeKey,
+};
 
 /// The first line of a key file; the second is the secret key in base32.
 const KEY_FILE_HEADER: &str = "cairn-secret-key-v1";
@@ -45,6 +47,11 @@ impl PublicKey {
     /// This key as the name of a volume it signs roots for.
     pub fn volume_key(&self) -> VolumeKey {
         VolumeKey(Id(self.0))
+    }
+
+    /// This key as the owner whom stored bytes are accounted to.
+    pub fn owner_key(&self) -> OwnerKey {
+        OwnerKey(Id(self.0))
     }
 
     fn verifying_key(&self) -> Result<VerifyingKey, VerifyError> {

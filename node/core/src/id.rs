@@ -4,7 +4,7 @@
 //! distance, Pastry digits, shared prefixes), its text form (lowercase base32, no
 //! padding), the typed newtypes built on it ([`NodeId`], [`BlockHash`],
 //! [`FragmentHash`], [`PlacementKey`], [`FileId`], [`ManifestHash`],
-//! [`VolumeKey`]) and the user-facing [`Reference`] (`cairn:f:...`).
+//! [`VolumeKey`], [`OwnerKey`]) and the user-facing [`Reference`] (`cairn:f:...`).
 //!
 //! May use: `sha2` only. Every other module builds on this one.
 
@@ -336,6 +336,11 @@ id_newtype!(
 id_newtype!(
     /// A volume's ed25519 public key, as 32 raw bytes (checked as a key in `crypto`).
     VolumeKey
+);
+id_newtype!(
+    /// An owner's ed25519 public key, as 32 raw bytes: the signer of upload grants and
+    /// file certificates, and whom a node accounts the bytes it stores to.
+    OwnerKey
 );
 
 impl PlacementKey {
