@@ -42,9 +42,37 @@ enum Admit {
     Always,
 }
 
+/// Accounts a metadata record going from `old` to `new` bytes in `used`, refusing
+/// growth past `capacity` unless `admit` is [`Admit::Always`].
+fn account(
+    used: &mut u64,
+    (old, new): (u64, u64),
+    capacity: u64,
+    admit: Admit,
+) -> Result<(), StoreError> {
+    if admit == Admit::WithinCapacity {
+        check_record_room(old, new, *used, capacity)?;
+    }
+    *used = used.saturating_sub(old).saturating_add(new);
+    Ok(())
+}
+
+/// Stores (or replaces) a record of opaque bytes keyed by an id (a certificate, a
+/// tombstone, a root record), accounting it in `used`.
+fn put_id_record<K: Ord>(
+    map: &mut BTreeMap<K, Vec<u8>>,
+    used: &mut u64,
+    key: K,
+    value: &[u8],
+    (capacity, admit): (u64, Admit),
+) -> Result<(), StoreError> {
+    let old = map.get(&key).map_or(0, |v| keyed_by_id(v.len()));
+    account(used, (old, keyed_by_id(value.len())), capacity, admit)?;
+    map.insert(key, value.to_vec());
+    Ok(())
+}
+
 impl Inner {
-    /// Accounts a metadata record going from `old` to `new` bytes, refusing growth
-    /// past `capacity` unless `admit` is [`Admit::Always`].
     fn account(
         &mut self,
         old: u64,
@@ -52,11 +80,7 @@ impl Inner {
         capacity: u64,
         admit: Admit,
     ) -> Result<(), StoreError> {
-        if admit == Admit::WithinCapacity {
-            check_record_room(old, new, self.used, capacity)?;
-        }
-        self.used = self.used.saturating_sub(old).saturating_add(new);
-        Ok(())
+        account(&mut self.used, (old, new), capacity, admit)
     }
 
     /// Moves `owner`'s usage from `old` to `new` bytes, forgetting an owner at zero.
@@ -287,18 +311,15 @@ impl NodeStore for MemoryStore {
         if inner.tombstones.contains_key(file) {
             return Err(StoreError::Reclaimed { file: *file });
         }
-        let old = inner
-            .certificates
-            .get(file)
-            .map_or(0, |c| keyed_by_id(c.len()));
-        inner.account(
-            old,
-            keyed_by_id(signed.len()),
-            self.capacity,
-            Admit::WithinCapacity,
-        )?;
-        inner.certificates.insert(*file, signed.to_vec());
-        Ok(())
+        let inner = &mut *inner;
+        let room = (self.capacity, Admit::WithinCapacity);
+        put_id_record(
+            &mut inner.certificates,
+            &mut inner.used,
+            *file,
+            signed,
+            room,
+        )
     }
 
     fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -398,19 +419,9 @@ impl NodeStore for MemoryStore {
     }
 
     fn put_tombstone(&self, file: &FileId, reclaim: &[u8]) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let old = inner
-            .tombstones
-            .get(file)
-            .map_or(0, |t| keyed_by_id(t.len()));
-        inner.account(
-            old,
-            keyed_by_id(reclaim.len()),
-            self.capacity,
-            Admit::Always,
-        )?;
-        inner.tombstones.insert(*file, reclaim.to_vec());
-        Ok(())
+        let inner = &mut *self.lock();
+        let room = (self.capacity, Admit::Always);
+        put_id_record(&mut inner.tombstones, &mut inner.used, *file, reclaim, room)
     }
 
     fn get_tombstone(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -418,16 +429,9 @@ impl NodeStore for MemoryStore {
     }
 
     fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let old = inner.roots.get(volume).map_or(0, |r| keyed_by_id(r.len()));
-        inner.account(
-            old,
-            keyed_by_id(signed.len()),
-            self.capacity,
-            Admit::WithinCapacity,
-        )?;
-        inner.roots.insert(*volume, signed.to_vec());
-        Ok(())
+        let inner = &mut *self.lock();
+        let room = (self.capacity, Admit::WithinCapacity);
+        put_id_record(&mut inner.roots, &mut inner.used, *volume, signed, room)
     }
 
     fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError> {
