@@ -24,7 +24,7 @@ use super::{
     RECLAIM_HEADER, RootAnswer, RootConflictBody, StatusAnswer, decode_hex, encode_hex,
 };
 use cairn_core::crypto::{
-    FileCertificate, KeyPair, ReclaimCertificate, RootRecord, Signed, UploadGrant,
+    FileCertificate, KeyPair, PublicKey, ReclaimCertificate, RootRecord, Signed, UploadGrant,
 };
 use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{FileId, Reference, VolumeKey};
@@ -507,6 +507,12 @@ impl ApiClient {
     /// The node's status.
     pub fn status(&self) -> Result<StatusAnswer, ClientError> {
         self.get_json("/v1/status")
+    }
+
+    /// The node's status with what `owner` has stored on it
+    /// ([`StatusAnswer::owner_usage`]).
+    pub fn status_of(&self, owner: &PublicKey) -> Result<StatusAnswer, ClientError> {
+        self.get_json(&format!("/v1/status?owner={owner}"))
     }
 
     /// The node's Prometheus metrics, as text.

@@ -21,7 +21,8 @@
 //! - The **dispatcher** reads the transport's incoming queue: overlay messages go to
 //!   the overlay task, PAST requests each get a task of their own (store work runs on
 //!   tokio's blocking pool: every fragment write waits for its fsync).
-//! - The **heal task**, **maintenance** and **scrub**.
+//! - The **heal task**, **maintenance**, **scrub** and the **collection** of uploads
+//!   never certified ([`admission`]).
 //!
 //! The node owns every one of them ([`tasks`]: one `JoinSet` and one cancellation
 //! token); [`Node::shutdown`] cancels the token and joins them, for a bounded time.
@@ -33,6 +34,7 @@
 //! handshake proves the id of whoever answers there.
 
 mod addresses;
+pub mod admission;
 mod drive;
 pub mod gateway;
 pub mod http;
@@ -269,6 +271,14 @@ pub struct Counters {
     /// Candidates the overlay did not probe because its probes were at their cap
     /// (mirrored from the overlay after each event).
     pub candidate_probes_dropped: AtomicU64,
+    /// Stores refused because their owner was over its quota here.
+    pub owner_quota_refused: AtomicU64,
+    /// Fragments deleted because their upload was never certified ([`admission`]).
+    pub uncertified_fragments_collected: AtomicU64,
+    /// Bytes those fragments freed.
+    pub uncertified_bytes_collected: AtomicU64,
+    /// Uploads the collection pass found certified (their charges are marked).
+    pub uploads_certified: AtomicU64,
 }
 
 enum Input {
@@ -756,11 +766,12 @@ impl Node {
                 }
             }
         };
-        if matches!(response, PastResponse::Refused(_)) {
-            self.inner
-                .counters
-                .requests_refused
-                .fetch_add(1, Ordering::Relaxed);
+        if let PastResponse::Refused(refusal) = &response {
+            let counters = &self.inner.counters;
+            counters.requests_refused.fetch_add(1, Ordering::Relaxed);
+            if matches!(refusal, Refusal::OverQuota { .. }) {
+                counters.owner_quota_refused.fetch_add(1, Ordering::Relaxed);
+            }
         }
         response
     }

@@ -183,7 +183,7 @@ impl Node {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use cairn_core::crypto::{KeyPair, Signed};
     use cairn_core::id::{Id, ManifestHash};
@@ -192,7 +192,7 @@ mod tests {
     use crate::tests::config;
 
     /// A signed certificate of the file `name` of `owner`.
-    fn certificate(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
+    pub(crate) fn certificate(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
         let body = FileCertificate {
             file_id: FileId::derive(name, &owner.public_key().0, 0),
             name_digest: Id::hash(name),
