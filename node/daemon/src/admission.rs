@@ -14,13 +14,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use super::{GatewayError, Node, unix_now};
+use super::{Node, unix_now};
 use cairn_core::crypto::FileCertificate;
 use cairn_core::id::FileId;
 use cairn_past::admission::{
     CertificateSearch, UploadVerdict, collection_due, uncertified_verdict,
 };
-use cairn_past::records::{FindError, RecordFind};
+use cairn_past::records::FindError;
 use cairn_past::{Settled, UnixSeconds};
 use cairn_store::{ChargeCursor, NodeStore};
 
@@ -129,13 +129,7 @@ impl Node {
     /// Asks `file`'s certificate keepers (two more than keep it, as a reader does)
     /// whether they hold its certificate.
     async fn search_certificate(&self, file: FileId) -> CertificateSearch {
-        let count = self.config().past.certificate_replicas + 2;
-        let find = RecordFind::<FileCertificate, GatewayError>::new(
-            file,
-            u16::try_from(count).unwrap_or(u16::MAX),
-            unix_now(),
-        );
-        match self.drive(find).await {
+        match self.drive(self.record_find::<FileCertificate>(file)).await {
             Ok(found) if found.record.is_some() => CertificateSearch::Certified,
             Ok(found) => CertificateSearch::NoneHeld {
                 answered: found.answered,
@@ -164,7 +158,6 @@ pub(crate) async fn collect_task(node: Node) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::tests::config;
     use cairn_core::crypto::{KeyPair, Signed, UploadGrant};
     use cairn_core::erasure::fragment_hash;
     use cairn_core::id::{Id, PlacementKey};
@@ -187,19 +180,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upload_over_quota_is_refused_and_one_never_certified_is_collected_later() {
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let quiet = |dir: &std::path::Path, bootstrap| {
-            let mut config = config(dir, bootstrap);
-            config.maintenance.enabled = false;
-            // Both nodes keep every certificate: a majority is both.
-            config.past.certificate_replicas = 2;
-            config
-        };
-        let mut with_quota = quiet(dirs[0].path(), Vec::new());
-        with_quota.past.owner_quota = Some(3 * 4096);
-        let holder = Node::start(with_quota).await.unwrap();
-        let keeper = Node::start(quiet(dirs[1].path(), vec![holder.advertised()]))
-            .await
-            .unwrap();
+        // Both keep every certificate: a majority of the keepers is both.
+        let (holder, keeper) = crate::tests::two_quiet_keepers(&dirs, |config| {
+            config.past.owner_quota = Some(3 * 4096);
+        })
+        .await;
         // Until each has the other in its leaf set, a search could find one keeper.
         let know_each_other = async {
             loop {

@@ -1155,6 +1155,28 @@ mod tests {
         config
     }
 
+    /// Two nodes with maintenance off that both keep every certificate
+    /// (`certificate_replicas = 2`), the second joined through the first; `adjust`
+    /// changes the first's configuration.
+    pub(crate) async fn two_quiet_keepers(
+        dirs: &[tempfile::TempDir; 2],
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> (Node, Node) {
+        let quiet = |dir: &std::path::Path, bootstrap| {
+            let mut config = config(dir, bootstrap);
+            config.maintenance.enabled = false;
+            config.past.certificate_replicas = 2;
+            config
+        };
+        let mut first = quiet(dirs[0].path(), Vec::new());
+        adjust(&mut first);
+        let first = Node::start(first).await.unwrap();
+        let second = Node::start(quiet(dirs[1].path(), vec![first.advertised()]))
+            .await
+            .unwrap();
+        (first, second)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_shutdown_every_task_of_the_node_has_ended() {
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
