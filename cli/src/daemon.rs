@@ -52,6 +52,12 @@ pub struct RunArgs {
     /// Most bytes of fragments this node stores (e.g. 500MiB, 20GiB).
     #[arg(long, default_value = "16GiB", value_parser = parse_size)]
     capacity: u64,
+    /// Most bytes one owner may store on this node (e.g. 2GiB) [default: no quota;
+    /// the capacity and PAST's thresholds are the only bounds]. Set it when the node
+    /// is open to strangers: an owner past it is refused, and the refusals are
+    /// counted (`cairn_owner_quota_refused_total`).
+    #[arg(long, value_parser = parse_size)]
+    owner_quota: Option<u64>,
     /// Serve the local HTTP API here (e.g. 127.0.0.1:7070).
     #[arg(long)]
     api: Option<SocketAddr>,
@@ -123,6 +129,7 @@ pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
         config.overlay.tick = Duration::from_millis(args.tick_ms.max(10));
         config.default_params = args.params.get()?;
         config.net.key_difficulty = Difficulty(args.key_difficulty);
+        config.past.owner_quota = args.owner_quota;
         let node = Node::start(config)
             .await
             .with_context(|| format!("starting the node in {}", args.data.display()))?;

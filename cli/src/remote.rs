@@ -325,13 +325,26 @@ pub struct StatusArgs {
     /// Print the API's JSON.
     #[arg(long)]
     json: bool,
+    /// The owner key whose usage to show [default: $CAIRN_HOME/owner.key, if it
+    /// exists].
+    #[arg(long)]
+    key: Option<PathBuf>,
     #[command(flatten)]
     api: ApiArgs,
 }
 
 /// `cairn status`.
 pub fn status_command(args: StatusArgs) -> anyhow::Result<()> {
-    let status = args.api.client().status()?;
+    let owner = match &args.key {
+        Some(path) => Some(load_owner_key(Some(path))?),
+        None if crate::keys::default_key_path().exists() => Some(load_owner_key(None)?),
+        None => None,
+    };
+    let client = args.api.client();
+    let status = match &owner {
+        Some(owner) => client.status_of(&owner.public_key())?,
+        None => client.status()?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -355,5 +368,23 @@ pub fn status_command(args: StatusArgs) -> anyhow::Result<()> {
         human_bytes(status.capacity),
         human_bytes(status.free)
     );
+    let quota = status
+        .owner_quota
+        .map_or_else(|| "none".to_string(), human_bytes);
+    println!(
+        "quota:      {quota} per owner; {} owner(s) store here",
+        status.owners
+    );
+    if let Some(usage) = &status.owner_usage {
+        let share = match status.owner_quota {
+            Some(quota) => format!(" of your {} quota", human_bytes(quota)),
+            None => String::new(),
+        };
+        println!(
+            "you:        {} stored on this node{share} (owner {})",
+            human_bytes(usage.used),
+            usage.owner
+        );
+    }
     Ok(())
 }

@@ -271,3 +271,47 @@ fn sim_churn_reports_what_bench_churn_reports() {
     let again = ok(&home, &args);
     assert_eq!(out, again);
 }
+
+#[test]
+fn cairn_status_shows_an_owners_usage_and_a_put_past_the_owner_quota_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    // Three nodes that each let one owner store 1 MiB.
+    let nodes = ProcessCluster::builder(Path::new(crate::common::CAIRN), 3)
+        .configure(|_, spec| spec.args.extend(["--owner-quota".into(), "1MiB".into()]))
+        .start()
+        .unwrap();
+    nodes.settle(std::time::Duration::from_secs(60)).unwrap();
+    let api = nodes.node(0).api.clone().unwrap();
+    let put = |name: &str, size: usize| {
+        let input = tmp.path().join(name);
+        seeded_file(&input, size, 5);
+        let path = input.to_str().unwrap().to_string();
+        ["put", &path, "-k", "2", "-m", "1", "--api", &api].map(str::to_string)
+    };
+    let small = put("small.bin", 200_000);
+    ok(&home, &small.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let status = ok(&home, &["status", "--api", &api]);
+    assert!(
+        status.contains("quota:      1.0 MiB per owner; 1 owner(s) store here"),
+        "{status}"
+    );
+    let you = status
+        .lines()
+        .find(|l| l.starts_with("you:"))
+        .unwrap_or_else(|| panic!("status shows the owner's usage: {status}"));
+    assert!(
+        you.contains("stored on this node of your 1.0 MiB quota"),
+        "{you}"
+    );
+    assert!(!you.contains(" 0 B "), "the small file is counted: {you}");
+
+    // 4 MB with k = 2 is 2 MB on each of the three nodes: past every quota.
+    let big = put("big.bin", 4_000_000);
+    let error = fails(&home, &big.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        error.contains("over its quota"),
+        "the refusal names the quota: {error}"
+    );
+}

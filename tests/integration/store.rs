@@ -8,7 +8,9 @@ use std::fs;
 use std::path::Path;
 
 use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
-use cairn_store::{DiskStore, MemoryStore, NodeStore, OfferedFragment, PutOutcome, StoreError};
+use cairn_store::{
+    DiskStore, MemoryStore, NodeStore, OfferedFragment, PutOutcome, StoreError, record_bytes,
+};
 use cairn_tests::store::{fragment, key, key_at};
 use tempfile::TempDir;
 
@@ -696,8 +698,12 @@ mod suite {
         f.store.put_root(&volume, b"root seq 2").unwrap();
         assert_eq!(f.store.get_root(&volume).unwrap().unwrap(), b"root seq 2");
 
-        // None of these count against the fragment capacity.
-        assert_eq!(f.store.used(), 0);
+        // Each record held counts its key, a version byte and its payload.
+        let pointers = 2 * record_bytes(34, 32);
+        assert_eq!(
+            f.store.used(),
+            pointers + record_bytes(32, b"root seq 2".len())
+        );
     }
 
     pub fn references_and_tombstones<S: NodeStore>(make: fn(u64) -> Fixture<S>) {
@@ -760,11 +766,11 @@ mod suite {
         assert!(f.store.delete_certificate(&a).unwrap());
         f.store.put_certificate(&b, b"certificate of b").unwrap();
         f.store.add_reference(&key(3), &b).unwrap();
-        assert_eq!(
-            f.store.used(),
-            0,
-            "metadata is not counted as fragment bytes"
-        );
+        // Metadata counts: references, the tombstone and b's certificate.
+        let references = 2 * record_bytes(64, 0);
+        let tombstone = record_bytes(32, b"reclaim of a".len());
+        let certificate = record_bytes(32, b"certificate of b".len());
+        assert_eq!(f.store.used(), references + tombstone + certificate);
     }
 }
 
@@ -874,8 +880,14 @@ fn disk_store_keeps_everything_across_reopen() {
     for (k, i, bytes) in &expected {
         assert_eq!(store.get_fragment(k, *i).unwrap().as_ref(), Some(bytes));
     }
-    let total: u64 = expected.iter().map(|(_, _, b)| b.len() as u64).sum();
-    assert_eq!(store.used(), total);
+    let bodies: u64 = expected.iter().map(|(_, _, b)| b.len() as u64).sum();
+    let metadata = record_bytes(32, 4) + record_bytes(32, 4) + record_bytes(34, 32);
+    let total = bodies + metadata;
+    assert_eq!(
+        store.used(),
+        total,
+        "bodies and metadata, recounted at open"
+    );
     assert_eq!(store.free(), (1 << 20) - total);
     assert_eq!(store.get_fragment(&key(0), 4).unwrap(), None);
     assert_eq!(store.get_certificate(&file).unwrap().unwrap(), b"cert");
@@ -930,7 +942,12 @@ fn disk_store_keeps_references_and_tombstones_across_reopen() {
         store.put_certificate(&reclaimed, b"again"),
         Err(StoreError::Reclaimed { .. })
     ));
-    assert_eq!(store.used(), 0);
+    let metadata = 2 * record_bytes(64, 0) + record_bytes(32, b"reclaim".len());
+    assert_eq!(
+        store.used(),
+        metadata,
+        "references and the tombstone, recounted"
+    );
 }
 
 #[test]

@@ -558,6 +558,12 @@ impl ApiClient {
         self.get_json("/v1/status")
     }
 
+    /// The node's status with what `owner` has stored on it
+    /// ([`StatusAnswer::owner_usage`]).
+    pub fn status_of(&self, owner: &PublicKey) -> Result<StatusAnswer, ClientError> {
+        self.get_json(&format!("/v1/status?owner={owner}"))
+    }
+
     /// The node's Prometheus metrics, as text.
     pub fn metrics(&self) -> Result<String, ClientError> {
         let response = self

@@ -7,7 +7,7 @@
 //! Owns: [`DEFAULT_API_ADDR`], the header names, [`ErrorBody`] (the JSON
 //! `{"error": ...}` of every error), [`encode_hex`] / [`decode_hex`], the answers
 //! ([`PutAnswer`], [`PublishAnswer`], [`RootPublished`], [`RootConflictBody`],
-//! [`RootAnswer`], [`FileStatAnswer`], [`BlockAnswer`], [`StatusAnswer`],
+//! [`RootAnswer`], [`FileStatAnswer`], [`BlockAnswer`], [`StatusAnswer`] ([`OwnerUsage`]),
 //! [`ReclaimReport`]) and [`client`].
 //!
 //! May use: `cairn-core` (ids, keys, certificates), `serde`, `serde_json`, `postcard`,
@@ -196,6 +196,24 @@ pub struct StatusAnswer {
     /// (`cairn_overlay::estimate_network_size`).
     #[serde(default)]
     pub network_nodes_estimate: f64,
+    /// The most bytes one owner may have stored on this node (`None`: no quota).
+    #[serde(default)]
+    pub owner_quota: Option<u64>,
+    /// How many owners have bytes stored on this node.
+    #[serde(default)]
+    pub owners: usize,
+    /// Asked with `?owner=<key>`: what that owner has stored on this node.
+    #[serde(default)]
+    pub owner_usage: Option<OwnerUsage>,
+}
+
+/// What one owner has stored on one node (in [`StatusAnswer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerUsage {
+    /// The owner's public key (base32).
+    pub owner: String,
+    /// Bytes of fragments charged to it on this node.
+    pub used: u64,
 }
 
 /// What a reclaim did.

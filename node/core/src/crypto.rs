@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{
-    BelowDifficulty, Difficulty, FileId, FragmentHash, Id, ManifestHash, NodeId, PlacementKey,
-    VolumeKey,
+    BelowDifficulty, Difficulty, FileId, FragmentHash, Id, ManifestHash, NodeId, OwnerKey,
+    PlacementKey, VolumeKey,
 };
 
 /// The first line of a key file; the second is the secret key in base32.
@@ -56,6 +56,11 @@ impl PublicKey {
     /// This key as the name of a volume it signs roots for.
     pub fn volume_key(&self) -> VolumeKey {
         VolumeKey(Id(self.0))
+    }
+
+    /// This key as the owner whom stored bytes are accounted to.
+    pub fn owner_key(&self) -> OwnerKey {
+        OwnerKey(Id(self.0))
     }
 
     fn verifying_key(&self) -> Result<VerifyingKey, VerifyError> {
@@ -414,7 +419,28 @@ pub enum VerifyError {
         /// The time it was checked at.
         now: u64,
     },
+    /// The value says it was issued at `issued_at`, more than [`GRANT_CLOCK_SKEW`]
+    /// after `now`: a clock that far ahead, or a grant made to outlive its lifetime
+    /// limit (its lifetime would count from a time that has not come).
+    #[error(
+        "issued at {issued_at} (unix seconds), more than {skew} s after now ({now})",
+        skew = GRANT_CLOCK_SKEW
+    )]
+    IssuedInTheFuture {
+        /// When it says it was issued.
+        issued_at: u64,
+        /// The time it was checked at.
+        now: u64,
+    },
 }
+
+/// How far ahead of a verifier's clock an [`UploadGrant`]'s `issued_at` may be: the
+/// clock difference tolerated between an owner's machine and a storage node. Ten
+/// minutes covers clocks that are not synchronised at all for a while (NTP keeps them
+/// within a second); more would let a grant issued in the future stretch its life
+/// past `PastConfig::max_grant_lifetime` by as much, since a node checks the lifetime
+/// as `expires_at - issued_at`.
+pub const GRANT_CLOCK_SKEW: u64 = 10 * 60;
 
 /// A value of type `T` with the signature of `signer` over its canonical encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -660,11 +686,18 @@ impl UploadGrant {
         }
     }
 
-    /// Fails with [`VerifyError::Expired`] if the grant has expired at `now`.
+    /// Fails with [`VerifyError::Expired`] if the grant has expired at `now`, and with
+    /// [`VerifyError::IssuedInTheFuture`] if it was issued more than
+    /// [`GRANT_CLOCK_SKEW`] after `now`.
     pub fn check_time(&self, now: u64) -> Result<(), VerifyError> {
         if now >= self.expires_at {
             Err(VerifyError::Expired {
                 expired_at: self.expires_at,
+                now,
+            })
+        } else if self.issued_at > now.saturating_add(GRANT_CLOCK_SKEW) {
+            Err(VerifyError::IssuedInTheFuture {
+                issued_at: self.issued_at,
                 now,
             })
         } else {
@@ -1301,6 +1334,25 @@ mod tests {
                 now: 1_700_003_604
             })
         );
+    }
+
+    #[test]
+    fn a_grant_issued_further_ahead_than_the_clock_skew_is_refused() {
+        let owner = key(7);
+        let issued = 1_700_000_000;
+        let grant = UploadGrant::new(b"notes.txt", 0, owner.public_key(), issued, 3_600);
+        // A node whose clock is behind the owner's by up to the skew accepts it.
+        assert_eq!(grant.check_time(issued - GRANT_CLOCK_SKEW), Ok(()));
+        let behind = issued - GRANT_CLOCK_SKEW - 1;
+        assert_eq!(
+            grant.check_time(behind),
+            Err(VerifyError::IssuedInTheFuture {
+                issued_at: issued,
+                now: behind
+            })
+        );
+        let message = grant.check_time(0).unwrap_err().to_string();
+        assert!(message.contains("more than 600 s after now"), "{message}");
     }
 
     #[test]

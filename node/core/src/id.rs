@@ -4,8 +4,8 @@
 //! distance, Pastry digits, shared prefixes), its text form (lowercase base32, no
 //! padding), the typed newtypes built on it ([`NodeId`], [`BlockHash`],
 //! [`FragmentHash`], [`PlacementKey`], [`FileId`], [`ManifestHash`],
-//! [`VolumeKey`]), the user-facing [`Reference`] (`cairn:f:...`) and the static
-//! puzzle on node ids ([`Difficulty`], [`NodeId::meets`]).
+//! [`VolumeKey`], [`OwnerKey`]), the user-facing [`Reference`] (`cairn:f:...`) and the
+//! static puzzle on node ids ([`Difficulty`], [`NodeId::meets`]).
 //!
 //! May use: `sha2` only. Every other module builds on this one.
 
@@ -337,6 +337,11 @@ id_newtype!(
 id_newtype!(
     /// A volume's ed25519 public key, as 32 raw bytes (checked as a key in `crypto`).
     VolumeKey
+);
+id_newtype!(
+    /// An owner's ed25519 public key, as 32 raw bytes: the signer of upload grants and
+    /// file certificates, and whom a node accounts the bytes it stores to.
+    OwnerKey
 );
 
 impl PlacementKey {

@@ -673,20 +673,27 @@ impl Node {
         self.find_record::<RootRecord>(volume).await
     }
 
-    /// Finds the best record of `subject` among two more nodes than keep it: after a
+    /// The search for `subject`'s record among two more nodes than keep it: after a
     /// join, a new closest node may not have the record yet while the old keepers do.
+    pub(crate) fn record_find<R: Record>(
+        &self,
+        subject: R::Subject,
+    ) -> RecordFind<R, GatewayError> {
+        let count = self.config().past.certificate_replicas + 2;
+        RecordFind::new(
+            subject,
+            u16::try_from(count).unwrap_or(u16::MAX),
+            unix_now(),
+        )
+    }
+
+    /// Finds the best record of `subject` ([`Node::record_find`]).
     async fn find_record<R>(&self, subject: R::Subject) -> Result<Option<Signed<R>>, GatewayError>
     where
         R: Record + Send,
         R::Subject: Send,
     {
-        let count = self.config().past.certificate_replicas + 2;
-        let find = RecordFind::<R, GatewayError>::new(
-            subject,
-            u16::try_from(count).unwrap_or(u16::MAX),
-            unix_now(),
-        );
-        match self.drive(find).await {
+        match self.drive(self.record_find::<R>(subject)).await {
             Ok(found) => {
                 if !found.forged.is_empty() || !found.rivals.is_empty() {
                     tracing::warn!(%subject, forged = ?found.forged, rivals = ?found.rivals, "replicas served a {} that lost", R::NAME);

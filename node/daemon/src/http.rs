@@ -26,7 +26,7 @@
 //! | `DELETE /v1/files/{ref}` | reclaim (owner-signed) |
 //! | `PUT /v1/roots` | publish a signed root record (body: `Signed<RootRecord>::to_bytes()`); answers `{"replicas", "sequence"}`; 409 `{"error", "held_sequence"}` when a replica holds that sequence or a higher one (a lost update) |
 //! | `GET /v1/roots/{cairn:v:...}` | the highest valid root record the volume's replicas hold: `{"record": hex of the signed bytes, "sequence", "root": file id, "time"}`; 404 if none |
-//! | `GET /v1/status` | node id, leaf set, storage |
+//! | `GET /v1/status?owner=` | node id, leaf set, storage, the per-owner quota; with `owner` (a public key, base32), what that owner has stored on this node |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are JSON `{"error": "..."}`: 400 malformed input (or put parameters over
@@ -68,8 +68,8 @@ use crate::gateway::Upload;
 use crate::{GatewayError, NetworkFragments, Node, unix_now};
 use cairn_api::{
     BlockAnswer, CertificateAnswer, ErrorBody, FILE_SIZE_HEADER, FileStatAnswer, GRANT_HEADER,
-    PublishAnswer, PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody, RootPublished,
-    StatusAnswer, decode_hex, encode_hex,
+    OwnerUsage, PublishAnswer, PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody,
+    RootPublished, StatusAnswer, decode_hex, encode_hex,
 };
 use cairn_core::crypto::{FileCertificate, RootRecord, Signed, UploadGrant};
 use cairn_core::erasure::ErasureParams;
@@ -859,12 +859,34 @@ impl From<crate::gateway::FileStat> for FileStatAnswer {
     }
 }
 
-async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
+/// The query of `GET /v1/status`.
+#[derive(Debug, serde::Deserialize)]
+struct StatusQuery {
+    /// An owner's public key (base32): answer its usage too.
+    owner: Option<String>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Query(query): Query<StatusQuery>,
+) -> Result<axum::Json<StatusAnswer>, ApiError> {
     let node = &state.node;
     let view = node.overlay_view();
     let store = node.store();
     use cairn_store::NodeStore;
-    axum::Json(StatusAnswer {
+    let owner_usage = match query.owner {
+        Some(text) => {
+            let owner = cairn_core::id::OwnerKey::from_str(text.trim()).map_err(|e| {
+                ApiError::bad_request(format!("owner {text:?} is not a public key: {e}"))
+            })?;
+            Some(OwnerUsage {
+                owner: owner.to_string(),
+                used: store.owner_usage(&owner),
+            })
+        }
+        None => None,
+    };
+    Ok(axum::Json(StatusAnswer {
         id: node.id().to_string(),
         address: node.advertised().to_string(),
         joined: view.joined,
@@ -880,7 +902,10 @@ async fn status(State(state): State<AppState>) -> axum::Json<StatusAnswer> {
             &view.right.iter().map(|id| id.0).collect::<Vec<_>>(),
             node.config().overlay.leaf_set_size / 2,
         ),
-    })
+        owner_quota: node.config().past.owner_quota,
+        owners: store.owners_charged(),
+        owner_usage,
+    }))
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -895,8 +920,13 @@ async fn metrics(State(state): State<AppState>) -> Response {
     // One metric a line: name, kind, help, value.
     #[rustfmt::skip]
     let rows = [
-        ("store_used_bytes", gauge, "Bytes of fragments stored.", store.used()),
+        ("store_used_bytes", gauge, "Bytes of fragments and metadata records stored.", store.used()),
         ("store_capacity_bytes", gauge, "Configured capacity.", store.capacity()),
+        ("store_owners_charged", gauge, "Owners with bytes charged here.", store.owners_charged() as u64),
+        ("owner_quota_refused_total", counter, "Stores refused: their owner was over its quota here.", load(&c.owner_quota_refused)),
+        ("uncertified_fragments_collected_total", counter, "Fragments deleted: their upload was never certified.", load(&c.uncertified_fragments_collected)),
+        ("uncertified_bytes_collected_total", counter, "Bytes freed by deleting fragments of uploads never certified.", load(&c.uncertified_bytes_collected)),
+        ("uploads_certified_total", counter, "Uploads the collection pass found certified.", load(&c.uploads_certified)),
         ("fragments_stored_total", counter, "Fragments stored here.", load(&c.fragments_stored)),
         ("fragments_diverted_total", counter, "Fragments diverted elsewhere.", load(&c.fragments_diverted)),
         ("fragments_served_total", counter, "Fragments served.", load(&c.fragments_served)),

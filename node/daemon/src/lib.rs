@@ -21,7 +21,8 @@
 //! - The **dispatcher** reads the transport's incoming queue: overlay messages go to
 //!   the overlay task, PAST requests each get a task of their own (store work runs on
 //!   tokio's blocking pool: every fragment write waits for its fsync).
-//! - The **heal task**, **maintenance** and **scrub**.
+//! - The **heal task**, **maintenance**, **scrub** and the **collection** of uploads
+//!   never certified ([`admission`]).
 //!
 //! The node owns every one of them ([`tasks`]: one `JoinSet` and one cancellation
 //! token); [`Node::shutdown`] cancels the token and joins them, for a bounded time.
@@ -33,6 +34,7 @@
 //! handshake proves the id of whoever answers there.
 
 mod addresses;
+pub mod admission;
 mod drive;
 pub mod gateway;
 pub mod http;
@@ -302,6 +304,14 @@ pub struct Counters {
     pub candidate_probes_dropped: AtomicU64,
     /// Gossiped ids ignored because they do not solve the network's puzzle.
     pub ids_below_difficulty: AtomicU64,
+    /// Stores refused because their owner was over its quota here.
+    pub owner_quota_refused: AtomicU64,
+    /// Fragments deleted because their upload was never certified ([`admission`]).
+    pub uncertified_fragments_collected: AtomicU64,
+    /// Bytes those fragments freed.
+    pub uncertified_bytes_collected: AtomicU64,
+    /// Uploads the collection pass found certified (their charges are marked).
+    pub uploads_certified: AtomicU64,
 }
 
 enum Input {
@@ -840,6 +850,9 @@ impl Node {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%from, "refused without authority: {refusal}");
             }
+            if matches!(refusal, Refusal::OverQuota { .. }) {
+                counters.owner_quota_refused.fetch_add(1, Ordering::Relaxed);
+            }
         }
         response
     }
@@ -1255,6 +1268,28 @@ mod tests {
             other => panic!("expected KeyBelowDifficulty, got {other:?}"),
         }
         assert!(node_identity(old.path(), Difficulty::NONE).is_ok());
+    }
+
+    /// Two nodes with maintenance off that both keep every certificate
+    /// (`certificate_replicas = 2`), the second joined through the first; `adjust`
+    /// changes the first's configuration.
+    pub(crate) async fn two_quiet_keepers(
+        dirs: &[tempfile::TempDir; 2],
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> (Node, Node) {
+        let quiet = |dir: &std::path::Path, bootstrap| {
+            let mut config = config(dir, bootstrap);
+            config.maintenance.enabled = false;
+            config.past.certificate_replicas = 2;
+            config
+        };
+        let mut first = quiet(dirs[0].path(), Vec::new());
+        adjust(&mut first);
+        let first = Node::start(first).await.unwrap();
+        let second = Node::start(quiet(dirs[1].path(), vec![first.advertised()]))
+            .await
+            .unwrap();
+        (first, second)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,9 @@ pub struct MaintenanceConfig {
     pub scrub_period: Duration,
     /// Most bytes the scrub reads per second.
     pub scrub_bytes_per_sec: u64,
+    /// How often the collection pass looks for fragments of uploads never certified
+    /// (0: never; [`crate::admission`]).
+    pub collect_period: Duration,
     /// Every network call of maintenance gives up after this long.
     pub call_timeout: Duration,
     /// Most keys a node coordinates before it looks at new events again.
@@ -82,6 +85,7 @@ impl Default for MaintenanceConfig {
             repair_bytes_per_sec: 50 << 20,
             scrub_period: Duration::from_secs(3600),
             scrub_bytes_per_sec: 20 << 20,
+            collect_period: Duration::from_secs(600),
             call_timeout: Duration::from_secs(10),
             batch: 64,
         }
@@ -203,6 +207,12 @@ impl Node {
         tasks.spawn("maintenance", maintenance_task(self.clone(), jobs));
         if !config.scrub_period.is_zero() {
             tasks.spawn("the scrub", scrub_task(self.clone()));
+        }
+        if !config.collect_period.is_zero() {
+            tasks.spawn(
+                "the collection of uncertified uploads",
+                crate::admission::collect_task(self.clone()),
+            );
         }
     }
 

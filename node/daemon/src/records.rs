@@ -183,16 +183,15 @@ impl Node {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use cairn_core::crypto::{KeyPair, Signed};
     use cairn_core::id::{Id, ManifestHash};
 
     use super::*;
-    use crate::tests::config;
 
     /// A signed certificate of the file `name` of `owner`.
-    fn certificate(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
+    pub(crate) fn certificate(owner: &KeyPair, name: &[u8]) -> (FileId, Vec<u8>) {
         let body = FileCertificate {
             file_id: FileId::derive(name, &owner.public_key().0, 0),
             name_digest: Id::hash(name),
@@ -214,19 +213,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn certificates_past_the_first_page_are_replicated_on_later_passes() {
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let quiet = |dir: &std::path::Path, bootstrap| {
-            let mut config = config(dir, bootstrap);
-            config.maintenance.enabled = false;
-            // Both nodes keep every certificate.
-            config.past.certificate_replicas = 2;
-            config
-        };
-        let keeper = Node::start(quiet(dirs[0].path(), Vec::new()))
-            .await
-            .unwrap();
-        let other = Node::start(quiet(dirs[1].path(), vec![keeper.advertised()]))
-            .await
-            .unwrap();
+        let (keeper, other) = crate::tests::two_quiet_keepers(&dirs, |_| {}).await;
         let owner = KeyPair::from_secret_bytes(&[7; 32]);
         let files: Vec<FileId> = (0..5u8)
             .map(|i| {

@@ -38,6 +38,14 @@
 //!   that proves nothing) counts as no answer, so one lying keeper cannot make every
 //!   publish fail.
 //!
+//! - Every byte stored is charged to an owner ([`admission`]): the grant's signer for a
+//!   put, the certificate's for a repair store. A node may cap each owner's bytes
+//!   ([`PastConfig::owner_quota`]; a put over it is refused with [`Refusal::OverQuota`]),
+//!   and a fragment whose upload was never certified is collected once its grant has
+//!   expired and [`PastConfig::uncertified_grace`] has passed ([`Holder::settle_upload`]).
+//! - Offered bytes are hashed before anything else: no receipt or reference is made
+//!   for bytes that were not checked, even when a fragment of that hash is held.
+//!
 //! # Replica diversion (PAST §3.3, per fragment)
 //! A node asked to store a fragment of `size` bytes with `free` bytes free accepts it if
 //! `size / free <= t_pri`; otherwise it answers [`Refusal::NoRoom`] and the daemon
@@ -52,6 +60,7 @@
 //! holder refuses it for a file it knows was reclaimed, and when it already holds
 //! another index of the key (one index per node).
 
+pub mod admission;
 pub mod answer;
 pub mod authority;
 pub mod divert;
@@ -75,8 +84,10 @@ use std::sync::Mutex;
 use cairn_core::crypto::{
     FileCertificate, KeyPair, ReclaimCertificate, RootRecord, Signed, StoreReceipt, UploadGrant,
 };
-use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
-use cairn_store::{NodeStore, StoreError};
+use cairn_core::id::{FileId, FragmentHash, Id, NodeId, OwnerKey, PlacementKey, VolumeKey};
+use cairn_store::{Charge, ChargeCursor, NodeStore, StoreError};
+
+use admission::UploadVerdict;
 
 /// PAST's thresholds and the number of certificate replicas.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -93,6 +104,14 @@ pub struct PastConfig {
     /// The longest grant lifetime a node accepts (seconds); longer ones are refused so
     /// that a leaked grant stops working soon.
     pub max_grant_lifetime: u64,
+    /// The most bytes one owner may have charged on this node (`None`: no limit, the
+    /// default; see `docs/SECURITY.md` for why). Repair stores are counted but never
+    /// refused by it: the data was admitted when it was put, and refusing its repair
+    /// would only lose it.
+    pub owner_quota: Option<u64>,
+    /// Seconds after its grant expires that a fragment of an upload with no certificate
+    /// is kept ([`admission::DEFAULT_UNCERTIFIED_GRACE`]).
+    pub uncertified_grace: u64,
 }
 
 impl Default for PastConfig {
@@ -102,6 +121,8 @@ impl Default for PastConfig {
             t_div: 0.05,
             certificate_replicas: 4,
             max_grant_lifetime: 7 * 24 * 3600,
+            owner_quota: None,
+            uncertified_grace: admission::DEFAULT_UNCERTIFIED_GRACE,
         }
     }
 }
@@ -363,6 +384,21 @@ pub enum Refusal {
     /// responsible, a store at a key this node is not responsible for.
     #[error("not authorised: {0}")]
     NotAuthorised(String),
+    /// The owner has `used` bytes charged on this node; `size` more would pass the
+    /// per-owner quota this node's operator set ([`PastConfig::owner_quota`]).
+    #[error(
+        "owner {owner} is over its quota on this node: {used} bytes stored, {size} offered, quota {quota}"
+    )]
+    OverQuota {
+        /// The owner (the grant's signer).
+        owner: OwnerKey,
+        /// Bytes charged to it here.
+        used: u64,
+        /// Bytes offered.
+        size: u64,
+        /// The quota.
+        quota: u64,
+    },
 }
 
 impl Refusal {
@@ -571,11 +607,19 @@ impl<S: NodeStore> Holder<S> {
         now: UnixSeconds,
     ) -> Result<Vec<u8>, Refusal> {
         let grant = self.check_grant(&request.grant, now)?;
+        check_offered_bytes(request.index, &request.hash, &request.bytes)?;
         let file = grant.file_id;
         if self.store.is_reclaimed(&file).map_err(store_refusal)? {
             return Err(Refusal::Reclaimed(file));
         }
         let size = request.bytes.len() as u64;
+        let offered = admission::upload_charge(&grant, size);
+        let held = self.held_charge(&request.key, request.index, &offered.owner)?;
+        if held.is_none() {
+            // A retried put of a fragment already charged to this owner is free.
+            let used = self.store.owner_usage(&offered.owner);
+            admission::check_quota(offered.owner, used, size, self.config.owner_quota)?;
+        }
         let already = self
             .store
             .fragment_info(&request.key, request.index)
@@ -597,15 +641,72 @@ impl<S: NodeStore> Holder<S> {
                         Refusal::NoRoom { size, free }
                     });
                 }
-                self.store
-                    .put_fragment(&request.key, request.index, &request.hash, &request.bytes)
-                    .map_err(store_refusal)?;
             }
         }
+        self.put_charged(
+            &request.key,
+            request.index,
+            (&request.hash, &request.bytes),
+            already.is_none(),
+            held,
+            offered,
+        )?;
         self.store
             .add_reference(&request.key, &file)
             .map_err(store_refusal)?;
         self.receipt(file, request.key, request.index, request.hash, now)
+    }
+
+    /// `owner`'s charge on fragment `index` of `key`, if any.
+    fn held_charge(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        owner: &OwnerKey,
+    ) -> Result<Option<Charge>, Refusal> {
+        Ok(self
+            .store
+            .charges(key, index)
+            .map_err(store_refusal)?
+            .into_iter()
+            .find(|charge| charge.owner == *owner))
+    }
+
+    /// Charges the fragment (the merge of `held` and `offered`), then stores its bytes
+    /// if `new`. The charge comes first so that a crash never leaves bytes charged to
+    /// nobody; a refused put gives the charge back as it was.
+    fn put_charged(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        (hash, bytes): (&FragmentHash, &[u8]),
+        new: bool,
+        held: Option<Charge>,
+        offered: Charge,
+    ) -> Result<(), Refusal> {
+        let charge = admission::merge_charge(held, offered);
+        if held != Some(charge) {
+            self.store
+                .put_charge(key, index, &charge)
+                .map_err(store_refusal)?;
+        }
+        if !new {
+            return Ok(());
+        }
+        let Err(error) = self.store.put_fragment(key, index, hash, bytes) else {
+            return Ok(());
+        };
+        let restored = match held {
+            Some(held) => self.store.put_charge(key, index, &held),
+            None => self
+                .store
+                .delete_charge(key, index, &charge.owner)
+                .map(drop),
+        };
+        if let Err(e) = restored {
+            tracing::warn!(%key, index, "a refused put's charge was not given back: {e}");
+        }
+        Err(store_refusal(error))
     }
 
     /// This node's signed receipt for fragment `index` (hashing to `hash`) of `key`,
@@ -788,6 +889,7 @@ impl<S: NodeStore> Holder<S> {
         now: UnixSeconds,
     ) -> Result<Vec<u8>, Refusal> {
         let certified = check_certificate(&request.authority.certificate, now)?;
+        check_offered_bytes(request.index, &request.hash, &request.bytes)?;
         let file = certified.file_id;
         if !request.authority.references.contains(&file) {
             return Err(Refusal::Certificate(format!(
@@ -808,20 +910,29 @@ impl<S: NodeStore> Holder<S> {
             .store
             .fragments_under(&request.key)
             .map_err(store_refusal)?;
-        match held.iter().find(|info| info.index == request.index) {
-            Some(info) if info.hash == request.hash => {}
+        let size = request.bytes.len() as u64;
+        let new = match held.iter().find(|info| info.index == request.index) {
+            Some(info) if info.hash == request.hash => false,
             Some(_) => return Err(Refusal::Conflict),
             None if !held.is_empty() => return Err(Refusal::Conflict),
             None => {
-                let (size, free) = (request.bytes.len() as u64, self.store.free());
+                let free = self.store.free();
                 if !admits(size, free, self.config.t_pri) {
                     return Err(Refusal::NoRoom { size, free });
                 }
-                self.store
-                    .put_fragment(&request.key, request.index, &request.hash, &request.bytes)
-                    .map_err(store_refusal)?;
+                true
             }
-        }
+        };
+        let offered = admission::repair_charge(&certified, size);
+        let held_charge = self.held_charge(&request.key, request.index, &offered.owner)?;
+        self.put_charged(
+            &request.key,
+            request.index,
+            (&request.hash, &request.bytes),
+            new,
+            held_charge,
+            offered,
+        )?;
         for reference in &request.authority.references {
             match self.store.add_reference(&request.key, reference) {
                 Ok(()) | Err(StoreError::Reclaimed { .. }) => {}
@@ -829,6 +940,74 @@ impl<S: NodeStore> Holder<S> {
             }
         }
         self.receipt(file, request.key, request.index, request.hash, now)
+    }
+
+    /// Carries out the collection pass's verdict on the charge at `at`
+    /// ([`admission::uncertified_verdict`]): marks it certified, or removes it and,
+    /// when it was the fragment's last charge, deletes the fragment (and the file's
+    /// reference, once nothing is left under the key). A charge whose fragment is gone
+    /// is removed whatever the verdict.
+    pub fn settle_upload(
+        &self,
+        at: &ChargeCursor,
+        verdict: UploadVerdict,
+    ) -> Result<Settled, Refusal> {
+        let (key, index) = (&at.key, at.index);
+        let Some(charge) = self.held_charge(key, index, &at.owner)? else {
+            return Ok(Settled::Kept);
+        };
+        let held = self
+            .store
+            .fragment_info(key, index)
+            .map_err(store_refusal)?;
+        let verdict = if held.is_none() {
+            UploadVerdict::Collect
+        } else {
+            verdict
+        };
+        match verdict {
+            UploadVerdict::Keep => Ok(Settled::Kept),
+            UploadVerdict::Certified => {
+                let certified = Charge {
+                    uncertified_until: None,
+                    ..charge
+                };
+                self.store
+                    .put_charge(key, index, &certified)
+                    .map_err(store_refusal)?;
+                Ok(Settled::Certified)
+            }
+            UploadVerdict::Collect => {
+                self.store
+                    .delete_charge(key, index, &at.owner)
+                    .map_err(store_refusal)?;
+                if held.is_none()
+                    || !self
+                        .store
+                        .charges(key, index)
+                        .map_err(store_refusal)?
+                        .is_empty()
+                {
+                    return Ok(Settled::ChargeCollected);
+                }
+                let bytes = self
+                    .store
+                    .delete_fragment(key, index)
+                    .map_err(store_refusal)?
+                    .unwrap_or(0);
+                if self
+                    .store
+                    .fragments_under(key)
+                    .map_err(store_refusal)?
+                    .is_empty()
+                {
+                    self.store
+                        .remove_reference(key, &charge.file)
+                        .map_err(store_refusal)?;
+                }
+                Ok(Settled::FragmentCollected { bytes })
+            }
+        }
     }
 
     /// What this node knows of `file`: its certificate and its tombstone.
@@ -868,6 +1047,23 @@ impl<S: NodeStore> Holder<S> {
             .map_err(store_refusal)?;
         Ok(done)
     }
+}
+
+/// What [`Holder::settle_upload`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Nothing changed.
+    Kept,
+    /// The charge is now certified.
+    Certified,
+    /// The charge was removed; the fragment stays (other owners are charged for it,
+    /// or it was already gone).
+    ChargeCollected,
+    /// The charge was the fragment's last, and the fragment was deleted.
+    FragmentCollected {
+        /// Bytes freed.
+        bytes: u64,
+    },
 }
 
 /// What [`Holder::put_root`] did with an acceptable record.
@@ -969,6 +1165,19 @@ pub fn check_signed_certificate(
     Ok(signed)
 }
 
+/// Refuses bytes that do not hash to the hash offered with them. Checked before the
+/// store is looked at: a holder that already keeps a fragment of that hash would
+/// otherwise answer with a receipt (and record a reference) for bytes it never saw,
+/// which is how a stranger could buy a receipt for someone else's fragment by naming
+/// its hash.
+fn check_offered_bytes(index: u16, hash: &FragmentHash, bytes: &[u8]) -> Result<(), Refusal> {
+    if cairn_core::erasure::fragment_hash(index, bytes) == *hash {
+        Ok(())
+    } else {
+        Err(Refusal::HashMismatch)
+    }
+}
+
 fn store_refusal(error: StoreError) -> Refusal {
     match error {
         StoreError::HashMismatch { .. } => Refusal::HashMismatch,
@@ -987,6 +1196,8 @@ mod tests {
     use cairn_store::MemoryStore;
 
     const NOW: u64 = 1_800_000_000;
+    /// What a put adds to `used` besides the fragment: its reference and its charge.
+    const PUT_METADATA: u64 = 65 + 115;
 
     fn key_pair(seed: u8) -> KeyPair {
         KeyPair::from_secret_bytes(&[seed; 32])
@@ -1055,7 +1266,7 @@ mod tests {
         assert_eq!(body.fragment_hash, good.hash);
         // Stored again (a retried put): a fresh receipt, counted once.
         holder.store_fragment(&good, false, NOW).unwrap();
-        assert_eq!(holder.store().used(), 1000);
+        assert_eq!(holder.store().used(), 1000 + PUT_METADATA);
 
         // Another key's signature on my grant; an expired grant; a grant for a week+.
         let mut forged = Signed::sign(
@@ -1086,7 +1297,77 @@ mod tests {
             holder.store_fragment(&other, false, NOW),
             Err(Refusal::Conflict)
         );
-        assert_eq!(holder.store().used(), 1000, "no refusal stored anything");
+        assert_eq!(
+            holder.store().used(),
+            1000 + PUT_METADATA,
+            "no refusal stored anything"
+        );
+    }
+
+    #[test]
+    fn bytes_that_do_not_match_an_already_held_hash_get_no_receipt_and_no_reference() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let good = request(grant(&owner, b"f", 3600), key(1), 0, 1000);
+        holder.store_fragment(&good, false, NOW).unwrap();
+        // Another owner names the hash held, with junk bytes, under its own grant.
+        let stranger = key_pair(2);
+        let mut junk = request(grant(&stranger, b"g", 3600), key(1), 0, 1000);
+        junk.bytes = vec![0; 1000];
+        assert_eq!(
+            holder.store_fragment(&junk, false, NOW),
+            Err(Refusal::HashMismatch)
+        );
+        let stranger_file = FileId::derive(b"g", &stranger.public_key().0, 0);
+        assert!(
+            !holder
+                .store()
+                .references(&key(1))
+                .unwrap()
+                .contains(&stranger_file),
+            "no reference for bytes never checked"
+        );
+        // The same through a repair store, under a valid certificate.
+        let (file, certificate) = crate::testing::certificate(&owner, b"f", (4, 2));
+        let repair = RepairRequest {
+            authority: RepairAuthority {
+                certificate,
+                references: vec![file],
+            },
+            key: key(1),
+            index: 0,
+            hash: good.hash,
+            bytes: vec![0; 1000],
+        };
+        assert_eq!(
+            holder.repair_fragment(&repair, NOW),
+            Err(Refusal::HashMismatch)
+        );
+        assert_eq!(holder.store().used(), 1000 + PUT_METADATA);
+    }
+
+    #[test]
+    fn a_grant_issued_beyond_the_clock_skew_is_refused_and_stores_nothing() {
+        let holder = holder(1 << 20);
+        let owner = key_pair(1);
+        let issued_in = |ahead: u64| {
+            let body = UploadGrant::new(b"f", 0, owner.public_key(), NOW + ahead, 3600);
+            Signed::sign(&owner, body).unwrap().to_bytes().unwrap()
+        };
+        let skew = cairn_core::crypto::GRANT_CLOCK_SKEW;
+        let refused =
+            holder.store_fragment(&request(issued_in(skew + 1), key(1), 0, 10), false, NOW);
+        match refused {
+            Err(Refusal::Grant(reason)) => assert!(reason.contains("issued at"), "{reason}"),
+            other => panic!("expected a grant refusal, got {other:?}"),
+        }
+        assert_eq!(holder.store().used(), 0);
+        // A clock behind the owner's by less than the skew still takes it.
+        assert!(
+            holder
+                .store_fragment(&request(issued_in(skew), key(1), 0, 10), false, NOW)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -1108,7 +1389,7 @@ mod tests {
             holder.store_fragment(&big, false, NOW),
             Err(Refusal::NoRoom {
                 size: 20_000,
-                free: 92_000
+                free: 92_000 - PUT_METADATA
             })
         );
     }
@@ -1182,7 +1463,15 @@ mod tests {
             .reclaim(&reclaim(&owner, &b_bytes), &b_bytes, &[key(1)], NOW)
             .unwrap();
         assert_eq!(done.bytes, 500);
-        assert_eq!(holder.store().used(), 0);
+        let tombstones: u64 = [&a_bytes, &b_bytes]
+            .iter()
+            .map(|certificate| cairn_store::record_bytes(32, reclaim(&owner, certificate).len()))
+            .sum();
+        assert_eq!(
+            holder.store().used(),
+            tombstones,
+            "only the tombstones are left"
+        );
     }
 
     fn repair(certificate: Vec<u8>, references: Vec<FileId>, index: u16) -> RepairRequest {
@@ -1197,6 +1486,121 @@ mod tests {
             hash: fragment_hash(index, &bytes),
             bytes,
         }
+    }
+
+    #[test]
+    fn an_owner_over_its_quota_is_refused_and_its_bytes_are_counted() {
+        let config = PastConfig {
+            owner_quota: Some(1_500),
+            ..PastConfig::default()
+        };
+        let holder = Holder::new(MemoryStore::new(1 << 20), Arc::new(key_pair(200)), config);
+        let (alice, bob) = (key_pair(1), key_pair(2));
+        let first = request(grant(&alice, b"f", 3600), key(1), 0, 1000);
+        holder.store_fragment(&first, false, NOW).unwrap();
+        assert_eq!(
+            holder.store().owner_usage(&alice.public_key().owner_key()),
+            1000
+        );
+        let refused = holder.store_fragment(
+            &request(grant(&alice, b"f", 3600), key(2), 0, 600),
+            false,
+            NOW,
+        );
+        assert_eq!(
+            refused,
+            Err(Refusal::OverQuota {
+                owner: alice.public_key().owner_key(),
+                used: 1000,
+                size: 600,
+                quota: 1_500
+            })
+        );
+        assert!(refused.unwrap_err().to_string().contains("over its quota"));
+        assert!(holder.store().fragments_under(&key(2)).unwrap().is_empty());
+        // A retried put is not charged twice; another owner has its own quota.
+        holder.store_fragment(&first, false, NOW).unwrap();
+        holder
+            .store_fragment(
+                &request(grant(&bob, b"g", 3600), key(2), 0, 600),
+                false,
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            holder.store().owner_usage(&bob.public_key().owner_key()),
+            600
+        );
+        // Repair is counted but not refused: the data was admitted when it was put.
+        let (file, cert) = crate::testing::certificate(&alice, b"h", (4, 2));
+        holder
+            .repair_fragment(&repair(cert, vec![file], 1), NOW)
+            .unwrap();
+        assert_eq!(
+            holder.store().owner_usage(&alice.public_key().owner_key()),
+            1700
+        );
+        assert_eq!(
+            holder.store().charges(&key(9), 1).unwrap()[0].uncertified_until,
+            None
+        );
+    }
+
+    #[test]
+    fn settling_an_upload_collects_uncertified_fragments_and_keeps_certified_ones() {
+        let holder = holder(1 << 20);
+        let (alice, bob) = (key_pair(1), key_pair(2));
+        let at = |key: PlacementKey, owner: &KeyPair| ChargeCursor {
+            key,
+            index: 0,
+            owner: owner.public_key().owner_key(),
+        };
+        let junk = request(grant(&alice, b"junk", 3600), key(1), 0, 1000);
+        holder.store_fragment(&junk, false, NOW).unwrap();
+        let kept = request(grant(&alice, b"kept", 3600), key(2), 0, 1000);
+        holder.store_fragment(&kept, false, NOW).unwrap();
+        let charge = holder.store().charges(&key(1), 0).unwrap()[0];
+        assert_eq!(
+            charge.uncertified_until,
+            Some(NOW - 1 + 3600),
+            "the grant's expiry"
+        );
+
+        assert_eq!(
+            holder.settle_upload(&at(key(1), &alice), UploadVerdict::Collect),
+            Ok(Settled::FragmentCollected { bytes: 1000 })
+        );
+        assert!(holder.store().fragments_under(&key(1)).unwrap().is_empty());
+        assert!(holder.store().references(&key(1)).unwrap().is_empty());
+        assert_eq!(
+            holder.settle_upload(&at(key(2), &alice), UploadVerdict::Certified),
+            Ok(Settled::Certified)
+        );
+        assert_eq!(
+            holder.store().charges(&key(2), 0).unwrap()[0].uncertified_until,
+            None
+        );
+        assert_eq!(
+            holder.store().used(),
+            1000 + PUT_METADATA,
+            "only the certified put is left"
+        );
+
+        // A fragment two owners paid for stays until the last charge goes.
+        let shared = request(grant(&alice, b"s", 3600), key(3), 0, 500);
+        holder.store_fragment(&shared, false, NOW).unwrap();
+        let mut by_bob = shared.clone();
+        by_bob.grant = grant(&bob, b"t", 3600);
+        holder.store_fragment(&by_bob, false, NOW).unwrap();
+        assert_eq!(
+            holder.settle_upload(&at(key(3), &alice), UploadVerdict::Collect),
+            Ok(Settled::ChargeCollected)
+        );
+        assert!(holder.store().get_fragment(&key(3), 0).unwrap().is_some());
+        assert_eq!(
+            holder.settle_upload(&at(key(3), &bob), UploadVerdict::Keep),
+            Ok(Settled::Kept)
+        );
     }
 
     #[test]

@@ -245,9 +245,10 @@ mod tests {
 
     #[test]
     fn a_diverted_copy_counts_through_its_pointer_and_the_pointer_is_shown() {
-        // The designated holder of index 0 has room for nothing: it diverts.
+        // The designated holder of index 0 has room for a pointer, not a fragment:
+        // it diverts.
         let at = key(3);
-        let net = TestNet::with_one_small(10, 1 << 20, &at, 0, 16);
+        let net = TestNet::with_one_small(10, 1 << 20, &at, 0, 2_000);
         let owner = KeyPair::from_secret_bytes(&[9; 32]);
         let (_, _, fragments) = certified_block(&net, &owner, b"f", at, (4, 2), 4096);
         let full = net.closest(&at.0, 1)[0].id;

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! DIR/index/                  sled database, trees `fragments-1`, `certificates-1`,
-//!                             `pointers-1`, `roots-1`, `references-1`, `tombstones-1`
+//!                             `pointers-1`, `roots-1`, `references-1`, `tombstones-1`,
+//!                             `charges-1`
 //! DIR/bodies/ab/<key>-<index>-<hash>   one file per fragment body (raw bytes),
 //!                             fanned out by the first byte of the placement key
 //! DIR/tmp/                    bodies being written; anything here at open is debris
@@ -28,7 +29,10 @@
 //! across a crash: after a crash the group is wholly there or wholly absent. A delete removes the record (flushed) before the file. [`DiskStore::open`]
 //! removes temp files and orphan bodies, drops records whose body is missing (logging
 //! them: that fragment is lost and repair must regenerate it), and recomputes `used`
-//! as the sum of the recorded lengths, so the accounting is exact after a crash too.
+//! as the sum of the recorded lengths and of the metadata records, so the accounting
+//! is exact after a crash too. It also drops charges whose fragment is not recorded (a
+//! put that crashed between its charge and its fragment, or a lost fragment) and sums
+//! the rest per owner.
 //!
 //! # Full disk
 //!
@@ -37,7 +41,7 @@
 //! are refused while [`DEFAULT_DISK_HEADROOM`] bytes are still free; if it meets it
 //! anyway, fragments it still records keep their bodies (see `write_fragments`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -48,10 +52,13 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::{
-    FragmentInfo, NodeStore, OfferedFragment, PutOutcome, StoreError, check_offered_group,
-    check_read, plan_group, ring_intervals,
+    CHARGE_KEY_LEN, CHARGE_PAYLOAD_LEN, Charge, ChargeCursor, FragmentInfo, NodeStore,
+    OfferedFragment, PutOutcome, StoreError, check_offered_group, check_read, check_record_room,
+    plan_group, record_bytes, ring_intervals,
 };
-use cairn_core::id::{FileId, FragmentHash, ID_BYTES, Id, NodeId, PlacementKey, VolumeKey};
+use cairn_core::id::{
+    FileId, FragmentHash, ID_BYTES, Id, NodeId, OwnerKey, PlacementKey, VolumeKey,
+};
 
 /// The first byte of every value this store writes; bump it when a format changes.
 pub const RECORD_VERSION: u8 = 1;
@@ -65,6 +72,10 @@ const ROOTS_TREE: &str = "roots-1";
 const REFERENCES_TREE: &str = "references-1";
 /// Keys file ids, values `version ‖ reclaim certificate bytes`.
 const TOMBSTONES_TREE: &str = "tombstones-1";
+/// Keys `placement key ‖ index_be16 ‖ owner key` (a prefix scan by fragment key lists
+/// a fragment's charges), values `version ‖ file id ‖ len_be64 ‖ grant expiry_be64`
+/// (0: the upload is certified).
+const CHARGES_TREE: &str = "charges-1";
 /// Bytes of a reference key: placement key, file id.
 const REFERENCE_KEY_LEN: usize = 2 * ID_BYTES;
 
@@ -142,11 +153,15 @@ pub struct DiskStore {
     roots: sled::Tree,
     references: sled::Tree,
     tombstones: sled::Tree,
+    charges: sled::Tree,
+    /// Bytes charged per owner (the sum of its charges; owners at zero are absent).
+    owners: Mutex<BTreeMap<OwnerKey, u64>>,
     /// Held while checking for a tombstone and writing what it forbids (a certificate
     /// or a reference), and while writing a tombstone, so none slips in after one.
     reclaim_lock: Mutex<()>,
     capacity: u64,
-    /// Bytes of bodies stored plus bytes reserved by puts in progress.
+    /// Bytes of bodies and metadata records stored, plus bytes reserved by puts in
+    /// progress.
     used: Mutex<u64>,
     stripes: Vec<Mutex<()>>,
     temp_sequence: AtomicU64,
@@ -198,6 +213,8 @@ impl DiskStore {
             roots: open_tree(ROOTS_TREE)?,
             references: open_tree(REFERENCES_TREE)?,
             tombstones: open_tree(TOMBSTONES_TREE)?,
+            charges: open_tree(CHARGES_TREE)?,
+            owners: Mutex::new(BTreeMap::new()),
             reclaim_lock: Mutex::new(()),
             db,
             dir,
@@ -212,9 +229,10 @@ impl DiskStore {
             bodies_in_flight: AtomicU64::new(0),
             cleanup: OpenCleanup::default(),
         };
-        let (cleanup, used) = store.recover()?;
+        let (cleanup, used, owners) = store.recover()?;
         store.cleanup = cleanup;
         *store.used.get_mut().unwrap_or_else(|p| p.into_inner()) = used;
+        *store.owners.get_mut().unwrap_or_else(|p| p.into_inner()) = owners;
         if cleanup.temp_files_removed + cleanup.orphan_bodies_removed + cleanup.lost_records_removed
             > 0
         {
@@ -499,8 +517,10 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Crash recovery at open: returns what was cleaned and the bytes stored.
-    fn recover(&self) -> Result<(OpenCleanup, u64), StoreError> {
+    /// Crash recovery at open: returns what was cleaned, the bytes stored (bodies and
+    /// metadata) and the bytes charged per owner.
+    #[allow(clippy::type_complexity)]
+    fn recover(&self) -> Result<(OpenCleanup, u64, BTreeMap<OwnerKey, u64>), StoreError> {
         let mut cleanup = OpenCleanup::default();
 
         for entry in read_dir(&self.tmp)? {
@@ -565,35 +585,147 @@ impl DiskStore {
                 .map_err(|e| StoreError::index("dropping a lost record", e))?;
         }
         cleanup.lost_records_removed = lost.len() as u64;
-        if !lost.is_empty() {
+
+        // Metadata records count against the capacity too.
+        for tree in [
+            &self.certificates,
+            &self.pointers,
+            &self.roots,
+            &self.references,
+            &self.tombstones,
+        ] {
+            for item in tree.iter() {
+                let (k, v) = item.map_err(|e| StoreError::index("summing metadata", e))?;
+                used += stored_bytes(&k, &v);
+            }
+        }
+        // Charges: drop those whose fragment is gone, sum the rest per owner.
+        let mut owners: BTreeMap<OwnerKey, u64> = BTreeMap::new();
+        let mut orphans = Vec::new();
+        for item in self.charges.iter() {
+            let (k, v) = item.map_err(|e| StoreError::index("scanning charges", e))?;
+            let cursor = decode_charge_key(&k)?;
+            let held = self
+                .fragments
+                .contains_key(fragment_key(&cursor.key, cursor.index))
+                .map_err(|e| StoreError::index("reading a fragment record", e))?;
+            if held {
+                let charge = decode_charge(cursor.owner, &v)?;
+                *owners.entry(charge.owner).or_insert(0) += charge.len;
+                used += stored_bytes(&k, &v);
+            } else {
+                orphans.push(k);
+            }
+        }
+        for k in &orphans {
+            self.charges
+                .remove(k)
+                .map_err(|e| StoreError::index("dropping a charge without a fragment", e))?;
+        }
+        owners.retain(|_, bytes| *bytes > 0);
+        if !lost.is_empty() || !orphans.is_empty() {
             self.flush("flushing after dropping lost records")?;
         }
-        Ok((cleanup, used))
+        Ok((cleanup, used, owners))
     }
 
+    /// Writes a metadata record (durable on return), counting it against the
+    /// capacity (refused when it does not fit, unless `admit` is [`Admit::Always`]);
+    /// returns the value it replaced.
     fn put_small(
         &self,
         tree: &sled::Tree,
         key: &[u8],
         payload: &[u8],
         what: &'static str,
-    ) -> Result<(), StoreError> {
+        admit: Admit,
+    ) -> Result<Option<sled::IVec>, StoreError> {
         let mut value = Vec::with_capacity(1 + payload.len());
         value.push(RECORD_VERSION);
         value.extend_from_slice(payload);
+        let new_bytes = record_bytes(key.len(), payload.len());
+        let old_bytes = tree
+            .get(key)
+            .map_err(|e| StoreError::index("reading a record", e))?
+            .map_or(0, |old| stored_bytes(key, &old));
+        {
+            let mut used = self.used_lock();
+            if admit == Admit::WithinCapacity {
+                check_record_room(old_bytes, new_bytes, *used, self.capacity)?;
+            }
+            // Reserved in full until the insert says what it replaced.
+            *used = used.saturating_add(new_bytes);
+        }
         // Full disk: small records may use only half the index headroom, so the
         // other half stays for deletes (see DEFAULT_DISK_HEADROOM).
-        let reserved = self.reserve_disk(
-            std::iter::once((key.len() + value.len()) as u64),
+        let reserved = match self.reserve_disk(
+            std::iter::once(new_bytes),
             self.disk_headroom / 2,
             "reserving index headroom for a record in",
-        )?;
-        let stored = tree
-            .insert(key, value)
-            .map_err(|e| StoreError::index(what, e))
-            .and_then(|_| self.flush(what));
+        ) {
+            Ok(reserved) => reserved,
+            Err(e) => {
+                self.unaccount(new_bytes);
+                return Err(e);
+            }
+        };
+        let stored = match tree.insert(key, value) {
+            Ok(previous) => {
+                self.unaccount(previous.as_ref().map_or(0, |old| stored_bytes(key, old)));
+                self.flush(what).map(|()| previous)
+            }
+            Err(e) => {
+                self.unaccount(new_bytes);
+                Err(StoreError::index(what, e))
+            }
+        };
         self.bodies_in_flight.fetch_sub(reserved, Ordering::SeqCst);
         stored
+    }
+
+    /// Takes `bytes` off `used` (a record removed or replaced).
+    fn unaccount(&self, bytes: u64) {
+        let mut used = self.used_lock();
+        *used = used.saturating_sub(bytes);
+    }
+
+    fn owners_lock(&self) -> MutexGuard<'_, BTreeMap<OwnerKey, u64>> {
+        // Updates are single map operations; poisoning cannot tear them.
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves `owner`'s usage from `old` to `new` bytes, forgetting an owner at zero.
+    fn charge_owner(&self, owner: OwnerKey, old: u64, new: u64) {
+        let mut owners = self.owners_lock();
+        let usage = owners.entry(owner).or_insert(0);
+        *usage = usage.saturating_sub(old).saturating_add(new);
+        if *usage == 0 {
+            owners.remove(&owner);
+        }
+    }
+
+    /// Removes the charges of a fragment (no flush: the caller flushes).
+    fn remove_charges_of(&self, key: &PlacementKey, index: u16) -> Result<(), StoreError> {
+        for item in self.charges.scan_prefix(fragment_key(key, index)) {
+            let (k, _) = item.map_err(|e| StoreError::index("listing charges", e))?;
+            let removed = self
+                .charges
+                .remove(&k)
+                .map_err(|e| StoreError::index("removing a charge", e))?;
+            if let Some(old) = removed {
+                self.forget_charge(&k, &old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Accounts a removed charge record.
+    fn forget_charge(&self, k: &[u8], old: &[u8]) -> Result<(), StoreError> {
+        self.unaccount(stored_bytes(k, old));
+        let cursor = decode_charge_key(k)?;
+        let charge = decode_charge(cursor.owner, old)?;
+        self.charge_owner(charge.owner, charge.len, 0);
+        Ok(())
     }
 
     fn reclaim_guard(&self) -> MutexGuard<'_, ()> {
@@ -627,17 +759,19 @@ impl DiskStore {
             .transpose()
     }
 
+    /// Removes a metadata record (durable on return); returns the value removed.
     fn delete_small(
         &self,
         tree: &sled::Tree,
         key: &[u8],
         what: &'static str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<sled::IVec>, StoreError> {
         let removed = tree.remove(key).map_err(|e| StoreError::index(what, e))?;
-        if removed.is_some() {
+        if let Some(old) = &removed {
+            self.unaccount(stored_bytes(key, old));
             self.flush(what)?;
         }
-        Ok(removed.is_some())
+        Ok(removed)
     }
 }
 
@@ -772,6 +906,9 @@ impl NodeStore for DiskStore {
         self.fragments
             .remove(fragment_key(key, index))
             .map_err(|e| StoreError::index("removing a fragment record", e))?;
+        // A crash before the flush below leaves charges without their fragment, which
+        // the next open drops.
+        self.remove_charges_of(key, index)?;
         self.flush("flushing a fragment removal")?;
         *self.used_lock() -= info.len;
         let path = self.body_file(key, &info);
@@ -827,7 +964,9 @@ impl NodeStore for DiskStore {
             file.as_bytes(),
             signed,
             "storing a certificate",
+            Admit::WithinCapacity,
         )
+        .map(drop)
     }
 
     fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -840,6 +979,7 @@ impl NodeStore for DiskStore {
             file.as_bytes(),
             "deleting a certificate",
         )
+        .map(|removed| removed.is_some())
     }
 
     fn certificate_files(
@@ -877,7 +1017,9 @@ impl NodeStore for DiskStore {
             &fragment_key(key, index),
             holder.as_bytes(),
             "storing a pointer",
+            Admit::WithinCapacity,
         )
+        .map(drop)
     }
 
     fn get_pointer(&self, key: &PlacementKey, index: u16) -> Result<Option<NodeId>, StoreError> {
@@ -892,6 +1034,7 @@ impl NodeStore for DiskStore {
             &fragment_key(key, index),
             "deleting a pointer",
         )
+        .map(|removed| removed.is_some())
     }
 
     fn pointers_under(&self, key: &PlacementKey) -> Result<Vec<(u16, NodeId)>, StoreError> {
@@ -916,7 +1059,14 @@ impl NodeStore for DiskStore {
         if present {
             return Ok(());
         }
-        self.put_small(&self.references, &reference, &[], "storing a reference")
+        self.put_small(
+            &self.references,
+            &reference,
+            &[],
+            "storing a reference",
+            Admit::WithinCapacity,
+        )
+        .map(drop)
     }
 
     fn remove_reference(&self, key: &PlacementKey, file: &FileId) -> Result<usize, StoreError> {
@@ -941,12 +1091,15 @@ impl NodeStore for DiskStore {
 
     fn put_tombstone(&self, file: &FileId, reclaim: &[u8]) -> Result<(), StoreError> {
         let _reclaim = self.reclaim_guard();
+        // Never refused for room: the reclaim it starts frees room.
         self.put_small(
             &self.tombstones,
             file.as_bytes(),
             reclaim,
             "storing a tombstone",
+            Admit::Always,
         )
+        .map(drop)
     }
 
     fn get_tombstone(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -959,7 +1112,9 @@ impl NodeStore for DiskStore {
             volume.as_bytes(),
             signed,
             "storing a root record",
+            Admit::WithinCapacity,
         )
+        .map(drop)
     }
 
     fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError> {
@@ -989,6 +1144,90 @@ impl NodeStore for DiskStore {
         Ok(volumes)
     }
 
+    fn put_charge(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        charge: &Charge,
+    ) -> Result<(), StoreError> {
+        let k = charge_key(key, index, &charge.owner);
+        // The owner's usage follows what the insert replaced, so two puts racing on
+        // one charge still leave it exact.
+        let previous = self.put_small(
+            &self.charges,
+            &k,
+            &encode_charge(charge),
+            "storing a charge",
+            Admit::WithinCapacity,
+        )?;
+        let old = previous
+            .map(|old| decode_charge(charge.owner, &old))
+            .transpose()?
+            .map_or(0, |old| old.len);
+        self.charge_owner(charge.owner, old, charge.len);
+        Ok(())
+    }
+
+    fn delete_charge(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        owner: &OwnerKey,
+    ) -> Result<bool, StoreError> {
+        let k = charge_key(key, index, owner);
+        let removed = self
+            .charges
+            .remove(k)
+            .map_err(|e| StoreError::index("removing a charge", e))?;
+        match removed {
+            Some(old) => {
+                self.forget_charge(&k, &old)?;
+                self.flush("removing a charge")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn charges(&self, key: &PlacementKey, index: u16) -> Result<Vec<Charge>, StoreError> {
+        self.charges
+            .scan_prefix(fragment_key(key, index))
+            .map(|item| {
+                let (k, v) = item.map_err(|e| StoreError::index("listing charges", e))?;
+                decode_charge(decode_charge_key(&k)?.owner, &v)
+            })
+            .collect()
+    }
+
+    fn charges_after(
+        &self,
+        after: Option<&ChargeCursor>,
+        limit: usize,
+    ) -> Result<Vec<(ChargeCursor, Charge)>, StoreError> {
+        let start: Vec<u8> =
+            after.map_or_else(Vec::new, |c| charge_key(&c.key, c.index, &c.owner).to_vec());
+        let mut listed = Vec::new();
+        for item in self.charges.range(start..) {
+            if listed.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| StoreError::index("listing charges", e))?;
+            let cursor = decode_charge_key(&k)?;
+            if Some(&cursor) != after {
+                listed.push((cursor, decode_charge(cursor.owner, &v)?));
+            }
+        }
+        Ok(listed)
+    }
+
+    fn owner_usage(&self, owner: &OwnerKey) -> u64 {
+        self.owners_lock().get(owner).copied().unwrap_or(0)
+    }
+
+    fn owners_charged(&self) -> usize {
+        self.owners_lock().len()
+    }
+
     fn used(&self) -> u64 {
         *self.used_lock()
     }
@@ -996,6 +1235,81 @@ impl NodeStore for DiskStore {
     fn capacity(&self) -> u64 {
         self.capacity
     }
+}
+
+/// Whether a metadata write may be refused for want of room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admit {
+    WithinCapacity,
+    Always,
+}
+
+/// What a record counts against the capacity: its key and its value (version byte
+/// and payload), the same as [`record_bytes`] of key and payload.
+fn stored_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() as u64).saturating_add(value.len() as u64)
+}
+
+/// `placement key ‖ index_be16 ‖ owner`: a prefix scan by fragment key lists a
+/// fragment's charges.
+fn charge_key(key: &PlacementKey, index: u16, owner: &OwnerKey) -> [u8; CHARGE_KEY_LEN] {
+    let mut out = [0u8; CHARGE_KEY_LEN];
+    out[..FRAGMENT_KEY_LEN].copy_from_slice(&fragment_key(key, index));
+    out[FRAGMENT_KEY_LEN..].copy_from_slice(owner.as_bytes());
+    out
+}
+
+fn decode_charge_key(bytes: &[u8]) -> Result<ChargeCursor, StoreError> {
+    let bad = || StoreError::BadRecord {
+        tree: CHARGES_TREE,
+        detail: format!("key of {} bytes, expected {CHARGE_KEY_LEN}", bytes.len()),
+    };
+    if bytes.len() != CHARGE_KEY_LEN {
+        return Err(bad());
+    }
+    let (key, index) = decode_fragment_key(&bytes[..FRAGMENT_KEY_LEN])?;
+    let owner: [u8; ID_BYTES] = bytes[FRAGMENT_KEY_LEN..].try_into().map_err(|_| bad())?;
+    Ok(ChargeCursor {
+        key,
+        index,
+        owner: OwnerKey(Id(owner)),
+    })
+}
+
+/// `file ‖ len_be64 ‖ expiry_be64` (0: certified), without the version byte.
+fn encode_charge(charge: &Charge) -> [u8; CHARGE_PAYLOAD_LEN] {
+    let mut out = [0u8; CHARGE_PAYLOAD_LEN];
+    out[..ID_BYTES].copy_from_slice(charge.file.as_bytes());
+    out[ID_BYTES..ID_BYTES + 8].copy_from_slice(&charge.len.to_be_bytes());
+    out[ID_BYTES + 8..].copy_from_slice(&charge.uncertified_until.unwrap_or(0).to_be_bytes());
+    out
+}
+
+fn decode_charge(owner: OwnerKey, value: &[u8]) -> Result<Charge, StoreError> {
+    let payload = strip_version(CHARGES_TREE, value)?;
+    let bad = || StoreError::BadRecord {
+        tree: CHARGES_TREE,
+        detail: format!(
+            "record of {} bytes, expected {}",
+            value.len(),
+            1 + CHARGE_PAYLOAD_LEN
+        ),
+    };
+    if payload.len() != CHARGE_PAYLOAD_LEN {
+        return Err(bad());
+    }
+    let file: [u8; ID_BYTES] = payload[..ID_BYTES].try_into().map_err(|_| bad())?;
+    let len: [u8; 8] = payload[ID_BYTES..ID_BYTES + 8]
+        .try_into()
+        .map_err(|_| bad())?;
+    let until: [u8; 8] = payload[ID_BYTES + 8..].try_into().map_err(|_| bad())?;
+    let until = u64::from_be_bytes(until);
+    Ok(Charge {
+        owner,
+        file: FileId(Id(file)),
+        len: u64::from_be_bytes(len),
+        uncertified_until: (until != 0).then_some(until),
+    })
 }
 
 /// `placement key ‖ index_be16`: big-endian, so keys sort by ring position, then index.

@@ -41,10 +41,30 @@
 //!
 //! # What the capacity counts
 //!
-//! [`NodeStore::used`] is the exact sum of the lengths of the fragment bodies
-//! stored, nothing else: certificates, pointers, root records, references, tombstones, the index and file
-//! system overhead are small and not counted. A put that would take `used` past
-//! `capacity` is refused with [`StoreError::Full`] and changes nothing.
+//! [`NodeStore::used`] is the exact sum of the lengths of the fragment bodies stored
+//! plus the bytes of every metadata record: certificates, pointers, root records,
+//! references, tombstones and charges, each counted as [`record_bytes`] of its key and
+//! payload (what the index holds: key, version byte, payload). Index and file system
+//! overhead are not counted. A put that would take `used` past `capacity` is refused
+//! with [`StoreError::Full`] and changes nothing: fragments, certificates, pointers,
+//! roots, references and charges alike. Tombstones alone are counted but never refused:
+//! a reclaim writes its tombstone before the deletes that free the room, so refusing
+//! it on a full node would keep the node full. (Before issue 11 metadata was not
+//! counted at all, so a peer could fill a node's index with certificates or pointers
+//! without ever being refused.)
+//!
+//! # Accounting per owner (charges)
+//!
+//! Every fragment stored for an owner is *charged* to that owner: a [`Charge`] names
+//! the owner (the signer of the upload grant, or of the certificate a repair store
+//! carries), the file, the bytes, and, until the upload is known to be certified, when
+//! its grant expires. [`NodeStore::owner_usage`] is the sum of an owner's charges,
+//! kept exact across restarts; `cairn_past::admission` decides quotas and collects the
+//! fragments of uploads never certified from it. A fragment may be charged to several
+//! owners (each paid for storing it); deleting the fragment deletes its charges. The
+//! charge is written before the fragment, so a crash between them leaves a charge
+//! without a fragment, which [`DiskStore::open`] drops, and never bytes charged to
+//! nobody.
 
 mod disk;
 mod memory;
@@ -52,7 +72,7 @@ mod memory;
 use std::io;
 use std::path::PathBuf;
 
-use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+use cairn_core::id::{FileId, FragmentHash, Id, NodeId, OwnerKey, PlacementKey, VolumeKey};
 
 pub use disk::{
     DEFAULT_DISK_HEADROOM, DEFAULT_SYNC_THREADS, DiskStore, OpenCleanup, RECORD_VERSION,
@@ -84,6 +104,69 @@ pub enum PutOutcome {
     },
     /// The same fragment (same key, index and hash) was already stored; nothing changed.
     AlreadyStored,
+}
+
+/// Who a stored fragment is accounted to ([`NodeStore::put_charge`]), and whether the
+/// upload that stored it is known to be certified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    /// The owner whose grant (or, for a repair store, whose certificate) the fragment
+    /// was stored under.
+    pub owner: OwnerKey,
+    /// The file it was stored for.
+    pub file: FileId,
+    /// Bytes accounted to the owner: the fragment's length.
+    pub len: u64,
+    /// While no certificate is known for the upload, when the grant it was stored
+    /// under expires (unix seconds); `None` once the upload is known to be certified
+    /// (a repair store is from the start: it carries a certificate).
+    pub uncertified_until: Option<u64>,
+}
+
+/// A position in the listing of every charge ([`NodeStore::charges_after`]): the
+/// fragment and the owner of a charge. Charges list in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChargeCursor {
+    /// The fragment's placement key.
+    pub key: PlacementKey,
+    /// The fragment's index.
+    pub index: u16,
+    /// The owner charged.
+    pub owner: OwnerKey,
+}
+
+/// The bytes a metadata record counts against the capacity: its key, a version byte
+/// and its payload, as the index holds it. One definition for both stores, so their
+/// `used` agree.
+pub fn record_bytes(key_len: usize, payload_len: usize) -> u64 {
+    (key_len as u64)
+        .saturating_add(1)
+        .saturating_add(payload_len as u64)
+}
+
+/// Bytes of a charge's key (placement key, index, owner) and payload (file, length,
+/// grant expiry), for [`record_bytes`].
+pub(crate) const CHARGE_KEY_LEN: usize = 2 * cairn_core::id::ID_BYTES + 2;
+pub(crate) const CHARGE_PAYLOAD_LEN: usize = cairn_core::id::ID_BYTES + 16;
+
+/// Checks that growing the metadata from `old` to `new` bytes fits in `free`; shrinking
+/// always fits. The caller then adds `new` and subtracts `old`.
+pub(crate) fn check_record_room(
+    old: u64,
+    new: u64,
+    used: u64,
+    capacity: u64,
+) -> Result<(), StoreError> {
+    let needed = new.saturating_sub(old);
+    let free = capacity.saturating_sub(used);
+    if needed > free {
+        return Err(StoreError::Full {
+            needed,
+            free,
+            capacity,
+        });
+    }
+    Ok(())
 }
 
 /// One fragment offered to [`NodeStore::put_fragments`]: its index within the
@@ -301,8 +384,9 @@ pub trait NodeStore: Send + Sync {
         index: u16,
     ) -> Result<Option<FragmentInfo>, StoreError>;
 
-    /// Deletes a fragment, freeing exactly its length; returns the bytes freed
-    /// (`None` if it was not stored).
+    /// Deletes a fragment and its charges, freeing exactly its length (and its
+    /// charges' records); returns the fragment bytes freed (`None` if it was not
+    /// stored).
     fn delete_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<u64>, StoreError>;
 
     /// Every fragment stored under `key`, by ascending index.
@@ -384,7 +468,36 @@ pub trait NodeStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<VolumeKey>, StoreError>;
 
-    /// Bytes of fragment bodies stored.
+    /// Charges fragment `index` of `key` to `charge.owner`, replacing that owner's
+    /// earlier charge on the fragment (see "Accounting per owner" in the module docs):
+    /// [`NodeStore::owner_usage`] moves by the difference. Written before the fragment
+    /// it charges. Counted as metadata; refused with [`StoreError::Full`] if it does
+    /// not fit.
+    fn put_charge(&self, key: &PlacementKey, index: u16, charge: &Charge)
+    -> Result<(), StoreError>;
+    /// Removes `owner`'s charge on a fragment; returns whether there was one.
+    fn delete_charge(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        owner: &OwnerKey,
+    ) -> Result<bool, StoreError>;
+    /// The charges on fragment `index` of `key`, by owner.
+    fn charges(&self, key: &PlacementKey, index: u16) -> Result<Vec<Charge>, StoreError>;
+    /// At most `limit` charges in [`ChargeCursor`] order from `after` (exclusive;
+    /// `None`: from the start), for passes that page through them.
+    fn charges_after(
+        &self,
+        after: Option<&ChargeCursor>,
+        limit: usize,
+    ) -> Result<Vec<(ChargeCursor, Charge)>, StoreError>;
+    /// Bytes charged to `owner` here.
+    fn owner_usage(&self, owner: &OwnerKey) -> u64;
+    /// How many owners have bytes charged here.
+    fn owners_charged(&self) -> usize;
+
+    /// Bytes of fragment bodies and metadata records stored (see "What the capacity
+    /// counts" in the module docs).
     fn used(&self) -> u64;
     /// The configured limit on [`NodeStore::used`].
     fn capacity(&self) -> u64;
@@ -589,6 +702,156 @@ mod tests {
             Vec::new()
         );
         assert_eq!(store.root_volumes(None, 0).unwrap(), Vec::new());
+    }
+
+    /// Metadata counts in `used` exactly, is refused when it does not fit (tombstones
+    /// excepted), and gives its room back when removed.
+    fn check_metadata_accounting(store: &dyn NodeStore) {
+        #![allow(clippy::unwrap_used)]
+        let file = FileId(Id([1; 32]));
+        let id_record = |len: usize| record_bytes(32, len);
+        store.put_certificate(&file, &[7; 100]).unwrap();
+        assert_eq!(store.used(), id_record(100));
+        store.put_certificate(&file, &[7; 40]).unwrap();
+        assert_eq!(store.used(), id_record(40), "a replaced record counts once");
+        store.put_pointer(&key(1), 3, &NodeId(Id([2; 32]))).unwrap();
+        store.put_root(&VolumeKey(Id([3; 32])), &[1; 60]).unwrap();
+        store.add_reference(&key(1), &file).unwrap();
+        store.add_reference(&key(1), &file).unwrap();
+        let all = id_record(40) + record_bytes(34, 32) + id_record(60) + record_bytes(64, 0);
+        assert_eq!(store.used(), all);
+
+        // The capacity is 1000 bytes: a 900-byte certificate does not fit.
+        let big = FileId(Id([4; 32]));
+        assert!(matches!(
+            store.put_certificate(&big, &[0; 900]),
+            Err(StoreError::Full { .. })
+        ));
+        assert!(matches!(
+            store.put_root(&VolumeKey(Id([5; 32])), &[0; 900]),
+            Err(StoreError::Full { .. })
+        ));
+        assert_eq!(store.get_certificate(&big).unwrap(), None);
+        assert_eq!(store.used(), all, "a refused record changes nothing");
+        // A fragment meets the same count: 1000 - all bytes are free.
+        let body = vec![9u8; (1000 - all + 1) as usize];
+        assert!(matches!(
+            store.put_fragment(&key(2), 0, &fragment_hash(0, &body), &body),
+            Err(StoreError::Full { .. })
+        ));
+        // A tombstone is counted but never refused: the reclaim it starts frees room.
+        store.put_tombstone(&big, &[0; 900]).unwrap();
+        assert_eq!(store.used(), all + id_record(900));
+
+        store.delete_certificate(&file).unwrap();
+        store.delete_pointer(&key(1), 3).unwrap();
+        store.remove_reference(&key(1), &file).unwrap();
+        assert_eq!(store.used(), id_record(60) + id_record(900));
+    }
+
+    #[test]
+    fn both_stores_count_metadata_against_the_capacity() {
+        #![allow(clippy::unwrap_used)]
+        check_metadata_accounting(&MemoryStore::new(1000));
+        let dir = tempfile::tempdir().unwrap();
+        let used = {
+            let store = DiskStore::open(dir.path(), 1000).unwrap();
+            check_metadata_accounting(&store);
+            store.used()
+        };
+        let reopened = DiskStore::open(dir.path(), 1000).unwrap();
+        assert_eq!(reopened.used(), used, "the count is rebuilt at open");
+    }
+
+    /// Charges sum per owner, follow replacement and deletion of their fragment, and
+    /// page in cursor order.
+    fn check_charges(store: &dyn NodeStore) {
+        #![allow(clippy::unwrap_used)]
+        let (alice, bob) = (OwnerKey(Id([0xa1; 32])), OwnerKey(Id([0xb0; 32])));
+        let put = |k: u8, index: u16, len: usize| {
+            let body = vec![k; len];
+            store
+                .put_fragment(&key(k), index, &fragment_hash(index, &body), &body)
+                .unwrap();
+        };
+        let charge = |owner, len, until| Charge {
+            owner,
+            file: FileId(Id([0xf0; 32])),
+            len,
+            uncertified_until: until,
+        };
+        store
+            .put_charge(&key(1), 0, &charge(alice, 100, Some(50)))
+            .unwrap();
+        put(1, 0, 100);
+        store
+            .put_charge(&key(2), 1, &charge(alice, 30, None))
+            .unwrap();
+        put(2, 1, 30);
+        store
+            .put_charge(&key(2), 1, &charge(bob, 30, Some(9)))
+            .unwrap();
+        assert_eq!(store.owner_usage(&alice), 130);
+        assert_eq!(store.owner_usage(&bob), 30);
+        assert_eq!(store.owners_charged(), 2);
+        // Replacing alice's charge on one fragment: counted once.
+        store
+            .put_charge(&key(1), 0, &charge(alice, 100, None))
+            .unwrap();
+        assert_eq!(store.owner_usage(&alice), 130);
+        assert_eq!(
+            store.charges(&key(2), 1).unwrap(),
+            vec![charge(alice, 30, None), charge(bob, 30, Some(9))]
+        );
+        let first = store.charges_after(None, 2).unwrap();
+        assert_eq!(first.len(), 2);
+        let rest = store.charges_after(Some(&first[1].0), 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].0.owner, bob);
+        assert!(first[0].0 < first[1].0 && first[1].0 < rest[0].0);
+
+        // Deleting the fragment deletes its charges and their usage.
+        store.delete_fragment(&key(2), 1).unwrap();
+        assert_eq!(store.owner_usage(&alice), 100);
+        assert_eq!(store.owner_usage(&bob), 0);
+        assert_eq!(store.owners_charged(), 1);
+        assert!(store.charges(&key(2), 1).unwrap().is_empty());
+        assert!(store.delete_charge(&key(1), 0, &alice).unwrap());
+        assert_eq!(store.owner_usage(&alice), 0);
+        assert_eq!(store.used(), 100, "charges' records gave their room back");
+        store
+            .put_charge(&key(1), 0, &charge(alice, 100, None))
+            .unwrap();
+    }
+
+    #[test]
+    fn both_stores_charge_fragments_to_owners() {
+        #![allow(clippy::unwrap_used)]
+        check_charges(&MemoryStore::new(1 << 20));
+        let dir = tempfile::tempdir().unwrap();
+        let alice = OwnerKey(Id([0xa1; 32]));
+        let used = {
+            let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+            check_charges(&store);
+            // A charge written before a crash that lost its fragment's put.
+            let orphan = Charge {
+                owner: alice,
+                file: FileId(Id([1; 32])),
+                len: 5,
+                uncertified_until: None,
+            };
+            store.put_charge(&key(7), 0, &orphan).unwrap();
+            assert_eq!(store.owner_usage(&alice), 105);
+            store.used() - record_bytes(CHARGE_KEY_LEN, CHARGE_PAYLOAD_LEN)
+        };
+        let reopened = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            reopened.owner_usage(&alice),
+            100,
+            "the orphan charge is dropped"
+        );
+        assert!(reopened.charges(&key(7), 0).unwrap().is_empty());
+        assert_eq!(reopened.used(), used);
     }
 
     #[test]

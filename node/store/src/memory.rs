@@ -6,10 +6,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    FragmentInfo, NodeStore, OfferedFragment, PutOutcome, StoreError, check_offered,
-    check_offered_group, check_read, plan_group, ring_intervals,
+    CHARGE_KEY_LEN, CHARGE_PAYLOAD_LEN, Charge, ChargeCursor, FragmentInfo, NodeStore,
+    OfferedFragment, PutOutcome, StoreError, check_offered, check_offered_group, check_read,
+    check_record_room, plan_group, record_bytes, ring_intervals,
 };
-use cairn_core::id::{FileId, FragmentHash, Id, NodeId, PlacementKey, VolumeKey};
+use cairn_core::id::{
+    FileId, FragmentHash, ID_BYTES, Id, NodeId, OwnerKey, PlacementKey, VolumeKey,
+};
+
+/// Bytes of the record of a certificate, root record or tombstone of `len` bytes.
+fn keyed_by_id(len: usize) -> u64 {
+    record_bytes(ID_BYTES, len)
+}
+const POINTER_BYTES: usize = ID_BYTES + 2;
+const REFERENCE_BYTES: usize = 2 * ID_BYTES;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -19,10 +29,80 @@ struct Inner {
     roots: BTreeMap<VolumeKey, Vec<u8>>,
     references: BTreeSet<(PlacementKey, FileId)>,
     tombstones: BTreeMap<FileId, Vec<u8>>,
+    charges: BTreeMap<ChargeCursor, Charge>,
+    owner_usage: BTreeMap<OwnerKey, u64>,
+    /// Fragment bodies plus metadata records (see the crate docs).
     used: u64,
 }
 
+/// Whether a metadata write may be refused for want of room.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    WithinCapacity,
+    Always,
+}
+
+/// Accounts a metadata record going from `old` to `new` bytes in `used`, refusing
+/// growth past `capacity` unless `admit` is [`Admit::Always`].
+fn account(
+    used: &mut u64,
+    (old, new): (u64, u64),
+    capacity: u64,
+    admit: Admit,
+) -> Result<(), StoreError> {
+    if admit == Admit::WithinCapacity {
+        check_record_room(old, new, *used, capacity)?;
+    }
+    *used = used.saturating_sub(old).saturating_add(new);
+    Ok(())
+}
+
+/// Stores (or replaces) a record of opaque bytes keyed by an id (a certificate, a
+/// tombstone, a root record), accounting it in `used`.
+fn put_id_record<K: Ord>(
+    map: &mut BTreeMap<K, Vec<u8>>,
+    used: &mut u64,
+    key: K,
+    value: &[u8],
+    (capacity, admit): (u64, Admit),
+) -> Result<(), StoreError> {
+    let old = map.get(&key).map_or(0, |v| keyed_by_id(v.len()));
+    account(used, (old, keyed_by_id(value.len())), capacity, admit)?;
+    map.insert(key, value.to_vec());
+    Ok(())
+}
+
 impl Inner {
+    fn account(
+        &mut self,
+        old: u64,
+        new: u64,
+        capacity: u64,
+        admit: Admit,
+    ) -> Result<(), StoreError> {
+        account(&mut self.used, (old, new), capacity, admit)
+    }
+
+    /// Moves `owner`'s usage from `old` to `new` bytes, forgetting an owner at zero.
+    fn charge_owner(&mut self, owner: OwnerKey, old: u64, new: u64) {
+        let usage = self.owner_usage.entry(owner).or_insert(0);
+        *usage = usage.saturating_sub(old).saturating_add(new);
+        if *usage == 0 {
+            self.owner_usage.remove(&owner);
+        }
+    }
+
+    fn remove_charge(&mut self, cursor: &ChargeCursor) -> bool {
+        let Some(old) = self.charges.remove(cursor) else {
+            return false;
+        };
+        self.charge_owner(old.owner, old.len, 0);
+        self.used = self
+            .used
+            .saturating_sub(record_bytes(CHARGE_KEY_LEN, CHARGE_PAYLOAD_LEN));
+        true
+    }
+
     fn references_under(&self, key: &PlacementKey) -> impl Iterator<Item = FileId> + '_ {
         self.references
             .range((*key, FileId(Id::ZERO))..=(*key, FileId(Id::MAX)))
@@ -184,6 +264,14 @@ impl NodeStore for MemoryStore {
     fn delete_fragment(&self, key: &PlacementKey, index: u16) -> Result<Option<u64>, StoreError> {
         let mut inner = self.lock();
         let removed = inner.fragments.remove(&(*key, index));
+        let charged: Vec<ChargeCursor> = inner
+            .charges
+            .range(fragment_charges(key, index))
+            .map(|(cursor, _)| *cursor)
+            .collect();
+        for cursor in &charged {
+            inner.remove_charge(cursor);
+        }
         Ok(removed.map(|(info, _)| {
             inner.used -= info.len;
             info.len
@@ -223,8 +311,15 @@ impl NodeStore for MemoryStore {
         if inner.tombstones.contains_key(file) {
             return Err(StoreError::Reclaimed { file: *file });
         }
-        inner.certificates.insert(*file, signed.to_vec());
-        Ok(())
+        let inner = &mut *inner;
+        let room = (self.capacity, Admit::WithinCapacity);
+        put_id_record(
+            &mut inner.certificates,
+            &mut inner.used,
+            *file,
+            signed,
+            room,
+        )
     }
 
     fn get_certificate(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -232,7 +327,12 @@ impl NodeStore for MemoryStore {
     }
 
     fn delete_certificate(&self, file: &FileId) -> Result<bool, StoreError> {
-        Ok(self.lock().certificates.remove(file).is_some())
+        let mut inner = self.lock();
+        let removed = inner.certificates.remove(file);
+        if let Some(c) = &removed {
+            inner.account(keyed_by_id(c.len()), 0, self.capacity, Admit::Always)?;
+        }
+        Ok(removed.is_some())
     }
 
     fn certificate_files(
@@ -257,7 +357,15 @@ impl NodeStore for MemoryStore {
         index: u16,
         holder: &NodeId,
     ) -> Result<(), StoreError> {
-        self.lock().pointers.insert((*key, index), *holder);
+        let mut inner = self.lock();
+        let bytes = record_bytes(POINTER_BYTES, ID_BYTES);
+        let old = if inner.pointers.contains_key(&(*key, index)) {
+            bytes
+        } else {
+            0
+        };
+        inner.account(old, bytes, self.capacity, Admit::WithinCapacity)?;
+        inner.pointers.insert((*key, index), *holder);
         Ok(())
     }
 
@@ -266,7 +374,13 @@ impl NodeStore for MemoryStore {
     }
 
     fn delete_pointer(&self, key: &PlacementKey, index: u16) -> Result<bool, StoreError> {
-        Ok(self.lock().pointers.remove(&(*key, index)).is_some())
+        let mut inner = self.lock();
+        let removed = inner.pointers.remove(&(*key, index)).is_some();
+        if removed {
+            let bytes = record_bytes(POINTER_BYTES, ID_BYTES);
+            inner.account(bytes, 0, self.capacity, Admit::Always)?;
+        }
+        Ok(removed)
     }
 
     fn pointers_under(&self, key: &PlacementKey) -> Result<Vec<(u16, NodeId)>, StoreError> {
@@ -283,13 +397,20 @@ impl NodeStore for MemoryStore {
         if inner.tombstones.contains_key(file) {
             return Err(StoreError::Reclaimed { file: *file });
         }
-        inner.references.insert((*key, *file));
+        if !inner.references.contains(&(*key, *file)) {
+            let bytes = record_bytes(REFERENCE_BYTES, 0);
+            inner.account(0, bytes, self.capacity, Admit::WithinCapacity)?;
+            inner.references.insert((*key, *file));
+        }
         Ok(())
     }
 
     fn remove_reference(&self, key: &PlacementKey, file: &FileId) -> Result<usize, StoreError> {
         let mut inner = self.lock();
-        inner.references.remove(&(*key, *file));
+        if inner.references.remove(&(*key, *file)) {
+            let bytes = record_bytes(REFERENCE_BYTES, 0);
+            inner.account(bytes, 0, self.capacity, Admit::Always)?;
+        }
         Ok(inner.references_under(key).count())
     }
 
@@ -298,8 +419,9 @@ impl NodeStore for MemoryStore {
     }
 
     fn put_tombstone(&self, file: &FileId, reclaim: &[u8]) -> Result<(), StoreError> {
-        self.lock().tombstones.insert(*file, reclaim.to_vec());
-        Ok(())
+        let inner = &mut *self.lock();
+        let room = (self.capacity, Admit::Always);
+        put_id_record(&mut inner.tombstones, &mut inner.used, *file, reclaim, room)
     }
 
     fn get_tombstone(&self, file: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
@@ -307,8 +429,9 @@ impl NodeStore for MemoryStore {
     }
 
     fn put_root(&self, volume: &VolumeKey, signed: &[u8]) -> Result<(), StoreError> {
-        self.lock().roots.insert(*volume, signed.to_vec());
-        Ok(())
+        let inner = &mut *self.lock();
+        let room = (self.capacity, Admit::WithinCapacity);
+        put_id_record(&mut inner.roots, &mut inner.used, *volume, signed, room)
     }
 
     fn get_root(&self, volume: &VolumeKey) -> Result<Option<Vec<u8>>, StoreError> {
@@ -331,6 +454,78 @@ impl NodeStore for MemoryStore {
         Ok(range.map(|(volume, _)| *volume).take(limit).collect())
     }
 
+    fn put_charge(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        charge: &Charge,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let cursor = ChargeCursor {
+            key: *key,
+            index,
+            owner: charge.owner,
+        };
+        let bytes = record_bytes(CHARGE_KEY_LEN, CHARGE_PAYLOAD_LEN);
+        let old = inner.charges.get(&cursor).copied();
+        inner.account(
+            old.map_or(0, |_| bytes),
+            bytes,
+            self.capacity,
+            Admit::WithinCapacity,
+        )?;
+        inner.charge_owner(charge.owner, old.map_or(0, |c| c.len), charge.len);
+        inner.charges.insert(cursor, *charge);
+        Ok(())
+    }
+
+    fn delete_charge(
+        &self,
+        key: &PlacementKey,
+        index: u16,
+        owner: &OwnerKey,
+    ) -> Result<bool, StoreError> {
+        let cursor = ChargeCursor {
+            key: *key,
+            index,
+            owner: *owner,
+        };
+        Ok(self.lock().remove_charge(&cursor))
+    }
+
+    fn charges(&self, key: &PlacementKey, index: u16) -> Result<Vec<Charge>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .charges
+            .range(fragment_charges(key, index))
+            .map(|(_, charge)| *charge)
+            .collect())
+    }
+
+    fn charges_after(
+        &self,
+        after: Option<&ChargeCursor>,
+        limit: usize,
+    ) -> Result<Vec<(ChargeCursor, Charge)>, StoreError> {
+        let inner = self.lock();
+        let range = match after {
+            Some(after) => inner.charges.range((
+                std::ops::Bound::Excluded(*after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => inner.charges.range(..),
+        };
+        Ok(range.take(limit).map(|(c, charge)| (*c, *charge)).collect())
+    }
+
+    fn owner_usage(&self, owner: &OwnerKey) -> u64 {
+        self.lock().owner_usage.get(owner).copied().unwrap_or(0)
+    }
+
+    fn owners_charged(&self) -> usize {
+        self.lock().owner_usage.len()
+    }
+
     fn used(&self) -> u64 {
         self.lock().used
     }
@@ -338,4 +533,14 @@ impl NodeStore for MemoryStore {
     fn capacity(&self) -> u64 {
         self.capacity
     }
+}
+
+/// The range of charge cursors of one fragment.
+fn fragment_charges(key: &PlacementKey, index: u16) -> std::ops::RangeInclusive<ChargeCursor> {
+    let at = |owner| ChargeCursor {
+        key: *key,
+        index,
+        owner,
+    };
+    at(OwnerKey(Id::ZERO))..=at(OwnerKey(Id::MAX))
 }
