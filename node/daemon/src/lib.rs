@@ -383,7 +383,10 @@ impl Node {
                 })
             })?
             .map_err(StartError::Store)?;
-        let overlay = Overlay::new(config.overlay.clone(), id)
+        // The overlay's nonces and locate tags must be unguessable: a secret seed.
+        let mut nonce_seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce_seed);
+        let overlay = Overlay::new(config.overlay.clone(), id, nonce_seed)
             .map_err(|e| StartError::Overlay(e.to_string()))?;
         let (transport, incoming) = Transport::bind(
             Arc::clone(&identity),
@@ -949,15 +952,14 @@ async fn overlay_task(
     let started = Instant::now();
     let now = || Time(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
     let mut pending: HashMap<u64, oneshot::Sender<Vec<NodeAddress>>> = HashMap::new();
-    let mut next_tag = 1u64;
     let mut actions = Vec::new();
     // Ends when the node's token is cancelled (it is spawned as the node's task).
     while let Some(input) = inputs.recv().await {
         let event = match input {
             Input::Event(event) => event,
             Input::Locate { key, count, reply } => {
-                let tag = next_tag;
-                next_tag += 1;
+                // Unguessable: a `Located` answer is matched by it.
+                let tag = overlay.fresh_tag();
                 pending.retain(|_, sender| !sender.is_closed());
                 pending.insert(tag, reply);
                 let payload =

@@ -35,6 +35,7 @@
 mod leaf_set;
 mod messages;
 mod neighbourhood;
+mod nonces;
 mod routing_table;
 
 use std::cmp::Ordering;
@@ -44,6 +45,8 @@ use cairn_core::id::{Id, NodeId};
 use leaf_set::{LeafSet, Side};
 pub use messages::{OverlayMessage, Routed, TimerKind};
 use neighbourhood::NeighbourhoodSet;
+pub use nonces::NonceSeed;
+use nonces::Nonces;
 use routing_table::{RoutingTable, shared_digits};
 
 /// Virtual or real time in microseconds since an arbitrary origin.
@@ -374,7 +377,8 @@ pub struct Overlay {
     probe_timer_at: Option<Time>,
     pending: Vec<PendingHop>,
     dead: Vec<(NodeId, Time)>,
-    next_nonce: u64,
+    /// Ping nonces, hop ids and lookup tags: unguessable ([`Nonces`]).
+    nonces: Nonces,
     ticks: u32,
     ticking: bool,
     table_cursor: usize,
@@ -410,7 +414,9 @@ const OUTRANKED_MEMORY: usize = 128;
 
 impl Overlay {
     /// A node with id `me` that is not yet part of any overlay (feed it [`Event::Join`]).
-    pub fn new(config: Config, me: NodeId) -> Result<Overlay, ConfigError> {
+    /// `seed` makes its nonces and tags: a secret the driver draws (the daemon from the
+    /// operating system, the simulator from its seeded stream).
+    pub fn new(config: Config, me: NodeId, seed: NonceSeed) -> Result<Overlay, ConfigError> {
         config.validate()?;
         Ok(Overlay {
             leaf_set: LeafSet::new(me, config.half()),
@@ -425,7 +431,7 @@ impl Overlay {
             candidate_probes_dropped: 0,
             pending: Vec::new(),
             dead: Vec::new(),
-            next_nonce: 1,
+            nonces: Nonces::new(seed),
             ticks: 0,
             ticking: false,
             table_cursor: 0,
@@ -592,9 +598,14 @@ impl Overlay {
     }
 
     fn nonce(&mut self) -> u64 {
-        let n = self.next_nonce;
-        self.next_nonce += 1;
-        n
+        self.nonces.next()
+    }
+
+    /// A fresh unguessable tag for a lookup this node starts ([`Event::Route`]): an
+    /// answer that comes back outside the route (a PAST `Located`) is matched by it,
+    /// so a stranger must not be able to guess it. Never 0.
+    pub fn fresh_tag(&mut self) -> u64 {
+        self.nonces.next()
     }
 
     fn is_dead(&self, id: &NodeId) -> bool {
@@ -1576,6 +1587,42 @@ mod tests {
         NodeId(Id::hash(&[n]))
     }
 
+    /// The nonce seed of the overlays under test.
+    const SEED: NonceSeed = [9; 32];
+
+    #[test]
+    fn ping_nonces_and_lookup_tags_are_unguessable_and_depend_on_the_seed() {
+        let pings = |seed: NonceSeed| {
+            let mut overlay = Overlay::new(Config::default(), node(1), seed).unwrap();
+            overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
+            let mut nonces = Vec::new();
+            for n in 2..6u8 {
+                let actions = overlay.handle(Time(1), Event::Suggest { node: node(n) });
+                nonces.extend(actions.iter().filter_map(|a| match a {
+                    Action::Send {
+                        msg: OverlayMessage::Ping { nonce },
+                        ..
+                    } => Some(*nonce),
+                    _ => None,
+                }));
+            }
+            let tags: Vec<u64> = (0..4).map(|_| overlay.fresh_tag()).collect();
+            (nonces, tags)
+        };
+        let (nonces, tags) = pings(SEED);
+        assert_eq!(nonces.len(), 4);
+        // Not a counter: a peer that saw one nonce cannot tell the next.
+        for pair in nonces.windows(2).chain(tags.windows(2)) {
+            assert!(pair[1].abs_diff(pair[0]) > 1 << 20, "{nonces:?} {tags:?}");
+        }
+        assert!(tags.iter().all(|t| *t != 0 && *t > 1 << 32), "{tags:?}");
+        // Deterministic for one seed (the simulator replays), different for another.
+        assert_eq!(pings(SEED), (nonces.clone(), tags.clone()));
+        let (other_nonces, other_tags) = pings([3; 32]);
+        assert_ne!(other_nonces, nonces);
+        assert_ne!(other_tags, tags);
+    }
+
     #[test]
     fn bad_configs_are_refused() {
         let bad_b = Config {
@@ -1583,7 +1630,7 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(
-            Overlay::new(bad_b, node(1)).err(),
+            Overlay::new(bad_b, node(1), SEED).err(),
             Some(ConfigError::DigitBits { got: 3 })
         );
         let odd_l = Config {
@@ -1595,7 +1642,7 @@ mod tests {
 
     #[test]
     fn gossip_of_made_up_ids_probes_at_most_the_cap_and_counts_the_rest() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         let liar = node(2);
         let half = Config::default().half();
@@ -1631,7 +1678,7 @@ mod tests {
 
     #[test]
     fn lone_node_delivers_everything_to_itself() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         let actions = overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         assert!(actions.contains(&Action::Joined));
         let key = Id::hash(b"k");
@@ -1655,7 +1702,7 @@ mod tests {
 
     #[test]
     fn a_suggested_node_is_probed_even_when_dead_and_admitted_when_it_answers() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         let other = node(2);
         overlay.handle(
@@ -1695,7 +1742,7 @@ mod tests {
 
     #[test]
     fn gossiped_ids_are_probed_not_trusted() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         let ghost = node(9);
         let actions = overlay.handle(
@@ -1738,7 +1785,7 @@ mod tests {
     #[test]
     fn row_exchange_replaces_an_entry_by_a_nearer_probed_candidate() {
         let me = id_at(0x5000, 0);
-        let mut overlay = Overlay::new(Config::default(), me).unwrap();
+        let mut overlay = Overlay::new(Config::default(), me, SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         // A full leaf set (and neighbourhood set), so that the candidates below are
         // wanted for the routing table only. They keep talking, so none is declared
@@ -1884,7 +1931,7 @@ mod tests {
     #[test]
     fn routing_rule_leaf_set_then_table_then_rare_case() {
         let me = id_at(0x5000, 0);
-        let mut overlay = Overlay::new(Config::default(), me).unwrap();
+        let mut overlay = Overlay::new(Config::default(), me, SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         // A full leaf set close around us: 8 each side.
         for i in 1..=8u16 {

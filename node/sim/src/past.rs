@@ -38,7 +38,8 @@
 //!   `Err(SimFailure::Stopped)` for every command, so it decides rather than hangs.
 //!
 //! Deterministic like the rest: operations, asks and locates live in `BTreeMap`s keyed
-//! by numbers handed out in order, and everything happens through the queue.
+//! by numbers handed out in order (a locate's tag comes from its origin's overlay,
+//! unguessable but fixed by the run's seed), and everything happens through the queue.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -311,7 +312,6 @@ struct RoutedLocate {
 pub(crate) struct PastState {
     ops: BTreeMap<u64, RunningOp>,
     next_op: u64,
-    next_locate: u64,
     /// Routed locates in flight: tag → operation, key, count and attempt.
     locates: BTreeMap<u64, RoutedLocate>,
     finished: BTreeMap<u64, Box<dyn Any>>,
@@ -586,8 +586,7 @@ impl Sim {
         let alive = self.op_alive(running);
         match command {
             Command::Locate { key, count } => {
-                self.past.next_locate += 1;
-                let tag = PAST_TAG | self.past.next_locate;
+                let tag = self.fresh_past_tag(origin);
                 running.locate = Some(tag);
                 if !alive {
                     self.fail_now(id, Waiting::Locate(tag), SimFailure::Stopped);
@@ -641,6 +640,18 @@ impl Sim {
         }
     }
 
+    /// A new tag for a locate of node `origin`: one of its overlay's unguessable tags
+    /// (as the daemon's), marked with [`PAST_TAG`], and not one in flight.
+    fn fresh_past_tag(&mut self, origin: u32) -> u64 {
+        let overlay = &mut self.nodes[origin as usize].overlay;
+        loop {
+            let tag = PAST_TAG | overlay.fresh_tag();
+            if !self.past.locates.contains_key(&tag) {
+                return tag;
+            }
+        }
+    }
+
     /// Routes a locate from `origin` under `tag`, failing it after the locate timeout.
     fn route_locate(&mut self, tag: u64, origin: u32, routed: RoutedLocate) {
         self.past.stats.locates_routed += 1;
@@ -679,8 +690,7 @@ impl Sim {
         }
         self.past.stats.locates_failed += 1;
         self.past.locates.remove(&tag);
-        self.past.next_locate += 1;
-        let next = PAST_TAG | self.past.next_locate;
+        let next = self.fresh_past_tag(origin);
         if let Some(running) = self.past.ops.get_mut(&routed.op) {
             running.locate = Some(next);
         }
