@@ -33,6 +33,7 @@
 //! ([`OverlayMessage`], [`Routed`], [`TimerKind`]) are in `messages`.
 
 mod leaf_set;
+mod located;
 mod messages;
 mod neighbourhood;
 mod nonces;
@@ -43,6 +44,10 @@ use std::time::Duration;
 
 use cairn_core::id::{Id, NodeId};
 use leaf_set::{LeafSet, Side};
+pub use located::{
+    DENSITY_GAMMA, LocatedVerdict, MIN_DENSITY_GAPS, Rejection, Suspicion,
+    confirmed_by_another_route,
+};
 pub use messages::{OverlayMessage, Routed, TimerKind};
 use neighbourhood::NeighbourhoodSet;
 pub use nonces::NonceSeed;
@@ -239,6 +244,20 @@ pub enum Event {
         tag: u64,
         /// Opaque application bytes.
         payload: Vec<u8>,
+    },
+    /// Route like [`Event::Route`], but not through the first `skip` next hops a plain
+    /// route would take: a redundant route through a different first hop (Castro et
+    /// al.'s redundant routing), for a locate whose answer failed a check. Where fewer
+    /// next hops exist it skips as many as leave one.
+    RouteDiverse {
+        /// The destination key.
+        key: Id,
+        /// Handed back in [`Action::Deliver`].
+        tag: u64,
+        /// Opaque application bytes.
+        payload: Vec<u8>,
+        /// How many of the plain route's first hops to pass over.
+        skip: u8,
     },
     /// Leave the overlay gracefully.
     Leave,
@@ -524,9 +543,62 @@ impl Overlay {
                 };
                 self.route(now, key, 0, body, Vec::new(), 0, out);
             }
+            Event::RouteDiverse {
+                key,
+                tag,
+                payload,
+                skip,
+            } => {
+                let body = Routed::Lookup {
+                    origin: self.me,
+                    tag,
+                    payload,
+                };
+                let passed_over = self.first_hops_to_skip(&key, skip);
+                self.route(now, key, 0, body, passed_over, 0, out);
+            }
             Event::Leave => self.leave(out),
             Event::Suggest { node } => self.suggested(now, node, out),
         }
+    }
+
+    /// The first `skip` next hops a route to `key` would try, in order, stopping
+    /// before the one whose exclusion would leave no next hop (the route would then
+    /// end here, at a node that is not the key's closest).
+    fn first_hops_to_skip(&self, key: &Id, skip: u8) -> Vec<NodeId> {
+        let mut skipped = Vec::new();
+        for _ in 0..skip {
+            let Some(hop) = self.next_hop(key, &skipped) else {
+                break;
+            };
+            skipped.push(hop);
+            if self.next_hop(key, &skipped).is_none() {
+                skipped.pop();
+                break;
+            }
+        }
+        skipped
+    }
+
+    /// What to make of `nodes`, the answer `from` (as the transport authenticated it)
+    /// sent to this node's locate of the `count` nodes closest to `key`: see
+    /// [`LocatedVerdict`] and the `located` module.
+    pub fn check_located(
+        &self,
+        key: &Id,
+        count: usize,
+        from: NodeId,
+        nodes: &[NodeId],
+    ) -> LocatedVerdict {
+        let known_dead = |id: &NodeId| self.is_dead(id);
+        located::check(self.me, &self.leaf_set, known_dead, key, count, from, nodes)
+    }
+
+    /// The answer this node gives to a locate of the `count` nodes closest to `key`
+    /// whose route ended here: the closest of itself and its leaf set, itself first
+    /// (those closer than itself did not take the route, see the `located` module).
+    pub fn located_answer(&self, key: &Id, count: usize) -> Vec<NodeId> {
+        located::answer(self.me, &self.leaf_set, key, count)
     }
 
     fn suggested(&mut self, now: Time, node: NodeId, out: &mut Vec<Action>) {
@@ -1919,6 +1991,11 @@ mod tests {
                 payload: vec![],
             },
         );
+        route_sent_to(&actions)
+    }
+
+    /// Where `actions` send a route message, if anywhere.
+    fn route_sent_to(actions: &[Action]) -> Option<NodeId> {
         actions.iter().find_map(|a| match a {
             Action::Send {
                 to,
@@ -1928,18 +2005,23 @@ mod tests {
         })
     }
 
-    #[test]
-    fn routing_rule_leaf_set_then_table_then_rare_case() {
+    /// Node 0x5000…, joined, with a full leaf set close around it: 8 each side.
+    fn joined_with_full_leaf_set() -> Overlay {
         let me = id_at(0x5000, 0);
         let mut overlay = Overlay::new(Config::default(), me, SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
-        // A full leaf set close around us: 8 each side.
         for i in 1..=8u16 {
             for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
                 let msg = OverlayMessage::Announce { rtt_us: 1000 };
                 overlay.handle(Time::ZERO, Event::Message { from: id, msg });
             }
         }
+        overlay
+    }
+
+    #[test]
+    fn routing_rule_leaf_set_then_table_then_rare_case() {
+        let mut overlay = joined_with_full_leaf_set();
         let (left, right) = overlay.leaf_set();
         assert_eq!((left.len(), right.len()), (8, 8));
         // 1. In the leaf-set range: the numerically closest member.
@@ -1982,5 +2064,35 @@ mod tests {
             next_hop_of(&mut overlay, id_at(0x7800, 0).0),
             Some(seven_near)
         );
+    }
+
+    #[test]
+    fn a_diverse_route_takes_another_first_hop_and_never_ends_here_for_lack_of_one() {
+        let mut overlay = joined_with_full_leaf_set();
+        let (seven, nearer) = (id_at(0x7100, 0), id_at(0x6800, 0));
+        for id in [seven, nearer] {
+            let msg = OverlayMessage::Announce { rtt_us: 1000 };
+            overlay.handle(Time::ZERO, Event::Message { from: id, msg });
+        }
+        let key = id_at(0x7800, 0).0;
+        let first_hop = |overlay: &mut Overlay, skip: u8| {
+            let event = Event::RouteDiverse {
+                key,
+                tag: 5,
+                payload: Vec::new(),
+                skip,
+            };
+            let actions = overlay.handle(Time(1), event);
+            assert!(
+                !actions.iter().any(|a| matches!(a, Action::Deliver { .. })),
+                "a far key is never delivered here"
+            );
+            route_sent_to(&actions)
+        };
+        assert_eq!(first_hop(&mut overlay, 0), Some(seven), "the plain route");
+        let second = first_hop(&mut overlay, 1).expect("a second first hop");
+        assert_ne!(second, seven);
+        // Asking to skip more hops than there are still leaves one.
+        assert!(first_hop(&mut overlay, 200).is_some());
     }
 }

@@ -15,9 +15,12 @@
 //! - [`Command::Locate`] from node `o`: answered from `o`'s own leaf set when that
 //!   surely covers the key (the daemon's `locate_in_leaf_set`), else routed through
 //!   the simulated overlays as a real `Routed::Lookup` carrying
-//!   [`PastRouted::Locate`]; the node it is delivered to answers with the closest of
-//!   its leaf set and itself, and the answer travels back to `o` with latency and
-//!   loss. A route given up, or no answer within [`PastSetup::locate_timeout`], is an
+//!   [`PastRouted::Locate`]; the node it is delivered to answers with
+//!   `Overlay::located_answer` (itself first, then the closest of its leaf set), and
+//!   the answer travels back to `o` with latency and loss. `o`'s overlay checks it
+//!   (`Overlay::check_located`): a rejected answer is dropped and counted, a
+//!   suspicious one (the density test) routes the locate again through another first
+//!   hop. A route given up, or no answer within [`PastSetup::locate_timeout`], is an
 //!   `Err`.
 //! - [`Command::Ask`]: a message to the node, with the latency and loss of any other
 //!   message. A live node answers with [`Holder::answer`]; an [`Answer::Divert`] runs a
@@ -50,7 +53,7 @@ use std::time::Duration;
 
 use cairn_core::crypto::KeyPair;
 use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
-use cairn_overlay::{Event, Time};
+use cairn_overlay::{Event, LocatedVerdict, Time, confirmed_by_another_route};
 use cairn_past::answer::Answer;
 use cairn_past::divert::{Diverted, ReplicaDiversion};
 use cairn_past::insert::{BlockInsert, InsertError, OwnedFragments};
@@ -139,6 +142,10 @@ pub struct PastStats {
     pub locates_routed: u64,
     /// Locates that failed (route given up, or timed out).
     pub locates_failed: u64,
+    /// Routed locates' answers the origin's overlay rejected (`check_located`).
+    pub locate_answers_rejected: u64,
+    /// Routed locates' answers that failed the density test: routed again elsewhere.
+    pub locate_answers_suspicious: u64,
     /// Requests sent.
     pub asks: u64,
     /// Requests or answers lost by the loss model.
@@ -281,11 +288,13 @@ pub(crate) enum PastEvent {
         to: u32,
         response: PastResponse,
     },
-    /// A locate's answer arrives at the origin `to`.
+    /// A locate's answer arrives at the origin `to`, from `from` (`None`: the origin's
+    /// own leaf set answered, nothing to check).
     Located {
         op: u64,
         tag: u64,
         to: u32,
+        from: Option<NodeId>,
         nodes: Vec<NodeId>,
     },
     /// The driver grants a [`Command::Pace`] (when the node's repair budget allows).
@@ -314,6 +323,8 @@ pub(crate) struct PastState {
     next_op: u64,
     /// Routed locates in flight: tag → operation, key, count and attempt.
     locates: BTreeMap<u64, RoutedLocate>,
+    /// Suspicious answers an operation's locate has had so far (by operation).
+    suspicious: BTreeMap<u64, Vec<Vec<NodeId>>>,
     finished: BTreeMap<u64, Box<dyn Any>>,
     newly_finished: u64,
     pub(crate) stats: PastStats,
@@ -596,6 +607,7 @@ impl Sim {
                         op: id,
                         tag,
                         to: origin,
+                        from: None,
                         nodes,
                     };
                     self.push(self.now, SimEvent::Past(Box::new(event)));
@@ -663,12 +675,15 @@ impl Sim {
         let at = self.now.plus(self.setup().locate_timeout);
         let failure = SimFailure::Locate(routed.key);
         self.fail_at(at, routed.op, Waiting::Locate(tag), failure);
+        // Every retry goes through another first hop, as in the daemon's `locate`.
+        let skip = u8::try_from(routed.attempt.saturating_sub(1)).unwrap_or(u8::MAX);
         self.feed(
             origin,
-            Event::Route {
+            Event::RouteDiverse {
                 key: routed.key,
                 tag,
                 payload,
+                skip,
             },
         );
     }
@@ -688,7 +703,6 @@ impl Sim {
         if routed.attempt >= self.setup().locate_attempts {
             return false;
         }
-        self.past.stats.locates_failed += 1;
         self.past.locates.remove(&tag);
         let next = self.fresh_past_tag(origin);
         if let Some(running) = self.past.ops.get_mut(&routed.op) {
@@ -781,13 +795,58 @@ impl Sim {
             return;
         };
         let overlay = &self.nodes[node as usize].overlay;
-        let (left, right) = overlay.leaf_set();
-        let nodes = closest(
-            &key,
-            left.into_iter().chain(right).chain([overlay.id()]),
-            usize::from(count),
-        );
-        self.transmit(node, to, PastEvent::Located { op, tag, to, nodes });
+        let from = Some(overlay.id());
+        let nodes = overlay.located_answer(&key, usize::from(count));
+        let event = PastEvent::Located {
+            op,
+            tag,
+            to,
+            from,
+            nodes,
+        };
+        self.transmit(node, to, event);
+    }
+
+    /// Whether the answer to the routed locate `tag`, from `from` to its origin `to`,
+    /// is taken: the origin's overlay checks it (`Overlay::check_located`), as the
+    /// daemon's overlay task does. A rejected answer is dropped (the locate goes on
+    /// waiting). A suspicious one is taken if an earlier route of the same locate
+    /// returned the same set; else the locate is routed again through another first
+    /// hop, or fails when its attempts are spent.
+    fn located_passes(
+        &mut self,
+        tag: u64,
+        to: u32,
+        from: Option<NodeId>,
+        nodes: &[NodeId],
+    ) -> bool {
+        let Some(from) = from else {
+            return true; // the origin's own leaf set
+        };
+        let Some(&RoutedLocate { op, key, count, .. }) = self.past.locates.get(&tag) else {
+            return false; // not (or no longer) waited for
+        };
+        let overlay = &self.nodes[to as usize].overlay;
+        let verdict = overlay.check_located(&key, usize::from(count), from, nodes);
+        match verdict {
+            LocatedVerdict::Accept => true,
+            LocatedVerdict::Reject(_) => {
+                self.past.stats.locate_answers_rejected += 1;
+                false
+            }
+            LocatedVerdict::Suspicious(_) => {
+                self.past.stats.locate_answers_suspicious += 1;
+                let seen = self.past.suspicious.entry(op).or_default();
+                if confirmed_by_another_route(seen, nodes) {
+                    return true;
+                }
+                seen.push(nodes.to_vec());
+                if !self.retry_locate(tag) {
+                    self.fail_now(op, Waiting::Locate(tag), SimFailure::Locate(key));
+                }
+                false
+            }
+        }
     }
 
     /// A routed PAST locate was given up by some node on its way.
@@ -821,8 +880,18 @@ impl Sim {
                     self.answer_op(op, Waiting::Ask(ask), Input::Answered(ask, Ok(response)));
                 }
             }
-            PastEvent::Located { op, tag, to, nodes } => {
-                if self.alive(to) && self.past.ops.get(&op).is_some_and(|r| self.op_alive(r)) {
+            PastEvent::Located {
+                op,
+                tag,
+                to,
+                from,
+                nodes,
+            } => {
+                if self.alive(to)
+                    && self.past.ops.get(&op).is_some_and(|r| self.op_alive(r))
+                    && self.located_passes(tag, to, from, &nodes)
+                {
+                    self.past.suspicious.remove(&op);
                     let nodes = nodes.iter().filter_map(|id| self.address_of(id)).collect();
                     self.answer_op(op, Waiting::Locate(tag), Input::Located(Ok(nodes)));
                 }
@@ -846,10 +915,11 @@ impl Sim {
                         Input::Answered(ask, Err(failure))
                     }
                     Waiting::Locate(tag) => {
+                        self.past.stats.locates_failed += 1;
                         if self.retry_locate(tag) {
                             return;
                         }
-                        self.past.stats.locates_failed += 1;
+                        self.past.suspicious.remove(&op);
                         Input::Located(Err(failure))
                     }
                 };
