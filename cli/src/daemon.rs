@@ -190,6 +190,9 @@ pub fn devnet_command(args: DevnetArgs) -> anyhow::Result<()> {
             // count the whole devnet as one peer.
             config.net.max_inbound_per_address = config.net.max_inbound;
             config.net.max_handshakes_per_address = config.net.max_handshakes;
+            // And the overlay's limit of ids per subnet would keep two of them in a
+            // leaf set (NodeConfig::new already lifts it on loopback; said here too).
+            config.overlay.max_ids_per_subnet = usize::MAX;
             if let Some(first) = nodes.first() {
                 config.bootstrap = vec![first.advertised()];
             }

@@ -915,6 +915,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ("address_book_entries", gauge, "Addresses known.", node.known_addresses() as u64),
         ("addresses_evicted_total", counter, "Addresses dropped from the full address book.", load(&c.addresses_evicted)),
         ("overlay_candidate_probes_dropped_total", counter, "Gossiped ids not probed because the overlay's candidate probes were at their cap.", load(&c.candidate_probes_dropped)),
+        ("overlay_subnet_places_refused_total", counter, "Leaf-set and routing-table places refused because the node's subnet (IPv4 /24, IPv6 /48) held the most ids allowed.", load(&c.subnet_places_refused)),
         ("nudges_refused_total", counter, "Reconcile requests refused for naming too many keys.", load(&c.nudges_refused)),
         ("maintenance_keys_dropped_total", counter, "Keys nudged or listed that the full maintenance queue dropped.", node.maintenance_keys_dropped()),
         ("root_conflicts_unproven_total", counter, "Root keepers that claimed a conflict without a record proving it.", load(&c.root_conflicts_unproven)),

@@ -141,6 +141,14 @@ impl NodeConfig {
                 // `cairn sim churn` shows repair then keeps every file at a 60 s mean
                 // session, which it does not with a 1 s tick (docs/repair.md).
                 tick: DEFAULT_TICK,
+                // Every node of a devnet or a test listens on 127.0.0.1: one subnet.
+                // A node on loopback can only reach its own machine, so nothing is
+                // lost by not counting there.
+                max_ids_per_subnet: if listen.ip().is_loopback() {
+                    usize::MAX
+                } else {
+                    overlay::DEFAULT_MAX_IDS_PER_SUBNET
+                },
                 ..overlay::Config::default()
             },
             net: NetConfig::default(),
@@ -277,6 +285,9 @@ pub struct Counters {
     /// Candidates the overlay did not probe because its probes were at their cap
     /// (mirrored from the overlay after each event).
     pub candidate_probes_dropped: AtomicU64,
+    /// Leaf-set and routing-table places the overlay refused because the node's
+    /// subnet (IPv4 /24, IPv6 /48) was at its limit (mirrored after each event).
+    pub subnet_places_refused: AtomicU64,
 }
 
 enum Input {
@@ -1022,7 +1033,16 @@ async fn overlay_task(
     // Ends when the node's token is cancelled (it is spawned as the node's task).
     while let Some(input) = inputs.recv().await {
         let event = match input {
-            Input::Event(event) => event,
+            Input::Event(event) => {
+                // The subnet of the address the transport just proved for the sender:
+                // the overlay limits ids per subnet.
+                if let Event::Message { from, .. } = &event
+                    && let Some(address) = node.address_of(from)
+                {
+                    overlay.note_subnet(*from, addresses::subnet_of(&address.addr));
+                }
+                event
+            }
             Input::Locate {
                 key,
                 count,
@@ -1065,6 +1085,10 @@ async fn run_actions(
         .counters
         .candidate_probes_dropped
         .store(overlay.candidate_probes_dropped(), Ordering::Relaxed);
+    node.inner
+        .counters
+        .subnet_places_refused
+        .store(overlay.subnet_places_refused(), Ordering::Relaxed);
     for action in actions.drain(..) {
         match action {
             Action::Send { to, msg } => {

@@ -38,6 +38,7 @@ mod messages;
 mod neighbourhood;
 mod nonces;
 mod routing_table;
+mod subnets;
 
 use std::cmp::Ordering;
 use std::time::Duration;
@@ -53,6 +54,8 @@ use neighbourhood::NeighbourhoodSet;
 pub use nonces::NonceSeed;
 use nonces::Nonces;
 use routing_table::{RoutingTable, shared_digits};
+use subnets::SubnetBook;
+pub use subnets::{DEFAULT_MAX_IDS_PER_SUBNET, Subnet};
 
 /// Virtual or real time in microseconds since an arbitrary origin.
 ///
@@ -134,6 +137,12 @@ pub struct Config {
     /// (rows in turn) and probes the ids it does not hold, so that a slot's occupant
     /// is replaced by a nearer node (periodic proximity maintenance; 0: never).
     pub row_exchange_every_ticks: u32,
+    /// Most ids of one subnet (the driver's [`Subnet`]: an IPv4 /24 or IPv6 /48 in the
+    /// daemon) in the leaf set, and in each routing-table row. At least 1; default
+    /// [`DEFAULT_MAX_IDS_PER_SUBNET`]. Nodes whose subnet the driver never named are
+    /// not counted. The daemon sets it to `usize::MAX` on loopback (devnets, tests:
+    /// every node is 127.0.0.1).
+    pub max_ids_per_subnet: usize,
 }
 
 impl Default for Config {
@@ -156,6 +165,7 @@ impl Default for Config {
             dead_memory_entries: 256,
             join_timeout: Duration::from_secs(20),
             row_exchange_every_ticks: 1,
+            max_ids_per_subnet: DEFAULT_MAX_IDS_PER_SUBNET,
         }
     }
 }
@@ -181,6 +191,9 @@ pub enum ConfigError {
     /// The keepalive period must be positive.
     #[error("tick must be longer than zero")]
     ZeroTick,
+    /// A subnet must be allowed at least one id.
+    #[error("max_ids_per_subnet must be at least 1")]
+    ZeroIdsPerSubnet,
 }
 
 impl Config {
@@ -201,6 +214,9 @@ impl Config {
         }
         if self.tick.is_zero() {
             return Err(ConfigError::ZeroTick);
+        }
+        if self.max_ids_per_subnet == 0 {
+            return Err(ConfigError::ZeroIdsPerSubnet);
         }
         Ok(())
     }
@@ -343,6 +359,8 @@ enum ProbePurpose {
     Keepalive,
     /// A periodic check of a routing-table entry: dropped from the table if silent.
     TableCheck,
+    /// A node that announced itself: its RTT is measured here, never taken from it.
+    Measure,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -398,6 +416,8 @@ pub struct Overlay {
     dead: Vec<(NodeId, Time)>,
     /// Ping nonces, hop ids and lookup tags: unguessable ([`Nonces`]).
     nonces: Nonces,
+    /// The subnets the driver named, of the nodes held or being probed.
+    subnets: SubnetBook,
     ticks: u32,
     ticking: bool,
     table_cursor: usize,
@@ -417,6 +437,8 @@ pub struct Overlay {
     outranked_cursor: usize,
     /// Candidates not probed because [`MAX_CANDIDATE_PROBES`] were outstanding.
     candidate_probes_dropped: u64,
+    /// Leaf-set and routing-table places refused because a subnet was at its limit.
+    subnets_refused: u64,
 }
 
 /// Most probes of candidates (ids learnt second-hand) outstanding at once. Gossip can
@@ -448,9 +470,11 @@ impl Overlay {
             probes: Vec::new(),
             probe_timer_at: None,
             candidate_probes_dropped: 0,
+            subnets_refused: 0,
             pending: Vec::new(),
             dead: Vec::new(),
             nonces: Nonces::new(seed),
+            subnets: SubnetBook::default(),
             ticks: 0,
             ticking: false,
             table_cursor: 0,
@@ -578,6 +602,107 @@ impl Overlay {
             }
         }
         skipped
+    }
+
+    /// The driver's word on which subnet `node` is in (the daemon: the /24 or /48 of
+    /// the address its handshake proved), given before the messages from it. Nodes of
+    /// one subnet take at most [`Config::max_ids_per_subnet`] places in the leaf set
+    /// and in each routing-table row. Kept while the node is held or probed.
+    pub fn note_subnet(&mut self, node: NodeId, subnet: Subnet) {
+        if node == self.me {
+            return;
+        }
+        if self.subnets.len() >= subnets::SUBNET_MEMORY {
+            self.forget_subnets_of_strangers();
+        }
+        self.subnets.note(node, subnet);
+    }
+
+    /// Whether `id` may take a leaf-set place as far as its subnet goes: its subnet has
+    /// room, or `id` is nearer to this node than one of its subnet's members (which it
+    /// then pushes out, see [`Self::admit`]).
+    fn subnet_allows_leaf(&self, id: &NodeId) -> bool {
+        let Some(subnet) = self.subnets.of(id) else {
+            return true;
+        };
+        let same: Vec<NodeId> = self
+            .leaf_set
+            .distinct_members()
+            .into_iter()
+            .filter(|m| m != id && self.subnets.of(m) == Some(subnet))
+            .collect();
+        same.len() < self.config.max_ids_per_subnet
+            || same
+                .iter()
+                .any(|m| ring_distance(&self.me.0, &m.0) > ring_distance(&self.me.0, &id.0))
+    }
+
+    /// Whether `id` may take its routing-table slot as far as its subnet goes: fewer
+    /// than the limit of its subnet in its row, not counting the occupant it would
+    /// replace. Why per row rather than per table: a route uses one entry of a row per
+    /// hop, and ids cost nothing, so a subnet could otherwise take every slot of row 0
+    /// (one id per first digit) and with it every first hop; per row it takes at most
+    /// the limit out of 2^b − 1. A whole-table limit would be as strict for row 0 but
+    /// would let one subnet crowd out the few entries of the deep rows.
+    fn subnet_allows_row(&self, id: &NodeId) -> bool {
+        let Some(subnet) = self.subnets.of(id) else {
+            return true;
+        };
+        let Some((row, column)) = self.routing_table.slot_for(&id.0) else {
+            return true;
+        };
+        let occupant = self.routing_table.get(row, column).map(|e| e.id);
+        let same = self
+            .routing_table
+            .row_ids(row)
+            .into_iter()
+            .filter(|m| m != id && Some(*m) != occupant && self.subnets.of(m) == Some(subnet))
+            .count();
+        same < self.config.max_ids_per_subnet
+    }
+
+    /// After `id` entered the leaf set: if its subnet now has more members than the
+    /// limit, the one furthest from this node leaves it (never `id`, by
+    /// [`Self::subnet_allows_leaf`]).
+    fn trim_subnet_in_leaf(&mut self, id: &NodeId) {
+        let Some(subnet) = self.subnets.of(id) else {
+            return;
+        };
+        let same: Vec<NodeId> = self
+            .leaf_set
+            .distinct_members()
+            .into_iter()
+            .filter(|m| self.subnets.of(m) == Some(subnet))
+            .collect();
+        if same.len() <= self.config.max_ids_per_subnet {
+            return;
+        }
+        let me = self.me.0;
+        if let Some(furthest) = same.into_iter().max_by_key(|m| ring_distance(&me, &m.0)) {
+            self.leaf_set.remove(&furthest);
+            self.subnets_refused += 1;
+        }
+    }
+
+    /// Drops the subnets of nodes neither held nor being probed (each tick, and when
+    /// the book is full), so the book stays the size of the routing state.
+    fn forget_subnets_of_strangers(&mut self) {
+        let keep: Vec<NodeId> = self
+            .subnets
+            .ids()
+            .filter(|id| self.holds(id) || self.probes.iter().any(|p| p.id == *id))
+            .collect();
+        self.subnets.retain_only(&keep);
+    }
+
+    /// Whether `id` belongs in the leaf set: among the closest, and its subnet allows.
+    fn wants_in_leaf(&self, id: &NodeId) -> bool {
+        self.leaf_set.would_admit(id) && self.subnet_allows_leaf(id)
+    }
+
+    /// Places refused (or given up) because a subnet was at its limit.
+    pub fn subnet_places_refused(&self) -> u64 {
+        self.subnets_refused
     }
 
     /// What to make of `nodes`, the answer `from` (as the transport authenticated it)
@@ -769,8 +894,12 @@ impl Overlay {
                 }
                 self.maybe_joined(now, out);
             }
-            OverlayMessage::Announce { rtt_us } => {
-                self.admit(from, rtt_us, out);
+            OverlayMessage::Announce { rtt_us: _ } => {
+                // The RTT it claims is ignored: a peer that reports a low one would win
+                // routing-table slots (and so routes) it should not. It enters with an
+                // unknown RTT, which loses every comparison, and is measured here.
+                self.admit(from, RTT_UNKNOWN, out);
+                self.measure(now, from, out);
             }
             OverlayMessage::LeafSetRequest => {
                 let (left, right) = self.leaf_set();
@@ -818,6 +947,22 @@ impl Overlay {
         }
     }
 
+    /// Pings an announcer `id` to learn its RTT, unless a ping to it is outstanding:
+    /// if it is held without a measurement, or if it has a routing-table slot whose
+    /// occupant it might beat (it did not get in with an unknown RTT). Its pong enters
+    /// the RTT like any other (`admit`). Counted against [`MAX_CANDIDATE_PROBES`], as
+    /// any id can announce itself.
+    fn measure(&mut self, now: Time, id: NodeId, out: &mut Vec<Action>) {
+        if self.probes.iter().any(|p| p.id == id) {
+            return;
+        }
+        let unmeasured = self.holds(&id) && self.rtt_of(&id) == RTT_UNKNOWN;
+        let contender = !self.holds(&id) && self.routing_table.slot_for(&id.0).is_some();
+        if unmeasured || contender {
+            self.send_probe(now, id, ProbePurpose::Measure, out);
+        }
+    }
+
     /// Any message from `from` shows it is alive.
     fn heard_from(&mut self, now: Time, from: NodeId, out: &mut Vec<Action>) {
         if let Some(pos) = self.dead.iter().position(|(d, _)| *d == from) {
@@ -827,7 +972,7 @@ impl Overlay {
             w.last_heard = now;
             w.misses = 0;
             w.awaiting = false;
-        } else if self.leaf_set.would_admit(&from) {
+        } else if self.wants_in_leaf(&from) {
             // A live node that belongs in the leaf set, heard directly: admit it now
             // (RTT unknown) so leaf sets converge without waiting for a probe.
             self.admit(from, RTT_UNKNOWN, out);
@@ -1149,6 +1294,7 @@ impl Overlay {
         self.ticks = self.ticks.wrapping_add(1);
         let memory = self.config.dead_memory;
         self.dead.retain(|(_, at)| at.plus(memory) > now);
+        self.forget_subnets_of_strangers();
 
         // Keep one watch per distinct leaf member.
         let members = self.leaf_set.distinct_members();
@@ -1328,7 +1474,7 @@ impl Overlay {
                     ProbePurpose::Candidate if p.attempt < 2 => retry.push(p.id),
                     ProbePurpose::Candidate => failed.push(p.id),
                     ProbePurpose::TableCheck => silent_entries.push(p.id),
-                    ProbePurpose::Keepalive => {}
+                    ProbePurpose::Keepalive | ProbePurpose::Measure => {}
                 }
             }
             !due
@@ -1401,13 +1547,9 @@ impl Overlay {
     // ---- state changes ----
 
     fn send_probe(&mut self, now: Time, id: NodeId, purpose: ProbePurpose, out: &mut Vec<Action>) {
-        if purpose == ProbePurpose::Candidate
-            && self
-                .probes
-                .iter()
-                .filter(|p| p.purpose == ProbePurpose::Candidate)
-                .count()
-                >= MAX_CANDIDATE_PROBES
+        let capped = |p: ProbePurpose| matches!(p, ProbePurpose::Candidate | ProbePurpose::Measure);
+        if capped(purpose)
+            && self.probes.iter().filter(|p| capped(p.purpose)).count() >= MAX_CANDIDATE_PROBES
         {
             self.candidate_probes_dropped += 1;
             return;
@@ -1464,7 +1606,7 @@ impl Overlay {
         }
         // A node we already hold in the table may still belong in the leaf set (a
         // neighbour died and it moved up): that is worth a probe too.
-        let wanted_in_leaf = self.leaf_set.would_admit(&id);
+        let wanted_in_leaf = self.wants_in_leaf(&id);
         if !wanted_in_leaf && self.holds(&id) {
             return;
         }
@@ -1489,9 +1631,24 @@ impl Overlay {
         if let Some(pos) = self.dead.iter().position(|(d, _)| *d == id) {
             self.dead.swap_remove(pos);
         }
-        let leaf_changed = self.leaf_set.insert(id, rtt);
-        // Routing table: empty slot, or a lower RTT than the occupant.
-        self.routing_table.insert(id, rtt);
+        // Leaf set: among the closest, and at most the limit per subnet.
+        let leaf_changed = if self.subnet_allows_leaf(&id) {
+            let changed = self.leaf_set.insert(id, rtt);
+            if changed {
+                self.trim_subnet_in_leaf(&id);
+            }
+            changed
+        } else {
+            self.subnets_refused += u64::from(self.leaf_set.would_admit(&id));
+            false
+        };
+        // Routing table: empty slot, or a lower RTT than the occupant; at most the
+        // limit per subnet in a row.
+        if self.subnet_allows_row(&id) {
+            self.routing_table.insert(id, rtt);
+        } else if !self.routing_table.contains(&id) {
+            self.subnets_refused += 1;
+        }
         // Neighbourhood set: the M lowest measured RTTs.
         self.neighbourhood.insert(id, rtt);
         if leaf_changed {
@@ -1576,6 +1733,11 @@ impl Overlay {
             }
         }
     }
+}
+
+/// The distance between two ring points, the shorter way round.
+fn ring_distance(a: &Id, b: &Id) -> Id {
+    a.clockwise_to(b).min(b.clockwise_to(a))
 }
 
 /// The first 4 bytes of a node id: enough to tell apart the few hundred ids one node
@@ -1786,16 +1948,7 @@ mod tests {
         );
         assert!(!overlay.known_nodes().contains(&other), "declared dead");
         let actions = overlay.handle(Time(20), Event::Suggest { node: other });
-        let nonce = actions
-            .iter()
-            .find_map(|a| match a {
-                Action::Send {
-                    to,
-                    msg: OverlayMessage::Ping { nonce },
-                } if *to == other => Some(*nonce),
-                _ => None,
-            })
-            .expect("the suggested node is pinged");
+        let nonce = ping_to(&actions, other).expect("the suggested node is pinged");
         overlay.handle(
             Time(30),
             Event::Message {
@@ -1865,25 +2018,15 @@ mod tests {
         fn leaf_members_speak(overlay: &mut Overlay, at: Time) {
             for i in 1..=8u16 {
                 for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
-                    let msg = OverlayMessage::Announce { rtt_us: 1000 };
-                    overlay.handle(at, Event::Message { from: id, msg });
+                    announce_measured(overlay, id, at, 1000);
                 }
             }
         }
         leaf_members_speak(&mut overlay, Time::ZERO);
         let far = id_at(0x7100, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 50_000 };
-        overlay.handle(Time::ZERO, Event::Message { from: far, msg });
+        announce_measured(&mut overlay, far, Time::ZERO, 50_000);
         assert!(overlay.routing_table().contains(&(0, 7, far)));
-        let pings_to = |actions: &[Action], id: NodeId| {
-            actions.iter().find_map(|a| match a {
-                Action::Send {
-                    to,
-                    msg: OverlayMessage::Ping { nonce },
-                } if *to == id => Some(*nonce),
-                _ => None,
-            })
-        };
+        let pings_to = ping_to;
         // An unasked-for row does not make the node probe ids for occupied slots.
         let other = id_at(0x7300, 0);
         let msg = OverlayMessage::Row {
@@ -2005,15 +2148,37 @@ mod tests {
         })
     }
 
-    /// Node 0x5000…, joined, with a full leaf set close around it: 8 each side.
+    /// The nonce of the ping `actions` send to `id`, if any.
+    fn ping_to(actions: &[Action], id: NodeId) -> Option<u64> {
+        actions.iter().find_map(|a| match a {
+            Action::Send {
+                to,
+                msg: OverlayMessage::Ping { nonce },
+            } if *to == id => Some(*nonce),
+            _ => None,
+        })
+    }
+
+    /// `id` announces itself to `overlay` at `at` (claiming an RTT of 1 µs) and
+    /// answers the ping that measures it `rtt_us` later, if one is sent.
+    fn announce_measured(overlay: &mut Overlay, id: NodeId, at: Time, rtt_us: u64) {
+        let msg = OverlayMessage::Announce { rtt_us: 1 };
+        let actions = overlay.handle(at, Event::Message { from: id, msg });
+        if let Some(nonce) = ping_to(&actions, id) {
+            let msg = OverlayMessage::Pong { nonce };
+            overlay.handle(Time(at.0 + rtt_us), Event::Message { from: id, msg });
+        }
+    }
+
+    /// Node 0x5000…, joined, with a full leaf set close around it: 8 each side, each
+    /// measured at 1 ms.
     fn joined_with_full_leaf_set() -> Overlay {
         let me = id_at(0x5000, 0);
         let mut overlay = Overlay::new(Config::default(), me, SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         for i in 1..=8u16 {
             for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
-                let msg = OverlayMessage::Announce { rtt_us: 1000 };
-                overlay.handle(Time::ZERO, Event::Message { from: id, msg });
+                announce_measured(&mut overlay, id, Time::ZERO, 1000);
             }
         }
         overlay
@@ -2033,33 +2198,17 @@ mod tests {
         // 3. Row 0 has no entry for digit 7: the rare case takes a known node with at
         //    least as long a prefix (0) that is numerically closer.
         let nearer = id_at(0x6800, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 1000 };
-        overlay.handle(Time::ZERO, Event::Message { from: nearer, msg });
+        announce_measured(&mut overlay, nearer, Time::ZERO, 1000);
         assert_eq!(next_hop_of(&mut overlay, id_at(0x7800, 0).0), Some(nearer));
         // 2. Once row 0 has an entry for digit 7, that entry is used.
         let seven = id_at(0x7100, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 1000 };
-        overlay.handle(Time::ZERO, Event::Message { from: seven, msg });
+        announce_measured(&mut overlay, seven, Time::ZERO, 1000);
         assert_eq!(next_hop_of(&mut overlay, id_at(0x7800, 0).0), Some(seven));
         // A nearer candidate for the same slot replaces it; a farther one does not.
         let seven_near = id_at(0x7200, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 10 };
-        overlay.handle(
-            Time::ZERO,
-            Event::Message {
-                from: seven_near,
-                msg,
-            },
-        );
+        announce_measured(&mut overlay, seven_near, Time::ZERO, 10);
         let seven_far = id_at(0x7300, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 90_000 };
-        overlay.handle(
-            Time::ZERO,
-            Event::Message {
-                from: seven_far,
-                msg,
-            },
-        );
+        announce_measured(&mut overlay, seven_far, Time::ZERO, 90_000);
         assert_eq!(
             next_hop_of(&mut overlay, id_at(0x7800, 0).0),
             Some(seven_near)
@@ -2067,12 +2216,57 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_rtt_is_ignored_and_only_a_measured_one_wins_a_slot() {
+        let mut overlay = joined_with_full_leaf_set();
+        let seven = id_at(0x7100, 0);
+        announce_measured(&mut overlay, seven, Time::ZERO, 5_000);
+        // A liar claims 1 µs and answers the measuring ping after 40 ms: it stays out.
+        let liar = id_at(0x7200, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 1 };
+        let actions = overlay.handle(Time(10), Event::Message { from: liar, msg });
+        assert!(!overlay.routing_table().contains(&(0, 7, liar)));
+        let nonce = ping_to(&actions, liar).expect("the announcer is measured");
+        // A pong with a guessed nonce (before the ping could arrive) counts for nothing.
+        let guessed = OverlayMessage::Pong {
+            nonce: nonce.wrapping_add(1),
+        };
+        overlay.handle(
+            Time(11),
+            Event::Message {
+                from: liar,
+                msg: guessed,
+            },
+        );
+        assert!(overlay.routing_table().contains(&(0, 7, seven)));
+        let msg = OverlayMessage::Pong { nonce };
+        overlay.handle(Time(40_010), Event::Message { from: liar, msg });
+        assert!(overlay.routing_table().contains(&(0, 7, seven)));
+        // An honest node that claims a poor RTT but answers in 1 ms takes the slot.
+        let near = id_at(0x7300, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 900_000 };
+        let actions = overlay.handle(Time(50_000), Event::Message { from: near, msg });
+        let nonce = ping_to(&actions, near).expect("measured");
+        let msg = OverlayMessage::Pong { nonce };
+        overlay.handle(Time(51_000), Event::Message { from: near, msg });
+        assert!(overlay.routing_table().contains(&(0, 7, near)));
+        // Once measured, announcing again costs no ping.
+        let msg = OverlayMessage::Announce { rtt_us: 1 };
+        let actions = overlay.handle(Time(60_000), Event::Message { from: near, msg });
+        assert!(!actions.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: OverlayMessage::Ping { .. },
+                ..
+            }
+        )));
+    }
+
+    #[test]
     fn a_diverse_route_takes_another_first_hop_and_never_ends_here_for_lack_of_one() {
         let mut overlay = joined_with_full_leaf_set();
         let (seven, nearer) = (id_at(0x7100, 0), id_at(0x6800, 0));
         for id in [seven, nearer] {
-            let msg = OverlayMessage::Announce { rtt_us: 1000 };
-            overlay.handle(Time::ZERO, Event::Message { from: id, msg });
+            announce_measured(&mut overlay, id, Time::ZERO, 1000);
         }
         let key = id_at(0x7800, 0).0;
         let first_hop = |overlay: &mut Overlay, skip: u8| {
@@ -2094,5 +2288,111 @@ mod tests {
         assert_ne!(second, seven);
         // Asking to skip more hops than there are still leaves one.
         assert!(first_hop(&mut overlay, 200).is_some());
+    }
+
+    /// Node 0x5000…, joined, alone, allowing `max` ids per subnet.
+    fn joined_allowing_per_subnet(max: usize) -> Overlay {
+        let config = Config {
+            max_ids_per_subnet: max,
+            ..Config::default()
+        };
+        let mut overlay = Overlay::new(config, id_at(0x5000, 0), SEED).unwrap();
+        overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
+        overlay
+    }
+
+    /// `id`, of `subnet`, says hello (its subnet noted by the driver first).
+    fn hello_from(overlay: &mut Overlay, id: NodeId, subnet: u64) {
+        overlay.note_subnet(id, Subnet(subnet));
+        announce_measured(overlay, id, Time::ZERO, 1000);
+    }
+
+    #[test]
+    fn a_subnet_holds_at_most_the_limit_of_leaf_places_the_closest_of_it_kept() {
+        let mut overlay = joined_allowing_per_subnet(2);
+        // Four nodes of subnet 7 just clockwise of us, and others around.
+        for i in [3u16, 4, 5, 6] {
+            hello_from(&mut overlay, id_at(0x5000 + i, 0), 7);
+        }
+        let members = |overlay: &Overlay| {
+            let (left, right) = overlay.leaf_set();
+            let mut all: Vec<NodeId> = left.into_iter().chain(right).collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        };
+        let subnet_7 = [0x5001u16, 0x5003, 0x5004, 0x5005, 0x5006].map(|h| id_at(h, 0));
+        let of_7 = |overlay: &Overlay| {
+            members(overlay)
+                .into_iter()
+                .filter(|id| subnet_7.contains(id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of_7(&overlay), vec![id_at(0x5003, 0), id_at(0x5004, 0)]);
+        assert!(overlay.subnet_places_refused() >= 2);
+        // A nearer node of subnet 7 pushes out the furthest of it.
+        hello_from(&mut overlay, id_at(0x5001, 0), 7);
+        assert_eq!(of_7(&overlay), vec![id_at(0x5001, 0), id_at(0x5003, 0)]);
+        // Other subnets, and nodes whose subnet nobody named, are not limited by it.
+        for i in [7u16, 8, 9] {
+            hello_from(&mut overlay, id_at(0x5000 + i, 0), 100 + u64::from(i));
+        }
+        announce_measured(&mut overlay, id_at(0x500a, 0), Time::ZERO, 1000);
+        for i in [7u16, 8, 9, 10] {
+            assert!(members(&overlay).contains(&id_at(0x5000 + i, 0)), "{i}");
+        }
+        // The pushed-out node does not get back in by speaking again.
+        let msg = OverlayMessage::LeafSetRequest;
+        overlay.handle(
+            Time(5),
+            Event::Message {
+                from: id_at(0x5004, 0),
+                msg,
+            },
+        );
+        assert!(!members(&overlay).contains(&id_at(0x5004, 0)));
+    }
+
+    #[test]
+    fn a_subnet_holds_at_most_the_limit_of_slots_in_a_routing_table_row() {
+        let mut overlay = joined_allowing_per_subnet(2);
+        // Row 0 (first digits 1, 2, 3 differ from our 5): three nodes of subnet 9.
+        for high in [0x1100u16, 0x2100, 0x3100] {
+            hello_from(&mut overlay, id_at(high, 0), 9);
+        }
+        let row_0_of_9: Vec<NodeId> = overlay
+            .routing_table()
+            .into_iter()
+            .filter(|(r, _, _)| *r == 0)
+            .map(|(_, _, id)| id)
+            .filter(|id| [id_at(0x1100, 0), id_at(0x2100, 0), id_at(0x3100, 0)].contains(id))
+            .collect();
+        assert_eq!(row_0_of_9.len(), 2, "{row_0_of_9:?}");
+        assert!(!overlay.routing_table().contains(&(0, 3, id_at(0x3100, 0))));
+        // Another subnet takes the free slot.
+        hello_from(&mut overlay, id_at(0x3200, 0), 4);
+        assert!(overlay.routing_table().contains(&(0, 3, id_at(0x3200, 0))));
+        // A nearer node of subnet 9 may take the slot of one of its own: the row then
+        // holds no more of it than before.
+        overlay.note_subnet(id_at(0x1200, 0), Subnet(9));
+        announce_measured(&mut overlay, id_at(0x1200, 0), Time::ZERO, 10);
+        assert!(overlay.routing_table().contains(&(0, 1, id_at(0x1200, 0))));
+        let config = Config {
+            max_ids_per_subnet: 0,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::ZeroIdsPerSubnet));
+    }
+
+    #[test]
+    fn the_subnet_book_stays_bounded_however_many_strangers_are_named() {
+        let mut overlay = joined_allowing_per_subnet(2);
+        for n in 0..(subnets::SUBNET_MEMORY as u32 + 500) {
+            overlay.note_subnet(NodeId(Id::hash(&n.to_be_bytes())), Subnet(u64::from(n)));
+        }
+        assert!(overlay.subnets.len() <= subnets::SUBNET_MEMORY);
+        // A tick forgets the nodes that are neither held nor probed.
+        overlay.handle(Time::from_secs(10), Event::Timer(TimerKind::Tick));
+        assert_eq!(overlay.subnets.len(), 0);
     }
 }
