@@ -30,7 +30,14 @@
 //! side, range check, closest member to a key), `routing_table` (`RoutingTable`: rows
 //! of slots by shared prefix and next digit, RTT preference, digit arithmetic) and
 //! `neighbourhood` (`NeighbourhoodSet`: the M nodes of lowest RTT). The wire types
-//! ([`OverlayMessage`], [`Routed`], [`TimerKind`]) are in `messages`.
+//! ([`OverlayMessage`], [`Routed`], [`TimerKind`]) are in `messages`. What keeps a
+//! hostile peer from steering this node (docs/SECURITY.md) has modules too: `nonces`
+//! (unguessable ping nonces, hop ids and lookup tags, from a seed the driver gives),
+//! `located` (the checks of a locate's answer: from the closest node it names, well
+//! formed, plausible, as dense as our leaf set) and `subnets` (the driver's subnet of
+//! each node, for the limit of ids per subnet in the leaf set and each table row).
+//! RTTs are only ever this node's own measurements: an `Announce` is measured, not
+//! believed.
 
 mod leaf_set;
 mod located;
