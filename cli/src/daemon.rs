@@ -60,6 +60,11 @@ pub struct RunArgs {
     /// Overlay keepalive period in milliseconds (failure detection takes ~3 periods).
     #[arg(long, default_value_t = 300, hide = true)]
     tick_ms: u64,
+    /// Most node ids of one subnet (IPv4 /24, IPv6 /48) in this node's leaf set and in
+    /// each routing-table row [default: 2; unlimited when listening on loopback].
+    /// Raise it for a test network whose nodes share a subnet.
+    #[arg(long)]
+    max_ids_per_subnet: Option<usize>,
     #[command(flatten)]
     params: DefaultParams,
 }
@@ -112,6 +117,9 @@ pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
         config.advertise = args.advertise;
         config.bootstrap = args.bootstrap.clone();
         config.overlay.tick = Duration::from_millis(args.tick_ms.max(10));
+        if let Some(max) = args.max_ids_per_subnet {
+            config.overlay.max_ids_per_subnet = max.max(1);
+        }
         config.default_params = args.params.get()?;
         let node = Node::start(config)
             .await
