@@ -75,6 +75,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "BITS", default_value_t = DEFAULT_KEY_DIFFICULTY.0,
           value_parser = clap::value_parser!(u8).range(0..=40))]
     key_difficulty: u8,
+    /// Most node ids of one subnet (IPv4 /24, IPv6 /48) in this node's leaf set and in
+    /// each routing-table row [default: 2; unlimited when listening on loopback].
+    /// Raise it for a test network whose nodes share a subnet.
+    #[arg(long)]
+    max_ids_per_subnet: Option<usize>,
     #[command(flatten)]
     params: DefaultParams,
 }
@@ -127,6 +132,9 @@ pub fn node_command(args: NodeArgs) -> anyhow::Result<()> {
         config.advertise = args.advertise;
         config.bootstrap = args.bootstrap.clone();
         config.overlay.tick = Duration::from_millis(args.tick_ms.max(10));
+        if let Some(max) = args.max_ids_per_subnet {
+            config.overlay.max_ids_per_subnet = max.max(1);
+        }
         config.default_params = args.params.get()?;
         config.net.key_difficulty = Difficulty(args.key_difficulty);
         config.past.owner_quota = args.owner_quota;
@@ -213,6 +221,9 @@ pub fn devnet_command(args: DevnetArgs) -> anyhow::Result<()> {
             config.net.max_inbound_per_address = config.net.max_inbound;
             config.net.max_handshakes_per_address = config.net.max_handshakes;
             config.net.key_difficulty = Difficulty(args.key_difficulty);
+            // And the overlay's limit of ids per subnet would keep two of them in a
+            // leaf set (NodeConfig::new already lifts it on loopback; said here too).
+            config.overlay.max_ids_per_subnet = usize::MAX;
             if let Some(first) = nodes.first() {
                 config.bootstrap = vec![first.advertised()];
             }

@@ -122,6 +122,10 @@ fn a_partitioned_network_serves_what_each_side_can_read_and_heals() {
             spec.listen = format!("{}:0", addrs[host]);
             spec.api = i % 3 == 0;
             spec.args.extend(["-k", "1", "-m", "3"].map(String::from));
+            // Both hosts are in one /24 (10.213.0.0/24): the overlay's limit of ids per
+            // subnet would keep two of the six in each leaf set.
+            spec.args
+                .extend(["--max-ids-per-subnet", "64"].map(String::from));
         })
         .start()
         .unwrap();

@@ -1,6 +1,7 @@
 //! The address book: which node listens where, with a bound on how many it keeps.
 //!
-//! Owns: [`AddressBook`] and [`ADDRESS_BOOK_CAP`]. An address is *proven* when it came
+//! Owns: [`AddressBook`], [`ADDRESS_BOOK_CAP`] and [`subnet_of`] (the overlay's subnet
+//! of an address). An address is *proven* when it came
 //! with a connection the node's key authenticated (the transport's handshake covers
 //! the advertised address), and a *hint* when another node gossiped it. Peers can
 //! gossip any number of ids, so the book keeps at most its cap: when full, the hint
@@ -17,6 +18,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use cairn_core::id::{Difficulty, NodeId};
+use cairn_overlay::Subnet;
+
+/// The subnet an address counts in for the overlay's limit on ids per subnet: an IPv4
+/// /24, or an IPv6 /48 (what a site is usually given; a /64 per host would let one
+/// site count as 65,536). An IPv4-mapped IPv6 address counts as its IPv4 address. The
+/// top byte tells the two families apart.
+pub(crate) fn subnet_of(addr: &SocketAddr) -> Subnet {
+    match addr.ip().to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            Subnet(u64::from_be_bytes([4, 0, 0, 0, 0, a, b, c]))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, ..] = v6.octets();
+            Subnet(u64::from_be_bytes([6, 0, a, b, c, d, e, f]))
+        }
+    }
+}
 
 /// Most addresses a node keeps (a leaf set, a routing table and its neighbours are a
 /// few hundred; the rest is the slack of gossip).
@@ -205,5 +224,17 @@ mod tests {
         assert_eq!(book.learn_hint(id(1), addr(99)), 0);
         assert_eq!(book.get(&id(1)), Some(addr(11)));
         assert_eq!(book.len(), 2);
+    }
+
+    #[test]
+    fn subnets_are_ipv4_24s_and_ipv6_48s_and_mapped_ipv4_counts_as_ipv4() {
+        let at = |s: &str| subnet_of(&s.parse::<SocketAddr>().unwrap());
+        assert_eq!(at("203.0.113.7:1"), at("203.0.113.250:2"));
+        assert_ne!(at("203.0.113.7:1"), at("203.0.114.7:1"));
+        assert_eq!(at("[2001:db8:1:ffff::1]:1"), at("[2001:db8:1:2::9]:1"));
+        assert_ne!(at("[2001:db8:1::1]:1"), at("[2001:db8:2::1]:1"));
+        assert_eq!(at("[::ffff:203.0.113.9]:1"), at("203.0.113.7:1"));
+        // 0.0.1.0/24 and the IPv6 ::1:0:0/48 share no label.
+        assert_ne!(at("0.0.1.0:1"), at("[0:0:1::]:1"));
     }
 }

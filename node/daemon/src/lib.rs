@@ -38,11 +38,11 @@ pub mod admission;
 mod drive;
 pub mod gateway;
 pub mod http;
+mod locates;
 pub mod maintenance;
 mod records;
 mod tasks;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +63,7 @@ use cairn_past::divert::{Diverted, ReplicaDiversion};
 use cairn_past::reclaim::ReclaimForward;
 use cairn_past::{
     Holder, NodeAddress, PastConfig, PastRequest, PastResponse, PastRouted, Refusal, StoreRequest,
-    closest, closest_in_leaf_set,
+    closest_in_leaf_set,
 };
 use cairn_store::{DiskStore, StoreError};
 
@@ -150,6 +150,14 @@ impl NodeConfig {
                 // `cairn sim churn` shows repair then keeps every file at a 60 s mean
                 // session, which it does not with a 1 s tick (docs/repair.md).
                 tick: DEFAULT_TICK,
+                // Every node of a devnet or a test listens on 127.0.0.1: one subnet.
+                // A node on loopback can only reach its own machine, so nothing is
+                // lost by not counting there.
+                max_ids_per_subnet: if listen.ip().is_loopback() {
+                    usize::MAX
+                } else {
+                    overlay::DEFAULT_MAX_IDS_PER_SUBNET
+                },
                 ..overlay::Config::default()
             },
             net: NetConfig::default(),
@@ -261,6 +269,14 @@ pub struct Counters {
     pub locates_local: AtomicU64,
     /// Locates that failed (route failure or timeout).
     pub locates_failed: AtomicU64,
+    /// Locate answers dropped by the checks of `Overlay::check_located`: not from the
+    /// closest node named, unsorted, duplicated, too long, or implausible.
+    pub locate_answers_rejected: AtomicU64,
+    /// Locate answers that failed the density test (or were short) and were routed
+    /// again through another first hop.
+    pub locate_answers_suspicious: AtomicU64,
+    /// Locate answers whose tag matched no pending locate (late, duplicated, sprayed).
+    pub locate_answers_unmatched: AtomicU64,
     /// Files put through this node's API.
     pub files_put: AtomicU64,
     /// Files got through this node's API.
@@ -312,6 +328,9 @@ pub struct Counters {
     pub uncertified_bytes_collected: AtomicU64,
     /// Uploads the collection pass found certified (their charges are marked).
     pub uploads_certified: AtomicU64,
+    /// Leaf-set and routing-table places the overlay refused because the node's
+    /// subnet (IPv4 /24, IPv6 /48) was at its limit (mirrored after each event).
+    pub subnet_places_refused: AtomicU64,
 }
 
 enum Input {
@@ -319,9 +338,13 @@ enum Input {
     Locate {
         key: Id,
         count: u16,
-        reply: oneshot::Sender<Vec<NodeAddress>>,
+        /// First hops of a plain route passed over (redundant routing on a retry).
+        skip: u8,
+        reply: oneshot::Sender<locates::LocateAnswer>,
     },
     Located {
+        /// The sender, as the transport proved it.
+        from: NodeId,
         tag: u64,
         nodes: Vec<NodeAddress>,
     },
@@ -461,7 +484,10 @@ impl Node {
                 })
             })?
             .map_err(StartError::Store)?;
-        let overlay = Overlay::new(config.overlay.clone(), id)
+        // The overlay's nonces and locate tags must be unguessable: a secret seed.
+        let mut nonce_seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce_seed);
+        let overlay = Overlay::new(config.overlay.clone(), id, nonce_seed)
             .map_err(|e| StartError::Overlay(e.to_string()))?;
         let (transport, incoming) = Transport::bind(
             Arc::clone(&identity),
@@ -727,21 +753,37 @@ impl Node {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(nodes);
         }
-        let attempts = 3;
+        let attempts = 3u8;
+        // Answers that failed the density test: one that a second route returns too
+        // is taken (the set belongs to the key, not to the route).
+        let mut suspicious: Vec<Vec<NodeId>> = Vec::new();
         for attempt in 1..=attempts {
             self.inner.counters.locates.fetch_add(1, Ordering::Relaxed);
             let (reply, answer) = oneshot::channel();
-            if self
-                .inner
-                .overlay_tx
-                .send(Input::Locate { key, count, reply })
-                .await
-                .is_err()
-            {
+            // Every retry goes through another first hop (Castro et al.'s redundant
+            // routing): a lost or refused answer may be a hostile node on the way.
+            let skip = attempt - 1;
+            let input = Input::Locate {
+                key,
+                count,
+                skip,
+                reply,
+            };
+            if self.inner.overlay_tx.send(input).await.is_err() {
                 return Err(GatewayError::Stopped);
             }
             match tokio::time::timeout(self.inner.config.locate_timeout, answer).await {
-                Ok(Ok(nodes)) if !nodes.is_empty() => return Ok(nodes),
+                Ok(Ok(locates::LocateAnswer::Accepted(nodes))) if !nodes.is_empty() => {
+                    return Ok(nodes);
+                }
+                Ok(Ok(locates::LocateAnswer::Suspicious(nodes))) => {
+                    let ids: Vec<NodeId> = nodes.iter().map(|a| a.id).collect();
+                    if overlay::confirmed_by_another_route(&suspicious, &ids) {
+                        return Ok(nodes);
+                    }
+                    suspicious.push(ids);
+                    tracing::debug!(%key, attempt, "a suspicious locate answer; routing again");
+                }
                 _ => {
                     self.inner
                         .counters
@@ -751,7 +793,10 @@ impl Node {
                 }
             }
         }
-        Err(GatewayError::Locate { key, attempts })
+        Err(GatewayError::Locate {
+            key,
+            attempts: u32::from(attempts),
+        })
     }
 
     /// The `count` closest nodes to `key` from this node's own leaf set, when the leaf
@@ -776,6 +821,41 @@ impl Node {
         )?;
         drop(view);
         ranked.iter().map(|id| self.address_of(id)).collect()
+    }
+
+    /// A `Located` answer arrived: the overlay judges it ([`locates`]), and the node
+    /// counts what became of it and learns the addresses of an answer it takes.
+    fn judge_located(
+        &self,
+        overlay: &Overlay,
+        pending: &mut locates::PendingLocates,
+        from: NodeId,
+        tag: u64,
+        nodes: Vec<NodeAddress>,
+    ) {
+        let hints = nodes.clone();
+        let counters = &self.inner.counters;
+        match pending.answer(overlay, from, tag, nodes) {
+            locates::Judged::Accepted => self.learn_hints(&hints),
+            locates::Judged::Suspicious(why) => {
+                counters
+                    .locate_answers_suspicious
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, ?why, "a suspicious locate answer");
+                self.learn_hints(&hints);
+            }
+            locates::Judged::Rejected(why) => {
+                counters
+                    .locate_answers_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "a locate answer refused: {why}");
+            }
+            locates::Judged::Unmatched => {
+                counters
+                    .locate_answers_unmatched
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Sends a PAST request to `to` and returns its answer.
@@ -1046,26 +1126,41 @@ async fn overlay_task(
 ) {
     let started = Instant::now();
     let now = || Time(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-    let mut pending: HashMap<u64, oneshot::Sender<Vec<NodeAddress>>> = HashMap::new();
-    let mut next_tag = 1u64;
+    let mut pending = locates::PendingLocates::default();
     let mut actions = Vec::new();
     // Ends when the node's token is cancelled (it is spawned as the node's task).
     while let Some(input) = inputs.recv().await {
         let event = match input {
-            Input::Event(event) => event,
-            Input::Locate { key, count, reply } => {
-                let tag = next_tag;
-                next_tag += 1;
-                pending.retain(|_, sender| !sender.is_closed());
-                pending.insert(tag, reply);
+            Input::Event(event) => {
+                // The subnet of the address the transport just proved for the sender:
+                // the overlay limits ids per subnet.
+                if let Event::Message { from, .. } = &event
+                    && let Some(address) = node.address_of(from)
+                {
+                    overlay.note_subnet(*from, addresses::subnet_of(&address.addr));
+                }
+                event
+            }
+            Input::Locate {
+                key,
+                count,
+                skip,
+                reply,
+            } => {
+                // Unguessable: a `Located` answer is matched by it.
+                let tag = overlay.fresh_tag();
+                pending.insert(tag, key, count, reply);
                 let payload =
                     postcard::to_stdvec(&PastRouted::Locate { count }).unwrap_or_default();
-                Event::Route { key, tag, payload }
-            }
-            Input::Located { tag, nodes } => {
-                if let Some(reply) = pending.remove(&tag) {
-                    let _ = reply.send(nodes);
+                Event::RouteDiverse {
+                    key,
+                    tag,
+                    payload,
+                    skip,
                 }
+            }
+            Input::Located { from, tag, nodes } => {
+                node.judge_located(&overlay, &mut pending, from, tag, nodes);
                 continue;
             }
         };
@@ -1079,7 +1174,7 @@ async fn run_actions(
     node: &Node,
     overlay: &Overlay,
     actions: &mut Vec<Action>,
-    pending: &mut HashMap<u64, oneshot::Sender<Vec<NodeAddress>>>,
+    pending: &mut locates::PendingLocates,
     joined: &mpsc::Sender<bool>,
     time: Time,
 ) {
@@ -1088,6 +1183,10 @@ async fn run_actions(
         .counters
         .candidate_probes_dropped
         .store(overlay.candidate_probes_dropped(), Ordering::Relaxed);
+    node.inner
+        .counters
+        .subnet_places_refused
+        .store(overlay.subnet_places_refused(), Ordering::Relaxed);
     for action in actions.drain(..) {
         match action {
             Action::Send { to, msg } => {
@@ -1129,21 +1228,15 @@ async fn run_actions(
                     tracing::debug!(%origin, "undecodable routed payload dropped");
                     continue;
                 };
-                let (left, right) = overlay.leaf_set();
-                let nodes: Vec<NodeAddress> = closest(
-                    &key,
-                    left.into_iter()
-                        .chain(right)
-                        .chain(std::iter::once(node.id())),
-                    usize::from(count),
-                )
-                .iter()
-                .filter_map(|id| node.address_of(id))
-                .collect();
+                // This node first: the origin takes an answer only from the
+                // closest node it names (`Overlay::check_located`).
+                let nodes: Vec<NodeAddress> = overlay
+                    .located_answer(&key, usize::from(count))
+                    .iter()
+                    .filter_map(|id| node.address_of(id))
+                    .collect();
                 if origin == node.id() {
-                    if let Some(reply) = pending.remove(&tag) {
-                        let _ = reply.send(nodes);
-                    }
+                    pending.answer_here(tag, nodes);
                 } else if let Some(target) = node.address_of(&origin) {
                     let transport = node.inner.transport.clone();
                     let peer = node.peer(&target);
@@ -1156,7 +1249,7 @@ async fn run_actions(
             }
             Action::RouteFailed { key, tag } => {
                 tracing::debug!(%key, tag, "route failed");
-                pending.remove(&tag);
+                pending.forget(tag);
             }
             Action::Joined => {
                 view_changed = true;
@@ -1198,13 +1291,11 @@ async fn dispatch_task(node: Node, mut incoming: mpsc::Receiver<Incoming<Wire>>)
                     node.input(Event::Message { from: from.id, msg }).await;
                 }
                 Wire::Located { tag, nodes } => {
-                    node.learn_hints(&nodes);
-                    // The overlay task owns the pending locates.
-                    let _ = node
-                        .inner
-                        .overlay_tx
-                        .send(Input::Located { tag, nodes })
-                        .await;
+                    // The overlay task owns the pending locates; it checks the answer
+                    // and learns its addresses only if it is taken.
+                    let from = from.id;
+                    let located = Input::Located { from, tag, nodes };
+                    let _ = node.inner.overlay_tx.send(located).await;
                 }
                 other => {
                     tracing::debug!(from = %from.id, "unexpected one-way {}", wire_name(&other))

@@ -63,6 +63,17 @@ impl LeafSet {
         }
     }
 
+    /// Whether both sides hold L/2 members: the network is larger than the leaf set,
+    /// whose range is then a true statement of which nodes lie near this one.
+    pub(super) fn is_full(&self) -> bool {
+        self.left.len() >= self.half && self.right.len() >= self.half
+    }
+
+    /// L: the members a full leaf set holds.
+    pub(super) fn capacity(&self) -> usize {
+        2 * self.half
+    }
+
     /// Whether `id` is a member (on either side).
     pub(super) fn contains(&self, id: &NodeId) -> bool {
         self.members().any(|e| e.id == *id)

@@ -30,21 +30,39 @@
 //! side, range check, closest member to a key), `routing_table` (`RoutingTable`: rows
 //! of slots by shared prefix and next digit, RTT preference, digit arithmetic) and
 //! `neighbourhood` (`NeighbourhoodSet`: the M nodes of lowest RTT). The wire types
-//! ([`OverlayMessage`], [`Routed`], [`TimerKind`]) are in `messages`.
+//! ([`OverlayMessage`], [`Routed`], [`TimerKind`]) are in `messages`. What keeps a
+//! hostile peer from steering this node (docs/SECURITY.md) has modules too: `nonces`
+//! (unguessable ping nonces, hop ids and lookup tags, from a seed the driver gives),
+//! `located` (the checks of a locate's answer: from the closest node it names, well
+//! formed, plausible, as dense as our leaf set) and `subnets` (the driver's subnet of
+//! each node, for the limit of ids per subnet in the leaf set and each table row).
+//! RTTs are only ever this node's own measurements: an `Announce` is measured, not
+//! believed.
 
 mod leaf_set;
+mod located;
 mod messages;
 mod neighbourhood;
+mod nonces;
 mod routing_table;
+mod subnets;
 
 use std::cmp::Ordering;
 use std::time::Duration;
 
 use cairn_core::id::{Id, NodeId};
 use leaf_set::{LeafSet, Side};
+pub use located::{
+    DENSITY_GAMMA, LocatedVerdict, MIN_DENSITY_GAPS, Rejection, Suspicion,
+    confirmed_by_another_route,
+};
 pub use messages::{OverlayMessage, Routed, TimerKind};
 use neighbourhood::NeighbourhoodSet;
+pub use nonces::NonceSeed;
+use nonces::Nonces;
 use routing_table::{RoutingTable, shared_digits};
+use subnets::SubnetBook;
+pub use subnets::{DEFAULT_MAX_IDS_PER_SUBNET, Subnet};
 
 /// Virtual or real time in microseconds since an arbitrary origin.
 ///
@@ -126,6 +144,12 @@ pub struct Config {
     /// (rows in turn) and probes the ids it does not hold, so that a slot's occupant
     /// is replaced by a nearer node (periodic proximity maintenance; 0: never).
     pub row_exchange_every_ticks: u32,
+    /// Most ids of one subnet (the driver's [`Subnet`]: an IPv4 /24 or IPv6 /48 in the
+    /// daemon) in the leaf set, and in each routing-table row. At least 1; default
+    /// [`DEFAULT_MAX_IDS_PER_SUBNET`]. Nodes whose subnet the driver never named are
+    /// not counted. The daemon sets it to `usize::MAX` on loopback (devnets, tests:
+    /// every node is 127.0.0.1).
+    pub max_ids_per_subnet: usize,
 }
 
 impl Default for Config {
@@ -148,6 +172,7 @@ impl Default for Config {
             dead_memory_entries: 256,
             join_timeout: Duration::from_secs(20),
             row_exchange_every_ticks: 1,
+            max_ids_per_subnet: DEFAULT_MAX_IDS_PER_SUBNET,
         }
     }
 }
@@ -173,6 +198,9 @@ pub enum ConfigError {
     /// The keepalive period must be positive.
     #[error("tick must be longer than zero")]
     ZeroTick,
+    /// A subnet must be allowed at least one id.
+    #[error("max_ids_per_subnet must be at least 1")]
+    ZeroIdsPerSubnet,
 }
 
 impl Config {
@@ -193,6 +221,9 @@ impl Config {
         }
         if self.tick.is_zero() {
             return Err(ConfigError::ZeroTick);
+        }
+        if self.max_ids_per_subnet == 0 {
+            return Err(ConfigError::ZeroIdsPerSubnet);
         }
         Ok(())
     }
@@ -236,6 +267,20 @@ pub enum Event {
         tag: u64,
         /// Opaque application bytes.
         payload: Vec<u8>,
+    },
+    /// Route like [`Event::Route`], but not through the first `skip` next hops a plain
+    /// route would take: a redundant route through a different first hop (Castro et
+    /// al.'s redundant routing), for a locate whose answer failed a check. Where fewer
+    /// next hops exist it skips as many as leave one.
+    RouteDiverse {
+        /// The destination key.
+        key: Id,
+        /// Handed back in [`Action::Deliver`].
+        tag: u64,
+        /// Opaque application bytes.
+        payload: Vec<u8>,
+        /// How many of the plain route's first hops to pass over.
+        skip: u8,
     },
     /// Leave the overlay gracefully.
     Leave,
@@ -321,6 +366,8 @@ enum ProbePurpose {
     Keepalive,
     /// A periodic check of a routing-table entry: dropped from the table if silent.
     TableCheck,
+    /// A node that announced itself: its RTT is measured here, never taken from it.
+    Measure,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -374,7 +421,10 @@ pub struct Overlay {
     probe_timer_at: Option<Time>,
     pending: Vec<PendingHop>,
     dead: Vec<(NodeId, Time)>,
-    next_nonce: u64,
+    /// Ping nonces, hop ids and lookup tags: unguessable ([`Nonces`]).
+    nonces: Nonces,
+    /// The subnets the driver named, of the nodes held or being probed.
+    subnets: SubnetBook,
     ticks: u32,
     ticking: bool,
     table_cursor: usize,
@@ -394,6 +444,8 @@ pub struct Overlay {
     outranked_cursor: usize,
     /// Candidates not probed because [`MAX_CANDIDATE_PROBES`] were outstanding.
     candidate_probes_dropped: u64,
+    /// Leaf-set and routing-table places refused because a subnet was at its limit.
+    subnets_refused: u64,
 }
 
 /// Most probes of candidates (ids learnt second-hand) outstanding at once. Gossip can
@@ -410,7 +462,9 @@ const OUTRANKED_MEMORY: usize = 128;
 
 impl Overlay {
     /// A node with id `me` that is not yet part of any overlay (feed it [`Event::Join`]).
-    pub fn new(config: Config, me: NodeId) -> Result<Overlay, ConfigError> {
+    /// `seed` makes its nonces and tags: a secret the driver draws (the daemon from the
+    /// operating system, the simulator from its seeded stream).
+    pub fn new(config: Config, me: NodeId, seed: NonceSeed) -> Result<Overlay, ConfigError> {
         config.validate()?;
         Ok(Overlay {
             leaf_set: LeafSet::new(me, config.half()),
@@ -423,9 +477,11 @@ impl Overlay {
             probes: Vec::new(),
             probe_timer_at: None,
             candidate_probes_dropped: 0,
+            subnets_refused: 0,
             pending: Vec::new(),
             dead: Vec::new(),
-            next_nonce: 1,
+            nonces: Nonces::new(seed),
+            subnets: SubnetBook::default(),
             ticks: 0,
             ticking: false,
             table_cursor: 0,
@@ -518,9 +574,163 @@ impl Overlay {
                 };
                 self.route(now, key, 0, body, Vec::new(), 0, out);
             }
+            Event::RouteDiverse {
+                key,
+                tag,
+                payload,
+                skip,
+            } => {
+                let body = Routed::Lookup {
+                    origin: self.me,
+                    tag,
+                    payload,
+                };
+                let passed_over = self.first_hops_to_skip(&key, skip);
+                self.route(now, key, 0, body, passed_over, 0, out);
+            }
             Event::Leave => self.leave(out),
             Event::Suggest { node } => self.suggested(now, node, out),
         }
+    }
+
+    /// The first `skip` next hops a route to `key` would try, in order, stopping
+    /// before the one whose exclusion would leave no next hop (the route would then
+    /// end here, at a node that is not the key's closest).
+    fn first_hops_to_skip(&self, key: &Id, skip: u8) -> Vec<NodeId> {
+        let mut skipped = Vec::new();
+        for _ in 0..skip {
+            let Some(hop) = self.next_hop(key, &skipped) else {
+                break;
+            };
+            skipped.push(hop);
+            if self.next_hop(key, &skipped).is_none() {
+                skipped.pop();
+                break;
+            }
+        }
+        skipped
+    }
+
+    /// The driver's word on which subnet `node` is in (the daemon: the /24 or /48 of
+    /// the address its handshake proved), given before the messages from it. Nodes of
+    /// one subnet take at most [`Config::max_ids_per_subnet`] places in the leaf set
+    /// and in each routing-table row. Kept while the node is held or probed.
+    pub fn note_subnet(&mut self, node: NodeId, subnet: Subnet) {
+        if node == self.me {
+            return;
+        }
+        if self.subnets.len() >= subnets::SUBNET_MEMORY {
+            self.forget_subnets_of_strangers();
+        }
+        self.subnets.note(node, subnet);
+    }
+
+    /// Whether `id` may take a leaf-set place as far as its subnet goes: its subnet has
+    /// room, or `id` is nearer to this node than one of its subnet's members (which it
+    /// then pushes out, see [`Self::admit`]).
+    fn subnet_allows_leaf(&self, id: &NodeId) -> bool {
+        let Some(subnet) = self.subnets.of(id) else {
+            return true;
+        };
+        let same: Vec<NodeId> = self
+            .leaf_set
+            .distinct_members()
+            .into_iter()
+            .filter(|m| m != id && self.subnets.of(m) == Some(subnet))
+            .collect();
+        same.len() < self.config.max_ids_per_subnet
+            || same
+                .iter()
+                .any(|m| ring_distance(&self.me.0, &m.0) > ring_distance(&self.me.0, &id.0))
+    }
+
+    /// Whether `id` may take its routing-table slot as far as its subnet goes: fewer
+    /// than the limit of its subnet in its row, not counting the occupant it would
+    /// replace. Why per row rather than per table: a route uses one entry of a row per
+    /// hop, and ids cost nothing, so a subnet could otherwise take every slot of row 0
+    /// (one id per first digit) and with it every first hop; per row it takes at most
+    /// the limit out of 2^b − 1. A whole-table limit would be as strict for row 0 but
+    /// would let one subnet crowd out the few entries of the deep rows.
+    fn subnet_allows_row(&self, id: &NodeId) -> bool {
+        let Some(subnet) = self.subnets.of(id) else {
+            return true;
+        };
+        let Some((row, column)) = self.routing_table.slot_for(&id.0) else {
+            return true;
+        };
+        let occupant = self.routing_table.get(row, column).map(|e| e.id);
+        let same = self
+            .routing_table
+            .row_ids(row)
+            .into_iter()
+            .filter(|m| m != id && Some(*m) != occupant && self.subnets.of(m) == Some(subnet))
+            .count();
+        same < self.config.max_ids_per_subnet
+    }
+
+    /// After `id` entered the leaf set: if its subnet now has more members than the
+    /// limit, the one furthest from this node leaves it (never `id`, by
+    /// [`Self::subnet_allows_leaf`]).
+    fn trim_subnet_in_leaf(&mut self, id: &NodeId) {
+        let Some(subnet) = self.subnets.of(id) else {
+            return;
+        };
+        let same: Vec<NodeId> = self
+            .leaf_set
+            .distinct_members()
+            .into_iter()
+            .filter(|m| self.subnets.of(m) == Some(subnet))
+            .collect();
+        if same.len() <= self.config.max_ids_per_subnet {
+            return;
+        }
+        let me = self.me.0;
+        if let Some(furthest) = same.into_iter().max_by_key(|m| ring_distance(&me, &m.0)) {
+            self.leaf_set.remove(&furthest);
+            self.subnets_refused += 1;
+        }
+    }
+
+    /// Drops the subnets of nodes neither held nor being probed (each tick, and when
+    /// the book is full), so the book stays the size of the routing state.
+    fn forget_subnets_of_strangers(&mut self) {
+        let keep: Vec<NodeId> = self
+            .subnets
+            .ids()
+            .filter(|id| self.holds(id) || self.probes.iter().any(|p| p.id == *id))
+            .collect();
+        self.subnets.retain_only(&keep);
+    }
+
+    /// Whether `id` belongs in the leaf set: among the closest, and its subnet allows.
+    fn wants_in_leaf(&self, id: &NodeId) -> bool {
+        self.leaf_set.would_admit(id) && self.subnet_allows_leaf(id)
+    }
+
+    /// Places refused (or given up) because a subnet was at its limit.
+    pub fn subnet_places_refused(&self) -> u64 {
+        self.subnets_refused
+    }
+
+    /// What to make of `nodes`, the answer `from` (as the transport authenticated it)
+    /// sent to this node's locate of the `count` nodes closest to `key`: see
+    /// [`LocatedVerdict`] and the `located` module.
+    pub fn check_located(
+        &self,
+        key: &Id,
+        count: usize,
+        from: NodeId,
+        nodes: &[NodeId],
+    ) -> LocatedVerdict {
+        let known_dead = |id: &NodeId| self.is_dead(id);
+        located::check(self.me, &self.leaf_set, known_dead, key, count, from, nodes)
+    }
+
+    /// The answer this node gives to a locate of the `count` nodes closest to `key`
+    /// whose route ended here: the closest of itself and its leaf set, itself first
+    /// (those closer than itself did not take the route, see the `located` module).
+    pub fn located_answer(&self, key: &Id, count: usize) -> Vec<NodeId> {
+        located::answer(self.me, &self.leaf_set, key, count)
     }
 
     fn suggested(&mut self, now: Time, node: NodeId, out: &mut Vec<Action>) {
@@ -592,9 +802,14 @@ impl Overlay {
     }
 
     fn nonce(&mut self) -> u64 {
-        let n = self.next_nonce;
-        self.next_nonce += 1;
-        n
+        self.nonces.next()
+    }
+
+    /// A fresh unguessable tag for a lookup this node starts ([`Event::Route`]): an
+    /// answer that comes back outside the route (a PAST `Located`) is matched by it,
+    /// so a stranger must not be able to guess it. Never 0.
+    pub fn fresh_tag(&mut self) -> u64 {
+        self.nonces.next()
     }
 
     fn is_dead(&self, id: &NodeId) -> bool {
@@ -686,8 +901,12 @@ impl Overlay {
                 }
                 self.maybe_joined(now, out);
             }
-            OverlayMessage::Announce { rtt_us } => {
-                self.admit(from, rtt_us, out);
+            OverlayMessage::Announce { rtt_us: _ } => {
+                // The RTT it claims is ignored: a peer that reports a low one would win
+                // routing-table slots (and so routes) it should not. It enters with an
+                // unknown RTT, which loses every comparison, and is measured here.
+                self.admit(from, RTT_UNKNOWN, out);
+                self.measure(now, from, out);
             }
             OverlayMessage::LeafSetRequest => {
                 let (left, right) = self.leaf_set();
@@ -735,6 +954,22 @@ impl Overlay {
         }
     }
 
+    /// Pings an announcer `id` to learn its RTT, unless a ping to it is outstanding:
+    /// if it is held without a measurement, or if it has a routing-table slot whose
+    /// occupant it might beat (it did not get in with an unknown RTT). Its pong enters
+    /// the RTT like any other (`admit`). Counted against [`MAX_CANDIDATE_PROBES`], as
+    /// any id can announce itself.
+    fn measure(&mut self, now: Time, id: NodeId, out: &mut Vec<Action>) {
+        if self.probes.iter().any(|p| p.id == id) {
+            return;
+        }
+        let unmeasured = self.holds(&id) && self.rtt_of(&id) == RTT_UNKNOWN;
+        let contender = !self.holds(&id) && self.routing_table.slot_for(&id.0).is_some();
+        if unmeasured || contender {
+            self.send_probe(now, id, ProbePurpose::Measure, out);
+        }
+    }
+
     /// Any message from `from` shows it is alive.
     fn heard_from(&mut self, now: Time, from: NodeId, out: &mut Vec<Action>) {
         if let Some(pos) = self.dead.iter().position(|(d, _)| *d == from) {
@@ -744,7 +979,7 @@ impl Overlay {
             w.last_heard = now;
             w.misses = 0;
             w.awaiting = false;
-        } else if self.leaf_set.would_admit(&from) {
+        } else if self.wants_in_leaf(&from) {
             // A live node that belongs in the leaf set, heard directly: admit it now
             // (RTT unknown) so leaf sets converge without waiting for a probe.
             self.admit(from, RTT_UNKNOWN, out);
@@ -1066,6 +1301,7 @@ impl Overlay {
         self.ticks = self.ticks.wrapping_add(1);
         let memory = self.config.dead_memory;
         self.dead.retain(|(_, at)| at.plus(memory) > now);
+        self.forget_subnets_of_strangers();
 
         // Keep one watch per distinct leaf member.
         let members = self.leaf_set.distinct_members();
@@ -1245,7 +1481,7 @@ impl Overlay {
                     ProbePurpose::Candidate if p.attempt < 2 => retry.push(p.id),
                     ProbePurpose::Candidate => failed.push(p.id),
                     ProbePurpose::TableCheck => silent_entries.push(p.id),
-                    ProbePurpose::Keepalive => {}
+                    ProbePurpose::Keepalive | ProbePurpose::Measure => {}
                 }
             }
             !due
@@ -1318,13 +1554,9 @@ impl Overlay {
     // ---- state changes ----
 
     fn send_probe(&mut self, now: Time, id: NodeId, purpose: ProbePurpose, out: &mut Vec<Action>) {
-        if purpose == ProbePurpose::Candidate
-            && self
-                .probes
-                .iter()
-                .filter(|p| p.purpose == ProbePurpose::Candidate)
-                .count()
-                >= MAX_CANDIDATE_PROBES
+        let capped = |p: ProbePurpose| matches!(p, ProbePurpose::Candidate | ProbePurpose::Measure);
+        if capped(purpose)
+            && self.probes.iter().filter(|p| capped(p.purpose)).count() >= MAX_CANDIDATE_PROBES
         {
             self.candidate_probes_dropped += 1;
             return;
@@ -1381,7 +1613,7 @@ impl Overlay {
         }
         // A node we already hold in the table may still belong in the leaf set (a
         // neighbour died and it moved up): that is worth a probe too.
-        let wanted_in_leaf = self.leaf_set.would_admit(&id);
+        let wanted_in_leaf = self.wants_in_leaf(&id);
         if !wanted_in_leaf && self.holds(&id) {
             return;
         }
@@ -1406,9 +1638,24 @@ impl Overlay {
         if let Some(pos) = self.dead.iter().position(|(d, _)| *d == id) {
             self.dead.swap_remove(pos);
         }
-        let leaf_changed = self.leaf_set.insert(id, rtt);
-        // Routing table: empty slot, or a lower RTT than the occupant.
-        self.routing_table.insert(id, rtt);
+        // Leaf set: among the closest, and at most the limit per subnet.
+        let leaf_changed = if self.subnet_allows_leaf(&id) {
+            let changed = self.leaf_set.insert(id, rtt);
+            if changed {
+                self.trim_subnet_in_leaf(&id);
+            }
+            changed
+        } else {
+            self.subnets_refused += u64::from(self.leaf_set.would_admit(&id));
+            false
+        };
+        // Routing table: empty slot, or a lower RTT than the occupant; at most the
+        // limit per subnet in a row.
+        if self.subnet_allows_row(&id) {
+            self.routing_table.insert(id, rtt);
+        } else if !self.routing_table.contains(&id) {
+            self.subnets_refused += 1;
+        }
         // Neighbourhood set: the M lowest measured RTTs.
         self.neighbourhood.insert(id, rtt);
         if leaf_changed {
@@ -1495,6 +1742,11 @@ impl Overlay {
     }
 }
 
+/// The distance between two ring points, the shorter way round.
+fn ring_distance(a: &Id, b: &Id) -> Id {
+    a.clockwise_to(b).min(b.clockwise_to(a))
+}
+
 /// The first 4 bytes of a node id: enough to tell apart the few hundred ids one node
 /// remembers, where a rare collision costs nothing but a skipped probe.
 fn fingerprint(id: &NodeId) -> u32 {
@@ -1576,6 +1828,42 @@ mod tests {
         NodeId(Id::hash(&[n]))
     }
 
+    /// The nonce seed of the overlays under test.
+    const SEED: NonceSeed = [9; 32];
+
+    #[test]
+    fn ping_nonces_and_lookup_tags_are_unguessable_and_depend_on_the_seed() {
+        let pings = |seed: NonceSeed| {
+            let mut overlay = Overlay::new(Config::default(), node(1), seed).unwrap();
+            overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
+            let mut nonces = Vec::new();
+            for n in 2..6u8 {
+                let actions = overlay.handle(Time(1), Event::Suggest { node: node(n) });
+                nonces.extend(actions.iter().filter_map(|a| match a {
+                    Action::Send {
+                        msg: OverlayMessage::Ping { nonce },
+                        ..
+                    } => Some(*nonce),
+                    _ => None,
+                }));
+            }
+            let tags: Vec<u64> = (0..4).map(|_| overlay.fresh_tag()).collect();
+            (nonces, tags)
+        };
+        let (nonces, tags) = pings(SEED);
+        assert_eq!(nonces.len(), 4);
+        // Not a counter: a peer that saw one nonce cannot tell the next.
+        for pair in nonces.windows(2).chain(tags.windows(2)) {
+            assert!(pair[1].abs_diff(pair[0]) > 1 << 20, "{nonces:?} {tags:?}");
+        }
+        assert!(tags.iter().all(|t| *t != 0 && *t > 1 << 32), "{tags:?}");
+        // Deterministic for one seed (the simulator replays), different for another.
+        assert_eq!(pings(SEED), (nonces.clone(), tags.clone()));
+        let (other_nonces, other_tags) = pings([3; 32]);
+        assert_ne!(other_nonces, nonces);
+        assert_ne!(other_tags, tags);
+    }
+
     #[test]
     fn bad_configs_are_refused() {
         let bad_b = Config {
@@ -1583,7 +1871,7 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(
-            Overlay::new(bad_b, node(1)).err(),
+            Overlay::new(bad_b, node(1), SEED).err(),
             Some(ConfigError::DigitBits { got: 3 })
         );
         let odd_l = Config {
@@ -1595,7 +1883,7 @@ mod tests {
 
     #[test]
     fn gossip_of_made_up_ids_probes_at_most_the_cap_and_counts_the_rest() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         let liar = node(2);
         let half = Config::default().half();
@@ -1631,7 +1919,7 @@ mod tests {
 
     #[test]
     fn lone_node_delivers_everything_to_itself() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         let actions = overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         assert!(actions.contains(&Action::Joined));
         let key = Id::hash(b"k");
@@ -1655,7 +1943,7 @@ mod tests {
 
     #[test]
     fn a_suggested_node_is_probed_even_when_dead_and_admitted_when_it_answers() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         let other = node(2);
         overlay.handle(
@@ -1667,16 +1955,7 @@ mod tests {
         );
         assert!(!overlay.known_nodes().contains(&other), "declared dead");
         let actions = overlay.handle(Time(20), Event::Suggest { node: other });
-        let nonce = actions
-            .iter()
-            .find_map(|a| match a {
-                Action::Send {
-                    to,
-                    msg: OverlayMessage::Ping { nonce },
-                } if *to == other => Some(*nonce),
-                _ => None,
-            })
-            .expect("the suggested node is pinged");
+        let nonce = ping_to(&actions, other).expect("the suggested node is pinged");
         overlay.handle(
             Time(30),
             Event::Message {
@@ -1695,7 +1974,7 @@ mod tests {
 
     #[test]
     fn gossiped_ids_are_probed_not_trusted() {
-        let mut overlay = Overlay::new(Config::default(), node(1)).unwrap();
+        let mut overlay = Overlay::new(Config::default(), node(1), SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         let ghost = node(9);
         let actions = overlay.handle(
@@ -1738,7 +2017,7 @@ mod tests {
     #[test]
     fn row_exchange_replaces_an_entry_by_a_nearer_probed_candidate() {
         let me = id_at(0x5000, 0);
-        let mut overlay = Overlay::new(Config::default(), me).unwrap();
+        let mut overlay = Overlay::new(Config::default(), me, SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
         // A full leaf set (and neighbourhood set), so that the candidates below are
         // wanted for the routing table only. They keep talking, so none is declared
@@ -1746,25 +2025,15 @@ mod tests {
         fn leaf_members_speak(overlay: &mut Overlay, at: Time) {
             for i in 1..=8u16 {
                 for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
-                    let msg = OverlayMessage::Announce { rtt_us: 1000 };
-                    overlay.handle(at, Event::Message { from: id, msg });
+                    announce_measured(overlay, id, at, 1000);
                 }
             }
         }
         leaf_members_speak(&mut overlay, Time::ZERO);
         let far = id_at(0x7100, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 50_000 };
-        overlay.handle(Time::ZERO, Event::Message { from: far, msg });
+        announce_measured(&mut overlay, far, Time::ZERO, 50_000);
         assert!(overlay.routing_table().contains(&(0, 7, far)));
-        let pings_to = |actions: &[Action], id: NodeId| {
-            actions.iter().find_map(|a| match a {
-                Action::Send {
-                    to,
-                    msg: OverlayMessage::Ping { nonce },
-                } if *to == id => Some(*nonce),
-                _ => None,
-            })
-        };
+        let pings_to = ping_to;
         // An unasked-for row does not make the node probe ids for occupied slots.
         let other = id_at(0x7300, 0);
         let msg = OverlayMessage::Row {
@@ -1872,6 +2141,11 @@ mod tests {
                 payload: vec![],
             },
         );
+        route_sent_to(&actions)
+    }
+
+    /// Where `actions` send a route message, if anywhere.
+    fn route_sent_to(actions: &[Action]) -> Option<NodeId> {
         actions.iter().find_map(|a| match a {
             Action::Send {
                 to,
@@ -1881,18 +2155,45 @@ mod tests {
         })
     }
 
-    #[test]
-    fn routing_rule_leaf_set_then_table_then_rare_case() {
+    /// The nonce of the ping `actions` send to `id`, if any.
+    fn ping_to(actions: &[Action], id: NodeId) -> Option<u64> {
+        actions.iter().find_map(|a| match a {
+            Action::Send {
+                to,
+                msg: OverlayMessage::Ping { nonce },
+            } if *to == id => Some(*nonce),
+            _ => None,
+        })
+    }
+
+    /// `id` announces itself to `overlay` at `at` (claiming an RTT of 1 µs) and
+    /// answers the ping that measures it `rtt_us` later, if one is sent.
+    fn announce_measured(overlay: &mut Overlay, id: NodeId, at: Time, rtt_us: u64) {
+        let msg = OverlayMessage::Announce { rtt_us: 1 };
+        let actions = overlay.handle(at, Event::Message { from: id, msg });
+        if let Some(nonce) = ping_to(&actions, id) {
+            let msg = OverlayMessage::Pong { nonce };
+            overlay.handle(Time(at.0 + rtt_us), Event::Message { from: id, msg });
+        }
+    }
+
+    /// Node 0x5000…, joined, with a full leaf set close around it: 8 each side, each
+    /// measured at 1 ms.
+    fn joined_with_full_leaf_set() -> Overlay {
         let me = id_at(0x5000, 0);
-        let mut overlay = Overlay::new(Config::default(), me).unwrap();
+        let mut overlay = Overlay::new(Config::default(), me, SEED).unwrap();
         overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
-        // A full leaf set close around us: 8 each side.
         for i in 1..=8u16 {
             for id in [id_at(0x5000 + i, 0), id_at(0x5000 - i, 0)] {
-                let msg = OverlayMessage::Announce { rtt_us: 1000 };
-                overlay.handle(Time::ZERO, Event::Message { from: id, msg });
+                announce_measured(&mut overlay, id, Time::ZERO, 1000);
             }
         }
+        overlay
+    }
+
+    #[test]
+    fn routing_rule_leaf_set_then_table_then_rare_case() {
+        let mut overlay = joined_with_full_leaf_set();
         let (left, right) = overlay.leaf_set();
         assert_eq!((left.len(), right.len()), (8, 8));
         // 1. In the leaf-set range: the numerically closest member.
@@ -1904,36 +2205,201 @@ mod tests {
         // 3. Row 0 has no entry for digit 7: the rare case takes a known node with at
         //    least as long a prefix (0) that is numerically closer.
         let nearer = id_at(0x6800, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 1000 };
-        overlay.handle(Time::ZERO, Event::Message { from: nearer, msg });
+        announce_measured(&mut overlay, nearer, Time::ZERO, 1000);
         assert_eq!(next_hop_of(&mut overlay, id_at(0x7800, 0).0), Some(nearer));
         // 2. Once row 0 has an entry for digit 7, that entry is used.
         let seven = id_at(0x7100, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 1000 };
-        overlay.handle(Time::ZERO, Event::Message { from: seven, msg });
+        announce_measured(&mut overlay, seven, Time::ZERO, 1000);
         assert_eq!(next_hop_of(&mut overlay, id_at(0x7800, 0).0), Some(seven));
         // A nearer candidate for the same slot replaces it; a farther one does not.
         let seven_near = id_at(0x7200, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 10 };
-        overlay.handle(
-            Time::ZERO,
-            Event::Message {
-                from: seven_near,
-                msg,
-            },
-        );
+        announce_measured(&mut overlay, seven_near, Time::ZERO, 10);
         let seven_far = id_at(0x7300, 0);
-        let msg = OverlayMessage::Announce { rtt_us: 90_000 };
-        overlay.handle(
-            Time::ZERO,
-            Event::Message {
-                from: seven_far,
-                msg,
-            },
-        );
+        announce_measured(&mut overlay, seven_far, Time::ZERO, 90_000);
         assert_eq!(
             next_hop_of(&mut overlay, id_at(0x7800, 0).0),
             Some(seven_near)
         );
+    }
+
+    #[test]
+    fn a_claimed_rtt_is_ignored_and_only_a_measured_one_wins_a_slot() {
+        let mut overlay = joined_with_full_leaf_set();
+        let seven = id_at(0x7100, 0);
+        announce_measured(&mut overlay, seven, Time::ZERO, 5_000);
+        // A liar claims 1 µs and answers the measuring ping after 40 ms: it stays out.
+        let liar = id_at(0x7200, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 1 };
+        let actions = overlay.handle(Time(10), Event::Message { from: liar, msg });
+        assert!(!overlay.routing_table().contains(&(0, 7, liar)));
+        let nonce = ping_to(&actions, liar).expect("the announcer is measured");
+        // A pong with a guessed nonce (before the ping could arrive) counts for nothing.
+        let guessed = OverlayMessage::Pong {
+            nonce: nonce.wrapping_add(1),
+        };
+        overlay.handle(
+            Time(11),
+            Event::Message {
+                from: liar,
+                msg: guessed,
+            },
+        );
+        assert!(overlay.routing_table().contains(&(0, 7, seven)));
+        let msg = OverlayMessage::Pong { nonce };
+        overlay.handle(Time(40_010), Event::Message { from: liar, msg });
+        assert!(overlay.routing_table().contains(&(0, 7, seven)));
+        // An honest node that claims a poor RTT but answers in 1 ms takes the slot.
+        let near = id_at(0x7300, 0);
+        let msg = OverlayMessage::Announce { rtt_us: 900_000 };
+        let actions = overlay.handle(Time(50_000), Event::Message { from: near, msg });
+        let nonce = ping_to(&actions, near).expect("measured");
+        let msg = OverlayMessage::Pong { nonce };
+        overlay.handle(Time(51_000), Event::Message { from: near, msg });
+        assert!(overlay.routing_table().contains(&(0, 7, near)));
+        // Once measured, announcing again costs no ping.
+        let msg = OverlayMessage::Announce { rtt_us: 1 };
+        let actions = overlay.handle(Time(60_000), Event::Message { from: near, msg });
+        assert!(!actions.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                msg: OverlayMessage::Ping { .. },
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_diverse_route_takes_another_first_hop_and_never_ends_here_for_lack_of_one() {
+        let mut overlay = joined_with_full_leaf_set();
+        let (seven, nearer) = (id_at(0x7100, 0), id_at(0x6800, 0));
+        for id in [seven, nearer] {
+            announce_measured(&mut overlay, id, Time::ZERO, 1000);
+        }
+        let key = id_at(0x7800, 0).0;
+        let first_hop = |overlay: &mut Overlay, skip: u8| {
+            let event = Event::RouteDiverse {
+                key,
+                tag: 5,
+                payload: Vec::new(),
+                skip,
+            };
+            let actions = overlay.handle(Time(1), event);
+            assert!(
+                !actions.iter().any(|a| matches!(a, Action::Deliver { .. })),
+                "a far key is never delivered here"
+            );
+            route_sent_to(&actions)
+        };
+        assert_eq!(first_hop(&mut overlay, 0), Some(seven), "the plain route");
+        let second = first_hop(&mut overlay, 1).expect("a second first hop");
+        assert_ne!(second, seven);
+        // Asking to skip more hops than there are still leaves one.
+        assert!(first_hop(&mut overlay, 200).is_some());
+    }
+
+    /// Node 0x5000…, joined, alone, allowing `max` ids per subnet.
+    fn joined_allowing_per_subnet(max: usize) -> Overlay {
+        let config = Config {
+            max_ids_per_subnet: max,
+            ..Config::default()
+        };
+        let mut overlay = Overlay::new(config, id_at(0x5000, 0), SEED).unwrap();
+        overlay.handle(Time::ZERO, Event::Join { bootstrap: None });
+        overlay
+    }
+
+    /// `id`, of `subnet`, says hello (its subnet noted by the driver first).
+    fn hello_from(overlay: &mut Overlay, id: NodeId, subnet: u64) {
+        overlay.note_subnet(id, Subnet(subnet));
+        announce_measured(overlay, id, Time::ZERO, 1000);
+    }
+
+    #[test]
+    fn a_subnet_holds_at_most_the_limit_of_leaf_places_the_closest_of_it_kept() {
+        let mut overlay = joined_allowing_per_subnet(2);
+        // Four nodes of subnet 7 just clockwise of us, and others around.
+        for i in [3u16, 4, 5, 6] {
+            hello_from(&mut overlay, id_at(0x5000 + i, 0), 7);
+        }
+        let members = |overlay: &Overlay| {
+            let (left, right) = overlay.leaf_set();
+            let mut all: Vec<NodeId> = left.into_iter().chain(right).collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        };
+        let subnet_7 = [0x5001u16, 0x5003, 0x5004, 0x5005, 0x5006].map(|h| id_at(h, 0));
+        let of_7 = |overlay: &Overlay| {
+            members(overlay)
+                .into_iter()
+                .filter(|id| subnet_7.contains(id))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of_7(&overlay), vec![id_at(0x5003, 0), id_at(0x5004, 0)]);
+        assert!(overlay.subnet_places_refused() >= 2);
+        // A nearer node of subnet 7 pushes out the furthest of it.
+        hello_from(&mut overlay, id_at(0x5001, 0), 7);
+        assert_eq!(of_7(&overlay), vec![id_at(0x5001, 0), id_at(0x5003, 0)]);
+        // Other subnets, and nodes whose subnet nobody named, are not limited by it.
+        for i in [7u16, 8, 9] {
+            hello_from(&mut overlay, id_at(0x5000 + i, 0), 100 + u64::from(i));
+        }
+        announce_measured(&mut overlay, id_at(0x500a, 0), Time::ZERO, 1000);
+        for i in [7u16, 8, 9, 10] {
+            assert!(members(&overlay).contains(&id_at(0x5000 + i, 0)), "{i}");
+        }
+        // The pushed-out node does not get back in by speaking again.
+        let msg = OverlayMessage::LeafSetRequest;
+        overlay.handle(
+            Time(5),
+            Event::Message {
+                from: id_at(0x5004, 0),
+                msg,
+            },
+        );
+        assert!(!members(&overlay).contains(&id_at(0x5004, 0)));
+    }
+
+    #[test]
+    fn a_subnet_holds_at_most_the_limit_of_slots_in_a_routing_table_row() {
+        let mut overlay = joined_allowing_per_subnet(2);
+        // Row 0 (first digits 1, 2, 3 differ from our 5): three nodes of subnet 9.
+        for high in [0x1100u16, 0x2100, 0x3100] {
+            hello_from(&mut overlay, id_at(high, 0), 9);
+        }
+        let row_0_of_9: Vec<NodeId> = overlay
+            .routing_table()
+            .into_iter()
+            .filter(|(r, _, _)| *r == 0)
+            .map(|(_, _, id)| id)
+            .filter(|id| [id_at(0x1100, 0), id_at(0x2100, 0), id_at(0x3100, 0)].contains(id))
+            .collect();
+        assert_eq!(row_0_of_9.len(), 2, "{row_0_of_9:?}");
+        assert!(!overlay.routing_table().contains(&(0, 3, id_at(0x3100, 0))));
+        // Another subnet takes the free slot.
+        hello_from(&mut overlay, id_at(0x3200, 0), 4);
+        assert!(overlay.routing_table().contains(&(0, 3, id_at(0x3200, 0))));
+        // A nearer node of subnet 9 may take the slot of one of its own: the row then
+        // holds no more of it than before.
+        overlay.note_subnet(id_at(0x1200, 0), Subnet(9));
+        announce_measured(&mut overlay, id_at(0x1200, 0), Time::ZERO, 10);
+        assert!(overlay.routing_table().contains(&(0, 1, id_at(0x1200, 0))));
+        let config = Config {
+            max_ids_per_subnet: 0,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::ZeroIdsPerSubnet));
+    }
+
+    #[test]
+    fn the_subnet_book_stays_bounded_however_many_strangers_are_named() {
+        let mut overlay = joined_allowing_per_subnet(2);
+        for n in 0..(subnets::SUBNET_MEMORY as u32 + 500) {
+            overlay.note_subnet(NodeId(Id::hash(&n.to_be_bytes())), Subnet(u64::from(n)));
+        }
+        assert!(overlay.subnets.len() <= subnets::SUBNET_MEMORY);
+        // A tick forgets the nodes that are neither held nor probed.
+        overlay.handle(Time::from_secs(10), Event::Timer(TimerKind::Tick));
+        assert_eq!(overlay.subnets.len(), 0);
     }
 }

@@ -79,7 +79,9 @@ pub enum OverlayMessage {
     },
     /// "I exist and you are in my state": sent by a node that measured its RTT to you.
     Announce {
-        /// The RTT the sender measured to the receiver.
+        /// The RTT the sender measured to the receiver. Ignored by the receiver, which
+        /// measures its own (a peer's claim must not decide proximity); kept on the
+        /// wire so the encoding does not change.
         rtt_us: RttMicros,
     },
     /// Ask for the receiver's leaf set; answered by [`Self::LeafSet`].

@@ -331,6 +331,19 @@ impl Sim {
         Some(self.nodes[i as usize].overlay.id())
     }
 
+    /// The nonce seed of node `id` in its `life`-th life: derived from the run's seed
+    /// rather than drawn from the stream, so that adding it moved no other draw. A
+    /// restart is a new process, with a new seed, as in the daemon.
+    fn nonce_seed(&self, id: &NodeId, life: u32) -> cairn_overlay::NonceSeed {
+        Id::hash_parts(&[
+            b"cairn/sim/nonce-seed",
+            &self.config.seed.to_be_bytes(),
+            id.0.as_bytes(),
+            &life.to_be_bytes(),
+        ])
+        .0
+    }
+
     /// A random key (seeded).
     pub fn random_key(&mut self) -> Id {
         self.rng.id()
@@ -384,7 +397,8 @@ impl Sim {
         let x = self.rng.unit() as f32;
         let y = self.rng.unit() as f32;
         // The config was validated in `new`, so this cannot fail; stay total anyway.
-        let overlay = match Overlay::new(self.config.overlay.clone(), id) {
+        let seed = self.nonce_seed(&id, 0);
+        let overlay = match Overlay::new(self.config.overlay.clone(), id, seed) {
             Ok(overlay) => overlay,
             Err(_) => return id,
         };
@@ -802,8 +816,9 @@ impl Sim {
                     return;
                 }
                 let id = self.nodes[node as usize].overlay.id();
+                let seed = self.nonce_seed(&id, self.nodes[node as usize].life + 1);
                 // The config was validated in `new`; stay total anyway.
-                let Ok(overlay) = Overlay::new(self.config.overlay.clone(), id) else {
+                let Ok(overlay) = Overlay::new(self.config.overlay.clone(), id, seed) else {
                     return;
                 };
                 let n = &mut self.nodes[node as usize];

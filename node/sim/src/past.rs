@@ -15,9 +15,12 @@
 //! - [`Command::Locate`] from node `o`: answered from `o`'s own leaf set when that
 //!   surely covers the key (the daemon's `locate_in_leaf_set`), else routed through
 //!   the simulated overlays as a real `Routed::Lookup` carrying
-//!   [`PastRouted::Locate`]; the node it is delivered to answers with the closest of
-//!   its leaf set and itself, and the answer travels back to `o` with latency and
-//!   loss. A route given up, or no answer within [`PastSetup::locate_timeout`], is an
+//!   [`PastRouted::Locate`]; the node it is delivered to answers with
+//!   `Overlay::located_answer` (itself first, then the closest of its leaf set), and
+//!   the answer travels back to `o` with latency and loss. `o`'s overlay checks it
+//!   (`Overlay::check_located`): a rejected answer is dropped and counted, a
+//!   suspicious one (the density test) routes the locate again through another first
+//!   hop. A route given up, or no answer within [`PastSetup::locate_timeout`], is an
 //!   `Err`.
 //! - [`Command::Ask`]: a message to the node, with the latency and loss of any other
 //!   message. A live node answers with [`Holder::answer`]; an [`Answer::Divert`] runs a
@@ -38,7 +41,8 @@
 //!   `Err(SimFailure::Stopped)` for every command, so it decides rather than hangs.
 //!
 //! Deterministic like the rest: operations, asks and locates live in `BTreeMap`s keyed
-//! by numbers handed out in order, and everything happens through the queue.
+//! by numbers handed out in order (a locate's tag comes from its origin's overlay,
+//! unguessable but fixed by the run's seed), and everything happens through the queue.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -49,7 +53,7 @@ use std::time::Duration;
 
 use cairn_core::crypto::KeyPair;
 use cairn_core::id::{BlockHash, FileId, Id, NodeId, PlacementKey};
-use cairn_overlay::{Event, Time};
+use cairn_overlay::{Event, LocatedVerdict, Time, confirmed_by_another_route};
 use cairn_past::answer::Answer;
 use cairn_past::authority::RingView;
 use cairn_past::divert::{Diverted, ReplicaDiversion};
@@ -139,6 +143,10 @@ pub struct PastStats {
     pub locates_routed: u64,
     /// Locates that failed (route given up, or timed out).
     pub locates_failed: u64,
+    /// Routed locates' answers the origin's overlay rejected (`check_located`).
+    pub locate_answers_rejected: u64,
+    /// Routed locates' answers that failed the density test: routed again elsewhere.
+    pub locate_answers_suspicious: u64,
     /// Requests sent.
     pub asks: u64,
     /// Requests or answers lost by the loss model.
@@ -281,11 +289,13 @@ pub(crate) enum PastEvent {
         to: u32,
         response: PastResponse,
     },
-    /// A locate's answer arrives at the origin `to`.
+    /// A locate's answer arrives at the origin `to`, from `from` (`None`: the origin's
+    /// own leaf set answered, nothing to check).
     Located {
         op: u64,
         tag: u64,
         to: u32,
+        from: Option<NodeId>,
         nodes: Vec<NodeId>,
     },
     /// The driver grants a [`Command::Pace`] (when the node's repair budget allows).
@@ -312,9 +322,10 @@ struct RoutedLocate {
 pub(crate) struct PastState {
     ops: BTreeMap<u64, RunningOp>,
     next_op: u64,
-    next_locate: u64,
     /// Routed locates in flight: tag → operation, key, count and attempt.
     locates: BTreeMap<u64, RoutedLocate>,
+    /// Suspicious answers an operation's locate has had so far (by operation).
+    suspicious: BTreeMap<u64, Vec<Vec<NodeId>>>,
     finished: BTreeMap<u64, Box<dyn Any>>,
     newly_finished: u64,
     pub(crate) stats: PastStats,
@@ -602,8 +613,7 @@ impl Sim {
         let alive = self.op_alive(running);
         match command {
             Command::Locate { key, count } => {
-                self.past.next_locate += 1;
-                let tag = PAST_TAG | self.past.next_locate;
+                let tag = self.fresh_past_tag(origin);
                 running.locate = Some(tag);
                 if !alive {
                     self.fail_now(id, Waiting::Locate(tag), SimFailure::Stopped);
@@ -613,6 +623,7 @@ impl Sim {
                         op: id,
                         tag,
                         to: origin,
+                        from: None,
                         nodes,
                     };
                     self.push(self.now, SimEvent::Past(Box::new(event)));
@@ -657,6 +668,18 @@ impl Sim {
         }
     }
 
+    /// A new tag for a locate of node `origin`: one of its overlay's unguessable tags
+    /// (as the daemon's), marked with [`PAST_TAG`], and not one in flight.
+    fn fresh_past_tag(&mut self, origin: u32) -> u64 {
+        let overlay = &mut self.nodes[origin as usize].overlay;
+        loop {
+            let tag = PAST_TAG | overlay.fresh_tag();
+            if !self.past.locates.contains_key(&tag) {
+                return tag;
+            }
+        }
+    }
+
     /// Routes a locate from `origin` under `tag`, failing it after the locate timeout.
     fn route_locate(&mut self, tag: u64, origin: u32, routed: RoutedLocate) {
         self.past.stats.locates_routed += 1;
@@ -668,12 +691,15 @@ impl Sim {
         let at = self.now.plus(self.setup().locate_timeout);
         let failure = SimFailure::Locate(routed.key);
         self.fail_at(at, routed.op, Waiting::Locate(tag), failure);
+        // Every retry goes through another first hop, as in the daemon's `locate`.
+        let skip = u8::try_from(routed.attempt.saturating_sub(1)).unwrap_or(u8::MAX);
         self.feed(
             origin,
-            Event::Route {
+            Event::RouteDiverse {
                 key: routed.key,
                 tag,
                 payload,
+                skip,
             },
         );
     }
@@ -693,10 +719,8 @@ impl Sim {
         if routed.attempt >= self.setup().locate_attempts {
             return false;
         }
-        self.past.stats.locates_failed += 1;
         self.past.locates.remove(&tag);
-        self.past.next_locate += 1;
-        let next = PAST_TAG | self.past.next_locate;
+        let next = self.fresh_past_tag(origin);
         if let Some(running) = self.past.ops.get_mut(&routed.op) {
             running.locate = Some(next);
         }
@@ -787,13 +811,58 @@ impl Sim {
             return;
         };
         let overlay = &self.nodes[node as usize].overlay;
-        let (left, right) = overlay.leaf_set();
-        let nodes = closest(
-            &key,
-            left.into_iter().chain(right).chain([overlay.id()]),
-            usize::from(count),
-        );
-        self.transmit(node, to, PastEvent::Located { op, tag, to, nodes });
+        let from = Some(overlay.id());
+        let nodes = overlay.located_answer(&key, usize::from(count));
+        let event = PastEvent::Located {
+            op,
+            tag,
+            to,
+            from,
+            nodes,
+        };
+        self.transmit(node, to, event);
+    }
+
+    /// Whether the answer to the routed locate `tag`, from `from` to its origin `to`,
+    /// is taken: the origin's overlay checks it (`Overlay::check_located`), as the
+    /// daemon's overlay task does. A rejected answer is dropped (the locate goes on
+    /// waiting). A suspicious one is taken if an earlier route of the same locate
+    /// returned the same set; else the locate is routed again through another first
+    /// hop, or fails when its attempts are spent.
+    fn located_passes(
+        &mut self,
+        tag: u64,
+        to: u32,
+        from: Option<NodeId>,
+        nodes: &[NodeId],
+    ) -> bool {
+        let Some(from) = from else {
+            return true; // the origin's own leaf set
+        };
+        let Some(&RoutedLocate { op, key, count, .. }) = self.past.locates.get(&tag) else {
+            return false; // not (or no longer) waited for
+        };
+        let overlay = &self.nodes[to as usize].overlay;
+        let verdict = overlay.check_located(&key, usize::from(count), from, nodes);
+        match verdict {
+            LocatedVerdict::Accept => true,
+            LocatedVerdict::Reject(_) => {
+                self.past.stats.locate_answers_rejected += 1;
+                false
+            }
+            LocatedVerdict::Suspicious(_) => {
+                self.past.stats.locate_answers_suspicious += 1;
+                let seen = self.past.suspicious.entry(op).or_default();
+                if confirmed_by_another_route(seen, nodes) {
+                    return true;
+                }
+                seen.push(nodes.to_vec());
+                if !self.retry_locate(tag) {
+                    self.fail_now(op, Waiting::Locate(tag), SimFailure::Locate(key));
+                }
+                false
+            }
+        }
     }
 
     /// A routed PAST locate was given up by some node on its way.
@@ -827,8 +896,18 @@ impl Sim {
                     self.answer_op(op, Waiting::Ask(ask), Input::Answered(ask, Ok(response)));
                 }
             }
-            PastEvent::Located { op, tag, to, nodes } => {
-                if self.alive(to) && self.past.ops.get(&op).is_some_and(|r| self.op_alive(r)) {
+            PastEvent::Located {
+                op,
+                tag,
+                to,
+                from,
+                nodes,
+            } => {
+                if self.alive(to)
+                    && self.past.ops.get(&op).is_some_and(|r| self.op_alive(r))
+                    && self.located_passes(tag, to, from, &nodes)
+                {
+                    self.past.suspicious.remove(&op);
                     let nodes = nodes.iter().filter_map(|id| self.address_of(id)).collect();
                     self.answer_op(op, Waiting::Locate(tag), Input::Located(Ok(nodes)));
                 }
@@ -852,10 +931,11 @@ impl Sim {
                         Input::Answered(ask, Err(failure))
                     }
                     Waiting::Locate(tag) => {
+                        self.past.stats.locates_failed += 1;
                         if self.retry_locate(tag) {
                             return;
                         }
-                        self.past.stats.locates_failed += 1;
+                        self.past.suspicious.remove(&op);
                         Input::Located(Err(failure))
                     }
                 };
