@@ -4,8 +4,8 @@
 //! truncations, insertions, deletions, splices of two inputs) through each target.
 //! Deterministic: the same inputs on every run, whatever the machine's speed.
 //!
-//! After a format change, `CAIRN_WRITE_SEEDS=1 cargo test -p cairn-fuzz-targets`
-//! rewrites the seeds (and the test says so when they are stale).
+//! After a format change, `CAIRN_WRITE_SEEDS=1 cargo test -p cairn-fuzz-targets --
+//! every_seed` rewrites the seeds (and the test says so when they are stale).
 //!
 //! May use: the decoders' crates, to build the values the seeds encode.
 
@@ -35,7 +35,7 @@ use cairn_past::{
 };
 use cairn_store::{FragmentInfo, disk_records};
 
-use super::TARGETS;
+use super::{TARGETS, Target};
 
 /// Mutated inputs per target in [`mutations_of_the_corpus_never_panic`].
 const MUTATIONS_PER_TARGET: usize = 20_000;
@@ -642,7 +642,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     out
 }
 
-fn target(name: &str) -> fn(&[u8]) -> bool {
+fn target(name: &str) -> Target {
     TARGETS
         .iter()
         .find(|(target, _)| *target == name)
@@ -687,7 +687,7 @@ fn every_seed_decodes_and_is_committed_to_the_corpus() {
     assert!(
         stale.is_empty(),
         "seeds missing or stale in fuzz/corpus (a format changed?): {stale:?}; \
-         rewrite them with CAIRN_WRITE_SEEDS=1 cargo test -p cairn-fuzz-targets"
+         rewrite them with CAIRN_WRITE_SEEDS=1 cargo test -p cairn-fuzz-targets -- every_seed"
     );
 }
 

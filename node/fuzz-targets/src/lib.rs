@@ -43,8 +43,11 @@ mod corpus;
 /// the length prefixes they announce.
 pub const MAX_FRAME_BYTES: usize = 24 * 1024 * 1024;
 
+/// A target: any bytes in, whether they decoded out; a failed check panics.
+pub type Target = fn(&[u8]) -> bool;
+
 /// Every target by name (the name of its `fuzz/` binary and corpus directory).
-pub const TARGETS: &[(&str, fn(&[u8]) -> bool)] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frames", frames),
     ("handshake", handshake),
     ("overlay_message", overlay_message),
