@@ -124,11 +124,7 @@ fn values() -> Values {
         fragment_hash: fragments("block", 6)[3],
         stored_at: 1_700_000_050,
     };
-    let reclaim = ReclaimCertificate {
-        file_id: file,
-        owner: owner.public_key(),
-        issued_at: 1_700_100_000,
-    };
+    let reclaim = ReclaimCertificate::of(&certificate, 1_700_100_000);
     let root = RootRecord {
         volume: VolumeKey(Id(owner.public_key().0)),
         sequence: 12,
@@ -218,7 +214,7 @@ fn past_requests(v: &Values) -> Vec<(&'static str, PastRequest)> {
                 key: v.block,
                 index: 5,
                 to: holder,
-                authority,
+                authority: authority.clone(),
             },
         ),
         (
@@ -227,6 +223,15 @@ fn past_requests(v: &Values) -> Vec<(&'static str, PastRequest)> {
                 key: v.block,
                 index: 0,
                 kept_by: holder,
+                authority,
+            },
+        ),
+        (
+            "prove",
+            PastRequest::Prove {
+                key: v.block,
+                index: 2,
+                nonce: [0x5c; 32],
             },
         ),
         (
@@ -313,6 +318,14 @@ fn past_responses(v: &Values) -> Vec<(&'static str, PastResponse)> {
             },
         ),
         ("not-found", PastResponse::NotFound),
+        (
+            "refused-not-authorised",
+            PastResponse::Refused(Refusal::NotAuthorised("not the coordinator".into())),
+        ),
+        (
+            "possession",
+            PastResponse::Possession { proof: id("proof") },
+        ),
         (
             "holdings",
             PastResponse::Holdings {
