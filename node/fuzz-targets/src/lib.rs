@@ -38,11 +38,6 @@ use cairn_store::disk_records;
 #[cfg(test)]
 mod corpus;
 
-/// The largest frame the frame targets accept: the transport's default
-/// (`NetConfig::max_frame_bytes`). Fuzz inputs are far smaller; the limit matters for
-/// the length prefixes they announce.
-pub const MAX_FRAME_BYTES: usize = 24 * 1024 * 1024;
-
 /// A target: any bytes in, whether they decoded out; a failed check panics.
 pub type Target = fn(&[u8]) -> bool;
 
@@ -70,14 +65,14 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// A connection's bytes after the handshake: length-prefixed frames, each a
 /// `Frame<Wire>` (the daemon's one message type), read by the transport's reader.
 pub fn frames(data: &[u8]) -> bool {
-    let read = cairn_net::fuzzing::read_frames::<Wire>(data, MAX_FRAME_BYTES);
+    let read = cairn_net::fuzzing::read_frames::<Wire>(data, max_frame_bytes());
     read.decoded > 0 && read.clean_end
 }
 
 /// A connection's first bytes: the `Hello` and `Proof` frames of the handshake (at
 /// most 512 bytes each), then frames as [`frames`] reads them.
 pub fn handshake(data: &[u8]) -> bool {
-    let read = cairn_net::fuzzing::read_handshake::<Wire>(data, MAX_FRAME_BYTES);
+    let read = cairn_net::fuzzing::read_handshake::<Wire>(data, max_frame_bytes());
     read.decoded >= 2 && read.clean_end
 }
 
@@ -363,6 +358,12 @@ pub fn reference(data: &[u8]) -> bool {
         decoded = true;
     }
     decoded
+}
+
+/// The largest frame the frame targets accept: the transport's default. Fuzz inputs
+/// are far smaller; the limit matters for the length prefixes they announce.
+fn max_frame_bytes() -> usize {
+    cairn_net::NetConfig::default().max_frame_bytes
 }
 
 /// Decodes a `T` as postcard (as a frame's message is decoded); where it decodes, its
