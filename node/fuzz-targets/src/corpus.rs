@@ -21,7 +21,7 @@ use cairn_core::crypto::{
 };
 use cairn_core::erasure::{Codec, ErasureParams};
 use cairn_core::id::{
-    BlockHash, FileId, FragmentHash, Id, NodeId, PlacementKey, Reference, VolumeKey,
+    BlockHash, FileId, FragmentHash, Id, NodeId, OwnerKey, PlacementKey, Reference, VolumeKey,
 };
 use cairn_core::manifest::{BlockEntry, DEFAULT_SEGMENT_SIZE, Manifest};
 use cairn_core::rng::Rng;
@@ -33,7 +33,7 @@ use cairn_past::{
     NodeAddress, PastRequest, PastResponse, PastRouted, Refusal, RepairAuthority, RepairRequest,
     StoreRequest,
 };
-use cairn_store::{FragmentInfo, disk_records};
+use cairn_store::{Charge, FragmentInfo, disk_records};
 
 use super::{TARGETS, Target};
 
@@ -633,6 +633,21 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         "root",
         with(6, &[&[1u8][..], &v.root].concat()),
     );
+
+    let owner = OwnerKey(Id(key(1).public_key().0));
+    add(
+        "disk_records",
+        "charge-key",
+        with(7, &disk_records::charge_key(&v.block, 3, &owner)),
+    );
+    let charge = Charge {
+        owner,
+        file: v.file,
+        len: 250_000,
+        uncertified_until: Some(1_700_003_600),
+    };
+    let record = [&[1u8][..], &disk_records::encode_charge(&charge)].concat();
+    add("disk_records", "charge", with(8, &record));
 
     add(
         "reference",

@@ -27,7 +27,9 @@ use cairn_core::crypto::{
     Certificate, FileCertificate, ReclaimCertificate, RootRecord, Signed, StoreReceipt, UploadGrant,
 };
 use cairn_core::erasure::{BlockSpec, Codec, ErasureParams, Fragment, Offer, fragment_hash};
-use cairn_core::id::{BlockHash, FileId, FragmentHash, Id, ManifestHash, PlacementKey, Reference};
+use cairn_core::id::{
+    BlockHash, FileId, FragmentHash, Id, ManifestHash, OwnerKey, PlacementKey, Reference,
+};
 use cairn_core::manifest::Manifest;
 use cairn_daemon::Wire;
 use cairn_fs_mount::volume::Directory;
@@ -268,14 +270,29 @@ pub fn directory(data: &[u8]) -> bool {
 }
 
 /// The records of a node's disk store (`cairn_store::DiskStore`): the first byte
-/// chooses the decoder, the rest is its input. A record that decodes encodes back to
+/// chooses the decoder (modulo 9: fragment key, reference key, fragment record,
+/// pointer, body file name, certificate, tombstone or root, charge key, charge
+/// record), the rest is its input. A record that decodes encodes back to
 /// exactly its bytes (the store writes only canonical records and reads what it
 /// wrote, so anything else is corruption it must notice).
 pub fn disk_records(data: &[u8]) -> bool {
     let [selector, record @ ..] = data else {
         return false;
     };
-    match selector % 7 {
+    match selector % 9 {
+        7 => disk_records::decode_charge_key(record).is_ok_and(|cursor| {
+            let key = disk_records::charge_key(&cursor.key, cursor.index, &cursor.owner);
+            assert_eq!(key, record);
+            true
+        }),
+        8 => {
+            let owner = OwnerKey(Id([7; 32]));
+            disk_records::decode_charge(owner, record).is_ok_and(|charge| {
+                let payload = disk_records::encode_charge(&charge);
+                assert_eq!([&[record[0]][..], &payload].concat(), record);
+                true
+            })
+        }
         0 => disk_records::decode_fragment_key(record).is_ok_and(|(key, index)| {
             assert_eq!(disk_records::fragment_key(&key, index), record);
             true
@@ -317,7 +334,7 @@ pub fn disk_records(data: &[u8]) -> bool {
                 true
             })
         }
-        small => {
+        small @ 5..=6 => {
             // Certificates, root records and tombstones: version, then signed bytes.
             let Ok(payload) = disk_records::strip_version(record) else {
                 return false;
@@ -328,6 +345,7 @@ pub fn disk_records(data: &[u8]) -> bool {
                 reclaim_certificate(payload) | root_record(payload)
             }
         }
+        _ => false,
     }
 }
 

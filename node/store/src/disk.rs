@@ -1546,8 +1546,8 @@ fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
 /// [`strip_version`] they are `cairn_core::crypto::Signed` values.
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
-    use super::{FragmentInfo, StoreError};
-    use cairn_core::id::{FileId, FragmentHash, NodeId, PlacementKey};
+    use super::{Charge, ChargeCursor, FragmentInfo, StoreError};
+    use cairn_core::id::{FileId, FragmentHash, NodeId, OwnerKey, PlacementKey};
 
     /// A fragment record's key: `placement key ‖ index_be16`.
     pub fn fragment_key(key: &PlacementKey, index: u16) -> Vec<u8> {
@@ -1587,6 +1587,26 @@ pub mod fuzzing {
     /// Reads a pointer's holder (the payload of a pointer record).
     pub fn decode_node(bytes: &[u8]) -> Result<NodeId, StoreError> {
         super::decode_node(bytes)
+    }
+
+    /// A charge's key: `placement key ‖ index_be16 ‖ owner`.
+    pub fn charge_key(key: &PlacementKey, index: u16, owner: &OwnerKey) -> Vec<u8> {
+        super::charge_key(key, index, owner).to_vec()
+    }
+
+    /// Reads a charge's key.
+    pub fn decode_charge_key(bytes: &[u8]) -> Result<ChargeCursor, StoreError> {
+        super::decode_charge_key(bytes)
+    }
+
+    /// A charge record's payload (after the version byte): `file ‖ len ‖ expiry`.
+    pub fn encode_charge(charge: &Charge) -> Vec<u8> {
+        super::encode_charge(charge).to_vec()
+    }
+
+    /// Reads a charge record (version byte included; the owner comes from the key).
+    pub fn decode_charge(owner: OwnerKey, value: &[u8]) -> Result<Charge, StoreError> {
+        super::decode_charge(owner, value)
     }
 
     /// The file name of a fragment body.
