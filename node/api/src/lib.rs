@@ -46,10 +46,11 @@ pub fn encode_hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Bytes from hex (either case); `None` if it is not hex of whole bytes.
+/// Bytes from hex (either case); `None` if it is not hex of whole bytes. Only hex
+/// digits: `u8::from_str_radix` alone would also read `+f` as a byte.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -226,4 +227,21 @@ pub struct ReclaimReport {
     /// Nodes that refused or could not be reached (they keep their copies until
     /// maintenance catches up).
     pub failures: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `reference` fuzz target (`fuzz/corpus/reference/`): a `+` inside a
+    /// pair (`+8`) was read as a byte, so one signed value had many hex forms.
+    #[test]
+    fn hex_is_read_only_from_hex_digits_of_either_case() {
+        assert_eq!(decode_hex(" 0aFf "), Some(vec![0x0a, 0xff]));
+        assert_eq!(encode_hex(&[0x0a, 0xff]), "0aff");
+        assert_eq!(decode_hex("0252+8bb"), None);
+        assert_eq!(decode_hex("+8"), None);
+        assert_eq!(decode_hex("-8"), None);
+        assert_eq!(decode_hex("abc"), None);
+    }
 }

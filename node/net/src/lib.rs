@@ -98,6 +98,8 @@
 
 mod limits;
 mod wire;
+#[cfg(feature = "fuzzing")]
+pub use wire::fuzzing;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,9 @@
 //! frame enum that carries messages after the handshake.
 //!
 //! Everything here works on any `AsyncRead`/`AsyncWrite`, so tests can feed it byte
-//! slices; the connection tasks in the parent module own the sockets.
+//! slices; the connection tasks in the parent module own the sockets. With the
+//! `fuzzing` feature, [`fuzzing`] drives these decoders for the fuzz targets
+//! (`node/fuzz-targets`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -288,5 +290,192 @@ async fn read_handshake_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
         ))),
         Err(ReadError::Stalled) => Err(NetError::Handshake("stalled".into())),
         Err(ReadError::Io(e)) => Err(NetError::Io(e)),
+    }
+}
+
+/// The byte decoders of this module, driven the way a connection drives them, for the
+/// fuzz targets (`node/fuzz-targets`, feature `fuzzing`). A frame that decodes is
+/// re-encoded, and the check panics if that does not give the same value back: the
+/// panic is the fuzzer's finding.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use std::fmt::Debug;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::{
+        Frame, HANDSHAKE_DOMAIN, Hello, LENGTH_PREFIX, MAGIC, MAX_HANDSHAKE_FRAME,
+        PROTOCOL_VERSION, Proof, decode_body, encode_frame, proof_message, read_frame,
+    };
+    use cairn_core::crypto::KeyPair;
+
+    /// What [`read_frames`] or [`read_handshake`] made of a stream.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct StreamRead {
+        /// Frames that were read and decoded.
+        pub decoded: usize,
+        /// Whether the stream ended cleanly between frames (otherwise it was refused:
+        /// a frame over the limit, truncated, or malformed).
+        pub clean_end: bool,
+    }
+
+    /// Reads `stream` as a connection's reader does after the handshake: frames of at
+    /// most `max` bytes, each decoded as a `Frame<M>`, until the stream ends or a frame
+    /// is refused (the connection would be closed there).
+    pub fn read_frames<M>(stream: &[u8], max: usize) -> StreamRead
+    where
+        M: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        read_stream(stream, max, |_, body| decoded_round_trip::<Frame<M>>(body))
+    }
+
+    /// Reads `stream` as the handshake does: a [`Hello`], then a [`Proof`], each in a
+    /// frame of at most [`MAX_HANDSHAKE_FRAME`] bytes, then frames as [`read_frames`]
+    /// reads them (with the largest frame `max`).
+    pub fn read_handshake<M>(stream: &[u8], max: usize) -> StreamRead
+    where
+        M: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let mut read = StreamRead::default();
+        let mut rest = stream;
+        for step in 0..2 {
+            let Some((body, after)) = split_frame(rest, MAX_HANDSHAKE_FRAME) else {
+                read.clean_end = rest.is_empty();
+                return read;
+            };
+            let decoded = if step == 0 {
+                decoded_round_trip::<Hello>(&body)
+            } else {
+                decoded_round_trip::<Proof>(&body)
+            };
+            if !decoded {
+                return read;
+            }
+            read.decoded += 1;
+            rest = after;
+        }
+        let frames = read_frames::<M>(rest, max);
+        StreamRead {
+            decoded: read.decoded + frames.decoded,
+            clean_end: frames.clean_end,
+        }
+    }
+
+    /// A whole frame (length prefix included) of a one-way message: a seed.
+    pub fn one_way_frame<M: Serialize>(msg: M) -> Option<Vec<u8>> {
+        encode_frame(&Frame::OneWay(msg), usize::MAX).ok()
+    }
+
+    /// A whole frame of request `id`: a seed.
+    pub fn request_frame<M: Serialize>(id: u64, msg: M) -> Option<Vec<u8>> {
+        encode_frame(&Frame::Request { id, msg }, usize::MAX).ok()
+    }
+
+    /// A whole frame of the answer to request `id`: a seed.
+    pub fn response_frame<M: Serialize>(id: u64, result: Result<M, String>) -> Option<Vec<u8>> {
+        encode_frame(&Frame::Response { id, result }, usize::MAX).ok()
+    }
+
+    /// The two handshake frames `key` sends, a [`Hello`] and its [`Proof`] for
+    /// `peer_nonce`: a seed.
+    pub fn handshake_frames(
+        key: &KeyPair,
+        nonce: [u8; 32],
+        advertised: SocketAddr,
+        peer_nonce: &[u8; 32],
+    ) -> Option<Vec<u8>> {
+        let public_key = key.public_key();
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            public_key,
+            nonce,
+            advertised,
+        };
+        let signature = key.sign_domain(
+            HANDSHAKE_DOMAIN,
+            &proof_message(peer_nonce, &public_key, &advertised),
+        );
+        let mut out = encode_frame(&hello, MAX_HANDSHAKE_FRAME).ok()?;
+        out.extend(encode_frame(&Proof { signature }, MAX_HANDSHAKE_FRAME).ok()?);
+        Some(out)
+    }
+
+    /// Reads frames off `stream` with [`read_frame`] and hands each body to `decode`,
+    /// until the stream ends, a frame is refused, or `decode` says it is malformed.
+    fn read_stream(
+        stream: &[u8],
+        max: usize,
+        mut decode: impl FnMut(usize, &[u8]) -> bool,
+    ) -> StreamRead {
+        let mut read = StreamRead::default();
+        let mut rest = stream;
+        // Bounded: every frame read consumes at least its length prefix.
+        loop {
+            let Some((body, after)) = split_frame(rest, max) else {
+                read.clean_end = rest.is_empty();
+                return read;
+            };
+            if !decode(read.decoded, &body) {
+                return read;
+            }
+            read.decoded += 1;
+            rest = after;
+        }
+    }
+
+    /// One frame off the front of `stream`, read by [`read_frame`] (the decoder a
+    /// connection uses), and what follows it; `None` at the end or when it is refused.
+    fn split_frame(stream: &[u8], max: usize) -> Option<(Vec<u8>, &[u8])> {
+        let mut reader = stream;
+        let body = block_on(read_frame(&mut reader, max, Duration::from_secs(3600)))?;
+        match body {
+            Ok(Some(body)) => Some((body, reader)),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// Decodes `body` as a `T` the way a connection does; where it decodes, its
+    /// re-encoding must decode to the same value and be no longer than `body`, so an
+    /// answer built from it fits where it came from.
+    fn decoded_round_trip<T>(body: &[u8]) -> bool
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let Ok(value) = decode_body::<T>(body) else {
+            return false;
+        };
+        let encoded = match encode_frame(&value, usize::MAX) {
+            Ok(encoded) => encoded,
+            Err(e) => panic!("a decoded frame does not encode again: {e}"),
+        };
+        let again = &encoded[LENGTH_PREFIX..];
+        assert!(
+            again.len() <= body.len(),
+            "re-encoding grew a frame from {} to {} bytes",
+            body.len(),
+            again.len()
+        );
+        match decode_body::<T>(again) {
+            Ok(decoded) => assert_eq!(decoded, value, "a re-encoded frame decodes differently"),
+            Err(e) => panic!("a re-encoded frame does not decode: {e}"),
+        }
+        true
+    }
+
+    /// Runs `future` on this thread's current-thread runtime (timers enabled, as
+    /// [`read_frame`]'s body timeout needs); `None` if no runtime could be built.
+    fn block_on<F: Future>(future: F) -> Option<F::Output> {
+        thread_local! {
+            static RUNTIME: Option<tokio::runtime::Runtime> =
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .ok();
+        }
+        RUNTIME.with(|runtime| runtime.as_ref().map(|r| r.block_on(future)))
     }
 }

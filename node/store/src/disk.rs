@@ -1416,11 +1416,14 @@ fn body_name(key: &PlacementKey, index: u16, hash: &FragmentHash) -> String {
     )
 }
 
+/// Reads a name [`body_name`] wrote, and only such a name: lowercase hex of exactly
+/// the right lengths (`u8::from_str_radix` alone would also take `+f` and `F`, so a
+/// stray file could stand for a recorded body whose own file is missing).
 fn parse_body_name(name: &str) -> Option<(PlacementKey, u16, FragmentHash)> {
     let mut parts = name.split('-');
     let key = unhex_id(parts.next()?)?;
     let index_text = parts.next()?;
-    if index_text.len() != 4 {
+    if index_text.len() != 4 || !is_lower_hex(index_text) {
         return None;
     }
     let index = u16::from_str_radix(index_text, 16).ok()?;
@@ -1435,8 +1438,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn is_lower_hex(text: &str) -> bool {
+    text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn unhex_id(text: &str) -> Option<Id> {
-    if text.len() != ID_BYTES * 2 || !text.is_ascii() {
+    if text.len() != ID_BYTES * 2 || !is_lower_hex(text) {
         return None;
     }
     let mut out = [0u8; ID_BYTES];
@@ -1533,6 +1540,86 @@ fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// The decoders of this store's on-disk records, each beside the encoder it inverts,
+/// for the fuzz targets (`node/fuzz-targets`, feature `fuzzing`). The small records
+/// (certificates, root records, tombstones) are `version ‖ signed bytes`: after
+/// [`strip_version`] they are `cairn_core::crypto::Signed` values.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::{Charge, ChargeCursor, FragmentInfo, StoreError};
+    use cairn_core::id::{FileId, FragmentHash, NodeId, OwnerKey, PlacementKey};
+
+    /// A fragment record's key: `placement key ‖ index_be16`.
+    pub fn fragment_key(key: &PlacementKey, index: u16) -> Vec<u8> {
+        super::fragment_key(key, index).to_vec()
+    }
+
+    /// Reads a fragment record's key.
+    pub fn decode_fragment_key(bytes: &[u8]) -> Result<(PlacementKey, u16), StoreError> {
+        super::decode_fragment_key(bytes)
+    }
+
+    /// A reference's key: `placement key ‖ file id`.
+    pub fn reference_key(key: &PlacementKey, file: &FileId) -> Vec<u8> {
+        super::reference_key(key, file).to_vec()
+    }
+
+    /// Reads the file id of a reference's key.
+    pub fn decode_reference_key(bytes: &[u8]) -> Result<FileId, StoreError> {
+        super::decode_reference_key(bytes)
+    }
+
+    /// A fragment record: `version ‖ hash ‖ len_be64`.
+    pub fn encode_fragment_record(info: &FragmentInfo) -> Vec<u8> {
+        super::encode_fragment_record(info).to_vec()
+    }
+
+    /// Reads a fragment record (its index comes from the key).
+    pub fn decode_fragment_record(index: u16, bytes: &[u8]) -> Result<FragmentInfo, StoreError> {
+        super::decode_fragment_record(index, bytes)
+    }
+
+    /// The payload of any value after its version byte.
+    pub fn strip_version(bytes: &[u8]) -> Result<&[u8], StoreError> {
+        super::strip_version(super::POINTERS_TREE, bytes)
+    }
+
+    /// Reads a pointer's holder (the payload of a pointer record).
+    pub fn decode_node(bytes: &[u8]) -> Result<NodeId, StoreError> {
+        super::decode_node(bytes)
+    }
+
+    /// A charge's key: `placement key ‖ index_be16 ‖ owner`.
+    pub fn charge_key(key: &PlacementKey, index: u16, owner: &OwnerKey) -> Vec<u8> {
+        super::charge_key(key, index, owner).to_vec()
+    }
+
+    /// Reads a charge's key.
+    pub fn decode_charge_key(bytes: &[u8]) -> Result<ChargeCursor, StoreError> {
+        super::decode_charge_key(bytes)
+    }
+
+    /// A charge record's payload (after the version byte): `file ‖ len ‖ expiry`.
+    pub fn encode_charge(charge: &Charge) -> Vec<u8> {
+        super::encode_charge(charge).to_vec()
+    }
+
+    /// Reads a charge record (version byte included; the owner comes from the key).
+    pub fn decode_charge(owner: OwnerKey, value: &[u8]) -> Result<Charge, StoreError> {
+        super::decode_charge(owner, value)
+    }
+
+    /// The file name of a fragment body.
+    pub fn body_name(key: &PlacementKey, index: u16, hash: &FragmentHash) -> String {
+        super::body_name(key, index, hash)
+    }
+
+    /// Reads a fragment body's file name, as [`super::DiskStore::open`] does.
+    pub fn parse_body_name(name: &str) -> Option<(PlacementKey, u16, FragmentHash)> {
+        super::parse_body_name(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1596,6 +1683,23 @@ mod tests {
         assert_eq!(parse_body_name(&name), Some((key, 7, hash)));
         assert_eq!(parse_body_name("notes.txt"), None);
         assert_eq!(parse_body_name(&format!("{name}-x")), None);
+    }
+
+    /// Found by the `disk_records` fuzz target (`fuzz/corpus/disk_records/`): names
+    /// with an upper-case digit or a `+` parsed to a fragment whose own file is named
+    /// otherwise, so at open a stray file could keep a record whose body is missing.
+    #[test]
+    fn body_names_other_than_the_one_written_are_strangers() {
+        let key = PlacementKey(Id([0x5a; 32]));
+        let hash = FragmentHash(Id([0xe6; 32]));
+        let name = body_name(&key, 3, &hash);
+        assert_eq!(parse_body_name(&name), Some((key, 3, hash)));
+        let upper = name.replacen("e6", "E6", 1);
+        assert_eq!(parse_body_name(&upper), None, "{upper}");
+        let plus_in_id = name.replacen("5a", "+a", 1);
+        assert_eq!(parse_body_name(&plus_in_id), None, "{plus_in_id}");
+        let plus_in_index = name.replacen("-0003-", "-+003-", 1);
+        assert_eq!(parse_body_name(&plus_in_index), None, "{plus_in_index}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! two implementations, [`MemoryStore`] (for the simulator and tests) and
 //! [`DiskStore`] (sled as the index, fragment bodies in files; see `docs/store.md`
 //! for the measurements behind that layout), capacity accounting, and [`StoreError`].
+//! With the `fuzzing` feature, `disk_records` exposes the disk store's record codecs
+//! to the fuzz targets (`node/fuzz-targets`).
 //!
 //! May use: [`cairn_core::id`] (ids and hashing), [`cairn_core::erasure::fragment_hash`],
 //! `sled`, `std::fs`, `tracing`. It does not use `crypto`: certificates and root
@@ -68,6 +70,9 @@
 
 mod disk;
 mod memory;
+
+#[cfg(feature = "fuzzing")]
+pub use disk::fuzzing as disk_records;
 
 use std::io;
 use std::path::PathBuf;
