@@ -639,6 +639,7 @@ impl DiskStore {
         payload: &[u8],
         what: &'static str,
         admit: Admit,
+        sync: Sync,
     ) -> Result<Option<sled::IVec>, StoreError> {
         let mut value = Vec::with_capacity(1 + payload.len());
         value.push(RECORD_VERSION);
@@ -672,7 +673,10 @@ impl DiskStore {
         let stored = match tree.insert(key, value) {
             Ok(previous) => {
                 self.unaccount(previous.as_ref().map_or(0, |old| stored_bytes(key, old)));
-                self.flush(what).map(|()| previous)
+                match sync {
+                    Sync::Now => self.flush(what).map(|()| previous),
+                    Sync::WithTheNextFlush => Ok(previous),
+                }
             }
             Err(e) => {
                 self.unaccount(new_bytes);
@@ -965,6 +969,7 @@ impl NodeStore for DiskStore {
             signed,
             "storing a certificate",
             Admit::WithinCapacity,
+            Sync::Now,
         )
         .map(drop)
     }
@@ -1018,6 +1023,7 @@ impl NodeStore for DiskStore {
             holder.as_bytes(),
             "storing a pointer",
             Admit::WithinCapacity,
+            Sync::Now,
         )
         .map(drop)
     }
@@ -1065,6 +1071,7 @@ impl NodeStore for DiskStore {
             &[],
             "storing a reference",
             Admit::WithinCapacity,
+            Sync::Now,
         )
         .map(drop)
     }
@@ -1098,6 +1105,7 @@ impl NodeStore for DiskStore {
             reclaim,
             "storing a tombstone",
             Admit::Always,
+            Sync::Now,
         )
         .map(drop)
     }
@@ -1113,6 +1121,7 @@ impl NodeStore for DiskStore {
             signed,
             "storing a root record",
             Admit::WithinCapacity,
+            Sync::Now,
         )
         .map(drop)
     }
@@ -1159,6 +1168,10 @@ impl NodeStore for DiskStore {
             &encode_charge(charge),
             "storing a charge",
             Admit::WithinCapacity,
+            // Not flushed on its own: the fragment it charges (or the reference
+            // that follows) is written next and flushed, and sled's log keeps the
+            // order, so the charge is durable before them, never after.
+            Sync::WithTheNextFlush,
         )?;
         let old = previous
             .map(|old| decode_charge(charge.owner, &old))
@@ -1235,6 +1248,14 @@ impl NodeStore for DiskStore {
     fn capacity(&self) -> u64 {
         self.capacity
     }
+}
+
+/// Whether a metadata write is flushed at once, or rides on the next flush (sled's log
+/// keeps the order of writes, so it is durable before anything written after it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sync {
+    Now,
+    WithTheNextFlush,
 }
 
 /// Whether a metadata write may be refused for want of room.

@@ -477,7 +477,8 @@ pub trait NodeStore: Send + Sync {
     /// earlier charge on the fragment (see "Accounting per owner" in the module docs):
     /// [`NodeStore::owner_usage`] moves by the difference. Written before the fragment
     /// it charges. Counted as metadata; refused with [`StoreError::Full`] if it does
-    /// not fit.
+    /// not fit. Not synced on its own: it is durable once anything written after it
+    /// is (the fragment, or the reference a store adds next), never after them.
     fn put_charge(&self, key: &PlacementKey, index: u16, charge: &Charge)
     -> Result<(), StoreError>;
     /// Removes `owner`'s charge on a fragment; returns whether there was one.
