@@ -24,7 +24,8 @@ use super::{
     PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody, StatusAnswer, decode_hex, encode_hex,
 };
 use cairn_core::crypto::{
-    FileCertificate, KeyPair, PublicKey, ReclaimCertificate, RootRecord, Signed, UploadGrant,
+    Certificate, FileCertificate, KeyPair, PublicKey, ReclaimCertificate, RootRecord, Signed,
+    UploadGrant,
 };
 use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{FileId, Reference, VolumeKey};
@@ -420,22 +421,13 @@ impl ApiClient {
     /// been published.
     pub fn get_root(&self, volume: &VolumeKey) -> Result<Option<RootRecord>, ClientError> {
         let path = format!("/v1/roots/{}", Reference::Volume(*volume));
-        let response = self
-            .authorised(self.agent.get(self.url(&path)))
-            .call()
-            .map_err(|e| self.failed(e))?;
-        if response.status().as_u16() == 404 {
+        let Some(signed) =
+            self.get_signed::<RootRecord, RootAnswer>(&path, "root record", |a| a.record)?
+        else {
             self.check_root_sequence(volume, None)?;
             return Ok(None);
-        }
-        let answer: RootAnswer = Self::json(response)?;
-        let bytes = decode_hex(&answer.record)
-            .ok_or_else(|| ClientError::Protocol("the root record is not hex".into()))?;
-        let signed = Signed::<RootRecord>::from_bytes(&bytes)
-            .map_err(|e| ClientError::Protocol(format!("the root record: {e}")))?;
-        let record = signed.verify().map_err(|e| {
-            ClientError::Protocol(format!("the node served a bad root record: {e}"))
-        })?;
+        };
+        let record = signed.body;
         if record.volume != *volume {
             return Err(ClientError::Protocol(format!(
                 "asked for the root of volume {volume}, got one of {}",
@@ -443,7 +435,7 @@ impl ApiClient {
             )));
         }
         self.check_root_sequence(volume, Some(record.sequence))?;
-        Ok(Some(record.clone()))
+        Ok(Some(record))
     }
 
     /// A reader of bytes `[offset, offset + length)` of `file` (`length` `None`: to
@@ -488,27 +480,45 @@ impl ApiClient {
         self.get_json(&format!("/v1/files/{}/stat", Reference::File(*file)))
     }
 
+    /// GETs `path`, whose answer `A` carries a signed `C` in hex (`hex_of` takes it
+    /// out), and verifies the signature; `None` on 404. `what` names it in errors.
+    fn get_signed<C: Certificate, A: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+        hex_of: impl FnOnce(A) -> String,
+    ) -> Result<Option<Signed<C>>, ClientError> {
+        let response = self
+            .authorised(self.agent.get(self.url(path)))
+            .call()
+            .map_err(|e| self.failed(e))?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        let bytes = decode_hex(&hex_of(Self::json(response)?))
+            .ok_or_else(|| ClientError::Protocol(format!("the {what} is not hex")))?;
+        let signed = Signed::<C>::from_bytes(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("the {what}: {e}")))?;
+        signed
+            .verify()
+            .map_err(|e| ClientError::Protocol(format!("the node served a bad {what}: {e}")))?;
+        Ok(Some(signed))
+    }
+
     /// The file's signed certificate, verified (`None`: no keeper holds one).
     pub fn certificate(
         &self,
         file: &FileId,
     ) -> Result<Option<Signed<FileCertificate>>, ClientError> {
         let path = format!("/v1/files/{}/certificate", Reference::File(*file));
-        let response = self
-            .authorised(self.agent.get(self.url(&path)))
-            .call()
-            .map_err(|e| self.failed(e))?;
-        if response.status().as_u16() == 404 {
+        let Some(signed) =
+            self.get_signed::<FileCertificate, CertificateAnswer>(&path, "certificate", |a| {
+                a.certificate
+            })?
+        else {
             return Ok(None);
-        }
-        let answer: CertificateAnswer = Self::json(response)?;
-        let bytes = decode_hex(&answer.certificate)
-            .ok_or_else(|| ClientError::Protocol("the certificate is not hex".into()))?;
-        let signed = Signed::<FileCertificate>::from_bytes(&bytes)
-            .map_err(|e| ClientError::Protocol(format!("the certificate: {e}")))?;
-        let certificate = signed.verify().map_err(|e| {
-            ClientError::Protocol(format!("the node served a bad certificate: {e}"))
-        })?;
+        };
+        let certificate = &signed.body;
         if certificate.file_id != *file {
             return Err(ClientError::Protocol(format!(
                 "asked for the certificate of {file}, got one of {}",

@@ -71,7 +71,7 @@ use cairn_api::{
     OwnerUsage, PublishAnswer, PutAnswer, RECLAIM_HEADER, RootAnswer, RootConflictBody,
     RootPublished, StatusAnswer, decode_hex, encode_hex,
 };
-use cairn_core::crypto::{FileCertificate, RootRecord, Signed, UploadGrant};
+use cairn_core::crypto::{Certificate, FileCertificate, RootRecord, Signed, UploadGrant};
 use cairn_core::erasure::ErasureParams;
 use cairn_core::id::{FileId, Reference, VolumeKey};
 use cairn_core::manifest::DEFAULT_SEGMENT_SIZE;
@@ -773,11 +773,8 @@ async fn get_root(
             format!("no replica holds a root record of volume {reference}"),
         )
     })?;
-    let bytes = signed
-        .to_bytes()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(axum::Json(RootAnswer {
-        record: encode_hex(&bytes),
+        record: signed_hex(&signed)?,
         sequence: signed.body.sequence,
         root: signed.body.root.to_string(),
         time: signed.body.time,
@@ -795,12 +792,17 @@ async fn get_certificate(
             format!("no keeper holds a certificate of {reference}"),
         )
     })?;
-    let bytes = signed
-        .to_bytes()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(axum::Json(CertificateAnswer {
-        certificate: encode_hex(&bytes),
+        certificate: signed_hex(&signed)?,
     }))
+}
+
+/// A signed record as the API answers it: the hex of its signed bytes.
+fn signed_hex<C: Certificate>(signed: &Signed<C>) -> Result<String, ApiError> {
+    signed
+        .to_bytes()
+        .map(|bytes| encode_hex(&bytes))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn stat_file(

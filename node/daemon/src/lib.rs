@@ -944,7 +944,8 @@ impl Node {
         if let PastRequest::PutPointer { holder, .. } = &request {
             self.learn_hints(&[*holder]);
         }
-        let members: Vec<NodeId> = self.overlay_view().members().collect();
+        // Read under the lock, not cloned: this runs for every request a peer sends.
+        let members: Vec<NodeId> = read(&self.inner.view).members().collect();
         let ring = RingView {
             me: self.id(),
             members: &members,
